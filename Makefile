@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   -- bootstraps .venv and runs the main job on the synthetic world
+#   make test   -- bootstraps .venv and runs the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.omniseg-installed
+
+.PHONY: demo test venv bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: on CPU machines this takes the local CPU wheel; an unpinned
+	# requirement would pull several GB of CUDA packages.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/omniseg demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
+lint: $(STAMP)
+	$(BIN)/ruff check omniseg tests bench
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache
