@@ -45,6 +45,8 @@ class Instance:
         is_crowd: COCO crowd flag (region of many objects; ignored by AP matching).
         score: confidence for predictions / pseudo labels; None for ground truth.
         id: annotation id from the file (kept for round trips), or None.
+        area: the file's annotation area (COCO's polygon area, used for S/M/L AP), or None
+            to use the mask's pixel count.
     """
 
     text: str
@@ -56,6 +58,7 @@ class Instance:
     is_crowd: bool = False
     score: float | None = None
     id: int | None = None
+    area: float | None = None
 
     @property
     def has_mask(self) -> bool:
@@ -140,13 +143,15 @@ class ImageRecord:
 
 @dataclass
 class Category:
-    """A named class. ``synonyms`` are alternative names (LVIS synonyms, lexicon words)."""
+    """A named class. ``synonyms`` are alternative names (LVIS synonyms, lexicon words);
+    ``frequency`` is LVIS's "r" / "c" / "f" (rare / common / frequent) or "" when unknown."""
 
     id: int
     name: str
     supercategory: str = ""
     isthing: bool = True
     synonyms: list[str] = field(default_factory=list)
+    frequency: str = ""
 
 
 @dataclass

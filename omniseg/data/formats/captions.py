@@ -1,0 +1,105 @@
+"""COCO captions files (``captions_train2017.json``) <-> ``ImageRecord.captions``.
+
+Format: ``{"images": [{"id", "file_name", "width", "height", ...}],
+"annotations": [{"id", "image_id", "caption"}]}`` (info / licenses optional).
+Caption ids are not kept (records hold plain strings); they are renumbered 1..N on write.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omniseg.data.errors import BadRecordError, BadRecords
+from omniseg.data.formats.coco import (
+    _image_id,
+    _int,
+    _Invalid,
+    _progress,
+    _read_images,
+    _require,
+    load_json_file,
+)
+from omniseg.data.records import RecordSet
+from omniseg.utils.atomic import atomic_write_json
+
+
+def read_coco_captions(
+    path: str | os.PathLike,
+    into: RecordSet | None = None,
+    on_bad: BadRecords | None = None,
+    *,
+    image_root: str = "",
+    progress: bool = True,
+) -> RecordSet:
+    """Read COCO captions.
+
+    Args:
+        path: captions JSON.
+        into: when given, captions are appended **in place** to its records with the same
+            ``image_id`` and ``into`` is returned (the file's ``images`` list is then not
+            needed). When None, records are created from the file's ``images``.
+        on_bad: bad-record policy. Invalid entries: missing keys, duplicate caption ids, unknown
+            image ids, captions that are not non-empty strings (and invalid images when
+            records are created from the file).
+        image_root: ``image_root`` of the created RecordSet (ignored with ``into``).
+        progress: show a progress bar on a terminal.
+
+    Raises:
+        FileNotFoundError: missing file.
+        BadRecordError: empty / malformed file, missing top-level keys, or (policy "error") the
+            first invalid entry, naming the file and the entry.
+    """
+    path = str(path)
+    bad = on_bad if on_bad is not None else BadRecords()
+    data = load_json_file(path)
+    if not isinstance(data, dict):
+        raise BadRecordError(path, "file", f"expected a JSON object, got {type(data).__name__}")
+    required = ("annotations",) if into is not None else ("images", "annotations")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise BadRecordError(path, "file", f"missing required top-level key(s) {missing}")
+    if into is None:
+        records = _read_images(data["images"], path, bad, set())
+        rs = RecordSet(records=list(records.values()), image_root=image_root, name=Path(path).stem)
+    else:
+        rs = into
+        records = {r.image_id: r for r in into.records}
+    anns = data["annotations"]
+    if not isinstance(anns, list):
+        raise BadRecordError(path, "annotations", "must be a list")
+    seen: set[int] = set()
+    for i, ann in _progress(enumerate(anns), len(anns), "captions", progress):
+        try:
+            _require(ann, ("id", "image_id", "caption"), "caption annotation")
+            cid = _int(ann["id"], "id")
+            if cid in seen:
+                raise _Invalid(f"duplicate caption id {cid}")
+            iid = _image_id(ann["image_id"])
+            if iid not in records:
+                raise _Invalid(f"unknown image id {iid!r}")
+            text = ann["caption"]
+            if not isinstance(text, str) or not text.strip():
+                raise _Invalid(f"caption must be a non-empty string, got {text!r}")
+        except _Invalid as e:
+            bad.report(path, f"caption #{i} (id={ann.get('id') if isinstance(ann, dict) else None})", str(e))
+            continue
+        seen.add(cid)
+        records[iid].captions.append(text)
+    return rs
+
+
+def to_coco_captions_dict(rs: RecordSet) -> dict[str, Any]:
+    """RecordSet -> COCO captions dict: every image, one annotation per caption (ids 1..N)."""
+    images, annotations = [], []
+    for r in rs.records:
+        images.append({"id": r.image_id, "file_name": r.file_name, "width": r.width, "height": r.height})
+        for text in r.captions:
+            annotations.append({"image_id": r.image_id, "id": len(annotations) + 1, "caption": text})
+    return {"info": {"description": rs.name}, "licenses": [], "images": images, "annotations": annotations}
+
+
+def write_coco_captions(path: str | os.PathLike, rs: RecordSet) -> None:
+    """Write :func:`to_coco_captions_dict` atomically."""
+    atomic_write_json(path, to_coco_captions_dict(rs))

@@ -1,0 +1,586 @@
+"""COCO / LVIS instance annotations and COCO results files <-> :class:`RecordSet`.
+
+Format (public COCO "instances" JSON, https://cocodataset.org/#format-data):
+    ``{"images": [{"id", "file_name", "width", "height", ...}],
+    "annotations": [{"id", "image_id", "category_id", "bbox": [x, y, w, h], "area", "iscrowd",
+    "segmentation": polygons | RLE}], "categories": [{"id", "name", "supercategory"}]}``.
+LVIS v1 uses the same layout without ``iscrowd``, with per-image ``neg_category_ids`` /
+``not_exhaustive_category_ids``, per-category ``synonyms``, and images that may carry only a
+``coco_url`` (the file name is then its last two path parts, e.g. ``train2017/x.jpg``).
+A results file is a list of ``{"image_id", "category_id", "bbox", "score", "segmentation"?}``.
+
+Reading validates every image / annotation (see :func:`read_coco_instances`); invalid entries
+go through :class:`~omniseg.data.errors.BadRecords` (raise naming file + record, or counted skip).
+Writing always emits masks as compressed RLE with text counts; polygons in a source file are
+therefore rasterized once on read (same rasterizer as pycocotools' ``annToRLE``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from omniseg.data.errors import BadRecordError, BadRecords
+from omniseg.data.records import Box, Category, ImageRecord, Instance, RecordSet
+from omniseg.ops.rle import RLE, normalize_rle, polygons_to_rle, rle_area, rle_to_box
+from omniseg.utils.atomic import atomic_write_json
+
+#: a box may stick out of the image by at most this many pixels; it is then clipped.
+BOX_TOLERANCE_PX = 1.0
+
+
+class _Invalid(Exception):
+    """Internal: the entry being parsed is invalid; the message is the reason."""
+
+
+# ----------------------------------------------------------------------------- file level
+
+
+def load_json_file(path: str | os.PathLike) -> Any:
+    """Load a JSON file with errors that name the file (and line/column when malformed).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        BadRecordError: the file is empty or not valid JSON.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise BadRecordError(path, "file", f"not UTF-8 text (byte {e.start}): {e.reason}") from e
+    if not text.strip():
+        raise BadRecordError(path, "file", "empty file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadRecordError(
+            path, "file", f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from e
+
+
+def _progress(it: Iterable, total: int, desc: str, progress: bool) -> Iterable:
+    return tqdm(it, total=total, desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
+
+
+def _require(entry: Any, keys: tuple[str, ...], what: str) -> None:
+    if not isinstance(entry, dict):
+        raise _Invalid(f"{what} must be a JSON object, got {type(entry).__name__}")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise _Invalid(f"missing required key(s) {missing}")
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _Invalid(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def _image_id(value: Any) -> int | str:
+    """Image ids are integers in COCO / LVIS; strings are accepted for COCO-style custom sets."""
+    if isinstance(value, str) and value:
+        return value
+    return _int(value, "image id")
+
+
+def _finite(values: Iterable[Any], what: str) -> list[float]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _Invalid(f"{what} must hold numbers, got {v!r}")
+        if not math.isfinite(v):
+            raise _Invalid(f"{what} has a non-finite coordinate ({v})")
+        out.append(float(v))
+    return out
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def compressed_counts(counts: str) -> np.ndarray:
+    """Run lengths of a COCO compressed RLE string (inverse of pycocotools' ``rleToString``).
+
+    Format (pycocotools ``maskApi.c``): each run is a little-endian sequence of 5-bit groups,
+    one char per group (``chr(48 + bits)``, bit 0x20 = "more groups follow", bit 0x10 of the last
+    group = sign); from the fourth run on the stored value is the delta to the run two before.
+    Checked here because pycocotools decodes a string whose runs do not add up to h*w silently.
+    """
+    c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return c
+    if c.min() < 0 or c.max() > 63:
+        raise _Invalid("compressed RLE counts contain characters outside '0'..'o'")
+    more = (c & 0x20) != 0
+    if more[-1]:
+        raise _Invalid("compressed RLE counts end in the middle of a number")
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    k = np.arange(c.size) - np.repeat(starts, ends - starts + 1)  # group index within its number
+    if k.max() > 11:  # > 60 bits: no real run length; would overflow int64 below
+        raise _Invalid("compressed RLE counts hold a number longer than 12 characters")
+    vals = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    neg = (c[ends] & 0x10) != 0
+    vals[neg] |= -1 << (5 * (k[ends][neg] + 1))  # sign-extend
+    vals[3::2] += np.cumsum(vals[1::2])[:-1][: vals[3::2].size]
+    vals[4::2] += np.cumsum(vals[2::2])[:-1][: vals[4::2].size]
+    return vals
+
+
+def _parse_bbox(bbox: Any, width: int, height: int) -> Box:
+    """COCO XYWH -> XYXY, clipped to the image when it sticks out by <= 1 px."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise _Invalid(f"bbox must be [x, y, w, h], got {bbox!r}")
+    x, y, w, h = _finite(bbox, "bbox")
+    if w <= 0 or h <= 0:
+        raise _Invalid(f"bbox has zero or negative size (w={w}, h={h})")
+    x0, y0, x1, y1 = x, y, x + w, y + h
+    tol = BOX_TOLERANCE_PX
+    if x0 < -tol or y0 < -tol or x1 > width + tol or y1 > height + tol:
+        raise _Invalid(f"bbox {list(bbox)} lies outside the {width}x{height} image by more than {tol:g} px")
+    x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+    if x1 <= x0 or y1 <= y0:
+        raise _Invalid(f"bbox {list(bbox)} has zero size after clipping to the {width}x{height} image")
+    return (x0, y0, x1, y1)
+
+
+def _parse_segmentation(seg: Any, width: int, height: int) -> RLE | None:
+    """Polygons / compressed RLE / uncompressed RLE -> compressed RLE (text counts).
+
+    An empty polygon list means "no mask" (box-only annotation) and gives None.
+    """
+    if isinstance(seg, list):
+        if not seg:
+            return None
+        polys = []
+        for i, poly in enumerate(seg):
+            if not isinstance(poly, list):
+                raise _Invalid(
+                    f"segmentation polygon {i} must be a list of numbers, got {type(poly).__name__}"
+                )
+            coords = _finite(poly, f"segmentation polygon {i}")
+            if len(coords) < 6:
+                raise _Invalid(f"segmentation polygon {i} has {len(coords)} numbers (< 3 points)")
+            if len(coords) % 2:
+                raise _Invalid(f"segmentation polygon {i} has an odd number of coordinates ({len(coords)})")
+            polys.append(coords)
+        return polygons_to_rle(polys, height, width)
+    if isinstance(seg, dict):
+        if "size" not in seg or "counts" not in seg:
+            raise _Invalid("RLE segmentation needs 'size' and 'counts'")
+        size = seg["size"]
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise _Invalid(f"RLE size must be [h, w], got {size!r}")
+        h, w = _int(size[0], "RLE size"), _int(size[1], "RLE size")
+        if (h, w) != (height, width):
+            raise _Invalid(f"RLE size [{h}, {w}] does not match the image size [{height}, {width}] (h, w)")
+        counts = seg["counts"]
+        if isinstance(counts, list):
+            # pycocotools decodes a wrong-length uncompressed RLE without complaint: check it here.
+            if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+                raise _Invalid("uncompressed RLE counts must be non-negative integers")
+            if sum(counts) != h * w:
+                raise _Invalid(f"uncompressed RLE counts sum to {sum(counts)}, expected h*w = {h * w}")
+        elif isinstance(counts, (str, bytes)):
+            try:
+                runs = compressed_counts(counts if isinstance(counts, str) else counts.decode("ascii"))
+            except UnicodeError as e:
+                raise _Invalid(f"compressed RLE counts are not ASCII: {e}") from e
+            if (runs < 0).any() or int(runs.sum()) != h * w:
+                raise _Invalid(
+                    f"compressed RLE runs sum to {int(runs.sum())} (or are negative), expected h*w = {h * w}"
+                )
+        else:
+            raise _Invalid(f"RLE counts must be a string or a list, got {type(counts).__name__}")
+        return normalize_rle({"size": [h, w], "counts": counts})
+    raise _Invalid(f"segmentation must be polygons or RLE, got {type(seg).__name__}")
+
+
+def _geometry(entry: dict, width: int, height: int) -> tuple[Box, RLE | None]:
+    """Box and mask of an annotation / result; the box comes from the mask when ``bbox`` is absent."""
+    if "bbox" not in entry and "segmentation" not in entry:
+        raise _Invalid("missing required key 'bbox' (and no 'segmentation')")
+    mask = _parse_segmentation(entry["segmentation"], width, height) if "segmentation" in entry else None
+    if "bbox" in entry:
+        box = _parse_bbox(entry["bbox"], width, height)
+    elif mask is not None and rle_area(mask) > 0:
+        box = rle_to_box(mask)
+    else:
+        raise _Invalid("no 'bbox' and an empty segmentation")
+    return box, mask
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _file_name(img: dict) -> str:
+    if "file_name" in img:
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise _Invalid(f"file_name must be a non-empty string, got {img['file_name']!r}")
+        return img["file_name"]
+    if isinstance(img.get("coco_url"), str) and img["coco_url"]:
+        return "/".join(img["coco_url"].rstrip("/").split("/")[-2:])  # LVIS: .../train2017/x.jpg
+    raise _Invalid("missing required key 'file_name' (or LVIS 'coco_url')")
+
+
+def _read_categories(entries: Any, path: str, bad: BadRecords) -> list[Category]:
+    if not isinstance(entries, list):
+        raise BadRecordError(path, "categories", "must be a list")
+    cats: dict[int, Category] = {}
+    for i, c in enumerate(entries):
+        rec = f"category #{i} (id={c.get('id') if isinstance(c, dict) else None})"
+        try:
+            _require(c, ("id", "name"), "category")
+            cid = _int(c["id"], "id")
+            if cid in cats:
+                raise _Invalid(f"duplicate category id {cid}")
+            syn = c.get("synonyms", [])
+            if not isinstance(syn, list) or not all(isinstance(s, str) for s in syn):
+                raise _Invalid("synonyms must be a list of strings")
+            cats[cid] = Category(
+                id=cid,
+                name=str(c["name"]),
+                supercategory=str(c.get("supercategory", "")),
+                synonyms=list(syn),
+                isthing=bool(c.get("isthing", 1)),
+                frequency=str(c.get("frequency", "")),
+            )
+        except _Invalid as e:
+            bad.report(path, rec, str(e))
+    return list(cats.values())
+
+
+def _id_list(img: dict, key: str, cat_ids: set[int]) -> list[int]:
+    values = img.get(key, [])
+    if not isinstance(values, list):
+        raise _Invalid(f"{key} must be a list")
+    ids = [_int(v, key) for v in values]
+    unknown = sorted(set(ids) - cat_ids)
+    if unknown:
+        raise _Invalid(f"{key} names unknown category id(s) {unknown[:5]}")
+    return ids
+
+
+def _read_images(entries: Any, path: str, bad: BadRecords, cat_ids: set[int]) -> dict[Any, ImageRecord]:
+    if not isinstance(entries, list):
+        raise BadRecordError(path, "images", "must be a list")
+    records: dict[Any, ImageRecord] = {}
+    for i, img in enumerate(entries):
+        rec = f"image #{i} (id={img.get('id') if isinstance(img, dict) else None})"
+        try:
+            _require(img, ("id", "width", "height"), "image")
+            iid = _image_id(img["id"])
+            if iid in records:
+                raise _Invalid(f"duplicate image id {iid!r}")
+            w, h = _int(img["width"], "width"), _int(img["height"], "height")
+            if w <= 0 or h <= 0:
+                raise _Invalid(f"image size must be positive, got {w}x{h}")
+            records[iid] = ImageRecord(
+                image_id=iid,
+                file_name=_file_name(img),
+                width=w,
+                height=h,
+                neg_category_ids=_id_list(img, "neg_category_ids", cat_ids),
+                not_exhaustive_category_ids=_id_list(img, "not_exhaustive_category_ids", cat_ids),
+            )
+        except _Invalid as e:
+            bad.report(path, rec, str(e))
+    return records
+
+
+def _read_instance(
+    ann: Any, records: dict[Any, ImageRecord], cats: dict[int, Category], seen: set[int], source: str
+) -> tuple[ImageRecord, Instance]:
+    _require(ann, ("id", "image_id", "category_id"), "annotation")
+    aid = _int(ann["id"], "id")
+    if aid in seen:
+        raise _Invalid(f"duplicate annotation id {aid}")
+    iid = _image_id(ann["image_id"])
+    if iid not in records:
+        raise _Invalid(f"unknown image id {iid!r}")
+    cid = _int(ann["category_id"], "category_id")
+    if cid not in cats:
+        raise _Invalid(f"unknown category id {cid}")
+    record = records[iid]
+    box, mask = _geometry(ann, record.width, record.height)
+    score = ann.get("score")
+    if score is not None:
+        score = _finite([score], "score")[0]
+    quality = ann.get("box_quality", "exact")
+    if quality not in ("exact", "approximate"):
+        raise _Invalid(f"box_quality must be 'exact' or 'approximate', got {quality!r}")
+    inst = Instance(
+        text=cats[cid].name,
+        category_id=cid,
+        box=box,
+        box_quality=quality,
+        mask=mask,
+        source=source,
+        is_crowd=bool(ann.get("iscrowd", 0)),
+        score=score,
+        id=aid,
+        area=_finite([ann["area"]], "area")[0] if ann.get("area") is not None else None,
+    )
+    return record, inst
+
+
+def read_coco_instances(
+    path: str | os.PathLike,
+    image_root: str = "",
+    on_bad: BadRecords | None = None,
+    source: str = "coco",
+    *,
+    progress: bool = True,
+) -> RecordSet:
+    """Read a COCO or LVIS instances JSON into records (one per image, in file order).
+
+    Every instance gets ``text`` = category name, ``category_id``, an XYXY ``box`` (from the
+    file's XYWH bbox, clipped when it sticks out by <= 1 px), a compressed-RLE ``mask`` (from
+    polygons / compressed / uncompressed RLE; None for ``"segmentation": []``), ``is_crowd``,
+    ``id`` and ``source``. Extra keys ``score`` / ``box_quality`` (written for pseudo labels by
+    :func:`to_coco_dict`) are read back.
+
+    Invalid entries (reported through ``on_bad``): missing keys, duplicate image / annotation /
+    category ids, unknown image or category ids, zero/negative or out-of-image boxes, NaN/inf
+    coordinates, polygons with < 3 points, RLE whose size differs from the image's, RLE
+    (uncompressed or compressed) whose runs do not sum to h*w. Skipping an image also skips its
+    annotations (each counted as "unknown image id").
+
+    Raises:
+        FileNotFoundError: missing file.
+        BadRecordError: empty / malformed file, missing top-level keys, or (policy "error") the
+            first invalid entry, naming the file and the entry.
+    """
+    path = str(path)
+    bad = on_bad if on_bad is not None else BadRecords()
+    data = load_json_file(path)
+    if not isinstance(data, dict):
+        raise BadRecordError(path, "file", f"expected a JSON object, got {type(data).__name__}")
+    missing = [k for k in ("images", "categories") if k not in data]
+    if missing:
+        raise BadRecordError(path, "file", f"missing required top-level key(s) {missing}")
+    categories = _read_categories(data["categories"], path, bad)
+    cats = {c.id: c for c in categories}
+    records = _read_images(data["images"], path, bad, set(cats))
+    anns = data.get("annotations", [])
+    if not isinstance(anns, list):
+        raise BadRecordError(path, "annotations", "must be a list")
+    seen: set[int] = set()
+    for i, ann in _progress(enumerate(anns), len(anns), "annotations", progress):
+        try:
+            record, inst = _read_instance(ann, records, cats, seen, source)
+        except _Invalid as e:
+            bad.report(
+                path, f"annotation #{i} (id={ann.get('id') if isinstance(ann, dict) else None})", str(e)
+            )
+            continue
+        seen.add(inst.id)  # type: ignore[arg-type]
+        record.instances.append(inst)
+    return RecordSet(
+        records=list(records.values()), categories=categories, image_root=image_root, name=Path(path).stem
+    )
+
+
+def read_coco_results(
+    path: str | os.PathLike,
+    gt: RecordSet,
+    on_bad: BadRecords | None = None,
+    source: str = "prediction",
+    *,
+    progress: bool = True,
+) -> RecordSet:
+    """Read a COCO results list; predictions are attached to copies of ``gt``'s images.
+
+    Returns a RecordSet with ``gt``'s categories and one record per gt image (same order, same
+    id / file / size, no captions etc.) whose instances are the predictions (``score`` set,
+    ``id`` None). Results naming an unknown image / category or with bad geometry go through
+    ``on_bad``.
+    """
+    path = str(path)
+    bad = on_bad if on_bad is not None else BadRecords()
+    data = load_json_file(path)
+    if not isinstance(data, list):
+        raise BadRecordError(path, "file", f"a results file is a JSON list, got {type(data).__name__}")
+    cats = gt.category_by_id()
+    records: dict[Any, ImageRecord] = {
+        r.image_id: ImageRecord(image_id=r.image_id, file_name=r.file_name, width=r.width, height=r.height)
+        for r in gt.records
+    }
+    for i, res in _progress(enumerate(data), len(data), "results", progress):
+        try:
+            _require(res, ("image_id", "category_id", "score"), "result")
+            iid = _image_id(res["image_id"])
+            if iid not in records:
+                raise _Invalid(f"unknown image id {iid!r}")
+            cid = _int(res["category_id"], "category_id")
+            if cid not in cats:
+                raise _Invalid(f"unknown category id {cid}")
+            score = _finite([res["score"]], "score")[0]
+            record = records[iid]
+            box, mask = _geometry(res, record.width, record.height)
+        except _Invalid as e:
+            bad.report(
+                path,
+                f"result #{i} (image_id={res.get('image_id') if isinstance(res, dict) else None})",
+                str(e),
+            )
+            continue
+        record.instances.append(
+            Instance(text=cats[cid].name, category_id=cid, box=box, mask=mask, source=source, score=score)
+        )
+    return RecordSet(
+        records=list(records.values()),
+        categories=list(gt.categories),
+        image_root=gt.image_root,
+        name=Path(path).stem,
+    )
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _xywh(box: Box) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    # rounding to 1e-6 px drops float noise such as 66.42999999999995 from x1 - x0
+    return [round(x0, 6), round(y0, 6), round(x1 - x0, 6), round(y1 - y0, 6)]
+
+
+def _category_id(inst: Instance, by_name: dict[str, Category], where: str) -> int:
+    if inst.category_id is not None:
+        return int(inst.category_id)
+    if inst.text in by_name:
+        return by_name[inst.text].id
+    raise ValueError(f"{where}: instance {inst.text!r} has no category_id and its text names no category")
+
+
+def _box_and_mask(inst: Instance, where: str) -> tuple[list[float], RLE | None]:
+    mask = normalize_rle(inst.mask) if inst.mask is not None else None
+    if inst.box is not None:
+        return _xywh(inst.box), mask
+    if mask is not None:
+        return _xywh(rle_to_box(mask)), mask
+    raise ValueError(f"{where}: instance {inst.text!r} has neither a box nor a mask; COCO cannot hold it")
+
+
+def _is_lvis(rs: RecordSet) -> bool:
+    return any(c.synonyms for c in rs.categories) or any(
+        r.neg_category_ids or r.not_exhaustive_category_ids for r in rs.records
+    )
+
+
+def to_coco_dict(rs: RecordSet) -> dict:
+    """RecordSet -> COCO instances dict (LVIS keys when the set has synonyms / negative ids).
+
+    Annotation ids are kept when every instance has a unique one, otherwise renumbered 1..N.
+    ``area`` is the mask's pixel count (box area for box-only instances, which are written
+    without a ``segmentation`` key: nothing is fabricated). Instances without a category id are
+    matched to a category by name; ``score`` and a non-exact ``box_quality`` are kept as extra keys.
+
+    Raises:
+        ValueError: an instance has no category (id or name) or neither box nor mask.
+    """
+    ids = [r.image_id for r in rs.records]
+    if len(set(ids)) != len(ids):
+        dup = sorted(str(i) for i, n in Counter(ids).items() if n > 1)[:5]
+        raise ValueError(f"record set {rs.name!r} has duplicate image ids {dup}")
+    lvis = _is_lvis(rs)
+    by_name = rs.category_by_name()
+    all_ids = [i.id for r in rs.records for i in r.instances]
+    keep_ids = None not in all_ids and len(set(all_ids)) == len(all_ids)
+    images, annotations = [], []
+    for r in rs.records:
+        img: dict[str, Any] = {
+            "id": r.image_id,
+            "file_name": r.file_name,
+            "width": r.width,
+            "height": r.height,
+        }
+        if lvis:
+            img["neg_category_ids"] = list(r.neg_category_ids)
+            img["not_exhaustive_category_ids"] = list(r.not_exhaustive_category_ids)
+        images.append(img)
+        for inst in r.instances:
+            where = f"image {r.image_id!r}"
+            bbox, mask = _box_and_mask(inst, where)
+            ann: dict[str, Any] = {
+                "id": inst.id if keep_ids else len(annotations) + 1,
+                "image_id": r.image_id,
+                "category_id": _category_id(inst, by_name, where),
+                "bbox": bbox,
+                "area": inst.area if inst.area is not None else (rle_area(mask) if mask is not None else bbox[2] * bbox[3]),
+                "iscrowd": int(inst.is_crowd),
+            }
+            if mask is not None:
+                ann["segmentation"] = mask
+            if inst.score is not None:
+                ann["score"] = float(inst.score)
+            if inst.box_quality != "exact":
+                ann["box_quality"] = inst.box_quality
+            annotations.append(ann)
+    categories = []
+    for c in rs.categories:
+        cat: dict[str, Any] = {"id": c.id, "name": c.name, "supercategory": c.supercategory}
+        if lvis:
+            cat["synonyms"] = list(c.synonyms)
+            if c.frequency:
+                cat["frequency"] = c.frequency
+        if not c.isthing:
+            cat["isthing"] = 0
+        categories.append(cat)
+    return {
+        "info": {"description": rs.name},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
+def to_coco_results(rs: RecordSet) -> list[dict]:
+    """Instances with a score (predictions / pseudo labels) -> COCO results list.
+
+    Ground-truth instances (``score is None``) are left out. Each entry has ``image_id``,
+    ``category_id``, ``bbox`` (XYWH), ``score`` and ``segmentation`` (compressed RLE) when the
+    instance has a mask.
+    """
+    by_name = rs.category_by_name()
+    out = []
+    for r in rs.records:
+        for inst in r.instances:
+            if inst.score is None:
+                continue
+            where = f"image {r.image_id!r}"
+            bbox, mask = _box_and_mask(inst, where)
+            res: dict[str, Any] = {
+                "image_id": r.image_id,
+                "category_id": _category_id(inst, by_name, where),
+                "bbox": bbox,
+                "score": float(inst.score),
+            }
+            if mask is not None:
+                res["segmentation"] = mask
+            out.append(res)
+    return out
+
+
+def write_coco_instances(path: str | os.PathLike, rs: RecordSet) -> None:
+    """Write :func:`to_coco_dict` atomically."""
+    atomic_write_json(path, to_coco_dict(rs))
+
+
+def write_coco_results(path: str | os.PathLike, rs: RecordSet) -> None:
+    """Write :func:`to_coco_results` atomically."""
+    atomic_write_json(path, to_coco_results(rs))
