@@ -20,7 +20,7 @@ class Table:
 
 
 def _cell(v: str | float | int | None) -> str:
-    if v is None:
+    if v is None or (isinstance(v, float) and v != v):  # None or NaN
         return "&ndash;"
     if isinstance(v, float):
         return f"{v:.1f}"

@@ -1,0 +1,69 @@
+"""``omniseg eval``: COCO mask / box AP (base / novel), Open-Images AP50, panoptic PQ."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from omniseg.commands.common import add_bad_record_arg, bad_records, report_skips
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("gt", help="ground truth: dataset folder or COCO / LVIS instances JSON")
+    p.add_argument("--pred", required=True, help="predictions: COCO results JSON (list of detections with scores)")
+    p.add_argument("--iou-type", nargs="+", choices=("segm", "bbox"), default=["segm", "bbox"])
+    p.add_argument("--split", default=None, help="report base / novel groups of a named split (voc-like, zsd-like, compositional)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--openimages", action="store_true", help="also report Open-Images-style AP50 (<= 100 detections per image)")
+    p.add_argument("--per-class", action="store_true", help="print per-class AP")
+    p.add_argument("--engine", choices=("faster", "pycocotools"), default="faster")
+    p.add_argument("--out", default=None, help="write a JSON report here (and a .md next to it)")
+    add_bad_record_arg(p)
+
+
+def split_groups(name: str | None, categories, seed: int = 0) -> dict[str, list[int]] | None:
+    """Base / novel category ids of a named split over ``categories`` (None without a split)."""
+    if not name:
+        return None
+    from omniseg.data.splits import SPLITS
+
+    if name not in SPLITS:
+        raise SystemExit(f"unknown split {name!r}; choose from {sorted(SPLITS)}")
+    split = SPLITS[name](categories, seed=seed)
+    return {"base": list(split.base_ids), "novel": list(split.novel_ids)}
+
+
+def evaluate_all(gt, pred, iou_types, groups=None, per_class=False, openimages=False, engine="faster") -> dict:
+    """All instance metrics as one flat dict with ``<iou_type>/`` prefixes."""
+    from omniseg.evaluation.instance import evaluate_instances
+
+    out: dict[str, float] = {}
+    for t in iou_types:
+        res = evaluate_instances(gt, pred, iou_type=t, groups=groups, engine=engine, per_class=per_class)
+        out.update({f"{t}/{k}" if not k.startswith("class/") else f"class/{t}/{k[6:]}": v for k, v in res.items()})
+    if openimages:
+        from omniseg.evaluation.openimages import openimages_ap50
+
+        res = openimages_ap50(gt, pred, max_dets=100)
+        out.update({f"oi/{k}": v for k, v in res.items() if isinstance(v, float)})
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    from omniseg.data.formats.coco import read_coco_results
+    from omniseg.data.load import load_dataset
+    from omniseg.evaluation.report import metrics_table, per_class_table, write_report
+
+    bad = bad_records(args)
+    gt = load_dataset(args.gt, on_bad=bad)
+    pred = read_coco_results(args.pred, gt, on_bad=bad)
+    groups = split_groups(args.split, gt.categories, args.split_seed)
+    res = evaluate_all(gt, pred, args.iou_type, groups, args.per_class, args.openimages, args.engine)
+    print(metrics_table({Path(args.pred).name: {k: v for k, v in res.items() if not k.startswith("class/")}}))
+    if args.per_class:
+        print(per_class_table(res))
+    if args.out:
+        write_report(args.out, res, markdown_path=Path(args.out).with_suffix(".md"), title=f"{args.pred} vs {args.gt}")
+        print(f"report written to {args.out}")
+    report_skips(bad)
+    return 0
