@@ -1,0 +1,257 @@
+"""Loading foreign backbone checkpoints (torchvision ResNet, timm / MAE ViT).
+
+One remapping function per backbone turns a checkpoint's state dict into our names, like
+timm's ``checkpoint_filter_fn``:
+
+* :func:`resnet_filter_fn` - torchvision ``resnet*`` ImageNet checkpoints (drops ``fc``);
+* :func:`vit_filter_fn` - timm ``vit_*`` and MAE checkpoints (drops the classifier head and
+  the MAE decoder, resizes ``pos_embed`` to the model's grid).
+
+:func:`load_pretrained` reads ``.safetensors`` or ``.pth`` / ``.pt`` / ``.bin`` files; the latter
+with ``torch.load(weights_only=True)``, so nothing is unpickled beyond tensors and plain
+containers. It returns a :class:`LoadReport` listing missing, unexpected and shape-mismatched
+keys, and raises :class:`CheckpointError` naming the file when ``strict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from omniseg.modeling.backbones.vit import resize_pos_embed
+from omniseg.utils.atomic import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+FilterFn = Callable[[StateDict, nn.Module | None], StateDict]
+
+# Keys under which training scripts nest the weights: MAE / DeiT save {"model": ...},
+# Lightning and many others {"state_dict": ...}.
+_NESTING_KEYS = ("model", "state_dict", "model_state", "module")
+_PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit the model. The message names the file."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did.
+
+    Attributes:
+        path: the checkpoint file.
+        loaded: model keys filled from the checkpoint.
+        missing: model keys the checkpoint did not provide (left at their initial values).
+        unexpected: checkpoint keys (after filtering) the model has no place for.
+        mismatched: (key, checkpoint shape, model shape) for keys skipped for their shape.
+    """
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, max_keys: int = 10) -> str:
+        def show(keys: list) -> str:
+            more = f", ... ({len(keys) - max_keys} more)" if len(keys) > max_keys else ""
+            return ", ".join(str(k) for k in keys[:max_keys]) + more
+
+        lines = [f"{self.path}: loaded {len(self.loaded)} tensors"]
+        if self.missing:
+            lines.append(f"  missing in checkpoint ({len(self.missing)}): {show(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected in checkpoint ({len(self.unexpected)}): {show(self.unexpected)}")
+        if self.mismatched:
+            items = [f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched]
+            lines.append(f"  shape mismatch ({len(items)}): {show(items)}")
+        return "\n".join(lines)
+
+
+def unwrap_state_dict(obj: Any, source: str = "<checkpoint>") -> StateDict:
+    """Find the tensor dict inside a checkpoint object and strip DDP's ``module.`` prefix.
+
+    Accepts a plain ``{name: tensor}`` dict or one nested under "model" / "state_dict" /
+    "model_state" / "module" (MAE saves ``{"model": ..., "optimizer": ..., "epoch": ...}``).
+    Non-tensor entries of the weight dict raise :class:`CheckpointError`.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+    for _ in range(3):
+        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise CheckpointError(
+                f"{source}: no tensors found; top-level keys are {sorted(map(str, obj))[:10]}"
+            )
+        obj = inner
+    out: StateDict = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        while key.startswith("module."):
+            key = key[len("module.") :]
+        out[key] = value
+    return out
+
+
+def _model_prefix(model: nn.Module | None, anchor: str) -> str:
+    """The prefix under which ``anchor`` (e.g. "conv1.weight") sits in the model, "" if none."""
+    if model is None:
+        return ""
+    keys = model.state_dict().keys()
+    if anchor in keys:
+        return ""
+    hits = sorted((k[: -len(anchor)] for k in keys if k.endswith("." + anchor)), key=len)
+    return hits[0] if hits else ""
+
+
+def resnet_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None = None) -> StateDict:
+    """Remap a torchvision ResNet checkpoint to :class:`~omniseg.modeling.backbones.resnet.ResNet`.
+
+    Strips ``module.`` prefixes and checkpoint nesting, drops the ImageNet classifier
+    (``fc.weight`` / ``fc.bias``). Our names are torchvision's, so nothing else is renamed. When
+    ``model`` holds the ResNet under a prefix (e.g. ``bottom_up.`` inside an FPN), the keys get
+    that prefix.
+    """
+    sd = unwrap_state_dict(state_dict)
+    sd = {k: v for k, v in sd.items() if not (k == "fc" or k.startswith("fc."))}
+    prefix = _model_prefix(model, "conv1.weight")
+    return {prefix + k: v for k, v in sd.items()}
+
+
+# Checkpoint entries that belong to a classifier or to MAE's pixel decoder, not to the encoder.
+_VIT_DROP_PREFIXES = ("head.", "head_dist.", "decoder", "mask_token", "fc_norm.", "pre_logits.")
+
+
+def vit_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None = None) -> StateDict:
+    """Remap a timm / MAE ViT checkpoint to :class:`~omniseg.modeling.backbones.vit.VisionTransformer`.
+
+    Unwraps MAE's ``{"model": ...}`` nesting and ``module.`` prefixes; drops the classifier
+    (``head.*``, ``fc_norm.*``, ``pre_logits.*``) and MAE decoder entries (``decoder_*``,
+    ``mask_token``); resizes ``pos_embed`` bicubically to the model's patch grid (cls entry
+    kept), so an ImageNet-224 checkpoint loads into a model built for another image size.
+    """
+    sd = unwrap_state_dict(state_dict)
+    sd = {k: v for k, v in sd.items() if not k.startswith(_VIT_DROP_PREFIXES)}
+    prefix = _model_prefix(model, "cls_token")
+    if model is not None and "pos_embed" in sd:
+        target = model.state_dict().get(prefix + "pos_embed")
+        pos = sd["pos_embed"]
+        if (
+            target is not None
+            and pos.shape != target.shape
+            and pos.dim() == 3
+            and pos.shape[-1] == target.shape[-1]
+        ):
+            num_prefix = int(getattr(model, "num_prefix_tokens", 1))
+            grid = _square_side(target.shape[1] - num_prefix, "model pos_embed")
+            _square_side(pos.shape[1] - num_prefix, "checkpoint pos_embed")
+            sd["pos_embed"] = resize_pos_embed(pos, (grid, grid), num_prefix)
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def _square_side(n: int, what: str) -> int:
+    side = int(round(n**0.5))
+    if side * side != n:
+        raise CheckpointError(f"{what} has {n} grid tokens after the cls token, not a square grid")
+    return side
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Read a ``.safetensors`` file or a ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` file (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        if suffix in _PTH_SUFFIXES:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, or a pickle that needs arbitrary classes
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+    raise CheckpointError(
+        f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors or {_PTH_SUFFIXES}"
+    )
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike,
+    filter_fn: FilterFn | None = None,
+    *,
+    strict: bool = False,
+) -> LoadReport:
+    """Load a foreign checkpoint into ``model``.
+
+    Args:
+        model: the module to fill (e.g. a ResNet, an FPN holding one, a VisionTransformer).
+        path: ``.safetensors`` or ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` file.
+        filter_fn: remapping, called as ``filter_fn(state_dict, model)`` (e.g.
+            :func:`resnet_filter_fn`, :func:`vit_filter_fn`); None only unwraps nesting and
+            ``module.`` prefixes.
+        strict: raise :class:`CheckpointError` (naming the file and keys) unless every model key
+            is filled and every checkpoint key used with the right shape.
+
+    Returns:
+        A :class:`LoadReport`; its summary is logged as a warning when anything did not fit.
+    """
+    raw = read_checkpoint(path)
+    try:
+        sd = filter_fn(raw, model) if filter_fn is not None else unwrap_state_dict(raw, str(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    report = LoadReport(path=str(path))
+    own = model.state_dict()
+    usable: StateDict = {}
+    for key, value in sd.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        else:
+            usable[key] = value
+    result = model.load_state_dict(usable, strict=False)
+    report.missing = list(result.missing_keys) + [k for k, _, _ in report.mismatched]
+    report.unexpected = list(result.unexpected_keys)
+    missing = set(report.missing)
+    report.loaded = [k for k in own if k not in missing]
+    if not report.ok:
+        if strict:
+            raise CheckpointError("checkpoint does not fit the model (strict):\n" + report.summary())
+        logger.warning("%s", report.summary())
+    return report
+
+
+def convert_to_safetensors(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    filter_fn: FilterFn | None = None,
+    model: nn.Module | None = None,
+) -> int:
+    """Read ``src`` (any supported checkpoint), remap with ``filter_fn`` and write ``dst`` atomically.
+
+    Returns the number of tensors written.
+    """
+    from safetensors.torch import save
+
+    raw = read_checkpoint(src)
+    sd = filter_fn(raw, model) if filter_fn is not None else unwrap_state_dict(raw, str(src))
+    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    atomic_write_bytes(dst, save(sd))
+    return len(sd)

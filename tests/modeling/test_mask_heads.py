@@ -1,0 +1,213 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omniseg.modeling.heads.mask_heads import (
+    MASK_HEAD_BUILDERS,
+    FCNMaskHead,
+    FusedMaskHead,
+    Hourglass,
+    HourglassMaskHead,
+    MLPMaskBranch,
+    build_fcn_mask_head,
+    build_fused_mask_head,
+    build_hourglass20_mask_head,
+    fuse_mask_logits,
+    select_class_logits,
+)
+from omniseg.modeling.norm import FrozenBatchNorm2d
+
+
+def _reference_fcn(head: FCNMaskHead, x):
+    for block in head.convs:
+        conv = block[0]
+        x = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1))
+    x = F.relu(F.conv_transpose2d(x, head.deconv.weight, head.deconv.bias, stride=2))
+    return F.conv2d(x, head.predictor.weight, head.predictor.bias)
+
+
+@pytest.mark.parametrize("num_classes", [1, 5])
+def test_fcn_head_shapes_and_reference(num_classes):
+    torch.manual_seed(0)
+    head = FCNMaskHead(6, conv_dim=8, num_classes=num_classes)
+    assert sum(isinstance(m, nn.Conv2d) for m in head.convs.modules()) == 4
+    x = torch.randn(3, 6, 14, 14)
+    out = head(x)
+    assert out.shape == (3, num_classes, 28, 28)
+    torch.testing.assert_close(out, _reference_fcn(head, x))
+    assert head(torch.zeros(0, 6, 14, 14)).shape == (0, num_classes, 28, 28)
+
+
+def test_deconv_doubles_exactly():
+    # A 2x2 stride-2 transposed conv puts each input pixel's 2x2 kernel copy in its own cell.
+    head = FCNMaskHead(1, conv_dim=1, num_convs=0)
+    with torch.no_grad():
+        head.deconv.weight.copy_(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]))
+        head.deconv.bias.zero_()
+    up = head.deconv(torch.tensor([[[[1.0, -1.0]]]]))
+    assert up.tolist() == [[[[1.0, 2.0, -1.0, -2.0], [3.0, 4.0, -3.0, -4.0]]]]
+
+
+@pytest.mark.parametrize("norm", ["GN", "BN", "FrozenBN"])
+def test_fcn_norm_variants_train_eval(norm):
+    head = build_fcn_mask_head(8, conv_dim=8, norm=norm)
+    if norm == "FrozenBN":
+        assert isinstance(head.convs[0][1], FrozenBatchNorm2d)
+    x = torch.randn(4, 8, 7, 7)
+    head.train()(x).sum().backward()
+    assert all(p.grad is not None for p in head.parameters())
+    head.eval()
+    torch.testing.assert_close(head(x), head(x))
+
+
+def test_hourglass20_layer_count_and_shapes():
+    head = build_hourglass20_mask_head(8, channels=8)
+    main_path_convs = [
+        name for name, m in head.named_modules() if isinstance(m, nn.Conv2d) and ".shortcut." not in name
+    ]
+    assert len(main_path_convs) == 20
+    assert head.bottom_blocks == 3 and head.levels == 2
+    x = torch.randn(2, 8, 16, 16)
+    assert head(x).shape == (2, 1, 16, 16)
+    assert head(torch.randn(1, 8, 15, 13)).shape == (1, 1, 15, 13)  # odd RoI sizes
+    up = build_hourglass20_mask_head(8, channels=8, upsample=True, num_classes=3)
+    assert up(x).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("num_layers,levels", [(16, 2), (26, 2), (10, 1), (22, 3)])
+def test_hourglass_depths(num_layers, levels):
+    head = HourglassMaskHead(4, channels=4, num_layers=num_layers, levels=levels, norm="none")
+    convs = [n for n, m in head.named_modules() if isinstance(m, nn.Conv2d) and ".shortcut." not in n]
+    assert len(convs) == num_layers
+    assert head(torch.randn(1, 4, 16, 16)).shape == (1, 1, 16, 16)
+
+
+@pytest.mark.parametrize("num_layers,levels", [(14, 2), (19, 2), (20, 0)])
+def test_hourglass_bad_depth(num_layers, levels):
+    with pytest.raises(ValueError, match="num_layers"):
+        HourglassMaskHead(4, channels=4, num_layers=num_layers, levels=levels)
+
+
+def test_hourglass_level_against_reference():
+    torch.manual_seed(0)
+    hg = Hourglass(1, 4, 1, "none")
+    x = torch.randn(2, 4, 6, 6)
+    low = hg.up(hg.inner(hg.down(x)))  # 3 x 3
+    ref = hg.skip(x) + low.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    torch.testing.assert_close(hg(x), ref)
+    # The down block halves the size; the residual inside it is projected with stride 2.
+    assert hg.down(x).shape == (2, 4, 3, 3) and isinstance(hg.down.shortcut, nn.Sequential)
+
+
+def test_hourglass_gradients_reach_every_parameter():
+    head = build_hourglass20_mask_head(4, channels=4, norm="GN")
+    head(torch.randn(2, 4, 16, 16)).square().mean().backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_mlp_branch_against_reference():
+    torch.manual_seed(0)
+    mlp = MLPMaskBranch(3, 4, out_size=8, hidden_dim=10, num_fc=2)
+    with torch.no_grad():
+        mlp.predictor.weight.normal_()  # default init is tiny; make the check meaningful
+    x = torch.randn(5, 3, 4, 4)
+    h = x.reshape(5, -1)
+    for layer in mlp.fcs:
+        if isinstance(layer, nn.Linear):
+            h = F.relu(h @ layer.weight.t() + layer.bias)
+    ref = (h @ mlp.predictor.weight.t() + mlp.predictor.bias).view(5, 1, 8, 8)
+    out = mlp(x)
+    assert out.shape == (5, 1, 8, 8)
+    torch.testing.assert_close(out, ref)
+    with pytest.raises(ValueError, match="expects 48 inputs"):
+        mlp(torch.randn(5, 3, 5, 5))
+
+
+def test_mlp_branch_reduce_and_no_hidden():
+    mlp = MLPMaskBranch(8, 2, out_size=4, num_fc=0, reduce_channels=2)
+    assert mlp.in_features == 8 and len(mlp.fcs) == 0
+    assert mlp(torch.randn(3, 8, 2, 2)).shape == (3, 1, 4, 4)
+
+
+def test_fuse_mask_logits_hand_worked():
+    fcn = torch.tensor([[[[1.0]], [[2.0]], [[3.0]]]])  # 1 x 3 x 1 x 1
+    mlp = torch.tensor([[[[10.0]]]])  # 1 x 1 x 1 x 1
+    assert fuse_mask_logits(fcn, mlp).flatten().tolist() == [11.0, 12.0, 13.0]
+    with pytest.raises(ValueError, match="R x 1"):
+        fuse_mask_logits(fcn, fcn)
+    with pytest.raises(ValueError, match="sizes differ"):
+        fuse_mask_logits(fcn, torch.zeros(1, 1, 2, 2))
+
+
+def test_fused_head_is_fcn_plus_tiled_mlp():
+    torch.manual_seed(0)
+    head = build_fused_mask_head(6, roi_size=7, num_classes=4, conv_dim=8, hidden_dim=16)
+    with torch.no_grad():
+        head.mlp.predictor.weight.normal_()
+    x = torch.randn(3, 6, 7, 7)
+    out = head(x)
+    assert out.shape == (3, 4, 14, 14)
+    agn = head.mlp(head.fcn.trunk(x))
+    fcn = head.fcn(x)
+    for k in range(4):
+        torch.testing.assert_close(out[:, k], fcn[:, k] + agn[:, 0])
+    out.sum().backward()
+    assert all(p.grad is not None for p in head.parameters())
+    assert isinstance(head, FusedMaskHead) and head.num_classes == 4
+
+
+def test_select_class_logits():
+    logits = torch.arange(2 * 3 * 1 * 1, dtype=torch.float).view(2, 3, 1, 1)
+    assert select_class_logits(logits, torch.tensor([2, 0])).flatten().tolist() == [2.0, 3.0]
+    agn = torch.randn(2, 1, 4, 4)
+    assert torch.equal(select_class_logits(agn, torch.tensor([5, 9])), agn[:, 0])
+    with pytest.raises(ValueError, match="classes"):
+        select_class_logits(logits, torch.tensor([0]))
+    assert select_class_logits(torch.zeros(0, 3, 2, 2), torch.zeros(0, dtype=torch.long)).shape == (0, 2, 2)
+
+
+@pytest.mark.parametrize("name", sorted(MASK_HEAD_BUILDERS))
+def test_builders_overfit_one_batch(name):
+    torch.manual_seed(0)
+    kwargs = {
+        "fcn4": dict(conv_dim=8),
+        "hourglass20": dict(channels=8),
+        "fcn4_mlp": dict(conv_dim=8, hidden_dim=16, roi_size=8),
+    }
+    head = MASK_HEAD_BUILDERS[name](4, **kwargs[name])
+    x = torch.randn(2, 4, 8, 8)
+    out_size = head(x).shape[-1]
+    target = torch.zeros(2, 1, out_size, out_size)
+    target[0, :, : out_size // 2] = 1.0
+    target[1, :, :, out_size // 2 :] = 1.0
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = F.binary_cross_entropy_with_logits(head(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", sorted(MASK_HEAD_BUILDERS))
+def test_safetensors_round_trip(tmp_path, name):
+    from safetensors.torch import load_file, save_file
+
+    kwargs = {
+        "fcn4": dict(conv_dim=8, norm="BN"),
+        "hourglass20": dict(channels=8),
+        "fcn4_mlp": dict(conv_dim=8, hidden_dim=16, roi_size=8),
+    }
+    torch.manual_seed(0)
+    head = MASK_HEAD_BUILDERS[name](4, **kwargs[name])
+    x = torch.randn(2, 4, 8, 8)
+    head.train()(x)  # moves BN statistics away from their defaults
+    save_file(head.state_dict(), str(tmp_path / "head.safetensors"))
+    torch.manual_seed(1)
+    fresh = MASK_HEAD_BUILDERS[name](4, **kwargs[name])
+    fresh.load_state_dict(load_file(str(tmp_path / "head.safetensors")), strict=True)
+    torch.testing.assert_close(fresh.eval()(x), head.eval()(x))
