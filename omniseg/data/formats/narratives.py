@@ -1,0 +1,188 @@
+"""Localized Narratives JSONL: read (streaming), attach to records, write.
+
+Public format (one JSON object per line, https://google.github.io/localized-narratives/):
+``{"dataset_id", "image_id", "annotator_id", "caption",
+"timed_caption": [{"utterance", "start_time", "end_time"}, ...],
+"traces": [[{"x", "y", "t"}, ...], ...], "voice_recording"}``.
+Trace ``x, y`` are normalized by the image size and may fall slightly outside [0, 1] in the
+real data; they are kept as they are. Image ids are strings in the files (COCO ids as
+decimal text), matched against records' int or str ids.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from tqdm import tqdm
+
+from omniseg.data.errors import BadRecords
+from omniseg.data.records import Narrative, RecordSet, TracePoint, Utterance
+from omniseg.utils.atomic import atomic_open
+
+REQUIRED_KEYS = ("dataset_id", "image_id", "annotator_id", "caption", "timed_caption", "traces")
+UNKNOWN_IMAGE = "narrative for an image not in the record set"
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(f"{what} is not a number ({value!r})")
+    if not math.isfinite(value):
+        raise _Invalid(f"{what} is not finite ({value!r})")
+    return float(value)
+
+
+def _parse(obj: Any) -> tuple[str, Narrative]:
+    if not isinstance(obj, dict):
+        raise _Invalid("line is not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise _Invalid(f"missing key(s) {', '.join(missing)}")
+    if not isinstance(obj["caption"], str):
+        raise _Invalid("caption is not a string")
+    if not isinstance(obj["image_id"], (str, int)) or isinstance(obj["image_id"], bool):
+        raise _Invalid(f"image_id is not a string ({obj['image_id']!r})")
+    if not isinstance(obj["timed_caption"], list) or not isinstance(obj["traces"], list):
+        raise _Invalid("timed_caption and traces must be lists")
+    timed = []
+    for i, u in enumerate(obj["timed_caption"]):
+        if not isinstance(u, dict) or not {"utterance", "start_time", "end_time"} <= set(u):
+            raise _Invalid(f"timed_caption[{i}] needs utterance, start_time, end_time")
+        start = _number(u["start_time"], f"timed_caption[{i}].start_time")
+        end = _number(u["end_time"], f"timed_caption[{i}].end_time")
+        if end < start:
+            raise _Invalid(f"timed_caption[{i}]: end_time {end} < start_time {start}")
+        timed.append(Utterance(str(u["utterance"]), start, end))
+    traces = []
+    for i, seg in enumerate(obj["traces"]):
+        if not isinstance(seg, list):
+            raise _Invalid(f"traces[{i}] is not a list")
+        pts = []
+        for j, p in enumerate(seg):
+            if not isinstance(p, dict) or not {"x", "y", "t"} <= set(p):
+                raise _Invalid(f"traces[{i}][{j}] needs x, y, t")
+            pts.append(
+                TracePoint(
+                    _number(p["x"], f"traces[{i}][{j}].x"),
+                    _number(p["y"], f"traces[{i}][{j}].y"),
+                    _number(p["t"], f"traces[{i}][{j}].t"),
+                )
+            )
+        traces.append(pts)
+    annotator = obj["annotator_id"]
+    if annotator is not None and (isinstance(annotator, bool) or not isinstance(annotator, (int, str))):
+        raise _Invalid(f"annotator_id is not an int or string ({annotator!r})")
+    narrative = Narrative(
+        caption=obj["caption"],
+        timed_caption=timed,
+        traces=traces,
+        annotator_id=annotator,
+        dataset_id=str(obj["dataset_id"]),
+        voice_recording=str(obj.get("voice_recording", "")),
+    )
+    return str(obj["image_id"]), narrative
+
+
+def iter_narratives(
+    path: str | os.PathLike, on_bad: BadRecords | None = None, progress: bool = True
+) -> Iterator[tuple[str, Narrative]]:
+    """Stream ``(image_id, Narrative)`` pairs from a Localized Narratives JSONL file.
+
+    The file is read one line at a time (never held in memory). Blank lines are ignored.
+    A bad line (malformed JSON, missing keys, non-finite trace values, an utterance ending
+    before it starts) is reported through ``on_bad`` naming the file and line number.
+    """
+    bad = on_bad if on_bad is not None else BadRecords()
+    size = os.path.getsize(path)
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc="narratives",
+            disable=not progress or not sys.stderr.isatty(),
+        ) as bar,
+    ):
+        for lineno, raw in enumerate(f, start=1):
+            bar.update(len(raw))
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                bad.report(str(path), f"line {lineno}", f"malformed JSON ({e})")
+                continue
+            try:
+                yield _parse(obj)
+            except _Invalid as e:
+                bad.report(str(path), f"line {lineno}", str(e))
+
+
+def _id_key(image_id: int | str) -> str:
+    """Match ``391895``, ``"391895"`` and ``"000000391895"``; other strings stay as they are."""
+    s = str(image_id).strip()
+    return str(int(s)) if s.isdigit() else s
+
+
+def attach_narratives(
+    rs: RecordSet, path: str | os.PathLike, on_bad: BadRecords | None = None, progress: bool = True
+) -> int:
+    """Append the narratives of ``path`` to the records of ``rs`` with the same image id.
+
+    Narratives of images not in ``rs`` (a file usually covers a whole dataset, ``rs`` may be a
+    subset) are skipped and always counted in ``on_bad.skipped`` under
+    :data:`UNKNOWN_IMAGE`, whatever its policy; invalid lines follow the policy.
+
+    Returns:
+        the number of narratives attached.
+    """
+    bad = on_bad if on_bad is not None else BadRecords()
+    by_id = {_id_key(r.image_id): r for r in rs.records}
+    attached = 0
+    for lineno, (image_id, narrative) in enumerate(iter_narratives(path, on_bad=bad, progress=progress), 1):
+        rec = by_id.get(_id_key(image_id))
+        if rec is None:
+            bad.skipped[UNKNOWN_IMAGE] += 1
+            if len(bad.examples) < bad.max_examples:
+                bad.examples.append(f"{path}: narrative {lineno} (image {image_id}): {UNKNOWN_IMAGE}")
+            continue
+        rec.narratives.append(narrative)
+        attached += 1
+    return attached
+
+
+def narrative_to_json(image_id: int | str, n: Narrative) -> dict[str, Any]:
+    """One narrative as the public JSON object (image id as a string)."""
+    return {
+        "dataset_id": n.dataset_id,
+        "image_id": str(image_id),
+        "annotator_id": n.annotator_id,
+        "caption": n.caption,
+        "timed_caption": [
+            {"utterance": u.utterance, "start_time": u.start_time, "end_time": u.end_time}
+            for u in n.timed_caption
+        ],
+        "traces": [[{"x": p.x, "y": p.y, "t": p.t} for p in seg] for seg in n.traces],
+        "voice_recording": n.voice_recording,
+    }
+
+
+def write_narratives_jsonl(path: str | os.PathLike, rs: RecordSet) -> int:
+    """Write every narrative of ``rs`` as one JSONL line (atomically). Returns the line count."""
+    n = 0
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for rec in rs.records:
+            for narrative in rec.narratives:
+                f.write(json.dumps(narrative_to_json(rec.image_id, narrative), allow_nan=False) + "\n")
+                n += 1
+    return n

@@ -1,0 +1,306 @@
+"""A small, model-agnostic training loop.
+
+Contract: ``model(batch) -> dict[str, Tensor]``; entries whose key starts with "loss" are
+summed into the objective, the rest are only logged. Batches come from any iterable
+(re-iterated when exhausted, ``set_epoch`` called if it has one) and are moved to the
+device (tensors, dicts, lists, or objects with ``.to(device)``).
+
+Per step: forward under autocast (bf16 / fp16 + GradScaler), a finite check of every
+loss term (all ranks agree before anyone calls backward, so DDP never hangs), backward,
+optional gradient clipping, optimizer + schedule step, EMA update. Periodically: a JSONL
+metric record, a checkpoint (rank 0, atomic; see :mod:`omniseg.engine.checkpoint`), and
+the evaluation callback. ``resume()`` continues a crashed run from its latest checkpoint:
+weights, optimizer, schedule, grad scaler, EMA, data sampler and per-rank RNG states.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from omniseg.engine import distributed as dist_utils
+from omniseg.engine.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from omniseg.engine.config import TrainConfig, config_to_dict, save_config
+from omniseg.engine.ema import ModelEMA, unwrap_model
+from omniseg.engine.logging import MetricLog, make_progress
+
+EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped on a NaN/Inf loss or gradient; no checkpoint was written for it."""
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels.
+
+    Deterministic mode calls ``torch.use_deterministic_algorithms(True, warn_only=True)``
+    (ops without a deterministic kernel warn instead of failing), turns off cuDNN
+    autotuning and sets the cuBLAS workspace variable that CUDA needs for it.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Device for ``spec``: "auto" is cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_utils.get_local_rank())
+        return torch.device("cpu")
+    return torch.device(spec)
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors, (nested) dicts/lists/tuples, and objects with ``.to(device)`` moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    if hasattr(batch, "to") and callable(batch.to):
+        return batch.to(device)
+    return batch
+
+
+def total_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the entries whose key starts with "loss" (each reduced to a scalar)."""
+    terms = [v.float().sum() for k, v in losses.items() if k.startswith("loss")]
+    if not terms:
+        raise ValueError(f"model returned no loss terms (keys starting with 'loss'); got {sorted(losses)}")
+    return torch.stack(terms).sum()
+
+
+class Trainer:
+    """Runs ``cfg.max_iter`` optimizer steps of ``model`` on batches from ``data``.
+
+    Args:
+        model: returns a dict of loss tensors for a batch. Wrapped in DDP when the process
+            group is initialized (see :func:`omniseg.engine.distributed.init_distributed`).
+        optimizer: e.g. from :func:`omniseg.engine.optim.build_optimizer`.
+        scheduler: object with ``step()``, ``state_dict()``, ``load_state_dict()``.
+        data: iterable of batches, or a zero-argument callable returning an iterator. If it
+            has ``state_dict()``/``load_state_dict()`` (JSON-able), that state is checkpointed.
+        cfg: the engine config.
+        eval_fn: called on every rank with the model (EMA weights if ``cfg.eval_ema``);
+            returns metrics (rank 0's are logged). Gather per-rank predictions inside it
+            with :func:`omniseg.engine.distributed.all_gather_object`.
+        ema: an EMA to update after each step; built from ``cfg.ema_decay`` if None.
+        run_config: the full experiment config saved with checkpoints (default: ``cfg``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        data: Iterable | Callable[[], Iterator],
+        cfg: TrainConfig,
+        *,
+        eval_fn: EvalFn | None = None,
+        ema: ModelEMA | None = None,
+        run_config: Any = None,
+    ):
+        self.cfg, self.optimizer, self.scheduler = cfg, optimizer, scheduler
+        self.data, self.eval_fn = data, eval_fn
+        self.device = resolve_device(cfg.device)
+        self.rank, self.world = dist_utils.get_rank(), dist_utils.get_world_size()
+        self.is_main = self.rank == 0
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' (or 'none') on CPU")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        model.to(self.device)
+        self.model = dist_utils.wrap_ddp(model, self.device, cfg.find_unused_parameters)
+        if ema is None and cfg.ema_decay is not None:
+            ema = ModelEMA(model, cfg.ema_decay)
+        if ema is not None:
+            ema.module.to(self.device)
+        self.ema = ema
+        self.run_config = run_config if run_config is not None else cfg
+        self.output_dir = Path(cfg.output_dir)
+        self.ckpt_dir = self.output_dir / "checkpoints"
+        self.log = MetricLog(self.output_dir / "metrics.jsonl", enabled=self.is_main)
+        self.step = 0
+        self.epoch = 0
+        self._iter: Iterator | None = None
+        self.last_eval: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ data
+
+    def _new_iter(self) -> Iterator:
+        if hasattr(self.data, "set_epoch"):
+            self.data.set_epoch(self.epoch)
+        if callable(self.data) and not hasattr(self.data, "__iter__"):
+            return iter(self.data())
+        return iter(self.data)
+
+    def _next_batch(self) -> Any:
+        if self._iter is None:
+            self._iter = self._new_iter()
+        for _ in range(2):
+            try:
+                return next(self._iter)
+            except StopIteration:
+                self.epoch += 1
+                self._iter = self._new_iter()
+        raise RuntimeError("the data iterable yielded no batches")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def resume(self, path: str | os.PathLike | None = None) -> bool:
+        """Restore the latest checkpoint of this run (or ``path``); False if there is none."""
+        path = Path(path) if path is not None else latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return False
+        state = load_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            ema=self.ema,
+            scaler=self.scaler,
+        )
+        self.step = int(state["step"])
+        extra = state.get("extra") or {}
+        self.epoch = int(extra.get("epoch", 0))
+        data_states = extra.get("data_states")
+        if data_states and hasattr(self.data, "load_state_dict"):
+            self.data.load_state_dict(data_states[self.rank % len(data_states)])
+        rngs = state.get("rng")
+        if rngs:
+            restore_rng_state(rngs[self.rank % len(rngs)])
+        self._iter = None
+        return True
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (a collective: call on every rank; rank 0 writes)."""
+        rngs = dist_utils.all_gather_object(capture_rng_state())
+        data_state = self.data.state_dict() if hasattr(self.data, "state_dict") else None
+        data_states = dist_utils.all_gather_object(data_state) if data_state is not None else None
+        path = None
+        if self.is_main:
+            path = save_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                ema=self.ema,
+                scaler=self.scaler if self.scaler.is_enabled() else None,
+                rng_states=rngs,
+                config=config_to_dict(self.run_config),
+                extra={"epoch": self.epoch, "data_states": data_states, "world_size": self.world},
+                keep=self.cfg.keep_checkpoints,
+            )
+        dist_utils.barrier()
+        return path
+
+    # ------------------------------------------------------------------ steps
+
+    def _raise_non_finite(self, what: str, values: dict[str, float]) -> None:
+        bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+        here = ", ".join(f"{k}={v}" for k, v in bad.items()) if bad else "on another rank"
+        raise NonFiniteLossError(
+            f"non-finite {what} at step {self.step + 1} (rank {self.rank}): {here}; stopped without checkpointing "
+            f"this step (latest good checkpoint: {latest_checkpoint(self.ckpt_dir)})"
+        )
+
+    def run_step(self, batch: Any) -> dict[str, float]:
+        """One optimizer update on ``batch``; returns the loss terms as floats."""
+        batch = move_to_device(batch, self.device)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None
+        ):
+            losses = self.model(batch)
+        loss = total_loss(losses)
+        scalars = [v.detach().float().sum() for v in losses.values()] + [loss.detach()]
+        values = dict(zip([*losses, "loss"], torch.stack(scalars).tolist()))  # one device sync
+        if dist_utils.any_rank_true(not np.isfinite(values["loss"]), self.device):
+            self._raise_non_finite("loss", values)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm))
+            values["grad_norm"] = norm
+            if not self.scaler.is_enabled() and not np.isfinite(norm):  # fp16 skips such steps itself
+                self._raise_non_finite("gradient norm", {"grad_norm": norm})
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return values
+
+    def evaluate(self) -> dict[str, float]:
+        """Run ``eval_fn`` (on every rank) and log its metrics; {} without an eval_fn."""
+        if self.eval_fn is None:
+            return {}
+        target = self.ema.module if (self.cfg.eval_ema and self.ema is not None) else unwrap_model(self.model)
+        was_training = target.training
+        target.eval()
+        with torch.no_grad():
+            results = dict(self.eval_fn(target))
+        target.train(was_training)
+        self.last_eval = results
+        self.log.write({"step": self.step, **{f"eval/{k}": v for k, v in results.items()}})
+        return results
+
+    def train(self) -> dict[str, Any]:
+        """Train until ``cfg.max_iter``; returns {"step", "losses" (last logged), "eval"}."""
+        cfg = self.cfg
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.run_config, self.output_dir / "config.yaml")
+        self.log.truncate_after(self.step)  # fresh run: empty log; resumed run: drop replayed steps
+        self.model.train()
+        bar = make_progress(cfg.max_iter, self.step, enabled=cfg.progress and self.is_main)
+        last: dict[str, float] = {}
+        t0, start = time.perf_counter(), self.step
+        try:
+            while self.step < cfg.max_iter:
+                lr = self.optimizer.param_groups[0]["lr"]
+                values = self.run_step(self._next_batch())
+                bar.update(1)
+                done = self.step == cfg.max_iter
+                if self.step % max(cfg.log_period, 1) == 0 or done:
+                    last = dist_utils.reduce_mean(values, self.device)
+                    per_iter = (time.perf_counter() - t0) / (self.step - start)
+                    record = {"step": self.step, "lr": lr, **last, "s_per_iter": per_iter}
+                    record["eta_s"] = per_iter * (cfg.max_iter - self.step)
+                    self.log.write(record)
+                    bar.set_postfix(loss=f"{last['loss']:.4g}", lr=f"{lr:.3g}")
+                if cfg.checkpoint_period > 0 and (self.step % cfg.checkpoint_period == 0 or done):
+                    self.save()
+                if cfg.eval_period > 0 and self.step % cfg.eval_period == 0 and not done:
+                    self.evaluate()
+            if self.eval_fn is not None:
+                self.evaluate()
+        finally:
+            bar.close()
+            self.log.close()
+        return {"step": self.step, "losses": last, "eval": self.last_eval}

@@ -1,0 +1,358 @@
+"""Faster R-CNN with FPN (Ren et al.; Lin et al.): backbone + FPN, RPN, RoI box head.
+
+The two-stage detector under Mask R-CNN / Mask^X R-CNN / Mask R-CNN* (a mask branch is added on
+top of :class:`FasterRCNN`: use :meth:`FasterRCNN.extract_features` and the ``box_features`` /
+boxes of :meth:`FasterRCNN.predict`).
+
+Supervision flags of the batch (DESIGN "Data flow") decide what each instance trains:
+
+* exact, non-crowd box: RPN target, second-stage class label and box regression;
+* approximate box (e.g. an ALP): second-stage class label only; for the RPN its region is
+  ignored (neither positive nor negative). ``approximate_boxes_as_gt=True`` instead treats it as
+  an exact box everywhere ("Mask R-CNN* with ALPs ... uses ALP boxes to train RPN and box
+  regression head", alp-fcos-mo Sec. 4);
+* crowd box: ignore region for the RPN and the second stage;
+* no box (phrase / mask-only / stuff): nothing.
+
+Class labels: for the fixed-class predictors, ``category_ids`` maps dataset ids to contiguous
+indices (None: the id is the index); for the open-vocab predictor, an instance's text is looked up
+in the vocabulary (texts + C x D embeddings) given to ``forward`` or set with
+:meth:`FasterRCNN.set_vocabulary`. Instances whose class is unknown still train the RPN and box
+regression; their second-stage RoIs are ignored for classification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from omniseg.data.batch import Batch, Targets
+from omniseg.modeling.anchors import AnchorConfig, AnchorGenerator
+from omniseg.modeling.backbones.fpn import build_resnet18_fpn, build_resnet50_fpn
+from omniseg.modeling.roi_box_head import (
+    BoxHeadConfig,
+    BoxPredictor,
+    BoxTargets,
+    Detections,
+    FCBoxHead,
+    RoIBoxHead,
+)
+from omniseg.modeling.rpn import RPN, RPNConfig, RPNHead, append_gt_proposals
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def instance_labels(
+    targets: Targets, category_ids: Sequence[int] | None = None, vocabulary: Sequence[str] | None = None,
+    num_classes: int | None = None,
+) -> Tensor:
+    """Contiguous class index per instance (-1 where unknown).
+
+    Args:
+        targets: one image's :class:`Targets`.
+        category_ids: dataset ids in index order (fixed-class predictors).
+        vocabulary: texts in index order (open-vocab predictor); takes precedence.
+        num_classes: with neither mapping, ids in [0, num_classes) are used as indices.
+
+    Returns:
+        N long.
+    """
+    if vocabulary is not None:
+        lookup = {t: i for i, t in enumerate(vocabulary)}
+        vals = [lookup.get(t, -1) for t in targets.texts]
+    elif category_ids is not None:
+        lookup = {int(c): i for i, c in enumerate(category_ids)}
+        vals = [lookup.get(int(c), -1) for c in targets.category_ids.tolist()]
+    else:
+        n = num_classes if num_classes is not None else 0
+        vals = [int(c) if 0 <= int(c) < n else -1 for c in targets.category_ids.tolist()]
+    return torch.tensor(vals, dtype=torch.long, device=targets.boxes.device)
+
+
+def split_targets(
+    targets: Targets, labels: Tensor, approximate_boxes_as_gt: bool = False
+) -> tuple[Tensor, Tensor, BoxTargets]:
+    """Per-image GT for the two stages from the supervision flags (see the module docstring).
+
+    Args:
+        targets: one image's :class:`Targets`.
+        labels: N long class indices (-1 unknown), from :func:`instance_labels`.
+        approximate_boxes_as_gt: treat approximate boxes as exact.
+
+    Returns:
+        rpn_gt (G x 4 exact boxes), rpn_ignore (I x 4 crowd + approximate boxes), and the
+        second-stage :class:`BoxTargets`.
+    """
+    b = targets.boxes.float()
+    ok = targets.has_box & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & targets.is_thing
+    crowd = ok & targets.is_crowd
+    exact = ok & ~targets.is_crowd & targets.box_exact
+    approx = ok & ~targets.is_crowd & ~targets.box_exact
+    if approximate_boxes_as_gt:
+        exact, approx = exact | approx, torch.zeros_like(approx)
+    second = exact | approx
+    box_targets = BoxTargets(boxes=b[second], labels=labels[second], exact=exact[second], ignore_boxes=b[crowd])
+    return b[exact], b[crowd | approx], box_targets
+
+
+class FasterRCNN(nn.Module):
+    """Two-stage detector.
+
+    Args:
+        backbone: module ``B x 3 x H x W -> dict of maps`` with a ``strides`` dict (an FPN).
+        rpn: :class:`RPN`; its anchor levels match ``rpn_in_features``.
+        roi_heads: :class:`RoIBoxHead`; its pooler strides match ``box_in_features``.
+        rpn_in_features: backbone levels fed to the RPN (P2..P6).
+        box_in_features: levels pooled by the box head (P2..P5).
+        category_ids: dataset category ids in class-index order (fixed-class predictors).
+        approximate_boxes_as_gt: see the module docstring.
+        pixel_mean, pixel_std: RGB 0-255 normalization (ImageNet).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        rpn: RPN,
+        roi_heads: RoIBoxHead,
+        rpn_in_features: Sequence[str] = ("p2", "p3", "p4", "p5", "p6"),
+        box_in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        category_ids: Sequence[int] | None = None,
+        approximate_boxes_as_gt: bool = False,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.rpn_in_features = tuple(rpn_in_features)
+        self.box_in_features = tuple(box_in_features)
+        strides = getattr(backbone, "strides", None)
+        if strides is not None:
+            want = tuple(strides[f] for f in self.rpn_in_features)
+            if want != rpn.anchor_generator.strides:
+                raise ValueError(f"anchor strides {rpn.anchor_generator.strides} != backbone strides {want}")
+            want = tuple(strides[f] for f in self.box_in_features)
+            if want != tuple(roi_heads.cfg.pooler_strides):
+                raise ValueError(f"pooler strides {roi_heads.cfg.pooler_strides} != backbone strides {want}")
+        if category_ids is not None and len(category_ids) != roi_heads.predictor.num_classes:
+            raise ValueError(f"{len(category_ids)} category ids for {roi_heads.predictor.num_classes} classes")
+        self.category_ids = list(category_ids) if category_ids is not None else None
+        self.approximate_boxes_as_gt = approximate_boxes_as_gt
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.vocabulary: list[str] | None = None
+        self.register_buffer("vocab_embeddings", None, persistent=False)
+
+    @property
+    def open_vocab(self) -> bool:
+        return self.roi_heads.predictor.kind == "open-vocab"
+
+    def set_vocabulary(self, texts: Sequence[str], embeddings: Tensor) -> None:
+        """Default vocabulary of the open-vocab predictor (used when none is passed).
+
+        Args:
+            texts: C class names / phrases (training labels are looked up here).
+            embeddings: C x D frozen text embeddings.
+        """
+        if embeddings.dim() != 2 or embeddings.shape[0] != len(texts):
+            raise ValueError(f"need {len(texts)} x D embeddings, got {tuple(embeddings.shape)}")
+        self.vocabulary = list(texts)
+        self.vocab_embeddings = embeddings.detach().to(self.pixel_mean.device)
+
+    def preprocess(self, images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """uint8 B x 3 x H x W -> normalized float; the padding stays exactly 0."""
+        x = (images.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        if any((ih, iw) != (h, w) for ih, iw in image_sizes):
+            valid = torch.zeros(x.shape[0], 1, h, w, dtype=torch.bool, device=x.device)
+            for i, (ih, iw) in enumerate(image_sizes):
+                valid[i, :, :ih, :iw] = True
+            x = x * valid
+        return x
+
+    def extract_features(self, images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
+        """Backbone + FPN maps of uint8 images."""
+        return self.backbone(self.preprocess(images, image_sizes))
+
+    def _vocab(self, class_embeddings: Tensor | None, vocabulary: Sequence[str] | None):
+        if not self.open_vocab:
+            return None, None
+        if class_embeddings is None:
+            if self.vocab_embeddings is None:
+                raise ValueError("open-vocab detector: pass class_embeddings or call set_vocabulary first")
+            return self.vocab_embeddings, vocabulary if vocabulary is not None else self.vocabulary
+        return class_embeddings, vocabulary
+
+    def forward(
+        self,
+        batch: Batch,
+        class_embeddings: Tensor | None = None,
+        vocabulary: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Training losses of a batch.
+
+        Args:
+            batch: collated :class:`Batch` (uint8 images, targets with supervision flags).
+            class_embeddings: C x D vocabulary embeddings (open-vocab; default: set_vocabulary's).
+            vocabulary: C texts aligned with ``class_embeddings`` (to label instances by text).
+            generator: CPU generator for anchor / RoI sampling.
+
+        Returns:
+            {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"} scalars.
+        """
+        emb, vocab = self._vocab(class_embeddings, vocabulary)
+        if self.open_vocab and vocab is None:
+            raise ValueError("open-vocab training needs the vocabulary texts to label instances")
+        feats = self.extract_features(batch.images, batch.image_sizes)
+        dev = batch.images.device
+        rpn_gt, rpn_ignore, box_targets = [], [], []
+        for t in batch.targets:
+            t = t.to(dev)
+            labels = instance_labels(t, self.category_ids, vocab, self.roi_heads.predictor.num_classes)
+            g, ign, bt = split_targets(t, labels, self.approximate_boxes_as_gt)
+            rpn_gt.append(g)
+            rpn_ignore.append(ign)
+            box_targets.append(bt)
+        proposals, losses = self.rpn([feats[f] for f in self.rpn_in_features], batch.image_sizes,
+                                     rpn_gt, rpn_ignore, generator)
+        proposals = append_gt_proposals(proposals, [bt.boxes for bt in box_targets])
+        losses.update(self.roi_heads([feats[f] for f in self.box_in_features], proposals, box_targets, emb,
+                                     generator))
+        return losses
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        class_embeddings: Tensor | None = None,
+        return_features: bool = False,
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Detections]:
+        """Detect objects.
+
+        Args:
+            images: B x 3 x H x W uint8 (padded batch).
+            image_sizes: B valid (height, width); default: the full H x W.
+            class_embeddings: C x D vocabulary (open-vocab; default: set_vocabulary's). Any
+                vocabulary works: labels index its rows.
+            return_features: attach each detection's RoI fc features (``box_features``).
+            output_sizes: B (height, width) to rescale boxes to (e.g. ``Batch.orig_sizes``).
+
+        Returns:
+            B :class:`Detections` (boxes N x 4, scores N in [0, 1], labels N).
+        """
+        if image_sizes is None:
+            image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
+        emb, _ = self._vocab(class_embeddings, None)
+        feats = self.extract_features(images, image_sizes)
+        training = self.rpn.training
+        self.rpn.eval()
+        try:
+            proposals, _ = self.rpn([feats[f] for f in self.rpn_in_features], image_sizes)
+        finally:
+            self.rpn.train(training)
+        dets = self.roi_heads.predict([feats[f] for f in self.box_in_features], proposals, image_sizes, emb,
+                                      return_features)
+        if output_sizes is not None:
+            for d, (h, w), (oh, ow) in zip(dets, image_sizes, output_sizes):
+                d.boxes = d.boxes * d.boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
+        return dets
+
+
+def _build(
+    backbone_builder: Callable[..., nn.Module],
+    num_classes: int,
+    *,
+    predictor: str,
+    embed_dim: int,
+    width: int,
+    fpn_channels: int,
+    fc_dim: int,
+    norm: str,
+    freeze_at: int,
+    category_ids: Sequence[int] | None,
+    approximate_boxes_as_gt: bool,
+    anchor_sizes: Sequence[float],
+    rpn_overrides: dict[str, Any] | None,
+    box_overrides: dict[str, Any] | None,
+) -> FasterRCNN:
+    backbone = backbone_builder(out_channels=fpn_channels, norm=norm, freeze_at=freeze_at, width=width,
+                                top_block="maxpool")
+    anchors = AnchorGenerator(AnchorConfig(sizes=tuple((float(s),) for s in anchor_sizes)))
+    rpn = RPN(head=RPNHead(fpn_channels, anchors.num_anchors_per_location), anchor_generator=anchors,
+              cfg=replace(RPNConfig(), **(rpn_overrides or {})))
+    box_cfg = BoxHeadConfig(in_channels=fpn_channels, fc_dim=fc_dim, num_classes=num_classes, predictor=predictor,
+                            embed_dim=embed_dim, calibrate_with_objectness=predictor == "open-vocab")
+    box_cfg = replace(box_cfg, **(box_overrides or {}))
+    heads = RoIBoxHead(box_head=FCBoxHead(fpn_channels, box_cfg.pooler_resolution, fc_dim),
+                       predictor=BoxPredictor(box_cfg), cfg=box_cfg)
+    return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=heads, category_ids=category_ids,
+                      approximate_boxes_as_gt=approximate_boxes_as_gt)
+
+
+def build_faster_rcnn_r18_fpn(
+    num_classes: int = 80,
+    *,
+    predictor: str = "class-specific",
+    embed_dim: int = 512,
+    width: int = 64,
+    fpn_channels: int = 256,
+    fc_dim: int = 1024,
+    norm: str = "FrozenBN",
+    freeze_at: int = 2,
+    category_ids: Sequence[int] | None = None,
+    approximate_boxes_as_gt: bool = False,
+    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
+    rpn_overrides: dict[str, Any] | None = None,
+    box_overrides: dict[str, Any] | None = None,
+) -> FasterRCNN:
+    """ResNet-18 FPN Faster R-CNN (P2..P6 RPN, P2..P5 RoIAlign, 2fc box head).
+
+    ``predictor`` is "class-specific", "class-agnostic" or "open-vocab" (Mask R-CNN* of
+    alp-fcos-mo Sec. 4: objectness calibration on by default); ``num_classes`` is ignored by the
+    open-vocab predictor. ``rpn_overrides`` / ``box_overrides`` replace fields of
+    :class:`RPNConfig` / :class:`BoxHeadConfig`; ``width`` / ``fpn_channels`` / ``fc_dim`` shrink
+    the model for tests.
+    """
+    return _build(build_resnet18_fpn, num_classes, predictor=predictor, embed_dim=embed_dim, width=width,
+                  fpn_channels=fpn_channels, fc_dim=fc_dim, norm=norm, freeze_at=freeze_at,
+                  category_ids=category_ids, approximate_boxes_as_gt=approximate_boxes_as_gt,
+                  anchor_sizes=anchor_sizes, rpn_overrides=rpn_overrides, box_overrides=box_overrides)
+
+
+def build_faster_rcnn_r50_fpn(
+    num_classes: int = 80,
+    *,
+    predictor: str = "class-specific",
+    embed_dim: int = 512,
+    width: int = 64,
+    fpn_channels: int = 256,
+    fc_dim: int = 1024,
+    norm: str = "FrozenBN",
+    freeze_at: int = 2,
+    category_ids: Sequence[int] | None = None,
+    approximate_boxes_as_gt: bool = False,
+    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
+    rpn_overrides: dict[str, Any] | None = None,
+    box_overrides: dict[str, Any] | None = None,
+) -> FasterRCNN:
+    """ResNet-50 FPN Faster R-CNN; arguments as :func:`build_faster_rcnn_r18_fpn`."""
+    return _build(build_resnet50_fpn, num_classes, predictor=predictor, embed_dim=embed_dim, width=width,
+                  fpn_channels=fpn_channels, fc_dim=fc_dim, norm=norm, freeze_at=freeze_at,
+                  category_ids=category_ids, approximate_boxes_as_gt=approximate_boxes_as_gt,
+                  anchor_sizes=anchor_sizes, rpn_overrides=rpn_overrides, box_overrides=box_overrides)
+
+
+FASTER_RCNN_BUILDERS: dict[str, Callable[..., FasterRCNN]] = {
+    "faster_rcnn_r18_fpn": build_faster_rcnn_r18_fpn,
+    "faster_rcnn_r50_fpn": build_faster_rcnn_r50_fpn,
+}

@@ -1,0 +1,485 @@
+"""Second stage of Faster / Mask R-CNN: RoI box head with three predictor variants.
+
+* Matching (:func:`match_proposals`): a proposal whose best IoU with a GT box is >= 0.5 is
+  foreground with that box's class, else background; proposals on a GT of unknown class (label -1)
+  or inside a crowd region are ignored. 512 RoIs per image are sampled, at most 25% foreground.
+* Features: multilevel RoIAlign 7x7 from P2..P5 (FPN Eq. 1 level assignment), then 2 fc layers
+  of 1024 with ReLU.
+* Predictors (:class:`BoxPredictor`), background is always the LAST class (index C):
+
+  - ``"class-specific"``: ``cls_score`` Linear(1024, C + 1) and ``bbox_pred`` Linear(1024, 4C);
+    row c of ``cls_score.weight`` and rows 4c..4c+3 of ``bbox_pred.weight`` belong to class c
+    (see :meth:`BoxPredictor.per_class_weights`, used by Mask^X R-CNN's weight transfer);
+  - ``"class-agnostic"``: the same ``cls_score``, one box ``bbox_pred`` Linear(1024, 4);
+  - ``"open-vocab"``: Mask R-CNN* of the ALP paper (alp-fcos-mo, Sec. 4 "Baseline: Mask R-CNN*":
+    class-agnostic box regression and a CLIP-style open-vocabulary classifier as in Sec. 3.2):
+    cosine similarity of projected RoI features with text embeddings given at call time, a
+    background embedding, temperature tau.
+
+* Losses (:func:`box_head_losses`): cross-entropy over the sampled RoIs, smooth-L1 on the deltas
+  of foreground RoIs whose GT box is exact (approximate boxes give class labels only).
+* Inference (:func:`detections_from_outputs`): softmax, optional calibration
+  ``sqrt(class score * RPN objectness)`` (alp-fcos-mo Sec. 4: "We calibrate classifier scores at
+  test-time by taking geometric mean with RPN objectness score, following ViLD and Detic"),
+  per-class box decoding, score threshold, class-wise NMS, top 100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omniseg.modeling.heads.open_vocab import OpenVocabClassifier, OpenVocabConfig
+from omniseg.modeling.rpn import Proposals, box_regression_loss, sample_labels
+from omniseg.ops.boxes import box_area, box_iou, clip_boxes, decode_boxes, encode_boxes
+from omniseg.ops.nms import batched_nms
+from omniseg.ops.roi_align import multilevel_roi_align
+
+PREDICTORS = ("class-specific", "class-agnostic", "open-vocab")
+
+
+@dataclass
+class BoxHeadConfig:
+    """Settings of :class:`RoIBoxHead` (defaults: detectron2's FPN Faster R-CNN).
+
+    Attributes:
+        in_channels: FPN channels.
+        pooler_resolution: RoIAlign output size (7).
+        pooler_strides: strides of the pooled levels (P2..P5).
+        sampling_ratio: RoIAlign samples per bin (0 = adaptive).
+        fc_dim: width of the 2 fc layers (1024).
+        num_classes: C for the linear predictors (the open-vocab one takes C from the embeddings).
+        predictor: "class-specific", "class-agnostic" or "open-vocab".
+        embed_dim, temperature, temperature_kind, background: open-vocab classifier settings
+            (:class:`OpenVocabConfig`; tau 0.01 and a zero background as alp-fcos-mo Sec. 3.2).
+        fg_iou: proposals with IoU >= this are foreground (0.5).
+        ignore_ioa: background proposals with intersection / proposal area >= this with a crowd box
+            are ignored.
+        batch_size_per_image: RoIs sampled per image (512).
+        positive_fraction: at most this fraction of them foreground (0.25).
+        box_weights: (wx, wy, ww, wh) of the delta encoding (10, 10, 5, 5).
+        box_loss: "smooth_l1" or "l1".
+        smooth_l1_beta: smooth-L1 beta (1.0, Fast R-CNN; 0 = L1 as detectron2).
+        background_weight: cross-entropy weight of the background class (1 = plain CE).
+        score_threshold: detections with score <= this are dropped (0.05).
+        nms_threshold: class-wise NMS IoU (0.5; the ALP paper tunes 0.2 on OID, Sec. 4).
+        detections_per_image: top-k after NMS (100).
+        calibrate_with_objectness: score = sqrt(class prob x RPN objectness) at test time.
+    """
+
+    in_channels: int = 256
+    pooler_resolution: int = 7
+    pooler_strides: tuple[int, ...] = (4, 8, 16, 32)
+    sampling_ratio: int = 0
+    fc_dim: int = 1024
+    num_classes: int = 80
+    predictor: str = "class-specific"
+    embed_dim: int = 512
+    temperature: float = 0.01
+    temperature_kind: str = "fixed"
+    background: str = "zero"
+    fg_iou: float = 0.5
+    ignore_ioa: float = 0.7
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    box_loss: str = "smooth_l1"
+    smooth_l1_beta: float = 1.0
+    background_weight: float = 1.0
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    calibrate_with_objectness: bool = False
+
+
+@dataclass
+class BoxTargets:
+    """Second-stage training targets of one image.
+
+    Attributes:
+        boxes: G x 4 XYXY boxes to classify (exact and approximate, no crowd).
+        labels: G long class index in [0, C), or -1 for a class outside the vocabulary.
+        exact: G bool, the box is exact (trains box regression).
+        ignore_boxes: I x 4 crowd regions.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    exact: Tensor
+    ignore_boxes: Tensor
+
+
+@dataclass
+class Detections:
+    """Detections of one image.
+
+    Attributes:
+        boxes: N x 4 XYXY pixels.
+        scores: N in [0, 1].
+        labels: N long class index (into the vocabulary for the open-vocab predictor).
+        roi_index: N long index of the source proposal.
+        box_features: N x fc_dim fc features of the source RoIs, when requested.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    roi_index: Tensor
+    box_features: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+class FCBoxHead(nn.Module):
+    """Flatten pooled features and apply ``num_fc`` fc + ReLU layers.
+
+    Args:
+        in_channels: C of the pooled features.
+        resolution: pooled size (7).
+        fc_dim: output width (1024).
+        num_fc: number of fc layers (2).
+    """
+
+    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, num_fc: int = 2):
+        super().__init__()
+        dims = [in_channels * resolution * resolution] + [fc_dim] * num_fc
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
+        for fc in self.fcs:
+            nn.init.kaiming_uniform_(fc.weight, a=1)
+            nn.init.zeros_(fc.bias)
+        self.out_dim = fc_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """R x C x S x S -> R x fc_dim."""
+        x = x.flatten(1)
+        for fc in self.fcs:
+            x = F.relu(fc(x))
+        return x
+
+
+class BoxPredictor(nn.Module):
+    """Classification and box-regression layers (see the module docstring for the variants).
+
+    Args:
+        cfg: :class:`BoxHeadConfig` (predictor, fc_dim, num_classes, open-vocab settings).
+    """
+
+    def __init__(self, cfg: BoxHeadConfig):
+        super().__init__()
+        if cfg.predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {PREDICTORS}, got {cfg.predictor!r}")
+        self.kind = cfg.predictor
+        self.open_vocab: OpenVocabClassifier | None = None
+        self.cls_score: nn.Linear | None = None
+        if self.kind == "open-vocab":
+            if cfg.background == "none":
+                raise ValueError("the open-vocab box predictor needs a background embedding ('zero' or 'learned')")
+            self.open_vocab = OpenVocabClassifier(OpenVocabConfig(
+                in_channels=cfg.fc_dim, embed_dim=cfg.embed_dim, temperature=cfg.temperature,
+                temperature_kind=cfg.temperature_kind, background=cfg.background))  # type: ignore[arg-type]
+        else:
+            if cfg.num_classes < 1:
+                raise ValueError(f"num_classes must be >= 1, got {cfg.num_classes}")
+            self.cls_score = nn.Linear(cfg.fc_dim, cfg.num_classes + 1)
+            nn.init.normal_(self.cls_score.weight, std=0.01)
+            nn.init.zeros_(self.cls_score.bias)
+        self.num_classes = cfg.num_classes
+        self.class_specific = self.kind == "class-specific"
+        self.bbox_pred = nn.Linear(cfg.fc_dim, 4 * cfg.num_classes if self.class_specific else 4)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor, class_embeddings: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Args:
+            x: R x fc_dim RoI features.
+            class_embeddings: C x D text embeddings (open-vocab only; required there).
+
+        Returns:
+            class logits R x (C + 1) (background last) and deltas R x 4C (class-specific) or R x 4.
+        """
+        if self.open_vocab is not None:
+            if class_embeddings is None:
+                raise ValueError("the open-vocab predictor needs class_embeddings (C x D)")
+            logits = self.open_vocab(x, class_embeddings)
+        else:
+            if class_embeddings is not None:
+                raise ValueError(f"class_embeddings given to a {self.kind!r} predictor (fixed classes)")
+            assert self.cls_score is not None
+            logits = self.cls_score(x)
+        return logits, self.bbox_pred(x)
+
+    def per_class_weights(self) -> tuple[Tensor, Tensor | None]:
+        """Per-class weights of the linear predictors (for weight transfer, Mask^X R-CNN).
+
+        Returns:
+            cls: C x fc_dim rows of ``cls_score.weight`` (background row excluded);
+            box: C x 4 x fc_dim rows of ``bbox_pred.weight`` (class-specific), else None.
+        """
+        if self.cls_score is None:
+            raise ValueError("per_class_weights: the open-vocab predictor has no per-class weight rows")
+        c = self.num_classes
+        box = self.bbox_pred.weight.view(c, 4, -1) if self.class_specific else None
+        return self.cls_score.weight[:c], box
+
+
+def match_proposals(
+    proposals: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    num_classes: int,
+    fg_iou: float = 0.5,
+    ignore_boxes: Tensor | None = None,
+    ignore_ioa: float = 0.7,
+) -> tuple[Tensor, Tensor]:
+    """Assign each proposal a class (foreground), C (background) or -1 (ignored).
+
+    Args:
+        proposals: P x 4 XYXY.
+        gt_boxes: G x 4 XYXY.
+        gt_labels: G long in [0, C) or -1 (class unknown: proposals on it are ignored).
+        num_classes: C.
+        fg_iou: best IoU >= this -> foreground.
+        ignore_boxes: I x 4 crowd regions: background proposals with intersection / proposal area
+            >= ``ignore_ioa`` with one of them are ignored.
+        ignore_ioa: see ``ignore_boxes``.
+
+    Returns:
+        labels: P long.
+        matched: P long index of the best GT (0 where G == 0).
+    """
+    n = proposals.shape[0]
+    labels = torch.full((n,), num_classes, dtype=torch.long, device=proposals.device)
+    matched = torch.zeros(n, dtype=torch.long, device=proposals.device)
+    if gt_boxes.shape[0] > 0 and n > 0:
+        best, matched = box_iou(gt_boxes.to(proposals.dtype), proposals).max(dim=0)
+        fg = best >= fg_iou
+        labels[fg] = gt_labels.to(labels.device)[matched[fg]]
+    if ignore_boxes is not None and ignore_boxes.shape[0] > 0 and n > 0:
+        ib = ignore_boxes.to(proposals.dtype)
+        lt = torch.maximum(proposals[:, None, :2], ib[None, :, :2])
+        rb = torch.minimum(proposals[:, None, 2:], ib[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(dim=2)
+        ioa = (inter / box_area(proposals).clamp(min=1e-6)[:, None]).max(dim=1).values
+        labels[(ioa >= ignore_ioa) & (labels == num_classes)] = -1
+    return labels, matched
+
+
+def sample_rois(
+    labels: Tensor, num_classes: int, batch_size: int, positive_fraction: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Indices of the RoIs kept for the losses.
+
+    Args:
+        labels: P long from :func:`match_proposals` ([0, C) fg, C bg, -1 ignored).
+        num_classes: C.
+        batch_size: RoIs per image (512).
+        positive_fraction: at most this fraction foreground (0.25).
+        generator: CPU generator.
+
+    Returns:
+        K long indices, foreground first.
+    """
+    fg = (labels >= 0) & (labels < num_classes)
+    ind = torch.where(fg, 1, torch.where(labels == num_classes, 0, -1))
+    sampled = sample_labels(ind, batch_size, positive_fraction, generator)
+    return torch.cat([torch.nonzero(sampled == 1).flatten(), torch.nonzero(sampled == 0).flatten()])
+
+
+def box_head_losses(
+    class_logits: Tensor,
+    pred_deltas: Tensor,
+    labels: Tensor,
+    target_deltas: Tensor,
+    regress: Tensor,
+    box_loss: str = "smooth_l1",
+    smooth_l1_beta: float = 1.0,
+    background_weight: float = 1.0,
+) -> dict[str, Tensor]:
+    """Fast R-CNN losses over the sampled RoIs of a batch.
+
+    Args:
+        class_logits: R x (C + 1), background last.
+        pred_deltas: R x 4C (class-specific) or R x 4 (class-agnostic).
+        labels: R long in [0, C] (C = background).
+        target_deltas: R x 4 (used where ``regress``).
+        regress: R bool: foreground RoI matched to an exact box.
+        box_loss, smooth_l1_beta: see :func:`omniseg.modeling.rpn.box_regression_loss`.
+        background_weight: CE weight of the background class (weighted mean over RoIs).
+
+    Returns:
+        {"loss_cls": CE mean, "loss_box_reg": regression sum / R}; 0 with a grad path when R == 0.
+    """
+    r, c1 = class_logits.shape
+    if r == 0:
+        zero = class_logits.sum() * 0 + pred_deltas.sum() * 0
+        return {"loss_cls": zero, "loss_box_reg": zero.clone()}
+    weight = None
+    if background_weight != 1.0:
+        weight = class_logits.new_ones(c1)
+        weight[-1] = background_weight
+    loss_cls = F.cross_entropy(class_logits, labels, weight=weight)
+    regress = regress & (labels < c1 - 1)
+    idx = torch.nonzero(regress).flatten()
+    if pred_deltas.shape[1] == 4:
+        pred = pred_deltas[idx]
+    else:
+        pred = pred_deltas.view(r, -1, 4)[idx, labels[idx]]
+    loss_box = box_regression_loss(pred, target_deltas[idx].to(pred.dtype), box_loss, smooth_l1_beta) / r
+    return {"loss_cls": loss_cls, "loss_box_reg": loss_box}
+
+
+def detections_from_outputs(
+    class_logits: Tensor,
+    pred_deltas: Tensor,
+    proposals: Tensor,
+    image_size: tuple[int, int],
+    objectness: Tensor | None = None,
+    score_threshold: float = 0.05,
+    nms_threshold: float = 0.5,
+    topk: int = 100,
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+) -> Detections:
+    """Post-process one image's box-head outputs.
+
+    Args:
+        class_logits: R x (C + 1), background last.
+        pred_deltas: R x 4C or R x 4.
+        proposals: R x 4 XYXY.
+        image_size: (height, width) for clipping.
+        objectness: R RPN objectness probabilities; when given, scores become
+            sqrt(class prob x objectness) (alp-fcos-mo Sec. 4, ViLD / Detic calibration).
+        score_threshold: keep (RoI, class) pairs with score > this.
+        nms_threshold: class-wise NMS IoU.
+        topk: detections kept.
+        box_weights: delta encoding weights.
+
+    Returns:
+        :class:`Detections` (box_features unset), by decreasing score.
+    """
+    r, c1 = class_logits.shape
+    c = c1 - 1
+    scores = F.softmax(class_logits.float(), dim=1)[:, :c]
+    if objectness is not None:
+        scores = torch.sqrt(scores * objectness.float().clamp(0, 1)[:, None])
+    boxes = decode_boxes(pred_deltas.float(), proposals.float(), box_weights).view(r, pred_deltas.shape[1] // 4, 4)
+    boxes = clip_boxes(boxes, image_size).expand(r, c, 4)
+    keep = (scores > score_threshold) & torch.isfinite(boxes).all(dim=2) & torch.isfinite(scores)
+    keep &= (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    roi, cls = torch.nonzero(keep, as_tuple=True)
+    b, s = boxes[roi, cls], scores[roi, cls]
+    order = batched_nms(b, s, cls, nms_threshold)[:topk]
+    return Detections(boxes=b[order], scores=s[order], labels=cls[order], roi_index=roi[order])
+
+
+class RoIBoxHead(nn.Module):
+    """RoIAlign + fc head + predictor, with training and inference logic.
+
+    Args:
+        box_head: :class:`FCBoxHead`.
+        predictor: :class:`BoxPredictor`.
+        cfg: :class:`BoxHeadConfig`.
+    """
+
+    def __init__(self, *, box_head: FCBoxHead, predictor: BoxPredictor, cfg: BoxHeadConfig):
+        super().__init__()
+        self.box_head = box_head
+        self.predictor = predictor
+        self.cfg = cfg
+
+    def pool(self, features: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
+        """RoIAlign ``cfg.pooler_resolution`` features of per-image boxes from the pooled levels.
+
+        Args:
+            features: maps B x C x H_l x W_l, one per ``cfg.pooler_strides``.
+            boxes: B tensors K_i x 4.
+
+        Returns:
+            (sum K_i) x C x S x S.
+        """
+        rois = [b.to(features[0].dtype) for b in boxes]
+        return multilevel_roi_align(features, rois, self.cfg.pooler_resolution, self.cfg.pooler_strides,
+                                    self.cfg.sampling_ratio)
+
+    def forward(
+        self,
+        features: Sequence[Tensor],
+        proposals: Sequence[Proposals],
+        targets: Sequence[BoxTargets],
+        class_embeddings: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Training losses.
+
+        Args:
+            features: pooled-level maps (see :meth:`pool`).
+            proposals: B :class:`Proposals` (GT boxes already appended, see rpn.append_gt_proposals).
+            targets: B :class:`BoxTargets`.
+            class_embeddings: C x D vocabulary embeddings (open-vocab predictor).
+            generator: CPU generator for RoI sampling.
+
+        Returns:
+            {"loss_cls", "loss_box_reg"}.
+        """
+        cfg = self.cfg
+        c = class_embeddings.shape[0] if class_embeddings is not None else self.predictor.num_classes
+        boxes, labels, tgt, reg = [], [], [], []
+        for p, t in zip(proposals, targets):
+            lab, idx = match_proposals(p.boxes, t.boxes, t.labels, c, cfg.fg_iou, t.ignore_boxes, cfg.ignore_ioa)
+            keep = sample_rois(lab, c, cfg.batch_size_per_image, cfg.positive_fraction, generator)
+            pb, lab, idx = p.boxes[keep], lab[keep], idx[keep]
+            fg = lab < c
+            r = fg & t.exact.to(fg.device)[idx] if t.boxes.shape[0] else torch.zeros_like(fg)
+            d = torch.zeros_like(pb)
+            if bool(r.any()):
+                d[r] = encode_boxes(pb[r], t.boxes.to(pb)[idx[r]], cfg.box_weights)
+            boxes.append(pb)
+            labels.append(lab)
+            tgt.append(d)
+            reg.append(r)
+        x = self.box_head(self.pool(features, boxes))
+        logits, deltas = self.predictor(x, class_embeddings)
+        return box_head_losses(logits, deltas, torch.cat(labels), torch.cat(tgt), torch.cat(reg),
+                               cfg.box_loss, cfg.smooth_l1_beta, cfg.background_weight)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        features: Sequence[Tensor],
+        proposals: Sequence[Proposals],
+        image_sizes: Sequence[tuple[int, int]],
+        class_embeddings: Tensor | None = None,
+        return_features: bool = False,
+    ) -> list[Detections]:
+        """Detections per image.
+
+        Args:
+            features: pooled-level maps.
+            proposals: B :class:`Proposals`.
+            image_sizes: B (height, width).
+            class_embeddings: C x D vocabulary (open-vocab predictor); any C, swappable.
+            return_features: attach the fc features of each detection's RoI.
+
+        Returns:
+            B :class:`Detections`.
+        """
+        cfg = self.cfg
+        x = self.box_head(self.pool(features, [p.boxes for p in proposals]))
+        logits, deltas = self.predictor(x, class_embeddings)
+        out, start = [], 0
+        for p, size in zip(proposals, image_sizes):
+            n = len(p)
+            obj = torch.sigmoid(p.objectness_logits) if cfg.calibrate_with_objectness else None
+            det = detections_from_outputs(logits[start:start + n], deltas[start:start + n], p.boxes, size, obj,
+                                          cfg.score_threshold, cfg.nms_threshold, cfg.detections_per_image,
+                                          cfg.box_weights)
+            if return_features:
+                det.box_features = x[start:start + n][det.roi_index]
+            out.append(det)
+            start += n
+        return out

@@ -1,0 +1,240 @@
+import math
+
+import pytest
+import torch
+
+import omniseg.ops.roi_align as ra
+from omniseg.ops.roi_align import (
+    assign_fpn_levels,
+    boxes_to_rois,
+    multilevel_roi_align,
+    roi_align,
+    torchvision_ops,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def ref_bilinear(img, y, x):
+    """One sample, torchvision's rules, on a H x W list-of-lists."""
+    h, w = len(img), len(img[0])
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+        return 0.0
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    if y0 >= h - 1:
+        y0 = y1 = h - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= w - 1:
+        x0 = x1 = w - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    return (
+        (1 - ly) * (1 - lx) * img[y0][x0]
+        + (1 - ly) * lx * img[y0][x1]
+        + ly * (1 - lx) * img[y1][x0]
+        + ly * lx * img[y1][x1]
+    )
+
+
+def ref_roi_align(feat, rois, out_h, out_w, scale, sampling_ratio, aligned):
+    """Slow per-bin, per-sample loop."""
+    k = rois.shape[0]
+    c = feat.shape[1]
+    out = torch.zeros(k, c, out_h, out_w, dtype=torch.float64)
+    off = 0.5 if aligned else 0.0
+    for r in range(k):
+        b, x1, y1, x2, y2 = rois[r].tolist()
+        sx, sy = x1 * scale - off, y1 * scale - off
+        rw, rh = x2 * scale - off - sx, y2 * scale - off - sy
+        if not aligned:
+            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        bw, bh = rw / out_w, rh / out_h
+        gh = sampling_ratio if sampling_ratio > 0 else math.ceil(rh / out_h)
+        gw = sampling_ratio if sampling_ratio > 0 else math.ceil(rw / out_w)
+        count = max(gh * gw, 1)
+        for ch in range(c):
+            img = feat[int(b), ch].tolist()
+            for ph in range(out_h):
+                for pw in range(out_w):
+                    acc = 0.0
+                    for iy in range(gh):
+                        y = sy + ph * bh + (iy + 0.5) * bh / gh
+                        for ix in range(gw):
+                            x = sx + pw * bw + (ix + 0.5) * bw / gw
+                            acc += ref_bilinear(img, y, x)
+                    out[r, ch, ph, pw] = acc / count
+    return out
+
+
+def test_detectron2_hand_case_5x5_arange():
+    x = torch.arange(25.0).reshape(1, 1, 5, 5)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 3.0, 3.0]])
+    # aligned: roi starts at 0.5, 1 sample per bin at 0.75, 1.25, 1.75, 2.25; value = 5 y + x
+    aligned = [[4.5, 5.0, 5.5, 6.0], [7.0, 7.5, 8.0, 8.5], [9.5, 10.0, 10.5, 11.0], [12.0, 12.5, 13.0, 13.5]]
+    legacy = [[7.5, 8.0, 8.5, 9.0], [10.0, 10.5, 11.0, 11.5], [12.5, 13.0, 13.5, 14.0], [15.0, 15.5, 16.0, 16.5]]
+    assert roi_align(x, rois, 4, aligned=True, impl="torch")[0, 0].tolist() == aligned
+    assert roi_align(x, rois, 4, aligned=False, impl="torch")[0, 0].tolist() == legacy
+
+
+def _rois(seed, k, n_img, size):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(k, 2, generator=g, dtype=torch.float64) * (size + 4) - 3  # some outside the map
+    wh = torch.rand(k, 2, generator=g, dtype=torch.float64) * size * 0.8
+    b = torch.randint(0, n_img, (k, 1), generator=g).double()
+    r = torch.cat([b, xy, xy + wh], dim=1)
+    r[0, 3:] = r[0, 1:3]  # zero-size box
+    return r
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2, -1])
+def test_matches_reference_loop(aligned, sampling_ratio):
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 2, 7, 9, generator=g, dtype=torch.float64)
+    rois = _rois(2, 6, 2, 14)
+    out = roi_align(feat, rois, (2, 3), 0.5, sampling_ratio, aligned, impl="torch")
+    ref = ref_roi_align(feat, rois, 2, 3, 0.5, sampling_ratio, aligned)
+    assert torch.allclose(out, ref, atol=1e-12)
+
+
+def test_chunking_gives_same_result(monkeypatch):
+    feat = torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    rois = _rois(3, 20, 1, 12)
+    full = roi_align(feat, rois, 3, 1.0, 0, True, impl="torch")
+    monkeypatch.setattr(ra, "_CHUNK_ELEMENTS", 1)  # one RoI per chunk
+    assert torch.allclose(roi_align(feat, rois, 3, 1.0, 0, True, impl="torch"), full, atol=1e-12)
+
+
+def test_gradcheck_double():
+    feat = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0.0, 0.3, 0.7, 4.1, 3.9], [0.0, 2.2, 1.1, 5.7, 4.6]], dtype=torch.float64)
+    for sr in (0, 2):
+        assert torch.autograd.gradcheck(lambda f, sr=sr: roi_align(f, rois, (2, 2), 1.0, sr, True, "torch"), (feat,))
+
+
+def test_gradcheck_multi_image_multi_chunk_legacy(monkeypatch):
+    monkeypatch.setattr(ra, "_CHUNK_ELEMENTS", 1)  # every RoI in its own chunk: gradients must accumulate
+    feat = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor(
+        [[1.0, 0.2, 0.4, 3.3, 4.6], [0.0, 1.1, 0.9, 4.2, 3.1], [1.0, 0.7, 1.4, 2.8, 3.3], [0.0, -1.5, -0.5, 2.0, 1.5]],
+        dtype=torch.float64,
+    )
+    for aligned in (True, False):
+        assert torch.autograd.gradcheck(
+            lambda f, a=aligned: roi_align(f, rois, (2, 3), 1.0, 0, a, "torch"), (feat,)
+        )
+
+
+def test_backward_dtypes_and_layout():
+    feat = torch.randn(1, 3, 8, 8, requires_grad=True)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 7.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(feat, rois, 2, impl="torch")
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert feat.grad.dtype == torch.float32 and feat.grad.shape == feat.shape
+    ref_grad = torch.autograd.grad(roi_align(feat, rois, 2, impl="torch").sum(), feat)[0]
+    assert torch.allclose(feat.grad, ref_grad, atol=0.02)
+    cl = feat.detach().to(memory_format=torch.channels_last).requires_grad_()
+    roi_align(cl, rois, 2, impl="torch").sum().backward()
+    assert torch.allclose(cl.grad, ref_grad)
+
+
+def test_empty_and_list_input_and_errors():
+    feat = torch.randn(2, 4, 6, 6, requires_grad=True)
+    out = roi_align(feat, torch.zeros(0, 5), 7, impl="torch")
+    assert out.shape == (0, 4, 7, 7)
+    out.sum().backward()
+    assert feat.grad is not None and torch.all(feat.grad == 0)
+    per_image = [torch.tensor([[0.0, 0.0, 3.0, 3.0]]), torch.tensor([[1.0, 1.0, 5.0, 4.0], [0.0, 0.0, 6.0, 6.0]])]
+    rois = boxes_to_rois(per_image)
+    assert rois[:, 0].tolist() == [0.0, 1.0, 1.0]
+    assert torch.equal(roi_align(feat, per_image, 2, impl="torch"), roi_align(feat, rois, 2, impl="torch"))
+    with pytest.raises(ValueError, match="batch indices"):
+        roi_align(feat, torch.tensor([[2.0, 0.0, 0.0, 1.0, 1.0]]), 2, impl="torch")
+    with pytest.raises(ValueError, match="impl"):
+        roi_align(feat, rois, 2, impl="cuda")
+
+
+def test_nan_propagates_locally():
+    feat = torch.zeros(1, 1, 10, 10)
+    feat[0, 0, 2, 2] = float("nan")
+    rois = torch.tensor([[0.0, 1.0, 1.0, 4.0, 4.0], [0.0, 6.0, 6.0, 9.0, 9.0]])
+    out = roi_align(feat, rois, 2, impl="torch")
+    assert torch.isnan(out[0]).any()
+    assert torch.all(out[1] == 0)
+    bad = torch.tensor([[0.0, float("nan"), 1.0, 3.0, 3.0], [0.0, 6.0, 6.0, 9.0, 9.0], [0.0, 0.0, 0.0, float("inf"), 3.0]])
+    for sr in (0, 2):
+        out = roi_align(torch.ones(1, 1, 10, 10), bad, 2, sampling_ratio=sr, impl="torch")
+        assert torch.isnan(out[0]).all() and torch.isnan(out[2]).all() and torch.all(out[1] == 1)
+
+
+def test_bf16_autocast_close_to_fp32():
+    feat = torch.randn(1, 8, 16, 16)
+    rois = _rois(4, 10, 1, 16).float()
+    ref = roi_align(feat, rois, 4, 1.0, 0, True, impl="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(feat, rois, 4, 1.0, 0, True, impl="torch")
+    assert torch.allclose(out.float(), ref, atol=0.05, rtol=0.02)
+    bf16 = roi_align(feat.bfloat16(), rois, 4, 1.0, 0, True, impl="torch")
+    assert bf16.dtype == torch.bfloat16 and torch.allclose(bf16.float(), ref, atol=0.05, rtol=0.02)
+    fp16 = roi_align(feat.half(), rois, 4, 1.0, 0, True, impl="torch")
+    assert fp16.dtype == torch.float16 and torch.allclose(fp16.float(), ref, atol=5e-3, rtol=5e-3)
+
+
+def test_fpn_level_assignment_hand_values():
+    def sq(s):
+        return torch.tensor([[0.0, 0.0, s, s]])
+
+    sizes = [224.0, 223.0, 112.0, 448.0, 10.0, 2000.0]
+    got = [assign_fpn_levels(sq(s)).item() for s in sizes]
+    # floor(4 + log2(s / 224)): 224 -> 4, 223 -> 3, 112 -> 3, 448 -> 5, tiny -> clamp 2, huge -> clamp 5
+    assert got == [4, 3, 3, 5, 2, 5]
+    assert assign_fpn_levels(sq(100.0), min_level=3, max_level=6).item() == 3
+    assert assign_fpn_levels(torch.zeros(0, 4)).shape == (0,)
+
+
+def test_multilevel_equals_per_level_pooling():
+    strides = (4, 8, 16, 32)
+    feats = [torch.randn(2, 3, 512 // s, 512 // s, dtype=torch.float64) for s in strides]
+    rois = torch.tensor(
+        [[0, 10, 10, 30, 30], [1, 0, 0, 120, 120], [0, 5, 40, 305, 340], [1, 10, 20, 510, 480], [0, 0, 0, 128, 60]],
+        dtype=torch.float64,
+    )
+    out = multilevel_roi_align(feats, rois, 3, strides, impl="torch")
+    levels = assign_fpn_levels(rois[:, 1:])
+    assert levels.tolist() == [2, 3, 4, 5, 2]
+    for i in range(rois.shape[0]):
+        lv = levels[i].item() - 2
+        one = ref_roi_align(feats[lv], rois[i : i + 1], 3, 3, 1.0 / strides[lv], 0, True)
+        assert torch.allclose(out[i : i + 1], one, atol=1e-12)
+    with pytest.raises(ValueError, match="powers of two"):
+        multilevel_roi_align(feats, rois, 3, (4, 8, 12, 32))
+    assert multilevel_roi_align(feats, torch.zeros(0, 5), 3, strides).shape == (0, 3, 3, 3)
+
+
+def test_torchvision_unavailable_is_explicit():
+    if torchvision_ops() is not None:
+        pytest.skip("torchvision is importable here")
+    with pytest.raises(ImportError):
+        roi_align(torch.zeros(1, 1, 4, 4), torch.tensor([[0.0, 0, 0, 2, 2]]), 2, impl="torchvision")
+
+
+@pytest.mark.skipif(torchvision_ops() is None, reason="torchvision's compiled ops are not importable")
+@pytest.mark.parametrize("aligned", [True, False])
+def test_agrees_with_torchvision(aligned):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    feat = torch.randn(2, 4, 20, 24, dtype=torch.float64, device=device)
+    rois = _rois(5, 30, 2, 20).to(device)
+    for sr in (0, 2):
+        a = roi_align(feat, rois, (5, 4), 0.5, sr, aligned, impl="torch")
+        b = roi_align(feat, rois, (5, 4), 0.5, sr, aligned, impl="torchvision")
+        assert torch.allclose(a, b, atol=1e-10)
