@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python bench/run_all.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check omniseg tests bench

@@ -2,7 +2,8 @@
 
 Each command module defines ``register(parser)`` (adds its arguments) and
 ``main(args) -> int``. Modules are imported only when their command runs, so
-``omniseg --help`` stays fast.
+``omniseg --help`` stays fast. Bad input (a :class:`~omniseg.data.errors.BadRecordError` or a
+missing file) ends the command with exit status 1 and a one-line message naming the file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("omniseg.commands.data", "generate, inspect and convert datasets"),
     "eval": ("omniseg.commands.evaluate", "score predictions against ground truth"),
     "viz": ("omniseg.commands.viz", "draw annotations/predictions to PNGs and an HTML page"),
-    "train": ("omniseg.commands.train", "train a model from a YAML config"),
+    "train": ("omniseg.commands.train", "train a model from a YAML config (torchrun for many GPUs / nodes)"),
 }
 
 
@@ -41,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+    from omniseg.data.errors import BadRecordError
+
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+    except (BadRecordError, FileNotFoundError, NotADirectoryError) as e:
+        # bad input: the message already names the file (and record); a traceback adds nothing
+        print(f"omniseg {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,10 +9,41 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+def _current_umask() -> int:
+    """The process umask, read at call time (a program may change it after import).
+
+    Linux reports it in /proc/self/status, which is safe with threads; elsewhere it is read with
+    the classic set-and-restore, which briefly changes the process umask.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _target_mode(path: Path) -> int:
+    """Permissions the written file gets: what ``open(path, "w")`` would give.
+
+    An existing file keeps its permission bits; a new one gets ``0o666 & ~umask`` (mkstemp
+    alone would leave it 0600).
+    """
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_current_umask()
 
 
 @contextlib.contextmanager
@@ -31,6 +62,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _target_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,39 @@
+"""Run every benchmark one after another (never in parallel: they time the same cores), then
+regenerate BENCHMARKS.md.
+
+    python bench/run_all.py [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: name -> extra arguments
+BENCHES: dict[str, list[str]] = {
+    "synth_speed": [],
+    "eval_speed": ["--no-progress"],
+    "ops_speed": ["--runs", "5", "--threads", "1", "--no-progress"],
+    "text_synonyms": [],
+    "box_to_mask_train": [],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", nargs="*", choices=sorted(BENCHES), default=None)
+    args = ap.parse_args()
+    for name, extra in BENCHES.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), *extra], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, str(ROOT / "bench" / "report.py")], check=True, cwd=ROOT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Class-agnostic mask prediction from given boxes: the smallest real model of the framework.
+
+Backbone + FPN -> multi-level RoIAlign of each *given* box -> FCN mask head -> one M x M
+mask per box, pasted into the image. It is the mask branch of Mask R-CNN (He et al.;
+maskx-rcnn paper Sec. 3.1) run on ground-truth boxes instead of proposals, which makes it:
+
+* the end-to-end check of the engine (data -> batch -> model -> losses -> checkpoint ->
+  predictor -> evaluator) required by the core issue, and
+* a baseline box-to-mask auto-labeler (the task MAL solves with a stronger model).
+
+Supervision flags decide the loss: only instances that have a box AND a mask (and are not
+crowd regions) feed the mask loss; a box-only instance contributes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from omniseg.data.batch import Batch
+from omniseg.modeling.backbones.fpn import BACKBONE_BUILDERS
+from omniseg.modeling.heads.mask_heads import FCNMaskHead
+from omniseg.ops.losses import sigmoid_bce_loss
+from omniseg.ops.masks import paste_masks_in_image, roi_mask_targets
+from omniseg.ops.roi_align import multilevel_roi_align
+
+#: ImageNet statistics in 0-255 units (what torchvision-style checkpoints expect)
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class BoxToMaskConfig:
+    """Model section of a box-to-mask experiment config (flat, typed)."""
+
+    backbone: str = "resnet18_fpn"  # key of omniseg.modeling.backbones.fpn.BACKBONE_BUILDERS
+    width: int = 64  # ResNet base width (64 = the standard network)
+    fpn_channels: int = 256
+    norm: str = "FrozenBN"  # trunk norm; use "GN" or "BN" when training from scratch
+    freeze_at: int = 2
+    pretrained: str = ""  # optional local .pth / .safetensors with torchvision ResNet weights
+    roi_size: int = 14  # RoIAlign output (Mask R-CNN: 14 -> 28 x 28 masks)
+    head_convs: int = 4
+    head_dim: int = 256
+    head_norm: str = "none"
+
+
+def normalize_images(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """B x 3 x H x W uint8 (0-255) -> float, ImageNet-normalized."""
+    return (images.float() - mean) / std
+
+
+class BoxToMask(nn.Module):
+    """Predict a class-agnostic mask for each given box.
+
+    Args:
+        backbone: module mapping B x 3 x H x W to a dict of FPN maps ``p2``.. (finest first).
+        mask_head: R x C x S x S RoI features -> R x 1 x 2S x 2S mask logits.
+        roi_size: S.
+        in_features: FPN maps pooled from, finest first, with their strides.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        mask_head: nn.Module,
+        roi_size: int = 14,
+        in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        strides: Sequence[int] = (4, 8, 16, 32),
+    ):
+        super().__init__()
+        self.backbone, self.mask_head = backbone, mask_head
+        self.roi_size, self.in_features, self.strides = roi_size, tuple(in_features), tuple(strides)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def mask_logits(self, images: Tensor, boxes: Sequence[Tensor]) -> Tensor:
+        """B x 3 x H x W uint8 images and B lists of Ni x 4 boxes -> (sum Ni) x 2S x 2S logits."""
+        feats = self.backbone(normalize_images(images, self.pixel_mean, self.pixel_std))
+        maps = [feats[k] for k in self.in_features]
+        rois = multilevel_roi_align(maps, [b.float() for b in boxes], self.roi_size, self.strides)
+        return self.mask_head(rois)[:, 0]
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """Mask loss over instances with a box and a mask (crowd regions excluded).
+
+        Returns:
+            {"loss_mask": scalar, "num_masks": scalar (logged, not optimized)}.
+        """
+        boxes, targets = [], []
+        for t in batch.targets:
+            keep = t.has_box & t.has_mask & ~t.is_crowd
+            boxes.append(t.boxes[keep])
+            targets.append((t.masks[keep], t.boxes[keep]))
+        num = sum(int(b.shape[0]) for b in boxes)
+        logits = self.mask_logits(batch.images, boxes)
+        if num == 0:  # no mask supervision in this batch: a zero loss that still has a graph
+            return {"loss_mask": logits.sum() * 0.0, "num_masks": torch.zeros(())}
+        size = logits.shape[-1]
+        gt = torch.cat([roi_mask_targets(m, b, size) for m, b in targets if m.shape[0]])
+        # targets are soft at the borders; Mask R-CNN thresholds them at 0.5
+        loss = sigmoid_bce_loss(logits, (gt >= 0.5).to(logits.dtype))
+        return {"loss_mask": loss, "num_masks": torch.tensor(float(num))}
+
+    @torch.no_grad()
+    def predict_masks(
+        self, images: Tensor, image_sizes: Sequence[tuple[int, int]], boxes: Sequence[Tensor]
+    ) -> list[Tensor]:
+        """Binary masks for given boxes.
+
+        Args:
+            images: B x 3 x Hp x Wp uint8 (padded).
+            image_sizes: B valid (H, W).
+            boxes: B tensors Ni x 4 (XYXY pixels).
+
+        Returns:
+            B bool tensors Ni x H x W.
+        """
+        logits = self.mask_logits(images, boxes)
+        out, start = [], 0
+        for b, (h, w) in zip(boxes, image_sizes):
+            n = int(b.shape[0])
+            probs = logits[start : start + n].sigmoid()
+            out.append(paste_masks_in_image(probs, b.float(), (h, w), threshold=0.5))
+            start += n
+        return out
+
+
+def build_box_to_mask(cfg: BoxToMaskConfig) -> BoxToMask:
+    """Build the model from its config section (optionally loading local ResNet weights)."""
+    if cfg.backbone not in BACKBONE_BUILDERS:
+        raise ValueError(f"unknown backbone {cfg.backbone!r}; choose from {sorted(BACKBONE_BUILDERS)}")
+    backbone = BACKBONE_BUILDERS[cfg.backbone](
+        out_channels=cfg.fpn_channels, norm=cfg.norm, freeze_at=cfg.freeze_at, width=cfg.width
+    )
+    if cfg.pretrained:
+        from omniseg.modeling.weights import load_pretrained, resnet_filter_fn
+
+        load_pretrained(backbone, cfg.pretrained, resnet_filter_fn)
+    head = FCNMaskHead(
+        cfg.fpn_channels, conv_dim=cfg.head_dim, num_convs=cfg.head_convs, num_classes=1, norm=cfg.head_norm
+    )
+    return BoxToMask(backbone=backbone, mask_head=head, roi_size=cfg.roi_size)
+
+
+#: named builders for the CLI
+MODEL_BUILDERS = {"box_to_mask": build_box_to_mask}

@@ -1,0 +1,76 @@
+"""Data section shared by training recipes: where the records come from and how they are fed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omniseg.data.dataset import RecordDataset
+from omniseg.data.records import RecordSet
+
+
+@dataclass
+class DataConfig:
+    """Flat data section of an experiment config.
+
+    ``train`` / ``val`` are ``"synth"`` (the synthetic world generated on the fly with the
+    given seed and size) or a path accepted by :func:`omniseg.data.load.load_dataset`.
+    """
+
+    train: str = "synth"
+    train_num_images: int = 200
+    train_seed: int = 0
+    val: str = "synth"
+    val_num_images: int = 50
+    val_seed: int = 1000
+    image_size: int = 256  # synthetic images
+    split: str = ""  # named split: training sees only what apply_split leaves ("" = everything)
+    split_seed: int = 0
+    novel_supervision: str = "box"
+    batch_size: int = 4
+    num_workers: int = 0
+    flip: bool = True
+    lsj: bool = False  # large-scale jitter (output size = image_size)
+
+
+def open_source(
+    spec: str, num_images: int, seed: int, image_size: int, progress: bool = True
+) -> tuple[RecordSet, object | None]:
+    """Records and (for the synthetic world) an in-memory image callable.
+
+    Returns:
+        (RecordSet, load_image) -- ``load_image`` is None for datasets on disk.
+    """
+    if spec == "synth":
+        from omniseg.data.dataset import SynthImages, synth_dataset
+        from omniseg.data.synth.world import SynthConfig
+
+        cfg = SynthConfig(seed=seed, num_images=num_images, image_size=image_size)
+        ds = synth_dataset(cfg, progress=progress)
+        ds.rs.name = f"synth-seed{seed}-n{num_images}"
+        return ds.rs, SynthImages(cfg)
+    from omniseg.data.load import load_dataset
+
+    return load_dataset(spec), None
+
+
+def training_view(rs: RecordSet, cfg: DataConfig) -> RecordSet:
+    """``rs`` as the split lets training see it (unchanged without a split)."""
+    if not cfg.split:
+        return rs
+    from omniseg.data.splits import SPLITS, apply_split
+
+    if cfg.split not in SPLITS:
+        raise ValueError(f"unknown split {cfg.split!r}; choose from {sorted(SPLITS)}")
+    split = SPLITS[cfg.split](rs.categories, seed=cfg.split_seed, novel_supervision=cfg.novel_supervision)
+    return apply_split(rs, split)
+
+
+def train_dataset(cfg: DataConfig, progress: bool = True) -> RecordDataset:
+    """The training RecordDataset with the configured augmentations."""
+    from omniseg.data.transforms import Compose, LargeScaleJitter, QuantizeApproxBoxes, RandomHFlip
+
+    rs, load_image = open_source(cfg.train, cfg.train_num_images, cfg.train_seed, cfg.image_size, progress)
+    ts: list = [LargeScaleJitter(cfg.image_size)] if cfg.lsj else []
+    ts += [RandomHFlip()] if cfg.flip else []
+    ts.append(QuantizeApproxBoxes())
+    return RecordDataset(training_view(rs, cfg), transforms=Compose(ts), load_image=load_image, seed=cfg.train_seed)
