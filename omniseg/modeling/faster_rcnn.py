@@ -24,7 +24,7 @@ regression; their second-stage RoIs are ignored for classification.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -40,6 +40,7 @@ from omniseg.modeling.roi_box_head import (
     Detections,
     FCBoxHead,
     RoIBoxHead,
+    SampledRoIs,
 )
 from omniseg.modeling.rpn import RPN, RPNConfig, RPNHead, append_gt_proposals
 
@@ -96,8 +97,30 @@ def split_targets(
     if approximate_boxes_as_gt:
         exact, approx = exact | approx, torch.zeros_like(approx)
     second = exact | approx
-    box_targets = BoxTargets(boxes=b[second], labels=labels[second], exact=exact[second], ignore_boxes=b[crowd])
+    box_targets = BoxTargets(boxes=b[second], labels=labels[second], exact=exact[second], ignore_boxes=b[crowd],
+                             instance_index=torch.nonzero(second).flatten())
     return b[exact], b[crowd | approx], box_targets
+
+
+@dataclass
+class TrainStep:
+    """Outputs of :meth:`FasterRCNN.train_step`.
+
+    Attributes:
+        losses: the four detector losses.
+        features: backbone / FPN maps by level name.
+        box_targets: B second-stage :class:`BoxTargets` (``instance_index`` maps rows to instances).
+        sampled: B :class:`SampledRoIs` the box head trained on.
+        class_embeddings: C x D vocabulary used (open-vocab), else None.
+        vocabulary: its C texts, else None.
+    """
+
+    losses: dict[str, Tensor]
+    features: dict[str, Tensor]
+    box_targets: list[BoxTargets]
+    sampled: list[SampledRoIs]
+    class_embeddings: Tensor | None
+    vocabulary: list[str] | None
 
 
 class FasterRCNN(nn.Module):
@@ -149,6 +172,7 @@ class FasterRCNN(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
         self.vocabulary: list[str] | None = None
         self.register_buffer("vocab_embeddings", None, persistent=False)
+        self.text_embedder: Callable[[list[str]], Tensor] | None = None
 
     @property
     def open_vocab(self) -> bool:
@@ -181,14 +205,77 @@ class FasterRCNN(nn.Module):
         """Backbone + FPN maps of uint8 images."""
         return self.backbone(self.preprocess(images, image_sizes))
 
-    def _vocab(self, class_embeddings: Tensor | None, vocabulary: Sequence[str] | None):
+    def set_text_embedder(self, embed: Callable[[list[str]], Tensor] | None) -> None:
+        """Open-vocab training on free-form phrases: ``embed(texts) -> len(texts) x D`` (e.g. a cached
+        frozen text encoder). When set and no vocabulary is passed to ``forward``, each batch's
+        vocabulary is the default vocabulary (if any) plus every new text of the batch; the other
+        phrases of the batch act as negatives, as in FCOS-MO's contrastive classifier (alp-fcos-mo
+        Sec. 3.2)."""
+        self.text_embedder = embed
+
+    def _train_vocab(
+        self, batch: Batch, class_embeddings: Tensor | None, vocabulary: Sequence[str] | None
+    ) -> tuple[Tensor | None, Sequence[str] | None]:
         if not self.open_vocab:
             return None, None
-        if class_embeddings is None:
-            if self.vocab_embeddings is None:
-                raise ValueError("open-vocab detector: pass class_embeddings or call set_vocabulary first")
-            return self.vocab_embeddings, vocabulary if vocabulary is not None else self.vocabulary
-        return class_embeddings, vocabulary
+        if class_embeddings is not None:
+            if vocabulary is None:
+                raise ValueError("open-vocab training needs the vocabulary texts to label instances")
+            return class_embeddings, vocabulary
+        embed = self.text_embedder
+        if embed is not None:
+            texts = list(self.vocabulary or [])
+            seen = set(texts)
+            for t in batch.targets:
+                for text in t.texts:
+                    if text not in seen:
+                        seen.add(text)
+                        texts.append(text)
+            return embed(texts).to(self.pixel_mean.device), texts
+        if self.vocab_embeddings is None or self.vocabulary is None:
+            raise ValueError("open-vocab detector: pass class_embeddings, call set_vocabulary or set_text_embedder")
+        return self.vocab_embeddings, self.vocabulary
+
+    def prepare_targets(
+        self, batch: Batch, vocabulary: Sequence[str] | None = None
+    ) -> tuple[list[Tensor], list[Tensor], list[BoxTargets]]:
+        """Per-image RPN GT boxes, RPN ignore boxes and second-stage targets (:func:`split_targets`)."""
+        dev = batch.images.device
+        rpn_gt, rpn_ignore, box_targets = [], [], []
+        for t in batch.targets:
+            t = t.to(dev)
+            labels = instance_labels(t, self.category_ids, vocabulary, self.roi_heads.predictor.num_classes)
+            g, ign, bt = split_targets(t, labels, self.approximate_boxes_as_gt)
+            rpn_gt.append(g)
+            rpn_ignore.append(ign)
+            box_targets.append(bt)
+        return rpn_gt, rpn_ignore, box_targets
+
+    def train_step(
+        self,
+        batch: Batch,
+        class_embeddings: Tensor | None = None,
+        vocabulary: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> TrainStep:
+        """Everything a training step computes (a mask branch reuses features and sampled RoIs).
+
+        Args: as :meth:`forward`.
+
+        Returns:
+            :class:`TrainStep`.
+        """
+        emb, vocab = self._train_vocab(batch, class_embeddings, vocabulary)
+        feats = self.extract_features(batch.images, batch.image_sizes)
+        rpn_gt, rpn_ignore, box_targets = self.prepare_targets(batch, vocab)
+        proposals, losses = self.rpn([feats[f] for f in self.rpn_in_features], batch.image_sizes,
+                                     rpn_gt, rpn_ignore, generator)
+        proposals = append_gt_proposals(proposals, [bt.boxes for bt in box_targets])
+        c = emb.shape[0] if emb is not None else self.roi_heads.predictor.num_classes
+        sampled = self.roi_heads.label_and_sample(proposals, box_targets, c, generator)
+        losses.update(self.roi_heads.losses([feats[f] for f in self.box_in_features], sampled, emb))
+        return TrainStep(losses=losses, features=feats, box_targets=box_targets, sampled=sampled,
+                         class_embeddings=emb, vocabulary=list(vocab) if vocab is not None else None)
 
     def forward(
         self,
@@ -201,32 +288,15 @@ class FasterRCNN(nn.Module):
 
         Args:
             batch: collated :class:`Batch` (uint8 images, targets with supervision flags).
-            class_embeddings: C x D vocabulary embeddings (open-vocab; default: set_vocabulary's).
-            vocabulary: C texts aligned with ``class_embeddings`` (to label instances by text).
+            class_embeddings: C x D vocabulary embeddings (open-vocab; default: set_vocabulary's or
+                the text embedder's).
+            vocabulary: C texts aligned with ``class_embeddings`` (instances are labelled by text).
             generator: CPU generator for anchor / RoI sampling.
 
         Returns:
             {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"} scalars.
         """
-        emb, vocab = self._vocab(class_embeddings, vocabulary)
-        if self.open_vocab and vocab is None:
-            raise ValueError("open-vocab training needs the vocabulary texts to label instances")
-        feats = self.extract_features(batch.images, batch.image_sizes)
-        dev = batch.images.device
-        rpn_gt, rpn_ignore, box_targets = [], [], []
-        for t in batch.targets:
-            t = t.to(dev)
-            labels = instance_labels(t, self.category_ids, vocab, self.roi_heads.predictor.num_classes)
-            g, ign, bt = split_targets(t, labels, self.approximate_boxes_as_gt)
-            rpn_gt.append(g)
-            rpn_ignore.append(ign)
-            box_targets.append(bt)
-        proposals, losses = self.rpn([feats[f] for f in self.rpn_in_features], batch.image_sizes,
-                                     rpn_gt, rpn_ignore, generator)
-        proposals = append_gt_proposals(proposals, [bt.boxes for bt in box_targets])
-        losses.update(self.roi_heads([feats[f] for f in self.box_in_features], proposals, box_targets, emb,
-                                     generator))
-        return losses
+        return self.train_step(batch, class_embeddings, vocabulary, generator).losses
 
     @torch.no_grad()
     def predict(
@@ -252,20 +322,36 @@ class FasterRCNN(nn.Module):
         """
         if image_sizes is None:
             image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
-        emb, _ = self._vocab(class_embeddings, None)
         feats = self.extract_features(images, image_sizes)
-        training = self.rpn.training
-        self.rpn.eval()
-        try:
-            proposals, _ = self.rpn([feats[f] for f in self.rpn_in_features], image_sizes)
-        finally:
-            self.rpn.train(training)
-        dets = self.roi_heads.predict([feats[f] for f in self.box_in_features], proposals, image_sizes, emb,
-                                      return_features)
+        dets = self.detect(feats, image_sizes, class_embeddings, return_features)
         if output_sizes is not None:
             for d, (h, w), (oh, ow) in zip(dets, image_sizes, output_sizes):
                 d.boxes = d.boxes * d.boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
         return dets
+
+    @torch.no_grad()
+    def detect(
+        self,
+        features: dict[str, Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        class_embeddings: Tensor | None = None,
+        return_features: bool = False,
+    ) -> list[Detections]:
+        """Both stages at test settings on precomputed maps (:meth:`extract_features`), so a mask
+        branch can pool the same maps for the detected boxes. Boxes are in input-image pixels."""
+        emb = None
+        if self.open_vocab:
+            emb = class_embeddings if class_embeddings is not None else self.vocab_embeddings
+            if emb is None:
+                raise ValueError("open-vocab detector: pass class_embeddings or call set_vocabulary first")
+        training = self.rpn.training
+        self.rpn.eval()
+        try:
+            proposals, _ = self.rpn([features[f] for f in self.rpn_in_features], image_sizes)
+        finally:
+            self.rpn.train(training)
+        return self.roi_heads.predict([features[f] for f in self.box_in_features], proposals, image_sizes, emb,
+                                      return_features)
 
 
 def _build(

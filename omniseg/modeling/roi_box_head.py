@@ -105,12 +105,44 @@ class BoxTargets:
         labels: G long class index in [0, C), or -1 for a class outside the vocabulary.
         exact: G bool, the box is exact (trains box regression).
         ignore_boxes: I x 4 crowd regions.
+        instance_index: G long index of each box's instance in the image's
+            :class:`omniseg.data.batch.Targets` (to fetch its mask or text); None if unknown.
     """
 
     boxes: Tensor
     labels: Tensor
     exact: Tensor
     ignore_boxes: Tensor
+    instance_index: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+@dataclass
+class SampledRoIs:
+    """RoIs of one image sampled for the second-stage losses (also what a mask head trains on).
+
+    Attributes:
+        boxes: K x 4 proposal boxes, foreground first.
+        labels: K long class in [0, C) (foreground) or C (background).
+        matched: K long index into the image's :class:`BoxTargets` rows (meaningful for foreground).
+        regress: K bool, foreground matched to an exact box.
+        target_deltas: K x 4 regression targets (zero where not ``regress``).
+        num_classes: C; labels equal to C are background.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    matched: Tensor
+    regress: Tensor
+    target_deltas: Tensor
+    num_classes: int
+
+    @property
+    def is_fg(self) -> Tensor:
+        """K bool, foreground RoIs."""
+        return self.labels < self.num_classes
 
 
 @dataclass
@@ -402,9 +434,56 @@ class RoIBoxHead(nn.Module):
         Returns:
             (sum K_i) x C x S x S.
         """
-        rois = [b.to(features[0].dtype) for b in boxes]
+        # boxes stay float32 under autocast: bf16 would round coordinates to a few pixels
+        rois = [b.float() for b in boxes]
         return multilevel_roi_align(features, rois, self.cfg.pooler_resolution, self.cfg.pooler_strides,
                                     self.cfg.sampling_ratio)
+
+    def label_and_sample(
+        self,
+        proposals: Sequence[Proposals],
+        targets: Sequence[BoxTargets],
+        num_classes: int,
+        generator: torch.Generator | None = None,
+    ) -> list[SampledRoIs]:
+        """Match proposals to GT (:func:`match_proposals`) and sample RoIs (:func:`sample_rois`).
+
+        Args:
+            proposals: B :class:`Proposals` (GT boxes already appended, see rpn.append_gt_proposals).
+            targets: B :class:`BoxTargets`.
+            num_classes: C (the vocabulary size for the open-vocab predictor).
+            generator: CPU generator for RoI sampling.
+
+        Returns:
+            B :class:`SampledRoIs`.
+        """
+        cfg = self.cfg
+        out = []
+        for p, t in zip(proposals, targets):
+            lab, idx = match_proposals(p.boxes, t.boxes, t.labels, num_classes, cfg.fg_iou, t.ignore_boxes,
+                                       cfg.ignore_ioa)
+            keep = sample_rois(lab, num_classes, cfg.batch_size_per_image, cfg.positive_fraction, generator)
+            pb, lab, idx = p.boxes[keep], lab[keep], idx[keep]
+            fg = lab < num_classes
+            reg = fg & t.exact.to(fg.device)[idx] if t.boxes.shape[0] else torch.zeros_like(fg)
+            d = torch.zeros_like(pb)
+            if bool(reg.any()):
+                d[reg] = encode_boxes(pb[reg], t.boxes.to(pb)[idx[reg]], cfg.box_weights)
+            out.append(SampledRoIs(boxes=pb, labels=lab, matched=idx, regress=reg, target_deltas=d,
+                                   num_classes=num_classes))
+        return out
+
+    def losses(
+        self, features: Sequence[Tensor], sampled: Sequence[SampledRoIs], class_embeddings: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Classification and regression losses of sampled RoIs (see :func:`box_head_losses`)."""
+        cfg = self.cfg
+        x = self.box_head(self.pool(features, [s.boxes for s in sampled]))
+        logits, deltas = self.predictor(x, class_embeddings)
+        return box_head_losses(logits, deltas, torch.cat([s.labels for s in sampled]),
+                               torch.cat([s.target_deltas for s in sampled]),
+                               torch.cat([s.regress for s in sampled]),
+                               cfg.box_loss, cfg.smooth_l1_beta, cfg.background_weight)
 
     def forward(
         self,
@@ -414,11 +493,11 @@ class RoIBoxHead(nn.Module):
         class_embeddings: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """Training losses.
+        """Training losses: :meth:`label_and_sample` then :meth:`losses`.
 
         Args:
             features: pooled-level maps (see :meth:`pool`).
-            proposals: B :class:`Proposals` (GT boxes already appended, see rpn.append_gt_proposals).
+            proposals: B :class:`Proposals` (GT boxes already appended).
             targets: B :class:`BoxTargets`.
             class_embeddings: C x D vocabulary embeddings (open-vocab predictor).
             generator: CPU generator for RoI sampling.
@@ -426,26 +505,8 @@ class RoIBoxHead(nn.Module):
         Returns:
             {"loss_cls", "loss_box_reg"}.
         """
-        cfg = self.cfg
         c = class_embeddings.shape[0] if class_embeddings is not None else self.predictor.num_classes
-        boxes, labels, tgt, reg = [], [], [], []
-        for p, t in zip(proposals, targets):
-            lab, idx = match_proposals(p.boxes, t.boxes, t.labels, c, cfg.fg_iou, t.ignore_boxes, cfg.ignore_ioa)
-            keep = sample_rois(lab, c, cfg.batch_size_per_image, cfg.positive_fraction, generator)
-            pb, lab, idx = p.boxes[keep], lab[keep], idx[keep]
-            fg = lab < c
-            r = fg & t.exact.to(fg.device)[idx] if t.boxes.shape[0] else torch.zeros_like(fg)
-            d = torch.zeros_like(pb)
-            if bool(r.any()):
-                d[r] = encode_boxes(pb[r], t.boxes.to(pb)[idx[r]], cfg.box_weights)
-            boxes.append(pb)
-            labels.append(lab)
-            tgt.append(d)
-            reg.append(r)
-        x = self.box_head(self.pool(features, boxes))
-        logits, deltas = self.predictor(x, class_embeddings)
-        return box_head_losses(logits, deltas, torch.cat(labels), torch.cat(tgt), torch.cat(reg),
-                               cfg.box_loss, cfg.smooth_l1_beta, cfg.background_weight)
+        return self.losses(features, self.label_and_sample(proposals, targets, c, generator), class_embeddings)
 
     @torch.no_grad()
     def predict(

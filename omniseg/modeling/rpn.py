@@ -149,7 +149,7 @@ def label_anchors(
     n = anchors.shape[0]
     labels = torch.full((n,), -1, dtype=torch.long, device=anchors.device)
     matched = torch.zeros(n, dtype=torch.long, device=anchors.device)
-    if gt_boxes.shape[0] == 0:
+    if gt_boxes.shape[0] == 0 or n == 0:
         labels.fill_(0)
     else:
         iou = box_iou(gt_boxes.to(anchors.dtype), anchors)  # G x A
