@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,20 +29,30 @@ SYNTH_LAYOUT = {
 
 
 def _sniff_json(path: Path) -> str:
-    """'panoptic' | 'captions' | 'instances' from the first annotation's keys."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    """'panoptic' | 'captions' | 'instances' | 'results' | 'unknown' from the JSON's shape.
+
+    Raises:
+        BadRecordError (a ValueError): the file is empty, not UTF-8 or not valid JSON; the
+            message names the file and the line / column.
+    """
+    from omniseg.data.formats.validation import load_json_file
+
+    data = load_json_file(path)
     if isinstance(data, list):
         return "results"
-    anns = data.get("annotations") or []
-    if anns and "segments_info" in anns[0]:
+    if not isinstance(data, dict):
+        return "unknown"
+    anns = data.get("annotations")
+    first = anns[0] if isinstance(anns, list) and anns and isinstance(anns[0], dict) else {}
+    if "segments_info" in first:
         return "panoptic"
-    if anns and "caption" in anns[0]:
+    if "caption" in first:
         return "captions"
-    return "instances"
+    if "categories" in data:
+        return "instances"
+    if "images" in data and isinstance(anns, list):  # a captions file with no captions yet
+        return "captions"
+    return "unknown"
 
 
 def merge_segments(into: RecordSet, panoptic: RecordSet) -> None:
@@ -81,12 +90,12 @@ def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad:
             merge_segments(rs, read_coco_panoptic(files["panoptic"], files["panoptic_png"], on_bad=on_bad))
         rs.name = path.name
         return rs
-    kind = _sniff_json(path) if path.suffix == ".json" else path.suffix
+    kind = _sniff_json(path) if path.suffix.lower() == ".json" else (path.suffix or "no extension")
     root = image_root or ""
     if kind == "instances":
         return read_coco_instances(path, image_root=root, on_bad=on_bad)
     if kind == "captions":
-        return read_coco_captions(path, on_bad=on_bad)
+        return read_coco_captions(path, on_bad=on_bad, image_root=root)
     if kind == "panoptic":
         return read_coco_panoptic(path, path.with_suffix(""), image_root=root, on_bad=on_bad)
     raise ValueError(

@@ -21,33 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from omniseg.data.batch import Sample
-
-
-def masks_to_boxes(masks: Tensor) -> Tensor:
-    """Tight XYXY boxes (pixel-edge convention) of binary masks; zero rows for empty masks.
-
-    Args:
-        masks: N x H x W, nonzero = foreground.
-
-    Returns:
-        N x 4 float32.
-    """
-    n = masks.shape[0]
-    out = torch.zeros(n, 4)
-    if n == 0:
-        return out
-    fg = masks != 0
-    rows, cols = fg.any(dim=2), fg.any(dim=1)  # N x H, N x W
-    nonempty = rows.any(dim=1)
-    h, w = masks.shape[1], masks.shape[2]
-    ar_h = torch.arange(h).expand(n, h)
-    ar_w = torch.arange(w).expand(n, w)
-    y0 = torch.where(rows, ar_h, h).min(dim=1).values
-    y1 = torch.where(rows, ar_h, -1).max(dim=1).values + 1
-    x0 = torch.where(cols, ar_w, w).min(dim=1).values
-    x1 = torch.where(cols, ar_w, -1).max(dim=1).values + 1
-    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
-    return torch.where(nonempty[:, None], boxes, torch.zeros_like(boxes))
+from omniseg.ops.masks import masks_to_boxes
 
 
 def _resize_masks(masks: Tensor, h: int, w: int) -> Tensor:

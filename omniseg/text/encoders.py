@@ -109,6 +109,24 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:10]
 
 
+@torch.inference_mode()
+def _tokenize_and_embed(self, texts: list[str]) -> torch.Tensor:
+    """Shared ``encode`` of the transformers encoders: tokenize length-sorted batches, call
+    ``self._embed(tokens) -> B x D``, L2-normalize, return N x D float32 on CPU in input order."""
+    _check_texts(texts)
+    out = torch.empty(len(texts), self.dim, dtype=torch.float32)
+    for idx in _length_sorted_batches(texts, self.batch_size):
+        tok = self.tokenizer(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        out[torch.tensor(idx)] = F.normalize(self._embed(tok).float(), dim=-1).cpu()
+    return out
+
+
 class MiniLMEncoder:
     """all-MiniLM-L6-v2 sentence embeddings (D = 384), loaded offline from the installed package.
 
@@ -137,22 +155,11 @@ class MiniLMEncoder:
         self.dim = int(self.model.config.hidden_size)
         self.name = "all-MiniLM-L6-v2" if model_dir is None else f"minilm:{path.name}:{_fingerprint(path)}"
 
-    @torch.inference_mode()
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        _check_texts(texts)
-        out = torch.empty(len(texts), self.dim, dtype=torch.float32)
-        for idx in _length_sorted_batches(texts, self.batch_size):
-            tok = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**tok).last_hidden_state
-            emb = F.normalize(mean_pool(hidden, tok["attention_mask"]).float(), dim=-1)
-            out[torch.tensor(idx)] = emb.cpu()
-        return out
+    def _embed(self, tok) -> torch.Tensor:
+        hidden = self.model(**tok).last_hidden_state
+        return mean_pool(hidden, tok["attention_mask"])
+
+    encode = _tokenize_and_embed
 
 
 class CLIPTextEncoder:
@@ -181,21 +188,10 @@ class CLIPTextEncoder:
         self.dim = int(self.model.config.projection_dim)
         self.name = f"clip-text:{p.resolve().name}:{_fingerprint(p)}"
 
-    @torch.inference_mode()
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        _check_texts(texts)
-        out = torch.empty(len(texts), self.dim, dtype=torch.float32)
-        for idx in _length_sorted_batches(texts, self.batch_size):
-            tok = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            emb = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).text_embeds
-            out[torch.tensor(idx)] = F.normalize(emb.float(), dim=-1).cpu()
-        return out
+    def _embed(self, tok) -> torch.Tensor:
+        return self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).text_embeds
+
+    encode = _tokenize_and_embed
 
 
 class HashEncoder:

@@ -15,7 +15,6 @@ from omniseg.data.transforms import (
     build_train_transforms,
     crop,
     hflip,
-    masks_to_boxes,
     quantize_box,
     resize,
 )
@@ -57,18 +56,6 @@ def _sample(h: int = 20, w: int = 30, seed: int = 0) -> Sample:
     )
     image = torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
     return Sample(image=image, targets=t, image_id=7, orig_size=(h, w))
-
-
-def test_masks_to_boxes_matches_reference_and_rle():
-    rng = np.random.default_rng(1)
-    ms = (rng.random((6, 9, 11)) > 0.85).astype(np.uint8)
-    ms[2] = 0  # empty mask -> zero box
-    got = masks_to_boxes(torch.from_numpy(ms))
-    for i in range(6):
-        assert got[i].tolist() == _ref_tight_box(ms[i])
-        if ms[i].any():
-            assert got[i].tolist() == list(rle_to_box(rle_encode(ms[i])))
-    assert masks_to_boxes(torch.zeros(0, 4, 4)).shape == (0, 4)
 
 
 def test_hflip_hand_worked_and_twice_is_identity():

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from omniseg.data.errors import BadRecordError, BadRecords
-from omniseg.data.formats.coco import (
-    _image_id,
-    _int,
-    _Invalid,
-    _progress,
-    _read_images,
-    _require,
+from omniseg.data.formats.coco import _read_images
+from omniseg.data.formats.validation import (
+    Invalid,
+    as_image_id,
+    as_int,
     load_json_file,
+    progress_bar,
+    require,
 )
 from omniseg.data.records import RecordSet
 from omniseg.utils.atomic import atomic_write_json
@@ -70,19 +70,19 @@ def read_coco_captions(
     if not isinstance(anns, list):
         raise BadRecordError(path, "annotations", "must be a list")
     seen: set[int] = set()
-    for i, ann in _progress(enumerate(anns), len(anns), "captions", progress):
+    for i, ann in progress_bar(enumerate(anns), len(anns), "captions", progress):
         try:
-            _require(ann, ("id", "image_id", "caption"), "caption annotation")
-            cid = _int(ann["id"], "id")
+            require(ann, ("id", "image_id", "caption"), "caption annotation")
+            cid = as_int(ann["id"], "id")
             if cid in seen:
-                raise _Invalid(f"duplicate caption id {cid}")
-            iid = _image_id(ann["image_id"])
+                raise Invalid(f"duplicate caption id {cid}")
+            iid = as_image_id(ann["image_id"])
             if iid not in records:
-                raise _Invalid(f"unknown image id {iid!r}")
+                raise Invalid(f"unknown image id {iid!r}")
             text = ann["caption"]
             if not isinstance(text, str) or not text.strip():
-                raise _Invalid(f"caption must be a non-empty string, got {text!r}")
-        except _Invalid as e:
+                raise Invalid(f"caption must be a non-empty string, got {text!r}")
+        except Invalid as e:
             bad.report(path, f"caption #{i} (id={ann.get('id') if isinstance(ann, dict) else None})", str(e))
             continue
         seen.add(cid)

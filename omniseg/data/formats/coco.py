@@ -17,19 +17,22 @@ therefore rasterized once on read (same rasterizer as pycocotools' ``annToRLE``)
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import sys
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
 from omniseg.data.errors import BadRecordError, BadRecords
+from omniseg.data.formats.validation import (
+    Invalid,
+    as_image_id,
+    as_int,
+    compressed_counts,
+    finite,
+    load_json_file,
+    progress_bar,
+    require,
+)
 from omniseg.data.records import Box, Category, ImageRecord, Instance, RecordSet
 from omniseg.ops.rle import RLE, normalize_rle, polygons_to_rle, rle_area, rle_to_box
 from omniseg.utils.atomic import atomic_write_json
@@ -38,122 +41,20 @@ from omniseg.utils.atomic import atomic_write_json
 BOX_TOLERANCE_PX = 1.0
 
 
-class _Invalid(Exception):
-    """Internal: the entry being parsed is invalid; the message is the reason."""
-
-
-# ----------------------------------------------------------------------------- file level
-
-
-def load_json_file(path: str | os.PathLike) -> Any:
-    """Load a JSON file with errors that name the file (and line/column when malformed).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        BadRecordError: the file is empty or not valid JSON.
-    """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise BadRecordError(path, "file", f"not UTF-8 text (byte {e.start}): {e.reason}") from e
-    if not text.strip():
-        raise BadRecordError(path, "file", "empty file")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadRecordError(
-            path, "file", f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from e
-
-
-def _progress(it: Iterable, total: int, desc: str, progress: bool) -> Iterable:
-    return tqdm(it, total=total, desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
-
-
-def _require(entry: Any, keys: tuple[str, ...], what: str) -> None:
-    if not isinstance(entry, dict):
-        raise _Invalid(f"{what} must be a JSON object, got {type(entry).__name__}")
-    missing = [k for k in keys if k not in entry]
-    if missing:
-        raise _Invalid(f"missing required key(s) {missing}")
-
-
-def _int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _Invalid(f"{key} must be an integer, got {value!r}")
-    return value
-
-
-def _image_id(value: Any) -> int | str:
-    """Image ids are integers in COCO / LVIS; strings are accepted for COCO-style custom sets."""
-    if isinstance(value, str) and value:
-        return value
-    return _int(value, "image id")
-
-
-def _finite(values: Iterable[Any], what: str) -> list[float]:
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _Invalid(f"{what} must hold numbers, got {v!r}")
-        if not math.isfinite(v):
-            raise _Invalid(f"{what} has a non-finite coordinate ({v})")
-        out.append(float(v))
-    return out
-
-
-# ----------------------------------------------------------------------------- geometry
-
-
-def compressed_counts(counts: str) -> np.ndarray:
-    """Run lengths of a COCO compressed RLE string (inverse of pycocotools' ``rleToString``).
-
-    Format (pycocotools ``maskApi.c``): each run is a little-endian sequence of 5-bit groups,
-    one char per group (``chr(48 + bits)``, bit 0x20 = "more groups follow", bit 0x10 of the last
-    group = sign); from the fourth run on the stored value is the delta to the run two before.
-    Checked here because pycocotools decodes a string whose runs do not add up to h*w silently.
-    """
-    c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
-    if c.size == 0:
-        return c
-    if c.min() < 0 or c.max() > 63:
-        raise _Invalid("compressed RLE counts contain characters outside '0'..'o'")
-    more = (c & 0x20) != 0
-    if more[-1]:
-        raise _Invalid("compressed RLE counts end in the middle of a number")
-    ends = np.flatnonzero(~more)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    k = np.arange(c.size) - np.repeat(starts, ends - starts + 1)  # group index within its number
-    if k.max() > 11:  # > 60 bits: no real run length; would overflow int64 below
-        raise _Invalid("compressed RLE counts hold a number longer than 12 characters")
-    vals = np.add.reduceat((c & 0x1F) << (5 * k), starts)
-    neg = (c[ends] & 0x10) != 0
-    vals[neg] |= -1 << (5 * (k[ends][neg] + 1))  # sign-extend
-    vals[3::2] += np.cumsum(vals[1::2])[:-1][: vals[3::2].size]
-    vals[4::2] += np.cumsum(vals[2::2])[:-1][: vals[4::2].size]
-    return vals
-
-
 def _parse_bbox(bbox: Any, width: int, height: int) -> Box:
     """COCO XYWH -> XYXY, clipped to the image when it sticks out by <= 1 px."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise _Invalid(f"bbox must be [x, y, w, h], got {bbox!r}")
-    x, y, w, h = _finite(bbox, "bbox")
+        raise Invalid(f"bbox must be [x, y, w, h], got {bbox!r}")
+    x, y, w, h = finite(bbox, "bbox")
     if w <= 0 or h <= 0:
-        raise _Invalid(f"bbox has zero or negative size (w={w}, h={h})")
+        raise Invalid(f"bbox has zero or negative size (w={w}, h={h})")
     x0, y0, x1, y1 = x, y, x + w, y + h
     tol = BOX_TOLERANCE_PX
     if x0 < -tol or y0 < -tol or x1 > width + tol or y1 > height + tol:
-        raise _Invalid(f"bbox {list(bbox)} lies outside the {width}x{height} image by more than {tol:g} px")
+        raise Invalid(f"bbox {list(bbox)} lies outside the {width}x{height} image by more than {tol:g} px")
     x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
     if x1 <= x0 or y1 <= y0:
-        raise _Invalid(f"bbox {list(bbox)} has zero size after clipping to the {width}x{height} image")
+        raise Invalid(f"bbox {list(bbox)} has zero size after clipping to the {width}x{height} image")
     return (x0, y0, x1, y1)
 
 
@@ -168,58 +69,58 @@ def _parse_segmentation(seg: Any, width: int, height: int) -> RLE | None:
         polys = []
         for i, poly in enumerate(seg):
             if not isinstance(poly, list):
-                raise _Invalid(
+                raise Invalid(
                     f"segmentation polygon {i} must be a list of numbers, got {type(poly).__name__}"
                 )
-            coords = _finite(poly, f"segmentation polygon {i}")
+            coords = finite(poly, f"segmentation polygon {i}")
             if len(coords) < 6:
-                raise _Invalid(f"segmentation polygon {i} has {len(coords)} numbers (< 3 points)")
+                raise Invalid(f"segmentation polygon {i} has {len(coords)} numbers (< 3 points)")
             if len(coords) % 2:
-                raise _Invalid(f"segmentation polygon {i} has an odd number of coordinates ({len(coords)})")
+                raise Invalid(f"segmentation polygon {i} has an odd number of coordinates ({len(coords)})")
             polys.append(coords)
         return polygons_to_rle(polys, height, width)
     if isinstance(seg, dict):
         if "size" not in seg or "counts" not in seg:
-            raise _Invalid("RLE segmentation needs 'size' and 'counts'")
+            raise Invalid("RLE segmentation needs 'size' and 'counts'")
         size = seg["size"]
         if not isinstance(size, (list, tuple)) or len(size) != 2:
-            raise _Invalid(f"RLE size must be [h, w], got {size!r}")
-        h, w = _int(size[0], "RLE size"), _int(size[1], "RLE size")
+            raise Invalid(f"RLE size must be [h, w], got {size!r}")
+        h, w = as_int(size[0], "RLE size"), as_int(size[1], "RLE size")
         if (h, w) != (height, width):
-            raise _Invalid(f"RLE size [{h}, {w}] does not match the image size [{height}, {width}] (h, w)")
+            raise Invalid(f"RLE size [{h}, {w}] does not match the image size [{height}, {width}] (h, w)")
         counts = seg["counts"]
         if isinstance(counts, list):
             # pycocotools decodes a wrong-length uncompressed RLE without complaint: check it here.
             if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
-                raise _Invalid("uncompressed RLE counts must be non-negative integers")
+                raise Invalid("uncompressed RLE counts must be non-negative integers")
             if sum(counts) != h * w:
-                raise _Invalid(f"uncompressed RLE counts sum to {sum(counts)}, expected h*w = {h * w}")
+                raise Invalid(f"uncompressed RLE counts sum to {sum(counts)}, expected h*w = {h * w}")
         elif isinstance(counts, (str, bytes)):
             try:
                 runs = compressed_counts(counts if isinstance(counts, str) else counts.decode("ascii"))
             except UnicodeError as e:
-                raise _Invalid(f"compressed RLE counts are not ASCII: {e}") from e
+                raise Invalid(f"compressed RLE counts are not ASCII: {e}") from e
             if (runs < 0).any() or int(runs.sum()) != h * w:
-                raise _Invalid(
+                raise Invalid(
                     f"compressed RLE runs sum to {int(runs.sum())} (or are negative), expected h*w = {h * w}"
                 )
         else:
-            raise _Invalid(f"RLE counts must be a string or a list, got {type(counts).__name__}")
+            raise Invalid(f"RLE counts must be a string or a list, got {type(counts).__name__}")
         return normalize_rle({"size": [h, w], "counts": counts})
-    raise _Invalid(f"segmentation must be polygons or RLE, got {type(seg).__name__}")
+    raise Invalid(f"segmentation must be polygons or RLE, got {type(seg).__name__}")
 
 
 def _geometry(entry: dict, width: int, height: int) -> tuple[Box, RLE | None]:
     """Box and mask of an annotation / result; the box comes from the mask when ``bbox`` is absent."""
     if "bbox" not in entry and "segmentation" not in entry:
-        raise _Invalid("missing required key 'bbox' (and no 'segmentation')")
+        raise Invalid("missing required key 'bbox' (and no 'segmentation')")
     mask = _parse_segmentation(entry["segmentation"], width, height) if "segmentation" in entry else None
     if "bbox" in entry:
         box = _parse_bbox(entry["bbox"], width, height)
     elif mask is not None and rle_area(mask) > 0:
         box = rle_to_box(mask)
     else:
-        raise _Invalid("no 'bbox' and an empty segmentation")
+        raise Invalid("no 'bbox' and an empty segmentation")
     return box, mask
 
 
@@ -229,11 +130,11 @@ def _geometry(entry: dict, width: int, height: int) -> tuple[Box, RLE | None]:
 def _file_name(img: dict) -> str:
     if "file_name" in img:
         if not isinstance(img["file_name"], str) or not img["file_name"]:
-            raise _Invalid(f"file_name must be a non-empty string, got {img['file_name']!r}")
+            raise Invalid(f"file_name must be a non-empty string, got {img['file_name']!r}")
         return img["file_name"]
     if isinstance(img.get("coco_url"), str) and img["coco_url"]:
         return "/".join(img["coco_url"].rstrip("/").split("/")[-2:])  # LVIS: .../train2017/x.jpg
-    raise _Invalid("missing required key 'file_name' (or LVIS 'coco_url')")
+    raise Invalid("missing required key 'file_name' (or LVIS 'coco_url')")
 
 
 def _read_categories(entries: Any, path: str, bad: BadRecords) -> list[Category]:
@@ -243,13 +144,13 @@ def _read_categories(entries: Any, path: str, bad: BadRecords) -> list[Category]
     for i, c in enumerate(entries):
         rec = f"category #{i} (id={c.get('id') if isinstance(c, dict) else None})"
         try:
-            _require(c, ("id", "name"), "category")
-            cid = _int(c["id"], "id")
+            require(c, ("id", "name"), "category")
+            cid = as_int(c["id"], "id")
             if cid in cats:
-                raise _Invalid(f"duplicate category id {cid}")
+                raise Invalid(f"duplicate category id {cid}")
             syn = c.get("synonyms", [])
             if not isinstance(syn, list) or not all(isinstance(s, str) for s in syn):
-                raise _Invalid("synonyms must be a list of strings")
+                raise Invalid("synonyms must be a list of strings")
             cats[cid] = Category(
                 id=cid,
                 name=str(c["name"]),
@@ -258,7 +159,7 @@ def _read_categories(entries: Any, path: str, bad: BadRecords) -> list[Category]
                 isthing=bool(c.get("isthing", 1)),
                 frequency=str(c.get("frequency", "")),
             )
-        except _Invalid as e:
+        except Invalid as e:
             bad.report(path, rec, str(e))
     return list(cats.values())
 
@@ -266,11 +167,11 @@ def _read_categories(entries: Any, path: str, bad: BadRecords) -> list[Category]
 def _id_list(img: dict, key: str, cat_ids: set[int]) -> list[int]:
     values = img.get(key, [])
     if not isinstance(values, list):
-        raise _Invalid(f"{key} must be a list")
-    ids = [_int(v, key) for v in values]
+        raise Invalid(f"{key} must be a list")
+    ids = [as_int(v, key) for v in values]
     unknown = sorted(set(ids) - cat_ids)
     if unknown:
-        raise _Invalid(f"{key} names unknown category id(s) {unknown[:5]}")
+        raise Invalid(f"{key} names unknown category id(s) {unknown[:5]}")
     return ids
 
 
@@ -281,13 +182,13 @@ def _read_images(entries: Any, path: str, bad: BadRecords, cat_ids: set[int]) ->
     for i, img in enumerate(entries):
         rec = f"image #{i} (id={img.get('id') if isinstance(img, dict) else None})"
         try:
-            _require(img, ("id", "width", "height"), "image")
-            iid = _image_id(img["id"])
+            require(img, ("id", "width", "height"), "image")
+            iid = as_image_id(img["id"])
             if iid in records:
-                raise _Invalid(f"duplicate image id {iid!r}")
-            w, h = _int(img["width"], "width"), _int(img["height"], "height")
+                raise Invalid(f"duplicate image id {iid!r}")
+            w, h = as_int(img["width"], "width"), as_int(img["height"], "height")
             if w <= 0 or h <= 0:
-                raise _Invalid(f"image size must be positive, got {w}x{h}")
+                raise Invalid(f"image size must be positive, got {w}x{h}")
             records[iid] = ImageRecord(
                 image_id=iid,
                 file_name=_file_name(img),
@@ -296,7 +197,7 @@ def _read_images(entries: Any, path: str, bad: BadRecords, cat_ids: set[int]) ->
                 neg_category_ids=_id_list(img, "neg_category_ids", cat_ids),
                 not_exhaustive_category_ids=_id_list(img, "not_exhaustive_category_ids", cat_ids),
             )
-        except _Invalid as e:
+        except Invalid as e:
             bad.report(path, rec, str(e))
     return records
 
@@ -304,24 +205,24 @@ def _read_images(entries: Any, path: str, bad: BadRecords, cat_ids: set[int]) ->
 def _read_instance(
     ann: Any, records: dict[Any, ImageRecord], cats: dict[int, Category], seen: set[int], source: str
 ) -> tuple[ImageRecord, Instance]:
-    _require(ann, ("id", "image_id", "category_id"), "annotation")
-    aid = _int(ann["id"], "id")
+    require(ann, ("id", "image_id", "category_id"), "annotation")
+    aid = as_int(ann["id"], "id")
     if aid in seen:
-        raise _Invalid(f"duplicate annotation id {aid}")
-    iid = _image_id(ann["image_id"])
+        raise Invalid(f"duplicate annotation id {aid}")
+    iid = as_image_id(ann["image_id"])
     if iid not in records:
-        raise _Invalid(f"unknown image id {iid!r}")
-    cid = _int(ann["category_id"], "category_id")
+        raise Invalid(f"unknown image id {iid!r}")
+    cid = as_int(ann["category_id"], "category_id")
     if cid not in cats:
-        raise _Invalid(f"unknown category id {cid}")
+        raise Invalid(f"unknown category id {cid}")
     record = records[iid]
     box, mask = _geometry(ann, record.width, record.height)
     score = ann.get("score")
     if score is not None:
-        score = _finite([score], "score")[0]
+        score = finite([score], "score")[0]
     quality = ann.get("box_quality", "exact")
     if quality not in ("exact", "approximate"):
-        raise _Invalid(f"box_quality must be 'exact' or 'approximate', got {quality!r}")
+        raise Invalid(f"box_quality must be 'exact' or 'approximate', got {quality!r}")
     inst = Instance(
         text=cats[cid].name,
         category_id=cid,
@@ -332,7 +233,7 @@ def _read_instance(
         is_crowd=bool(ann.get("iscrowd", 0)),
         score=score,
         id=aid,
-        area=_finite([ann["area"]], "area")[0] if ann.get("area") is not None else None,
+        area=finite([ann["area"]], "area")[0] if ann.get("area") is not None else None,
     )
     return record, inst
 
@@ -379,10 +280,10 @@ def read_coco_instances(
     if not isinstance(anns, list):
         raise BadRecordError(path, "annotations", "must be a list")
     seen: set[int] = set()
-    for i, ann in _progress(enumerate(anns), len(anns), "annotations", progress):
+    for i, ann in progress_bar(enumerate(anns), len(anns), "annotations", progress):
         try:
             record, inst = _read_instance(ann, records, cats, seen, source)
-        except _Invalid as e:
+        except Invalid as e:
             bad.report(
                 path, f"annotation #{i} (id={ann.get('id') if isinstance(ann, dict) else None})", str(e)
             )
@@ -419,19 +320,19 @@ def read_coco_results(
         r.image_id: ImageRecord(image_id=r.image_id, file_name=r.file_name, width=r.width, height=r.height)
         for r in gt.records
     }
-    for i, res in _progress(enumerate(data), len(data), "results", progress):
+    for i, res in progress_bar(enumerate(data), len(data), "results", progress):
         try:
-            _require(res, ("image_id", "category_id", "score"), "result")
-            iid = _image_id(res["image_id"])
+            require(res, ("image_id", "category_id", "score"), "result")
+            iid = as_image_id(res["image_id"])
             if iid not in records:
-                raise _Invalid(f"unknown image id {iid!r}")
-            cid = _int(res["category_id"], "category_id")
+                raise Invalid(f"unknown image id {iid!r}")
+            cid = as_int(res["category_id"], "category_id")
             if cid not in cats:
-                raise _Invalid(f"unknown category id {cid}")
-            score = _finite([res["score"]], "score")[0]
+                raise Invalid(f"unknown category id {cid}")
+            score = finite([res["score"]], "score")[0]
             record = records[iid]
             box, mask = _geometry(res, record.width, record.height)
-        except _Invalid as e:
+        except Invalid as e:
             bad.report(
                 path,
                 f"result #{i} (image_id={res.get('image_id') if isinstance(res, dict) else None})",

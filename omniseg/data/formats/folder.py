@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from omniseg.data.errors import BadRecords
-from omniseg.data.formats.coco import _progress
+from omniseg.data.formats.validation import progress_bar
 from omniseg.data.images import image_size, load_image
 from omniseg.data.records import ImageRecord, RecordSet
 
@@ -63,7 +63,7 @@ def read_image_folder(
     bad = on_bad if on_bad is not None else BadRecords()
     files = list_files(root_s, recursive)
     records = []
-    for rel in _progress(files, len(files), "images", progress):
+    for rel in progress_bar(files, len(files), "images", progress):
         path = os.path.join(root_s, rel)
         try:
             if verify:

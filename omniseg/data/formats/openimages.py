@@ -25,15 +25,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from omniseg.data.errors import BadRecords
+from omniseg.data.formats.validation import progress_bar
 from omniseg.data.records import Category, ImageRecord, Instance, RecordSet
 from omniseg.ops.rle import rle_encode
 from omniseg.utils.atomic import atomic_open
@@ -96,7 +95,7 @@ def _rows(
         missing = [c for c in required if c not in header]
         if missing:
             raise ValueError(f"{path}: line 1: header lacks column(s) {', '.join(missing)}")
-        for row in tqdm(reader, desc=desc, unit=" rows", disable=not progress or not sys.stderr.isatty()):
+        for row in progress_bar(reader, None, desc, progress):
             if not row:
                 continue
             if len(row) != len(header):

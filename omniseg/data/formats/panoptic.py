@@ -18,14 +18,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from omniseg.data.errors import BadRecords
+from omniseg.data.formats.validation import progress_bar
 from omniseg.data.records import Category, ImageRecord, Instance, RecordSet, Segment
 from omniseg.ops.rle import rle_area, rle_decode, rle_encode, rle_to_box
 from omniseg.utils.atomic import atomic_write_bytes, atomic_write_json
@@ -45,10 +44,6 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     if ids.size and (ids.min() < 0 or ids.max() >= 256**3):
         raise ValueError("panoptic segment ids must lie in [0, 256^3)")
     return np.stack([ids % 256, (ids // 256) % 256, ids // (256 * 256)], axis=-1).astype(np.uint8)
-
-
-def _progress(iterable, total: int, desc: str, progress: bool):
-    return tqdm(iterable, total=total, desc=desc, disable=not progress or not sys.stderr.isatty())
 
 
 def _png_name(file_name: str) -> str:
@@ -126,7 +121,7 @@ def read_coco_panoptic(
         records[rec.image_id] = rec
 
     anns = data["annotations"]
-    for ann in _progress(anns, len(anns), "panoptic", progress):
+    for ann in progress_bar(anns, len(anns), "panoptic", progress):
         image_id = ann.get("image_id")
         where = f"image {image_id}"
         rec = records.get(image_id) if isinstance(image_id, (int, str)) else None
@@ -220,7 +215,7 @@ def write_coco_panoptic(
     """
     json_path, png_dir = Path(json_path), Path(png_dir)
     images, annotations = [], []
-    for rec in _progress(rs.records, len(rs.records), "write panoptic", progress):
+    for rec in progress_bar(rs.records, len(rs.records), "write panoptic", progress):
         ids = np.zeros((rec.height, rec.width), dtype=np.int64)
         infos = []
         for seg, sid in zip(rec.segments, _segment_ids(rec)):

@@ -152,18 +152,19 @@ class FPN(nn.Module):
         return dict(zip(self.out_features, outs))
 
 
-def _resnet_fpn(
+def resnet_fpn(
     trunk_builder: Callable[..., ResNet],
     *,
-    in_features: Sequence[str],
-    out_channels: int,
-    norm: NormKind,
-    fpn_norm: NormKind,
-    freeze_at: int,
-    top_block: TopBlock,
-    top_block_in: Literal["c5", "p5"],
-    width: int,
+    in_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
+    out_channels: int = 256,
+    norm: NormKind = "FrozenBN",
+    fpn_norm: NormKind = "none",
+    freeze_at: int = 2,
+    top_block: TopBlock = "maxpool",
+    top_block_in: Literal["c5", "p5"] = "p5",
+    width: int = 64,
 ) -> FPN:
+    """A ResNet trunk + FPN; defaults give P2..P6 as in Mask R-CNN. ``norm`` is the trunk's norm."""
     trunk = trunk_builder(norm=norm, freeze_at=freeze_at, out_features=in_features, width=width)
     return FPN(
         bottom_up=trunk,
@@ -175,54 +176,14 @@ def _resnet_fpn(
     )
 
 
-def build_resnet18_fpn(
-    *,
-    in_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
-    out_channels: int = 256,
-    norm: NormKind = "FrozenBN",
-    fpn_norm: NormKind = "none",
-    freeze_at: int = 2,
-    top_block: TopBlock = "maxpool",
-    top_block_in: Literal["c5", "p5"] = "p5",
-    width: int = 64,
-) -> FPN:
-    """ResNet-18 + FPN; defaults give P2..P6 as in Mask R-CNN. ``norm`` is the trunk's norm."""
-    return _resnet_fpn(
-        build_resnet18,
-        in_features=in_features,
-        out_channels=out_channels,
-        norm=norm,
-        fpn_norm=fpn_norm,
-        freeze_at=freeze_at,
-        top_block=top_block,
-        top_block_in=top_block_in,
-        width=width,
-    )
+def build_resnet18_fpn(**kwargs) -> FPN:
+    """ResNet-18 + FPN (keyword arguments as :func:`resnet_fpn`)."""
+    return resnet_fpn(build_resnet18, **kwargs)
 
 
-def build_resnet50_fpn(
-    *,
-    in_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
-    out_channels: int = 256,
-    norm: NormKind = "FrozenBN",
-    fpn_norm: NormKind = "none",
-    freeze_at: int = 2,
-    top_block: TopBlock = "maxpool",
-    top_block_in: Literal["c5", "p5"] = "p5",
-    width: int = 64,
-) -> FPN:
-    """ResNet-50 + FPN; defaults give P2..P6 as in Mask R-CNN. ``norm`` is the trunk's norm."""
-    return _resnet_fpn(
-        build_resnet50,
-        in_features=in_features,
-        out_channels=out_channels,
-        norm=norm,
-        fpn_norm=fpn_norm,
-        freeze_at=freeze_at,
-        top_block=top_block,
-        top_block_in=top_block_in,
-        width=width,
-    )
+def build_resnet50_fpn(**kwargs) -> FPN:
+    """ResNet-50 + FPN (keyword arguments as :func:`resnet_fpn`)."""
+    return resnet_fpn(build_resnet50, **kwargs)
 
 
 def build_resnet50_fpn_p3p7(**kwargs) -> FPN:
