@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("omniseg.commands.evaluate", "score predictions against ground truth"),
     "viz": ("omniseg.commands.viz", "draw annotations/predictions to PNGs and an HTML page"),
     "train": ("omniseg.commands.train", "train a model from a YAML config (torchrun for many GPUs / nodes)"),
+    "curate": ("omniseg.commands.curate", "curate cheap labels: ALPs (phrases + approximate boxes) from narratives"),
 }
 
 

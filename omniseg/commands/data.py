@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omniseg.commands.common import add_bad_record_arg, bad_records, report_skips
+
+if TYPE_CHECKING:
+    from omniseg.data.records import RecordSet
 
 FORMATS = ("coco", "coco-results", "captions", "narratives", "panoptic", "openimages")
 
@@ -29,7 +34,8 @@ def register(p: argparse.ArgumentParser) -> None:
     c = sub.add_parser("convert", help="read any supported input and write another format")
     c.add_argument("path", help="dataset folder or annotation file")
     c.add_argument("--to", choices=FORMATS, required=True)
-    c.add_argument("--out", required=True, help="output file (panoptic: JSON; PNGs go to a folder of the same stem)")
+    c.add_argument("--out", required=True, help="output file (panoptic: JSON, PNGs go to a folder of the same stem; "
+                   "openimages: boxes CSV, class descriptions go to <stem>-classes.csv next to it)")
     add_bad_record_arg(c)
 
 
@@ -46,10 +52,23 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_format(rs, fmt: str, out: str) -> None:
-    """Write ``rs`` to ``out`` in format ``fmt`` (one of FORMATS)."""
-    from pathlib import Path
+def openimages_classes_path(boxes_csv: str | Path) -> Path:
+    """Where ``data convert --to openimages`` puts the class descriptions CSV: next to the boxes CSV."""
+    p = Path(boxes_csv)
+    return p.with_name(f"{p.stem}-classes.csv")
 
+
+def write_format(rs: RecordSet, fmt: str, out: str | Path) -> list[Path]:
+    """Write ``rs`` to ``out`` in format ``fmt`` (one of FORMATS).
+
+    ``coco-results`` writes scored instances; a set without any score (ground truth) is written
+    as detections with score 1 (crowd regions left out), so GT can serve as a perfect prediction.
+    ``openimages`` writes the boxes CSV and the class descriptions CSV next to it
+    (:func:`openimages_classes_path`; stand-in LabelNames ``/omniseg/<id>``).
+
+    Returns:
+        the files written (panoptic: the JSON; its PNGs go to the folder of the same stem).
+    """
     if fmt == "coco":
         from omniseg.data.formats.coco import write_coco_instances
 
@@ -57,6 +76,10 @@ def write_format(rs, fmt: str, out: str) -> None:
     elif fmt == "coco-results":
         from omniseg.data.formats.coco import write_coco_results
 
+        if not any(i.score is not None for r in rs for i in r.instances):
+            from omniseg.evaluation.perturb import as_predictions
+
+            rs = as_predictions(rs)
         write_coco_results(out, rs)
     elif fmt == "captions":
         from omniseg.data.formats.captions import write_coco_captions
@@ -71,11 +94,20 @@ def write_format(rs, fmt: str, out: str) -> None:
 
         write_coco_panoptic(out, Path(out).with_suffix(""), rs)
     elif fmt == "openimages":
-        from omniseg.data.formats.openimages import write_openimages_boxes
+        from omniseg.data.formats.openimages import (
+            default_label_names,
+            write_openimages_boxes,
+            write_openimages_classes,
+        )
 
-        write_openimages_boxes(out, rs)
+        names = default_label_names(rs)
+        classes = openimages_classes_path(out)
+        write_openimages_boxes(out, rs, label_names=names)
+        write_openimages_classes(classes, rs, label_names=names)
+        return [Path(out), classes]
     else:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+    return [Path(out)]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -90,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
         stats = dataset_stats(rs)
         print(json.dumps(stats, indent=1) if args.json else format_stats(stats, f"{args.path}:"))
     else:
-        write_format(rs, args.to, args.out)
-        print(f"wrote {len(rs)} images as {args.to} to {args.out}")
+        files = write_format(rs, args.to, args.out)
+        print(f"wrote {len(rs)} images as {args.to} to {', '.join(map(str, files))}")
     report_skips(bad)
     return 0

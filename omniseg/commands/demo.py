@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
 
     groups = split_groups(args.split, gt.categories, args.seed)
     if groups is None:
-        print("[3/4] evaluation (no split: all classes together)")
+        print("[3/5] evaluation (no split: all classes together)")
     else:
         print(f"[3/5] evaluation (split {args.split}: {len(groups['base'])} base / {len(groups['novel'])} novel classes)")
     perfect = evaluate_all(gt, as_predictions(gt), ["segm", "bbox"], groups)

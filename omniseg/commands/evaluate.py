@@ -59,7 +59,12 @@ def main(args: argparse.Namespace) -> int:
     pred = read_coco_results(args.pred, gt, on_bad=bad)
     groups = split_groups(args.split, gt.categories, args.split_seed)
     res = evaluate_all(gt, pred, args.iou_type, groups, args.per_class, args.openimages, args.engine)
-    print(metrics_table({Path(args.pred).name: {k: v for k, v in res.items() if not k.startswith("class/")}}))
+    # fractions are shown in percent; counts ("<iou_type>/num_gt_skipped") are printed as counts
+    summary = {k: v for k, v in res.items() if not k.startswith("class/") and "/num_" not in k}
+    print(metrics_table({Path(args.pred).name: summary}))
+    for k, v in res.items():
+        if "/num_" in k and v:
+            print(f"{k}: {int(v)}")
     if args.per_class:
         print(per_class_table(res))
     if args.out:

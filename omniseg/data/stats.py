@@ -46,7 +46,7 @@ def dataset_stats(rs: RecordSet) -> dict[str, int | float]:
 
 def format_stats(stats: dict[str, int | float], title: str = "") -> str:
     """Render stats as an aligned two-column text table."""
-    width = max(len(k) for k in stats)
+    width = max((len(k) for k in stats), default=0)
     lines = [title] if title else []
     lines += [f"  {k:<{width}}  {v}" for k, v in stats.items()]
     return "\n".join(lines)

@@ -38,8 +38,28 @@ def as_predictions(gt: RecordSet, score: float = 1.0) -> RecordSet:
     return pred
 
 
-def perturb_predictions(gt: RecordSet, cfg: PerturbConfig = PerturbConfig()) -> RecordSet:
-    """A deterministic, damaged copy of ``gt`` with random scores, for evaluation checks."""
+def _shift(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``m`` moved by (dy, dx) pixels; pixels leaving the image are lost, nothing wraps around."""
+    h, w = m.shape
+    out = np.zeros_like(m)
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = m[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def perturb_predictions(gt: RecordSet, cfg: PerturbConfig | None = None) -> RecordSet:
+    """A deterministic, damaged copy of ``gt`` with random scores, for evaluation checks.
+
+    Crowd regions and instances without a mask are not predicted. Every kept mask is shifted
+    (and maybe eroded / dilated, maybe relabelled); each image also gets a Poisson number of
+    spurious box-shaped detections. Stuff segments are dropped. Same ``cfg`` -> same output.
+
+    Args:
+        gt: ground truth.
+        cfg: how much damage; default :class:`PerturbConfig`.
+    """
+    cfg = cfg if cfg is not None else PerturbConfig()
     rng = np.random.default_rng(cfg.seed)
     cats = [c for c in gt.categories if c.isthing] or gt.categories
     pred = copy.deepcopy(gt)
@@ -50,7 +70,7 @@ def perturb_predictions(gt: RecordSet, cfg: PerturbConfig = PerturbConfig()) -> 
                 continue
             m = rle_decode(inst.mask)
             dx, dy = rng.integers(-cfg.shift_px, cfg.shift_px + 1, size=2)
-            m = np.roll(m, (int(dy), int(dx)), axis=(0, 1))
+            m = _shift(m, int(dy), int(dx))
             if rng.random() < cfg.morph:
                 op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
                 m = op(m).astype(np.uint8)
@@ -63,9 +83,10 @@ def perturb_predictions(gt: RecordSet, cfg: PerturbConfig = PerturbConfig()) -> 
                 cat = c.id, c.name
             out.append(Instance(text=cat[1], category_id=cat[0], box=rle_to_box(rle), mask=rle,
                                 source="perturbed", score=float(rng.uniform(0.3, 1.0))))
-        for _ in range(int(rng.poisson(cfg.false_positives))):
-            w, h = rng.integers(8, max(9, r.width // 3)), rng.integers(8, max(9, r.height // 3))
-            x0, y0 = rng.integers(0, r.width - w), rng.integers(0, r.height - h)
+        for _ in range(int(rng.poisson(cfg.false_positives)) if cats else 0):
+            w = min(int(rng.integers(8, max(9, r.width // 3))), r.width)
+            h = min(int(rng.integers(8, max(9, r.height // 3))), r.height)
+            x0, y0 = int(rng.integers(0, r.width - w + 1)), int(rng.integers(0, r.height - h + 1))
             m = np.zeros((r.height, r.width), np.uint8)
             m[y0:y0 + h, x0:x0 + w] = 1
             c = cats[int(rng.integers(len(cats)))]

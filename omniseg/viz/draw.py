@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from omniseg.data.records import Instance, Segment
-from omniseg.ops.rle import rle_decode
+from omniseg.ops.rle import rle_decode, rle_to_box
 
 
 def color_for(key: str | int | None) -> tuple[int, int, int]:
@@ -18,6 +18,23 @@ def color_for(key: str | int | None) -> tuple[int, int, int]:
     h = (zlib.crc32(str(key).encode()) % 360) / 360.0
     r, g, b = colorsys.hsv_to_rgb(h, 0.75, 1.0)
     return int(r * 255), int(g * 255), int(b * 255)
+
+
+#: approximate boxes get one dot every this many pixels along each side
+DOT_SPACING_PX = 3
+
+
+def _dotted_rectangle(draw: ImageDraw.ImageDraw, box: Sequence[float], color: tuple[int, int, int]) -> None:
+    """Outline the pixels of ``box`` (XYXY, same pixels as the solid outline) with isolated dots.
+
+    The spacing is in pixels, so the outline stays visibly dotted whatever the box size.
+    """
+    x0, y0 = int(round(box[0])), int(round(box[1]))
+    x1, y1 = max(x0, int(round(box[2])) - 1), max(y0, int(round(box[3])) - 1)
+    xs = range(x0, x1 + 1, DOT_SPACING_PX)
+    ys = range(y0, y1 + 1, DOT_SPACING_PX)
+    points = [(x, y) for x in xs for y in (y0, y1)] + [(x, y) for y in ys for x in (x0, x1)]
+    draw.point(points, fill=color)
 
 
 def _label(inst: Instance) -> str:
@@ -44,11 +61,15 @@ def draw_instances(
     Returns:
         a PIL RGB image of the same size.
     """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"draw_instances expects an H x W x 3 RGB image, got shape {image.shape}")
     canvas = image.astype(np.float32).copy()
     for seg in segments:
         if seg.is_thing:
             continue
         m = rle_decode(seg.mask).astype(bool)
+        if m.shape != canvas.shape[:2]:
+            raise ValueError(f"mask of segment {seg.text!r} is {m.shape}, image is {canvas.shape[:2]}")
         canvas[m] = canvas[m] * (1 - alpha / 2) + np.array(color_for(seg.text)) * (alpha / 2)
     shown = [i for i in instances if i.score is None or i.score >= min_score]
     for inst in shown:
@@ -62,17 +83,15 @@ def draw_instances(
     for inst in shown:
         color = color_for(inst.text)
         if inst.box is not None and show_boxes:
-            dash = inst.box_quality == "approximate"
             x0, y0, x1, y1 = inst.box
-            if dash:  # approximate boxes (ALPs) are drawn dotted so nobody mistakes them for exact
-                for t in np.arange(0, 1, 0.04):
-                    for a, b in (((x0, y0), (x1, y0)), ((x0, y1), (x1, y1)), ((x0, y0), (x0, y1)), ((x1, y0), (x1, y1))):
-                        p = (a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t)
-                        draw.point(p, fill=color)
+            if inst.box_quality == "approximate":  # ALP boxes dotted so nobody mistakes them for exact
+                _dotted_rectangle(draw, inst.box, color)
             else:
-                draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=1)
+                draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=1)
         if show_labels:
-            x0, y0 = (inst.box[0], inst.box[1]) if inst.box is not None else (2, 2)
+            # at the box corner; mask-only instances at their mask's corner; neither: top-left
+            anchor = inst.box if inst.box is not None else (rle_to_box(inst.mask) if inst.mask is not None else None)
+            x0, y0 = (anchor[0], anchor[1]) if anchor is not None and anchor[2] > anchor[0] else (2, 2)
             text = _label(inst)
             tw = draw.textlength(text)
             ty = max(0, y0 - 11)

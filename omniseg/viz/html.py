@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,10 +22,12 @@ class Table:
 
 
 def _cell(v: str | float | int | None) -> str:
-    if v is None or (isinstance(v, float) and v != v):  # None or NaN
+    """One escaped cell: floats (numpy ones too) with 1 decimal, None / NaN as a dash."""
+    if v is None:
         return "&ndash;"
-    if isinstance(v, float):
-        return f"{v:.1f}"
+    if isinstance(v, numbers.Real) and not isinstance(v, (bool, numbers.Integral)):
+        f = float(v)
+        return "&ndash;" if math.isnan(f) else f"{f:.1f}"
     return html.escape(str(v))
 
 
