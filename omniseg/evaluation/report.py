@@ -90,7 +90,10 @@ def metrics_table(
         keys = []
         for res in runs.values():
             keys += [k for k in summary_keys(res) if k not in keys]
-    rows = [[name] + [format_value(res.get(k), scale, digits) for k in keys] for name, res in runs.items()]
+    def cell(res: Mapping[str, Any], k: str) -> str:  # counts ("num_*") are not fractions
+        return format_value(res.get(k), 1.0, 0) if k.rsplit("/", 1)[-1].startswith("num_") else format_value(res.get(k), scale, digits)
+
+    rows = [[name] + [cell(res, k) for k in keys] for name, res in runs.items()]
     return markdown_table(["run", *keys], rows)
 
 

@@ -82,4 +82,4 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent)
+        json.dump(obj, f, indent=indent, allow_nan=False)  # NaN is not JSON: callers map it to null

@@ -49,7 +49,8 @@ def test_markdown_tables():
     table = metrics_table({"mal": RES, "full": {"AP": 0.5}})
     lines = table.splitlines()
     assert lines[0] == "| run | AP | AP50 | novel/AP | num_gt_skipped |"
-    assert lines[2] == "| mal | 25.0 | 50.0 | — | 0.0 |"
+    assert lines[2] == "| mal | 25.0 | 50.0 | — | 0 |"  # counts are printed as counts, not x100
+    assert metrics_table({"r": {"AP": 0.5, "num_gt_skipped": 3.0}}).splitlines()[2] == "| r | 50.0 | 3 |"
     assert lines[3] == "| full | 50.0 | — | — | — |"
     assert metrics_table({"x": RES}, keys=["AP50"]).splitlines()[2] == "| x | 50.0 |"
 
