@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("omniseg.commands.data", "generate, inspect and convert datasets"),
     "eval": ("omniseg.commands.evaluate", "score predictions against ground truth"),
     "viz": ("omniseg.commands.viz", "draw annotations/predictions to PNGs and an HTML page"),
+    "segment": ("omniseg.commands.segment", "predict instances in images with a trained checkpoint"),
     "train": ("omniseg.commands.train", "train a model from a YAML config (torchrun for many GPUs / nodes)"),
     "curate": ("omniseg.commands.curate", "curate cheap labels: ALPs (phrases + approximate boxes) from narratives"),
 }

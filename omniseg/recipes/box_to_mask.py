@@ -117,3 +117,23 @@ def run(cfg: BoxToMaskExperiment, resume: bool = False) -> dict:
     if resume:
         trainer.resume()
     return trainer.train()
+
+
+def build_model(cfg: BoxToMaskExperiment) -> BoxToMask:
+    """The model a checkpoint of this recipe holds (used by :class:`omniseg.api.Segmenter`)."""
+    return build_box_to_mask(cfg.model)
+
+
+def predict_image(
+    model: BoxToMask, cfg: BoxToMaskExperiment, image: torch.Tensor, vocabulary=None, boxes=None
+) -> list[Instance]:
+    """Masks for given boxes in one 3 x H x W uint8 image (the auto-labeling use)."""
+    if boxes is None:
+        raise ValueError("box_to_mask segments given boxes: pass boxes=[[x0, y0, x1, y1], ...]")
+    h, w = image.shape[-2:]
+    boxes = boxes.to(image.device).float().reshape(-1, 4)
+    masks = model.predict_masks(image[None], [(h, w)], [boxes])[0]
+    names = vocabulary or []
+    return [Instance(text=names[k] if k < len(names) else "object", box=tuple(b.tolist()),
+                     mask=rle_encode(m.cpu().numpy()), source="box_to_mask", score=1.0)
+            for k, (b, m) in enumerate(zip(boxes, masks))]
