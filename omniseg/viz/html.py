@@ -31,10 +31,18 @@ def _cell(v: str | float | int | None) -> str:
     return html.escape(str(v))
 
 
+#: tables longer than this are folded (click to open) so the pictures stay near the top
+FOLD_ROWS = 12
+
+
 def render_table(t: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
     body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in t.rows)
-    return f"<h2>{html.escape(t.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    if len(t.rows) > FOLD_ROWS:
+        return (f"<details><summary><h2>{html.escape(t.title)} ({len(t.rows)} rows, click to open)</h2></summary>"
+                f"{table}</details>")
+    return f"<h2>{html.escape(t.title)}</h2>{table}"
 
 
 _STYLE = """
@@ -43,6 +51,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 figure{margin:0;border:1px solid #ddd;padding:4px;background:#fafafa}
 figure img{width:100%;image-rendering:pixelated}
 figcaption{font-size:12px;color:#555;word-break:break-word}
+summary{cursor:pointer}summary h2{display:inline;font-size:1.2em}
 table{border-collapse:collapse;margin-bottom:1em;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}
