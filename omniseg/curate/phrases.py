@@ -1,0 +1,197 @@
+"""Phrase extraction from POS-tagged captions: adjectives + consecutive nouns (ALP paper, section 3.1).
+
+The paper "extract[s] adjectives and (consecutive) nouns as phrases" and "discard[s] phrases with
+stuff classes like sky, water". We read that as: a phrase is a maximal run of adjacent words
+``ADJ* (NOUN|PROPN)+`` ("large crimson disk", "water bottle"); adjectives without a following
+noun ("the car is red") name no object and give no phrase. A phrase is dropped when its head (its
+last noun) is a stuff word, so "blue sky" goes and "water bottle" stays.
+
+Our addition, configurable like the stuff list: nouns that name parts of the picture or
+directions rather than objects ("in this *image*", "to the *left*", "in the *background*") are
+dropped the same way (:data:`DEFAULT_NON_OBJECT`); every Localized Narrative starts with one.
+
+Hyphenated compounds the tokenizer splits ("five-pointed", "t-shirt") are treated as one word:
+a noun when their last part is a noun, else an adjective (a compound modifier).
+
+A phrase's time span comes from the ``timed_caption``: :func:`align_utterances` maps caption
+characters to utterances, :func:`phrase_interval` takes the union of the phrase's utterance
+intervals (paper section 3.1: "the union of utterance time-intervals of its words").
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from omniseg.curate.pos import TaggedToken
+from omniseg.data.records import Utterance
+from omniseg.data.synth.lexicon import STUFF_NAMES, STUFF_SYNONYMS
+
+NOUN_POS = frozenset({"NOUN", "PROPN"})
+ADJ_POS = frozenset({"ADJ"})
+
+#: stuff words (COCO-Stuff-like background regions, ALP paper section 3.1) plus the synthetic
+#: world's stuff names and their synonyms. Compared with a phrase head's text and lemma.
+DEFAULT_STUFF: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        (
+            *STUFF_NAMES,
+            *(w for words in STUFF_SYNONYMS.values() for w in words),
+            "sky", "water", "grass", "sand", "wall", "wood", "ground", "floor", "road", "street",
+            "pavement", "sidewalk", "snow", "sea", "ocean", "river", "lake", "beach", "field", "dirt",
+            "mud", "gravel", "soil", "ceiling", "fog", "cloud", "clouds", "hill", "hills", "mountain",
+            "mountains", "lawn", "turf", "dune", "air", "bricks", "plaster", "planks", "timber", "moss",
+            "forest", "greenery", "darkness", "sunlight", "shadow", "land",
+        )
+    )
+)
+
+#: nouns naming parts of the picture / directions, not objects (dropped like stuff)
+DEFAULT_NON_OBJECT: tuple[str, ...] = (
+    "image", "picture", "photo", "photograph", "pic", "view", "scene", "background", "foreground",
+    "left", "right", "front", "back", "top", "bottom", "side", "middle", "center", "centre", "corner",
+    "edge", "part", "area", "place", "way", "lot",
+)
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A candidate phrase in a caption.
+
+    Attributes:
+        text: the caption's text of the phrase, lower-cased ("five-pointed star").
+        start, end: character span in the caption.
+        head: the last noun (lower-cased text), used for the stuff test.
+        head_lemma: its lemma.
+    """
+
+    text: str
+    start: int
+    end: int
+    head: str
+    head_lemma: str
+
+
+def _words(tokens: list[TaggedToken]) -> list[tuple[list[TaggedToken], str]]:
+    """Group hyphen-joined tokens ("five", "-", "pointed") into words with one POS."""
+    groups: list[list[TaggedToken]] = []
+    for tok in tokens:
+        prev = groups[-1][-1] if groups else None
+        if prev is not None and not prev.space_after and (tok.text == "-" or prev.text == "-") and tok.text != prev.text:
+            groups[-1].append(tok)
+        else:
+            groups.append([tok])
+    out = []
+    for g in groups:
+        if len(g) == 1:
+            out.append((g, g[0].pos))
+        elif g[-1].text == "-":  # dangling hyphen ("left- and right-handed"): not a word
+            out.append((g, "PUNCT"))
+        else:
+            out.append((g, "NOUN" if g[-1].pos in NOUN_POS else "ADJ"))
+    return out
+
+
+def candidate_phrases(caption: str, tokens: list[TaggedToken]) -> list[Phrase]:
+    """All ``ADJ* NOUN+`` runs of ``tokens`` (a tagged ``caption``), stuff not yet removed."""
+    words = _words(tokens)
+    out: list[Phrase] = []
+    i = 0
+    while i < len(words):
+        j = i
+        while j < len(words) and words[j][1] in ADJ_POS:
+            j += 1
+        k = j
+        while k < len(words) and words[k][1] in NOUN_POS:
+            k += 1
+        if k > j:  # at least one noun
+            first, last = words[i][0][0], words[k - 1][0][-1]
+            head_tok = words[k - 1][0]
+            head = caption[head_tok[0].start : head_tok[-1].end].lower()
+            lemma = head if len(head_tok) > 1 else (head_tok[0].lemma or head)
+            out.append(Phrase(caption[first.start : last.end].lower(), first.start, last.end, head, lemma))
+            i = k
+        else:
+            i = max(j, i + 1)
+    return out
+
+
+def is_dropped(phrase: Phrase, words: Iterable[str] | frozenset[str]) -> bool:
+    """Whether the phrase's head noun (text or lemma) is one of ``words``."""
+    ws = words if isinstance(words, frozenset) else frozenset(words)
+    return phrase.head in ws or phrase.head_lemma in ws
+
+
+def extract_phrases(
+    caption: str,
+    tokens: list[TaggedToken],
+    stuff: Iterable[str] = DEFAULT_STUFF,
+    non_object: Iterable[str] = DEFAULT_NON_OBJECT,
+) -> tuple[list[Phrase], dict[str, int]]:
+    """Object phrases of a tagged caption, with stuff and non-object phrases removed.
+
+    Returns:
+        the kept phrases in caption order, and counts of dropped ones {"stuff": n, "non_object": m}.
+    """
+    stuff_set = frozenset(w.lower() for w in stuff)
+    other_set = frozenset(w.lower() for w in non_object)
+    kept: list[Phrase] = []
+    dropped = {"stuff": 0, "non_object": 0}
+    for p in candidate_phrases(caption, tokens):
+        if is_dropped(p, stuff_set):
+            dropped["stuff"] += 1
+        elif is_dropped(p, other_set):
+            dropped["non_object"] += 1
+        else:
+            kept.append(p)
+    return kept, dropped
+
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _norm_words(text: str) -> list[tuple[str, int, int]]:
+    """Lower-cased alphanumeric runs of ``text`` with their character spans (punctuation-blind)."""
+    return [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+def align_utterances(caption: str, utterances: list[Utterance]) -> list[int]:
+    """Index of the utterance each caption character was spoken in (-1: none).
+
+    Utterances may hold several words ("In this") and punctuation; both texts are compared as
+    sequences of lower-cased alphanumeric words, in order. When they differ (transcript edits),
+    the longest common runs of words are matched (difflib) and the other words get -1.
+
+    Returns:
+        a list of ``len(caption)`` utterance indices.
+    """
+    cap = _norm_words(caption)
+    utt_words, owner = [], []
+    for k, u in enumerate(utterances):
+        for w, _, _ in _norm_words(u.utterance):
+            utt_words.append(w)
+            owner.append(k)
+    cap_words = [w for w, _, _ in cap]
+    out = [-1] * len(caption)
+    if cap_words == utt_words:
+        pairs = zip(range(len(cap)), range(len(cap)))
+    else:
+        blocks = difflib.SequenceMatcher(None, cap_words, utt_words, autojunk=False).get_matching_blocks()
+        pairs = ((a + d, b + d) for a, b, n in blocks for d in range(n))
+    for i, j in pairs:
+        _, s, e = cap[i]
+        out[s:e] = [owner[j]] * (e - s)
+    return out
+
+
+def phrase_interval(
+    start: int, end: int, char_utterance: list[int], utterances: list[Utterance]
+) -> tuple[float, float] | None:
+    """Union ``(T1, T2)`` of the intervals of the utterances covering caption characters
+    ``[start, end)``; None when none of them was aligned."""
+    ks = {k for k in char_utterance[start:end] if k >= 0}
+    if not ks:
+        return None
+    return min(utterances[k].start_time for k in ks), max(utterances[k].end_time for k in ks)
