@@ -20,6 +20,7 @@ BENCHES: dict[str, list[str]] = {
     "ops_speed": ["--runs", "5", "--threads", "1", "--no-progress"],
     "text_synonyms": [],
     "box_to_mask_train": [],
+    "alp_curation": [],
 }
 
 
