@@ -3,7 +3,7 @@
     .venv/bin/python bench/alp_curation.py                        # 2,000 narratives, 1 and 2 workers
     .venv/bin/python bench/alp_curation.py --narratives 300 --workers 1
 
-Speed: narratives / s of :func:`omniseg.curate.alps.curate_alps` (parse, tag, align, box, write),
+Speed: narratives / s of :func:`omniseg.curate.alps_run.curate_alps` (parse, tag, align, box, write),
 fresh output folder per worker count, extrapolated to the COCO subset of Localized Narratives
 (118K images; real narratives are longer than synthetic ones, so the run is repeated on
 "long" narratives made by concatenating ``--concat`` synthetic ones, and the extrapolation
@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omniseg.curate.alps import AlpConfig, curate_alps, narrative_alps  # noqa: E402
+from omniseg.curate.alps import AlpConfig, narrative_alps  # noqa: E402
+from omniseg.curate.alps_run import curate_alps  # noqa: E402
 from omniseg.curate.pos import load_tagger, tag_texts  # noqa: E402
 from omniseg.data.formats.narratives import narrative_to_json  # noqa: E402
 from omniseg.data.records import Narrative, TracePoint, Utterance  # noqa: E402

@@ -6,7 +6,8 @@
 ``DATASET`` gives each image's size (trace coordinates are normalized): a dataset folder (its
 ``instances.json``), a COCO instances / captions JSON (its ``images`` list) or an image folder
 (ids are the file stems, as Localized Narratives names Open Images). Writes ``OUT/alps.jsonl``
-(format in :mod:`omniseg.curate.alps`) and ``OUT/stats.json``; re-running resumes.
+(format in :mod:`omniseg.curate.alps`) and ``OUT/stats.json``; re-running resumes
+(:mod:`omniseg.curate.alps_run`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def image_sizes(path: str | os.PathLike, on_bad: BadRecords | None = None) -> di
 
     Only the ``images`` list of a COCO file is used (no annotations are parsed).
     """
-    from omniseg.curate.alps import id_key
+    from omniseg.data.formats.narratives import id_key
     from omniseg.data.formats.validation import load_json_file
 
     bad = on_bad if on_bad is not None else BadRecords()
@@ -95,7 +96,8 @@ def image_sizes(path: str | os.PathLike, on_bad: BadRecords | None = None) -> di
 
 
 def main(args: argparse.Namespace) -> int:
-    from omniseg.curate.alps import AlpConfig, ResumeMismatchError, curate_alps
+    from omniseg.curate.alps import AlpConfig
+    from omniseg.curate.alps_run import ResumeMismatchError, curate_alps
     from omniseg.curate.phrases import DEFAULT_NON_OBJECT, DEFAULT_STUFF
 
     bad = bad_records(args)

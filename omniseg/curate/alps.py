@@ -15,19 +15,18 @@ Output (``OUT/alps.jsonl``), one ALP per line::
 narrative's line in the input. :func:`read_alps_jsonl` / :func:`attach_alps` read it back as
 ``Instance(text=phrase, category_id=None, box_quality="approximate", source="alp")``.
 ``OUT/stats.json`` holds the counts of the paper's Table 1 (images, ALPs, unique phrases).
-The multi-process, resumable driver is :func:`curate_alps`.
+This module is the per-narrative logic; the multi-process, resumable driver that writes those
+files is :func:`omniseg.curate.alps_run.curate_alps`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,9 +39,9 @@ from omniseg.curate.phrases import (
     phrase_interval,
 )
 from omniseg.curate.pos import TaggedToken
-from omniseg.data.errors import BadRecordError, BadRecords
+from omniseg.data.errors import BadRecords
+from omniseg.data.formats.narratives import InvalidNarrative, id_key, parse_narrative_obj
 from omniseg.data.records import Box, Instance, Narrative, RecordSet
-from omniseg.utils.atomic import atomic_open, atomic_write_json, atomic_write_text
 
 #: reasons a candidate phrase gives no ALP (keys of the drop counter)
 DROP_REASONS = ("stuff", "non_object", "not_aligned", "too_few_points", "degenerate_box")
@@ -109,6 +108,37 @@ def trace_array(narrative: Narrative) -> np.ndarray:
     """All trace points of a narrative (every segment) as a P x 3 float64 array of (x, y, t)."""
     pts = [(p.x, p.y, p.t) for seg in narrative.traces for p in seg]
     return np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+
+
+def parse_line(raw: bytes) -> tuple[str, Narrative, np.ndarray]:
+    """One narratives JSONL line -> (image id, narrative without traces, P x 3 trace points).
+
+    Validation is the narratives reader's (:func:`~omniseg.data.formats.narratives.parse_narrative_obj`,
+    same messages); the traces, most of a line, take a vectorized path (building one ``TracePoint``
+    per sample was the slowest step of curation), and the reader's parser runs on them only
+    to name the problem when the fast check fails.
+
+    Raises:
+        json.JSONDecodeError / UnicodeDecodeError: malformed JSON.
+        InvalidNarrative (a ValueError): the reader's message.
+    """
+    obj = json.loads(raw)
+    traces = obj.get("traces") if isinstance(obj, dict) else None
+    if not isinstance(traces, list):
+        parse_narrative_obj(obj)  # raises with the reader's message
+        raise InvalidNarrative("traces must be a list")  # unreachable unless the reader changes
+    image_id, narrative = parse_narrative_obj({**obj, "traces": []})
+    try:
+        rows = [(p["x"], p["y"], p["t"]) for seg in traces for p in seg]
+        ok = {type(v) for r in rows for v in r} <= {int, float}
+        points = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+        ok = ok and bool(np.isfinite(points).all())
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        image_id, narrative = parse_narrative_obj(obj)  # raises with the reader's message
+        return image_id, narrative, trace_array(narrative)
+    return image_id, narrative, points
 
 
 def window_points(points: np.ndarray, t1: float, t2: float, t_pad: float) -> np.ndarray:
@@ -192,12 +222,6 @@ def alp_json(image_id: int | str, alp: Alp, line: int) -> dict[str, Any]:
     }
 
 
-def id_key(image_id: int | str) -> str:
-    """Match ``391895``, ``"391895"`` and ``"000000391895"`` (as the narratives reader does)."""
-    s = str(image_id).strip()
-    return str(int(s)) if s.isdigit() else s
-
-
 def _alp_from_json(obj: Any) -> tuple[int | str, Instance]:
     if not isinstance(obj, dict):
         raise ValueError("line is not a JSON object")
@@ -261,296 +285,3 @@ def attach_alps(rs: RecordSet, path: str | os.PathLike, on_bad: BadRecords | Non
         rec.instances.append(inst)
         n += 1
     return n
-
-
-# ---------------------------------------------------------------------------------------------
-# streaming, multi-process, resumable driver
-
-MANIFEST_VERSION = 1
-CHUNKS_DIR = "chunks"
-UNKNOWN_IMAGE = "narrative for an image not in the dataset"
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Lines ``first_line .. first_line + num_lines - 1`` of the input, bytes ``[start, end)``."""
-
-    index: int
-    start: int
-    end: int
-    first_line: int
-    num_lines: int
-
-
-def plan_chunks(path: str | os.PathLike, chunk_lines: int) -> list[Chunk]:
-    """Split a JSONL file into chunks of ``chunk_lines`` lines by one streaming pass (no full load)."""
-    if chunk_lines < 1:
-        raise ValueError(f"chunk_lines must be >= 1, got {chunk_lines}")
-    chunks: list[Chunk] = []
-    start = pos = 0
-    n = 0
-    with open(path, "rb") as f:
-        for raw in f:
-            pos += len(raw)
-            n += 1
-            if n == chunk_lines:
-                chunks.append(Chunk(len(chunks), start, pos, len(chunks) * chunk_lines + 1, n))
-                start, n = pos, 0
-    if n:
-        chunks.append(Chunk(len(chunks), start, pos, len(chunks) * chunk_lines + 1, n))
-    return chunks
-
-
-def chunk_paths(out_dir: str | os.PathLike, index: int) -> tuple[Path, Path]:
-    """(ALP JSONL, done marker) of chunk ``index``."""
-    d = Path(out_dir) / CHUNKS_DIR
-    return d / f"alps-{index:06d}.jsonl", d / f"alps-{index:06d}.done.json"
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(sizes: dict[str, tuple[int | str, int, int]], cfg: AlpConfig) -> None:
-    from omniseg.curate.pos import load_tagger
-
-    _WORKER.update(sizes=sizes, cfg=cfg, nlp=load_tagger(cfg.model))
-
-
-def parse_line(raw: bytes) -> tuple[str, Narrative, np.ndarray]:
-    """One narratives JSONL line -> (image id, narrative without traces, P x 3 trace points).
-
-    Validation is the narratives reader's (:func:`omniseg.data.formats.narratives`' parser, same
-    messages); the traces, most of a line, take a vectorized path (building one ``TracePoint``
-    per sample was the slowest step of curation), and the reader's parser runs on them only
-    to name the problem when the fast check fails.
-
-    Raises:
-        json.JSONDecodeError / UnicodeDecodeError: malformed JSON.
-        omniseg.data.formats.narratives._Invalid (a ValueError): the reader's message.
-    """
-    from omniseg.data.formats.narratives import _Invalid, _parse
-
-    obj = json.loads(raw)
-    traces = obj.get("traces") if isinstance(obj, dict) else None
-    if not isinstance(traces, list):
-        _parse(obj)  # raises with the reader's message
-        raise _Invalid("traces must be a list")  # unreachable unless the reader changes
-    image_id, narrative = _parse({**obj, "traces": []})
-    try:
-        rows = [(p["x"], p["y"], p["t"]) for seg in traces for p in seg]
-        ok = {type(v) for r in rows for v in r} <= {int, float}
-        points = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
-        ok = ok and bool(np.isfinite(points).all())
-    except (KeyError, TypeError, ValueError):
-        ok = False
-    if not ok:
-        image_id, narrative = _parse(obj)  # raises with the reader's message
-        return image_id, narrative, trace_array(narrative)
-    return image_id, narrative, points
-
-
-def _process_chunk(job: tuple[str, Chunk, str, str]) -> dict[str, Any]:
-    """Curate one chunk in a worker; writes its ALPs and then its done marker (both atomically).
-
-    Returns the done marker's content, or ``{"error": [file, record, reason]}`` for a bad record
-    under the "error" policy (exceptions with custom constructors do not cross process borders).
-    """
-    from omniseg.curate.pos import tag_texts
-    from omniseg.data.formats.narratives import _Invalid  # the reader's own validation errors
-
-    path, chunk, out_dir, policy = job
-    sizes, cfg, nlp = _WORKER["sizes"], _WORKER["cfg"], _WORKER["nlp"]
-    bad = BadRecords(policy=policy)
-    items: list[tuple[int, int | str, int, int, Narrative, np.ndarray]] = []
-    image_keys: set[str] = set()
-    with open(path, "rb") as f:
-        f.seek(chunk.start)
-        data = f.read(chunk.end - chunk.start)
-    try:
-        for lineno, raw in enumerate(data.split(b"\n")[: chunk.num_lines], start=chunk.first_line):
-            if not raw.strip():
-                continue
-            try:
-                image_id, narrative, points = parse_line(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                bad.report(path, f"line {lineno}", f"malformed JSON ({e})")
-                continue
-            except _Invalid as e:
-                bad.report(path, f"line {lineno}", str(e))
-                continue
-            key = id_key(image_id)
-            if key not in sizes:
-                bad.skipped[UNKNOWN_IMAGE] += 1
-                if len(bad.examples) < bad.max_examples:
-                    bad.examples.append(f"{path}: line {lineno} (image {image_id}): {UNKNOWN_IMAGE}")
-                continue
-            image_keys.add(key)
-            real_id, w, h = sizes[key]
-            items.append((lineno, real_id, w, h, narrative, points))
-    except BadRecordError as e:
-        return {"error": [e.file, e.record, e.reason]}
-    dropped: Counter = Counter()
-    lines = []
-    n_alps = 0
-    for (lineno, real_id, w, h, narrative, points), tokens in zip(
-        items, tag_texts(nlp, (it[4].caption for it in items), cfg.batch_size)
-    ):
-        res = narrative_alps(narrative, tokens, w, h, cfg, points)
-        dropped.update(res.dropped)
-        for alp in res.alps:
-            lines.append(json.dumps(alp_json(real_id, alp, lineno)) + "\n")
-        n_alps += len(res.alps)
-    out_file, done_file = chunk_paths(out_dir, chunk.index)
-    atomic_write_text(out_file, "".join(lines))
-    done = {
-        "chunk": chunk.index, "lines": chunk.num_lines, "narratives": len(items), "alps": n_alps,
-        "dropped": dict(dropped), "skipped": dict(bad.skipped), "examples": bad.examples,
-        "image_keys": sorted(image_keys),
-    }
-    atomic_write_json(done_file, done)
-    return done
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-class ResumeMismatchError(ValueError):
-    """The output folder holds a run with other settings or another input file."""
-
-
-def _check_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    path = out_dir / "manifest.json"
-    manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as read back
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old != manifest:
-            flat_old, flat_new = _flatten(old), _flatten(manifest)
-            diff = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
-            raise ResumeMismatchError(
-                f"{out_dir}: holds a curation run with other settings ({', '.join(diff)} differ); "
-                "use a new --out folder or delete this one"
-            )
-    else:
-        atomic_write_json(path, manifest, indent=2)
-
-
-def curate_alps(
-    input_path: str | os.PathLike,
-    sizes: dict[str, tuple[int | str, int, int]],
-    out_dir: str | os.PathLike,
-    cfg: AlpConfig | None = None,
-    workers: int = 1,
-    chunk_lines: int = 1000,
-    on_bad: BadRecords | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Curate ALPs from a Localized Narratives JSONL file into ``out_dir``; resumable.
-
-    The input is split into chunks of ``chunk_lines`` lines; each chunk is processed by one of
-    ``workers`` processes (one spaCy pipeline per worker) and leaves ``chunks/alps-K.jsonl`` plus
-    a done marker. Re-running with the same settings skips chunks that have their marker; then
-    the chunk files are merged into ``alps.jsonl`` and the counts written to ``stats.json``.
-
-    Args:
-        sizes: image id key (:func:`id_key`) -> (dataset image id, width, height); see
-            :func:`omniseg.commands.curate.image_sizes`.
-        on_bad: policy for bad narrative lines; skips (and narratives of unknown images) are
-            added to its counts.
-
-    Returns:
-        the statistics written to ``stats.json``.
-    """
-    import multiprocessing as mp
-    import sys
-    import time
-
-    from tqdm import tqdm
-
-    cfg = cfg or AlpConfig()
-    bad = on_bad if on_bad is not None else BadRecords()
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if not os.path.isfile(input_path):
-        raise FileNotFoundError(f"{input_path}: no such narratives file")
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stat = os.stat(input_path)
-    manifest = {
-        "version": MANIFEST_VERSION, "input": os.path.abspath(input_path), "input_bytes": stat.st_size,
-        "input_mtime_ns": stat.st_mtime_ns, "chunk_lines": chunk_lines, "config": dataclasses.asdict(cfg),
-    }  # not the bad-record policy: finished chunks are the same under both (a re-run may switch to skip)
-    _check_manifest(out, manifest)
-    chunks = plan_chunks(input_path, chunk_lines)
-    todo = [c for c in chunks if not chunk_paths(out, c.index)[1].exists()]
-    jobs = [(str(input_path), c, str(out), bad.policy) for c in todo]
-    bar = tqdm(total=sum(c.num_lines for c in todo), unit="line", desc="ALP curation",
-               disable=not progress or not sys.stderr.isatty())
-    try:
-        if not jobs:
-            pass
-        elif workers == 1 or len(jobs) == 1:
-            _init_worker(sizes, cfg)
-            results: Iterator[dict[str, Any]] = map(_process_chunk, jobs)
-            _drain(results, bar)
-        else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(sizes, cfg)) as pool:
-                _drain(pool.imap_unordered(_process_chunk, jobs), bar)
-    finally:
-        bar.close()
-        _WORKER.clear()
-    stats = _merge(out, chunks, bad)
-    stats.update(resumed_chunks=len(chunks) - len(todo), chunks=len(chunks), workers=workers,
-                 seconds=round(time.perf_counter() - t0, 3), config=dataclasses.asdict(cfg))
-    atomic_write_json(out / "stats.json", stats, indent=2)
-    return stats
-
-
-def _drain(results: Iterator[dict[str, Any]], bar: Any) -> None:
-    for res in results:
-        if "error" in res:
-            raise BadRecordError(*res["error"])
-        bar.update(res["lines"])
-
-
-def _merge(out: Path, chunks: list[Chunk], bad: BadRecords) -> dict[str, Any]:
-    """Concatenate chunk outputs into ``alps.jsonl`` (streaming) and count Table-1 statistics."""
-    phrases: Counter = Counter()
-    alp_images: set[str] = set()
-    narrative_images: set[str] = set()
-    dropped: Counter = Counter()
-    narratives = n_alps = 0
-    with atomic_open(out / "alps.jsonl", "w", encoding="utf-8") as dst:
-        for c in chunks:
-            out_file, done_file = chunk_paths(out, c.index)
-            done = json.loads(done_file.read_text(encoding="utf-8"))
-            narratives += done["narratives"]
-            dropped.update(done["dropped"])
-            narrative_images.update(done["image_keys"])
-            for reason, n in done["skipped"].items():
-                bad.skipped[reason] += n
-            bad.examples += done["examples"][: max(0, bad.max_examples - len(bad.examples))]
-            with open(out_file, encoding="utf-8") as src:
-                for line in src:
-                    obj = json.loads(line)
-                    phrases[obj["phrase"]] += 1
-                    alp_images.add(id_key(obj["image_id"]))
-                    n_alps += 1
-                    dst.write(line)
-    return {
-        "narratives": narratives,
-        "images_with_narratives": len(narrative_images),
-        "images": len(alp_images),
-        "alps": n_alps,
-        "unique_phrases": len(phrases),
-        "mean_alps_per_image": round(n_alps / len(alp_images), 3) if alp_images else 0.0,
-        "mean_alps_per_narrative": round(n_alps / narratives, 3) if narratives else 0.0,
-        "dropped_phrases": {k: dropped.get(k, 0) for k in DROP_REASONS},
-        "skipped_records": dict(bad.skipped),
-        "top_phrases": phrases.most_common(20),
-    }

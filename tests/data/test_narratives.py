@@ -10,10 +10,13 @@ from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.formats import narratives as ln
 from omniseg.data.formats.narratives import (
     UNKNOWN_IMAGE,
+    InvalidNarrative,
     attach_narratives,
     iter_narratives,
+    parse_narrative_obj,
     write_narratives_jsonl,
 )
+from omniseg.data.formats.validation import Invalid
 from omniseg.data.records import ImageRecord, Narrative, RecordSet, TracePoint, Utterance
 
 # Two lines in the exact layout of the public coco_train_localized_narratives.jsonl (shortened).
@@ -105,6 +108,39 @@ def test_bad_lines(tmp_path, case):
     assert bad.total == 1
 
 
+def test_parse_narrative_obj_is_the_readers_parser():
+    """The public parser gives what the reader yields, and raises the reader's messages."""
+    image_id, n = parse_narrative_obj(json.loads(LINE_A))
+    assert image_id == "137576" and n.annotator_id == 93 and n.traces[1] == [TracePoint(0.3, 0.4, 1.3)]
+    assert n.timed_caption[1] == Utterance("cows", 1.2, 1.6)
+    assert parse_narrative_obj(json.loads(LINE_B))[0] == "000000000009"
+    assert parse_narrative_obj(dict(json.loads(LINE_B), image_id=12, annotator_id=None))[0] == "12"
+    for case, (line, reason) in BAD_LINES.items():
+        if case == "json":
+            continue
+        with pytest.raises(InvalidNarrative) as e:
+            parse_narrative_obj(json.loads(line))
+        assert reason in str(e.value)
+        # one of the shared reader errors, and still a ValueError (as the private class was)
+        assert isinstance(e.value, Invalid) and isinstance(e.value, ValueError)
+    more = {
+        "caption is not a string": _mutated(caption=5),
+        "image_id is not a string (True)": _mutated(image_id=True),
+        "timed_caption and traces must be lists": _mutated(traces={"x": 1}),
+        "traces[1] is not a list": _mutated(traces=[[], 3]),
+        "timed_caption[0] needs utterance, start_time, end_time": _mutated(timed_caption=[{"utterance": "a"}]),
+        "timed_caption[0].end_time is not finite (inf)": _mutated(
+            timed_caption=[{"utterance": "a", "start_time": 0, "end_time": float("inf")}]
+        ),
+        "traces[0][0].t is not a number (True)": _mutated(traces=[[{"x": 0, "y": 0, "t": True}]]),
+        "annotator_id is not an int or string (1.5)": _mutated(annotator_id=1.5),
+    }
+    for reason, line in more.items():
+        with pytest.raises(InvalidNarrative) as e:
+            parse_narrative_obj(json.loads(line))
+        assert str(e.value) == reason
+
+
 def test_attach_matches_str_and_int_ids_and_counts_unknown(tmp_path):
     other = _mutated(image_id="555")
     path = tmp_path / "ln.jsonl"
@@ -117,7 +153,7 @@ def test_attach_matches_str_and_int_ids_and_counts_unknown(tmp_path):
     # string ids on the record side too
     rs2 = RecordSet([ImageRecord("137576", "a.jpg", 1, 1)])
     assert attach_narratives(rs2, path, progress=False) == 2
-    assert ln._id_key(9) == ln._id_key("000000000009") == "9" and ln._id_key("0a1b") == "0a1b"
+    assert ln.id_key(9) == ln.id_key("000000000009") == "9" and ln.id_key("0a1b") == "0a1b"
 
 
 def test_round_trip(tmp_path):

@@ -6,7 +6,11 @@ Public format (one JSON object per line, https://google.github.io/localized-narr
 "traces": [[{"x", "y", "t"}, ...], ...], "voice_recording"}``.
 Trace ``x, y`` are normalized by the image size and may fall slightly outside [0, 1] in the
 real data; they are kept as they are. Image ids are strings in the files (COCO ids as
-decimal text), matched against records' int or str ids.
+decimal text), matched against records' int or str ids (:func:`id_key`).
+
+:func:`parse_narrative_obj` (one decoded line -> ``(image_id, Narrative)``, raising
+:class:`InvalidNarrative`) is public for the ALP curation (:mod:`omniseg.curate.alps`), which
+validates lines exactly as this reader does.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from omniseg.data.errors import BadRecords
+from omniseg.data.formats.validation import Invalid
 from omniseg.data.records import Narrative, RecordSet, TracePoint, Utterance
 from omniseg.utils.atomic import atomic_open
 
@@ -28,47 +33,57 @@ REQUIRED_KEYS = ("dataset_id", "image_id", "annotator_id", "caption", "timed_cap
 UNKNOWN_IMAGE = "narrative for an image not in the record set"
 
 
-class _Invalid(ValueError):
-    pass
+class InvalidNarrative(Invalid, ValueError):
+    """A narrative line is invalid; the message is the reason (without file or line).
+
+    One of the shared reader errors (:class:`omniseg.data.formats.validation.Invalid`), and a
+    ``ValueError`` as before it was public.
+    """
 
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Invalid(f"{what} is not a number ({value!r})")
+        raise InvalidNarrative(f"{what} is not a number ({value!r})")
     if not math.isfinite(value):
-        raise _Invalid(f"{what} is not finite ({value!r})")
+        raise InvalidNarrative(f"{what} is not finite ({value!r})")
     return float(value)
 
 
-def _parse(obj: Any) -> tuple[str, Narrative]:
+def parse_narrative_obj(obj: Any) -> tuple[str, Narrative]:
+    """One decoded Localized Narratives line -> ``(image_id as str, Narrative)``.
+
+    Raises:
+        InvalidNarrative: not an object, a key missing, a wrong type, a non-finite number, or an
+            utterance ending before it starts.
+    """
     if not isinstance(obj, dict):
-        raise _Invalid("line is not a JSON object")
+        raise InvalidNarrative("line is not a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
-        raise _Invalid(f"missing key(s) {', '.join(missing)}")
+        raise InvalidNarrative(f"missing key(s) {', '.join(missing)}")
     if not isinstance(obj["caption"], str):
-        raise _Invalid("caption is not a string")
+        raise InvalidNarrative("caption is not a string")
     if not isinstance(obj["image_id"], (str, int)) or isinstance(obj["image_id"], bool):
-        raise _Invalid(f"image_id is not a string ({obj['image_id']!r})")
+        raise InvalidNarrative(f"image_id is not a string ({obj['image_id']!r})")
     if not isinstance(obj["timed_caption"], list) or not isinstance(obj["traces"], list):
-        raise _Invalid("timed_caption and traces must be lists")
+        raise InvalidNarrative("timed_caption and traces must be lists")
     timed = []
     for i, u in enumerate(obj["timed_caption"]):
         if not isinstance(u, dict) or not {"utterance", "start_time", "end_time"} <= set(u):
-            raise _Invalid(f"timed_caption[{i}] needs utterance, start_time, end_time")
+            raise InvalidNarrative(f"timed_caption[{i}] needs utterance, start_time, end_time")
         start = _number(u["start_time"], f"timed_caption[{i}].start_time")
         end = _number(u["end_time"], f"timed_caption[{i}].end_time")
         if end < start:
-            raise _Invalid(f"timed_caption[{i}]: end_time {end} < start_time {start}")
+            raise InvalidNarrative(f"timed_caption[{i}]: end_time {end} < start_time {start}")
         timed.append(Utterance(str(u["utterance"]), start, end))
     traces = []
     for i, seg in enumerate(obj["traces"]):
         if not isinstance(seg, list):
-            raise _Invalid(f"traces[{i}] is not a list")
+            raise InvalidNarrative(f"traces[{i}] is not a list")
         pts = []
         for j, p in enumerate(seg):
             if not isinstance(p, dict) or not {"x", "y", "t"} <= set(p):
-                raise _Invalid(f"traces[{i}][{j}] needs x, y, t")
+                raise InvalidNarrative(f"traces[{i}][{j}] needs x, y, t")
             pts.append(
                 TracePoint(
                     _number(p["x"], f"traces[{i}][{j}].x"),
@@ -79,7 +94,7 @@ def _parse(obj: Any) -> tuple[str, Narrative]:
         traces.append(pts)
     annotator = obj["annotator_id"]
     if annotator is not None and (isinstance(annotator, bool) or not isinstance(annotator, (int, str))):
-        raise _Invalid(f"annotator_id is not an int or string ({annotator!r})")
+        raise InvalidNarrative(f"annotator_id is not an int or string ({annotator!r})")
     narrative = Narrative(
         caption=obj["caption"],
         timed_caption=timed,
@@ -123,12 +138,12 @@ def iter_narratives(
                 bad.report(str(path), f"line {lineno}", f"malformed JSON ({e})")
                 continue
             try:
-                yield _parse(obj)
-            except _Invalid as e:
+                yield parse_narrative_obj(obj)
+            except InvalidNarrative as e:
                 bad.report(str(path), f"line {lineno}", str(e))
 
 
-def _id_key(image_id: int | str) -> str:
+def id_key(image_id: int | str) -> str:
     """Match ``391895``, ``"391895"`` and ``"000000391895"``; other strings stay as they are."""
     s = str(image_id).strip()
     return str(int(s)) if s.isdigit() else s
@@ -147,10 +162,10 @@ def attach_narratives(
         the number of narratives attached.
     """
     bad = on_bad if on_bad is not None else BadRecords()
-    by_id = {_id_key(r.image_id): r for r in rs.records}
+    by_id = {id_key(r.image_id): r for r in rs.records}
     attached = 0
     for lineno, (image_id, narrative) in enumerate(iter_narratives(path, on_bad=bad, progress=progress), 1):
-        rec = by_id.get(_id_key(image_id))
+        rec = by_id.get(id_key(image_id))
         if rec is None:
             bad.skipped[UNKNOWN_IMAGE] += 1
             if len(bad.examples) < bad.max_examples:
