@@ -1,4 +1,4 @@
-"""RoIAlign (He et al., Mask R-CNN) in plain PyTorch, plus FPN multi-level pooling.
+"""RoIAlign (He et al., Mask R-CNN, Sec. 3) in plain PyTorch, plus FPN multi-level pooling.
 
 Semantics follow torchvision / detectron2 ``ROIAlign`` exactly:
 
@@ -9,15 +9,24 @@ Semantics follow torchvision / detectron2 ``ROIAlign`` exactly:
 * a sample with y < -1 or y > H (or x < -1 or x > W) is 0; otherwise coordinates are clamped
   into the map.
 
-Implementation: bilinear sampling is separable, so for one RoI the output is
-``Ay @ F_crop @ Ax^T`` where Ay (oh x h) / Ax (ow x w) hold the summed interpolation weights of
-the samples over the rows / columns of the crop of the feature map that the RoI touches. RoIs are
-sorted by crop size and processed in chunks whose gathered crops stay under a memory budget.
-The op is differentiable w.r.t. the features (not the boxes, like torchvision).
+Implementation (``impl="torch"``): an output bin is a weighted sum of feature pixels, i.e. one row
+of a sparse matrix. Bilinear sampling is separable and a bin's samples form a gh x gw grid, so the
+pixels a bin touches are (rows touched) x (columns touched) with weight wy * wx. Per axis we merge
+the samples' corners into unique pixels with summed weights, expand the products into a CSR-like
+list (pixel index, weight, one bag per bin) and let ``F.embedding_bag(mode="sum")`` gather the
+C-vectors from the (N H W) x C feature rows; the backward pass runs the transposed list through
+``embedding_bag`` again. All FPN levels go through one call (their rows are stacked). Samples that
+cannot land inside [-1, size] are skipped analytically, so huge RoIs cost what they overlap, and
+RoIs are planned in chunks under a memory budget. Differentiable w.r.t. the features (not the
+boxes, like torchvision).
 
-NaN note: a NaN anywhere in a RoI's crop (the rows/columns its samples touch) makes that RoI's
-output NaN in that channel, which is stricter than a per-sample gather. A box with a NaN or inf
-coordinate gives an all-NaN output for that RoI (other RoIs are unaffected).
+``impl="torch_reference"`` is the earlier formulation (per RoI ``Ay @ F_crop @ Ax^T`` on gathered
+crops), kept as an independent cross-check and for benchmarks.
+
+NaN note: a NaN feature makes a bin NaN when one of the bin's valid samples has it as a bilinear
+corner (even with weight 0), as in torchvision; the reference path is stricter (any NaN in the
+RoI's crop). A box with a NaN or inf coordinate gives an all-NaN output for that RoI and no
+gradient (other RoIs are unaffected).
 """
 
 from __future__ import annotations
@@ -28,11 +37,14 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from omniseg.ops.boxes import box_area
 
-_CHUNK_ELEMENTS = 1 << 23  # budget for gathered crops per chunk (elements)
+_CHUNK_ELEMENTS = 1 << 22  # budget per chunk: bound on the (pixel, weight) entries (~70 bytes each while planned)
+_REF_CHUNK_ELEMENTS = 1 << 23  # reference path: gathered crop elements per chunk
+_MAX_GRID = 1 << 30  # adaptive samples per bin are capped here (only ~2 * size of them can be valid)
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,34 +93,296 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def _axis_samples(
-    start: Tensor, length: Tensor, bins: int, grid: Tensor, size: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Bilinear samples along one axis for K RoIs.
+def _geometry(
+    rois: Tensor, scale: Tensor, n_img: int, out_h: int, out_w: int, sampling_ratio: int, aligned: bool, dtype
+) -> tuple[Tensor, ...]:
+    """Per-RoI start/extent/grid on the feature map. Non-finite boxes are flagged ``bad`` and get no samples.
 
-    Returns low (K x bins x G long), high, w_low, w_high (K x bins x G, already divided by grid and
-    zeroed for samples that do not exist or fall outside [-1, size]).
+    Returns:
+        batch index (K long), y1, rh, x1, rw (K), gh, gw (K long), bad (K bool).
     """
-    k = start.shape[0]
-    g_max = max(int(grid.max()) if k else 1, 1)
+    r = rois.detach().to(dtype)
+    bidx = r[:, 0].long()
+    if bool(((bidx < 0) | (bidx >= n_img)).any()):
+        raise ValueError(f"roi batch indices must lie in [0, {n_img}), got {r[:, 0].unique().tolist()}")
+    bad = ~torch.isfinite(r[:, 1:]).all(dim=1)
+    r = torch.where(bad[:, None], torch.zeros_like(r), r)
+    offset = 0.5 if aligned else 0.0
+    x1 = r[:, 1] * scale - offset
+    y1 = r[:, 2] * scale - offset
+    rw = r[:, 3] * scale - offset - x1
+    rh = r[:, 4] * scale - offset - y1
+    if not aligned:
+        rw = rw.clamp(min=1.0)
+        rh = rh.clamp(min=1.0)
+    if sampling_ratio > 0:
+        gh = torch.full_like(bidx, sampling_ratio)
+        gw = gh
+    else:  # adaptive: ceil(roi / out) samples per bin, per RoI
+        gh = torch.ceil(rh / out_h).clamp(0, _MAX_GRID).long()
+        gw = torch.ceil(rw / out_w).clamp(0, _MAX_GRID).long()
+    gh = gh.masked_fill(bad, 0)
+    gw = gw.masked_fill(bad, 0)
+    return bidx, y1, rh, x1, rw, gh, gw, bad
+
+
+def _sample_window(start: Tensor, length: Tensor, bins: int, grid: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
+    """First sample index per RoI and bin that may land in [-1, size] (K x bins), and per-RoI count (K).
+
+    Samples of one bin are ``length / bins / grid`` apart, so at most (size + 1) / step + 1 of them
+    are valid; the window keeps a margin of 2 samples on each side against rounding (the exact test
+    is redone on the samples).
+    """
+    dt = start.dtype
+    binsz = length / bins
+    gridf = grid.clamp(min=1).to(dt)
+    step = (binsz / gridf)[:, None]
+    b0 = start[:, None] + torch.arange(bins, device=start.device, dtype=dt)[None] * binsz[:, None]
+    entry = torch.where(step >= 0, torch.full_like(b0, -1.0), size.to(dt)[:, None].expand_as(b0))
+    first = torch.where(step != 0, torch.ceil((entry - b0) / step - 0.5) - 2, torch.zeros_like(b0))
+    first = torch.minimum(first.clamp(min=0), gridf[:, None])
+    room = torch.floor((size.to(dt)[:, None] + 1) / step.abs()) + 5
+    count = torch.minimum(grid.to(dt)[:, None] - first, torch.where(step != 0, room, gridf[:, None]))
+    return first, count.amax(dim=1).clamp(min=0) if count.numel() else count.new_zeros(start.shape[0])
+
+
+def _touched_bound(start: Tensor, length: Tensor, bins: int, grid: Tensor, size: Tensor) -> Tensor:
+    """Upper bound (K) on the pixels one bin touches along an axis (sizes the chunks).
+
+    A bin's samples span less than its size d, so they touch at most ceil(d) + 2 pixels; also at most
+    2 per sample in the window, and at most the map's extent.
+    """
+    t = _sample_window(start, length, bins, grid, size)[1]
+    return torch.minimum(torch.minimum(2 * t, (length / bins).abs().ceil() + 2), size.to(t.dtype))
+
+
+def _axis_samples(
+    start: Tensor, length: Tensor, bins: int, grid: Tensor, size: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Bilinear samples along one axis for K RoIs (only the window that can be valid).
+
+    Args:
+        start, length: K RoI start and extent in feature pixels; grid: K samples per bin (long);
+        size: K map extents (long).
+
+    Returns:
+        low, high (K x bins x T long), w_low, w_high (K x bins x T, divided by grid and zero for
+        samples that do not exist or fall outside [-1, size]), ok (K x bins x T bool).
+    """
+    first, count = _sample_window(start, length, bins, grid, size)
+    t = max(int(count.max()) if count.numel() else 1, 1)
+    dt = start.dtype
+    g = first[:, :, None] + torch.arange(t, device=start.device, dtype=dt)
     binsz = (length / bins)[:, None, None]
-    g = torch.arange(g_max, device=start.device, dtype=start.dtype)
-    b = torch.arange(bins, device=start.device, dtype=start.dtype)
-    gridf = grid.clamp_min(1).to(start.dtype)[:, None, None]
-    pos = start[:, None, None] + b[None, :, None] * binsz + (g[None, None, :] + 0.5) * binsz / gridf
-    ok = (g[None, None, :] < grid[:, None, None]) & (pos >= -1.0) & (pos <= size)
+    b = torch.arange(bins, device=start.device, dtype=dt)[None, :, None]
+    gridf = grid.clamp(min=1).to(dt)[:, None, None]
+    # same expression and rounding as torchvision: start + bin * bin_size + (g + .5) * bin_size / grid
+    pos = start[:, None, None] + b * binsz + (g + 0.5) * binsz / gridf
+    sz = size[:, None, None]
+    ok = (g < grid[:, None, None]) & (pos >= -1.0) & (pos <= sz) & (sz > 0)
     p = pos.clamp(min=0)
-    low = p.floor().long()
-    edge = low >= size - 1
-    low = torch.where(edge, torch.full_like(low, size - 1), low)
+    low = p.floor()
+    edge = low >= sz - 1
+    low = torch.where(edge, (sz - 1).to(dt), low)
+    frac = torch.where(edge, torch.zeros_like(p), p - low)
+    low = low.long()
     high = torch.where(edge, low, low + 1)
-    frac = torch.where(edge, torch.zeros_like(p), p - low.to(p.dtype))
-    scale = ok.to(p.dtype) / gridf
-    return low, high, (1 - frac) * scale, frac * scale
+    scale = ok.to(dt) / gridf
+    return low, high, (1 - frac) * scale, frac * scale, ok
+
+
+def _axis_pixels(
+    start: Tensor, length: Tensor, bins: int, grid: Tensor, size: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Unique pixels each bin touches along one axis, with the summed weights of its samples.
+
+    Returns:
+        idx (K x bins x J long; the first ``n`` valid), weight (K x bins x J), n (K x bins long).
+    """
+    low, high, w_low, w_high, ok = _axis_samples(start, length, bins, grid, size)
+    k = low.shape[0]
+    sentinel = int(size.max()) if k else 0  # >= every valid pixel index, so invalid corners sort last
+    cand = torch.cat([low, high], dim=2).masked_fill(~torch.cat([ok, ok], dim=2), sentinel)
+    cand, perm = cand.sort(dim=2)
+    wc = torch.cat([w_low, w_high], dim=2).gather(2, perm)
+    valid = cand < sentinel
+    new = valid.clone()
+    new[:, :, 1:] &= cand[:, :, 1:] != cand[:, :, :-1]
+    n = new.sum(dim=2)
+    j = max(int(n.max()) if n.numel() else 1, 1)
+    seg = torch.where(valid, new.cumsum(dim=2) - 1, j)  # slot j collects the invalid corners
+    w = wc.new_zeros(k, bins, j + 1).scatter_add_(2, seg, wc)[:, :, :j]
+    idx = cand.new_zeros(k, bins, j + 1).scatter_(2, seg, cand)[:, :, :j]  # duplicates carry one value
+    return idx, w, n
+
+
+def _bag_entries(
+    row0: Tensor, width: Tensor, iy: Tensor, wy: Tensor, ny: Tensor, ix: Tensor, wx: Tensor, nx: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Expand per-axis pixel lists into the sparse rows of the bins (bags ordered RoI, bin row, bin col).
+
+    Args:
+        row0: K first feature row of each RoI's image (level base + batch * H * W); width: K map widths.
+        iy, wy, ny: from :func:`_axis_pixels` for y (K x oh x Jy, K x oh); ix, wx, nx: same for x.
+
+    Returns:
+        flat feature-row indices (E long), weights (E), bag offsets (K * oh * ow long); a bag lists
+        its entries row by row: (y0, x0), (y0, x1), ..., (y1, x0), ...
+    """
+    k, oh, jy = iy.shape
+    ow, jx = ix.shape[1], ix.shape[2]
+    dev = iy.device
+    ar = functools.partial(torch.arange, device=dev)
+    ny_b = ny[:, :, None].expand(k, oh, ow).flatten()
+    nx_b = nx[:, None, :].expand(k, oh, ow).flatten()
+    cnt = ny_b * nx_b
+    offsets = cnt.cumsum(0) - cnt
+    # stage 1: one item per (bag, touched row) -> feature row offset, y weight, where the bag's x list starts
+    n1 = int(ny_b.sum())
+    bag = torch.repeat_interleave(ar(k * oh * ow), ny_b, output_size=n1)
+    ry = ar(n1) - (ny_b.cumsum(0) - ny_b)[bag]
+    ybase = ((ar(k)[:, None] * oh + ar(oh)) * jy)[:, :, None].expand(k, oh, ow).flatten()
+    yi = ybase[bag] + ry
+    rows = (row0[:, None, None] + iy * width[:, None, None]).flatten()[yi]
+    wrow = wy.flatten()[yi]
+    xbase = ((ar(k)[:, None] * ow + ar(ow)) * jx)[:, None, :].expand(k, oh, ow).flatten()[bag]
+    nx_i = nx_b[bag]
+    # stage 2: expand every item over the bag's touched columns
+    total = int(cnt.sum())
+    item = torch.repeat_interleave(ar(n1), nx_i, output_size=total)
+    xi = ar(total) - (nx_i.cumsum(0) - nx_i - xbase)[item]
+    flat = rows[item] + ix.flatten()[xi]
+    weight = wrow[item] * wx.flatten()[xi]
+    return flat, weight, offsets
+
+
+def _chunks(cost: Tensor, budget: int) -> list[Tensor | None]:
+    """Group RoIs so that (RoIs in group) x (largest cost in group) stays under budget; None = all, in order."""
+    k = cost.shape[0]
+    if k == 0 or float(cost.sum()) <= budget:
+        return [None]
+    order = torch.argsort(cost, stable=True)
+    c = cost[order].tolist()
+    out, start = [], 0
+    while start < k:
+        end = start + 1
+        while end < k and (end - start + 1) * c[end] <= budget:
+            end += 1
+        out.append(order[start:end])
+        start = end
+    return out
+
+
+def _feature_rows(features: Sequence[Tensor], used: list[bool], dtype: torch.dtype) -> Tensor:
+    """(N H W) x C rows of the used maps, stacked in level order (a view for one channels_last map)."""
+    maps = [f for f, u in zip(features, used) if u]
+    p = maps[0].permute(0, 2, 3, 1)
+    if len(maps) == 1 and p.is_contiguous() and maps[0].dtype == dtype:
+        return p.reshape(-1, p.shape[3])
+    sizes = [f.shape[0] * f.shape[2] * f.shape[3] for f in maps]
+    rows = maps[0].new_empty(sum(sizes), p.shape[3], dtype=dtype)
+    for f, r in zip(maps, rows.split(sizes)):
+        r.view(f.shape[0], f.shape[2], f.shape[3], f.shape[1]).copy_(f.permute(0, 2, 3, 1))
+    return rows
+
+
+class _RoIAlignBags(torch.autograd.Function):
+    """Forward: embedding_bag over the planned sparse rows; backward: the transposed rows.
+
+    ``plan`` holds (sel, flat, weight, offsets) per chunk: ``sel`` the RoIs of the chunk (None: all K
+    in order), ``flat`` rows of the stacked used maps (level base + batch * H * W + y * W + x).
+    """
+
+    @staticmethod
+    def forward(ctx, plan: list, meta: tuple, *features: Tensor) -> Tensor:  # type: ignore[override]
+        k, out_h, out_w, cdtype, out_dtype, used = meta
+        c = features[0].shape[1]
+        with torch.autocast(features[0].device.type, enabled=False):
+            feat = _feature_rows(features, used, cdtype)
+            rows = None  # K x (oh ow C): every RoI is in exactly one chunk
+            for sel, flat, weight, offsets in plan:
+                res = F.embedding_bag(flat, feat, offsets, mode="sum", per_sample_weights=weight)
+                if sel is None:
+                    rows = res
+                else:
+                    rows = res.new_empty(k, out_h * out_w * c) if rows is None else rows
+                    rows.index_copy_(0, sel, res.view(-1, out_h * out_w * c))
+        assert rows is not None
+        ctx.plan, ctx.meta = plan, meta
+        ctx.shapes = [(f.shape, f.dtype, f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous())
+                      for f in features]
+        return rows.view(k, out_h, out_w, c).permute(0, 3, 1, 2).to(out_dtype, memory_format=torch.contiguous_format)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        k, out_h, out_w, cdtype, _, used = ctx.meta
+        ohw = out_h * out_w
+        dev = grad_out.device
+        g = grad_out.permute(0, 2, 3, 1).to(cdtype).contiguous().view(k * ohw, -1)  # output bins as rows
+        bags = []
+        for sel, flat, _, offsets in ctx.plan:
+            rows = torch.arange(offsets.numel(), device=dev)  # bag -> row of g
+            if sel is not None:
+                rows = (sel[:, None] * ohw + torch.arange(ohw, device=dev)).flatten()
+            cnt = torch.diff(offsets, append=offsets.new_tensor([flat.numel()]))
+            bags.append(torch.repeat_interleave(rows, cnt, output_size=flat.numel()))
+        # transposed sparse rows: one bag per feature pixel (untouched pixels get zero rows)
+        sizes = [s[0] * s[2] * s[3] for (s, _, _), u in zip(ctx.shapes, used) if u]
+        flat = torch.cat([p[1] for p in ctx.plan])
+        pix, perm = (flat.int() if sum(sizes) < 2**31 else flat).sort()  # int32 keys sort ~2x faster
+        cnt = torch.bincount(pix, minlength=sum(sizes))
+        weight = torch.cat([p[2] for p in ctx.plan])[perm]
+        grad = F.embedding_bag(torch.cat(bags)[perm], g, cnt.cumsum(0) - cnt, mode="sum", per_sample_weights=weight)
+        level_grads = iter(grad.split(sizes))
+        grads: list[Tensor | None] = []
+        for ((n, c, h, w), dtype, channels_last), u, need in zip(ctx.shapes, used, ctx.needs_input_grad[2:]):
+            gl = next(level_grads) if u else None
+            if not need:
+                grads.append(None)
+            elif gl is None:
+                grads.append(torch.zeros(n, c, h, w, dtype=dtype, device=dev))
+            else:
+                gl = gl.view(n, h, w, c).permute(0, 3, 1, 2)
+                grads.append(gl.to(dtype) if channels_last else gl.to(dtype, memory_format=torch.contiguous_format))
+        return (None, None, *grads)
+
+
+def _roi_align_levels(
+    features: Sequence[Tensor], rois: Tensor, level: Tensor | None, scales: Sequence[float],
+    out_h: int, out_w: int, sampling_ratio: int, aligned: bool,
+) -> Tensor:
+    """RoIAlign of each RoI on ``features[level[k]]`` (all levels share N and C) as one sparse product."""
+    f0 = features[0]
+    n_img, c = f0.shape[:2]
+    k = rois.shape[0]
+    dev = f0.device
+    out_dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else f0.dtype
+    if k == 0:
+        return f0.new_zeros(k, c, out_h, out_w, dtype=out_dtype) + sum(f.sum() * 0 for f in features)
+    cdtype = torch.float64 if f0.dtype == torch.float64 else torch.float32
+    lv = torch.zeros(k, dtype=torch.long, device=dev) if level is None else level.to(dev)
+    used = [True] if level is None else torch.bincount(lv, minlength=len(features)).gt(0).tolist()
+    sizes = [n_img * f.shape[2] * f.shape[3] if u else 0 for f, u in zip(features, used)]
+    hs = torch.tensor([f.shape[2] for f in features], device=dev)[lv]
+    ws = torch.tensor([f.shape[3] for f in features], device=dev)[lv]
+    base = torch.tensor([0] + sizes[:-1], device=dev).cumsum(0)[lv]  # first row of the RoI's map
+    scale = torch.tensor(list(scales), dtype=cdtype, device=dev)[lv]
+    bidx, y1, rh, x1, rw, gh, gw, bad = _geometry(rois, scale, n_img, out_h, out_w, sampling_ratio, aligned, cdtype)
+    cost = out_h * out_w * _touched_bound(y1, rh, out_h, gh, hs) * _touched_bound(x1, rw, out_w, gw, ws)
+    per_roi = (y1, rh, gh, hs, x1, rw, gw, ws, base + bidx * hs * ws)
+    plan = []
+    for sel in _chunks(cost, _CHUNK_ELEMENTS):
+        cy1, crh, cgh, chs, cx1, crw, cgw, cws, row0 = per_roi if sel is None else (t[sel] for t in per_roi)
+        iy, wy, ny = _axis_pixels(cy1, crh, out_h, cgh, chs)
+        ix, wx, nx = _axis_pixels(cx1, crw, out_w, cgw, cws)
+        plan.append((sel, *_bag_entries(row0, cws, iy, wy, ny, ix, wx, nx)))
+    out = _RoIAlignBags.apply(plan, (k, out_h, out_w, cdtype, out_dtype, used), *features)
+    return out.masked_fill(bad[:, None, None, None], float("nan")) if bool(bad.any()) else out
 
 
 def _axis_window(low: Tensor, high: Tensor, w_low: Tensor, w_high: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """First touched index and span per RoI (K long each)."""
+    """Reference path: first touched index and span per RoI (K long each)."""
     used = (w_low > 0) | (w_high > 0)
     big = torch.full_like(low, size)
     first = torch.where(used, low, big).flatten(1).amin(dim=1) if low.numel() else low.new_zeros(low.shape[0])
@@ -119,7 +393,7 @@ def _axis_window(low: Tensor, high: Tensor, w_low: Tensor, w_high: Tensor, size:
 
 
 def _weight_matrix(low: Tensor, high: Tensor, w_low: Tensor, w_high: Tensor, first: Tensor, span: int) -> Tensor:
-    """K x bins x span interpolation matrix from per-sample corner weights."""
+    """Reference path: K x bins x span interpolation matrix from per-sample corner weights."""
     k, bins, g = low.shape
     a = w_low.new_zeros(k, bins, span)
     il = (low - first[:, None, None]).clamp(0, span - 1)
@@ -129,38 +403,22 @@ def _weight_matrix(low: Tensor, high: Tensor, w_low: Tensor, w_high: Tensor, fir
     return a
 
 
-def _roi_align_torch(
+def _roi_align_reference(
     input: Tensor, rois: Tensor, out_h: int, out_w: int, spatial_scale: float, sampling_ratio: int, aligned: bool
 ) -> Tensor:
+    """The crop formulation: per RoI ``Ay @ F_crop @ Ax^T`` (Ay: oh x crop rows, Ax: ow x crop cols)."""
     n_img, c, h, w = input.shape
     k = rois.shape[0]
     if k == 0 or h == 0 or w == 0:
         return input.new_zeros(k, c, out_h, out_w) + input.sum() * 0
     coord_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    r = rois.detach().to(coord_dtype)
-    bidx = r[:, 0].long()
-    if bool(((bidx < 0) | (bidx >= n_img)).any()):
-        raise ValueError(f"roi batch indices must lie in [0, {n_img}), got {r[:, 0].unique().tolist()}")
-    offset = 0.5 if aligned else 0.0
-    x1 = r[:, 1] * spatial_scale - offset
-    y1 = r[:, 2] * spatial_scale - offset
-    rw = r[:, 3] * spatial_scale - offset - x1
-    rh = r[:, 4] * spatial_scale - offset - y1
-    if not aligned:
-        rw = rw.clamp(min=1.0)
-        rh = rh.clamp(min=1.0)
-    if sampling_ratio > 0:
-        gh = torch.full((k,), sampling_ratio, dtype=torch.long, device=r.device)
-        gw = gh
-    else:  # adaptive: ceil(roi / out) samples per bin, per RoI (NaN boxes get no samples)
-        gh = torch.nan_to_num(torch.ceil(rh / out_h), nan=0.0).clamp(min=0).long()
-        gw = torch.nan_to_num(torch.ceil(rw / out_w), nan=0.0).clamp(min=0).long()
-    ys = _axis_samples(y1, rh, out_h, gh, h)
-    xs = _axis_samples(x1, rw, out_w, gw, w)
+    scale = torch.full((k,), spatial_scale, dtype=coord_dtype, device=input.device)
+    bidx, y1, rh, x1, rw, gh, gw, bad = _geometry(rois, scale, n_img, out_h, out_w, sampling_ratio, aligned,
+                                                  coord_dtype)
+    ys = _axis_samples(y1, rh, out_h, gh, torch.full_like(bidx, h))[:4]
+    xs = _axis_samples(x1, rw, out_w, gw, torch.full_like(bidx, w))[:4]
     fy, sy = _axis_window(*ys, h)
     fx, sx = _axis_window(*xs, w)
-
-    # Process RoIs in order of crop size, in chunks that keep the gathered crops under budget.
     order = torch.argsort(sy * sx, stable=True)
     sy_l, sx_l = sy[order].tolist(), sx[order].tolist()
     plan: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
@@ -169,30 +427,29 @@ def _roi_align_torch(
         end, my, mx = start, 0, 0
         while end < k:
             ny, nx = max(my, sy_l[end]), max(mx, sx_l[end])
-            if end > start and (end - start + 1) * ny * nx * c > _CHUNK_ELEMENTS:
+            if end > start and (end - start + 1) * ny * nx * c > _REF_CHUNK_ELEMENTS:
                 break
             my, mx, end = ny, nx, end + 1
         sel = order[start:end]
         ay = _weight_matrix(*(t[sel] for t in ys), fy[sel], my)
         ax = _weight_matrix(*(t[sel] for t in xs), fx[sel], mx)
-        rows = (fy[sel][:, None] + torch.arange(my, device=r.device)).clamp(max=h - 1)
-        cols = (fx[sel][:, None] + torch.arange(mx, device=r.device)).clamp(max=w - 1)
+        rows = (fy[sel][:, None] + torch.arange(my, device=input.device)).clamp(max=h - 1)
+        cols = (fx[sel][:, None] + torch.arange(mx, device=input.device)).clamp(max=w - 1)
         flat = (bidx[sel][:, None, None] * h + rows[:, :, None]) * w + cols[:, None, :]  # k x my x mx
         plan.append((sel, ay, ax, flat))
         start = end
-    return _RoIAlignFunction.apply(input, plan, out_h, out_w)
+    out = _RoIAlignCrop.apply(input, plan, out_h, out_w)
+    return out.masked_fill(bad[:, None, None, None], float("nan")) if bool(bad.any()) else out
 
 
-class _RoIAlignFunction(torch.autograd.Function):
-    """Runs a precomputed plan of chunks; backward accumulates into one gradient buffer (a plain
-    autograd graph would allocate a full-size gradient per chunk)."""
+class _RoIAlignCrop(torch.autograd.Function):
+    """Reference path: runs the chunks; backward accumulates into one gradient buffer."""
 
     @staticmethod
     def forward(ctx, input: Tensor, plan: list, out_h: int, out_w: int) -> Tensor:  # type: ignore[override]
         n_img, c, h, w = input.shape
         dev = input.device.type
         cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else input.dtype
-        # (N H W) x C rows, so that a gather copies whole C-vectors (no copy if input is channels_last)
         feat = input.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n_img * h * w, c)
         k = sum(p[0].shape[0] for p in plan)
         out = input.new_empty(k, c, out_h, out_w, dtype=cdtype)
@@ -248,20 +505,23 @@ def roi_align(
         spatial_scale: feature pixels per image pixel (1 / stride).
         sampling_ratio: samples per bin and axis; <= 0 means adaptive ceil(roi_size / output_size).
         aligned: half-pixel correction (see module docstring).
-        impl: "auto" (torchvision's compiled op when importable, else torch), "torch", "torchvision".
+        impl: "auto" (torchvision's compiled op when importable, else torch), "torch", "torchvision",
+            or "torch_reference" (the slower crop formulation, for cross-checks).
 
     Returns:
         K x C x oh x ow pooled features, in the order of ``rois``.
     """
     out_h, out_w = _pair(output_size)
     rois = boxes_to_rois(rois).to(device=input.device)
+    if impl == "torch_reference":
+        return _roi_align_reference(input, rois, out_h, out_w, spatial_scale, sampling_ratio, aligned)
     if resolve_impl(impl) == "torchvision" and rois.shape[0] > 0:
         tv = torchvision_ops()
         assert tv is not None
         return tv.roi_align(
             input, rois.to(input.dtype), (out_h, out_w), spatial_scale, sampling_ratio, aligned
         )
-    return _roi_align_torch(input, rois, out_h, out_w, spatial_scale, sampling_ratio, aligned)
+    return _roi_align_levels([input], rois, None, [spatial_scale], out_h, out_w, sampling_ratio, aligned)
 
 
 def assign_fpn_levels(
@@ -327,6 +587,11 @@ def multilevel_roi_align(
         return roi_align(features[0], rois, (out_h, out_w), 1.0 / strides[0], sampling_ratio, aligned, impl)
     lvl = assign_fpn_levels(rois[:, 1:], min_level, min_level + len(features) - 1, canonical_box_size,
                             canonical_level) - min_level
+    if impl != "torch_reference" and resolve_impl(impl) == "torch":
+        if any(f.shape[:2] != features[0].shape[:2] for f in features):
+            raise ValueError(f"FPN maps must share N and C, got {[tuple(f.shape) for f in features]}")
+        return _roi_align_levels(features, rois, lvl, [1.0 / s for s in strides], out_h, out_w, sampling_ratio,
+                                 aligned)
     out = features[0].new_zeros(rois.shape[0], c, out_h, out_w)
     for i, (feat, stride) in enumerate(zip(features, strides)):
         idx = torch.nonzero(lvl == i).flatten()

@@ -94,13 +94,14 @@ def _rois(seed, k, n_img, size):
     return r
 
 
+@pytest.mark.parametrize("impl", ["torch", "torch_reference"])
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 2, -1])
-def test_matches_reference_loop(aligned, sampling_ratio):
+def test_matches_reference_loop(aligned, sampling_ratio, impl):
     g = torch.Generator().manual_seed(1)
     feat = torch.randn(2, 2, 7, 9, generator=g, dtype=torch.float64)
     rois = _rois(2, 6, 2, 14)
-    out = roi_align(feat, rois, (2, 3), 0.5, sampling_ratio, aligned, impl="torch")
+    out = roi_align(feat, rois, (2, 3), 0.5, sampling_ratio, aligned, impl=impl)
     ref = ref_roi_align(feat, rois, 2, 3, 0.5, sampling_ratio, aligned)
     assert torch.allclose(out, ref, atol=1e-12)
 
@@ -110,7 +111,9 @@ def test_chunking_gives_same_result(monkeypatch):
     rois = _rois(3, 20, 1, 12)
     full = roi_align(feat, rois, 3, 1.0, 0, True, impl="torch")
     monkeypatch.setattr(ra, "_CHUNK_ELEMENTS", 1)  # one RoI per chunk
+    monkeypatch.setattr(ra, "_REF_CHUNK_ELEMENTS", 1)
     assert torch.allclose(roi_align(feat, rois, 3, 1.0, 0, True, impl="torch"), full, atol=1e-12)
+    assert torch.allclose(roi_align(feat, rois, 3, 1.0, 0, True, impl="torch_reference"), full, atol=1e-12)
 
 
 def test_gradcheck_double():
@@ -238,3 +241,188 @@ def test_agrees_with_torchvision(aligned):
         a = roi_align(feat, rois, (5, 4), 0.5, sr, aligned, impl="torch")
         b = roi_align(feat, rois, (5, 4), 0.5, sr, aligned, impl="torchvision")
         assert torch.allclose(a, b, atol=1e-10)
+
+
+# ---- the sparse (embedding_bag) path against the crop path and the per-sample loop ----
+
+
+def _mixed_rois(seed, n_img, h, w, k=24):
+    """Random boxes plus hand-picked edge cases, in image pixels for spatial_scale 0.5."""
+    g = torch.Generator().manual_seed(seed)
+    size = torch.tensor([2.0 * w, 2.0 * h], dtype=torch.float64)
+    xy = (torch.rand(k, 2, generator=g, dtype=torch.float64) * 1.4 - 0.2) * size  # some partly outside
+    wh = torch.rand(k, 2, generator=g, dtype=torch.float64) ** 2 * size  # many small, some large
+    rois = torch.cat([torch.randint(0, n_img, (k, 1), generator=g).double(), xy, xy + wh], dim=1)
+    special = torch.tensor(
+        [
+            [0, 3.0, 3.0, 3.0, 3.0],  # zero size
+            [0, 5.0, 4.0, 5.4, 4.3],  # tiny (< 1 feature pixel)
+            [n_img - 1, -30.0, -25.0, 2.0 * w + 40, 2.0 * h + 33],  # huge, covers the whole map
+            [0, -20.0, -20.0, -4.0, -6.0],  # entirely outside (top left)
+            [0, 2.0 * w + 3, 1.0, 2.0 * w + 9, 9.0],  # entirely right of the map
+            [0, 9.0, 8.0, 4.0, 2.0],  # x2 < x1, y2 < y1
+            [n_img - 1, 2.0 * w - 3, 2.0 * h - 3, 2.0 * w + 1, 2.0 * h + 1],  # bottom-right corner
+        ],
+        dtype=torch.float64,
+    )
+    return torch.cat([rois, special])
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 3])
+def test_sparse_path_equals_crop_path(aligned, sampling_ratio):
+    g = torch.Generator().manual_seed(11)
+    feat = torch.randn(2, 3, 9, 13, generator=g, dtype=torch.float64, requires_grad=True)
+    rois = _mixed_rois(12, 2, 9, 13)
+    new = roi_align(feat, rois, (3, 4), 0.5, sampling_ratio, aligned, impl="torch")
+    old = roi_align(feat, rois, (3, 4), 0.5, sampling_ratio, aligned, impl="torch_reference")
+    assert new.shape == (rois.shape[0], 3, 3, 4)
+    assert torch.allclose(new, old, atol=1e-12, rtol=0)
+    assert new[-4:-2].abs().max() == 0  # boxes outside the map pool zeros
+    one = feat.detach()[:, :1]  # the per-sample loop (independent of the shared sampling code), one channel
+    assert torch.allclose(new[:, :1], ref_roi_align(one, rois, 3, 4, 0.5, sampling_ratio, aligned), atol=1e-12)
+    gout = torch.randn(new.shape, generator=g, dtype=torch.float64)
+    g_new = torch.autograd.grad(new, feat, gout)[0]
+    g_old = torch.autograd.grad(old, feat, gout)[0]
+    assert torch.allclose(g_new, g_old, atol=1e-12, rtol=0)
+
+
+def test_sparse_path_matches_loop_on_huge_and_tiny_rois():
+    feat = torch.randn(1, 1, 3, 4, dtype=torch.float64)
+    rois = torch.tensor([[0, -40.0, -40.0, 50.0, 45.0], [0, 1.2, 0.7, 1.3, 0.75], [0, -3.0, 1.0, 9.0, 1.5]],
+                        dtype=torch.float64)
+    for aligned in (True, False):
+        out = roi_align(feat, rois, 2, 1.0, 0, aligned, impl="torch")  # the huge one has 43 x 43 samples per bin
+        assert torch.allclose(out, ref_roi_align(feat, rois, 2, 2, 1.0, 0, aligned), atol=1e-12)
+
+
+def test_huge_roi_hand_value_and_bounded_work():
+    # 8 x 8 map of ones; box 2e8 wide, legacy (aligned=False), one bin: 2e8 x 2e8 samples at -1e8 + g + 0.5.
+    # Only the 9 positions -0.5, 0.5, ..., 7.5 per axis lie in [-1, 8]: value 81 / (2e8)^2. Looping over (or
+    # allocating) 2e8 samples per axis would not finish here; the window keeps only the valid ones.
+    feat = torch.ones(1, 2, 8, 8, dtype=torch.float64)
+    rois = torch.tensor([[0, -1e8, -1e8, 1e8, 1e8]], dtype=torch.float64)
+    for impl in ("torch", "torch_reference"):
+        out = roi_align(feat, rois, 1, 1.0, 0, False, impl=impl)
+        assert torch.allclose(out, torch.full_like(out, 81 / 4e16), rtol=1e-9, atol=0)
+    # fixed sampling: the 2 x 2 samples sit at +-5e7, outside the map -> 0
+    assert roi_align(feat, rois, 1, 1.0, 2, False, impl="torch").abs().max() == 0
+    ty = ra._sample_window(torch.tensor([-1e8], dtype=torch.float64), torch.tensor([2e8], dtype=torch.float64), 7,
+                           torch.tensor([28571429]), torch.tensor([8]))[1]
+    assert 0 < ty.item() <= 2 * 8 + 10
+
+
+def test_nan_pattern_matches_loop():
+    # sample at (2.0, 2.0): its high corners (row 3, col 3) have weight 0 but are read, as in torchvision
+    feat = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
+    feat[0, 0, 3, 2] = float("nan")
+    roi = torch.tensor([[0, 1.5, 1.5, 2.5, 2.5]], dtype=torch.float64)
+    assert torch.isnan(roi_align(feat, roi, 1, 1.0, 1, False, impl="torch")).all()
+    assert torch.isnan(ref_roi_align(feat, roi, 1, 1, 1.0, 1, False)).all()
+    g = torch.Generator().manual_seed(5)
+    feat = torch.randn(1, 2, 8, 9, generator=g, dtype=torch.float64)
+    feat[0, 0, 2, 3] = feat[0, 1, 6, 7] = float("nan")
+    rois = _rois(6, 12, 1, 16)
+    for sr in (0, 2):
+        out = roi_align(feat, rois, 3, 1.0, sr, True, impl="torch")
+        ref = ref_roi_align(feat, rois, 3, 3, 1.0, sr, True)
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out).any()
+        assert torch.allclose(out.nan_to_num(), ref.nan_to_num(), atol=1e-12)
+
+
+def test_nan_box_gives_nan_rows_and_finite_gradient():
+    feat = torch.randn(1, 2, 6, 6, requires_grad=True)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 4.0, 5.0], [0.0, float("nan"), 1.0, 3.0, 3.0]])
+    out = roi_align(feat, rois, 2, impl="torch")
+    assert torch.isnan(out[1]).all() and torch.isfinite(out[0]).all()
+    out[0].sum().backward()
+    assert torch.isfinite(feat.grad).all() and feat.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_multilevel_sparse_equals_crop_path_and_layouts(sampling_ratio, monkeypatch):
+    strides = (4, 8, 16, 32)
+    g = torch.Generator().manual_seed(21)
+    feats = [torch.randn(2, 3, 128 // s, 96 // s, generator=g, dtype=torch.float64, requires_grad=True)
+             for s in strides]
+    rois = torch.cat([_rois(22, 40, 2, 120), torch.tensor([[1, -50.0, -60.0, 300.0, 250.0]], dtype=torch.float64)])
+    assert len(set(assign_fpn_levels(rois[:, 1:], canonical_box_size=28.0).tolist())) == 4  # all levels used
+    kw = dict(sampling_ratio=sampling_ratio, canonical_box_size=28.0)
+    new = multilevel_roi_align(feats, rois, (3, 2), strides, **kw, impl="torch")
+    old = multilevel_roi_align(feats, rois, (3, 2), strides, **kw, impl="torch_reference")
+    assert torch.allclose(new, old, atol=1e-12, rtol=0)
+    gout = torch.randn(new.shape, generator=g, dtype=torch.float64)
+    g_new = torch.autograd.grad(new, feats, gout)
+    g_old = torch.autograd.grad(old, feats, gout)
+    assert all(torch.allclose(a, b, atol=1e-12, rtol=0) for a, b in zip(g_new, g_old))
+    cl = [f.detach().to(memory_format=torch.channels_last).requires_grad_() for f in feats]
+    out_cl = multilevel_roi_align(cl, rois, (3, 2), strides, **kw, impl="torch")
+    assert torch.allclose(out_cl, new, atol=1e-12, rtol=0)
+    g_cl = torch.autograd.grad(out_cl, cl, gout)
+    assert all(torch.allclose(a, b, atol=1e-12, rtol=0) for a, b in zip(g_cl, g_new))
+    monkeypatch.setattr(ra, "_CHUNK_ELEMENTS", 50)  # several RoIs per chunk, several chunks per level
+    chunked = multilevel_roi_align(feats, rois, (3, 2), strides, **kw, impl="torch")
+    assert torch.allclose(chunked, new, atol=1e-12, rtol=0)
+    g_chunk = torch.autograd.grad(chunked, feats, gout)
+    assert all(torch.allclose(a, b, atol=1e-12, rtol=0) for a, b in zip(g_chunk, g_new))
+
+
+def test_multilevel_gradcheck_and_unused_level():
+    feats = [torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True),
+             torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True),
+             torch.randn(1, 2, 2, 2, dtype=torch.float64, requires_grad=True)]
+    rois = torch.tensor([[0, 2.0, 3.0, 13.0, 17.0], [0, 1.0, 1.0, 10.0, 12.0]], dtype=torch.float64)
+    levels = assign_fpn_levels(rois[:, 1:], 2, 4, canonical_box_size=12.0, canonical_level=3)
+    assert levels.tolist() == [3, 2]  # nothing on the coarsest map
+
+    def fn(*f):
+        return multilevel_roi_align(list(f), rois, 2, (4, 8, 16), canonical_box_size=12.0, canonical_level=3,
+                                    impl="torch")
+
+    assert torch.autograd.gradcheck(fn, tuple(feats))
+    fn(*feats).sum().backward()
+    assert torch.all(feats[2].grad == 0) and feats[0].grad.abs().sum() > 0
+
+
+def test_empty_map_and_all_empty_bins():
+    out = roi_align(torch.randn(1, 2, 0, 5), torch.tensor([[0.0, 0, 0, 4, 4]]), 2, impl="torch")
+    assert out.shape == (1, 2, 2, 2) and torch.all(out == 0)
+    feat = torch.randn(1, 2, 5, 5, requires_grad=True)
+    out = roi_align(feat, torch.tensor([[0.0, 20, 20, 30, 30]]), 3, impl="torch")
+    assert torch.all(out == 0)
+    out.sum().backward()
+    assert torch.all(feat.grad == 0)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 4])
+def test_chunk_bound_covers_touched_pixels(sampling_ratio):
+    g = torch.Generator().manual_seed(31)
+    k, size = 400, 23
+    start = torch.rand(k, generator=g, dtype=torch.float64) * 40 - 12
+    length = torch.rand(k, generator=g, dtype=torch.float64) ** 3 * 60 - 1  # mostly small, some negative
+    grid = torch.full((k,), sampling_ratio) if sampling_ratio else torch.ceil(length / 5).clamp(min=0).long()
+    sz = torch.full((k,), size)
+    _, _, n = ra._axis_pixels(start, length, 5, grid, sz)
+    bound = ra._touched_bound(start, length, 5, grid, sz)
+    assert torch.all(n.amax(dim=1) <= bound)
+    assert torch.any(n.amax(dim=1) == bound)  # and it is tight for some RoIs
+    # hand case: bin [0.5, 2.5) sampled at 0.75, 1.25, 1.75, 2.25 touches pixels 0..3 = ceil(2) + 2; corner
+    # weights (low, high): (.25, .75), (.75, .25), (.25, .75), (.75, .25) -> per pixel (.25, 1.75, 1.75, .25) / 4
+    one = ra._axis_pixels(torch.tensor([0.5]), torch.tensor([2.0]), 1, torch.tensor([4]), torch.tensor([10]))
+    assert one[2].item() == 4 and one[0][0, 0].tolist() == [0, 1, 2, 3]
+    assert torch.allclose(one[1][0, 0], torch.tensor([0.0625, 0.4375, 0.4375, 0.0625]))
+
+
+def test_multilevel_autocast_and_half_inputs():
+    strides = (4, 8)
+    feats = [torch.randn(1, 4, 32 // s, 32 // s, requires_grad=True) for s in strides]
+    rois = torch.tensor([[0, 1.0, 2.0, 9.0, 12.0], [0, 3.0, 1.0, 31.0, 30.0]])
+    ref = multilevel_roi_align(feats, rois, 3, strides, canonical_box_size=16.0, canonical_level=3, impl="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = multilevel_roi_align(feats, rois, 3, strides, canonical_box_size=16.0, canonical_level=3, impl="torch")
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=0.05, rtol=0.02)
+    out.float().sum().backward()
+    assert all(f.grad is not None and f.grad.dtype == torch.float32 and f.grad.abs().sum() > 0 for f in feats)
+    half = multilevel_roi_align([f.detach().half() for f in feats], rois, 3, strides, canonical_box_size=16.0,
+                                canonical_level=3, impl="torch")
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), ref, atol=5e-3, rtol=5e-3)
