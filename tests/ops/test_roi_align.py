@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import omniseg.ops.roi_align as ra
+import omniseg.ops.roi_align_reference as rar
 from omniseg.ops.roi_align import (
     assign_fpn_levels,
     boxes_to_rois,
@@ -111,7 +112,7 @@ def test_chunking_gives_same_result(monkeypatch):
     rois = _rois(3, 20, 1, 12)
     full = roi_align(feat, rois, 3, 1.0, 0, True, impl="torch")
     monkeypatch.setattr(ra, "_CHUNK_ELEMENTS", 1)  # one RoI per chunk
-    monkeypatch.setattr(ra, "_REF_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(rar, "_REF_CHUNK_ELEMENTS", 1)
     assert torch.allclose(roi_align(feat, rois, 3, 1.0, 0, True, impl="torch"), full, atol=1e-12)
     assert torch.allclose(roi_align(feat, rois, 3, 1.0, 0, True, impl="torch_reference"), full, atol=1e-12)
 
