@@ -14,6 +14,8 @@ import yaml
 #: recipe name -> (module, top-level config class name). Plain dict: what you see is what runs.
 RECIPES: dict[str, tuple[str, str]] = {
     "box_to_mask": ("omniseg.recipes.box_to_mask", "BoxToMaskExperiment"),
+    "fcos_mo": ("omniseg.recipes.fcos_mo", "FCOSMOExperiment"),
+    "maskx_rcnn": ("omniseg.recipes.maskx_rcnn", "MaskXExperiment"),
 }
 
 

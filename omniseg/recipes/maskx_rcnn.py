@@ -1,0 +1,232 @@
+"""Recipe: train Mask^X R-CNN (or its baselines / oracle) on a base / novel split and score it.
+
+The split decides what training sees (omniseg.data.splits): set A (base) keeps masks, set B
+(novel) keeps boxes only (``novel_supervision: box``); ``reverse_split`` swaps A and B (the
+paper's non-voc -> voc direction, maskx-rcnn Table 1), ``random_base`` > 0 draws a random split
+with that many base classes (Sec. 4.2 "Comparison of random A/B splits"). The oracle is
+``split: ""`` (every class has masks) with ``model.mask_head: class-specific``.
+
+Evaluation predicts on the validation images (all classes) and reports mask AP and box AP,
+overall and for the base / novel groups of the split.
+
+Stage-wise mode (Sec. 3.2): ``model.stage1_iters`` detector iterations (checkpoints in
+``<output_dir>/stage1``), then ``train.max_iter`` iterations of the mask branch with the detector
+frozen (checkpoints in ``<output_dir>``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from omniseg.data.records import Instance, RecordSet
+from omniseg.data.splits import Split
+from omniseg.engine.config import TrainConfig
+from omniseg.modeling.maskx_rcnn import MASKX_RCNN_BUILDERS, MaskXRCNN
+from omniseg.ops.rle import rle_encode
+from omniseg.recipes.data import DataConfig, open_source
+
+
+@dataclass
+class MaskXModelConfig:
+    """Model section: every variant switch of Mask^X R-CNN (CPU-size defaults)."""
+
+    builder: str = "maskx_rcnn_r18_fpn"  # key of MASKX_RCNN_BUILDERS
+    width: int = 16  # ResNet base width (64 = the standard network)
+    fpn_channels: int = 64
+    fc_dim: int = 256  # box head fc width = length of w_cls (1024 in the paper)
+    norm: str = "GN"  # from scratch: GN; with ImageNet weights: FrozenBN
+    freeze_at: int = 0
+    pretrained: str = ""  # optional local torchvision-style ResNet weights (.pth / .safetensors)
+    mask_head: str = "transfer"  # "transfer" | "class-agnostic" | "class-specific"
+    mask_architecture: str = "fcn"  # "fcn" | "hourglass"
+    fused_mlp: bool = True  # Sec. 3.4
+    transfer_input: str = "cls+box"  # "cls" | "box" | "cls+box" | "text" | "randn"
+    transfer_mlp_layers: int = 2  # 1 = affine
+    transfer_activation: str = "leaky_relu"
+    transfer_hidden_dim: int = 256
+    transfer_input_norm: str = "standardize"  # "standardize" | "none"
+    stop_grad: bool = True  # Sec. 3.2
+    text_encoder: str = "minilm"  # for transfer_input "text" (omniseg.text.encoders)
+    mode: str = "end_to_end"  # "end_to_end" | "stage_wise"
+    stage1_iters: int = 0  # stage_wise: detector iterations before train.max_iter mask iterations
+    mask_conv_dim: int = 64
+    mask_norm: str = "GN"
+    mlp_hidden_dim: int = 256
+    anchor_sizes: tuple[float, ...] = (16.0, 32.0, 64.0, 128.0, 256.0)
+    rpn_post_nms_topk_train: int = 500
+    rpn_post_nms_topk_test: int = 300
+    roi_batch_size_per_image: int = 128
+    detections_per_image: int = 50
+
+
+@dataclass
+class MaskXDataConfig(DataConfig):
+    """DataConfig plus the split direction / random split size (flat)."""
+
+    split: str = "voc-like"
+    reverse_split: bool = False  # swap A and B of the named / random split
+    random_base: int = 0  # > 0: random split with this many base classes (seed: split_seed)
+
+
+@dataclass
+class MaskXExperiment:
+    """Top-level config (YAML sections: model, data, train)."""
+
+    recipe: str = "maskx_rcnn"
+    model: MaskXModelConfig = field(default_factory=MaskXModelConfig)
+    data: MaskXDataConfig = field(default_factory=MaskXDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def build_split(cfg: MaskXDataConfig, categories: list) -> Split | None:
+    """The base / novel split of ``cfg`` (None: no split, every class keeps its masks)."""
+    from omniseg.data.splits import SPLITS, random_split
+
+    if cfg.random_base > 0:
+        split = random_split(categories, cfg.random_base, cfg.split_seed, cfg.novel_supervision,
+                             name=f"random{cfg.random_base}")
+    elif cfg.split:
+        if cfg.split not in SPLITS:
+            raise ValueError(f"unknown split {cfg.split!r}; choose from {sorted(SPLITS)}")
+        split = SPLITS[cfg.split](categories, seed=cfg.split_seed, novel_supervision=cfg.novel_supervision)
+    else:
+        return None
+    if cfg.reverse_split:
+        sup = {i: "mask" for i in split.novel_ids}
+        sup.update({i: cfg.novel_supervision for i in split.base_ids})
+        split = Split(f"{split.name}-reversed", split.novel_ids, split.base_ids, split.ignored_ids, sup)
+    return split
+
+
+def train_dataset(cfg: MaskXDataConfig, progress: bool = True):
+    """Training RecordDataset: the split's training view plus the configured augmentations."""
+    from omniseg.data.dataset import RecordDataset
+    from omniseg.data.splits import apply_split
+    from omniseg.data.transforms import Compose, LargeScaleJitter, QuantizeApproxBoxes, RandomHFlip
+
+    rs, load_image = open_source(cfg.train, cfg.train_num_images, cfg.train_seed, cfg.image_size, progress)
+    split = build_split(cfg, rs.categories)
+    view = apply_split(rs, split) if split is not None else rs
+    ts: list = [LargeScaleJitter(cfg.image_size)] if cfg.lsj else []
+    ts += [RandomHFlip()] if cfg.flip else []
+    ts.append(QuantizeApproxBoxes())
+    return RecordDataset(view, transforms=Compose(ts), load_image=load_image, seed=cfg.train_seed)
+
+
+def build_model(cfg: MaskXModelConfig, categories: list) -> MaskXRCNN:
+    """The model for the thing ``categories`` (class index order = sorted ids)."""
+    if cfg.builder not in MASKX_RCNN_BUILDERS:
+        raise ValueError(f"unknown builder {cfg.builder!r}; choose from {sorted(MASKX_RCNN_BUILDERS)}")
+    things = sorted((c for c in categories if c.isthing), key=lambda c: c.id)
+    text = None
+    if cfg.mask_head == "transfer" and cfg.transfer_input == "text":
+        from omniseg.text.encoders import build_text_encoder
+
+        text = build_text_encoder(cfg.text_encoder).encode([c.name for c in things])  # frozen, the GloVe control
+    model = MASKX_RCNN_BUILDERS[cfg.builder](
+        len(things), category_ids=[c.id for c in things], mask_head=cfg.mask_head,
+        mask_architecture=cfg.mask_architecture, fused_mlp=cfg.fused_mlp, transfer_input=cfg.transfer_input,
+        transfer_mlp_layers=cfg.transfer_mlp_layers, transfer_activation=cfg.transfer_activation,
+        transfer_hidden_dim=cfg.transfer_hidden_dim, transfer_input_norm=cfg.transfer_input_norm,
+        stop_grad=cfg.stop_grad, text_embeddings=text, mode=cfg.mode, width=cfg.width,
+        fpn_channels=cfg.fpn_channels, fc_dim=cfg.fc_dim, mask_conv_dim=cfg.mask_conv_dim, mask_norm=cfg.mask_norm,
+        mlp_hidden_dim=cfg.mlp_hidden_dim, norm=cfg.norm, freeze_at=cfg.freeze_at, anchor_sizes=cfg.anchor_sizes,
+        rpn_overrides=dict(post_nms_topk_train=cfg.rpn_post_nms_topk_train,
+                           post_nms_topk_test=cfg.rpn_post_nms_topk_test),
+        box_overrides=dict(batch_size_per_image=cfg.roi_batch_size_per_image,
+                           detections_per_image=cfg.detections_per_image),
+    )
+    if cfg.pretrained:
+        from omniseg.modeling.weights import load_pretrained, resnet_filter_fn
+
+        load_pretrained(model.detector.backbone, cfg.pretrained, resnet_filter_fn)
+    return model
+
+
+def predict_records(model: MaskXRCNN, gt: RecordSet, load_image=None, batch_size: int = 4, rank: int = 0,
+                    world: int = 1, progress: bool = False) -> RecordSet:
+    """Predicted instances (class, score, box, mask RLE) for this rank's share of ``gt``'s images."""
+    from tqdm import tqdm
+
+    from omniseg.data.loader import build_test_loader
+
+    device = next(model.parameters()).device
+    by_id = {r.image_id: r for r in gt}
+    cats = {c.id: c for c in gt.categories}
+    ids = model.category_ids or []
+    pred = RecordSet(records=[], categories=gt.categories, image_root=gt.image_root, name="maskx_rcnn")
+    loader = build_test_loader(gt, batch_size, load_image=load_image, rank=rank, world_size=world)
+    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+        outs = model.predict(batch.images.to(device), batch.image_sizes, batch.orig_sizes)
+        for image_id, out in zip(batch.image_ids, outs):
+            rec = dataclasses.replace(by_id[image_id], captions=[], narratives=[], segments=[], labels=[])
+            masks = out.masks.cpu().numpy()
+            rec.instances = [
+                Instance(text=cats[ids[c]].name, category_id=ids[c], box=[float(v) for v in b], mask=rle_encode(m),
+                         source="maskx_rcnn", score=float(s))
+                for c, b, s, m in zip(out.labels.tolist(), out.boxes.tolist(), out.scores.tolist(), masks)
+            ]
+            pred.records.append(rec)
+    return pred
+
+
+def make_eval_fn(cfg: MaskXExperiment, progress: bool = True):
+    """eval_fn for the Trainer: mask AP and box AP, overall and base / novel, gathered over ranks."""
+    from omniseg.engine.distributed import all_gather_object, get_rank, get_world_size
+    from omniseg.evaluation.instance import evaluate_instances
+
+    d = cfg.data
+    gt, load_image = open_source(d.val, d.val_num_images, d.val_seed, d.image_size, progress)
+    split = build_split(d, gt.categories)
+
+    def eval_fn(model: torch.nn.Module) -> dict[str, float]:
+        part = predict_records(model, gt, load_image, d.batch_size, get_rank(), get_world_size(), progress)
+        records = [r for p in all_gather_object(part.records) for r in p]
+        pred = RecordSet(records=records, categories=gt.categories, image_root=gt.image_root)
+        out: dict[str, float] = {}
+        for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
+            res = evaluate_instances(gt, pred, iou_type=iou_type, groups=split)
+            for key in ("AP", "AP50", "AP75"):
+                out[f"{prefix}_{key}"] = res[key]
+                for g in ("base", "novel"):
+                    if f"{g}/{key}" in res:
+                        out[f"{prefix}_{key}/{g}"] = res[f"{g}/{key}"]
+        return out
+
+    return eval_fn
+
+
+def run(cfg: MaskXExperiment, resume: bool = False) -> dict:
+    """Train (optionally resuming; stage-wise: both stages) and evaluate; returns the Trainer's summary."""
+    from omniseg.data.loader import build_train_loader
+    from omniseg.engine.distributed import get_rank, get_world_size
+    from omniseg.engine.optim import build_optimizer, build_scheduler
+    from omniseg.engine.trainer import Trainer, seed_everything
+
+    t = cfg.train
+    seed_everything(t.seed + get_rank(), t.deterministic)
+    ds = train_dataset(cfg.data, progress=t.progress)
+    model = build_model(cfg.model, ds.rs.categories)
+    data = build_train_loader([ds], "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers, rank=get_rank(),
+                              world_size=get_world_size(), seed=t.seed)
+    if cfg.model.mode == "stage_wise":
+        if cfg.model.stage1_iters <= 0:
+            raise ValueError("stage_wise training needs model.stage1_iters > 0 detector iterations")
+        t1 = dataclasses.replace(t, max_iter=cfg.model.stage1_iters, output_dir=f"{t.output_dir}/stage1",
+                                 eval_period=0)
+        model.set_stage(1)
+        opt1 = build_optimizer(model, t1)
+        stage1 = Trainer(model, opt1, build_scheduler(opt1, t1), data, t1, run_config=cfg)
+        if resume:
+            stage1.resume()
+        stage1.train()
+        model.set_stage(2)  # Sec. 3.2: detector fixed, mask branch (incl. T) trained
+    optimizer = build_optimizer(model, t)
+    trainer = Trainer(model, optimizer, build_scheduler(optimizer, t), data, t,
+                      eval_fn=make_eval_fn(cfg, t.progress), run_config=cfg)
+    if resume:
+        trainer.resume()
+    return trainer.train()
