@@ -281,14 +281,20 @@ class Trainer:
         bar = make_progress(cfg.max_iter, self.step, enabled=cfg.progress and self.is_main)
         last: dict[str, float] = {}
         t0, start = time.perf_counter(), self.step
+        window: dict[str, float] = {}
+        window_n = 0
         try:
             while self.step < cfg.max_iter:
                 lr = self.optimizer.param_groups[0]["lr"]
                 values = self.run_step(self._next_batch())
+                for k, v in values.items():  # logged values are means over the log period
+                    window[k] = window.get(k, 0.0) + v
+                window_n += 1
                 bar.update(1)
                 done = self.step == cfg.max_iter
                 if self.step % max(cfg.log_period, 1) == 0 or done:
-                    last = dist_utils.reduce_mean(values, self.device)
+                    last = dist_utils.reduce_mean({k: v / window_n for k, v in window.items()}, self.device)
+                    window, window_n = {}, 0
                     per_iter = (time.perf_counter() - t0) / (self.step - start)
                     record = {"step": self.step, "lr": lr, **last, "s_per_iter": per_iter}
                     record["eta_s"] = per_iter * (cfg.max_iter - self.step)

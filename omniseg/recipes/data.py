@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from omniseg.data.dataset import RecordDataset
@@ -65,12 +66,19 @@ def training_view(rs: RecordSet, cfg: DataConfig) -> RecordSet:
     return apply_split(rs, split)
 
 
-def train_dataset(cfg: DataConfig, progress: bool = True) -> RecordDataset:
-    """The training RecordDataset with the configured augmentations."""
+def train_dataset(
+    cfg: DataConfig, progress: bool = True, view: Callable[[RecordSet], RecordSet] | None = None
+) -> RecordDataset:
+    """The training RecordDataset with the configured augmentations.
+
+    Args:
+        view: turns the full records into what training may see (default: :func:`training_view`).
+    """
     from omniseg.data.transforms import Compose, LargeScaleJitter, QuantizeApproxBoxes, RandomHFlip
 
     rs, load_image = open_source(cfg.train, cfg.train_num_images, cfg.train_seed, cfg.image_size, progress)
     ts: list = [LargeScaleJitter(cfg.image_size)] if cfg.lsj else []
     ts += [RandomHFlip()] if cfg.flip else []
     ts.append(QuantizeApproxBoxes())
-    return RecordDataset(training_view(rs, cfg), transforms=Compose(ts), load_image=load_image, seed=cfg.train_seed)
+    seen = view(rs) if view is not None else training_view(rs, cfg)
+    return RecordDataset(seen, transforms=Compose(ts), load_image=load_image, seed=cfg.train_seed)
