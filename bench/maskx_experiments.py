@@ -16,7 +16,7 @@ Every run is ``omniseg train configs/maskx_voc_like.yaml ...`` in its own folder
 from their saved validation predictions with the same evaluator, grouped by each split's A / B.
 Two runs go at a time, one torch thread each (2 cores).
 
-    python bench/maskx_experiments.py [--runs runs/maskx_exp] [--stage1-iters 1500] [--stage2-iters 300]
+    python bench/maskx_experiments.py [--runs runs/maskx_exp] [--stage1-iters 2500] [--stage2-iters 400]
 """
 
 from __future__ import annotations
@@ -92,8 +92,7 @@ def jobs(args: argparse.Namespace) -> list[dict]:
                     "variant": f"transfer+MLP (cls+box), end-to-end, stop-grad {'on' if sg == 'true' else 'off'}",
                     "after": None, "overrides": common + VARIANTS["transfer+MLP (cls+box)"] + [
                         "model.mode=end_to_end", f"model.stop_grad={sg}",
-                        f"train.max_iter={args.stage1_iters + args.stage2_iters}",
-                        f"train.checkpoint_period={max(1, (args.stage1_iters + args.stage2_iters) // 4)}"]})
+                        f"train.max_iter={args.e2e_iters}", f"train.checkpoint_period={max(1, args.e2e_iters // 4)}"]})
     return out
 
 
@@ -167,8 +166,9 @@ def score(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default=str(ROOT / "runs" / "maskx_exp"))
-    ap.add_argument("--stage1-iters", type=int, default=1500)
-    ap.add_argument("--stage2-iters", type=int, default=300)
+    ap.add_argument("--stage1-iters", type=int, default=2500)
+    ap.add_argument("--stage2-iters", type=int, default=400)
+    ap.add_argument("--e2e-iters", type=int, default=2000, help="iterations of the end-to-end stop-grad runs")
     ap.add_argument("--val-images", type=int, default=100)
     ap.add_argument("--train-images", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=2)
@@ -181,6 +181,7 @@ def main() -> None:
 
     atomic_write_json(args.out, {
         "benchmark": "maskx_experiments", "stage1_iters": args.stage1_iters, "stage2_iters": args.stage2_iters,
+        "e2e_iters": args.e2e_iters, "train_images": args.train_images,
         "val_images": args.val_images, "parallel": args.parallel, "total_wall_s": time.perf_counter() - t0,
         "command": "python bench/maskx_experiments.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run", "rows": rows,
