@@ -44,6 +44,7 @@ from omniseg.modeling.contrastive_classifier import batch_phrases, contrastive_p
 from omniseg.modeling.fcos_head import FCOSMOHead
 from omniseg.modeling.fcos_targets import all_level_locations, assign_fcos_targets
 from omniseg.modeling.heads.mask_heads import FCNMaskHead, HourglassMaskHead
+from omniseg.modeling.predictions import InstancePredictions
 from omniseg.ops.boxes import centerness, clip_boxes, distances_to_boxes, generalized_box_iou_loss
 from omniseg.ops.losses import sigmoid_bce_loss
 from omniseg.ops.masks import paste_masks_in_image, roi_mask_targets
@@ -86,26 +87,6 @@ class FCOSMOConfig:
     pre_nms_topk: int = 1000  # per level
     nms_threshold: float = 0.2
     max_detections: int = 100
-
-
-@dataclass
-class InstancePredictions:
-    """Predictions of one image.
-
-    Attributes:
-        boxes: N x 4 XYXY pixels (of the output size).
-        scores: N calibrated scores in [0, 1], decreasing.
-        labels: N long indices into the vocabulary.
-        masks: N x H x W bool, or None when masks were not requested.
-    """
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    masks: Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
 
 
 def scale_ranges(bounds: Sequence[float]) -> tuple[tuple[float, float], ...]:

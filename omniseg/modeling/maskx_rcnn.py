@@ -22,7 +22,7 @@ Training modes (Sec. 3.2):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,31 +31,12 @@ from torch import Tensor, nn
 from omniseg.data.batch import Batch
 from omniseg.modeling.faster_rcnn import FasterRCNN, build_faster_rcnn_r18_fpn, build_faster_rcnn_r50_fpn
 from omniseg.modeling.heads.mask_heads import FCNMaskHead, HourglassMaskHead, MLPMaskBranch
+from omniseg.modeling.predictions import InstancePredictions
 from omniseg.modeling.roi_mask_head import ARCHITECTURES, MaskHeadConfig, RoIMaskHead, select_mask_rois
 from omniseg.modeling.weight_transfer import WeightTransfer, WeightTransferConfig
 from omniseg.ops.masks import paste_masks_in_image
 
 MODES = ("end_to_end", "stage_wise")
-
-
-@dataclass
-class InstancePredictions:
-    """Instances of one image.
-
-    Attributes:
-        boxes: N x 4 XYXY pixels of the output image size.
-        scores: N detection scores in [0, 1].
-        labels: N long class indices (into ``MaskXRCNN.category_ids`` when set).
-        masks: N x H x W bool.
-    """
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    masks: Tensor
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
 
 
 class MaskXRCNN(nn.Module):

@@ -31,7 +31,6 @@ from omniseg.data.records import Instance, RecordSet
 from omniseg.engine.config import TrainConfig
 from omniseg.modeling.contrastive_classifier import PhraseEmbedder
 from omniseg.modeling.fcos_mo import FCOS_MO_BUILDERS, FCOSMO, FCOSMOConfig
-from omniseg.ops.rle import rle_encode
 from omniseg.recipes.data import DataConfig, open_source, training_view
 
 
@@ -175,12 +174,7 @@ def predict_records(
         out = model.predict(batch.images.to(device), vocab.to(device), batch.image_sizes, batch.orig_sizes)
         for image_id, p in zip(batch.image_ids, out):
             rec = copy.copy(by_id[image_id])
-            rec.instances = [
-                Instance(text=things[int(k)].name, category_id=things[int(k)].id,
-                         box=tuple(float(v) for v in bx), mask=rle_encode(mk.cpu().numpy()),
-                         source="fcos_mo", score=float(s))
-                for bx, s, k, mk in zip(p.boxes.cpu(), p.scores.cpu(), p.labels.cpu(), p.masks.cpu())
-            ]
+            rec.instances = p.to_instances([c.name for c in things], [c.id for c in things], source="fcos_mo")
             rec.segments = []
             pred.records.append(rec)
     model.train(was_training)
@@ -188,9 +182,9 @@ def predict_records(
 
 
 def make_eval_fn(cfg: FCOSMOExperiment, progress: bool = True) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """eval_fn for the Trainer: mask (and box) AP / AP50 overall and base / novel, gathered over ranks."""
-    from omniseg.engine.distributed import all_gather_object, get_rank, get_world_size
-    from omniseg.evaluation.instance import evaluate_instances
+    """eval_fn for the Trainer: mask (and box) AP overall and base / novel, gathered over ranks."""
+    from omniseg.engine.distributed import get_rank, get_world_size
+    from omniseg.recipes.scoring import detection_metrics, gather_predictions
 
     d = cfg.data
     gt, load_image = open_source(d.val, d.val_num_images, d.val_seed, d.image_size, progress)
@@ -199,14 +193,7 @@ def make_eval_fn(cfg: FCOSMOExperiment, progress: bool = True) -> Callable[[torc
     def eval_fn(model: torch.nn.Module) -> dict[str, float]:
         core = model.module if hasattr(model, "module") else model
         part = predict_records(core, gt, load_image, d.batch_size, get_rank(), get_world_size(), progress)
-        records = [r for p in all_gather_object(part.records) for r in p]
-        pred = RecordSet(records=records, categories=gt.categories, image_root=gt.image_root)
-        keep = ("AP", "AP50", "base/AP", "base/AP50", "novel/AP", "novel/AP50")
-        out = {}
-        for kind, prefix in (("segm", "mask"), ("bbox", "box")):
-            res = evaluate_instances(gt, pred, iou_type=kind, groups=split)
-            out.update({f"{prefix}_{k.replace('/', '_')}": float(res[k]) for k in keep if k in res})
-        return out
+        return detection_metrics(gt, gather_predictions(part, gt), split)
 
     return eval_fn
 

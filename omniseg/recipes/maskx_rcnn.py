@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from omniseg.data.records import Instance, RecordSet
+from omniseg.data.records import RecordSet
 from omniseg.data.splits import Split
 from omniseg.engine.config import TrainConfig
 from omniseg.modeling.maskx_rcnn import MASKX_RCNN_BUILDERS, MaskXRCNN
-from omniseg.ops.rle import rle_encode
 from omniseg.recipes.data import DataConfig, open_source
 
 
@@ -170,20 +169,15 @@ def predict_records(model: MaskXRCNN, gt: RecordSet, load_image=None, batch_size
         outs = model.predict(batch.images.to(device), batch.image_sizes, batch.orig_sizes)
         for image_id, out in zip(batch.image_ids, outs):
             rec = dataclasses.replace(by_id[image_id], captions=[], narratives=[], segments=[], labels=[])
-            masks = out.masks.cpu().numpy()
-            rec.instances = [
-                Instance(text=cats[ids[c]].name, category_id=ids[c], box=[float(v) for v in b], mask=rle_encode(m),
-                         source="maskx_rcnn", score=float(s))
-                for c, b, s, m in zip(out.labels.tolist(), out.boxes.tolist(), out.scores.tolist(), masks)
-            ]
+            rec.instances = out.to_instances([cats[i].name for i in ids], ids, source="maskx_rcnn")
             pred.records.append(rec)
     return pred
 
 
 def make_eval_fn(cfg: MaskXExperiment, progress: bool = True):
     """eval_fn for the Trainer: mask AP and box AP, overall and base / novel, gathered over ranks."""
-    from omniseg.engine.distributed import all_gather_object, get_rank, get_world_size
-    from omniseg.evaluation.instance import evaluate_instances
+    from omniseg.engine.distributed import get_rank, get_world_size
+    from omniseg.recipes.scoring import detection_metrics, gather_predictions
 
     d = cfg.data
     gt, load_image = open_source(d.val, d.val_num_images, d.val_seed, d.image_size, progress)
@@ -191,21 +185,12 @@ def make_eval_fn(cfg: MaskXExperiment, progress: bool = True):
 
     def eval_fn(model: torch.nn.Module) -> dict[str, float]:
         part = predict_records(model, gt, load_image, d.batch_size, get_rank(), get_world_size(), progress)
-        records = [r for p in all_gather_object(part.records) for r in p]
-        pred = RecordSet(records=records, categories=gt.categories, image_root=gt.image_root)
+        pred = gather_predictions(part, gt)
         if get_rank() == 0:  # kept for re-scoring under other groupings (bench/maskx_experiments.py)
             from omniseg.data.formats.coco import write_coco_results
 
             write_coco_results(f"{cfg.train.output_dir}/val_predictions.json", pred)
-        out: dict[str, float] = {}
-        for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
-            res = evaluate_instances(gt, pred, iou_type=iou_type, groups=split)
-            for key in ("AP", "AP50", "AP75"):
-                out[f"{prefix}_{key}"] = res[key]
-                for g in ("base", "novel"):
-                    if f"{g}/{key}" in res:
-                        out[f"{prefix}_{key}/{g}"] = res[f"{g}/{key}"]
-        return out
+        return detection_metrics(gt, pred, split)
 
     return eval_fn
 

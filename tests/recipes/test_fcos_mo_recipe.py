@@ -102,7 +102,7 @@ def test_smoke_run_trains_evaluates_and_reloads(tmp_path):
     out = run(cfg)
     assert out["step"] == cfg.train.max_iter
     ev = out["eval"]
-    for k in ("mask_AP", "mask_AP50", "mask_base_AP50", "mask_novel_AP50", "box_AP50", "box_novel_AP50"):
+    for k in ("mask_AP", "mask_AP50", "mask_AP50/base", "mask_AP50/novel", "box_AP50", "box_AP50/novel"):
         assert k in ev and 0.0 <= ev[k] <= 1.0
     ckpt = latest_checkpoint(tmp_path / "checkpoints")
     assert ckpt is not None
