@@ -4,7 +4,8 @@ The trainable model (``omniseg.modeling``) is kept apart from this stateful pred
 SAM's ``modeling/sam.py`` vs ``predictor.py``. A checkpoint folder written by the engine holds
 the run's resolved config (``config.json``, whose ``recipe`` names the recipe) and the weights
 (``model.safetensors``, ``ema.safetensors`` when EMA was on); the recipe module provides
-``build_model(cfg)`` and ``predict_image(model, cfg, image, vocabulary, boxes)``.
+``model_from_config(cfg)`` and ``predict_image(model, cfg, image, vocabulary, boxes)`` (image:
+3 x H x W uint8, padded by the recipe as its model needs).
 
     from omniseg.api import Segmenter
     seg = Segmenter.from_checkpoint("runs/x/checkpoints")        # folder, step_N/ or run root
@@ -81,7 +82,7 @@ class Segmenter:
         raw = json.loads(config_file.read_text(encoding="utf-8"))
         recipe, cfg_cls = load_recipe(raw.get("recipe", ""))
         cfg = config_from_dict(cfg_cls, raw, str(config_file))
-        model = recipe.build_model(cfg)
+        model = recipe.model_from_config(cfg)
         weights_file = step / ("ema.safetensors" if use_ema else "model.safetensors")
         if not weights_file.exists():
             raise FileNotFoundError(f"{weights_file}: not in the checkpoint" + (" (trained without EMA?)" if use_ema else ""))

@@ -13,7 +13,7 @@ from omniseg.cli import main as cli_main
 from omniseg.data.synth.world import SynthConfig, generate_image
 from omniseg.engine.config import load_config
 from omniseg.ops.rle import rle_decode
-from omniseg.recipes.box_to_mask import BoxToMaskExperiment, build_model, run
+from omniseg.recipes.box_to_mask import BoxToMaskExperiment, model_from_config, run
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_segmenter_matches_the_trained_weights(trained):
     # the same weights loaded by hand give the same masks
     from omniseg.engine.checkpoint import load_checkpoint
 
-    model = build_model(cfg)
+    model = model_from_config(cfg)
     load_checkpoint(out / "checkpoints", model=model)
     model.eval()
     t = torch.from_numpy(image).permute(2, 0, 1)[None]
@@ -86,3 +86,36 @@ def test_segment_command(trained, tmp_path, capsys):
     assert (tmp_path / "seg" / "img.png").exists()
     with pytest.raises(SystemExit, match="x0,y0,x1,y1"):
         cli_main(["segment", str(path), "--checkpoint", str(out), "--boxes", "5,5,1,1"])
+
+
+@pytest.mark.parametrize("config", ["maskx_smoke.yaml", "fcos_mo_smoke.yaml"])
+def test_segmenter_for_detectors(config, tmp_path):
+    """Train each detector recipe's smoke config for 2 steps, then predict through the Segmenter."""
+    from pathlib import Path
+
+    from omniseg.api import load_recipe
+
+    path = Path(__file__).resolve().parents[1] / "configs" / config
+    recipe_name = "maskx_rcnn" if config.startswith("maskx") else "fcos_mo"
+    module, cfg_cls = load_recipe(recipe_name)
+    cfg = load_config(cfg_cls, path, ["train.max_iter=2", "train.checkpoint_period=2", f"train.output_dir={tmp_path}",
+                                      "data.val_num_images=1"]
+                      + (["model.score_threshold=0.0"] if recipe_name == "maskx_rcnn" else []))
+    module.run(cfg)
+    seg = Segmenter.from_checkpoint(tmp_path)
+    image, _ = generate_image(SynthConfig(seed=9, num_images=1, image_size=100), 0)  # 100: not a multiple of 32
+    found = seg.predict(image, min_score=0.0)
+    assert len(found) > 0  # an untrained model still detects something at threshold 0
+    for inst in found:
+        assert inst.score is not None and 0.0 <= inst.score <= 1.0
+        assert rle_decode(inst.mask).shape == (100, 100)
+        assert 0 <= inst.box[0] <= inst.box[2] <= 100 and 0 <= inst.box[1] <= inst.box[3] <= 100
+    with pytest.raises(ValueError, match="finds its own boxes"):
+        seg.predict(image, boxes=[[0, 0, 5, 5]])
+    if recipe_name == "fcos_mo":  # open vocabulary: any phrases
+        phrases = ["crimson disk", "a blue thing"]
+        assert {i.text for i in seg.predict(image, vocabulary=phrases, min_score=0.0)} <= set(phrases)
+    else:  # closed vocabulary: unknown names are an error, known ones filter
+        with pytest.raises(ValueError, match="closed vocabulary"):
+            seg.predict(image, vocabulary=["crimson disk"])
+        assert {i.text for i in seg.predict(image, vocabulary=["red ring"], min_score=0.0)} <= {"red ring"}

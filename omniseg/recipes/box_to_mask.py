@@ -119,7 +119,7 @@ def run(cfg: BoxToMaskExperiment, resume: bool = False) -> dict:
     return trainer.train()
 
 
-def build_model(cfg: BoxToMaskExperiment) -> BoxToMask:
+def model_from_config(cfg: BoxToMaskExperiment) -> BoxToMask:
     """The model a checkpoint of this recipe holds (used by :class:`omniseg.api.Segmenter`)."""
     return build_box_to_mask(cfg.model)
 

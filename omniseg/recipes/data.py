@@ -82,3 +82,23 @@ def train_dataset(
     ts.append(QuantizeApproxBoxes())
     seen = view(rs) if view is not None else training_view(rs, cfg)
     return RecordDataset(seen, transforms=Compose(ts), load_image=load_image, seed=cfg.train_seed)
+
+
+def categories_of(cfg: DataConfig) -> list:
+    """The categories of the training source (what a trained model's class indices refer to)."""
+    if cfg.train == "synth":
+        from omniseg.data.synth.lexicon import categories
+
+        return categories()
+    from omniseg.data.load import load_dataset
+
+    return load_dataset(cfg.train).categories
+
+
+def pad_image(image, divisor: int = 32):
+    """3 x H x W -> (1 x 3 x Hp x Wp zero-padded batch, [(H, W)]) with Hp, Wp multiples of ``divisor``."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    return F.pad(image, (0, pw, 0, ph))[None], [(int(h), int(w))]

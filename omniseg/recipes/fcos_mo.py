@@ -31,7 +31,7 @@ from omniseg.data.records import Instance, RecordSet
 from omniseg.engine.config import TrainConfig
 from omniseg.modeling.contrastive_classifier import PhraseEmbedder
 from omniseg.modeling.fcos_mo import FCOS_MO_BUILDERS, FCOSMO, FCOSMOConfig
-from omniseg.recipes.data import DataConfig, open_source, training_view
+from omniseg.recipes.data import DataConfig, categories_of, open_source, pad_image, training_view
 
 
 @dataclass
@@ -227,3 +227,19 @@ def run(cfg: FCOSMOExperiment, resume: bool = False) -> dict:
     if resume:
         trainer.resume()
     return trainer.train()
+
+
+def model_from_config(cfg: FCOSMOExperiment) -> FCOSMO:
+    """The model a checkpoint of this recipe holds (used by :class:`omniseg.api.Segmenter`)."""
+    return build_model(cfg)
+
+
+def predict_image(model: FCOSMO, cfg: FCOSMOExperiment, image: torch.Tensor, vocabulary=None, boxes=None):
+    """Detect and segment one 3 x H x W uint8 image with ANY vocabulary of phrases (default: the
+    training classes' names): (|C|+1)-way softmax over their text embeddings (ALP paper Sec. 3.2)."""
+    if boxes is not None:
+        raise ValueError("FCOS-MO finds its own boxes; boxes= is for box-to-mask models")
+    if not vocabulary:
+        vocabulary = [c.name for c in categories_of(cfg.data) if c.isthing]
+    batch, sizes = pad_image(image)
+    return model.predict(batch, list(vocabulary), sizes, sizes)[0].to_instances(list(vocabulary), source="fcos_mo")

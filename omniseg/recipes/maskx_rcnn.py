@@ -25,7 +25,7 @@ from omniseg.data.records import RecordSet
 from omniseg.data.splits import Split
 from omniseg.engine.config import TrainConfig
 from omniseg.modeling.maskx_rcnn import MASKX_RCNN_BUILDERS, MaskXRCNN
-from omniseg.recipes.data import DataConfig, open_source
+from omniseg.recipes.data import DataConfig, categories_of, open_source, pad_image
 
 
 @dataclass
@@ -63,6 +63,7 @@ class MaskXModelConfig:
     rpn_post_nms_topk_test: int = 300
     roi_batch_size_per_image: int = 128
     detections_per_image: int = 50
+    score_threshold: float = 0.05  # detections with a class score <= this are dropped
     # stage-wise: start from the detector of another run's checkpoint (run folder, checkpoints/ or
     # step_N/) instead of training stage 1 here -- one detector shared by many mask-branch variants
     detector_init: str = ""
@@ -143,7 +144,7 @@ def build_model(cfg: MaskXModelConfig, categories: list) -> MaskXRCNN:
                            post_nms_topk_train=cfg.rpn_post_nms_topk_train,
                            post_nms_topk_test=cfg.rpn_post_nms_topk_test),
         box_overrides=dict(batch_size_per_image=cfg.roi_batch_size_per_image,
-                           detections_per_image=cfg.detections_per_image),
+                           detections_per_image=cfg.detections_per_image, score_threshold=cfg.score_threshold),
     )
     if cfg.pretrained:
         from omniseg.modeling.weights import load_pretrained, resnet_filter_fn
@@ -244,3 +245,28 @@ def run(cfg: MaskXExperiment, resume: bool = False) -> dict:
     if resume:
         trainer.resume()
     return trainer.train()
+
+
+def _class_names(cfg: MaskXExperiment) -> tuple[list[str], list[int]]:
+    things = sorted((c for c in categories_of(cfg.data) if c.isthing), key=lambda c: c.id)
+    return [c.name for c in things], [c.id for c in things]
+
+
+def model_from_config(cfg: MaskXExperiment) -> MaskXRCNN:
+    """The model a checkpoint of this recipe holds (used by :class:`omniseg.api.Segmenter`)."""
+    return build_model(cfg.model, categories_of(cfg.data))
+
+
+def predict_image(model: MaskXRCNN, cfg: MaskXExperiment, image: torch.Tensor, vocabulary=None, boxes=None):
+    """Detect and segment one 3 x H x W uint8 image; ``vocabulary`` keeps only those classes
+    (Mask^X R-CNN has a closed vocabulary: its training classes)."""
+    if boxes is not None:
+        raise ValueError("Mask^X R-CNN finds its own boxes; boxes= is for box-to-mask models")
+    names, ids = _class_names(cfg)
+    unknown = sorted(set(vocabulary or []) - set(names))
+    if unknown:
+        raise ValueError(f"not among this model's {len(names)} classes: {unknown} (closed vocabulary; "
+                         f"e.g. {names[:3]})")
+    batch, sizes = pad_image(image)
+    found = model.predict(batch, sizes)[0].to_instances(names, ids, source="maskx_rcnn")
+    return [i for i in found if not vocabulary or i.text in vocabulary]
