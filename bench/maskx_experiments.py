@@ -101,16 +101,21 @@ def command(job: dict, runs: Path) -> list[str]:
             f"train.output_dir={runs / job['name']}"]
 
 
+def finished(args: argparse.Namespace) -> dict[str, dict]:
+    """The jobs whose run folder holds final validation predictions and a wall time."""
+    runs = Path(args.runs)
+    return {j["name"]: {**j, "wall_s": float((runs / j["name"] / "wall_s.txt").read_text())}
+            for j in jobs(args) if (runs / j["name"] / "wall_s.txt").exists()
+            and (runs / j["name"] / "val_predictions.json").exists()}
+
+
 def run_all(args: argparse.Namespace) -> dict[str, dict]:
     """Run the jobs two at a time (dependencies respected, finished runs skipped)."""
     runs = Path(args.runs)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     todo = jobs(args)
-    done: dict[str, dict] = {}
+    done = finished(args)
     running: dict[str, tuple[subprocess.Popen, dict, float]] = {}
-    for j in todo:
-        if (runs / j["name"] / "val_predictions.json").exists() and (runs / j["name"] / "wall_s.txt").exists():
-            done[j["name"]] = {**j, "wall_s": float((runs / j["name"] / "wall_s.txt").read_text())}
     while len(done) < len(todo):
         ready = [j for j in todo if j["name"] not in done and j["name"] not in running
                  and (j["after"] is None or j["after"] in done)]
@@ -173,9 +178,11 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "maskx_experiments.json"))
+    ap.add_argument("--score-only", action="store_true",
+                    help="do not train: score the runs that have finished (e.g. to report a partial table)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    done = run_all(args)
+    done = finished(args) if args.score_only else run_all(args)
     rows = score(done, args)
     from omniseg.utils.atomic import atomic_write_json
 
@@ -183,6 +190,7 @@ def main() -> None:
         "benchmark": "maskx_experiments", "stage1_iters": args.stage1_iters, "stage2_iters": args.stage2_iters,
         "e2e_iters": args.e2e_iters, "train_images": args.train_images,
         "val_images": args.val_images, "parallel": args.parallel, "total_wall_s": time.perf_counter() - t0,
+        "runs_planned": len(jobs(args)), "runs_scored": len(done),
         "command": "python bench/maskx_experiments.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run", "rows": rows,
     }, indent=2)
