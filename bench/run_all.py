@@ -21,6 +21,8 @@ BENCHES: dict[str, list[str]] = {
     "text_synonyms": [],
     "box_to_mask_train": [],
     "alp_curation": [],
+    "maskx_speed": [],
+    "maskx_experiments": [],  # about an hour on 2 cores
 }
 
 
