@@ -39,10 +39,11 @@ def main(args: argparse.Namespace) -> int:
     module = importlib.import_module(module_name)
     cfg = load_config(getattr(module, cls_name), args.config, args.overrides)
     init_distributed()
+    main_rank = is_main_process()  # asked before the process group is torn down
     try:
         summary = module.run(cfg, resume=args.resume)
     finally:
         destroy_distributed()
-    if is_main_process():
+    if main_rank:
         print(json.dumps({"step": summary["step"], "eval": summary["eval"]}, indent=1))
     return 0
