@@ -23,13 +23,10 @@ from torch import Tensor, nn
 from omniseg.data.batch import Batch
 from omniseg.modeling.backbones.fpn import BACKBONE_BUILDERS
 from omniseg.modeling.heads.mask_heads import FCNMaskHead
+from omniseg.modeling.preprocess import PIXEL_MEAN, PIXEL_STD, normalize_images
 from omniseg.ops.losses import sigmoid_bce_loss
 from omniseg.ops.masks import paste_masks_in_image, roi_mask_targets
 from omniseg.ops.roi_align import multilevel_roi_align
-
-#: ImageNet statistics in 0-255 units (what torchvision-style checkpoints expect)
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass
@@ -46,11 +43,6 @@ class BoxToMaskConfig:
     head_convs: int = 4
     head_dim: int = 256
     head_norm: str = "none"
-
-
-def normalize_images(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """B x 3 x H x W uint8 (0-255) -> float, ImageNet-normalized."""
-    return (images.float() - mean) / std
 
 
 class BoxToMask(nn.Module):

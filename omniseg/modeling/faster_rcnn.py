@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from omniseg.data.batch import Batch, Targets
 from omniseg.modeling.anchors import AnchorConfig, AnchorGenerator
 from omniseg.modeling.backbones.fpn import build_resnet18_fpn, build_resnet50_fpn
+from omniseg.modeling.preprocess import PIXEL_MEAN, PIXEL_STD, normalize_images
 from omniseg.modeling.roi_box_head import (
     BoxHeadConfig,
     BoxPredictor,
@@ -43,9 +44,6 @@ from omniseg.modeling.roi_box_head import (
     SampledRoIs,
 )
 from omniseg.modeling.rpn import RPN, RPNConfig, RPNHead, append_gt_proposals
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def instance_labels(
@@ -147,8 +145,8 @@ class FasterRCNN(nn.Module):
         box_in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
         category_ids: Sequence[int] | None = None,
         approximate_boxes_as_gt: bool = False,
-        pixel_mean: Sequence[float] = IMAGENET_MEAN,
-        pixel_std: Sequence[float] = IMAGENET_STD,
+        pixel_mean: Sequence[float] = PIXEL_MEAN,
+        pixel_std: Sequence[float] = PIXEL_STD,
     ):
         super().__init__()
         self.backbone = backbone
@@ -192,14 +190,7 @@ class FasterRCNN(nn.Module):
 
     def preprocess(self, images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> Tensor:
         """uint8 B x 3 x H x W -> normalized float; the padding stays exactly 0."""
-        x = (images.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
-        h, w = x.shape[-2:]
-        if any((ih, iw) != (h, w) for ih, iw in image_sizes):
-            valid = torch.zeros(x.shape[0], 1, h, w, dtype=torch.bool, device=x.device)
-            for i, (ih, iw) in enumerate(image_sizes):
-                valid[i, :, :ih, :iw] = True
-            x = x * valid
-        return x
+        return normalize_images(images, self.pixel_mean, self.pixel_std, image_sizes)
 
     def extract_features(self, images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
         """Backbone + FPN maps of uint8 images."""
@@ -354,23 +345,32 @@ class FasterRCNN(nn.Module):
                                       return_features)
 
 
-def _build(
+def faster_rcnn_fpn(
     backbone_builder: Callable[..., nn.Module],
-    num_classes: int,
+
+    num_classes: int = 80,
     *,
-    predictor: str,
-    embed_dim: int,
-    width: int,
-    fpn_channels: int,
-    fc_dim: int,
-    norm: str,
-    freeze_at: int,
-    category_ids: Sequence[int] | None,
-    approximate_boxes_as_gt: bool,
-    anchor_sizes: Sequence[float],
-    rpn_overrides: dict[str, Any] | None,
-    box_overrides: dict[str, Any] | None,
+    predictor: str = "class-specific",
+    embed_dim: int = 512,
+    width: int = 64,
+    fpn_channels: int = 256,
+    fc_dim: int = 1024,
+    norm: str = "FrozenBN",
+    freeze_at: int = 2,
+    category_ids: Sequence[int] | None = None,
+    approximate_boxes_as_gt: bool = False,
+    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
+    rpn_overrides: dict[str, Any] | None = None,
+    box_overrides: dict[str, Any] | None = None,
 ) -> FasterRCNN:
+    """ResNet FPN Faster R-CNN (``backbone_builder``: e.g. build_resnet18_fpn) (P2..P6 RPN, P2..P5 RoIAlign, 2fc box head).
+
+    ``predictor`` is "class-specific", "class-agnostic" or "open-vocab" (Mask R-CNN* of
+    alp-fcos-mo Sec. 4: objectness calibration on by default); ``num_classes`` is ignored by the
+    open-vocab predictor. ``rpn_overrides`` / ``box_overrides`` replace fields of
+    :class:`RPNConfig` / :class:`BoxHeadConfig`; ``width`` / ``fpn_channels`` / ``fc_dim`` shrink
+    the model for tests.
+    """
     backbone = backbone_builder(out_channels=fpn_channels, norm=norm, freeze_at=freeze_at, width=width,
                                 top_block="maxpool")
     anchors = AnchorGenerator(AnchorConfig(sizes=tuple((float(s),) for s in anchor_sizes)))
@@ -385,57 +385,16 @@ def _build(
                       approximate_boxes_as_gt=approximate_boxes_as_gt)
 
 
-def build_faster_rcnn_r18_fpn(
-    num_classes: int = 80,
-    *,
-    predictor: str = "class-specific",
-    embed_dim: int = 512,
-    width: int = 64,
-    fpn_channels: int = 256,
-    fc_dim: int = 1024,
-    norm: str = "FrozenBN",
-    freeze_at: int = 2,
-    category_ids: Sequence[int] | None = None,
-    approximate_boxes_as_gt: bool = False,
-    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    rpn_overrides: dict[str, Any] | None = None,
-    box_overrides: dict[str, Any] | None = None,
-) -> FasterRCNN:
-    """ResNet-18 FPN Faster R-CNN (P2..P6 RPN, P2..P5 RoIAlign, 2fc box head).
-
-    ``predictor`` is "class-specific", "class-agnostic" or "open-vocab" (Mask R-CNN* of
-    alp-fcos-mo Sec. 4: objectness calibration on by default); ``num_classes`` is ignored by the
-    open-vocab predictor. ``rpn_overrides`` / ``box_overrides`` replace fields of
-    :class:`RPNConfig` / :class:`BoxHeadConfig`; ``width`` / ``fpn_channels`` / ``fc_dim`` shrink
-    the model for tests.
-    """
-    return _build(build_resnet18_fpn, num_classes, predictor=predictor, embed_dim=embed_dim, width=width,
-                  fpn_channels=fpn_channels, fc_dim=fc_dim, norm=norm, freeze_at=freeze_at,
-                  category_ids=category_ids, approximate_boxes_as_gt=approximate_boxes_as_gt,
-                  anchor_sizes=anchor_sizes, rpn_overrides=rpn_overrides, box_overrides=box_overrides)
 
 
-def build_faster_rcnn_r50_fpn(
-    num_classes: int = 80,
-    *,
-    predictor: str = "class-specific",
-    embed_dim: int = 512,
-    width: int = 64,
-    fpn_channels: int = 256,
-    fc_dim: int = 1024,
-    norm: str = "FrozenBN",
-    freeze_at: int = 2,
-    category_ids: Sequence[int] | None = None,
-    approximate_boxes_as_gt: bool = False,
-    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    rpn_overrides: dict[str, Any] | None = None,
-    box_overrides: dict[str, Any] | None = None,
-) -> FasterRCNN:
-    """ResNet-50 FPN Faster R-CNN; arguments as :func:`build_faster_rcnn_r18_fpn`."""
-    return _build(build_resnet50_fpn, num_classes, predictor=predictor, embed_dim=embed_dim, width=width,
-                  fpn_channels=fpn_channels, fc_dim=fc_dim, norm=norm, freeze_at=freeze_at,
-                  category_ids=category_ids, approximate_boxes_as_gt=approximate_boxes_as_gt,
-                  anchor_sizes=anchor_sizes, rpn_overrides=rpn_overrides, box_overrides=box_overrides)
+def build_faster_rcnn_r18_fpn(num_classes: int = 80, **kwargs: Any) -> FasterRCNN:
+    """ResNet-18 FPN Faster R-CNN; keyword arguments as :func:`faster_rcnn_fpn`."""
+    return faster_rcnn_fpn(build_resnet18_fpn, num_classes, **kwargs)
+
+
+def build_faster_rcnn_r50_fpn(num_classes: int = 80, **kwargs: Any) -> FasterRCNN:
+    """ResNet-50 FPN Faster R-CNN; keyword arguments as :func:`faster_rcnn_fpn`."""
+    return faster_rcnn_fpn(build_resnet50_fpn, num_classes, **kwargs)
 
 
 FASTER_RCNN_BUILDERS: dict[str, Callable[..., FasterRCNN]] = {

@@ -39,12 +39,12 @@ from torch import Tensor, nn
 
 from omniseg.data.batch import Batch
 from omniseg.modeling.backbones.fpn import BACKBONE_BUILDERS
-from omniseg.modeling.box_to_mask import PIXEL_MEAN, PIXEL_STD
 from omniseg.modeling.contrastive_classifier import batch_phrases, contrastive_phrase_loss, phrase_logits
 from omniseg.modeling.fcos_head import FCOSMOHead
 from omniseg.modeling.fcos_targets import all_level_locations, assign_fcos_targets
 from omniseg.modeling.heads.mask_heads import FCNMaskHead, HourglassMaskHead
 from omniseg.modeling.predictions import InstancePredictions
+from omniseg.modeling.preprocess import PIXEL_MEAN, PIXEL_STD, normalize_images
 from omniseg.ops.boxes import centerness, clip_boxes, distances_to_boxes, generalized_box_iou_loss
 from omniseg.ops.losses import sigmoid_bce_loss
 from omniseg.ops.masks import paste_masks_in_image, roi_mask_targets
@@ -128,13 +128,7 @@ class FCOSMO(nn.Module):
 
     def features(self, images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
         """uint8 B x 3 x H x W -> FPN maps; the padding is exactly 0 after normalization."""
-        x = (images.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
-        h, w = x.shape[-2:]
-        if any((ih, iw) != (h, w) for ih, iw in image_sizes):
-            valid = torch.zeros(x.shape[0], 1, h, w, dtype=torch.bool, device=x.device)
-            for i, (ih, iw) in enumerate(image_sizes):
-                valid[i, :, :ih, :iw] = True
-            x = x * valid
+        x = normalize_images(images, self.pixel_mean, self.pixel_std, image_sizes)
         return self.backbone(x)
 
     def dense(self, feats: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, list[int]]:

@@ -237,7 +237,8 @@ def _build(
     return MaskXRCNN(detector=detector, mask_head=head, mode=mode)
 
 
-def build_maskx_rcnn_r18_fpn(
+def maskx_rcnn_fpn(
+    detector_builder: Callable[..., FasterRCNN],
     num_classes: int = 80,
     *,
     mask_head: str = "transfer",
@@ -265,12 +266,12 @@ def build_maskx_rcnn_r18_fpn(
     box_overrides: dict[str, Any] | None = None,
     mask_overrides: dict[str, Any] | None = None,
 ) -> MaskXRCNN:
-    """ResNet-18 FPN Mask^X R-CNN; defaults: the paper's 'transfer+MLP', T = 'cls+box, 2-layer,
+    """FPN Mask^X R-CNN on ``detector_builder`` (e.g. build_faster_rcnn_r18_fpn); defaults: the paper's 'transfer+MLP', T = 'cls+box, 2-layer,
     LeakyReLU', stop-grad, end-to-end (maskx-rcnn Table 2). ``mask_head="class-agnostic"`` with
     ``fused_mlp`` False / True gives the baselines; "class-specific" trained on all masks the oracle.
     ``text_embeddings`` (C x D) are needed for ``transfer_input="text"``; ``width`` /
     ``fpn_channels`` / ``fc_dim`` / ``mask_conv_dim`` / ``mlp_hidden_dim`` shrink the model."""
-    return _build(build_faster_rcnn_r18_fpn, num_classes, mask_head=mask_head, mask_architecture=mask_architecture,
+    return _build(detector_builder, num_classes, mask_head=mask_head, mask_architecture=mask_architecture,
                   fused_mlp=fused_mlp, transfer_input=transfer_input, transfer_mlp_layers=transfer_mlp_layers,
                   transfer_activation=transfer_activation, transfer_hidden_dim=transfer_hidden_dim,
                   transfer_input_norm=transfer_input_norm, stop_grad=stop_grad, text_embeddings=text_embeddings,
@@ -281,44 +282,14 @@ def build_maskx_rcnn_r18_fpn(
                   mask_overrides=mask_overrides)
 
 
-def build_maskx_rcnn_r50_fpn(
-    num_classes: int = 80,
-    *,
-    mask_head: str = "transfer",
-    mask_architecture: str = "fcn",
-    fused_mlp: bool = True,
-    transfer_input: str = "cls+box",
-    transfer_mlp_layers: int = 2,
-    transfer_activation: str = "leaky_relu",
-    transfer_hidden_dim: int = 1024,
-    transfer_input_norm: str = "standardize",
-    stop_grad: bool = True,
-    text_embeddings: Tensor | None = None,
-    mode: str = "end_to_end",
-    width: int = 64,
-    fpn_channels: int = 256,
-    fc_dim: int = 1024,
-    mask_conv_dim: int = 256,
-    mask_norm: str = "none",
-    mlp_hidden_dim: int = 1024,
-    norm: str = "FrozenBN",
-    freeze_at: int = 2,
-    category_ids: Sequence[int] | None = None,
-    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    rpn_overrides: dict[str, Any] | None = None,
-    box_overrides: dict[str, Any] | None = None,
-    mask_overrides: dict[str, Any] | None = None,
-) -> MaskXRCNN:
-    """ResNet-50 FPN Mask^X R-CNN (the paper's backbone); arguments as :func:`build_maskx_rcnn_r18_fpn`."""
-    return _build(build_faster_rcnn_r50_fpn, num_classes, mask_head=mask_head, mask_architecture=mask_architecture,
-                  fused_mlp=fused_mlp, transfer_input=transfer_input, transfer_mlp_layers=transfer_mlp_layers,
-                  transfer_activation=transfer_activation, transfer_hidden_dim=transfer_hidden_dim,
-                  transfer_input_norm=transfer_input_norm, stop_grad=stop_grad, text_embeddings=text_embeddings,
-                  mode=mode, mask_conv_dim=mask_conv_dim, mask_norm=mask_norm, mlp_hidden_dim=mlp_hidden_dim,
-                  detector_kwargs=dict(width=width, fpn_channels=fpn_channels, fc_dim=fc_dim, norm=norm,
-                                       freeze_at=freeze_at, category_ids=category_ids, anchor_sizes=anchor_sizes,
-                                       rpn_overrides=rpn_overrides, box_overrides=box_overrides),
-                  mask_overrides=mask_overrides)
+def build_maskx_rcnn_r18_fpn(num_classes: int = 80, **kwargs: Any) -> MaskXRCNN:
+    """ResNet-18 FPN Mask^X R-CNN; keyword arguments as :func:`maskx_rcnn_fpn`."""
+    return maskx_rcnn_fpn(build_faster_rcnn_r18_fpn, num_classes, **kwargs)
+
+
+def build_maskx_rcnn_r50_fpn(num_classes: int = 80, **kwargs: Any) -> MaskXRCNN:
+    """ResNet-50 FPN Mask^X R-CNN (the paper's backbone); keyword arguments as :func:`maskx_rcnn_fpn`."""
+    return maskx_rcnn_fpn(build_faster_rcnn_r50_fpn, num_classes, **kwargs)
 
 
 MASKX_RCNN_BUILDERS: dict[str, Callable[..., MaskXRCNN]] = {

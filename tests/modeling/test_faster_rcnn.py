@@ -8,14 +8,14 @@ from omniseg.data.dataset import synth_dataset
 from omniseg.data.synth.world import SynthConfig
 from omniseg.modeling.faster_rcnn import (
     FASTER_RCNN_BUILDERS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     FasterRCNN,
     build_faster_rcnn_r18_fpn,
     build_faster_rcnn_r50_fpn,
     instance_labels,
     split_targets,
 )
+from omniseg.modeling.preprocess import PIXEL_MEAN as IMAGENET_MEAN
+from omniseg.modeling.preprocess import PIXEL_STD as IMAGENET_STD
 from omniseg.ops.boxes import box_iou
 
 TINY = dict(width=8, fpn_channels=16, fc_dim=32, norm="GN", freeze_at=0,
