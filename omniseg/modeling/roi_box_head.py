@@ -5,24 +5,9 @@
   or inside a crowd region are ignored. 512 RoIs per image are sampled, at most 25% foreground.
 * Features: multilevel RoIAlign 7x7 from P2..P5 (FPN Eq. 1 level assignment), then 2 fc layers
   of 1024 with ReLU.
-* Predictors (:class:`BoxPredictor`; it, the losses and the inference post-processing are in
-  box_predictor.py), background is always the LAST class (index C):
-
-  - ``"class-specific"``: ``cls_score`` Linear(1024, C + 1) and ``bbox_pred`` Linear(1024, 4C);
-    row c of ``cls_score.weight`` and rows 4c..4c+3 of ``bbox_pred.weight`` belong to class c
-    (see :meth:`BoxPredictor.per_class_weights`, used by Mask^X R-CNN's weight transfer);
-  - ``"class-agnostic"``: the same ``cls_score``, one box ``bbox_pred`` Linear(1024, 4);
-  - ``"open-vocab"``: Mask R-CNN* of the ALP paper (alp-fcos-mo, Sec. 4 "Baseline: Mask R-CNN*":
-    class-agnostic box regression and a CLIP-style open-vocabulary classifier as in Sec. 3.2):
-    cosine similarity of projected RoI features with text embeddings given at call time, a
-    background embedding, temperature tau.
-
-* Losses (:func:`box_head_losses`): cross-entropy over the sampled RoIs, smooth-L1 on the deltas
-  of foreground RoIs whose GT box is exact (approximate boxes give class labels only).
-* Inference (:func:`detections_from_outputs`): softmax, optional calibration
-  ``sqrt(class score * RPN objectness)`` (alp-fcos-mo Sec. 4: "We calibrate classifier scores at
-  test-time by taking geometric mean with RPN objectness score, following ViLD and Detic"),
-  per-class box decoding, score threshold, class-wise NMS, top 100.
+* Predictors (class-specific / class-agnostic / open-vocab), their losses and the inference
+  post-processing live in :mod:`omniseg.modeling.box_predictor`; background is always the LAST
+  class (index C).
 """
 
 from __future__ import annotations
