@@ -22,6 +22,7 @@ Two runs go at a time, one torch thread each (2 cores).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import subprocess
@@ -141,6 +142,35 @@ def run_all(args: argparse.Namespace) -> dict[str, dict]:
     return done
 
 
+def given_box_predictions(run_dir: Path, gt, load_image):
+    """The run's masks for the ground-truth boxes and classes of ``gt`` (score 1): mask quality alone,
+    without detection errors -- what the weight transfer is meant to improve on B."""
+    import torch
+
+    from omniseg.api import Segmenter
+    from omniseg.data.loader import build_test_loader
+    from omniseg.data.records import Instance, RecordSet
+    from omniseg.ops.rle import rle_encode
+
+    model = Segmenter.from_checkpoint(run_dir).model
+    index = {c: i for i, c in enumerate(model.category_ids)}
+    by_id = {r.image_id: r for r in gt}
+    pred = RecordSet(records=[], categories=gt.categories)
+    for batch in build_test_loader(gt, 4, load_image=load_image):
+        recs = [by_id[i] for i in batch.image_ids]
+        given = [[i for i in r.instances if i.box is not None and not i.is_crowd and i.category_id in index]
+                 for r in recs]
+        boxes = [torch.tensor([i.box for i in g], dtype=torch.float32).reshape(-1, 4) for g in given]
+        labels = [torch.tensor([index[i.category_id] for i in g], dtype=torch.long) for g in given]
+        masks = model.segment_boxes(batch.images, batch.image_sizes, boxes, labels)
+        for r, g, m in zip(recs, given, masks):
+            rec = copy.copy(r)
+            rec.instances = [Instance(text=i.text, category_id=i.category_id, box=i.box, score=1.0,
+                                      mask=rle_encode(mk.numpy())) for i, mk in zip(g, m)]
+            pred.records.append(rec)
+    return pred
+
+
 def score(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
     """Mask / box AP on A and B of each run's split (the oracle under every split)."""
     from omniseg.data.formats.coco import read_coco_results
@@ -151,20 +181,23 @@ def score(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
 
     base_cfg = load_config(MaskXExperiment, CONFIG, [f"data.val_num_images={args.val_images}"])
     d = base_cfg.data
-    gt, _ = open_source(d.val, d.val_num_images, d.val_seed, d.image_size, progress=False)
+    gt, load_image = open_source(d.val, d.val_num_images, d.val_seed, d.image_size, progress=False)
     groupings = {s: build_split(load_config(MaskXExperiment, CONFIG, o).data, gt.categories) for s, o in SPLITS.items()}
     rows = []
     for name, job in done.items():
         pred = read_coco_results(Path(args.runs) / name / "val_predictions.json", gt, progress=False)
+        given = given_box_predictions(Path(args.runs) / name, gt, load_image)
         for split in (list(SPLITS) if job["split"] == "all" else [job["split"]]):
             sp = groupings[split]
             groups = {"A": sp.base_ids, "B": sp.novel_ids}
             m = evaluate_instances(gt, pred, iou_type="segm", groups=groups)
             b = evaluate_instances(gt, pred, iou_type="bbox", groups=groups)
+            g = evaluate_instances(gt, given, iou_type="segm", groups=groups)
             rows.append({"run": name, "split": split, "variant": job["variant"], "wall_s": job["wall_s"],
                          "command": "omniseg train configs/maskx_voc_like.yaml " + " ".join(job["overrides"]),
                          "mask_AP_A": m["A/AP"], "mask_AP_B": m["B/AP"], "mask_AP50_B": m["B/AP50"],
-                         "box_AP_A": b["A/AP"], "box_AP_B": b["B/AP"], "mask_AP": m["AP"], "box_AP": b["AP"]})
+                         "box_AP_A": b["A/AP"], "box_AP_B": b["B/AP"], "mask_AP": m["AP"], "box_AP": b["AP"],
+                         "given_box_mask_AP_A": g["A/AP"], "given_box_mask_AP_B": g["B/AP"]})
     return rows
 
 

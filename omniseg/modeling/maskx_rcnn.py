@@ -172,6 +172,31 @@ class MaskXRCNN(nn.Module):
         return out
 
 
+    @torch.no_grad()
+    def segment_boxes(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        boxes: Sequence[Tensor],
+        labels: Sequence[Tensor],
+    ) -> list[Tensor]:
+        """Masks for GIVEN boxes and class indices (box-to-mask use; isolates mask quality from detection).
+
+        Args:
+            images: B x 3 x H x W uint8 (padded).
+            image_sizes: B valid (height, width).
+            boxes: B tensors N_i x 4 XYXY pixels.
+            labels: B tensors N_i long class indices.
+
+        Returns:
+            B bool tensors N_i x H x W.
+        """
+        feats = self.detector.extract_features(images, image_sizes)
+        probs = self.mask_head.predict([feats[f] for f in self.mask_in_features], list(boxes), list(labels),
+                                       self.class_weights())
+        thr = self.mask_head.cfg.mask_threshold
+        return [paste_masks_in_image(p, b.float(), hw, threshold=thr) for p, b, hw in zip(probs, boxes, image_sizes)]
+
 def build_mask_head(
     num_classes: int,
     *,

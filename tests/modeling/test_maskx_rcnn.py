@@ -243,3 +243,15 @@ def test_builders_and_validation(synth):
         MaskXRCNN(detector=ov, mask_head=head)
     with pytest.raises(ValueError, match="text embeddings"):
         _model(cats, transfer_input="text")
+
+
+def test_segment_boxes_matches_predict_on_its_own_detections(synth):
+    """Given the detector's own boxes and classes, segment_boxes returns predict's masks."""
+    batch, cats = synth
+    m = _model(cats, box_overrides={"batch_size_per_image": 64, "score_threshold": 0.0})
+    m.eval()
+    out = m.predict(batch.images, batch.image_sizes)
+    assert sum(len(o) for o in out) > 0
+    masks = m.segment_boxes(batch.images, batch.image_sizes, [o.boxes for o in out], [o.labels for o in out])
+    for o, mk in zip(out, masks):
+        assert torch.equal(mk, o.masks)
