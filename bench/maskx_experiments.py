@@ -225,6 +225,8 @@ def main() -> None:
         "val_images": args.val_images, "parallel": args.parallel, "total_wall_s": time.perf_counter() - t0,
         "runs_planned": len(jobs(args)), "runs_scored": len(done),
         "command": "python bench/maskx_experiments.py " + " ".join(sys.argv[1:]),
+        # the same arguments without --score-only train every missing run, then score
+        "train_command": "python bench/maskx_experiments.py " + " ".join(a for a in sys.argv[1:] if a != "--score-only"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run", "rows": rows,
     }, indent=2)
     print(f"wrote {args.out}")

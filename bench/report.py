@@ -129,8 +129,10 @@ def alp_section(d: dict) -> list[str]:
 def maskx_section(d: dict) -> list[str]:
     rows = d["rows"]
     out = ["## Mask^X R-CNN: segmenting classes that only have boxes (issue 4)", "",
-           f"`{d['command'].strip()}` — {d['runs_scored']} of {d['runs_planned']} planned runs scored; "
-           f"{d['machine']}, {d['parallel']} runs at a time; total {d['total_wall_s'] / 60:.0f} min. "
+           f"`{d.get('train_command', d['command']).strip()}` (trains what is missing, then scores; "
+           f"this table: `{d['command'].strip()}`) — {d['runs_scored']} of {d['runs_planned']} planned runs scored; "
+           f"{d['machine']}, {d['parallel']} runs at a time; the runs' wall times add up to "
+           f"{sum({r['run']: r['wall_s'] for r in rows}.values()) / 60:.0f} min. "
            f"ResNet-18-FPN (width 16, GN, from scratch), 256x256 synthetic images ({d['train_images']} for "
            f"training), stage 1 (detector, every class's boxes) {d['stage1_iters']} iterations shared by all "
            f"stage-2 runs (mask branch, {d['stage2_iters']} iterations, detector frozen); end-to-end runs "
