@@ -17,7 +17,7 @@ from omniseg.data.formats.validation import (
     Invalid,
     as_image_id,
     as_int,
-    load_json_file,
+    load_json_object,
     progress_bar,
     require,
 )
@@ -53,13 +53,7 @@ def read_coco_captions(
     """
     path = str(path)
     bad = on_bad if on_bad is not None else BadRecords()
-    data = load_json_file(path)
-    if not isinstance(data, dict):
-        raise BadRecordError(path, "file", f"expected a JSON object, got {type(data).__name__}")
-    required = ("annotations",) if into is not None else ("images", "annotations")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise BadRecordError(path, "file", f"missing required top-level key(s) {missing}")
+    data = load_json_object(path, ("annotations",) if into is not None else ("images", "annotations"))
     if into is None:
         records = _read_images(data["images"], path, bad, set())
         rs = RecordSet(records=list(records.values()), image_root=image_root, name=Path(path).stem)

@@ -30,6 +30,7 @@ from omniseg.data.formats.validation import (
     compressed_counts,
     finite,
     load_json_file,
+    load_json_object,
     progress_bar,
     require,
 )
@@ -267,12 +268,7 @@ def read_coco_instances(
     """
     path = str(path)
     bad = on_bad if on_bad is not None else BadRecords()
-    data = load_json_file(path)
-    if not isinstance(data, dict):
-        raise BadRecordError(path, "file", f"expected a JSON object, got {type(data).__name__}")
-    missing = [k for k in ("images", "categories") if k not in data]
-    if missing:
-        raise BadRecordError(path, "file", f"missing required top-level key(s) {missing}")
+    data = load_json_object(path, ("images", "categories"))
     categories = _read_categories(data["categories"], path, bad)
     cats = {c.id: c for c in categories}
     records = _read_images(data["images"], path, bad, set(cats))

@@ -46,6 +46,21 @@ def load_json_file(path: str | os.PathLike) -> Any:
         ) from e
 
 
+def load_json_object(path: str | os.PathLike, required: tuple[str, ...]) -> dict:
+    """:func:`load_json_file` for files whose top level is an object with the ``required`` keys.
+
+    Raises:
+        BadRecordError: not an object, or a required top-level key is missing (naming the file).
+    """
+    data = load_json_file(path)
+    if not isinstance(data, dict):
+        raise BadRecordError(str(path), "file", f"expected a JSON object, got {type(data).__name__}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise BadRecordError(str(path), "file", f"missing required top-level key(s) {missing}")
+    return data
+
+
 def progress_bar(it: Iterable, total: int | None, desc: str, progress: bool) -> Iterable:
     """A tqdm bar over ``it``, shown only when ``progress`` and stderr is a terminal."""
     return tqdm(it, total=total, desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False)
