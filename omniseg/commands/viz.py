@@ -30,8 +30,7 @@ def write_visualization(gt, pred, out: str | Path, limit: int = 48, min_score: f
     Returns:
         path of the HTML page.
     """
-    from tqdm import tqdm
-
+    from omniseg.data.formats.validation import progress_bar
     from omniseg.data.images import load_image
     from omniseg.utils.atomic import atomic_open
     from omniseg.viz.draw import draw_instances, side_by_side
@@ -41,7 +40,7 @@ def write_visualization(gt, pred, out: str | Path, limit: int = 48, min_score: f
     (out / "images").mkdir(parents=True, exist_ok=True)
     by_id = {r.image_id: r for r in pred} if pred is not None else {}
     items = []
-    for r in tqdm(gt.records[:limit], desc="drawing", disable=not progress):
+    for r in progress_bar(gt.records[:limit], min(limit, len(gt.records)), "drawing", progress):
         img = load_image(gt.image_path(r))
         panels = [draw_instances(img, r.instances, r.segments)]
         cap = f"{r.file_name}: {len(r.instances)} GT"
