@@ -42,6 +42,14 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _paired(gt: Iterable[Any], pred: Iterable[Any], what: str, desc: str, progress: bool | None) -> Iterable:
+    """(ground truth, prediction) pairs of equal-length sequences, with a progress bar."""
+    gt_list, pred_list = list(gt), list(pred)
+    if len(gt_list) != len(pred_list):
+        raise ValueError(f"{len(gt_list)} ground-truth maps but {len(pred_list)} {what}")
+    return tqdm(zip(gt_list, pred_list), total=len(gt_list), desc=desc, disable=_disable(progress), leave=False)
+
+
 class ConfusionMatrix:
     """Accumulates a ``num_classes x (num_classes + 1)`` pixel confusion matrix.
 
@@ -138,13 +146,7 @@ def semantic_miou(
         ``{"mIoU", "pAcc", "mAcc", "per_class_iou"}`` (IoUs as fractions in [0, 1]).
     """
     cm = ConfusionMatrix(num_classes, ignore_index)
-    gt_list, pred_list = list(gt_maps), list(pred_maps)
-    if len(gt_list) != len(pred_list):
-        raise ValueError(f"{len(gt_list)} ground-truth maps but {len(pred_list)} predictions")
-    pairs = tqdm(
-        zip(gt_list, pred_list), total=len(gt_list), desc="mIoU", disable=_disable(progress), leave=False
-    )
-    for i, (g, p) in enumerate(pairs):
+    for i, (g, p) in enumerate(_paired(gt_maps, pred_maps, "predictions", "mIoU", progress)):
         cm.update(g, p, name=str(i))
     return cm.summary()
 
@@ -188,18 +190,8 @@ def grounding_miou(
         (they have no query); ``"num_images_skipped"`` counts them.
     """
     cm = ConfusionMatrix(num_classes, ignore_index)
-    gt_list, score_list = list(gt_maps), list(pred_scores)
-    if len(gt_list) != len(score_list):
-        raise ValueError(f"{len(gt_list)} ground-truth maps but {len(score_list)} score maps")
     skipped = 0
-    pairs = tqdm(
-        zip(gt_list, score_list),
-        total=len(gt_list),
-        desc="grounding mIoU",
-        disable=_disable(progress),
-        leave=False,
-    )
-    for i, (g, s) in enumerate(pairs):
+    for i, (g, s) in enumerate(_paired(gt_maps, pred_scores, "score maps", "grounding mIoU", progress)):
         g, s = _to_numpy(g), _to_numpy(s)
         if s.ndim != 3 or s.shape[0] != num_classes or s.shape[1:] != g.shape:
             raise ValueError(
