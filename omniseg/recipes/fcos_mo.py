@@ -193,7 +193,12 @@ def make_eval_fn(cfg: FCOSMOExperiment, progress: bool = True) -> Callable[[torc
     def eval_fn(model: torch.nn.Module) -> dict[str, float]:
         core = model.module if hasattr(model, "module") else model
         part = predict_records(core, gt, load_image, d.batch_size, get_rank(), get_world_size(), progress)
-        return detection_metrics(gt, gather_predictions(part, gt), split)
+        pred = gather_predictions(part, gt)
+        if get_rank() == 0:  # kept for re-scoring under other groupings (bench/alp_experiments.py)
+            from omniseg.data.formats.coco import write_coco_results
+
+            write_coco_results(f"{cfg.train.output_dir}/val_predictions.json", pred)
+        return detection_metrics(gt, pred, split)
 
     return eval_fn
 

@@ -1,0 +1,244 @@
+"""The ALP experiment table (issue 5; alp-fcos-mo Tables 3-5) on the synthetic world, CPU-sized.
+
+Setting (alp-fcos-mo Sec. 4, "COCO VOC-masks" analogue): the synthetic ``voc-like`` split; base
+classes keep their masks, novel classes are seen ONLY through approximately localized phrases
+(ALPs) curated from the world's Localized-Narratives records by ``omniseg curate alps`` -- the
+real pipeline (spaCy tags, phrase extraction, time windows, mouse-trace boxes), not stand-ins.
+
+1. ``prepare``: write the training world to disk (``omniseg data synth``) and curate its ALPs
+   (``omniseg curate alps``); both resumable.
+2. Rows (every run ``omniseg train <config> ...`` in its own folder under ``--runs``; finished runs
+   are skipped when re-run; two at a time, one torch thread each):
+
+   * Mask R-CNN* (open-vocabulary, class-agnostic boxes, Hourglass-20 masks): masks only; ALPs as
+     image-level labels (no boxes, Detic-style loss on the largest proposal); ALPs (boxes train the
+     RPN and box regression); box-supervised oracle (novel classes with exact boxes).
+   * FCOS-MO: ALPs; box-supervised oracle; ablations 4-conv mask head, no box quantization, no
+     centerness (Table 5).
+
+3. Scoring: mask AP50 on base / novel from each run's saved validation predictions (vocabulary =
+   the class names), and for FCOS-MO with ALPs once more with a vocabulary where every novel class
+   name is replaced by one of its synonyms from the lexicon (open-vocabulary matching).
+
+    python bench/alp_experiments.py [--runs runs/alp_exp] [--iters 2000] [--only fcos_mo|mask_rcnn_star]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONFIGS = {"fcos_mo": ROOT / "configs" / "fcos_mo_voc_like.yaml",
+           "mask_rcnn_star": ROOT / "configs" / "mask_rcnn_star_voc_like.yaml"}
+
+#: (name, model, row label, overrides); "{alps}" is replaced by the curated alps.jsonl
+ROWS = [
+    ("mrcnn_masks_only", "mask_rcnn_star", "Mask R-CNN* (masks only, open-vocabulary)",
+     ["data.novel_supervision=alp", "alp.path="]),
+    ("mrcnn_alp_image_labels", "mask_rcnn_star", "Mask R-CNN* (ALPs as image-level labels, no boxes)",
+     ["data.novel_supervision=alp", "alp.path={alps}", "alp.as_image_labels=true"]),
+    ("mrcnn_alp", "mask_rcnn_star", "Mask R-CNN* (ALPs)",
+     ["data.novel_supervision=alp", "alp.path={alps}"]),
+    ("fcos_mo_alp", "fcos_mo", "FCOS-MO (ALPs)",
+     ["data.novel_supervision=alp", "alp.path={alps}"]),
+    ("mrcnn_oracle", "mask_rcnn_star", "Mask R-CNN* box-supervised oracle (novel exact boxes)",
+     ["data.novel_supervision=box", "alp.path="]),
+    ("fcos_mo_oracle", "fcos_mo", "FCOS-MO box-supervised oracle (novel exact boxes)",
+     ["data.novel_supervision=box", "alp.path="]),
+    ("fcos_mo_alp_fcn4", "fcos_mo", "FCOS-MO (ALPs), 4-conv mask head instead of Hourglass-20",
+     ["data.novel_supervision=alp", "alp.path={alps}", "model.mask_head=fcn4"]),
+    ("fcos_mo_alp_no_quant", "fcos_mo", "FCOS-MO (ALPs), no box quantization",
+     ["data.novel_supervision=alp", "alp.path={alps}", "alp.quantize=false"]),
+    ("fcos_mo_alp_no_ctr", "fcos_mo", "FCOS-MO (ALPs), no centerness",
+     ["data.novel_supervision=alp", "alp.path={alps}", "model.use_centerness=false"]),
+]
+
+
+def sh(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def prepare(args: argparse.Namespace) -> Path:
+    """The training world on disk and its curated ALPs (both resumable); returns alps.jsonl."""
+    runs = Path(args.runs)
+    world, alps = runs / "world", runs / "alps"
+    omni = [sys.executable, "-m", "omniseg.cli"]
+    sh([*omni, "data", "synth", "--out", str(world), "--num-images", str(args.train_images), "--seed", "0",
+        "--image-size", "256", "--workers", "2", "--no-progress"])
+    if not (alps / "alps.jsonl").exists():
+        sh([*omni, "curate", "alps", str(world / "narratives.jsonl"), "--images", str(world), "--out", str(alps),
+            "--workers", "2", "--no-progress"])
+    return alps / "alps.jsonl"
+
+
+def jobs(args: argparse.Namespace) -> list[dict]:
+    alps = str(Path(args.runs) / "alps" / "alps.jsonl")
+    common = [f"data.train={Path(args.runs) / 'world'}", f"data.val_num_images={args.val_images}",
+              "alp.simulate=false", "train.progress=false", "train.eval_period=0",
+              f"train.max_iter={args.iters}", f"train.checkpoint_period={max(1, args.iters // 4)}"]
+    out = []
+    for name, model, label, over in ROWS:
+        if args.only and model != args.only:
+            continue
+        out.append({"name": name, "model": model, "label": label,
+                    "overrides": common + [o.replace("{alps}", alps) for o in over]})
+    return out
+
+
+def command(job: dict, runs: Path) -> list[str]:
+    return [sys.executable, "-m", "omniseg.cli", "train", str(CONFIGS[job["model"]]), *job["overrides"],
+            f"train.output_dir={runs / job['name']}"]
+
+
+def finished(args: argparse.Namespace) -> dict[str, dict]:
+    runs = Path(args.runs)
+    return {j["name"]: {**j, "wall_s": float((runs / j["name"] / "wall_s.txt").read_text())}
+            for j in jobs(args) if (runs / j["name"] / "wall_s.txt").exists()
+            and (runs / j["name"] / "val_predictions.json").exists()}
+
+
+def run_all(args: argparse.Namespace) -> dict[str, dict]:
+    """Run the missing jobs ``--parallel`` at a time (finished ones skipped, interrupted ones resumed)."""
+    runs = Path(args.runs)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    todo, done = jobs(args), finished(args)
+    running: dict[str, tuple[subprocess.Popen, dict, float]] = {}
+    while len(done) < len(todo):
+        ready = [j for j in todo if j["name"] not in done and j["name"] not in running]
+        while ready and len(running) < args.parallel:
+            j = ready.pop(0)
+            (runs / j["name"]).mkdir(parents=True, exist_ok=True)
+            log = open(runs / j["name"] / "stdout.log", "a")  # noqa: SIM115 (closed with the process)
+            resume = ["--resume"] if (runs / j["name"] / "checkpoints").exists() else []
+            print(f"[start] {j['name']}", flush=True)
+            running[j["name"]] = (subprocess.Popen(command(j, runs) + resume, stdout=log, stderr=subprocess.STDOUT,
+                                                   env=env, cwd=ROOT), j, time.perf_counter())
+        time.sleep(2)
+        for name, (proc, j, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode != 0:
+                raise SystemExit(f"run {name} failed (exit {proc.returncode}); see {runs / name / 'stdout.log'}")
+            wall = time.perf_counter() - t0
+            (runs / name / "wall_s.txt").write_text(f"{wall:.1f}")
+            done[name] = {**j, "wall_s": wall}
+            print(f"[done] {name} in {wall / 60:.1f} min ({len(done)}/{len(todo)})", flush=True)
+    return done
+
+
+def synonym_vocabulary(categories: list, novel_ids: set[int]) -> dict[int, str]:
+    """Class id -> the phrase used for it: novel classes get their lexicon synonym (the first other
+    word of the same meaning, e.g. 'crimson disk' for 'red circle'), base classes keep their name."""
+    from omniseg.data.synth.lexicon import synonyms_of
+
+    out = {}
+    for c in categories:
+        if not c.isthing:
+            continue
+        others = [s for s in synonyms_of(c.name) if s != c.name] if c.id in novel_ids else []
+        out[c.id] = others[0] if others else c.name
+    return out
+
+
+def synonym_predictions(run_dir: Path, gt, load_image, phrases: dict[int, str]):
+    """The run's FCOS-MO predictions on ``gt`` with the vocabulary ``phrases`` (labels mapped back to ids)."""
+    import copy
+
+    from omniseg.api import Segmenter
+    from omniseg.data.loader import build_test_loader
+    from omniseg.data.records import RecordSet
+
+    model = Segmenter.from_checkpoint(run_dir).model.eval()
+    ids = sorted(phrases)
+    texts = [phrases[i] for i in ids]
+    vocab = model.text_embedder(texts)
+    by_id = {r.image_id: r for r in gt}
+    pred = RecordSet(records=[], categories=gt.categories)
+    for batch in build_test_loader(gt, 4, load_image=load_image):
+        out = model.predict(batch.images, vocab, batch.image_sizes, batch.orig_sizes)
+        for image_id, p in zip(batch.image_ids, out):
+            rec = copy.copy(by_id[image_id])
+            rec.instances = p.to_instances(texts, ids, source="fcos_mo")
+            pred.records.append(rec)
+    return pred
+
+
+def score(done: dict[str, dict], args: argparse.Namespace) -> tuple[list[dict], dict | None]:
+    """Mask / box AP50 (and AP) on base / novel for every finished run; synonym-vocabulary scores."""
+    from omniseg.data.formats.coco import read_coco_results
+    from omniseg.data.splits import SPLITS
+    from omniseg.evaluation.instance import evaluate_instances
+    from omniseg.recipes.data import open_source
+
+    gt, load_image = open_source("synth", args.val_images, 1000, 256, progress=False)
+    split = SPLITS["voc-like"](gt.categories, seed=0)
+    groups = {"base": split.base_ids, "novel": split.novel_ids}
+    rows = []
+    for name, job in done.items():
+        pred = read_coco_results(Path(args.runs) / name / "val_predictions.json", gt, progress=False)
+        m = evaluate_instances(gt, pred, iou_type="segm", groups=groups)
+        b = evaluate_instances(gt, pred, iou_type="bbox", groups=groups)
+        rows.append({"run": name, "model": job["model"], "row": job["label"], "wall_s": job["wall_s"],
+                     "command": f"omniseg train {CONFIGS[job['model']].relative_to(ROOT)} " + " ".join(job["overrides"]),
+                     "mask_AP50_base": m["base/AP50"], "mask_AP50_novel": m["novel/AP50"],
+                     "mask_AP_base": m["base/AP"], "mask_AP_novel": m["novel/AP"],
+                     "box_AP50_base": b["base/AP50"], "box_AP50_novel": b["novel/AP50"]})
+    synonyms = None
+    if "fcos_mo_alp" in done:
+        phrases = synonym_vocabulary(gt.categories, set(split.novel_ids))
+        pred = synonym_predictions(Path(args.runs) / "fcos_mo_alp", gt, load_image, phrases)
+        m = evaluate_instances(gt, pred, iou_type="segm", groups=groups)
+        novel = sorted(split.novel_ids)
+        synonyms = {"run": "fcos_mo_alp", "mask_AP50_base": m["base/AP50"], "mask_AP50_novel": m["novel/AP50"],
+                    "novel_renamed": sum(phrases[i] != c.name for c in gt.categories for i in [c.id] if i in novel),
+                    "examples": {c.name: phrases[c.id] for c in gt.categories if c.id in novel[:6]}}
+    return rows, synonyms
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "alp_exp"))
+    ap.add_argument("--iters", type=int, default=2000, help="training iterations of every row")
+    ap.add_argument("--train-images", type=int, default=600)
+    ap.add_argument("--val-images", type=int, default=80)
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--only", choices=sorted(CONFIGS), help="train only this model's rows")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "alp_experiments.json"))
+    ap.add_argument("--score-only", action="store_true", help="do not train: score the finished runs")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    if not args.score_only:
+        prepare(args)
+    done = finished(args) if args.score_only else run_all(args)
+    args.only = None  # score every finished row
+    done = {**finished(args), **done}
+    rows, synonyms = score(done, args)
+    import json
+
+    from omniseg.utils.atomic import atomic_write_json
+
+    stats = Path(args.runs) / "alps" / "stats.json"
+    atomic_write_json(args.out, {
+        "benchmark": "alp_experiments", "iters": args.iters, "train_images": args.train_images,
+        "val_images": args.val_images, "parallel": args.parallel, "total_wall_s": time.perf_counter() - t0,
+        "alp_stats": json.loads(stats.read_text()) if stats.exists() else None,
+        "runs_planned": len(ROWS), "runs_scored": len(rows),
+        "command": "python bench/alp_experiments.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run",
+        "rows": rows, "synonyms": synonyms,
+    }, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
