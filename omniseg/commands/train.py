@@ -15,6 +15,7 @@ import yaml
 RECIPES: dict[str, tuple[str, str]] = {
     "box_to_mask": ("omniseg.recipes.box_to_mask", "BoxToMaskExperiment"),
     "fcos_mo": ("omniseg.recipes.fcos_mo", "FCOSMOExperiment"),
+    "mask_rcnn_star": ("omniseg.recipes.mask_rcnn_star", "MaskRCNNStarExperiment"),
     "maskx_rcnn": ("omniseg.recipes.maskx_rcnn", "MaskXExperiment"),
 }
 

@@ -12,7 +12,10 @@ Supervision flags of the batch (DESIGN "Data flow") decide what each instance tr
   an exact box everywhere ("Mask R-CNN* with ALPs ... uses ALP boxes to train RPN and box
   regression head", alp-fcos-mo Sec. 4);
 * crowd box: ignore region for the RPN and the second stage;
-* no box (phrase / mask-only / stuff): nothing.
+* no box (phrase / mask-only / stuff): nothing -- except, with the open-vocab predictor, a thing
+  phrase with neither box nor mask is an IMAGE-LEVEL label: it trains the second-stage classifier
+  on the image's largest-area RPN proposal (ALPs "as image-level labels", alp-fcos-mo Sec. 4,
+  following Detic; :func:`image_label_indices`, loss weight ``image_label_weight`` = 0.1).
 
 Class labels: for the fixed-class predictors, ``category_ids`` maps dataset ids to contiguous
 indices (None: the id is the index); for the open-vocab predictor, an instance's text is looked up
@@ -43,7 +46,8 @@ from omniseg.modeling.roi_box_head import (
     RoIBoxHead,
     SampledRoIs,
 )
-from omniseg.modeling.rpn import RPN, RPNConfig, RPNHead, append_gt_proposals
+from omniseg.modeling.rpn import RPN, Proposals, RPNConfig, RPNHead, append_gt_proposals
+from omniseg.ops.losses import image_label_loss
 
 
 def instance_labels(
@@ -100,6 +104,21 @@ def split_targets(
     return b[exact], b[crowd | approx], box_targets
 
 
+def image_label_indices(targets: Targets, labels: Tensor) -> Tensor:
+    """Class indices of one image's image-level labels: thing, non-crowd instances with a known
+    class and neither a box nor a mask (e.g. an ALP's phrase without its box).
+
+    Args:
+        targets: one image's :class:`Targets`.
+        labels: N long class indices (-1 unknown).
+
+    Returns:
+        K long, unique.
+    """
+    keep = ~targets.has_box & ~targets.has_mask & targets.is_thing & ~targets.is_crowd & (labels >= 0)
+    return labels[keep].unique()
+
+
 @dataclass
 class TrainStep:
     """Outputs of :meth:`FasterRCNN.train_step`.
@@ -132,6 +151,8 @@ class FasterRCNN(nn.Module):
         box_in_features: levels pooled by the box head (P2..P5).
         category_ids: dataset category ids in class-index order (fixed-class predictors).
         approximate_boxes_as_gt: see the module docstring.
+        image_label_weight: weight of the image-level label loss (open-vocab; alp-fcos-mo Sec. 4
+            "We scale this loss component by lambda = 0.1, following Detic").
         pixel_mean, pixel_std: RGB 0-255 normalization (ImageNet).
     """
 
@@ -145,6 +166,7 @@ class FasterRCNN(nn.Module):
         box_in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
         category_ids: Sequence[int] | None = None,
         approximate_boxes_as_gt: bool = False,
+        image_label_weight: float = 0.1,
         pixel_mean: Sequence[float] = PIXEL_MEAN,
         pixel_std: Sequence[float] = PIXEL_STD,
     ):
@@ -166,6 +188,7 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"{len(category_ids)} category ids for {roi_heads.predictor.num_classes} classes")
         self.category_ids = list(category_ids) if category_ids is not None else None
         self.approximate_boxes_as_gt = approximate_boxes_as_gt
+        self.image_label_weight = image_label_weight
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
         self.vocabulary: list[str] | None = None
@@ -229,10 +252,11 @@ class FasterRCNN(nn.Module):
 
     def prepare_targets(
         self, batch: Batch, vocabulary: Sequence[str] | None = None
-    ) -> tuple[list[Tensor], list[Tensor], list[BoxTargets]]:
-        """Per-image RPN GT boxes, RPN ignore boxes and second-stage targets (:func:`split_targets`)."""
+    ) -> tuple[list[Tensor], list[Tensor], list[BoxTargets], list[Tensor]]:
+        """Per-image RPN GT boxes, RPN ignore boxes, second-stage targets (:func:`split_targets`) and
+        image-level label indices (:func:`image_label_indices`; open-vocab only, else empty)."""
         dev = batch.images.device
-        rpn_gt, rpn_ignore, box_targets = [], [], []
+        rpn_gt, rpn_ignore, box_targets, image_labels = [], [], [], []
         for t in batch.targets:
             t = t.to(dev)
             labels = instance_labels(t, self.category_ids, vocabulary, self.roi_heads.predictor.num_classes)
@@ -240,7 +264,23 @@ class FasterRCNN(nn.Module):
             rpn_gt.append(g)
             rpn_ignore.append(ign)
             box_targets.append(bt)
-        return rpn_gt, rpn_ignore, box_targets
+            image_labels.append(image_label_indices(t, labels) if self.open_vocab else labels[:0])
+        return rpn_gt, rpn_ignore, box_targets, image_labels
+
+    def image_label_losses(self, features: Sequence[Tensor], proposals: Sequence[Proposals],
+                           image_labels: Sequence[Tensor], class_embeddings: Tensor) -> Tensor:
+        """Weighted image-level label loss on each labelled image's largest-area proposal."""
+        rows = [i for i, (p, lab) in enumerate(zip(proposals, image_labels)) if lab.numel() and len(p)]
+        if not rows:
+            return class_embeddings.new_zeros(())
+        boxes = []
+        for i in rows:
+            b = proposals[i].boxes
+            boxes.append(b[((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).argmax()][None])
+        per_image = [boxes[rows.index(i)] if i in rows else boxes[0][:0] for i in range(len(proposals))]
+        logits, _ = self.roi_heads.predictor(self.roi_heads.box_head(self.roi_heads.pool(features, per_image)),
+                                             class_embeddings)
+        return self.image_label_weight * image_label_loss(logits, [image_labels[i] for i in rows])
 
     def train_step(
         self,
@@ -258,9 +298,12 @@ class FasterRCNN(nn.Module):
         """
         emb, vocab = self._train_vocab(batch, class_embeddings, vocabulary)
         feats = self.extract_features(batch.images, batch.image_sizes)
-        rpn_gt, rpn_ignore, box_targets = self.prepare_targets(batch, vocab)
+        rpn_gt, rpn_ignore, box_targets, image_labels = self.prepare_targets(batch, vocab)
         proposals, losses = self.rpn([feats[f] for f in self.rpn_in_features], batch.image_sizes,
                                      rpn_gt, rpn_ignore, generator)
+        if emb is not None and self.image_label_weight > 0:
+            losses["loss_image_labels"] = self.image_label_losses(
+                [feats[f] for f in self.box_in_features], proposals, image_labels, emb)
         proposals = append_gt_proposals(proposals, [bt.boxes for bt in box_targets])
         c = emb.shape[0] if emb is not None else self.roi_heads.predictor.num_classes
         sampled = self.roi_heads.label_and_sample(proposals, box_targets, c, generator)
@@ -359,6 +402,7 @@ def faster_rcnn_fpn(
     freeze_at: int = 2,
     category_ids: Sequence[int] | None = None,
     approximate_boxes_as_gt: bool = False,
+    image_label_weight: float = 0.1,
     anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
     rpn_overrides: dict[str, Any] | None = None,
     box_overrides: dict[str, Any] | None = None,
@@ -382,7 +426,7 @@ def faster_rcnn_fpn(
     heads = RoIBoxHead(box_head=FCBoxHead(fpn_channels, box_cfg.pooler_resolution, fc_dim),
                        predictor=BoxPredictor(box_cfg), cfg=box_cfg)
     return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=heads, category_ids=category_ids,
-                      approximate_boxes_as_gt=approximate_boxes_as_gt)
+                      approximate_boxes_as_gt=approximate_boxes_as_gt, image_label_weight=image_label_weight)
 
 
 

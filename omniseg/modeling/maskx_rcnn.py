@@ -17,6 +17,10 @@ Training modes (Sec. 3.2):
 * ``"stage_wise"``: stage 1 trains the detector alone (box losses only); stage 2 freezes the
   detector (backbone, RPN, box head: no gradient, backbone in eval mode) and trains only the mask
   branch including T. Switch with :meth:`MaskXRCNN.set_stage`.
+
+Mask R-CNN* (alp-fcos-mo Sec. 4 "Baseline: Mask R-CNN*") is this class with the open-vocabulary
+box predictor (class-agnostic box regression, phrase-embedding classifier) and a class-agnostic
+Hourglass-20 mask head: :func:`mask_rcnn_star_fpn`.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class MaskXRCNN(nn.Module):
 
     Args:
         detector: a fixed-class :class:`FasterRCNN` (class-specific box predictor for T inputs
-            'box' / 'cls+box').
+            'box' / 'cls+box'), or an open-vocab one with a class-agnostic mask head (Mask R-CNN*).
         mask_head: :class:`RoIMaskHead`; its pooler strides match ``mask_in_features``.
         mode: "end_to_end" or "stage_wise".
         mask_in_features: FPN levels pooled by the mask branch.
@@ -61,9 +65,10 @@ class MaskXRCNN(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if detector.open_vocab:
-            raise ValueError("MaskXRCNN needs a fixed-class box predictor (per-class weights for T)")
-        if mask_head.num_classes != detector.roi_heads.predictor.num_classes:
+        if detector.open_vocab and mask_head.cfg.kind != "class-agnostic":
+            raise ValueError("an open-vocab detector needs the class-agnostic mask head (the others have "
+                             "per-class weights)")
+        if not detector.open_vocab and mask_head.num_classes != detector.roi_heads.predictor.num_classes:
             raise ValueError(f"mask head has {mask_head.num_classes} classes, detector "
                              f"{detector.roi_heads.predictor.num_classes}")
         strides = getattr(detector.backbone, "strides", None)
@@ -125,7 +130,7 @@ class MaskXRCNN(nn.Module):
         else:
             step = self.detector.train_step(batch, generator=generator)
             losses = dict(step.losses)
-        c = self.mask_head.num_classes
+        c = step.class_embeddings.shape[0] if step.class_embeddings is not None else self.mask_head.num_classes
         boxes, classes, masks = [], [], []
         for t, bt, s in zip(batch.targets, step.box_targets, step.sampled):
             roi, inst = select_mask_rois(s.labels, s.matched, bt.instance_index, t.has_mask, c)
@@ -142,6 +147,7 @@ class MaskXRCNN(nn.Module):
         images: Tensor,
         image_sizes: Sequence[tuple[int, int]] | None = None,
         output_sizes: Sequence[tuple[int, int]] | None = None,
+        class_embeddings: Tensor | None = None,
     ) -> list[InstancePredictions]:
         """Detect and segment.
 
@@ -150,6 +156,7 @@ class MaskXRCNN(nn.Module):
             image_sizes: B valid (height, width); default: the full H x W.
             output_sizes: B (height, width) to return boxes and masks at (e.g. ``Batch.orig_sizes``);
                 default: ``image_sizes``.
+            class_embeddings: C x D vocabulary of an open-vocab detector (labels index its rows).
 
         Returns:
             B :class:`InstancePredictions`.
@@ -160,7 +167,7 @@ class MaskXRCNN(nn.Module):
             output_sizes = image_sizes
         det = self.detector
         feats = det.extract_features(images, image_sizes)
-        dets = det.detect(feats, image_sizes)
+        dets = det.detect(feats, image_sizes, class_embeddings)
         probs = self.mask_head.predict([feats[f] for f in self.mask_in_features], [d.boxes for d in dets],
                                        [d.labels for d in dets], self.class_weights())
         out = []
@@ -249,8 +256,9 @@ def _build(
     mlp_hidden_dim: int,
     detector_kwargs: dict[str, Any],
     mask_overrides: dict[str, Any] | None,
+    predictor: str = "class-specific",
 ) -> MaskXRCNN:
-    detector = detector_builder(num_classes, predictor="class-specific", **detector_kwargs)
+    detector = detector_builder(num_classes, predictor=predictor, **detector_kwargs)
     fpn_channels = detector.roi_heads.cfg.in_channels
     cfg = MaskHeadConfig(kind=mask_head, architecture=mask_architecture, conv_dim=mask_conv_dim, norm=mask_norm,
                          fused_mlp=fused_mlp, mlp_hidden_dim=mlp_hidden_dim)
@@ -320,4 +328,57 @@ def build_maskx_rcnn_r50_fpn(num_classes: int = 80, **kwargs: Any) -> MaskXRCNN:
 MASKX_RCNN_BUILDERS: dict[str, Callable[..., MaskXRCNN]] = {
     "maskx_rcnn_r18_fpn": build_maskx_rcnn_r18_fpn,
     "maskx_rcnn_r50_fpn": build_maskx_rcnn_r50_fpn,
+}
+
+
+def mask_rcnn_star_fpn(
+    detector_builder: Callable[..., FasterRCNN],
+    *,
+    embed_dim: int = 512,
+    mask_architecture: str = "hourglass",
+    approximate_boxes_as_gt: bool = True,
+    image_label_weight: float = 0.1,
+    width: int = 64,
+    fpn_channels: int = 256,
+    fc_dim: int = 1024,
+    mask_conv_dim: int = 256,
+    mask_norm: str = "GN",
+    norm: str = "FrozenBN",
+    freeze_at: int = 2,
+    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
+    rpn_overrides: dict[str, Any] | None = None,
+    box_overrides: dict[str, Any] | None = None,
+    mask_overrides: dict[str, Any] | None = None,
+) -> MaskXRCNN:
+    """Mask R-CNN* (alp-fcos-mo Sec. 4): (1) class-agnostic box regression, (2) Hourglass-20 mask
+    head (class-agnostic), (3) open-vocabulary classifier over ``embed_dim``-d phrase embeddings
+    (tau 0.01, zero background, scores calibrated with RPN objectness). "Mask R-CNN* with ALPs ...
+    uses ALP boxes to train RPN and box regression head": ``approximate_boxes_as_gt`` (default on);
+    phrases without boxes are image-level labels (``image_label_weight``, Detic's lambda = 0.1).
+    Set the detector's phrase source with ``model.detector.set_text_embedder`` before training."""
+    return _build(detector_builder, 0, mask_head="class-agnostic", mask_architecture=mask_architecture,
+                  fused_mlp=False, transfer_input="cls", transfer_mlp_layers=1, transfer_activation="relu",
+                  transfer_hidden_dim=0, transfer_input_norm="none", stop_grad=True, text_embeddings=None,
+                  mode="end_to_end", mask_conv_dim=mask_conv_dim, mask_norm=mask_norm, mlp_hidden_dim=0,
+                  detector_kwargs=dict(width=width, fpn_channels=fpn_channels, fc_dim=fc_dim, norm=norm,
+                                       freeze_at=freeze_at, embed_dim=embed_dim, anchor_sizes=anchor_sizes,
+                                       approximate_boxes_as_gt=approximate_boxes_as_gt,
+                                       image_label_weight=image_label_weight, rpn_overrides=rpn_overrides,
+                                       box_overrides=box_overrides),
+                  mask_overrides=mask_overrides, predictor="open-vocab")
+
+
+def build_mask_rcnn_star_r18_fpn(**kwargs: Any) -> MaskXRCNN:
+    """ResNet-18 FPN Mask R-CNN*; keyword arguments as :func:`mask_rcnn_star_fpn`."""
+    return mask_rcnn_star_fpn(build_faster_rcnn_r18_fpn, **kwargs)
+
+
+def build_mask_rcnn_star_r50_fpn(**kwargs: Any) -> MaskXRCNN:
+    """ResNet-50 FPN Mask R-CNN* (the paper's backbone); keyword arguments as :func:`mask_rcnn_star_fpn`."""
+    return mask_rcnn_star_fpn(build_faster_rcnn_r50_fpn, **kwargs)
+
+
+MASK_RCNN_STAR_BUILDERS: dict[str, Callable[..., MaskXRCNN]] = {
+    "mask_rcnn_star_r18_fpn": build_mask_rcnn_star_r18_fpn,
+    "mask_rcnn_star_r50_fpn": build_mask_rcnn_star_r50_fpn,
 }

@@ -249,3 +249,28 @@ def clip_contrastive_loss(
     labels = torch.arange(b, device=logits.device)
     loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
     return loss.to(image_embeds.dtype)
+
+
+def image_label_loss(logits: Tensor, labels: list[Tensor]) -> Tensor:
+    """Image-level label loss on one RoI per image (alp-fcos-mo Sec. 4, ALPs "as image-level labels";
+    Detic's max-size loss): cross-entropy between the softmax over the C vocabulary columns and the
+    K-hot target with values 1/K of the image's K labels.
+
+    Args:
+        logits: B x (C + 1) class logits of each image's RoI (the last column, background, is unused).
+        labels: B long tensors of label indices in [0, C) (duplicates count once); images with none
+            do not contribute.
+
+    Returns:
+        scalar, the mean over images with labels (0 without any, still in the graph).
+    """
+    c = logits.shape[1] - 1
+    logp = torch.log_softmax(logits[:, :c].float(), dim=1)
+    terms = []
+    for i, lab in enumerate(labels):
+        lab = lab.unique()
+        if lab.numel():
+            terms.append(-logp[i, lab].mean())
+    if not terms:
+        return logits.sum() * 0.0
+    return torch.stack(terms).mean()

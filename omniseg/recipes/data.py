@@ -56,14 +56,23 @@ def open_source(
 
 def training_view(rs: RecordSet, cfg: DataConfig) -> RecordSet:
     """``rs`` as the split lets training see it (unchanged without a split)."""
-    if not cfg.split:
+    split = named_split(cfg, rs.categories)
+    if split is None:
         return rs
-    from omniseg.data.splits import SPLITS, apply_split
+    from omniseg.data.splits import apply_split
+
+    return apply_split(rs, split)
+
+
+def named_split(cfg: DataConfig, categories: list):
+    """The :class:`~omniseg.data.splits.Split` named by ``cfg.split`` over ``categories`` (None: no split)."""
+    if not cfg.split:
+        return None
+    from omniseg.data.splits import SPLITS
 
     if cfg.split not in SPLITS:
         raise ValueError(f"unknown split {cfg.split!r}; choose from {sorted(SPLITS)}")
-    split = SPLITS[cfg.split](rs.categories, seed=cfg.split_seed, novel_supervision=cfg.novel_supervision)
-    return apply_split(rs, split)
+    return SPLITS[cfg.split](categories, seed=cfg.split_seed, novel_supervision=cfg.novel_supervision)
 
 
 def train_dataset(

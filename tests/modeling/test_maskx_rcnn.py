@@ -239,7 +239,7 @@ def test_builders_and_validation(synth):
         MaskXRCNN(detector=det, mask_head=head, mask_in_features=("p3", "p4", "p5", "p6"))
     ov = build_faster_rcnn_r18_fpn(predictor="open-vocab", embed_dim=8, width=8, fpn_channels=16, fc_dim=32,
                                    norm="GN", freeze_at=0)
-    with pytest.raises(ValueError, match="fixed-class"):
+    with pytest.raises(ValueError, match="class-agnostic"):
         MaskXRCNN(detector=ov, mask_head=head)
     with pytest.raises(ValueError, match="text embeddings"):
         _model(cats, transfer_input="text")

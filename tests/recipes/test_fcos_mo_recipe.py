@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from omniseg.engine.config import load_config
-from omniseg.recipes.data import open_source
+from omniseg.recipes.data import named_split, open_source
 from omniseg.recipes.fcos_mo import (
     ALPConfig,
     FCOSMOExperiment,
     build_model,
-    build_split,
     fcos_mo_train_dataset,
     run,
     simulated_alps,
@@ -30,7 +29,7 @@ def _cfg(tmp_path, *extra: str) -> FCOSMOExperiment:
 def test_simulated_alps_are_weak_labels_of_novel_instances(tmp_path):
     cfg = _cfg(tmp_path)
     rs, _ = open_source("synth", 8, 0, 128, progress=False)
-    split = build_split(cfg, rs)
+    split = named_split(cfg.data, rs.categories)
     alps = simulated_alps(rs, set(split.novel_ids), ALPConfig(sim_seed=3))
     names = {c.id: c.name for c in rs.categories}
     novel_names = {names[i] for i in split.novel_ids}
@@ -53,7 +52,7 @@ def test_simulated_alps_are_weak_labels_of_novel_instances(tmp_path):
 def test_training_data_holds_alps_and_no_novel_annotations(tmp_path):
     cfg = _cfg(tmp_path, "alp.quantize=false")
     ds = fcos_mo_train_dataset(cfg, progress=False)
-    split = build_split(cfg, ds.rs)
+    split = named_split(cfg.data, ds.rs.categories)
     n_alp = 0
     for k in range(len(ds)):
         t = ds.raw_sample(k).targets
