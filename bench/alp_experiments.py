@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -136,41 +137,60 @@ def run_all(args: argparse.Namespace) -> dict[str, dict]:
     return done
 
 
-def synonym_vocabulary(categories: list, novel_ids: set[int]) -> dict[int, str]:
-    """Class id -> the phrase used for it: novel classes get their lexicon synonym (the first other
-    word of the same meaning, e.g. 'crimson disk' for 'red circle'), base classes keep their name."""
-    from omniseg.data.synth.lexicon import synonyms_of
+def synonym_vocabulary(categories: list, novel_ids: set[int], k: int = 0) -> dict[int, str]:
+    """Class id -> the phrase used for it: a novel class gets a lexicon synonym whose colour word AND
+    shape word both differ from its name ('red circle' -> 'crimson disk'), drawn with seed ``k``;
+    base classes keep their names."""
+    from omniseg.data.synth.lexicon import split_name, synonyms_of
 
     out = {}
     for c in categories:
         if not c.isthing:
             continue
-        others = [s for s in synonyms_of(c.name) if s != c.name] if c.id in novel_ids else []
-        out[c.id] = others[0] if others else c.name
+        out[c.id] = c.name
+        if c.id in novel_ids:
+            color, shape = split_name(c.name)
+            other = [s for s in synonyms_of(c.name) if not s.startswith(color + " ") and not s.endswith(" " + shape)]
+            if other:
+                out[c.id] = random.Random(f"{k}-{c.id}").choice(other)
     return out
 
 
-def synonym_predictions(run_dir: Path, gt, load_image, phrases: dict[int, str]):
-    """The run's FCOS-MO predictions on ``gt`` with the vocabulary ``phrases`` (labels mapped back to ids)."""
-    import copy
+def alp_quality(runs: Path) -> dict:
+    """How the curated ALPs of the training world relate to its true objects: each ALP's best-IoU
+    true instance (on novel / base classes), its IoU, whether the phrase is that object's class
+    name, and the fraction of novel instances some ALP covers with IoU >= 0.5."""
+    import torch
 
-    from omniseg.api import Segmenter
-    from omniseg.data.loader import build_test_loader
-    from omniseg.data.records import RecordSet
+    from omniseg.curate.alps import read_alps_jsonl
+    from omniseg.data.load import load_dataset
+    from omniseg.data.splits import SPLITS
+    from omniseg.ops.boxes import box_iou
 
-    model = Segmenter.from_checkpoint(run_dir).model.eval()
-    ids = sorted(phrases)
-    texts = [phrases[i] for i in ids]
-    vocab = model.text_embedder(texts)
-    by_id = {r.image_id: r for r in gt}
-    pred = RecordSet(records=[], categories=gt.categories)
-    for batch in build_test_loader(gt, 4, load_image=load_image):
-        out = model.predict(batch.images, vocab, batch.image_sizes, batch.orig_sizes)
-        for image_id, p in zip(batch.image_ids, out):
-            rec = copy.copy(by_id[image_id])
-            rec.instances = p.to_instances(texts, ids, source="fcos_mo")
-            pred.records.append(rec)
-    return pred
+    rs = load_dataset(str(runs / "world"))
+    novel = set(SPLITS["voc-like"](rs.categories, seed=0).novel_ids)
+    names = {c.id: c.name for c in rs.categories}
+    by_id: dict = {}
+    for image_id, inst in read_alps_jsonl(runs / "alps" / "alps.jsonl"):
+        by_id.setdefault(image_id, []).append(inst)
+    ious, on_novel, named, covered, n_novel = [], 0, 0, 0, 0
+    for rec in rs.records:
+        gts = [i for i in rec.instances if i.box is not None and not i.is_crowd]
+        alps = by_id.get(rec.image_id, [])
+        n_novel += sum(i.category_id in novel for i in gts)
+        if not gts or not alps:
+            continue
+        iou = box_iou(torch.tensor([a.box for a in alps]), torch.tensor([g.box for g in gts]))
+        best, j = iou.max(dim=1)
+        for a, v, k in zip(alps, best.tolist(), j.tolist()):
+            ious.append(v)
+            on_novel += gts[k].category_id in novel
+            named += a.text == names[gts[k].category_id]
+        covered += sum(bool((iou[:, k] >= 0.5).any()) for k, g in enumerate(gts) if g.category_id in novel)
+    n = max(len(ious), 1)
+    return {"alps": len(ious), "mean_best_iou": sum(ious) / n, "best_match_novel_fraction": on_novel / n,
+            "phrase_is_class_name_fraction": named / n, "novel_instances": n_novel,
+            "novel_covered_iou50_fraction": covered / max(n_novel, 1)}
 
 
 def score(done: dict[str, dict], args: argparse.Namespace) -> tuple[list[dict], dict | None]:
@@ -195,13 +215,20 @@ def score(done: dict[str, dict], args: argparse.Namespace) -> tuple[list[dict], 
                      "box_AP50_base": b["base/AP50"], "box_AP50_novel": b["novel/AP50"]})
     synonyms = None
     if "fcos_mo_alp" in done:
-        phrases = synonym_vocabulary(gt.categories, set(split.novel_ids))
-        pred = synonym_predictions(Path(args.runs) / "fcos_mo_alp", gt, load_image, phrases)
-        m = evaluate_instances(gt, pred, iou_type="segm", groups=groups)
-        novel = sorted(split.novel_ids)
-        synonyms = {"run": "fcos_mo_alp", "mask_AP50_base": m["base/AP50"], "mask_AP50_novel": m["novel/AP50"],
-                    "novel_renamed": sum(phrases[i] != c.name for c in gt.categories for i in [c.id] if i in novel),
-                    "examples": {c.name: phrases[c.id] for c in gt.categories if c.id in novel[:6]}}
+        from omniseg.api import Segmenter
+        from omniseg.recipes.fcos_mo import predict_records
+
+        model = Segmenter.from_checkpoint(Path(args.runs) / "fcos_mo_alp").model
+        synonyms = {"run": "fcos_mo_alp", "vocabularies": []}
+        for k in range(args.synonym_vocabularies):
+            phrases = synonym_vocabulary(gt.categories, set(split.novel_ids), k)
+            pred = predict_records(model, gt, load_image, progress=False, phrases=phrases)
+            m = evaluate_instances(gt, pred, iou_type="segm", groups=groups)
+            names = {c.id: c.name for c in gt.categories}
+            synonyms["vocabularies"].append({
+                "k": k, "mask_AP50_base": m["base/AP50"], "mask_AP50_novel": m["novel/AP50"],
+                "novel_renamed": sum(phrases[i] != names[i] for i in split.novel_ids),
+                "examples": {names[i]: phrases[i] for i in sorted(split.novel_ids)[:4]}})
     return rows, synonyms
 
 
@@ -212,6 +239,8 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=600)
     ap.add_argument("--val-images", type=int, default=80)
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--synonym-vocabularies", type=int, default=3,
+                    help="synonym vocabularies to score the FCOS-MO (ALPs) run with")
     ap.add_argument("--only", choices=sorted(CONFIGS), help="train only this model's rows")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "alp_experiments.json"))
     ap.add_argument("--score-only", action="store_true", help="do not train: score the finished runs")
@@ -232,6 +261,7 @@ def main() -> None:
         "benchmark": "alp_experiments", "iters": args.iters, "train_images": args.train_images,
         "val_images": args.val_images, "parallel": args.parallel, "total_wall_s": time.perf_counter() - t0,
         "alp_stats": json.loads(stats.read_text()) if stats.exists() else None,
+        "alp_quality": alp_quality(Path(args.runs)) if stats.exists() else None,
         "runs_planned": len(ROWS), "runs_scored": len(rows),
         "command": "python bench/alp_experiments.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run",

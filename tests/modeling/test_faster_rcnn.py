@@ -11,6 +11,7 @@ from omniseg.modeling.faster_rcnn import (
     FasterRCNN,
     build_faster_rcnn_r18_fpn,
     build_faster_rcnn_r50_fpn,
+    image_label_indices,
     instance_labels,
     split_targets,
 )
@@ -268,3 +269,61 @@ def test_checkpoint_round_trip(tmp_path):
     assert len(da) > 0
     torch.testing.assert_close(da.boxes, db.boxes)
     torch.testing.assert_close(da.scores, db.scores)
+
+
+def test_image_label_indices_are_boxless_maskless_thing_phrases():
+    t = _targets([[0, 0, 5, 5], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+                 exact=[True, False, False, False, False], crowd=[False, False, False, True, False],
+                 has_box=[True, False, False, False, False], cats=[-1] * 5,
+                 texts=["red ring", "blue star", "blue star", "crowd", "unknown"])
+    t = replace(t, has_mask=torch.tensor([False, False, False, False, False]))
+    labels = torch.tensor([0, 1, 1, 2, -1])
+    assert image_label_indices(t, labels).tolist() == [1]  # boxed, crowd and unknown excluded; unique
+    t2 = replace(t, has_mask=torch.tensor([False, True, True, False, False]))
+    assert image_label_indices(t2, labels).tolist() == []  # a mask is not an image-level label
+
+
+def test_image_label_loss_uses_largest_proposal_and_trains_classifier(synth):
+    """Phrases without boxes (ALPs as image-level labels, alp-fcos-mo Sec. 4) add a weighted loss
+    computed on each labelled image's largest-area RPN proposal."""
+    _, batch = synth
+
+    def embed(texts):
+        return torch.stack([torch.randn(12, generator=torch.Generator().manual_seed(sum(map(ord, t))))
+                            for t in texts])
+
+    # image 0: every instance becomes a phrase without box or mask; image 1 unchanged
+    t0 = batch.targets[0]
+    boxless = replace(t0, has_box=torch.zeros_like(t0.has_box), box_exact=torch.zeros_like(t0.box_exact),
+                      has_mask=torch.zeros_like(t0.has_mask), boxes=torch.zeros_like(t0.boxes))
+    b = replace(batch, targets=[boxless, batch.targets[1]])
+    torch.manual_seed(0)
+    m = build_faster_rcnn_r18_fpn(predictor="open-vocab", embed_dim=12, image_label_weight=0.5, **TINY)
+    m.set_text_embedder(embed)
+    losses = m(b, generator=torch.Generator().manual_seed(0))
+    assert float(losses["loss_image_labels"].detach()) > 0
+    # the same value by hand: largest proposal of image 0, soft-target CE over the vocabulary, x 0.5
+    seen = []
+    orig = m.roi_heads.pool
+    m.roi_heads.pool = lambda feats, boxes: seen.append([x.clone() for x in boxes]) or orig(feats, boxes)
+    losses = m(b, generator=torch.Generator().manual_seed(0))
+    m.roi_heads.pool = orig
+    first = seen[0]
+    assert first[0].shape == (1, 4) and first[1].shape == (0, 4)
+    feats = m.extract_features(b.images, b.image_sizes)
+    props, _ = m.rpn([feats[f] for f in m.rpn_in_features], b.image_sizes, [torch.zeros(0, 4)] * 2,
+                     [torch.zeros(0, 4)] * 2, torch.Generator().manual_seed(0))
+    areas = (props[0].boxes[:, 2] - props[0].boxes[:, 0]) * (props[0].boxes[:, 3] - props[0].boxes[:, 1])
+    assert float(areas.max()) == pytest.approx(float(((first[0][0, 2] - first[0][0, 0]) *
+                                                      (first[0][0, 3] - first[0][0, 1]))), rel=1e-5)
+    vocab = list(dict.fromkeys(x for t in b.targets for x in t.texts))
+    logits, _ = m.roi_heads.predictor(m.roi_heads.box_head(m.roi_heads.pool([feats[f] for f in m.box_in_features],
+                                                                              [first[0], first[1]])), embed(vocab))
+    labels = sorted({vocab.index(x) for x in t0.texts})
+    c = len(vocab)
+    want = -torch.log_softmax(logits[0, :c], 0)[labels].mean() * 0.5
+    assert float(losses["loss_image_labels"]) == pytest.approx(float(want), rel=1e-4)
+    losses["loss_image_labels"].backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in m.roi_heads.predictor.parameters())
+    # without image-level labels the loss is exactly zero
+    assert float(m(batch, generator=torch.Generator().manual_seed(0))["loss_image_labels"]) == 0.0

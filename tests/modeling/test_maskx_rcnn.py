@@ -255,3 +255,33 @@ def test_segment_boxes_matches_predict_on_its_own_detections(synth):
     masks = m.segment_boxes(batch.images, batch.image_sizes, [o.boxes for o in out], [o.labels for o in out])
     for o, mk in zip(out, masks):
         assert torch.equal(mk, o.masks)
+
+
+def test_mask_rcnn_star_open_vocab_any_vocabulary(synth):
+    """Mask R-CNN* (alp-fcos-mo Sec. 4): open-vocab classifier over phrase embeddings, class-agnostic
+    box regression and Hourglass mask head; predictions follow whatever vocabulary is given."""
+    from omniseg.modeling.maskx_rcnn import MASK_RCNN_STAR_BUILDERS, build_mask_rcnn_star_r18_fpn
+
+    batch, _ = synth
+
+    def embed(texts):
+        return torch.stack([torch.randn(12, generator=torch.Generator().manual_seed(sum(map(ord, t))))
+                            for t in texts])
+
+    assert set(MASK_RCNN_STAR_BUILDERS) == {"mask_rcnn_star_r18_fpn", "mask_rcnn_star_r50_fpn"}
+    torch.manual_seed(0)
+    tiny = {k: v for k, v in TINY.items() if k not in ("mlp_hidden_dim", "transfer_hidden_dim")}
+    m = build_mask_rcnn_star_r18_fpn(embed_dim=12, **tiny)
+    assert m.detector.open_vocab and m.mask_head.cfg.kind == "class-agnostic"
+    assert m.mask_head.cfg.architecture == "hourglass" and m.detector.roi_heads.predictor.kind == "open-vocab"
+    m.detector.set_text_embedder(embed)
+    losses = _mask_loss(m, batch)
+    assert set(losses) == DET_LOSSES | {"loss_image_labels", "loss_mask", "num_mask_rois"}
+    assert float(losses["num_mask_rois"]) > 0 and all(torch.isfinite(v) for v in losses.values())
+    m.eval()
+    m.detector.roi_heads.cfg.score_threshold = 0.0
+    for vocab in (["red ring", "blue star"], ["a", "b", "c", "d", "e"]):
+        preds = m.predict(batch.images, batch.image_sizes, class_embeddings=embed(vocab))
+        labels = torch.cat([p.labels for p in preds])
+        assert labels.numel() > 0 and bool((labels < len(vocab)).all())
+        assert all(p.masks.shape[1:] == batch.images.shape[-2:] for p in preds)

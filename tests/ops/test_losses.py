@@ -6,6 +6,7 @@ import torch
 from omniseg.ops.losses import (
     clip_contrastive_loss,
     dice_loss,
+    image_label_loss,
     info_nce_loss,
     reduce_instance_losses,
     sigmoid_bce_loss,
@@ -185,3 +186,36 @@ def test_clip_loss_reference_hand_and_valid():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf = clip_contrastive_loss(img.float(), txt.float(), temperature=0.5)
     assert bf.item() == pytest.approx(total / 10, rel=1e-5)  # similarities are kept in fp32
+
+
+def ref_image_label(logits, labels):
+    """Per image: -sum_k (1/K) log softmax over the C vocabulary columns; mean over labelled images."""
+    terms = []
+    for row, lab in zip(logits.tolist(), labels):
+        ks = sorted(set(lab))
+        if not ks:
+            continue
+        c = len(row) - 1
+        z = math.log(sum(math.exp(v) for v in row[:c]))
+        terms.append(-sum(row[k] - z for k in ks) / len(ks))
+    return sum(terms) / len(terms) if terms else 0.0
+
+
+def test_image_label_loss_reference_and_hand_values():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, generator=g) * 3
+    labels = [[0, 2], [], [4, 4, 1], [3]]
+    got = image_label_loss(logits, [torch.tensor(x, dtype=torch.long) for x in labels])
+    assert float(got) == pytest.approx(ref_image_label(logits, labels), rel=1e-5)
+    # one image, uniform logits over C=3 columns: loss = log 3 whatever the background logit
+    two = torch.tensor([[1.0, 1.0, 1.0, 50.0]])
+    assert float(image_label_loss(two, [torch.tensor([1])])) == pytest.approx(math.log(3), rel=1e-6)
+    # no labels anywhere: zero, still differentiable
+    x = torch.randn(2, 5, requires_grad=True)
+    z = image_label_loss(x, [torch.zeros(0, dtype=torch.long)] * 2)
+    z.backward()
+    assert float(z.detach()) == 0.0 and float(x.grad.abs().sum()) == 0.0
+    # gradient raises the labelled columns' logits, never touches background
+    x = torch.zeros(1, 4, requires_grad=True)
+    image_label_loss(x, [torch.tensor([0, 2])]).backward()
+    assert x.grad[0, 0] < 0 and x.grad[0, 2] < 0 and x.grad[0, 1] > 0 and x.grad[0, 3] == 0
