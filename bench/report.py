@@ -227,17 +227,18 @@ def alp_experiments_section(d: dict) -> list[str]:
                    f"{100 * frac:.0f}% -> {'met' if frac >= 0.6 else 'NOT met'}.")
     syn = d.get("synonyms")
     if syn:
-        out += ["", "Open-vocabulary matching: the FCOS-MO (ALPs) model scored with vocabularies where every novel "
-                "class name is replaced by a lexicon synonym with a different colour word and shape word (drawn "
-                "per vocabulary), base names kept:", "",
-                "| vocabulary | novel classes renamed | examples | mask AP50 base | mask AP50 novel |",
-                "|---|---:|---|---:|---:|"]
-        if fc:
-            out.append(f"| class names | 0 | – | {_pct(fc['mask_AP50_base'])} | {_pct(fc['mask_AP50_novel'])} |")
-        for v in syn["vocabularies"]:
-            ex = ", ".join(f"{a} -> {b}" for a, b in list(v["examples"].items())[:3])
-            out.append(f"| synonyms #{v['k']} | {v['novel_renamed']} | {ex} | {_pct(v['mask_AP50_base'])} | "
-                       f"{_pct(v['mask_AP50_novel'])} |")
+        out += ["", "Open-vocabulary matching: FCOS-MO models scored with vocabularies where every novel class name "
+                "is replaced by a lexicon synonym with a different colour word and shape word (drawn per "
+                "vocabulary; base names kept), next to the class-name vocabulary:", "",
+                "| model | vocabulary | examples | mask AP50 base | mask AP50 novel |", "|---|---|---|---:|---:|"]
+        for run in dict.fromkeys(v["run"] for v in syn):
+            r = rows[run]
+            out.append(f"| {r['row']} | class names | – | {_pct(r['mask_AP50_base'])} | "
+                       f"{_pct(r['mask_AP50_novel'])} |")
+            for v in (v for v in syn if v["run"] == run):
+                ex = ", ".join(f"{a} -> {b}" for a, b in list(v["examples"].items())[:2])
+                out.append(f"| | synonyms #{v['k']} ({v['novel_renamed']} renamed) | {ex} | "
+                           f"{_pct(v['mask_AP50_base'])} | {_pct(v['mask_AP50_novel'])} |")
     out.append("")
     return out
 
