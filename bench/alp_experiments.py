@@ -178,6 +178,7 @@ def alp_quality(runs: Path) -> dict:
     for image_id, inst in read_alps_jsonl(runs / "alps" / "alps.jsonl"):
         by_id.setdefault(image_id, []).append(inst)
     ious, on_novel, named, covered, n_novel = [], 0, 0, 0, 0
+    phrase_class: dict[str, list[int]] = {}
     for rec in rs.records:
         gts = [i for i in rec.instances if i.box is not None and not i.is_crowd]
         alps = by_id.get(rec.image_id, [])
@@ -188,11 +189,25 @@ def alp_quality(runs: Path) -> dict:
         best, j = iou.max(dim=1)
         for a, v, k in zip(alps, best.tolist(), j.tolist()):
             ious.append(v)
+            if v >= 0.5:
+                phrase_class.setdefault(a.text, []).append(gts[k].category_id)
             on_novel += gts[k].category_id in novel
             named += a.text == names[gts[k].category_id]
         covered += sum(bool((iou[:, k] >= 0.5).any()) for k, g in enumerate(gts) if g.category_id in novel)
+    # through the frozen text encoder: is the class name nearest to an ALP's phrase the class of the
+    # object the ALP lies on (IoU >= 0.5)? FCOS-MO can only transfer a phrase to a class this way
+    from omniseg.text.encoders import build_text_encoder
+
+    enc = build_text_encoder("minilm")
+    things = [c for c in rs.categories if c.isthing]
+    class_emb = torch.nn.functional.normalize(enc.encode([c.name for c in things]), dim=1)
+    phrase_emb = {t: e for t, e in zip(phrase_class, torch.nn.functional.normalize(enc.encode(list(phrase_class)),
+                                                                                       dim=1))}
+    nearest_right = [things[int((phrase_emb[t] @ class_emb.T).argmax())].id == cid
+                     for t, cids in phrase_class.items() for cid in cids]
     n = max(len(ious), 1)
-    return {"alps": len(ious), "mean_best_iou": sum(ious) / n, "best_match_novel_fraction": on_novel / n,
+    return {"alps": len(ious), "localized_alps": len(nearest_right),
+            "nearest_class_name_right_fraction": sum(nearest_right) / max(len(nearest_right), 1), "mean_best_iou": sum(ious) / n, "best_match_novel_fraction": on_novel / n,
             "phrase_is_class_name_fraction": named / n, "novel_instances": n_novel,
             "novel_covered_iou50_fraction": covered / max(n_novel, 1)}
 

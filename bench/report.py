@@ -205,7 +205,10 @@ def alp_experiments_section(d: dict) -> list[str]:
                    f"{100 * q['phrase_is_class_name_fraction']:.0f}% of phrases are exactly the class name "
                    "(the rest are synonyms, hypernyms or longer phrases); "
                    f"{100 * q['novel_covered_iou50_fraction']:.0f}% of the {q['novel_instances']} novel instances "
-                   "have an ALP with IoU >= 0.5." if q else ""), ""]
+                   "have an ALP with IoU >= 0.5; for the "
+                   f"{q['localized_alps']} ALPs with IoU >= 0.5, the class name nearest to the phrase in the text "
+                   f"encoder's space is the object's class for {100 * q['nearest_class_name_right_fraction']:.0f}%"
+                   "." if q else ""), ""]
     out += ["| model (novel-class supervision) | mask AP50 base | mask AP50 novel | box AP50 novel | "
             "mask AP novel | run wall time |", "|---|---:|---:|---:|---:|---:|"]
     out += [f"| {r['row']} | {_pct(r['mask_AP50_base'])} | {_pct(r['mask_AP50_novel'])} | "
