@@ -274,6 +274,7 @@ def main() -> None:
     if not args.score_only:
         prepare(args)
     done = finished(args) if args.score_only else run_all(args)
+    planned = len(jobs(args))
     args.only, args.rows = None, ""  # score every finished row
     done = {**finished(args), **done}
     rows, synonyms = score(done, args)
@@ -287,7 +288,7 @@ def main() -> None:
         "val_images": args.val_images, "parallel": args.parallel, "total_wall_s": time.perf_counter() - t0,
         "alp_stats": json.loads(stats.read_text()) if stats.exists() else None,
         "alp_quality": alp_quality(Path(args.runs)) if stats.exists() else None,
-        "runs_planned": len(ROWS), "runs_scored": len(rows),
+        "runs_planned": planned, "runs_scored": len(rows),
         "command": "python bench/alp_experiments.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run",
         "rows": rows, "synonyms": synonyms,

@@ -187,7 +187,7 @@ def maskx_speed_section(d: dict) -> list[str]:
 def alp_experiments_section(d: dict) -> list[str]:
     rows = {r["run"]: r for r in d["rows"]}
     q, st = d.get("alp_quality") or {}, d.get("alp_stats") or {}
-    out = ["## ALP experiment table: novel classes only through ALPs (issue 5)", "",
+    out = [f"## ALP experiment table: novel classes only through ALPs, {d['iters']} iterations (issue 5)", "",
            f"`{d['command'].strip()}` (trains what is missing, then scores; `--score-only` rescores) — "
            f"{d['runs_scored']} of {d['runs_planned']} rows; {d['machine']}, {d['parallel']} runs at a time; the "
            f"runs' wall times add up to {sum(r['wall_s'] for r in d['rows']) / 60:.0f} min. Synthetic voc-like "
@@ -249,7 +249,7 @@ def alp_experiments_section(d: dict) -> list[str]:
 SECTIONS = [("synth_speed", synth_section), ("eval_speed", eval_section), ("ops_speed", ops_section),
             ("text_synonyms", text_section), ("box_to_mask_train", toy_section), ("alp_curation", alp_section),
             ("maskx_speed", maskx_speed_section), ("maskx_experiments", maskx_section),
-            ("alp_experiments", alp_experiments_section)]
+            ("alp_experiments", alp_experiments_section), ("alp_experiments_6000", alp_experiments_section)]
 
 
 def main() -> None:
