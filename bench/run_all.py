@@ -23,6 +23,7 @@ BENCHES: dict[str, list[str]] = {
     "alp_curation": [],
     "maskx_speed": [],
     "maskx_experiments": [],  # about an hour on 2 cores
+    "alp_experiments": ["--iters", "2000"],  # about 2 hours on 2 cores (the 6000-iteration rows: see BENCHMARKS.md)
 }
 
 
