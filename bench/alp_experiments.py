@@ -64,6 +64,9 @@ ROWS = [
     # and rescaled) separate the curated phrases' wording from box noise
     ("fcos_mo_standin_alp", "fcos_mo", "FCOS-MO (stand-in ALPs: class name + perturbed true box; diagnostic)",
      ["data.novel_supervision=alp", "alp.path=", "alp.simulate=true"]),
+    # diagnostic: FCOS-MO without any novel-class supervision (its own masks-only baseline)
+    ("fcos_mo_masks_only", "fcos_mo", "FCOS-MO (masks only, open-vocabulary; diagnostic)",
+     ["data.novel_supervision=alp", "alp.path="]),
     # diagnostic: the main row again with another training seed -- the run-to-run spread that the
     # ablation differences must exceed
     ("fcos_mo_alp_seed1", "fcos_mo", "FCOS-MO (ALPs), training seed 1 (diagnostic: run-to-run spread)",
