@@ -196,7 +196,7 @@ def alp_experiments_section(d: dict) -> list[str]:
            "alps` (spaCy tagging, phrase extraction, t_p = 0.5 s trace windows). Every row trains "
            f"{d['iters']} iterations from scratch (ResNet-18-FPN width 16, GN, batch 4) and is scored on "
            f"{d['val_images']} held-out images with the vocabulary = the 80 class names. Exact commands and wall "
-           "times: `bench/results/alp_experiments.json`.", ""]
+           "times: in the results JSON (`bench/results/alp_experiments*.json`).", ""]
     if st:
         out += [f"Curated ALPs (Table 1 analogue): {st.get('images')} images, {st.get('alps')} ALPs, "
                 f"{st.get('unique_phrases')} unique phrases."

@@ -314,8 +314,8 @@ def test_image_label_loss_uses_largest_proposal_and_trains_classifier(synth):
     props, _ = m.rpn([feats[f] for f in m.rpn_in_features], b.image_sizes, [torch.zeros(0, 4)] * 2,
                      [torch.zeros(0, 4)] * 2, torch.Generator().manual_seed(0))
     areas = (props[0].boxes[:, 2] - props[0].boxes[:, 0]) * (props[0].boxes[:, 3] - props[0].boxes[:, 1])
-    assert float(areas.max()) == pytest.approx(float(((first[0][0, 2] - first[0][0, 0]) *
-                                                      (first[0][0, 3] - first[0][0, 1]))), rel=1e-5)
+    assert float(areas.max()) == pytest.approx(float((first[0][0, 2] - first[0][0, 0]) *
+                                                      (first[0][0, 3] - first[0][0, 1])), rel=1e-5)
     vocab = list(dict.fromkeys(x for t in b.targets for x in t.texts))
     logits, _ = m.roi_heads.predictor(m.roi_heads.box_head(m.roi_heads.pool([feats[f] for f in m.box_in_features],
                                                                               [first[0], first[1]])), embed(vocab))
