@@ -36,6 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from experiment_runner import finished_runs, run_jobs  # noqa: E402
 
 CONFIGS = {"fcos_mo": ROOT / "configs" / "fcos_mo_voc_like.yaml",
            "mask_rcnn_star": ROOT / "configs" / "mask_rcnn_star_voc_like.yaml"}
@@ -112,40 +115,13 @@ def command(job: dict, runs: Path) -> list[str]:
 
 
 def finished(args: argparse.Namespace) -> dict[str, dict]:
-    runs = Path(args.runs)
-    return {j["name"]: {**j, "wall_s": float((runs / j["name"] / "wall_s.txt").read_text())}
-            for j in jobs(args) if (runs / j["name"] / "wall_s.txt").exists()
-            and (runs / j["name"] / "val_predictions.json").exists()}
+    return finished_runs(jobs(args), Path(args.runs))
 
 
 def run_all(args: argparse.Namespace) -> dict[str, dict]:
-    """Run the missing jobs ``--parallel`` at a time (finished ones skipped, interrupted ones resumed)."""
+    """Run the missing jobs ``--parallel`` at a time (bench/experiment_runner.py)."""
     runs = Path(args.runs)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    todo, done = jobs(args), finished(args)
-    running: dict[str, tuple[subprocess.Popen, dict, float]] = {}
-    while len(done) < len(todo):
-        ready = [j for j in todo if j["name"] not in done and j["name"] not in running]
-        while ready and len(running) < args.parallel:
-            j = ready.pop(0)
-            (runs / j["name"]).mkdir(parents=True, exist_ok=True)
-            log = open(runs / j["name"] / "stdout.log", "a")  # noqa: SIM115 (closed with the process)
-            resume = ["--resume"] if (runs / j["name"] / "checkpoints").exists() else []
-            print(f"[start] {j['name']}", flush=True)
-            running[j["name"]] = (subprocess.Popen(command(j, runs) + resume, stdout=log, stderr=subprocess.STDOUT,
-                                                   env=env, cwd=ROOT), j, time.perf_counter())
-        time.sleep(2)
-        for name, (proc, j, t0) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            if proc.returncode != 0:
-                raise SystemExit(f"run {name} failed (exit {proc.returncode}); see {runs / name / 'stdout.log'}")
-            wall = time.perf_counter() - t0
-            (runs / name / "wall_s.txt").write_text(f"{wall:.1f}")
-            done[name] = {**j, "wall_s": wall}
-            print(f"[done] {name} in {wall / 60:.1f} min ({len(done)}/{len(todo)})", flush=True)
-    return done
+    return run_jobs(jobs(args), runs, lambda j: command(j, runs), args.parallel, ROOT)
 
 
 def synonym_vocabulary(categories: list, novel_ids: set[int], k: int = 0) -> dict[int, str]:
