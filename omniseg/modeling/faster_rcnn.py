@@ -47,6 +47,7 @@ from omniseg.modeling.roi_box_head import (
     SampledRoIs,
 )
 from omniseg.modeling.rpn import RPN, Proposals, RPNConfig, RPNHead, append_gt_proposals
+from omniseg.ops.boxes import box_area
 from omniseg.ops.losses import image_label_loss
 
 
@@ -270,17 +271,14 @@ class FasterRCNN(nn.Module):
     def image_label_losses(self, features: Sequence[Tensor], proposals: Sequence[Proposals],
                            image_labels: Sequence[Tensor], class_embeddings: Tensor) -> Tensor:
         """Weighted image-level label loss on each labelled image's largest-area proposal."""
-        rows = [i for i, (p, lab) in enumerate(zip(proposals, image_labels)) if lab.numel() and len(p)]
-        if not rows:
+        labelled = [bool(lab.numel()) and len(p) > 0 for p, lab in zip(proposals, image_labels)]
+        if not any(labelled):
             return class_embeddings.new_zeros(())
-        boxes = []
-        for i in rows:
-            b = proposals[i].boxes
-            boxes.append(b[((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).argmax()][None])
-        per_image = [boxes[rows.index(i)] if i in rows else boxes[0][:0] for i in range(len(proposals))]
+        per_image = [p.boxes[box_area(p.boxes).argmax()][None] if keep else p.boxes[:0]
+                     for p, keep in zip(proposals, labelled)]
         logits, _ = self.roi_heads.predictor(self.roi_heads.box_head(self.roi_heads.pool(features, per_image)),
                                              class_embeddings)
-        return self.image_label_weight * image_label_loss(logits, [image_labels[i] for i in rows])
+        return self.image_label_weight * image_label_loss(logits, [lab for lab, k in zip(image_labels, labelled) if k])
 
     def train_step(
         self,
