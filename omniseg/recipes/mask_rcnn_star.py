@@ -26,6 +26,7 @@ from omniseg.engine.config import TrainConfig
 from omniseg.modeling.maskx_rcnn import MASK_RCNN_STAR_BUILDERS, MaskXRCNN
 from omniseg.recipes.alp_data import ALPConfig, TextConfig, alp_train_dataset, build_phrase_embedder
 from omniseg.recipes.data import DataConfig, categories_of, pad_image
+from omniseg.recipes.maskx_rcnn import box_overrides, rpn_overrides
 
 
 @dataclass
@@ -78,11 +79,7 @@ def build_model(cfg: MaskRCNNStarExperiment) -> MaskXRCNN:
         fc_dim=m.fc_dim, norm=m.norm, freeze_at=m.freeze_at, mask_conv_dim=m.mask_conv_dim,
         approximate_boxes_as_gt=m.approximate_boxes_as_gt, image_label_weight=m.image_label_weight,
         anchor_sizes=m.anchor_sizes,
-        rpn_overrides=dict(pre_nms_topk_train=m.rpn_pre_nms_topk_train, pre_nms_topk_test=m.rpn_pre_nms_topk_test,
-                           post_nms_topk_train=m.rpn_post_nms_topk_train,
-                           post_nms_topk_test=m.rpn_post_nms_topk_test),
-        box_overrides=dict(batch_size_per_image=m.roi_batch_size_per_image, detections_per_image=m.detections_per_image,
-                           score_threshold=m.score_threshold, nms_threshold=m.nms_threshold),
+        rpn_overrides=rpn_overrides(m), box_overrides=box_overrides(m),
         mask_overrides=dict(pooler_resolution=m.mask_roi_size),
     )
     if m.pretrained:

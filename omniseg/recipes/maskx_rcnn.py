@@ -121,6 +121,21 @@ def train_dataset(cfg: MaskXDataConfig, progress: bool = True):
     return base_train_dataset(cfg, progress, view)
 
 
+def rpn_overrides(cfg) -> dict:
+    """RPN proposal budget of a model config with the ``rpn_*_nms_topk_*`` fields."""
+    return dict(pre_nms_topk_train=cfg.rpn_pre_nms_topk_train, pre_nms_topk_test=cfg.rpn_pre_nms_topk_test,
+                post_nms_topk_train=cfg.rpn_post_nms_topk_train, post_nms_topk_test=cfg.rpn_post_nms_topk_test)
+
+
+def box_overrides(cfg) -> dict:
+    """Box-head sampling and test settings of a model config (``nms_threshold`` where it has one)."""
+    out = dict(batch_size_per_image=cfg.roi_batch_size_per_image, detections_per_image=cfg.detections_per_image,
+               score_threshold=cfg.score_threshold)
+    if hasattr(cfg, "nms_threshold"):
+        out["nms_threshold"] = cfg.nms_threshold
+    return out
+
+
 def build_model(cfg: MaskXModelConfig, categories: list) -> MaskXRCNN:
     """The model for the thing ``categories`` (class index order = sorted ids)."""
     if cfg.builder not in MASKX_RCNN_BUILDERS:
@@ -139,12 +154,7 @@ def build_model(cfg: MaskXModelConfig, categories: list) -> MaskXRCNN:
         stop_grad=cfg.stop_grad, text_embeddings=text, mode=cfg.mode, width=cfg.width,
         fpn_channels=cfg.fpn_channels, fc_dim=cfg.fc_dim, mask_conv_dim=cfg.mask_conv_dim, mask_norm=cfg.mask_norm,
         mlp_hidden_dim=cfg.mlp_hidden_dim, norm=cfg.norm, freeze_at=cfg.freeze_at, anchor_sizes=cfg.anchor_sizes,
-        rpn_overrides=dict(pre_nms_topk_train=cfg.rpn_pre_nms_topk_train,
-                           pre_nms_topk_test=cfg.rpn_pre_nms_topk_test,
-                           post_nms_topk_train=cfg.rpn_post_nms_topk_train,
-                           post_nms_topk_test=cfg.rpn_post_nms_topk_test),
-        box_overrides=dict(batch_size_per_image=cfg.roi_batch_size_per_image,
-                           detections_per_image=cfg.detections_per_image, score_threshold=cfg.score_threshold),
+        rpn_overrides=rpn_overrides(cfg), box_overrides=box_overrides(cfg),
     )
     if cfg.pretrained:
         from omniseg.modeling.weights import load_pretrained, resnet_filter_fn
