@@ -1,12 +1,13 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   -- bootstraps .venv and runs the main job on the synthetic world
 #   make test   -- bootstraps .venv and runs the test suite
+#   make test-slow -- runs only the tests marked @pytest.mark.slow (which `make test` deselects)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.omniseg-installed
 
-.PHONY: demo test venv bench lint clean
+.PHONY: demo test test-slow venv bench lint clean
 
 $(STAMP): pyproject.toml requirements/spacy.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
+
+# pyproject.toml's addopts deselect the slow tests (-m 'not slow'); a later -m replaces it
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m slow tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -21,10 +21,11 @@ def check(run: str, gt, load_image) -> dict:
 
     from omniseg.api import Segmenter
     from omniseg.ops.boxes import box_iou
-    from omniseg.recipes.fcos_mo import predict_records
+    from omniseg.recipes.scoring import predict_records
 
     names = {c.id: c.name.split(" ", 1) for c in gt.categories if c.isthing}
-    pred = predict_records(Segmenter.from_checkpoint(run).model, gt, load_image, progress=False)
+    seg = Segmenter.from_checkpoint(run)
+    pred = predict_records(seg.model, seg.predictor, gt, load_image, progress=False, source=seg.recipe.name)
     by_id = {r.image_id: r for r in gt}
     out = {"run": run, "top_detections": 0, "on_object": 0, "class_right": 0, "colour_right": 0, "shape_right": 0}
     for r in pred.records:

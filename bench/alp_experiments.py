@@ -221,12 +221,13 @@ def score(done: dict[str, dict], args: argparse.Namespace) -> tuple[list[dict], 
         if run not in done:
             continue
         from omniseg.api import Segmenter
-        from omniseg.recipes.fcos_mo import predict_records
+        from omniseg.recipes.scoring import predict_records
 
-        model = Segmenter.from_checkpoint(Path(args.runs) / run).model
+        seg = Segmenter.from_checkpoint(Path(args.runs) / run)
         for k in range(args.synonym_vocabularies):
             phrases = synonym_vocabulary(gt.categories, set(split.novel_ids), k)
-            pred = predict_records(model, gt, load_image, progress=False, phrases=phrases)
+            pred = predict_records(seg.model, seg.predictor, gt, load_image, progress=False, phrases=phrases,
+                                   source=seg.recipe.name)
             m = evaluate_instances(gt, pred, iou_type="segm", groups=groups)
             synonyms.append({
                 "run": run, "k": k, "mask_AP50_base": m["base/AP50"], "mask_AP50_novel": m["novel/AP50"],

@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from omniseg.engine.config import config_to_dict, load_config  # noqa: E402
 from omniseg.engine.logging import read_metric_log  # noqa: E402
-from omniseg.recipes.box_to_mask import BoxToMaskExperiment, run  # noqa: E402
+from omniseg.recipes.box_to_mask import RECIPE, BoxToMaskExperiment  # noqa: E402
+from omniseg.recipes.contract import run_recipe  # noqa: E402
 from omniseg.utils.atomic import atomic_write_json  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def main() -> None:
         cfg = load_config(BoxToMaskExperiment, args.config,
                           [f"train.output_dir={tmp}", "train.progress=false", *args.overrides])
         t0 = time.perf_counter()
-        summary = run(cfg)
+        summary = run_recipe(RECIPE, cfg)
         wall = time.perf_counter() - t0
         log = [r for r in read_metric_log(Path(tmp) / "metrics.jsonl") if "s_per_iter" in r]
     result = {

@@ -32,7 +32,7 @@ def measure(backbone: str, steps: int, threads: int) -> dict:
 
     from omniseg.data.batch import collate
     from omniseg.engine.config import load_config
-    from omniseg.recipes.data import pad_image
+    from omniseg.recipes.contract import pad_images
     from omniseg.recipes.maskx_rcnn import MaskXExperiment, build_model, train_dataset
 
     torch.set_num_threads(threads)
@@ -60,7 +60,7 @@ def measure(backbone: str, steps: int, threads: int) -> dict:
         image = b.images[0]
         t0 = time.perf_counter()
         with torch.no_grad():
-            batch, sizes = pad_image(image)
+            batch, sizes = pad_images(image)
             model.predict(batch, sizes)
         lat.append(time.perf_counter() - t0)
     step = statistics.median(times)

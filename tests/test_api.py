@@ -12,8 +12,10 @@ from omniseg.api import Segmenter, resolve_checkpoint
 from omniseg.cli import main as cli_main
 from omniseg.data.synth.world import SynthConfig, generate_image
 from omniseg.engine.config import load_config
+from omniseg.modeling.box_to_mask import build_box_to_mask
 from omniseg.ops.rle import rle_decode
-from omniseg.recipes.box_to_mask import BoxToMaskExperiment, model_from_config, run
+from omniseg.recipes.box_to_mask import RECIPE, BoxToMaskExperiment
+from omniseg.recipes.contract import run_recipe
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def trained(tmp_path_factory):
         "data.image_size=96", "data.batch_size=2", "train.max_iter=2", "train.progress=false",
         f"train.output_dir={out}", "train.checkpoint_period=2",
     ])
-    run(cfg)
+    run_recipe(RECIPE, cfg)
     return out, cfg
 
 
@@ -48,7 +50,7 @@ def test_segmenter_matches_the_trained_weights(trained):
     # the same weights loaded by hand give the same masks
     from omniseg.engine.checkpoint import load_checkpoint
 
-    model = model_from_config(cfg)
+    model = build_box_to_mask(cfg.model)
     load_checkpoint(out / "checkpoints", model=model)
     model.eval()
     t = torch.from_numpy(image).permute(2, 0, 1)[None]
@@ -93,15 +95,15 @@ def test_segmenter_for_detectors(config, tmp_path):
     """Train each detector recipe's smoke config for 2 steps, then predict through the Segmenter."""
     from pathlib import Path
 
-    from omniseg.api import load_recipe
+    from omniseg.recipes.table import RECIPES
 
     path = Path(__file__).resolve().parents[1] / "configs" / config
     recipe_name = "maskx_rcnn" if config.startswith("maskx") else "fcos_mo"
-    module, cfg_cls = load_recipe(recipe_name)
-    cfg = load_config(cfg_cls, path, ["train.max_iter=2", "train.checkpoint_period=2", f"train.output_dir={tmp_path}",
+    recipe = RECIPES[recipe_name]
+    cfg = load_config(recipe.config, path, ["train.max_iter=2", "train.checkpoint_period=2", f"train.output_dir={tmp_path}",
                                       "data.val_num_images=1"]
                       + (["model.score_threshold=0.0"] if recipe_name == "maskx_rcnn" else []))
-    module.run(cfg)
+    run_recipe(recipe, cfg)
     seg = Segmenter.from_checkpoint(tmp_path)
     image, _ = generate_image(SynthConfig(seed=9, num_images=1, image_size=100), 0)  # 100: not a multiple of 32
     found = seg.predict(image, min_score=0.0)

@@ -200,12 +200,12 @@ def test_eval_perfect_copy(synth: Path, perfect_pred: Path, tmp_path: Path, caps
     report = tmp_path / "rep" / "report.json"
     assert main(["eval", str(synth), "--pred", str(perfect_pred), "--out", str(report)]) == 0
     out = capsys.readouterr().out
-    assert _table_value(out, "segm/AP") == "100.0"
-    assert _table_value(out, "bbox/AP") == "100.0"
+    assert _table_value(out, "mask_AP") == "100.0"
+    assert _table_value(out, "box_AP") == "100.0"
     assert "num_gt_skipped" not in out  # a count, never printed as a percentage
     assert f"report written to {report}" in out
     data = json.loads(report.read_text())
-    assert data["metrics"]["segm/AP"] == pytest.approx(1.0) and data["metrics"]["bbox/AP50"] == pytest.approx(1.0)
+    assert data["metrics"]["mask_AP"] == pytest.approx(1.0) and data["metrics"]["box_AP50"] == pytest.approx(1.0)
     assert report.with_suffix(".md").read_text().startswith("# ")
 
 
@@ -215,9 +215,9 @@ def test_eval_split_groups(synth: Path, perfect_pred: Path, tmp_path: Path, caps
                "--out", str(report)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "segm/base/AP" in out and "segm/novel/AP" in out and "bbox/AP" not in out
+    assert "mask_AP/base" in out and "mask_AP/novel" in out and "box_AP" not in out
     metrics = json.loads(report.read_text())["metrics"]
-    groups = [metrics[k] for k in ("segm/base/AP", "segm/novel/AP")]
+    groups = [metrics[k] for k in ("mask_AP/base", "mask_AP/novel")]
     assert any(v is not None for v in groups)  # None in JSON = no GT of that group in 3 images
     assert all(v is None or math.isclose(v, 1.0) for v in groups)
 
@@ -251,9 +251,9 @@ def test_viz_writes_page_and_pngs(synth: Path, perfect_pred: Path, tmp_path: Pat
 
 def _check_demo_output(text: str, out: Path) -> None:
     line = next(ln for ln in text.splitlines() if "ground truth vs itself" in ln)
-    assert "segm/AP=100.0" in line and "bbox/AP=100.0" in line
+    assert "mask_AP=100.0" in line and "box_AP=100.0" in line
     damaged = next(ln for ln in text.splitlines() if "ground truth vs perturbed" in ln)
-    ap = float(damaged.split("segm/AP=")[1].split()[0])
+    ap = float(damaged.split("mask_AP=")[1].split()[0])
     assert 0.0 < ap < 100.0
     assert (out / "viz" / "index.html").is_file() and (out / "perturbed_predictions.json").is_file()
     assert len(list((out / "synth" / "images").glob("*.png"))) == 4
@@ -281,7 +281,7 @@ def test_demo_without_split(tmp_path: Path, capsys) -> None:
             "--split", ""]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "no split" in text and "segm/base/AP" not in text
+    assert "no split" in text and "mask_AP/base" not in text
     _check_demo_output(text, out)
 
 

@@ -31,7 +31,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def _row(name: str, res: dict) -> str:
-    keys = ("segm/AP", "segm/AP50", "segm/base/AP", "segm/novel/AP", "bbox/AP")
+    keys = ("mask_AP", "mask_AP50", "mask_AP/base", "mask_AP/novel", "box_AP")
     return f"  {name:<28}" + "".join(f"{k}={100 * res[k]:5.1f}  " for k in keys if k in res)
 
 
@@ -60,8 +60,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"[3/5] evaluation (split {args.split}: {len(groups['base'])} base / {len(groups['novel'])} novel classes)")
     perfect = evaluate_all(gt, as_predictions(gt), ["segm", "bbox"], groups)
     print(_row("ground truth vs itself", perfect))
-    if not math.isclose(perfect["segm/AP"], 1.0) or not math.isclose(perfect["bbox/AP"], 1.0):
-        raise SystemExit(f"evaluator self-check failed: GT vs GT gave {perfect['segm/AP']:.4f} mask AP")
+    if not math.isclose(perfect["mask_AP"], 1.0) or not math.isclose(perfect["box_AP"], 1.0):
+        raise SystemExit(f"evaluator self-check failed: GT vs GT gave {perfect['mask_AP']:.4f} mask AP")
     pred = perturb_predictions(gt)
     write_coco_results(out / "perturbed_predictions.json", pred)
     damaged = evaluate_all(gt, pred, ["segm", "bbox"], groups, per_class=True)
@@ -85,9 +85,10 @@ def _train_toy_model(args: argparse.Namespace, gt, out: Path, progress: bool) ->
     from omniseg.commands.viz import per_class_ap_table, write_visualization
     from omniseg.engine.checkpoint import load_checkpoint
     from omniseg.engine.config import load_config
-    from omniseg.evaluation.instance import evaluate_instances
+    from omniseg.evaluation.instance import evaluate_instances, metric_keys
     from omniseg.modeling.box_to_mask import build_box_to_mask
-    from omniseg.recipes.box_to_mask import BoxToMaskExperiment, predict_masks_for_gt_boxes, run
+    from omniseg.recipes.box_to_mask import RECIPE, BoxToMaskExperiment, predict_masks_for_gt_boxes
+    from omniseg.recipes.contract import run_recipe
 
     if not Path(args.config).exists():
         raise SystemExit(f"{args.config}: toy-model config not found (pass --config or --train-iters 0)")
@@ -100,7 +101,7 @@ def _train_toy_model(args: argparse.Namespace, gt, out: Path, progress: bool) ->
     print(f"[4/5] training the toy model (class-agnostic masks from boxes) for {args.train_iters} iterations "
           f"on synthetic images of seed {args.seed + 1} -> {run_dir}")
     t0 = time.perf_counter()
-    ev = run(cfg)["eval"]
+    ev = run_recipe(RECIPE, cfg)["eval"]
     print(f"  trained in {time.perf_counter() - t0:.0f} s; masks on the generated set's GT boxes: "
           f"mask AP {100 * ev['mask_AP']:.1f} (AP50 {100 * ev['mask_AP50']:.1f}) vs. filled boxes "
           f"{100 * ev['filled_box_AP']:.1f} (AP50 {100 * ev['filled_box_AP50']:.1f})")
@@ -112,7 +113,7 @@ def _train_toy_model(args: argparse.Namespace, gt, out: Path, progress: bool) ->
     res = evaluate_instances(gt, pred, iou_type="segm", per_class=True)
     if not math.isclose(res["AP"], ev["mask_AP"], abs_tol=1e-9):
         raise SystemExit(f"checkpoint round trip changed the result: {res['AP']:.6f} vs {ev['mask_AP']:.6f}")
-    table = per_class_ap_table({f"class/segm/{k[6:]}": v for k, v in res.items() if k.startswith("class/")})
+    table = per_class_ap_table(metric_keys(res, "segm"))
     return write_visualization(
         gt, pred, out / "viz_box_to_mask", limit=24, min_score=0.0, tables=[table],
         notes=[f"Left: ground truth. Right: masks predicted by the toy model from the ground-truth boxes after "

@@ -34,13 +34,14 @@ def split_groups(name: str | None, categories, seed: int = 0) -> dict[str, list[
 
 
 def evaluate_all(gt, pred, iou_types, groups=None, per_class=False, openimages=False, engine="faster") -> dict:
-    """All instance metrics as one flat dict with ``<iou_type>/`` prefixes."""
-    from omniseg.evaluation.instance import evaluate_instances
+    """All instance metrics as one flat dict under the project's metric keys (``mask_AP/base``,
+    ``box_AP50``, ``class/mask/<name>/AP``: :func:`omniseg.evaluation.instance.metric_keys`)."""
+    from omniseg.evaluation.instance import evaluate_instances, metric_keys
 
     out: dict[str, float] = {}
     for t in iou_types:
         res = evaluate_instances(gt, pred, iou_type=t, groups=groups, engine=engine, per_class=per_class)
-        out.update({f"{t}/{k}" if not k.startswith("class/") else f"class/{t}/{k[6:]}": v for k, v in res.items()})
+        out.update(metric_keys(res, t))
     if openimages:
         from omniseg.evaluation.openimages import openimages_ap50
 
@@ -59,11 +60,11 @@ def main(args: argparse.Namespace) -> int:
     pred = read_coco_results(args.pred, gt, on_bad=bad)
     groups = split_groups(args.split, gt.categories, args.split_seed)
     res = evaluate_all(gt, pred, args.iou_type, groups, args.per_class, args.openimages, args.engine)
-    # fractions are shown in percent; counts ("<iou_type>/num_gt_skipped") are printed as counts
-    summary = {k: v for k, v in res.items() if not k.startswith("class/") and "/num_" not in k}
+    # fractions are shown in percent; counts ("mask_num_gt_skipped") are printed as counts
+    summary = {k: v for k, v in res.items() if not k.startswith("class/") and "_num_" not in k}
     print(metrics_table({Path(args.pred).name: summary}))
     for k, v in res.items():
-        if "/num_" in k and v:
+        if "_num_" in k and v:
             print(f"{k}: {int(v)}")
     if args.per_class:
         print(per_class_table(res))

@@ -62,9 +62,10 @@ def write_visualization(gt, pred, out: str | Path, limit: int = 48, min_score: f
 
 def per_class_ap_table(results: dict, iou_type: str = "segm"):
     """HTML table of per-class AP / AP50 from ``evaluate_all(..., per_class=True)`` results."""
+    from omniseg.evaluation.instance import METRIC_PREFIX
     from omniseg.viz.html import Table
 
-    prefix = f"class/{iou_type}/"
+    prefix = f"class/{METRIC_PREFIX[iou_type]}/"
     rows: dict[str, dict[str, float]] = {}
     for k, v in results.items():
         if k.startswith(prefix):

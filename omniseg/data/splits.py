@@ -11,8 +11,9 @@ Protocols mirrored from the papers:
       section 4 also uses random splits of other sizes: :func:`random_split`.
     * ``zsd_like``: 48 base / 17 novel / 15 ignored (ALP paper, section 5 "COCO ZSD"; the COCO
       zero-shot detection split of Bansal et al. 2018). On COCO the published class lists are used.
-    * ``compositional``: novel = unseen combinations of seen attributes (synthetic world:
-      held-out shape-color pairs; every shape and every color still appears in base).
+    * ``compositional``: novel = unseen combinations of seen attributes, for categories named
+      ``"<attribute> <object>"`` (synthetic world: held-out color-shape pairs; every shape and
+      every color still appears in base). The vocabularies are read off the category names.
 
 :func:`apply_split` builds the TRAINING view of a RecordSet: base instances are untouched;
 a novel instance keeps only what its kind allows ("box": box without mask; "alp", "caption",
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from omniseg.data.records import SUPERVISION_KINDS, Category, RecordSet
-from omniseg.data.synth import lexicon
 from omniseg.ops.rle import rle_to_box
 
 Group = str  # "base" | "novel" | "ignored"
@@ -183,39 +183,54 @@ def zsd_like(categories: list[Category], seed: int = 0, novel_supervision: str =
     return random_split(categories, 48, seed, novel_supervision, num_novel=17, name="zsd-like")
 
 
+def attribute_object(name: str) -> tuple[str, str]:
+    """``"red ring"`` -> ``("red", "ring")``: a compositional category name's two words.
+
+    Raises:
+        ValueError: ``name`` is not exactly two space-separated words.
+    """
+    words = name.split(" ")
+    if len(words) != 2 or not all(words):
+        raise ValueError(f"{name!r} is not a compositional class name '<attribute> <object>' "
+                         "(e.g. '<color> <shape>' in the synthetic world)")
+    return words[0], words[1]
+
+
 def compositional(
     categories: list[Category], seed: int = 0, novel_supervision: str = "box", num_novel: int = 20,
     min_base_per_attribute: int = 2,
 ) -> Split:
-    """Novel = held-out shape-color combinations; every shape and color stays in base.
+    """Novel = held-out attribute-object combinations; every attribute and object stays in base.
 
-    Category names must be synthetic ``"<color> <shape>"`` names. Combinations are drawn in a
-    seeded random order and held out while each shape keeps at least
-    ``min_base_per_attribute`` base colors and each color at least that many base shapes.
+    Category names must be ``"<attribute> <object>"`` (:func:`attribute_object`; the synthetic
+    world's ``"<color> <shape>"``); the attribute and object vocabularies are the words that
+    occur. Combinations are drawn in a seeded random order and held out while each object keeps
+    at least ``min_base_per_attribute`` base attributes and each attribute at least that many
+    base objects.
 
     Raises:
-        ValueError: a name is not ``"<color> <shape>"``, or ``num_novel`` cannot be held out.
+        ValueError: a name is not ``"<attribute> <object>"``, or ``num_novel`` cannot be held out.
     """
     things = _things(categories)
-    attrs = {c.id: lexicon.split_name(c.name) for c in things}  # id -> (color, shape)
-    base_shapes: dict[str, int] = {}
-    base_colors: dict[str, int] = {}
-    for color, shape in attrs.values():
-        base_shapes[shape] = base_shapes.get(shape, 0) + 1
-        base_colors[color] = base_colors.get(color, 0) + 1
+    attrs = {c.id: attribute_object(c.name) for c in things}  # id -> (attribute, object)
+    base_objects: dict[str, int] = {}
+    base_attributes: dict[str, int] = {}
+    for attribute, obj in attrs.values():
+        base_objects[obj] = base_objects.get(obj, 0) + 1
+        base_attributes[attribute] = base_attributes.get(attribute, 0) + 1
     order = [things[int(i)].id for i in np.random.default_rng(seed).permutation(len(things))]
     novel: list[int] = []
     for cid in order:
         if len(novel) == num_novel:
             break
-        color, shape = attrs[cid]
-        if base_shapes[shape] > min_base_per_attribute and base_colors[color] > min_base_per_attribute:
+        attribute, obj = attrs[cid]
+        if base_objects[obj] > min_base_per_attribute and base_attributes[attribute] > min_base_per_attribute:
             novel.append(cid)
-            base_shapes[shape] -= 1
-            base_colors[color] -= 1
+            base_objects[obj] -= 1
+            base_attributes[attribute] -= 1
     if len(novel) < num_novel:
         raise ValueError(f"compositional: could hold out only {len(novel)} of {num_novel} combinations "
-                         f"keeping {min_base_per_attribute} base classes per shape and color")
+                         f"keeping {min_base_per_attribute} base classes per object and attribute")
     base = [c.id for c in things if c.id not in set(novel)]
     return _make("compositional", base, novel, [], novel_supervision)
 

@@ -14,6 +14,9 @@ Layout under ``<output_dir>/checkpoints``::
 A checkpoint is written into a hidden temporary folder and renamed into place once every
 file is on disk, then ``latest`` is replaced atomically: a crash at any moment leaves
 either the previous checkpoint or the new one, never a torn one.
+
+Files are read with :mod:`omniseg.utils.weights_io`, whose :class:`CheckpointError` this module
+re-exports (:mod:`omniseg.modeling.weights` raises the same class).
 """
 
 from __future__ import annotations
@@ -35,13 +38,10 @@ from torch import nn
 
 from omniseg.engine.ema import ModelEMA, unwrap_model
 from omniseg.utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from omniseg.utils.weights_io import CheckpointError, read_state_dict, read_weights_file
 
 LATEST = "latest"
 _STEP_RE = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not match the model. Names the path."""
 
 
 # --------------------------------------------------------------------------- tensors
@@ -151,6 +151,19 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A ``step_N`` folder from a run folder, a checkpoints folder (its ``latest``) or the step itself."""
+    p = Path(path)
+    if (p / "state.json").exists():
+        return p
+    for root in (p, p / "checkpoints"):
+        if root.is_dir():
+            found = latest_checkpoint(root)
+            if found is not None:
+                return found
+    raise FileNotFoundError(f"{p}: no checkpoint here (expected step_N/state.json, a 'latest' pointer, or checkpoints/)")
+
+
 # --------------------------------------------------------------------------- save / load
 
 
@@ -241,12 +254,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint folder's ``*.safetensors`` file, read as is (keys exactly as saved)."""
     if not path.exists():
         raise CheckpointError(f"{path}: missing (incomplete or foreign checkpoint)")
-    try:
-        return safetensors.torch.load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: cannot read safetensors: {e}") from None
+    return read_weights_file(path)
 
 
 def _load_module(module: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
@@ -303,28 +314,20 @@ def load_checkpoint(
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Model weights from a .safetensors file, a checkpoint folder, or a foreign .pth/.pt.
+    """Model weights from a checkpoint folder (or a root with a ``latest``), a .safetensors file,
+    or a foreign .pth / .pt / .bin / .ckpt file.
 
-    Foreign files are read with ``torch.load(weights_only=True)`` (no arbitrary
-    unpickling); a top-level "model"/"state_dict" entry is unwrapped.
+    Files are read with :func:`omniseg.utils.weights_io.read_state_dict`, the reader
+    :mod:`omniseg.modeling.weights` uses too: foreign files with ``torch.load(weights_only=True)``
+    (no arbitrary unpickling), weights nested under "model" / "state_dict" / ... unwrapped and
+    DDP's ``module.`` prefixes stripped.
     """
     path = Path(path)
     if path.is_dir():
         ckpt = path if (path / "model.safetensors").exists() else latest_checkpoint(path)
         if ckpt is None:
             raise CheckpointError(f"{path}: no model.safetensors and no checkpoint folder")
-        return _read_safetensors(ckpt / "model.safetensors")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot load as weights-only torch file: {e}") from None
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: not a dict of tensors")
-    return obj
+        path = ckpt / "model.safetensors"
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing (incomplete or foreign checkpoint)")
+    return read_state_dict(path)

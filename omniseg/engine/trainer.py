@@ -108,6 +108,8 @@ class Trainer:
             with :func:`omniseg.engine.distributed.all_gather_object`.
         ema: an EMA to update after each step; built from ``cfg.ema_decay`` if None.
         run_config: the full experiment config saved with checkpoints (default: ``cfg``).
+        run_info: JSON-able description of the run kept in every checkpoint's ``state.json``
+            extras (``omniseg.recipes.contract.RunInfo``: recipe, categories, text encoder).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Trainer:
         eval_fn: EvalFn | None = None,
         ema: ModelEMA | None = None,
         run_config: Any = None,
+        run_info: dict[str, Any] | None = None,
     ):
         self.cfg, self.optimizer, self.scheduler = cfg, optimizer, scheduler
         self.data, self.eval_fn = data, eval_fn
@@ -139,6 +142,7 @@ class Trainer:
             ema.module.to(self.device)
         self.ema = ema
         self.run_config = run_config if run_config is not None else cfg
+        self.run_info = run_info
         self.output_dir = Path(cfg.output_dir)
         self.ckpt_dir = self.output_dir / "checkpoints"
         self.log = MetricLog(self.output_dir / "metrics.jsonl", enabled=self.is_main)
@@ -211,7 +215,8 @@ class Trainer:
                 scaler=self.scaler if self.scaler.is_enabled() else None,
                 rng_states=rngs,
                 config=config_to_dict(self.run_config),
-                extra={"epoch": self.epoch, "data_states": data_states, "world_size": self.world},
+                extra={"epoch": self.epoch, "data_states": data_states, "world_size": self.world,
+                       **({"run_info": self.run_info} if self.run_info is not None else {})},
                 keep=self.cfg.keep_checkpoints,
             )
         dist_utils.barrier()

@@ -223,3 +223,24 @@ def evaluate_instances(
             out[f"class/{names.get(c, str(c))}/AP50"] = _mean_valid(precision[0, :, k, 0, -1])
     out["num_gt_skipped"] = float(skipped)
     return out
+
+
+#: the one metric-key scheme (training logs, ``omniseg eval``, bench results): ``mask_AP50/novel``,
+#: ``box_AP``, ``mask_num_gt_skipped``, ``class/mask/<name>/AP``
+METRIC_PREFIX = {"segm": "mask", "bbox": "box"}
+
+
+def metric_keys(res: dict[str, float], iou_type: str) -> dict[str, float]:
+    """:func:`evaluate_instances` results under the project's metric keys: ``AP`` -> ``mask_AP``,
+    ``novel/AP50`` -> ``mask_AP50/novel``, ``class/<name>/AP`` -> ``class/mask/<name>/AP``."""
+    prefix = METRIC_PREFIX[iou_type]
+    out: dict[str, float] = {}
+    for k, v in res.items():
+        if k.startswith("class/"):
+            out[f"class/{prefix}/{k[len('class/'):]}"] = v
+        elif "/" in k:
+            group, metric = k.split("/", 1)
+            out[f"{prefix}_{metric}/{group}"] = v
+        else:
+            out[f"{prefix}_{k}"] = v
+    return out

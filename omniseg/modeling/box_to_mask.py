@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from omniseg.data.batch import Batch
 from omniseg.modeling.backbones.fpn import BACKBONE_BUILDERS
 from omniseg.modeling.heads.mask_heads import FCNMaskHead
+from omniseg.modeling.norm import NormKind
 from omniseg.modeling.preprocess import PIXEL_MEAN, PIXEL_STD, normalize_images
 from omniseg.ops.losses import sigmoid_bce_loss
 from omniseg.ops.masks import paste_masks_in_image, roi_mask_targets
@@ -33,16 +35,16 @@ from omniseg.ops.roi_align import multilevel_roi_align
 class BoxToMaskConfig:
     """Model section of a box-to-mask experiment config (flat, typed)."""
 
-    backbone: str = "resnet18_fpn"  # key of omniseg.modeling.backbones.fpn.BACKBONE_BUILDERS
+    backbone: Literal["resnet18_fpn", "resnet50_fpn"] = "resnet18_fpn"
     width: int = 64  # ResNet base width (64 = the standard network)
     fpn_channels: int = 256
-    norm: str = "FrozenBN"  # trunk norm; use "GN" or "BN" when training from scratch
+    norm: NormKind = "FrozenBN"  # trunk norm; use "GN" or "BN" when training from scratch
     freeze_at: int = 2
     pretrained: str = ""  # optional local .pth / .safetensors with torchvision ResNet weights
     roi_size: int = 14  # RoIAlign output (Mask R-CNN: 14 -> 28 x 28 masks)
     head_convs: int = 4
     head_dim: int = 256
-    head_norm: str = "none"
+    head_norm: NormKind = "none"
 
 
 class BoxToMask(nn.Module):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,7 @@ from omniseg.modeling.contrastive_classifier import batch_phrases, contrastive_p
 from omniseg.modeling.fcos_head import FCOSMOHead
 from omniseg.modeling.fcos_targets import all_level_locations, assign_fcos_targets
 from omniseg.modeling.heads.mask_heads import FCNMaskHead, HourglassMaskHead
+from omniseg.modeling.norm import NormKind
 from omniseg.modeling.predictions import InstancePredictions
 from omniseg.modeling.preprocess import PIXEL_MEAN, PIXEL_STD, normalize_images
 from omniseg.ops.boxes import centerness, clip_boxes, distances_to_boxes, generalized_box_iou_loss
@@ -62,10 +64,10 @@ class FCOSMOConfig:
     gives [0, 64], [64, 128], ..., [512, inf] for P3..P7.
     """
 
-    backbone: str = "resnet50_fpn_p3p7"  # key of BACKBONE_BUILDERS with P3..P7 outputs
+    backbone: Literal["resnet18_fpn_p3p7", "resnet50_fpn_p3p7"] = "resnet50_fpn_p3p7"  # P3..P7 outputs
     width: int = 64
     fpn_channels: int = 256
-    norm: str = "FrozenBN"  # trunk norm ("GN" / "BN" from scratch)
+    norm: NormKind = "FrozenBN"  # trunk norm ("GN" / "BN" from scratch)
     freeze_at: int = 2
     pretrained: str = ""  # optional local torchvision-style ResNet weights
     embed_dim: int = 384  # text-embedding size (MiniLM 384, CLIP ViT-B/32 512)
@@ -79,7 +81,7 @@ class FCOSMOConfig:
     scale_bounds: tuple[float, ...] = (64.0, 128.0, 256.0, 512.0)
     tau: float = 0.01
     alpha: float = 0.1
-    mask_head: str = "hourglass"  # "hourglass" (Hourglass-20) | "fcn4"
+    mask_head: Literal["hourglass", "fcn4"] = "hourglass"  # Hourglass-20 | 4-conv FCN
     mask_roi_size: int = 16  # 16 x 16 RoI features (Sec. 3.2)
     mask_channels: int = 128
     mask_in_features: tuple[str, ...] = ("p3", "p4", "p5")
@@ -322,24 +324,3 @@ def build_fcos_mo(cfg: FCOSMOConfig) -> FCOSMO:
     else:
         raise ValueError(f"mask_head must be 'hourglass' or 'fcn4', got {cfg.mask_head!r}")
     return FCOSMO(backbone=backbone, head=head, mask_head=mask_head, cfg=cfg)
-
-
-def build_fcos_mo_r18(cfg: FCOSMOConfig | None = None) -> FCOSMO:
-    """FCOS-MO on ResNet-18-FPN P3..P7 (other fields from ``cfg``)."""
-    from dataclasses import replace
-
-    return build_fcos_mo(replace(cfg or FCOSMOConfig(), backbone="resnet18_fpn_p3p7"))
-
-
-def build_fcos_mo_r50(cfg: FCOSMOConfig | None = None) -> FCOSMO:
-    """FCOS-MO on ResNet-50-FPN P3..P7, the paper's model (Sec. 3.4)."""
-    from dataclasses import replace
-
-    return build_fcos_mo(replace(cfg or FCOSMOConfig(), backbone="resnet50_fpn_p3p7"))
-
-
-#: named builders for the CLI / recipes
-FCOS_MO_BUILDERS: dict[str, Callable[[FCOSMOConfig | None], FCOSMO]] = {
-    "fcos_mo_r18": build_fcos_mo_r18,
-    "fcos_mo_r50": build_fcos_mo_r50,
-}

@@ -1,7 +1,7 @@
 """Mask^X R-CNN (Hu et al., "Learning to Segment Every Thing"): Faster R-CNN + a mask branch whose
 class-specific weights can be predicted from the box head's weights (maskx-rcnn Sec. 3).
 
-:class:`MaskXRCNN` wraps :class:`omniseg.modeling.faster_rcnn.FasterRCNN` (not duplicated) and a
+:class:`MaskRCNN` wraps :class:`omniseg.modeling.faster_rcnn.FasterRCNN` (not duplicated) and a
 :class:`omniseg.modeling.roi_mask_head.RoIMaskHead`:
 
 * training: the detector's :meth:`FasterRCNN.train_step` gives the box losses on every instance
@@ -16,11 +16,11 @@ Training modes (Sec. 3.2):
   whether the mask loss reaches the box head's weights w_det through T;
 * ``"stage_wise"``: stage 1 trains the detector alone (box losses only); stage 2 freezes the
   detector (backbone, RPN, box head: no gradient, backbone in eval mode) and trains only the mask
-  branch including T. Switch with :meth:`MaskXRCNN.set_stage`.
+  branch including T. Switch with :meth:`MaskRCNN.set_stage`.
 
-Mask R-CNN* (alp-fcos-mo Sec. 4 "Baseline: Mask R-CNN*") is this class with the open-vocabulary
-box predictor (class-agnostic box regression, phrase-embedding classifier) and a class-agnostic
-Hourglass-20 mask head: :func:`mask_rcnn_star_fpn`.
+The class is a Mask R-CNN (:class:`MaskRCNN`): with a class-agnostic or class-specific mask head it
+is the paper's baselines and oracle, with the transfer head it is Mask^X R-CNN, and with the
+open-vocabulary box predictor it is Mask R-CNN* (:mod:`omniseg.modeling.mask_rcnn_star`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from omniseg.ops.masks import paste_masks_in_image
 MODES = ("end_to_end", "stage_wise")
 
 
-class MaskXRCNN(nn.Module):
+class MaskRCNN(nn.Module):
     """Two-stage detector + RoI mask branch.
 
     Args:
@@ -97,7 +97,7 @@ class MaskXRCNN(nn.Module):
             p.requires_grad_(stage == 2)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> MaskXRCNN:
+    def train(self, mode: bool = True) -> MaskRCNN:
         super().train(mode)
         if self.stage == 2:  # frozen detector: no norm statistics updates
             self.detector.backbone.eval()
@@ -236,7 +236,7 @@ def build_mask_head(
     return RoIMaskHead(network=network, cfg=cfg, num_classes=num_classes, mlp=mlp, transfer=transfer)
 
 
-def _build(
+def assemble_mask_rcnn(
     detector_builder: Callable[..., FasterRCNN],
     num_classes: int,
     *,
@@ -257,7 +257,7 @@ def _build(
     detector_kwargs: dict[str, Any],
     mask_overrides: dict[str, Any] | None,
     predictor: str = "class-specific",
-) -> MaskXRCNN:
+) -> MaskRCNN:
     detector = detector_builder(num_classes, predictor=predictor, **detector_kwargs)
     fpn_channels = detector.roi_heads.cfg.in_channels
     cfg = MaskHeadConfig(kind=mask_head, architecture=mask_architecture, conv_dim=mask_conv_dim, norm=mask_norm,
@@ -267,7 +267,7 @@ def _build(
                                 activation=transfer_activation, stop_grad=stop_grad, input_norm=transfer_input_norm)
     head = build_mask_head(num_classes, in_channels=fpn_channels, det_dim=detector.roi_heads.cfg.fc_dim, cfg=cfg,
                            transfer_cfg=tcfg, text_embeddings=text_embeddings)
-    return MaskXRCNN(detector=detector, mask_head=head, mode=mode)
+    return MaskRCNN(detector=detector, mask_head=head, mode=mode)
 
 
 def maskx_rcnn_fpn(
@@ -298,13 +298,13 @@ def maskx_rcnn_fpn(
     rpn_overrides: dict[str, Any] | None = None,
     box_overrides: dict[str, Any] | None = None,
     mask_overrides: dict[str, Any] | None = None,
-) -> MaskXRCNN:
+) -> MaskRCNN:
     """FPN Mask^X R-CNN on ``detector_builder`` (e.g. build_faster_rcnn_r18_fpn); defaults: the paper's 'transfer+MLP', T = 'cls+box, 2-layer,
     LeakyReLU', stop-grad, end-to-end (maskx-rcnn Table 2). ``mask_head="class-agnostic"`` with
     ``fused_mlp`` False / True gives the baselines; "class-specific" trained on all masks the oracle.
     ``text_embeddings`` (C x D) are needed for ``transfer_input="text"``; ``width`` /
     ``fpn_channels`` / ``fc_dim`` / ``mask_conv_dim`` / ``mlp_hidden_dim`` shrink the model."""
-    return _build(detector_builder, num_classes, mask_head=mask_head, mask_architecture=mask_architecture,
+    return assemble_mask_rcnn(detector_builder, num_classes, mask_head=mask_head, mask_architecture=mask_architecture,
                   fused_mlp=fused_mlp, transfer_input=transfer_input, transfer_mlp_layers=transfer_mlp_layers,
                   transfer_activation=transfer_activation, transfer_hidden_dim=transfer_hidden_dim,
                   transfer_input_norm=transfer_input_norm, stop_grad=stop_grad, text_embeddings=text_embeddings,
@@ -315,70 +315,17 @@ def maskx_rcnn_fpn(
                   mask_overrides=mask_overrides)
 
 
-def build_maskx_rcnn_r18_fpn(num_classes: int = 80, **kwargs: Any) -> MaskXRCNN:
+def build_maskx_rcnn_r18_fpn(num_classes: int = 80, **kwargs: Any) -> MaskRCNN:
     """ResNet-18 FPN Mask^X R-CNN; keyword arguments as :func:`maskx_rcnn_fpn`."""
     return maskx_rcnn_fpn(build_faster_rcnn_r18_fpn, num_classes, **kwargs)
 
 
-def build_maskx_rcnn_r50_fpn(num_classes: int = 80, **kwargs: Any) -> MaskXRCNN:
+def build_maskx_rcnn_r50_fpn(num_classes: int = 80, **kwargs: Any) -> MaskRCNN:
     """ResNet-50 FPN Mask^X R-CNN (the paper's backbone); keyword arguments as :func:`maskx_rcnn_fpn`."""
     return maskx_rcnn_fpn(build_faster_rcnn_r50_fpn, num_classes, **kwargs)
 
 
-MASKX_RCNN_BUILDERS: dict[str, Callable[..., MaskXRCNN]] = {
+MASKX_RCNN_BUILDERS: dict[str, Callable[..., MaskRCNN]] = {
     "maskx_rcnn_r18_fpn": build_maskx_rcnn_r18_fpn,
     "maskx_rcnn_r50_fpn": build_maskx_rcnn_r50_fpn,
-}
-
-
-def mask_rcnn_star_fpn(
-    detector_builder: Callable[..., FasterRCNN],
-    *,
-    embed_dim: int = 512,
-    mask_architecture: str = "hourglass",
-    approximate_boxes_as_gt: bool = True,
-    image_label_weight: float = 0.1,
-    width: int = 64,
-    fpn_channels: int = 256,
-    fc_dim: int = 1024,
-    mask_conv_dim: int = 256,
-    mask_norm: str = "GN",
-    norm: str = "FrozenBN",
-    freeze_at: int = 2,
-    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    rpn_overrides: dict[str, Any] | None = None,
-    box_overrides: dict[str, Any] | None = None,
-    mask_overrides: dict[str, Any] | None = None,
-) -> MaskXRCNN:
-    """Mask R-CNN* (alp-fcos-mo Sec. 4): (1) class-agnostic box regression, (2) Hourglass-20 mask
-    head (class-agnostic), (3) open-vocabulary classifier over ``embed_dim``-d phrase embeddings
-    (tau 0.01, zero background, scores calibrated with RPN objectness). "Mask R-CNN* with ALPs ...
-    uses ALP boxes to train RPN and box regression head": ``approximate_boxes_as_gt`` (default on);
-    phrases without boxes are image-level labels (``image_label_weight``, Detic's lambda = 0.1).
-    Set the detector's phrase source with ``model.detector.set_text_embedder`` before training."""
-    return _build(detector_builder, 0, mask_head="class-agnostic", mask_architecture=mask_architecture,
-                  fused_mlp=False, transfer_input="cls", transfer_mlp_layers=1, transfer_activation="relu",
-                  transfer_hidden_dim=0, transfer_input_norm="none", stop_grad=True, text_embeddings=None,
-                  mode="end_to_end", mask_conv_dim=mask_conv_dim, mask_norm=mask_norm, mlp_hidden_dim=0,
-                  detector_kwargs=dict(width=width, fpn_channels=fpn_channels, fc_dim=fc_dim, norm=norm,
-                                       freeze_at=freeze_at, embed_dim=embed_dim, anchor_sizes=anchor_sizes,
-                                       approximate_boxes_as_gt=approximate_boxes_as_gt,
-                                       image_label_weight=image_label_weight, rpn_overrides=rpn_overrides,
-                                       box_overrides=box_overrides),
-                  mask_overrides=mask_overrides, predictor="open-vocab")
-
-
-def build_mask_rcnn_star_r18_fpn(**kwargs: Any) -> MaskXRCNN:
-    """ResNet-18 FPN Mask R-CNN*; keyword arguments as :func:`mask_rcnn_star_fpn`."""
-    return mask_rcnn_star_fpn(build_faster_rcnn_r18_fpn, **kwargs)
-
-
-def build_mask_rcnn_star_r50_fpn(**kwargs: Any) -> MaskXRCNN:
-    """ResNet-50 FPN Mask R-CNN* (the paper's backbone); keyword arguments as :func:`mask_rcnn_star_fpn`."""
-    return mask_rcnn_star_fpn(build_faster_rcnn_r50_fpn, **kwargs)
-
-
-MASK_RCNN_STAR_BUILDERS: dict[str, Callable[..., MaskXRCNN]] = {
-    "mask_rcnn_star_r18_fpn": build_mask_rcnn_star_r18_fpn,
-    "mask_rcnn_star_r50_fpn": build_mask_rcnn_star_r50_fpn,
 }

@@ -30,6 +30,11 @@ class InstancePredictions:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
+    def select(self, keep: Tensor) -> InstancePredictions:
+        """The instances where ``keep`` (N bool, or indices) selects, in order."""
+        return InstancePredictions(self.boxes[keep], self.scores[keep], self.labels[keep],
+                                   None if self.masks is None else self.masks[keep])
+
     def to_instances(
         self, names: Sequence[str], category_ids: Sequence[int | None] | None = None, source: str = ""
     ) -> list[Instance]:
@@ -43,3 +48,38 @@ class InstancePredictions:
                 source=source, score=float(score),
             ))
         return out
+
+
+@dataclass
+class ImagePrediction:
+    """What a predictor returns for one image (:class:`omniseg.recipes.contract.Predictor`).
+
+    Attributes:
+        instances: the detected / segmented instances; their labels index ``texts``.
+        texts: the names the labels refer to (the vocabulary asked for, or the model's classes).
+        pixel_embeddings: D x H x W per-pixel embeddings (models that ground words to pixels).
+        region_embeddings: N x D, one embedding per instance (region-word grounding).
+        panoptic: H x W long map of segment indices into ``segments`` (-1: void).
+        segments: one dict per panoptic segment (``text``, ``isthing``, ``score``).
+    """
+
+    instances: InstancePredictions
+    texts: list[str]
+    pixel_embeddings: Tensor | None = None
+    region_embeddings: Tensor | None = None
+    panoptic: Tensor | None = None
+    segments: list[dict] | None = None
+
+    def restrict(self, vocabulary: Sequence[str]) -> ImagePrediction:
+        """Only the instances whose text is in ``vocabulary`` (region embeddings follow)."""
+        import torch
+
+        allowed = set(vocabulary)
+        keep = torch.tensor([self.texts[k] in allowed for k in self.instances.labels.tolist()], dtype=torch.bool)
+        emb = None if self.region_embeddings is None else self.region_embeddings[keep]
+        return ImagePrediction(self.instances.select(keep), self.texts, self.pixel_embeddings, emb, self.panoptic,
+                               self.segments)
+
+    def to_instances(self, category_ids: Sequence[int | None] | None = None, source: str = "") -> list[Instance]:
+        """Records-level instances; ``category_ids[label]`` when given."""
+        return self.instances.to_instances(self.texts, category_ids, source)

@@ -7,10 +7,12 @@ timm's ``checkpoint_filter_fn``:
 * :func:`vit_filter_fn` - timm ``vit_*`` and MAE checkpoints (drops the classifier head and
   the MAE decoder, resizes ``pos_embed`` to the model's grid).
 
-:func:`load_pretrained` reads ``.safetensors`` or ``.pth`` / ``.pt`` / ``.bin`` files; the latter
-with ``torch.load(weights_only=True)``, so nothing is unpickled beyond tensors and plain
-containers. It returns a :class:`LoadReport` listing missing, unexpected and shape-mismatched
-keys, and raises :class:`CheckpointError` naming the file when ``strict``.
+:func:`load_pretrained` reads ``.safetensors`` or ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` files
+with :func:`omniseg.utils.weights_io.read_weights_file` (the reader training checkpoints use too;
+``torch.load(weights_only=True)``, so nothing is unpickled beyond tensors and plain containers).
+It returns a :class:`LoadReport` listing missing, unexpected and shape-mismatched keys, and raises
+:class:`CheckpointError` (:mod:`omniseg.utils.weights_io`'s, re-exported here) naming the file
+when ``strict``.
 """
 
 from __future__ import annotations
@@ -19,28 +21,17 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from omniseg.modeling.backbones.vit import resize_pos_embed
 from omniseg.utils.atomic import atomic_write_bytes
+from omniseg.utils.weights_io import CheckpointError, StateDict, read_weights_file, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
-StateDict = dict[str, torch.Tensor]
 FilterFn = Callable[[StateDict, nn.Module | None], StateDict]
-
-# Keys under which training scripts nest the weights: MAE / DeiT save {"model": ...},
-# Lightning and many others {"state_dict": ...}.
-_NESTING_KEYS = ("model", "state_dict", "model_state", "module")
-_PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the model. The message names the file."""
 
 
 @dataclass
@@ -79,34 +70,6 @@ class LoadReport:
             items = [f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched]
             lines.append(f"  shape mismatch ({len(items)}): {show(items)}")
         return "\n".join(lines)
-
-
-def unwrap_state_dict(obj: Any, source: str = "<checkpoint>") -> StateDict:
-    """Find the tensor dict inside a checkpoint object and strip DDP's ``module.`` prefix.
-
-    Accepts a plain ``{name: tensor}`` dict or one nested under "model" / "state_dict" /
-    "model_state" / "module" (MAE saves ``{"model": ..., "optimizer": ..., "epoch": ...}``).
-    Non-tensor entries of the weight dict raise :class:`CheckpointError`.
-    """
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
-    for _ in range(3):
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            raise CheckpointError(
-                f"{source}: no tensors found; top-level keys are {sorted(map(str, obj))[:10]}"
-            )
-        obj = inner
-    out: StateDict = {}
-    for key, value in obj.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        while key.startswith("module."):
-            key = key[len("module.") :]
-        out[key] = value
-    return out
 
 
 def _model_prefix(model: nn.Module | None, anchor: str) -> str:
@@ -172,26 +135,6 @@ def _square_side(n: int, what: str) -> int:
     return side
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """Read a ``.safetensors`` file or a ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` file (weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        if suffix in _PTH_SUFFIXES:
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or a pickle that needs arbitrary classes
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
-    raise CheckpointError(
-        f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors or {_PTH_SUFFIXES}"
-    )
-
-
 def load_pretrained(
     model: nn.Module,
     path: str | os.PathLike,
@@ -213,7 +156,7 @@ def load_pretrained(
     Returns:
         A :class:`LoadReport`; its summary is logged as a warning when anything did not fit.
     """
-    raw = read_checkpoint(path)
+    raw = read_weights_file(path)
     try:
         sd = filter_fn(raw, model) if filter_fn is not None else unwrap_state_dict(raw, str(path))
     except CheckpointError as e:
@@ -250,7 +193,7 @@ def convert_to_safetensors(
     """
     from safetensors.torch import save
 
-    raw = read_checkpoint(src)
+    raw = read_weights_file(src)
     sd = filter_fn(raw, model) if filter_fn is not None else unwrap_state_dict(raw, str(src))
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     atomic_write_bytes(dst, save(sd))

@@ -1,5 +1,8 @@
 """RoIAlign (He et al., Mask R-CNN, Sec. 3) in plain PyTorch, plus FPN multi-level pooling.
 
+(Over 400 lines on purpose: the sparse forward, its hand-written backward and the dispatch share
+the sampling-rule helpers; split apart they would have to re-derive the same bin geometry.)
+
 Semantics follow torchvision / detectron2 ``ROIAlign`` exactly:
 
 * ``aligned=True`` shifts box corners by -0.5 pixel so that a box [x1, x2) maps onto the pixel

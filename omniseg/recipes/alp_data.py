@@ -26,18 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omniseg.data.records import Instance, RecordSet
-from omniseg.modeling.contrastive_classifier import PhraseEmbedder
 from omniseg.recipes.data import DataConfig, named_split, open_source, training_view
-
-
-@dataclass
-class TextConfig:
-    """Frozen phrase encoder. ``encoder``: "minilm" (default), "clip" (with ``path``) or "hash"
-    (random vectors, no semantics: tests). ``cache_dir``: on-disk embedding cache ("" = memory only)."""
-
-    encoder: str = "minilm"
-    path: str = ""
-    cache_dir: str = ""
 
 
 @dataclass
@@ -52,21 +41,6 @@ class ALPConfig:
     sim_seed: int = 0
     quantize: bool = True
     as_image_labels: bool = False
-
-
-def build_phrase_embedder(cfg: TextConfig, dim: int) -> PhraseEmbedder:
-    """In-memory cached phrase embeddings (over an on-disk cache when ``cache_dir`` is set)."""
-    from omniseg.text.encoders import build_text_encoder
-
-    kw: dict = {"dim": dim} if cfg.encoder == "hash" else ({"path": cfg.path} if cfg.path else {})
-    enc = build_text_encoder(cfg.encoder, **kw)
-    if enc.dim != dim:
-        raise ValueError(f"text encoder {enc.name!r} gives {enc.dim}-d embeddings but model.embed_dim={dim}")
-    if cfg.cache_dir:
-        from omniseg.text.cache import CachedEncoder
-
-        enc = CachedEncoder(enc, cfg.cache_dir)
-    return PhraseEmbedder(enc.encode, dim)
 
 
 def simulated_alps(rs: RecordSet, novel_ids: set[int], cfg: ALPConfig) -> dict[int | str, list[Instance]]:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from omniseg.data.records import Instance, RecordSet
 from omniseg.engine.config import TrainConfig
 from omniseg.modeling.box_to_mask import BoxToMask, BoxToMaskConfig, build_box_to_mask
+from omniseg.modeling.predictions import ImagePrediction, InstancePredictions
 from omniseg.ops.rle import rle_encode
+from omniseg.recipes.contract import Recipe, RunInfo
 from omniseg.recipes.data import DataConfig, open_source, train_dataset
 
 
@@ -23,7 +26,7 @@ from omniseg.recipes.data import DataConfig, open_source, train_dataset
 class BoxToMaskExperiment:
     """Top-level config (YAML sections: model, data, train)."""
 
-    recipe: str = "box_to_mask"
+    recipe: Literal["box_to_mask"] = "box_to_mask"
     model: BoxToMaskConfig = field(default_factory=BoxToMaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -97,43 +100,35 @@ def make_eval_fn(cfg: BoxToMaskExperiment, progress: bool = True):
     return eval_fn
 
 
-def run(cfg: BoxToMaskExperiment, resume: bool = False) -> dict:
-    """Train (optionally resuming) and evaluate; returns the Trainer's summary."""
-    from omniseg.data.loader import build_train_loader
-    from omniseg.engine.distributed import get_rank, get_world_size
-    from omniseg.engine.optim import build_optimizer, build_scheduler
-    from omniseg.engine.trainer import Trainer, seed_everything
+def predictor(model: BoxToMask, cfg: BoxToMaskExperiment, info: RunInfo):
+    """Masks for given boxes (the auto-labeling use); instance k is named ``vocabulary[k]``
+    ("object" past its end)."""
 
-    t = cfg.train
-    seed_everything(t.seed + get_rank(), t.deterministic)
-    model = build_box_to_mask(cfg.model)
-    data = build_train_loader(
-        [train_dataset(cfg.data, progress=t.progress)], "mix", cfg.data.batch_size,
-        num_workers=cfg.data.num_workers, rank=get_rank(), world_size=get_world_size(), seed=t.seed,
-    )
-    optimizer = build_optimizer(model, t)
-    trainer = Trainer(model, optimizer, build_scheduler(optimizer, t), data, t,
-                      eval_fn=make_eval_fn(cfg, t.progress), run_config=cfg)
-    if resume:
-        trainer.resume()
-    return trainer.train()
+    def predict(images, image_sizes, output_sizes, vocabulary=None, boxes=None) -> list[ImagePrediction]:
+        if boxes is None:
+            raise ValueError("box_to_mask segments given boxes: pass boxes=[[x0, y0, x1, y1], ...]")
+        if list(image_sizes) != list(output_sizes):
+            raise ValueError("box_to_mask predicts at the input size: output_sizes must equal image_sizes")
+        device = next(model.parameters()).device
+        boxes = [b.to(device).float().reshape(-1, 4) for b in boxes]
+        masks = model.predict_masks(images.to(device), list(image_sizes), boxes)
+        names = list(vocabulary or [])
+        out = []
+        for b, m in zip(boxes, masks):
+            k = len(b)
+            texts = [names[i] if i < len(names) else "object" for i in range(k)]
+            out.append(ImagePrediction(InstancePredictions(b, torch.ones(k), torch.arange(k), m), texts))
+        return out
 
-
-def model_from_config(cfg: BoxToMaskExperiment) -> BoxToMask:
-    """The model a checkpoint of this recipe holds (used by :class:`omniseg.api.Segmenter`)."""
-    return build_box_to_mask(cfg.model)
+    return predict
 
 
-def predict_image(
-    model: BoxToMask, cfg: BoxToMaskExperiment, image: torch.Tensor, vocabulary=None, boxes=None
-) -> list[Instance]:
-    """Masks for given boxes in one 3 x H x W uint8 image (the auto-labeling use)."""
-    if boxes is None:
-        raise ValueError("box_to_mask segments given boxes: pass boxes=[[x0, y0, x1, y1], ...]")
-    h, w = image.shape[-2:]
-    boxes = boxes.to(image.device).float().reshape(-1, 4)
-    masks = model.predict_masks(image[None], [(h, w)], [boxes])[0]
-    names = vocabulary or []
-    return [Instance(text=names[k] if k < len(names) else "object", box=tuple(b.tolist()),
-                     mask=rle_encode(m.cpu().numpy()), source="box_to_mask", score=1.0)
-            for k, (b, m) in enumerate(zip(boxes, masks))]
+RECIPE = Recipe(
+    name="box_to_mask",
+    config=BoxToMaskExperiment,
+    build_model=lambda cfg, info: build_box_to_mask(cfg.model),
+    train_data=lambda cfg, progress: train_dataset(cfg.data, progress=progress),
+    eval_fn=lambda cfg, info, progress: make_eval_fn(cfg, progress),
+    predictor=predictor,
+    pad_divisor=1,
+)

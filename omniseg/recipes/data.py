@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from omniseg.data.dataset import RecordDataset
 from omniseg.data.records import RecordSet
+
+#: keys of omniseg.data.splits.SPLITS ("" = no split)
+SplitName = Literal["", "voc-like", "zsd-like", "compositional"]
 
 
 @dataclass
@@ -24,9 +28,9 @@ class DataConfig:
     val_num_images: int = 50
     val_seed: int = 1000
     image_size: int = 256  # synthetic images
-    split: str = ""  # named split: training sees only what apply_split leaves ("" = everything)
+    split: SplitName = ""  # named split: training sees only what apply_split leaves ("" = everything)
     split_seed: int = 0
-    novel_supervision: str = "box"
+    novel_supervision: Literal["box", "alp", "caption", "none"] = "box"  # what novel classes keep
     batch_size: int = 4
     num_workers: int = 0
     flip: bool = True
@@ -91,23 +95,3 @@ def train_dataset(
     ts.append(QuantizeApproxBoxes())
     seen = view(rs) if view is not None else training_view(rs, cfg)
     return RecordDataset(seen, transforms=Compose(ts), load_image=load_image, seed=cfg.train_seed)
-
-
-def categories_of(cfg: DataConfig) -> list:
-    """The categories of the training source (what a trained model's class indices refer to)."""
-    if cfg.train == "synth":
-        from omniseg.data.synth.lexicon import categories
-
-        return categories()
-    from omniseg.data.load import load_dataset
-
-    return load_dataset(cfg.train).categories
-
-
-def pad_image(image, divisor: int = 32):
-    """3 x H x W -> (1 x 3 x Hp x Wp zero-padded batch, [(H, W)]) with Hp, Wp multiples of ``divisor``."""
-    import torch.nn.functional as F
-
-    h, w = image.shape[-2:]
-    ph, pw = (-h) % divisor, (-w) % divisor
-    return F.pad(image, (0, pw, 0, ph))[None], [(int(h), int(w))]

@@ -16,32 +16,39 @@ Evaluation: vocabulary = the thing class names; mask / box AP overall and on bas
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
-import torch
-
-from omniseg.data.records import RecordSet
 from omniseg.engine.config import TrainConfig
-from omniseg.modeling.maskx_rcnn import MASK_RCNN_STAR_BUILDERS, MaskXRCNN
-from omniseg.recipes.alp_data import ALPConfig, TextConfig, alp_train_dataset, build_phrase_embedder
-from omniseg.recipes.data import DataConfig, categories_of, pad_image
+from omniseg.modeling.mask_rcnn_star import MASK_RCNN_STAR_BUILDERS
+from omniseg.modeling.maskx_rcnn import MaskRCNN
+from omniseg.modeling.norm import NormKind
+from omniseg.recipes.alp_data import ALPConfig, alp_train_dataset
+from omniseg.recipes.contract import Recipe, RunInfo
+from omniseg.recipes.data import DataConfig
 from omniseg.recipes.maskx_rcnn import box_overrides, rpn_overrides
+from omniseg.recipes.open_vocab import (
+    TextConfig,
+    build_phrase_embedder,
+    open_vocabulary_predictor,
+    text_encoder_id,
+)
+from omniseg.recipes.scoring import detection_eval_fn
 
 
 @dataclass
 class MaskRCNNStarModelConfig:
     """Model section (CPU-size defaults; the paper: ResNet-50-FPN, 1024-d box head, CLIP text)."""
 
-    builder: str = "mask_rcnn_star_r18_fpn"  # key of MASK_RCNN_STAR_BUILDERS
+    builder: Literal["mask_rcnn_star_r18_fpn", "mask_rcnn_star_r50_fpn"] = "mask_rcnn_star_r18_fpn"
     width: int = 16
     fpn_channels: int = 64
     fc_dim: int = 256
-    norm: str = "GN"
+    norm: NormKind = "GN"
     freeze_at: int = 0
     pretrained: str = ""  # optional local torchvision-style ResNet weights
     embed_dim: int = 384  # = the text encoder's dimension (MiniLM 384)
-    mask_architecture: str = "hourglass"  # "hourglass" (the paper's Hourglass-20) | "fcn" (4-conv)
+    mask_architecture: Literal["hourglass", "fcn"] = "hourglass"  # the paper's Hourglass-20 | 4-conv
     mask_conv_dim: int = 64
     mask_roi_size: int = 14
     approximate_boxes_as_gt: bool = True  # "uses ALP boxes to train RPN and box regression head"
@@ -61,7 +68,7 @@ class MaskRCNNStarModelConfig:
 class MaskRCNNStarExperiment:
     """Top-level config (YAML sections: model, text, alp, data, train)."""
 
-    recipe: str = "mask_rcnn_star"
+    recipe: Literal["mask_rcnn_star"] = "mask_rcnn_star"
     model: MaskRCNNStarModelConfig = field(default_factory=MaskRCNNStarModelConfig)
     text: TextConfig = field(default_factory=TextConfig)
     alp: ALPConfig = field(default_factory=ALPConfig)
@@ -69,7 +76,7 @@ class MaskRCNNStarExperiment:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def build_model(cfg: MaskRCNNStarExperiment) -> MaskXRCNN:
+def build_model(cfg: MaskRCNNStarExperiment, info: RunInfo | None = None) -> MaskRCNN:
     """The configured Mask R-CNN* with its phrase embedder attached."""
     m = cfg.model
     if m.builder not in MASK_RCNN_STAR_BUILDERS:
@@ -90,60 +97,20 @@ def build_model(cfg: MaskRCNNStarExperiment) -> MaskXRCNN:
     return model
 
 
-def _predict(model: MaskXRCNN):
-    return lambda images, vocab, sizes, out_sizes: model.predict(images, sizes, out_sizes, class_embeddings=vocab)
+def predictor(model: MaskRCNN, cfg: MaskRCNNStarExperiment, info: RunInfo):
+    """Any vocabulary of phrases (default: the training classes' names)."""
+    return open_vocabulary_predictor(
+        model, lambda images, vocab, sizes, out_sizes: model.predict(images, sizes, out_sizes, class_embeddings=vocab),
+        model.detector.text_embedder, [c.name for c in info.things()], "Mask R-CNN*")
 
 
-def predict_records(
-    model: MaskXRCNN, gt: RecordSet, load_image=None, batch_size: int = 4, rank: int = 0, world: int = 1,
-    progress: bool = True, phrases: dict[int, str] | None = None,
-) -> RecordSet:
-    """Predictions on this rank's share of ``gt``; vocabulary = ``phrases`` (class id -> phrase,
-    default: its thing class names)."""
-    from omniseg.recipes.scoring import vocabulary_predictions
-
-    return vocabulary_predictions(model, _predict(model), model.detector.text_embedder, gt, load_image, batch_size,
-                                  rank, world, progress, phrases, source="mask_rcnn_star")
-
-
-def run(cfg: MaskRCNNStarExperiment, resume: bool = False) -> dict:
-    """Train (optionally resuming) and evaluate; returns the Trainer's summary."""
-    from omniseg.data.loader import build_train_loader
-    from omniseg.engine.distributed import get_rank, get_world_size
-    from omniseg.engine.optim import build_optimizer, build_scheduler
-    from omniseg.engine.trainer import Trainer, seed_everything
-    from omniseg.recipes.scoring import vocabulary_eval_fn
-
-    t = cfg.train
-    seed_everything(t.seed + get_rank(), t.deterministic)
-    model = build_model(cfg)
-    data = build_train_loader(
-        [alp_train_dataset(cfg.data, cfg.alp, progress=t.progress)], "mix", cfg.data.batch_size,
-        num_workers=cfg.data.num_workers, rank=get_rank(), world_size=get_world_size(), seed=t.seed,
-    )
-    optimizer = build_optimizer(model, t)
-    trainer = Trainer(model, optimizer, build_scheduler(optimizer, t), data, t,
-                      eval_fn=vocabulary_eval_fn(predict_records, cfg.data, t.output_dir, t.progress),
-                      run_config=dataclasses.replace(cfg))
-    if resume:
-        trainer.resume()
-    return trainer.train()
-
-
-def model_from_config(cfg: MaskRCNNStarExperiment) -> MaskXRCNN:
-    """The model a checkpoint of this recipe holds (used by :class:`omniseg.api.Segmenter`)."""
-    return build_model(cfg)
-
-
-def predict_image(model: MaskXRCNN, cfg: MaskRCNNStarExperiment, image: torch.Tensor, vocabulary=None, boxes=None):
-    """Detect and segment one 3 x H x W uint8 image with ANY vocabulary of phrases (default: the
-    training classes' names)."""
-    if boxes is not None:
-        raise ValueError("Mask R-CNN* finds its own boxes; boxes= is for box-to-mask models")
-    if not vocabulary:
-        vocabulary = [c.name for c in categories_of(cfg.data) if c.isthing]
-    vocabulary = list(vocabulary)
-    batch, sizes = pad_image(image)
-    emb = model.detector.text_embedder(vocabulary)
-    return model.predict(batch, sizes, sizes, class_embeddings=emb)[0].to_instances(vocabulary,
-                                                                                     source="mask_rcnn_star")
+RECIPE = Recipe(
+    name="mask_rcnn_star",
+    config=MaskRCNNStarExperiment,
+    build_model=build_model,
+    train_data=lambda cfg, progress: alp_train_dataset(cfg.data, cfg.alp, progress),
+    eval_fn=lambda cfg, info, progress: detection_eval_fn(
+        lambda m: predictor(m, cfg, info), cfg.data, cfg.train.output_dir, progress, source="mask_rcnn_star"),
+    predictor=predictor,
+    text_encoder=lambda cfg: text_encoder_id(cfg.text),
+)

@@ -18,41 +18,44 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-
-import torch
+from typing import Literal
 
 from omniseg.data.records import RecordSet
 from omniseg.data.splits import Split
 from omniseg.engine.config import TrainConfig
-from omniseg.modeling.maskx_rcnn import MASKX_RCNN_BUILDERS, MaskXRCNN
-from omniseg.recipes.data import DataConfig, categories_of, open_source, pad_image
+from omniseg.modeling.maskx_rcnn import MASKX_RCNN_BUILDERS, MaskRCNN
+from omniseg.modeling.norm import NormKind
+from omniseg.modeling.predictions import ImagePrediction
+from omniseg.recipes.contract import Recipe, RunInfo, Stage
+from omniseg.recipes.data import DataConfig, SplitName
+from omniseg.recipes.scoring import detection_eval_fn
 
 
 @dataclass
 class MaskXModelConfig:
     """Model section: every variant switch of Mask^X R-CNN (CPU-size defaults)."""
 
-    builder: str = "maskx_rcnn_r18_fpn"  # key of MASKX_RCNN_BUILDERS
+    builder: Literal["maskx_rcnn_r18_fpn", "maskx_rcnn_r50_fpn"] = "maskx_rcnn_r18_fpn"
     width: int = 16  # ResNet base width (64 = the standard network)
     fpn_channels: int = 64
     fc_dim: int = 256  # box head fc width = length of w_cls (1024 in the paper)
-    norm: str = "GN"  # from scratch: GN; with ImageNet weights: FrozenBN
+    norm: NormKind = "GN"  # from scratch: GN; with ImageNet weights: FrozenBN
     freeze_at: int = 0
     pretrained: str = ""  # optional local torchvision-style ResNet weights (.pth / .safetensors)
-    mask_head: str = "transfer"  # "transfer" | "class-agnostic" | "class-specific"
-    mask_architecture: str = "fcn"  # "fcn" | "hourglass"
+    mask_head: Literal["transfer", "class-agnostic", "class-specific"] = "transfer"
+    mask_architecture: Literal["fcn", "hourglass"] = "fcn"
     fused_mlp: bool = True  # Sec. 3.4
-    transfer_input: str = "cls+box"  # "cls" | "box" | "cls+box" | "text" | "randn"
+    transfer_input: Literal["cls", "box", "cls+box", "text", "randn"] = "cls+box"
     transfer_mlp_layers: int = 2  # 1 = affine
-    transfer_activation: str = "leaky_relu"
+    transfer_activation: Literal["relu", "leaky_relu"] = "leaky_relu"
     transfer_hidden_dim: int = 256
-    transfer_input_norm: str = "standardize"  # "standardize" | "none"
+    transfer_input_norm: Literal["standardize", "none"] = "standardize"
     stop_grad: bool = True  # Sec. 3.2
-    text_encoder: str = "minilm"  # for transfer_input "text" (omniseg.text.encoders)
-    mode: str = "end_to_end"  # "end_to_end" | "stage_wise"
+    text_encoder: Literal["minilm", "clip", "hash"] = "minilm"  # for transfer_input "text"
+    mode: Literal["end_to_end", "stage_wise"] = "end_to_end"
     stage1_iters: int = 0  # stage_wise: detector iterations before train.max_iter mask iterations
     mask_conv_dim: int = 64
-    mask_norm: str = "GN"
+    mask_norm: NormKind = "GN"
     mlp_hidden_dim: int = 256
     anchor_sizes: tuple[float, ...] = (16.0, 32.0, 64.0, 128.0, 256.0)
     # proposal budget: detectron2 uses 2000 / 1000 candidates per level for ~800 px images; our
@@ -73,7 +76,7 @@ class MaskXModelConfig:
 class MaskXDataConfig(DataConfig):
     """DataConfig plus the split direction / random split size (flat)."""
 
-    split: str = "voc-like"
+    split: SplitName = "voc-like"
     reverse_split: bool = False  # swap A and B of the named / random split
     random_base: int = 0  # > 0: random split with this many base classes (seed: split_seed)
     oracle: bool = False  # train with every class's masks; the split only groups the evaluation
@@ -83,7 +86,7 @@ class MaskXDataConfig(DataConfig):
 class MaskXExperiment:
     """Top-level config (YAML sections: model, data, train)."""
 
-    recipe: str = "maskx_rcnn"
+    recipe: Literal["maskx_rcnn"] = "maskx_rcnn"
     model: MaskXModelConfig = field(default_factory=MaskXModelConfig)
     data: MaskXDataConfig = field(default_factory=MaskXDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -136,7 +139,7 @@ def box_overrides(cfg) -> dict:
     return out
 
 
-def build_model(cfg: MaskXModelConfig, categories: list) -> MaskXRCNN:
+def build_model(cfg: MaskXModelConfig, categories: list) -> MaskRCNN:
     """The model for the thing ``categories`` (class index order = sorted ids)."""
     if cfg.builder not in MASKX_RCNN_BUILDERS:
         raise ValueError(f"unknown builder {cfg.builder!r}; choose from {sorted(MASKX_RCNN_BUILDERS)}")
@@ -163,53 +166,9 @@ def build_model(cfg: MaskXModelConfig, categories: list) -> MaskXRCNN:
     return model
 
 
-def predict_records(model: MaskXRCNN, gt: RecordSet, load_image=None, batch_size: int = 4, rank: int = 0,
-                    world: int = 1, progress: bool = False) -> RecordSet:
-    """Predicted instances (class, score, box, mask RLE) for this rank's share of ``gt``'s images."""
-    from tqdm import tqdm
-
-    from omniseg.data.loader import build_test_loader
-
-    device = next(model.parameters()).device
-    by_id = {r.image_id: r for r in gt}
-    cats = {c.id: c for c in gt.categories}
-    ids = model.category_ids or []
-    pred = RecordSet(records=[], categories=gt.categories, image_root=gt.image_root, name="maskx_rcnn")
-    loader = build_test_loader(gt, batch_size, load_image=load_image, rank=rank, world_size=world)
-    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        outs = model.predict(batch.images.to(device), batch.image_sizes, batch.orig_sizes)
-        for image_id, out in zip(batch.image_ids, outs):
-            rec = dataclasses.replace(by_id[image_id], captions=[], narratives=[], segments=[], labels=[])
-            rec.instances = out.to_instances([cats[i].name for i in ids], ids, source="maskx_rcnn")
-            pred.records.append(rec)
-    return pred
-
-
-def make_eval_fn(cfg: MaskXExperiment, progress: bool = True):
-    """eval_fn for the Trainer: mask AP and box AP, overall and base / novel, gathered over ranks."""
-    from omniseg.engine.distributed import get_rank, get_world_size
-    from omniseg.recipes.scoring import detection_metrics, gather_predictions
-
-    d = cfg.data
-    gt, load_image = open_source(d.val, d.val_num_images, d.val_seed, d.image_size, progress)
-    split = build_split(d, gt.categories)
-
-    def eval_fn(model: torch.nn.Module) -> dict[str, float]:
-        part = predict_records(model, gt, load_image, d.batch_size, get_rank(), get_world_size(), progress)
-        pred = gather_predictions(part, gt)
-        if get_rank() == 0:  # kept for re-scoring under other groupings (bench/maskx_experiments.py)
-            from omniseg.data.formats.coco import write_coco_results
-
-            write_coco_results(f"{cfg.train.output_dir}/val_predictions.json", pred)
-        return detection_metrics(gt, pred, split)
-
-    return eval_fn
-
-
-def load_detector(model: MaskXRCNN, path: str) -> None:
+def load_detector(model: MaskRCNN, path: str) -> None:
     """Load the ``detector.*`` weights of a checkpoint (mask-branch weights are left as they are)."""
-    from omniseg.api import resolve_checkpoint
-    from omniseg.engine.checkpoint import load_weights
+    from omniseg.engine.checkpoint import load_weights, resolve_checkpoint
 
     step = resolve_checkpoint(path)
     weights = {k[len("detector."):]: v for k, v in load_weights(step / "model.safetensors").items()
@@ -219,64 +178,53 @@ def load_detector(model: MaskXRCNN, path: str) -> None:
         raise RuntimeError(f"{step}: detector weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def run(cfg: MaskXExperiment, resume: bool = False) -> dict:
-    """Train (optionally resuming; stage-wise: both stages) and evaluate; returns the Trainer's summary."""
-    from omniseg.data.loader import build_train_loader
-    from omniseg.engine.distributed import get_rank, get_world_size
-    from omniseg.engine.optim import build_optimizer, build_scheduler
-    from omniseg.engine.trainer import Trainer, seed_everything
-
-    t = cfg.train
-    seed_everything(t.seed + get_rank(), t.deterministic)
-    ds = train_dataset(cfg.data, progress=t.progress)
-    model = build_model(cfg.model, ds.rs.categories)
-    data = build_train_loader([ds], "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers, rank=get_rank(),
-                              world_size=get_world_size(), seed=t.seed)
-    if cfg.model.detector_init:
-        load_detector(model, cfg.model.detector_init)
-    if cfg.model.mode == "stage_wise" and cfg.model.detector_init and cfg.model.stage1_iters <= 0:
-        model.set_stage(2)  # stage 1 was done by the run model.detector_init points at
-    elif cfg.model.mode == "stage_wise":
-        if cfg.model.stage1_iters <= 0:
-            raise ValueError("stage_wise training needs model.stage1_iters > 0 detector iterations "
-                             "(or model.detector_init)")
-        t1 = dataclasses.replace(t, max_iter=cfg.model.stage1_iters, output_dir=f"{t.output_dir}/stage1",
-                                 eval_period=0)
-        model.set_stage(1)
-        opt1 = build_optimizer(model, t1)
-        stage1 = Trainer(model, opt1, build_scheduler(opt1, t1), data, t1, run_config=cfg)
-        if resume:
-            stage1.resume()
-        stage1.train()
-        model.set_stage(2)  # Sec. 3.2: detector fixed, mask branch (incl. T) trained
-    optimizer = build_optimizer(model, t)
-    trainer = Trainer(model, optimizer, build_scheduler(optimizer, t), data, t,
-                      eval_fn=make_eval_fn(cfg, t.progress), run_config=cfg)
-    if resume:
-        trainer.resume()
-    return trainer.train()
+def stages(cfg: MaskXExperiment, model: MaskRCNN) -> list[Stage]:
+    """End-to-end: one stage. Stage-wise (Sec. 3.2): ``model.stage1_iters`` detector iterations
+    (checkpoints in ``<output_dir>/stage1``), then ``train.max_iter`` iterations of the mask branch
+    (incl. T) with the detector fixed; with ``model.detector_init`` and no stage-1 iterations,
+    stage 1 is the run that folder holds."""
+    m, t = cfg.model, cfg.train
+    if m.detector_init:
+        load_detector(model, m.detector_init)
+    if m.mode != "stage_wise":
+        return [Stage(t)]
+    if m.detector_init and m.stage1_iters <= 0:
+        return [Stage(t, prepare=lambda mod: mod.set_stage(2))]
+    if m.stage1_iters <= 0:
+        raise ValueError("stage_wise training needs model.stage1_iters > 0 detector iterations "
+                         "(or model.detector_init)")
+    t1 = dataclasses.replace(t, max_iter=m.stage1_iters, output_dir=f"{t.output_dir}/stage1", eval_period=0)
+    return [Stage(t1, prepare=lambda mod: mod.set_stage(1), evaluate=False),
+            Stage(t, prepare=lambda mod: mod.set_stage(2))]
 
 
-def _class_names(cfg: MaskXExperiment) -> tuple[list[str], list[int]]:
-    things = sorted((c for c in categories_of(cfg.data) if c.isthing), key=lambda c: c.id)
-    return [c.name for c in things], [c.id for c in things]
+def predictor(model: MaskRCNN, cfg: MaskXExperiment, info: RunInfo):
+    """Detect and segment; ``vocabulary`` keeps only those classes (Mask^X R-CNN has a closed
+    vocabulary: its training classes)."""
+    names = [c.name for c in info.things()]
+
+    def predict(images, image_sizes, output_sizes, vocabulary=None, boxes=None) -> list[ImagePrediction]:
+        if boxes is not None:
+            raise ValueError("Mask^X R-CNN finds its own boxes; boxes= is for box-to-mask models")
+        unknown = sorted(set(vocabulary or []) - set(names))
+        if unknown:
+            raise ValueError(f"not among this model's {len(names)} classes: {unknown} (closed vocabulary; "
+                             f"e.g. {names[:3]})")
+        device = next(model.parameters()).device
+        out = [ImagePrediction(p, names) for p in model.predict(images.to(device), image_sizes, output_sizes)]
+        return [p.restrict(vocabulary) for p in out] if vocabulary else out
+
+    return predict
 
 
-def model_from_config(cfg: MaskXExperiment) -> MaskXRCNN:
-    """The model a checkpoint of this recipe holds (used by :class:`omniseg.api.Segmenter`)."""
-    return build_model(cfg.model, categories_of(cfg.data))
-
-
-def predict_image(model: MaskXRCNN, cfg: MaskXExperiment, image: torch.Tensor, vocabulary=None, boxes=None):
-    """Detect and segment one 3 x H x W uint8 image; ``vocabulary`` keeps only those classes
-    (Mask^X R-CNN has a closed vocabulary: its training classes)."""
-    if boxes is not None:
-        raise ValueError("Mask^X R-CNN finds its own boxes; boxes= is for box-to-mask models")
-    names, ids = _class_names(cfg)
-    unknown = sorted(set(vocabulary or []) - set(names))
-    if unknown:
-        raise ValueError(f"not among this model's {len(names)} classes: {unknown} (closed vocabulary; "
-                         f"e.g. {names[:3]})")
-    batch, sizes = pad_image(image)
-    found = model.predict(batch, sizes)[0].to_instances(names, ids, source="maskx_rcnn")
-    return [i for i in found if not vocabulary or i.text in vocabulary]
+RECIPE = Recipe(
+    name="maskx_rcnn",
+    config=MaskXExperiment,
+    build_model=lambda cfg, info: build_model(cfg.model, info.category_objects()),
+    train_data=lambda cfg, progress: train_dataset(cfg.data, progress),
+    eval_fn=lambda cfg, info, progress: detection_eval_fn(
+        lambda m: predictor(m, cfg, info), cfg.data, cfg.train.output_dir, progress, split_of=build_split,
+        source="maskx_rcnn"),
+    predictor=predictor,
+    stages=stages,
+)

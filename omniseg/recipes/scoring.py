@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from torch import nn
 
 from omniseg.data.records import RecordSet
 
@@ -18,32 +21,28 @@ def gather_predictions(part: RecordSet, gt: RecordSet) -> RecordSet:
 def detection_metrics(gt: RecordSet, pred: RecordSet, split: Any = None) -> dict[str, float]:
     """``mask_AP``, ``mask_AP50``, ``mask_AP75`` and ``box_*`` overall, plus ``<key>/base`` and
     ``<key>/novel`` when a split (anything with ``base_ids`` / ``novel_ids``) is given."""
-    from omniseg.evaluation.instance import evaluate_instances
+    from omniseg.evaluation.instance import evaluate_instances, metric_keys
 
     out: dict[str, float] = {}
-    for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
+    for iou_type in ("segm", "bbox"):
         res = evaluate_instances(gt, pred, iou_type=iou_type, groups=split)
-        for key in ("AP", "AP50", "AP75"):
-            out[f"{prefix}_{key}"] = float(res[key])
-            for g in ("base", "novel"):
-                if f"{g}/{key}" in res:
-                    out[f"{prefix}_{key}/{g}"] = float(res[f"{g}/{key}"])
+        keys = metric_keys({k: v for k, v in res.items() if k.split("/")[-1] in ("AP", "AP50", "AP75")}, iou_type)
+        out.update({k: float(v) for k, v in keys.items()})
     return out
 
 
-def vocabulary_predictions(
-    model: Any, predict: Any, embed: Any, gt: RecordSet, load_image=None, batch_size: int = 4, rank: int = 0,
+def predict_records(
+    model: nn.Module, predictor: Any, gt: RecordSet, load_image=None, batch_size: int = 4, rank: int = 0,
     world: int = 1, progress: bool = True, phrases: dict[int, str] | None = None, source: str = "",
 ) -> RecordSet:
-    """Open-vocabulary predictions on this rank's share of ``gt``.
+    """Predictions of ``predictor`` (:class:`~omniseg.recipes.contract.Predictor` of ``model``) on
+    this rank's share of ``gt``.
 
     Args:
-        model: the module (put in eval mode for the call, its mode restored after).
-        predict: ``predict(images, vocab C x D, image_sizes, output_sizes) -> list[InstancePredictions]``
-            whose labels index the vocabulary.
-        embed: ``embed(texts) -> C x D`` phrase embeddings.
-        phrases: class id -> the phrase that names it (default: every thing class's name); a
-            detection of phrase k is scored as class id k.
+        model: the module behind the predictor (put in eval mode for the call, its mode restored).
+        phrases: class id -> the phrase that names it, asked for as the vocabulary (default: every
+            thing class's name); a detection of phrase k is scored as class id k (a closed-vocabulary
+            model's own class names are mapped to ids by name).
         source: the predictions' ``source``.
     """
     import copy
@@ -52,14 +51,11 @@ def vocabulary_predictions(
 
     from omniseg.data.loader import build_test_loader
 
-    if embed is None:
-        raise ValueError("open-vocabulary prediction needs the model's text embedder")
     if phrases is None:
         phrases = {c.id: c.name for c in gt.categories if c.isthing}
     ids = list(phrases)
     texts = [phrases[i] for i in ids]
-    device = next(model.parameters()).device
-    vocab = embed(texts).to(device)
+    by_name = {t: i for i, t in zip(ids, texts)}
     by_id = {r.image_id: r for r in gt}
     pred = RecordSet(records=[], categories=gt.categories, image_root=gt.image_root, name=source)
     was_training = model.training
@@ -67,10 +63,11 @@ def vocabulary_predictions(
     loader = build_test_loader(gt, batch_size, load_image=load_image, rank=rank, world_size=world)
     try:
         for batch in tqdm(loader, desc=f"{source} predict", disable=not progress, leave=False):
-            out = predict(batch.images.to(device), vocab, batch.image_sizes, batch.orig_sizes)
+            out = predictor(batch.images, batch.image_sizes, batch.orig_sizes, texts)
             for image_id, p in zip(batch.image_ids, out):
                 rec = copy.copy(by_id[image_id])
-                rec.instances = p.to_instances(texts, ids, source=source)
+                cat_ids = ids if p.texts == texts else [by_name.get(t) for t in p.texts]
+                rec.instances = p.to_instances(cat_ids, source=source)
                 rec.segments, rec.captions, rec.narratives, rec.labels = [], [], [], []
                 pred.records.append(rec)
     finally:
@@ -78,21 +75,25 @@ def vocabulary_predictions(
     return pred
 
 
-def vocabulary_eval_fn(predict_records: Any, data: Any, output_dir: str, progress: bool = True):
-    """eval_fn for the Trainer of an open-vocabulary recipe: ``predict_records(model, gt, load_image,
-    batch_size, rank, world, progress)`` on the validation images, saved to
-    ``<output_dir>/val_predictions.json`` (for re-scoring), mask / box AP overall and on the
-    base / novel groups of ``data.split``."""
+def detection_eval_fn(
+    predictor_of: Callable[[nn.Module], Any], data: Any, output_dir: str, progress: bool = True,
+    split_of: Callable[[Any, list], Any] | None = None, source: str = "",
+) -> Callable[[nn.Module], dict[str, float]]:
+    """eval_fn for the Trainer of a detector recipe: ``predictor_of(model)`` on the validation
+    images with their thing class names as the vocabulary, predictions saved to
+    ``<output_dir>/val_predictions.json`` (for re-scoring), mask / box AP overall and on the base /
+    novel groups of ``split_of(data, categories)`` (default: the named split of ``data.split``)."""
     from omniseg.data.formats.coco import write_coco_results
     from omniseg.engine.distributed import get_rank, get_world_size
     from omniseg.recipes.data import named_split, open_source
 
     gt, load_image = open_source(data.val, data.val_num_images, data.val_seed, data.image_size, progress)
-    split = named_split(data, gt.categories)
+    split = (split_of or named_split)(data, gt.categories)
 
-    def eval_fn(model) -> dict[str, float]:
+    def eval_fn(model: nn.Module) -> dict[str, float]:
         core = model.module if hasattr(model, "module") else model
-        part = predict_records(core, gt, load_image, data.batch_size, get_rank(), get_world_size(), progress)
+        part = predict_records(core, predictor_of(core), gt, load_image, data.batch_size, get_rank(),
+                               get_world_size(), progress, source=source)
         pred = gather_predictions(part, gt)
         if get_rank() == 0:
             write_coco_results(f"{output_dir}/val_predictions.json", pred)

@@ -13,6 +13,7 @@ from omniseg.data.splits import (
     SPLITS,
     Split,
     apply_split,
+    attribute_object,
     compositional,
     random_split,
     voc_like,
@@ -100,8 +101,52 @@ def test_compositional(seed):
 def test_compositional_errors():
     with pytest.raises(ValueError, match="could hold out only"):
         compositional(CATS, num_novel=70)
-    with pytest.raises(ValueError, match="not a synthetic thing class"):
+    with pytest.raises(ValueError, match="'person' is not a compositional class name"):
         compositional(COCO_CATS)
+    with pytest.raises(ValueError, match="not a compositional class name"):
+        attribute_object("big red ring")
+    assert attribute_object("red ring") == ("red", "ring")
+
+
+def test_compositional_reads_vocabularies_from_names():
+    # not the synthetic lexicon: any "<attribute> <object>" names
+    names = [f"{a} {o}" for o in ("car", "cup", "dog", "hat") for a in ("old", "new", "big", "wet")]
+    cats = [Category(id=i + 1, name=n) for i, n in enumerate(names)]
+    s = compositional(cats, seed=0, num_novel=4, min_base_per_attribute=2)
+    check_partition(s, set(range(1, 17)))
+    base = [attribute_object(names[i - 1]) for i in s.base_ids]
+    for i in s.novel_ids:
+        a, o = attribute_object(names[i - 1])
+        assert sum(b[0] == a for b in base) >= 2 and sum(b[1] == o for b in base) >= 2
+
+
+# Literal ids per named split and seed on the synthetic world, pinned so that changes to the
+# split code provably leave the splits (and every number reported on them) unchanged.
+PINNED = {
+    ("compositional", 0): (5, 6, 9, 10, 12, 14, 17, 20, 21, 24, 37, 45, 51, 53, 54, 65, 66, 67, 75, 76),
+    ("compositional", 1): (7, 15, 16, 17, 18, 21, 28, 32, 35, 36, 39, 48, 53, 56, 57, 61, 64, 68, 71, 76),
+    ("voc-like", 0): (5, 6, 9, 10, 12, 14, 17, 20, 21, 24, 37, 45, 51, 53, 54, 65, 66, 67, 75, 76),
+    ("zsd-like", 0): (13, 15, 16, 26, 27, 33, 38, 41, 47, 50, 56, 59, 69, 73, 74, 77, 78),
+}
+
+
+@pytest.mark.parametrize("name,seed", sorted(PINNED))
+def test_named_splits_pinned_ids(name, seed):
+    s = SPLITS[name](CATS, seed=seed)
+    # compositional / zsd-like: the novel ids; voc-like: its 20 base ids
+    assert (s.base_ids if name == "voc-like" else s.novel_ids) == PINNED[name, seed]
+    if name == "zsd-like":
+        assert s.ignored_ids == (8, 30, 32, 34, 39, 42, 49, 55, 57, 60, 64, 70, 71, 72, 80)
+
+
+def test_compositional_pinned_ids_with_skips():
+    # 40 of 80 held out: some drawn combinations are skipped to keep 2 base classes per attribute
+    s = compositional(CATS, seed=0, num_novel=40)
+    assert s.novel_ids == (
+        2, 3, 5, 6, 9, 10, 11, 12, 14, 17, 18, 19, 20, 21, 24, 28, 29, 31, 35, 36,
+        37, 40, 44, 45, 48, 51, 52, 53, 54, 58, 61, 62, 63, 65, 66, 67, 68, 75, 76, 79,
+    )
+    assert s.novel_ids != random_split(CATS, 40, seed=0).base_ids
 
 
 def test_random_split_and_registry():

@@ -170,8 +170,13 @@ def test_load_errors_name_the_path(tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.safetensors: does not match the model"):
         load_checkpoint(tmp_path, model=other)
     (tmp_path / "step_00000001" / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read checkpoint"):
         load_checkpoint(tmp_path, model=model)
+    (tmp_path / "step_00000001" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing \(incomplete"):
+        load_checkpoint(tmp_path, model=model)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing \(incomplete"):
+        load_weights(tmp_path)
 
 
 def test_rng_state_round_trip():
@@ -193,8 +198,23 @@ def test_load_weights_from_foreign_pth(tmp_path):
     torch.save({"model": sd, "epoch": 3}, tmp_path / "w.pth")
     got = load_weights(tmp_path / "w.pth")
     assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, tmp_path / "ddp.pt")
+    assert load_weights(tmp_path / "ddp.pt").keys() == sd.keys()  # nesting and DDP prefix undone
     torch.save({"a": [1, 2]}, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match=r"bad\.pth: not a dict of tensors"):
+    with pytest.raises(CheckpointError, match=r"bad\.pth: no tensors found"):
         load_weights(tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match="no such file"):
+    with pytest.raises(CheckpointError, match=r"missing\.pth: checkpoint file not found"):
         load_weights(tmp_path / "missing.pth")
+    (tmp_path / "w.npz").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"w\.npz: unknown checkpoint type"):
+        load_weights(tmp_path / "w.npz")
+
+
+def test_one_checkpoint_error_and_one_reader():
+    """Training checkpoints and pretrained weights share the error class and the file reader."""
+    from omniseg.modeling import weights
+    from omniseg.utils import weights_io
+
+    assert CheckpointError is weights.CheckpointError is weights_io.CheckpointError
+    assert issubclass(CheckpointError, RuntimeError) and issubclass(CheckpointError, ValueError)
+    assert ckpt.read_weights_file is weights.read_weights_file is weights_io.read_weights_file

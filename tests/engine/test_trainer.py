@@ -274,3 +274,49 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     assert resumed == ref  # deterministic mode: bitwise the same trajectory
     a, b = load_weights(run / "checkpoints"), load_weights(tmp_path / "ref" / "checkpoints")
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+class WithTeacher(nn.Module):
+    """A model owning an EMA teacher used inside ``forward`` (MAL's teacher: the method contract).
+    The teacher is a frozen copy updated from the student at the start of each training forward."""
+
+    def __init__(self, decay: float = 0.5):
+        super().__init__()
+        torch.manual_seed(0)
+        self.student = tiny_run.TinyModel(dropout=0.0)
+        self.teacher = tiny_run.TinyModel(dropout=0.0)
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False)
+        self.decay = decay
+
+    def forward(self, batch):
+        if self.training:
+            with torch.no_grad():
+                for t, s in zip(self.teacher.parameters(), self.student.parameters()):
+                    t.mul_(self.decay).add_(s, alpha=1 - self.decay)
+        losses = self.student(batch)
+        with torch.no_grad():
+            target = self.teacher.fc2(torch.relu(self.teacher.fc1(batch["x"]))).squeeze(-1)
+        pred = self.student.fc2(torch.relu(self.student.fc1(batch["x"]))).squeeze(-1)
+        return {**losses, "loss_distill": ((pred - target) ** 2).mean()}
+
+
+def test_a_model_owning_an_ema_teacher_trains_checkpoints_and_resumes_exactly(tmp_path):
+    whole = make_trainer(tmp_path / "a", model=WithTeacher(), max_iter=6, checkpoint_period=3, schedule="constant")
+    assert all("teacher" not in n for n, p in whole.model.named_parameters() if p.requires_grad)
+    n_opt = sum(len(g["params"]) for g in whole.optimizer.param_groups)
+    assert n_opt == len(list(whole.model.student.parameters()))  # the teacher is not optimized
+    before = {k: v.clone() for k, v in whole.model.teacher.state_dict().items()}
+    whole.train()
+    final = load_weights(tmp_path / "a" / "checkpoints")
+    assert any(not torch.equal(final[f"teacher.{k}"], v) for k, v in before.items())  # it moved, via forward
+
+    first = make_trainer(tmp_path / "b", model=WithTeacher(), max_iter=3, checkpoint_period=3, schedule="constant")
+    first.train()
+    resumed = make_trainer(tmp_path / "b", model=WithTeacher(), max_iter=6, checkpoint_period=3, schedule="constant")
+    assert resumed.resume()
+    resumed.train()
+    again = load_weights(tmp_path / "b" / "checkpoints")
+    assert set(again) == set(final)
+    for k in final:
+        assert torch.equal(again[k], final[k]), k

@@ -107,7 +107,8 @@ def test_checkpoint_round_trip(batch, tmp_path):
 
 def test_recipe_trains_and_evaluates(tmp_path):
     from omniseg.engine.config import load_config
-    from omniseg.recipes.box_to_mask import BoxToMaskExperiment, run
+    from omniseg.recipes.box_to_mask import RECIPE, BoxToMaskExperiment
+    from omniseg.recipes.contract import run_recipe
 
     cfg = load_config(BoxToMaskExperiment, None, [
         "model.width=8", "model.fpn_channels=16", "model.norm=GN", "model.freeze_at=0",
@@ -115,7 +116,7 @@ def test_recipe_trains_and_evaluates(tmp_path):
         "data.image_size=96", "data.batch_size=2", "train.max_iter=3", "train.progress=false",
         f"train.output_dir={tmp_path}", "train.checkpoint_period=3",
     ])
-    out = run(cfg)
+    out = run_recipe(RECIPE, cfg)
     assert out["step"] == 3
     ev = out["eval"]
     assert set(ev) >= {"mask_AP", "mask_AP50", "filled_box_AP"}

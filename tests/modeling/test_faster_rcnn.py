@@ -6,14 +6,11 @@ import torch
 from omniseg.data.batch import Targets, collate
 from omniseg.data.dataset import synth_dataset
 from omniseg.data.synth.world import SynthConfig
+from omniseg.modeling.detection_targets import image_label_indices, instance_labels, split_targets
 from omniseg.modeling.faster_rcnn import (
-    FASTER_RCNN_BUILDERS,
     FasterRCNN,
     build_faster_rcnn_r18_fpn,
     build_faster_rcnn_r50_fpn,
-    image_label_indices,
-    instance_labels,
-    split_targets,
 )
 from omniseg.modeling.preprocess import PIXEL_MEAN as IMAGENET_MEAN
 from omniseg.modeling.preprocess import PIXEL_STD as IMAGENET_STD
@@ -93,7 +90,9 @@ def test_overfit_tiny_synthetic_batch(synth):
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
     g = torch.Generator().manual_seed(0)
     totals = []
-    for _ in range(60):
+    # 100 steps: at 60 one of the four objects was still missing from the top 10 on some CPUs
+    # (float results of the convolutions differ between instruction sets)
+    for _ in range(100):
         losses = m(batch, generator=g)
         assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
         loss = sum(losses.values())
@@ -184,7 +183,6 @@ def test_open_vocab_train_and_swapped_vocabulary(synth):
 
 
 def test_builders_and_validation():
-    assert set(FASTER_RCNN_BUILDERS) == {"faster_rcnn_r18_fpn", "faster_rcnn_r50_fpn"}
     m = build_faster_rcnn_r50_fpn(5, predictor="class-agnostic", **TINY)
     assert m.roi_heads.predictor.bbox_pred.out_features == 4
     assert m.roi_heads.predictor.cls_score.out_features == 6

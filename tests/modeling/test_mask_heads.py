@@ -6,23 +6,35 @@ from torch import nn
 from omniseg.modeling.heads.mask_heads import (
     MASK_HEAD_BUILDERS,
     FCNMaskHead,
-    FusedMaskHead,
     Hourglass,
     HourglassMaskHead,
     MLPMaskBranch,
     build_fcn_mask_head,
-    build_fused_mask_head,
     build_hourglass20_mask_head,
-    fuse_mask_logits,
     select_class_logits,
 )
 from omniseg.modeling.norm import FrozenBatchNorm2d
 
 
+def _norm_by_hand(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """What an eval-mode norm layer computes, written out: (y - mean) / sqrt(var + eps) * w + b."""
+    if isinstance(layer, nn.Identity):
+        return y
+    c = (1, -1, 1, 1)
+    if isinstance(layer, nn.GroupNorm):  # statistics of each sample's channel group
+        g = y.reshape(y.shape[0], layer.num_groups, -1)
+        mean = g.mean(-1, keepdim=True)
+        var = ((g - mean) ** 2).mean(-1, keepdim=True)
+        y = ((g - mean) / torch.sqrt(var + layer.eps)).reshape(y.shape)
+    else:  # BatchNorm in eval mode and FrozenBN: the stored running statistics
+        y = (y - layer.running_mean.view(c)) / torch.sqrt(layer.running_var.view(c) + layer.eps)
+    return y * layer.weight.view(c) + layer.bias.view(c)
+
+
 def _reference_fcn(head: FCNMaskHead, x):
     for block in head.convs:
         conv = block[0]
-        x = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1))
+        x = F.relu(_norm_by_hand(block[1], F.conv2d(x, conv.weight, conv.bias, padding=1)))
     x = F.relu(F.conv_transpose2d(x, head.deconv.weight, head.deconv.bias, stride=2))
     return F.conv2d(x, head.predictor.weight, head.predictor.bias)
 
@@ -51,14 +63,36 @@ def test_deconv_doubles_exactly():
 
 @pytest.mark.parametrize("norm", ["GN", "BN", "FrozenBN"])
 def test_fcn_norm_variants_train_eval(norm):
+    torch.manual_seed(0)
     head = build_fcn_mask_head(8, conv_dim=8, norm=norm)
-    if norm == "FrozenBN":
-        assert isinstance(head.convs[0][1], FrozenBatchNorm2d)
+    norm_type = {"GN": nn.GroupNorm, "BN": nn.BatchNorm2d, "FrozenBN": FrozenBatchNorm2d}[norm]
+    assert all(isinstance(block[1], norm_type) for block in head.convs)
+    if norm == "GN":  # the largest group count <= 32 dividing conv_dim
+        assert all(block[1].num_groups == 8 for block in head.convs)
+    with torch.no_grad():  # move every norm away from the identity so the check below means something
+        for block in head.convs:
+            block[1].weight.uniform_(0.5, 1.5)
+            block[1].bias.normal_(0.0, 0.5)
+            if norm == "FrozenBN":
+                block[1].running_mean.normal_(0.0, 0.5)
+                block[1].running_var.uniform_(0.5, 2.0)
+        head.predictor.weight.normal_()  # default init is tiny
     x = torch.randn(4, 8, 7, 7)
-    head.train()(x).sum().backward()
+    train_out = head.train()(x)
+    train_out.sum().backward()
     assert all(p.grad is not None for p in head.parameters())
+    if norm == "BN":  # the train pass moved the running statistics off their (0, 1) start
+        assert not torch.equal(head.convs[0][1].running_mean, torch.zeros(8))
     head.eval()
-    torch.testing.assert_close(head(x), head(x))
+    with torch.no_grad():
+        eval_out = head(x)
+    # eval mode = conv, hand-computed normalization (running statistics for BN / FrozenBN, the
+    # sample's own group statistics for GN), ReLU, deconv, predictor
+    torch.testing.assert_close(eval_out, _reference_fcn(head, x))
+    if norm == "BN":  # batch statistics in train mode, running statistics in eval mode
+        assert not torch.allclose(train_out.detach(), eval_out)
+    else:  # GN and FrozenBN do not depend on the mode
+        torch.testing.assert_close(train_out.detach(), eval_out)
 
 
 def test_hourglass20_layer_count_and_shapes():
@@ -131,33 +165,6 @@ def test_mlp_branch_reduce_and_no_hidden():
     assert mlp(torch.randn(3, 8, 2, 2)).shape == (3, 1, 4, 4)
 
 
-def test_fuse_mask_logits_hand_worked():
-    fcn = torch.tensor([[[[1.0]], [[2.0]], [[3.0]]]])  # 1 x 3 x 1 x 1
-    mlp = torch.tensor([[[[10.0]]]])  # 1 x 1 x 1 x 1
-    assert fuse_mask_logits(fcn, mlp).flatten().tolist() == [11.0, 12.0, 13.0]
-    with pytest.raises(ValueError, match="R x 1"):
-        fuse_mask_logits(fcn, fcn)
-    with pytest.raises(ValueError, match="sizes differ"):
-        fuse_mask_logits(fcn, torch.zeros(1, 1, 2, 2))
-
-
-def test_fused_head_is_fcn_plus_tiled_mlp():
-    torch.manual_seed(0)
-    head = build_fused_mask_head(6, roi_size=7, num_classes=4, conv_dim=8, hidden_dim=16)
-    with torch.no_grad():
-        head.mlp.predictor.weight.normal_()
-    x = torch.randn(3, 6, 7, 7)
-    out = head(x)
-    assert out.shape == (3, 4, 14, 14)
-    agn = head.mlp(head.fcn.trunk(x))
-    fcn = head.fcn(x)
-    for k in range(4):
-        torch.testing.assert_close(out[:, k], fcn[:, k] + agn[:, 0])
-    out.sum().backward()
-    assert all(p.grad is not None for p in head.parameters())
-    assert isinstance(head, FusedMaskHead) and head.num_classes == 4
-
-
 def test_select_class_logits():
     logits = torch.arange(2 * 3 * 1 * 1, dtype=torch.float).view(2, 3, 1, 1)
     assert select_class_logits(logits, torch.tensor([2, 0])).flatten().tolist() == [2.0, 3.0]
@@ -174,7 +181,6 @@ def test_builders_overfit_one_batch(name):
     kwargs = {
         "fcn4": dict(conv_dim=8),
         "hourglass20": dict(channels=8),
-        "fcn4_mlp": dict(conv_dim=8, hidden_dim=16, roi_size=8),
     }
     head = MASK_HEAD_BUILDERS[name](4, **kwargs[name])
     x = torch.randn(2, 4, 8, 8)
@@ -200,7 +206,6 @@ def test_safetensors_round_trip(tmp_path, name):
     kwargs = {
         "fcn4": dict(conv_dim=8, norm="BN"),
         "hourglass20": dict(channels=8),
-        "fcn4_mlp": dict(conv_dim=8, hidden_dim=16, roi_size=8),
     }
     torch.manual_seed(0)
     head = MASK_HEAD_BUILDERS[name](4, **kwargs[name])

@@ -9,7 +9,7 @@ from omniseg.data.synth.world import SynthConfig
 from omniseg.modeling.faster_rcnn import build_faster_rcnn_r18_fpn
 from omniseg.modeling.maskx_rcnn import (
     MASKX_RCNN_BUILDERS,
-    MaskXRCNN,
+    MaskRCNN,
     build_mask_head,
     build_maskx_rcnn_r18_fpn,
     build_maskx_rcnn_r50_fpn,
@@ -231,16 +231,16 @@ def test_builders_and_validation(synth):
     det = build_faster_rcnn_r18_fpn(3, width=8, fpn_channels=16, fc_dim=32, norm="GN", freeze_at=0)
     head = build_mask_head(4, in_channels=16, det_dim=32, cfg=MaskHeadConfig(conv_dim=8, mlp_hidden_dim=8))
     with pytest.raises(ValueError, match="classes"):
-        MaskXRCNN(detector=det, mask_head=head)
+        MaskRCNN(detector=det, mask_head=head)
     head = build_mask_head(3, in_channels=16, det_dim=32, cfg=MaskHeadConfig(conv_dim=8, mlp_hidden_dim=8))
     with pytest.raises(ValueError, match="mode"):
-        MaskXRCNN(detector=det, mask_head=head, mode="joint")
+        MaskRCNN(detector=det, mask_head=head, mode="joint")
     with pytest.raises(ValueError, match="strides"):
-        MaskXRCNN(detector=det, mask_head=head, mask_in_features=("p3", "p4", "p5", "p6"))
+        MaskRCNN(detector=det, mask_head=head, mask_in_features=("p3", "p4", "p5", "p6"))
     ov = build_faster_rcnn_r18_fpn(predictor="open-vocab", embed_dim=8, width=8, fpn_channels=16, fc_dim=32,
                                    norm="GN", freeze_at=0)
     with pytest.raises(ValueError, match="class-agnostic"):
-        MaskXRCNN(detector=ov, mask_head=head)
+        MaskRCNN(detector=ov, mask_head=head)
     with pytest.raises(ValueError, match="text embeddings"):
         _model(cats, transfer_input="text")
 
@@ -260,7 +260,7 @@ def test_segment_boxes_matches_predict_on_its_own_detections(synth):
 def test_mask_rcnn_star_open_vocab_any_vocabulary(synth):
     """Mask R-CNN* (alp-fcos-mo Sec. 4): open-vocab classifier over phrase embeddings, class-agnostic
     box regression and Hourglass mask head; predictions follow whatever vocabulary is given."""
-    from omniseg.modeling.maskx_rcnn import MASK_RCNN_STAR_BUILDERS, build_mask_rcnn_star_r18_fpn
+    from omniseg.modeling.mask_rcnn_star import MASK_RCNN_STAR_BUILDERS, build_mask_rcnn_star_r18_fpn
 
     batch, _ = synth
 

@@ -4,7 +4,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from omniseg.modeling.backbones.resnet import (
-    RESNET_BUILDERS,
     BasicBlock,
     Bottleneck,
     build_resnet18,
@@ -164,10 +163,43 @@ def test_gradients_flow_only_to_trainable_stages():
             assert p.grad is None, name
 
 
+def _norm_by_hand(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """What an eval-mode norm layer computes, written out: (y - mean) / sqrt(var + eps) * w + b."""
+    if isinstance(layer, nn.Identity):
+        return y
+    c = (1, -1, 1, 1)
+    if isinstance(layer, nn.GroupNorm):  # statistics of each sample's channel group
+        g = y.reshape(y.shape[0], layer.num_groups, -1)
+        mean = g.mean(-1, keepdim=True)
+        var = ((g - mean) ** 2).mean(-1, keepdim=True)
+        y = ((g - mean) / torch.sqrt(var + layer.eps)).reshape(y.shape)
+    else:  # BatchNorm in eval mode and FrozenBN: the stored running statistics
+        y = (y - layer.running_mean.view(c)) / torch.sqrt(layer.running_var.view(c) + layer.eps)
+    return y * layer.weight.view(c) + layer.bias.view(c)
+
+
 @pytest.mark.parametrize("norm", ["BN", "FrozenBN", "GN", "none"])
 def test_norm_variants_train_eval(norm):
     torch.manual_seed(0)
     model = build_resnet18(norm=norm, width=8)
+    # every norm slot: the stem's bn1, two per BasicBlock, one per projection shortcut
+    norms = {
+        n: m
+        for n, m in model.named_modules()
+        if n.rpartition(".")[2].startswith("bn") or n.endswith("downsample.1")
+    }
+    assert len(norms) == 1 + 8 * 2 + 3
+    types = {"BN": nn.BatchNorm2d, "FrozenBN": FrozenBatchNorm2d, "GN": nn.GroupNorm, "none": nn.Identity}
+    norm_type = types[norm]
+    assert all(type(m) is norm_type for m in norms.values())
+    with torch.no_grad():  # move every norm away from the identity so the check below means something
+        for m in norms.values():
+            if norm != "none":
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+            if norm == "FrozenBN":
+                m.running_mean.normal_(0.0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
     x = torch.randn(2, 3, 32, 32)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()(x)
@@ -176,8 +208,25 @@ def test_norm_variants_train_eval(norm):
         assert changed and all("running" in k or "num_batches" in k for k in changed)
     else:
         assert changed == []
+    # In eval mode every norm layer's output is the hand-computed normalization of its input.
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(name):
+        # clone: the ReLU after the norm works in place
+        return lambda mod, inp, out: seen.__setitem__(name, (inp[0].clone(), out.clone()))
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in norms.items()]
     model.eval()
-    torch.testing.assert_close(model(x)["c5"], model(x)["c5"])
+    with torch.no_grad():
+        c5 = model(x)["c5"]
+    for h in hooks:
+        h.remove()
+    assert seen.keys() == norms.keys()
+    for name, (inp, out) in seen.items():
+        torch.testing.assert_close(out, _norm_by_hand(norms[name], inp), msg=lambda m, n=name: f"{n}: {m}")
+    # ... so each image's features do not depend on the rest of the batch (BN in train mode would)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[1:])["c5"], c5[1:])
 
 
 def test_bad_arguments():
@@ -185,7 +234,6 @@ def test_bad_arguments():
         build_resnet18(out_features=("c6",))
     with pytest.raises(ValueError, match="out_features"):
         build_resnet18(out_features=())
-    assert set(RESNET_BUILDERS) == {"resnet18", "resnet34", "resnet50", "resnet101"}
 
 
 def test_autocast_and_channels_last():

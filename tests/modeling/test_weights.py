@@ -196,6 +196,22 @@ def test_unwrap_state_dict():
         unwrap_state_dict([t])
 
 
+def test_pretrained_and_checkpoint_loading_share_the_reader(tmp_path):
+    from omniseg.engine.checkpoint import load_weights
+    from omniseg.utils.weights_io import CheckpointError as SharedError
+
+    assert CheckpointError is SharedError
+    sd = torchvision_style_resnet18()
+    path = tmp_path / "r18.pth"
+    torch.save({"model": {"module." + k: v for k, v in sd.items()}}, path)
+    got = load_weights(path)  # the training side reads a foreign file the same way
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
+    (tmp_path / "bad.pth").write_bytes(b"not a torch file")
+    for load in (load_weights, lambda p: load_pretrained(build_resnet18(width=8), p)):
+        with pytest.raises(CheckpointError, match=r"bad\.pth: cannot read checkpoint"):
+            load(tmp_path / "bad.pth")
+
+
 def test_convert_to_safetensors(tmp_path):
     sd = torchvision_style_resnet18()
     src, dst = tmp_path / "r18.pth", tmp_path / "out" / "r18.safetensors"

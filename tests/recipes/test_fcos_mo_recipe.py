@@ -9,17 +9,16 @@ import pytest
 import torch
 
 from omniseg.engine.config import load_config
+from omniseg.recipes.alp_data import ALPConfig, alp_train_dataset, simulated_alps
+from omniseg.recipes.contract import run_recipe
 from omniseg.recipes.data import named_split, open_source
-from omniseg.recipes.fcos_mo import (
-    ALPConfig,
-    FCOSMOExperiment,
-    build_model,
-    fcos_mo_train_dataset,
-    run,
-    simulated_alps,
-)
+from omniseg.recipes.fcos_mo import RECIPE, FCOSMOExperiment, build_model
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "fcos_mo_smoke.yaml"
+
+
+def _train_data(cfg: FCOSMOExperiment):
+    return alp_train_dataset(cfg.data, cfg.alp, progress=False)
 
 
 def _cfg(tmp_path, *extra: str) -> FCOSMOExperiment:
@@ -51,7 +50,7 @@ def test_simulated_alps_are_weak_labels_of_novel_instances(tmp_path):
 
 def test_training_data_holds_alps_and_no_novel_annotations(tmp_path):
     cfg = _cfg(tmp_path, "alp.quantize=false")
-    ds = fcos_mo_train_dataset(cfg, progress=False)
+    ds = _train_data(cfg)
     split = named_split(cfg.data, ds.rs.categories)
     n_alp = 0
     for k in range(len(ds)):
@@ -63,12 +62,12 @@ def test_training_data_holds_alps_and_no_novel_annotations(tmp_path):
     assert n_alp > 0
     # without a split the stand-in has nothing to stand in for
     with pytest.raises(ValueError):
-        fcos_mo_train_dataset(_cfg(tmp_path, "data.split="), progress=False)
+        _train_data(_cfg(tmp_path, "data.split="))
 
 
 def test_quantization_switch_moves_only_approximate_boxes(tmp_path):
-    on = fcos_mo_train_dataset(_cfg(tmp_path, "data.flip=false"), progress=False)
-    off = fcos_mo_train_dataset(_cfg(tmp_path, "data.flip=false", "alp.quantize=false"), progress=False)
+    on = _train_data(_cfg(tmp_path, "data.flip=false"))
+    off = _train_data(_cfg(tmp_path, "data.flip=false", "alp.quantize=false"))
     moved = 0
     for k in range(len(on)):
         a, b = on[(k, 7)].targets, off[(k, 7)].targets
@@ -88,7 +87,7 @@ def test_alps_from_a_curated_jsonl(tmp_path):
     path.write_text(json.dumps({"image_id": rec.image_id, "phrase": "crimson disk", "box": [3, 4, 40, 50],
                                 "box_quality": "approximate", "source": "alp"}) + "\n")
     cfg = _cfg(tmp_path, "alp.simulate=false", f"alp.path={path}")
-    ds = fcos_mo_train_dataset(cfg, progress=False)
+    ds = _train_data(cfg)
     t = ds.raw_sample(2).targets
     i = t.texts.index("crimson disk")
     assert t.boxes[i].tolist() == [3.0, 4.0, 40.0, 50.0] and not t.box_exact[i] and t.category_ids[i] == -1
@@ -98,7 +97,7 @@ def test_smoke_run_trains_evaluates_and_reloads(tmp_path):
     from omniseg.engine.checkpoint import latest_checkpoint, load_checkpoint
 
     cfg = _cfg(tmp_path)
-    out = run(cfg)
+    out = run_recipe(RECIPE, cfg)
     assert out["step"] == cfg.train.max_iter
     ev = out["eval"]
     for k in ("mask_AP", "mask_AP50", "mask_AP50/base", "mask_AP50/novel", "box_AP50", "box_AP50/novel"):
@@ -116,5 +115,9 @@ def test_embed_dim_must_match_the_encoder(tmp_path):
     # MiniLM gives 384-d vectors; the smoke model projects to 32
     with pytest.raises(ValueError, match="384"):
         build_model(_cfg(tmp_path, "text.encoder=minilm"))
-    with pytest.raises(ValueError, match="unknown arch"):
-        build_model(_cfg(tmp_path, "arch=fcos_mo_r101"))
+    from omniseg.engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"backbone: 'resnet101_fpn_p3p7' is not one of \['resnet18_fpn_p3p7'"):
+        _cfg(tmp_path, "model.backbone=resnet101_fpn_p3p7")
+    with pytest.raises(ConfigError, match="unknown key 'arch'"):
+        _cfg(tmp_path, "arch=fcos_mo_r18")

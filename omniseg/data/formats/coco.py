@@ -1,5 +1,8 @@
 """COCO / LVIS instance annotations and COCO results files <-> :class:`RecordSet`.
 
+(Over 400 lines on purpose: one public format, its reader, validator and writer kept together so a
+change to one side of the round trip is seen next to the other.)
+
 Format (public COCO "instances" JSON, https://cocodataset.org/#format-data):
     ``{"images": [{"id", "file_name", "width", "height", ...}],
     "annotations": [{"id", "image_id", "category_id", "bbox": [x, y, w, h], "area", "iscrowd",

@@ -9,7 +9,7 @@ layers keep the ``bn`` names whatever their kind (BN / FrozenBN / GN / SyncBN).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -196,11 +196,3 @@ def build_resnet50(**kwargs) -> ResNet:
 def build_resnet101(**kwargs) -> ResNet:
     """ResNet-101 trunk; keyword arguments as for :class:`ResNet`."""
     return ResNet(Bottleneck, (3, 4, 23, 3), **kwargs)
-
-
-RESNET_BUILDERS: dict[str, Callable[..., ResNet]] = {
-    "resnet18": build_resnet18,
-    "resnet34": build_resnet34,
-    "resnet50": build_resnet50,
-    "resnet101": build_resnet101,
-}

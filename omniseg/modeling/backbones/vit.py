@@ -12,7 +12,7 @@ size. :class:`SimpleFeaturePyramid` turns the single stride-p map into a multi-s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -301,6 +301,3 @@ def vit_base(*, img_size: int = 224, patch_size: int = 16, drop_path_rate: float
         num_heads=12,
         drop_path_rate=drop_path_rate,
     )
-
-
-VIT_BUILDERS: dict[str, Callable[..., VisionTransformer]] = {"vit_small": vit_small, "vit_base": vit_base}

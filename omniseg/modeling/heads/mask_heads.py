@@ -14,9 +14,10 @@ All heads take RoI-aligned features R x C x S x S and return mask logits R x K x
   bottom blocks at the coarsest level) and a 1x1 predictor. ``num_layers`` counts the 3x3 / 1x1
   convs on the main path: 2 + 2 * (3 * levels + bottom blocks), so 20 = 2 levels + 3 bottom
   blocks. Output resolution = input resolution (x2 with ``upsample=True``).
-* :class:`MLPMaskBranch` + :class:`FusedMaskHead` - Mask^X R-CNN's class-agnostic MLP mask
-  predictor whose 1 x M x M scores are tiled over the K class channels of the FCN head and
-  added before the sigmoid (maskx-rcnn, Sec. 3.4 "Fused FCN+MLP Mask Heads").
+* :class:`MLPMaskBranch` - Mask^X R-CNN's class-agnostic MLP mask predictor whose 1 x M x M
+  scores are added to the FCN head's class scores before the sigmoid (maskx-rcnn, Sec. 3.4
+  "Fused FCN+MLP Mask Heads"); the fusion itself lives in
+  :class:`omniseg.modeling.roi_mask_head.RoIMaskHead`.
 """
 
 from __future__ import annotations
@@ -43,23 +44,6 @@ def _predictor(in_channels: int, num_classes: int) -> nn.Conv2d:
     nn.init.normal_(conv.weight, std=0.001)  # Mask R-CNN predictor init
     nn.init.zeros_(conv.bias)
     return conv
-
-
-def fuse_mask_logits(fcn_logits: torch.Tensor, mlp_logits: torch.Tensor) -> torch.Tensor:
-    """Add class-agnostic MLP mask scores to every class channel (maskx-rcnn, Sec. 3.4).
-
-    Args:
-        fcn_logits: R x K x M x M.
-        mlp_logits: R x 1 x M x M.
-
-    Returns:
-        R x K x M x M, ``fcn_logits[:, k] + mlp_logits[:, 0]`` for every k.
-    """
-    if mlp_logits.shape[1] != 1 or mlp_logits.shape[0] != fcn_logits.shape[0]:
-        raise ValueError(f"mlp_logits must be R x 1 x M x M, got {tuple(mlp_logits.shape)}")
-    if fcn_logits.shape[-2:] != mlp_logits.shape[-2:]:
-        raise ValueError(f"mask sizes differ: {tuple(fcn_logits.shape)} vs {tuple(mlp_logits.shape)}")
-    return fcn_logits + mlp_logits
 
 
 def select_class_logits(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -264,28 +248,6 @@ class MLPMaskBranch(nn.Module):
         return self.predictor(self.fcs(y)).view(-1, 1, self.out_size, self.out_size)
 
 
-class FusedMaskHead(nn.Module):
-    """FCN head + class-agnostic MLP branch, scores added (maskx-rcnn, Sec. 3.4).
-
-    The MLP reads the FCN's conv-stack output (R x conv_dim x S x S); the paper does not pin the
-    branch point, this choice shares the conv features between both predictors.
-
-    Args:
-        fcn: the FCN head (class-agnostic or class-specific).
-        mlp: the MLP branch; its ``out_size`` must be twice the RoI size.
-    """
-
-    def __init__(self, *, fcn: FCNMaskHead, mlp: MLPMaskBranch):
-        super().__init__()
-        self.fcn, self.mlp = fcn, mlp
-        self.num_classes = fcn.num_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """R x C x S x S -> R x K x 2S x 2S fused mask logits."""
-        trunk = self.fcn.trunk(x)
-        return fuse_mask_logits(self.fcn.head(trunk), self.mlp(trunk))
-
-
 def build_fcn_mask_head(
     in_channels: int = 256, *, num_classes: int = 1, conv_dim: int = 256, norm: NormKind = "none"
 ) -> FCNMaskHead:
@@ -313,32 +275,7 @@ def build_hourglass20_mask_head(
     )
 
 
-def build_fused_mask_head(
-    in_channels: int = 256,
-    *,
-    roi_size: int = 14,
-    num_classes: int = 1,
-    conv_dim: int = 256,
-    hidden_dim: int = 1024,
-    num_fc: int = 2,
-    reduce_channels: int | None = None,
-    norm: NormKind = "none",
-) -> FusedMaskHead:
-    """Mask^X R-CNN fused FCN + MLP head (14 x 14 RoIs in, 28 x 28 logits out)."""
-    fcn = build_fcn_mask_head(in_channels, num_classes=num_classes, conv_dim=conv_dim, norm=norm)
-    mlp = MLPMaskBranch(
-        conv_dim,
-        roi_size,
-        out_size=2 * roi_size,
-        hidden_dim=hidden_dim,
-        num_fc=num_fc,
-        reduce_channels=reduce_channels,
-    )
-    return FusedMaskHead(fcn=fcn, mlp=mlp)
-
-
 MASK_HEAD_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "fcn4": build_fcn_mask_head,
     "hourglass20": build_hourglass20_mask_head,
-    "fcn4_mlp": build_fused_mask_head,
 }

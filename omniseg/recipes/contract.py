@@ -1,0 +1,191 @@
+"""The method contract: a method is one typed :class:`Recipe`, and :func:`run_recipe` runs every one.
+
+A recipe bundles what differs between methods and nothing else:
+
+* ``config``: its top-level config dataclass (YAML sections ``model``, ``data``, ``train``, ...);
+* ``build_model(cfg, info)``: the trainable module for a run (``info`` carries the categories,
+  so a checkpoint rebuilds the same model without the training data);
+* ``train_data(cfg, progress)``: the training :class:`~omniseg.data.dataset.RecordDataset`;
+* ``eval_fn(cfg, info, progress)``: ``model -> metrics`` for the trainer (called on every rank);
+* ``predictor(model, cfg, info)``: a :class:`Predictor` (plain images + any vocabulary in,
+  :class:`~omniseg.modeling.predictions.ImagePrediction` out) used by evaluation, the API and the CLI;
+* ``stages(cfg, model)`` (optional): training stages, e.g. Mask^X R-CNN's stage-wise mode;
+* ``text_encoder(cfg)`` (optional): the id of the frozen phrase encoder the model reads;
+* ``pad_divisor`` (optional): the API pads single images to a multiple of it (1: no padding).
+
+Everything else -- seeding, the data loader, optimizer, schedule, the trainer, resuming, the run
+folder's ``run.json`` -- is :func:`run_recipe`, written once. The table of recipes is
+:data:`omniseg.recipes.table.RECIPES`, a plain dict read by the CLI and the API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from torch import Tensor, nn
+
+from omniseg.data.records import Category
+from omniseg.engine.config import TrainConfig
+from omniseg.modeling.predictions import ImagePrediction
+
+C = TypeVar("C")
+EvalFn = Callable[[nn.Module], dict[str, float]]
+RUN_INFO = "run.json"
+
+
+@dataclass
+class RunInfo:
+    """What a run folder needs, besides its config and weights, to predict on its own.
+
+    Attributes:
+        recipe: the recipe name (key of ``RECIPES``).
+        categories: the training source's categories ``{"id", "name", "isthing"}``: a model's class
+            indices refer to its thing categories sorted by id.
+        text_encoder: id of the frozen phrase encoder ("" for closed-vocabulary models).
+        metrics: the final evaluation metrics (filled in at the end of training; null where not
+            defined, e.g. AP of a group without ground truth).
+    """
+
+    recipe: str
+    categories: list[dict[str, Any]] = field(default_factory=list)
+    text_encoder: str = ""
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+    def category_objects(self) -> list[Category]:
+        return [Category(id=int(c["id"]), name=str(c["name"]), isthing=bool(c.get("isthing", True)))
+                for c in self.categories]
+
+    def things(self) -> list[Category]:
+        """Thing categories in class-index order (sorted by id)."""
+        return sorted((c for c in self.category_objects() if c.isthing), key=lambda c: c.id)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> RunInfo:
+        if not isinstance(data, dict) or not isinstance(data.get("recipe"), str):
+            raise ValueError(f"{source}: not a run description (expected an object with a 'recipe' string)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def categories_info(categories: Sequence[Category]) -> list[dict[str, Any]]:
+    return [{"id": c.id, "name": c.name, "isthing": c.isthing} for c in categories]
+
+
+class Predictor(Protocol):
+    """A trained model behind one call: a padded image batch and a vocabulary in, one
+    :class:`ImagePrediction` per image out (instances; OpenSeg / VLOSS add pixel or region
+    embeddings and panoptic segments to the same container).
+
+    Args (of ``__call__``):
+        images: B x 3 x H x W uint8, zero-padded as the model needs (:func:`pad_images`).
+        image_sizes: B valid (height, width) inside the padding.
+        output_sizes: B (height, width) to return boxes / masks at.
+        vocabulary: class names / phrases to recognise; None = the model's training vocabulary.
+        boxes: B tensors K_b x 4 (XYXY, output size) for models that segment given boxes.
+    """
+
+    def __call__(self, images: Tensor, image_sizes: Sequence[tuple[int, int]],
+                 output_sizes: Sequence[tuple[int, int]], vocabulary: Sequence[str] | None = None,
+                 boxes: Sequence[Tensor] | None = None) -> list[ImagePrediction]: ...
+
+
+@dataclass
+class Stage:
+    """One training stage: its engine config, a hook that prepares the model, and whether the
+    recipe's evaluation runs at its end (the last stage's metrics are the run's)."""
+
+    train: TrainConfig
+    prepare: Callable[[nn.Module], None] | None = None
+    evaluate: bool = True
+
+
+def single_stage(cfg: Any, model: nn.Module) -> list[Stage]:
+    return [Stage(cfg.train)]
+
+
+def no_text_encoder(cfg: Any) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class Recipe(Generic[C]):
+    """A method (module docstring). Instances live in the recipe modules as ``RECIPE``."""
+
+    name: str
+    config: type[C]
+    build_model: Callable[[C, RunInfo], nn.Module]
+    train_data: Callable[[C, bool], Any]
+    eval_fn: Callable[[C, RunInfo, bool], EvalFn]
+    predictor: Callable[[nn.Module, C, RunInfo], Predictor]
+    stages: Callable[[C, nn.Module], list[Stage]] = single_stage
+    text_encoder: Callable[[C], str] = no_text_encoder
+    pad_divisor: int = 32  # the API pads a single image to a multiple of this before predicting
+
+
+def run_recipe(recipe: Recipe, cfg: Any, resume: bool = False) -> dict[str, Any]:
+    """Train ``recipe`` as ``cfg`` says (optionally resuming every stage) and evaluate.
+
+    Writes ``<train.output_dir>/run.json`` (:class:`RunInfo`, metrics included at the end) and
+    keeps the same description in every checkpoint. Returns the last stage's trainer summary
+    (``{"step", "losses", "eval"}``).
+    """
+    from omniseg.data.loader import build_train_loader
+    from omniseg.engine.distributed import get_rank, get_world_size, is_main_process
+    from omniseg.engine.optim import build_optimizer, build_scheduler
+    from omniseg.engine.trainer import Trainer, seed_everything
+    from omniseg.utils.atomic import atomic_write_json
+
+    t = cfg.train
+    seed_everything(t.seed + get_rank(), t.deterministic)
+    dataset = recipe.train_data(cfg, t.progress)
+    info = RunInfo(recipe.name, categories_info(dataset.rs.categories), recipe.text_encoder(cfg))
+    model = recipe.build_model(cfg, info)
+    data = build_train_loader([dataset], "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                              rank=get_rank(), world_size=get_world_size(), seed=t.seed)
+    summary: dict[str, Any] = {}
+    for stage in recipe.stages(cfg, model):
+        if stage.prepare is not None:
+            stage.prepare(model)
+        optimizer = build_optimizer(model, stage.train)
+        trainer = Trainer(model, optimizer, build_scheduler(optimizer, stage.train), data, stage.train,
+                          eval_fn=recipe.eval_fn(cfg, info, t.progress) if stage.evaluate else None,
+                          run_config=cfg, run_info=dataclasses.asdict(info))
+        if resume:
+            trainer.resume()
+        summary = trainer.train()
+    if is_main_process():
+        info.metrics = {k: v if math.isfinite(v) else None for k, v in (summary.get("eval") or {}).items()}
+        atomic_write_json(Path(t.output_dir) / RUN_INFO, dataclasses.asdict(info), indent=1)
+    return summary
+
+
+def read_run_info(step_dir: Path, config: dict[str, Any]) -> RunInfo:
+    """The :class:`RunInfo` of a checkpoint folder (``state.json`` extras), falling back to the run
+    folder's ``run.json`` two levels up."""
+    state = step_dir / "state.json"
+    try:
+        extra = json.loads(state.read_text(encoding="utf-8")).get("extra") or {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{state}: cannot read: {e}") from None
+    if "run_info" in extra:
+        return RunInfo.from_dict(extra["run_info"], str(state))
+    run_json = step_dir.parent.parent / RUN_INFO
+    if run_json.exists():
+        return RunInfo.from_dict(json.loads(run_json.read_text(encoding="utf-8")), str(run_json))
+    raise ValueError(f"{step_dir}: checkpoint does not describe its run (no run_info in state.json, no {run_json}); "
+                     f"it was written before self-describing checkpoints (recipe {config.get('recipe')!r})")
+
+
+def pad_images(image: Tensor, divisor: int = 32) -> tuple[Tensor, list[tuple[int, int]]]:
+    """3 x H x W -> (1 x 3 x Hp x Wp zero-padded batch, [(H, W)]) with Hp, Wp multiples of ``divisor``."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    return F.pad(image, (0, pw, 0, ph))[None], [(int(h), int(w))]

@@ -1,0 +1,104 @@
+"""The method contract: every recipe in the table, self-describing runs, typed kinds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from omniseg.api import Segmenter
+from omniseg.data.load import load_dataset
+from omniseg.engine.config import ConfigError, load_config
+from omniseg.recipes.contract import Recipe, RunInfo, read_run_info, run_recipe
+from omniseg.recipes.table import RECIPES, get_recipe
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_table_entries_are_recipes_whose_config_names_them():
+    assert set(RECIPES) == {"box_to_mask", "fcos_mo", "mask_rcnn_star", "maskx_rcnn"}
+    for name, recipe in RECIPES.items():
+        assert isinstance(recipe, Recipe) and recipe.name == name
+        hint = typing.get_type_hints(recipe.config)["recipe"]
+        assert typing.get_args(hint) == (name,), f"{name}: config's recipe field must be Literal[{name!r}]"
+    with pytest.raises(ValueError, match=r"x.yaml: unknown recipe 'nope'; choose from \['box_to_mask'"):
+        get_recipe("nope", "x.yaml")
+
+
+@pytest.mark.parametrize("config,key,bad", [
+    ("maskx_smoke.yaml", "model.mask_head", "class_agnostic"),
+    ("maskx_smoke.yaml", "model.norm", "LN"),
+    ("fcos_mo_smoke.yaml", "model.mask_head", "hourglass20"),
+    ("fcos_mo_smoke.yaml", "text.encoder", "mini-lm"),
+    ("mask_rcnn_star_smoke.yaml", "data.novel_supervision", "boxes"),
+    ("box_to_mask_synth.yaml", "model.backbone", "resnet18"),
+])
+def test_a_wrong_kind_is_one_clear_error_at_load_time(tmp_path, config, key, bad):
+    section, field = key.split(".")
+    text = (CONFIGS / config).read_text()
+    recipe = get_recipe(yaml.safe_load(text)["recipe"])
+    path = tmp_path / "c.yaml"  # the wrong value in the YAML itself, not only on the command line
+    data = yaml.safe_load(text)
+    data.setdefault(section, {})[field] = bad
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(recipe.config, path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: {section}: {field}: {bad!r} is not one of [") and "\n" not in msg
+
+
+def test_a_run_predicts_with_its_training_data_deleted(tmp_path):
+    """Train Mask^X (closed vocabulary: class names come from the training data) on a dataset on
+    disk, delete the dataset, then load the run folder and predict."""
+    from omniseg.data.synth.generate import SynthConfig, generate_dataset
+
+    data = tmp_path / "data"
+    generate_dataset(SynthConfig(seed=3, num_images=4, image_size=96), data, progress=False)
+    run_dir = tmp_path / "run"
+    recipe = RECIPES["maskx_rcnn"]
+    cfg = load_config(recipe.config, CONFIGS / "maskx_smoke.yaml", [
+        f"data.train={data}", f"data.val={data}", "train.max_iter=2", "train.checkpoint_period=2",
+        f"train.output_dir={run_dir}", "model.score_threshold=0.0"])
+    summary = run_recipe(recipe, cfg)
+    categories = [(c.id, c.name) for c in load_dataset(data).categories]
+    image = np.asarray(Image.open(next((data / "images").iterdir())).convert("RGB"))
+    shutil.rmtree(data)
+
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["recipe"] == "maskx_rcnn" and info["text_encoder"] == ""
+    assert [(c["id"], c["name"]) for c in info["categories"]] == categories
+    assert set(info["metrics"]) == set(summary["eval"]) and "mask_AP/novel" in info["metrics"]
+    step = run_dir / "checkpoints" / "step_00000002"
+    assert read_run_info(step, {}).categories == info["categories"]  # from state.json, not run.json
+    (run_dir / "run.json").unlink()
+
+    seg = Segmenter.from_checkpoint(run_dir)
+    found = seg.predict(image, min_score=0.0)
+    assert found, "an untrained model still detects something at threshold 0"
+    names = dict(categories)
+    assert all(i.category_id in names and i.text == names[i.category_id] for i in found)
+
+
+def test_a_checkpoint_without_a_run_description_is_a_clear_error(tmp_path):
+    step = tmp_path / "checkpoints" / "step_00000001"
+    step.mkdir(parents=True)
+    (step / "state.json").write_text(json.dumps({"step": 1, "extra": {}}))
+    with pytest.raises(ValueError, match="does not describe its run"):
+        read_run_info(step, {"recipe": "fcos_mo"})
+    with pytest.raises(ValueError, match="not a run description"):
+        RunInfo.from_dict({"categories": []}, "x.json")
+
+
+def test_run_info_things_are_sorted_thing_categories():
+    info = RunInfo("x", [{"id": 5, "name": "b", "isthing": True}, {"id": 2, "name": "sky", "isthing": False},
+                         {"id": 1, "name": "a", "isthing": True}])
+    assert [(c.id, c.name) for c in info.things()] == [(1, "a"), (5, "b")]
+    assert dataclasses.asdict(RunInfo.from_dict(dataclasses.asdict(info) | {"extra": 1}, "x")) == \
+        dataclasses.asdict(info)
