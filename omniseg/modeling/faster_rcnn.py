@@ -334,25 +334,25 @@ def faster_rcnn_fpn(
     approximate_boxes_as_gt: bool = False,
     image_label_weight: float = 0.1,
     anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    rpn_overrides: dict[str, Any] | None = None,
-    box_overrides: dict[str, Any] | None = None,
+    rpn: RPNConfig | None = None,
+    box: BoxHeadConfig | None = None,
 ) -> FasterRCNN:
     """ResNet FPN Faster R-CNN (``backbone_builder``: e.g. build_resnet18_fpn) (P2..P6 RPN, P2..P5 RoIAlign, 2fc box head).
 
     ``predictor`` is "class-specific", "class-agnostic" or "open-vocab" (Mask R-CNN* of
     alp-fcos-mo Sec. 4: objectness calibration on by default); ``num_classes`` is ignored by the
-    open-vocab predictor. ``rpn_overrides`` / ``box_overrides`` replace fields of
-    :class:`RPNConfig` / :class:`BoxHeadConfig`; ``width`` / ``fpn_channels`` / ``fc_dim`` shrink
-    the model for tests.
+    open-vocab predictor. ``rpn`` / ``box`` give the proposal and box-head settings (sampling,
+    budgets, test thresholds; None: the defaults); the box head's shape fields (channels, fc
+    width, classes, predictor, embedding size, objectness calibration) are set here from the other
+    arguments. ``width`` / ``fpn_channels`` / ``fc_dim`` shrink the model for tests.
     """
     backbone = backbone_builder(out_channels=fpn_channels, norm=norm, freeze_at=freeze_at, width=width,
                                 top_block="maxpool")
     anchors = AnchorGenerator(AnchorConfig(sizes=tuple((float(s),) for s in anchor_sizes)))
     rpn = RPN(head=RPNHead(fpn_channels, anchors.num_anchors_per_location), anchor_generator=anchors,
-              cfg=replace(RPNConfig(), **(rpn_overrides or {})))
-    box_cfg = BoxHeadConfig(in_channels=fpn_channels, fc_dim=fc_dim, num_classes=num_classes, predictor=predictor,
-                            embed_dim=embed_dim, calibrate_with_objectness=predictor == "open-vocab")
-    box_cfg = replace(box_cfg, **(box_overrides or {}))
+              cfg=rpn or RPNConfig())
+    box_cfg = replace(box or BoxHeadConfig(), in_channels=fpn_channels, fc_dim=fc_dim, num_classes=num_classes,
+                      predictor=predictor, embed_dim=embed_dim, calibrate_with_objectness=predictor == "open-vocab")
     heads = RoIBoxHead(box_head=FCBoxHead(fpn_channels, box_cfg.pooler_resolution, fc_dim),
                        predictor=BoxPredictor(box_cfg), cfg=box_cfg)
     return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=heads, category_ids=category_ids,

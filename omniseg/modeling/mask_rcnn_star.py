@@ -15,6 +15,8 @@ from typing import Any
 
 from omniseg.modeling.faster_rcnn import FasterRCNN, build_faster_rcnn_r18_fpn, build_faster_rcnn_r50_fpn
 from omniseg.modeling.maskx_rcnn import MaskRCNN, assemble_mask_rcnn
+from omniseg.modeling.roi_box_head import BoxHeadConfig
+from omniseg.modeling.rpn import RPNConfig
 
 
 def mask_rcnn_star_fpn(
@@ -32,9 +34,9 @@ def mask_rcnn_star_fpn(
     norm: str = "FrozenBN",
     freeze_at: int = 2,
     anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    rpn_overrides: dict[str, Any] | None = None,
-    box_overrides: dict[str, Any] | None = None,
-    mask_overrides: dict[str, Any] | None = None,
+    rpn: RPNConfig | None = None,
+    box: BoxHeadConfig | None = None,
+    mask_pooler_resolution: int | None = None,
 ) -> MaskRCNN:
     """Mask R-CNN* (alp-fcos-mo Sec. 4): (1) class-agnostic box regression, (2) Hourglass-20 mask
     head (class-agnostic), (3) open-vocabulary classifier over ``embed_dim``-d phrase embeddings
@@ -49,9 +51,8 @@ def mask_rcnn_star_fpn(
                   detector_kwargs=dict(width=width, fpn_channels=fpn_channels, fc_dim=fc_dim, norm=norm,
                                        freeze_at=freeze_at, embed_dim=embed_dim, anchor_sizes=anchor_sizes,
                                        approximate_boxes_as_gt=approximate_boxes_as_gt,
-                                       image_label_weight=image_label_weight, rpn_overrides=rpn_overrides,
-                                       box_overrides=box_overrides),
-                  mask_overrides=mask_overrides, predictor="open-vocab")
+                                       image_label_weight=image_label_weight, rpn=rpn, box=box),
+                  mask_pooler_resolution=mask_pooler_resolution, predictor="open-vocab")
 
 
 def build_mask_rcnn_star_r18_fpn(**kwargs: Any) -> MaskRCNN:

@@ -36,7 +36,9 @@ from omniseg.data.batch import Batch
 from omniseg.modeling.faster_rcnn import FasterRCNN, build_faster_rcnn_r18_fpn, build_faster_rcnn_r50_fpn
 from omniseg.modeling.heads.mask_heads import FCNMaskHead, HourglassMaskHead, MLPMaskBranch
 from omniseg.modeling.predictions import InstancePredictions
+from omniseg.modeling.roi_box_head import BoxHeadConfig
 from omniseg.modeling.roi_mask_head import ARCHITECTURES, MaskHeadConfig, RoIMaskHead, select_mask_rois
+from omniseg.modeling.rpn import RPNConfig
 from omniseg.modeling.weight_transfer import WeightTransfer, WeightTransferConfig
 from omniseg.ops.masks import paste_masks_in_image
 
@@ -255,14 +257,15 @@ def assemble_mask_rcnn(
     mask_norm: str,
     mlp_hidden_dim: int,
     detector_kwargs: dict[str, Any],
-    mask_overrides: dict[str, Any] | None,
+    mask_pooler_resolution: int | None,
     predictor: str = "class-specific",
 ) -> MaskRCNN:
     detector = detector_builder(num_classes, predictor=predictor, **detector_kwargs)
     fpn_channels = detector.roi_heads.cfg.in_channels
     cfg = MaskHeadConfig(kind=mask_head, architecture=mask_architecture, conv_dim=mask_conv_dim, norm=mask_norm,
                          fused_mlp=fused_mlp, mlp_hidden_dim=mlp_hidden_dim)
-    cfg = replace(cfg, **(mask_overrides or {}))
+    if mask_pooler_resolution is not None:
+        cfg = replace(cfg, pooler_resolution=mask_pooler_resolution)
     tcfg = WeightTransferConfig(input=transfer_input, num_layers=transfer_mlp_layers, hidden_dim=transfer_hidden_dim,
                                 activation=transfer_activation, stop_grad=stop_grad, input_norm=transfer_input_norm)
     head = build_mask_head(num_classes, in_channels=fpn_channels, det_dim=detector.roi_heads.cfg.fc_dim, cfg=cfg,
@@ -295,9 +298,9 @@ def maskx_rcnn_fpn(
     freeze_at: int = 2,
     category_ids: Sequence[int] | None = None,
     anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    rpn_overrides: dict[str, Any] | None = None,
-    box_overrides: dict[str, Any] | None = None,
-    mask_overrides: dict[str, Any] | None = None,
+    rpn: RPNConfig | None = None,
+    box: BoxHeadConfig | None = None,
+    mask_pooler_resolution: int | None = None,
 ) -> MaskRCNN:
     """FPN Mask^X R-CNN on ``detector_builder`` (e.g. build_faster_rcnn_r18_fpn); defaults: the paper's 'transfer+MLP', T = 'cls+box, 2-layer,
     LeakyReLU', stop-grad, end-to-end (maskx-rcnn Table 2). ``mask_head="class-agnostic"`` with
@@ -311,8 +314,8 @@ def maskx_rcnn_fpn(
                   mode=mode, mask_conv_dim=mask_conv_dim, mask_norm=mask_norm, mlp_hidden_dim=mlp_hidden_dim,
                   detector_kwargs=dict(width=width, fpn_channels=fpn_channels, fc_dim=fc_dim, norm=norm,
                                        freeze_at=freeze_at, category_ids=category_ids, anchor_sizes=anchor_sizes,
-                                       rpn_overrides=rpn_overrides, box_overrides=box_overrides),
-                  mask_overrides=mask_overrides)
+                                       rpn=rpn, box=box),
+                  mask_pooler_resolution=mask_pooler_resolution)
 
 
 def build_maskx_rcnn_r18_fpn(num_classes: int = 80, **kwargs: Any) -> MaskRCNN:

@@ -26,7 +26,7 @@ from omniseg.modeling.norm import NormKind
 from omniseg.recipes.alp_data import ALPConfig, alp_train_dataset
 from omniseg.recipes.contract import Recipe, RunInfo
 from omniseg.recipes.data import DataConfig
-from omniseg.recipes.maskx_rcnn import box_overrides, rpn_overrides
+from omniseg.recipes.maskx_rcnn import box_config, rpn_config
 from omniseg.recipes.open_vocab import (
     TextConfig,
     build_phrase_embedder,
@@ -86,8 +86,7 @@ def build_model(cfg: MaskRCNNStarExperiment, info: RunInfo | None = None) -> Mas
         fc_dim=m.fc_dim, norm=m.norm, freeze_at=m.freeze_at, mask_conv_dim=m.mask_conv_dim,
         approximate_boxes_as_gt=m.approximate_boxes_as_gt, image_label_weight=m.image_label_weight,
         anchor_sizes=m.anchor_sizes,
-        rpn_overrides=rpn_overrides(m), box_overrides=box_overrides(m),
-        mask_overrides=dict(pooler_resolution=m.mask_roi_size),
+        rpn=rpn_config(m), box=box_config(m), mask_pooler_resolution=m.mask_roi_size,
     )
     if m.pretrained:
         from omniseg.modeling.weights import load_pretrained, resnet_filter_fn

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from omniseg.data.records import RecordSet
 from omniseg.data.splits import Split
@@ -26,9 +26,14 @@ from omniseg.engine.config import TrainConfig
 from omniseg.modeling.maskx_rcnn import MASKX_RCNN_BUILDERS, MaskRCNN
 from omniseg.modeling.norm import NormKind
 from omniseg.modeling.predictions import ImagePrediction
+from omniseg.modeling.roi_box_head import BoxHeadConfig
+from omniseg.modeling.rpn import RPNConfig
 from omniseg.recipes.contract import Recipe, RunInfo, Stage
 from omniseg.recipes.data import DataConfig, SplitName
 from omniseg.recipes.scoring import detection_eval_fn
+
+if TYPE_CHECKING:
+    from omniseg.recipes.mask_rcnn_star import MaskRCNNStarModelConfig
 
 
 @dataclass
@@ -67,6 +72,7 @@ class MaskXModelConfig:
     roi_batch_size_per_image: int = 128
     detections_per_image: int = 50
     score_threshold: float = 0.05  # detections with a class score <= this are dropped
+    nms_threshold: float = 0.5  # class-wise NMS IoU of the detections (detectron2)
     # stage-wise: start from the detector of another run's checkpoint (run folder, checkpoints/ or
     # step_N/) instead of training stage 1 here -- one detector shared by many mask-branch variants
     detector_init: str = ""
@@ -124,19 +130,17 @@ def train_dataset(cfg: MaskXDataConfig, progress: bool = True):
     return base_train_dataset(cfg, progress, view)
 
 
-def rpn_overrides(cfg) -> dict:
-    """RPN proposal budget of a model config with the ``rpn_*_nms_topk_*`` fields."""
-    return dict(pre_nms_topk_train=cfg.rpn_pre_nms_topk_train, pre_nms_topk_test=cfg.rpn_pre_nms_topk_test,
-                post_nms_topk_train=cfg.rpn_post_nms_topk_train, post_nms_topk_test=cfg.rpn_post_nms_topk_test)
+def rpn_config(cfg: MaskXModelConfig | MaskRCNNStarModelConfig) -> RPNConfig:
+    """The RPN settings of a two-stage model section (its ``rpn_*_nms_topk_*`` proposal budget)."""
+    return RPNConfig(pre_nms_topk_train=cfg.rpn_pre_nms_topk_train, pre_nms_topk_test=cfg.rpn_pre_nms_topk_test,
+                     post_nms_topk_train=cfg.rpn_post_nms_topk_train, post_nms_topk_test=cfg.rpn_post_nms_topk_test)
 
 
-def box_overrides(cfg) -> dict:
-    """Box-head sampling and test settings of a model config (``nms_threshold`` where it has one)."""
-    out = dict(batch_size_per_image=cfg.roi_batch_size_per_image, detections_per_image=cfg.detections_per_image,
-               score_threshold=cfg.score_threshold)
-    if hasattr(cfg, "nms_threshold"):
-        out["nms_threshold"] = cfg.nms_threshold
-    return out
+def box_config(cfg: MaskXModelConfig | MaskRCNNStarModelConfig) -> BoxHeadConfig:
+    """The box-head sampling and test settings of a two-stage model section."""
+    return BoxHeadConfig(batch_size_per_image=cfg.roi_batch_size_per_image,
+                         detections_per_image=cfg.detections_per_image, score_threshold=cfg.score_threshold,
+                         nms_threshold=cfg.nms_threshold)
 
 
 def build_model(cfg: MaskXModelConfig, categories: list) -> MaskRCNN:
@@ -157,7 +161,7 @@ def build_model(cfg: MaskXModelConfig, categories: list) -> MaskRCNN:
         stop_grad=cfg.stop_grad, text_embeddings=text, mode=cfg.mode, width=cfg.width,
         fpn_channels=cfg.fpn_channels, fc_dim=cfg.fc_dim, mask_conv_dim=cfg.mask_conv_dim, mask_norm=cfg.mask_norm,
         mlp_hidden_dim=cfg.mlp_hidden_dim, norm=cfg.norm, freeze_at=cfg.freeze_at, anchor_sizes=cfg.anchor_sizes,
-        rpn_overrides=rpn_overrides(cfg), box_overrides=box_overrides(cfg),
+        rpn=rpn_config(cfg), box=box_config(cfg),
     )
     if cfg.pretrained:
         from omniseg.modeling.weights import load_pretrained, resnet_filter_fn

@@ -14,12 +14,14 @@ from omniseg.modeling.faster_rcnn import (
 )
 from omniseg.modeling.preprocess import PIXEL_MEAN as IMAGENET_MEAN
 from omniseg.modeling.preprocess import PIXEL_STD as IMAGENET_STD
+from omniseg.modeling.roi_box_head import BoxHeadConfig
+from omniseg.modeling.rpn import RPNConfig
 from omniseg.ops.boxes import box_iou
 
 TINY = dict(width=8, fpn_channels=16, fc_dim=32, norm="GN", freeze_at=0,
-            rpn_overrides=dict(pre_nms_topk_train=200, post_nms_topk_train=100, pre_nms_topk_test=200,
+            rpn=RPNConfig(pre_nms_topk_train=200, post_nms_topk_train=100, pre_nms_topk_test=200,
                                post_nms_topk_test=50),
-            box_overrides=dict(batch_size_per_image=64))
+            box=BoxHeadConfig(batch_size_per_image=64))
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,16 @@ from omniseg.modeling.maskx_rcnn import (
     build_maskx_rcnn_r18_fpn,
     build_maskx_rcnn_r50_fpn,
 )
+from omniseg.modeling.roi_box_head import BoxHeadConfig
 from omniseg.modeling.roi_mask_head import MaskHeadConfig
+from omniseg.modeling.rpn import RPNConfig
 from omniseg.modeling.weight_transfer import TRANSFER_INPUTS
 
 TINY = dict(width=8, fpn_channels=16, fc_dim=32, norm="GN", freeze_at=0, mask_conv_dim=16, mask_norm="GN",
             mlp_hidden_dim=32, transfer_hidden_dim=32,
-            rpn_overrides=dict(pre_nms_topk_train=200, post_nms_topk_train=100, pre_nms_topk_test=200,
+            rpn=RPNConfig(pre_nms_topk_train=200, post_nms_topk_train=100, pre_nms_topk_test=200,
                                post_nms_topk_test=50),
-            box_overrides=dict(batch_size_per_image=64))
+            box=BoxHeadConfig(batch_size_per_image=64))
 DET_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
 
 
@@ -248,7 +250,7 @@ def test_builders_and_validation(synth):
 def test_segment_boxes_matches_predict_on_its_own_detections(synth):
     """Given the detector's own boxes and classes, segment_boxes returns predict's masks."""
     batch, cats = synth
-    m = _model(cats, box_overrides={"batch_size_per_image": 64, "score_threshold": 0.0})
+    m = _model(cats, box=BoxHeadConfig(batch_size_per_image=64, score_threshold=0.0))
     m.eval()
     out = m.predict(batch.images, batch.image_sizes)
     assert sum(len(o) for o in out) > 0
