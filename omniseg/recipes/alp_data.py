@@ -21,11 +21,13 @@ is the ablation.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from omniseg.data.records import Instance, RecordSet
+from omniseg.recipes.contract import Recipe
 from omniseg.recipes.data import DataConfig, named_split, open_source, training_view
 
 
@@ -105,3 +107,19 @@ def alp_train_dataset(data: DataConfig, alp: ALPConfig, progress: bool = True):
     if alp.quantize:
         ts.append(QuantizeApproxBoxes())
     return RecordDataset(view, transforms=Compose(ts), load_image=load_image, seed=data.train_seed)
+
+
+def alp_recipe(name: str, config: type, build_model: Callable, predictor: Callable) -> Recipe:
+    """The :class:`~omniseg.recipes.contract.Recipe` of a method trained on this data (training
+    view + ALPs) and scored with the validation class names as its vocabulary: FCOS-MO, Mask R-CNN*.
+    ``config`` needs the sections ``text``, ``alp``, ``data`` and ``train``."""
+    from omniseg.recipes.open_vocab import text_encoder_id
+    from omniseg.recipes.scoring import detection_eval_fn
+
+    return Recipe(
+        name=name, config=config, build_model=build_model, predictor=predictor,
+        train_data=lambda cfg, progress: alp_train_dataset(cfg.data, cfg.alp, progress),
+        eval_fn=lambda cfg, info, progress: detection_eval_fn(
+            lambda m: predictor(m, cfg, info), cfg.data, cfg.train.output_dir, progress, source=name),
+        text_encoder=lambda cfg: text_encoder_id(cfg.text),
+    )

@@ -15,16 +15,14 @@ from typing import Literal
 
 from omniseg.engine.config import TrainConfig
 from omniseg.modeling.fcos_mo import FCOSMO, FCOSMOConfig, build_fcos_mo
-from omniseg.recipes.alp_data import ALPConfig, alp_train_dataset
-from omniseg.recipes.contract import Recipe, RunInfo
+from omniseg.recipes.alp_data import ALPConfig, alp_recipe
+from omniseg.recipes.contract import RunInfo
 from omniseg.recipes.data import DataConfig
 from omniseg.recipes.open_vocab import (
     TextConfig,
     build_phrase_embedder,
     open_vocabulary_predictor,
-    text_encoder_id,
 )
-from omniseg.recipes.scoring import detection_eval_fn
 
 
 @dataclass
@@ -54,13 +52,4 @@ def predictor(model: FCOSMO, cfg: FCOSMOExperiment, info: RunInfo):
         model.text_embedder, [c.name for c in info.things()], "FCOS-MO")
 
 
-RECIPE = Recipe(
-    name="fcos_mo",
-    config=FCOSMOExperiment,
-    build_model=build_model,
-    train_data=lambda cfg, progress: alp_train_dataset(cfg.data, cfg.alp, progress),
-    eval_fn=lambda cfg, info, progress: detection_eval_fn(
-        lambda m: predictor(m, cfg, info), cfg.data, cfg.train.output_dir, progress, source="fcos_mo"),
-    predictor=predictor,
-    text_encoder=lambda cfg: text_encoder_id(cfg.text),
-)
+RECIPE = alp_recipe("fcos_mo", FCOSMOExperiment, build_model, predictor)

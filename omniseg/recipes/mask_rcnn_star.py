@@ -23,17 +23,15 @@ from omniseg.engine.config import TrainConfig
 from omniseg.modeling.mask_rcnn_star import MASK_RCNN_STAR_BUILDERS
 from omniseg.modeling.maskx_rcnn import MaskRCNN
 from omniseg.modeling.norm import NormKind
-from omniseg.recipes.alp_data import ALPConfig, alp_train_dataset
-from omniseg.recipes.contract import Recipe, RunInfo
+from omniseg.recipes.alp_data import ALPConfig, alp_recipe
+from omniseg.recipes.contract import RunInfo
 from omniseg.recipes.data import DataConfig
 from omniseg.recipes.maskx_rcnn import box_config, rpn_config
 from omniseg.recipes.open_vocab import (
     TextConfig,
     build_phrase_embedder,
     open_vocabulary_predictor,
-    text_encoder_id,
 )
-from omniseg.recipes.scoring import detection_eval_fn
 
 
 @dataclass
@@ -103,13 +101,4 @@ def predictor(model: MaskRCNN, cfg: MaskRCNNStarExperiment, info: RunInfo):
         model.detector.text_embedder, [c.name for c in info.things()], "Mask R-CNN*")
 
 
-RECIPE = Recipe(
-    name="mask_rcnn_star",
-    config=MaskRCNNStarExperiment,
-    build_model=build_model,
-    train_data=lambda cfg, progress: alp_train_dataset(cfg.data, cfg.alp, progress),
-    eval_fn=lambda cfg, info, progress: detection_eval_fn(
-        lambda m: predictor(m, cfg, info), cfg.data, cfg.train.output_dir, progress, source="mask_rcnn_star"),
-    predictor=predictor,
-    text_encoder=lambda cfg: text_encoder_id(cfg.text),
-)
+RECIPE = alp_recipe("mask_rcnn_star", MaskRCNNStarExperiment, build_model, predictor)

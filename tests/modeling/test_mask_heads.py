@@ -16,38 +16,23 @@ from omniseg.modeling.heads.mask_heads import (
 from omniseg.modeling.norm import FrozenBatchNorm2d
 
 
-def _norm_by_hand(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """What an eval-mode norm layer computes, written out: (y - mean) / sqrt(var + eps) * w + b."""
-    if isinstance(layer, nn.Identity):
-        return y
-    c = (1, -1, 1, 1)
-    if isinstance(layer, nn.GroupNorm):  # statistics of each sample's channel group
-        g = y.reshape(y.shape[0], layer.num_groups, -1)
-        mean = g.mean(-1, keepdim=True)
-        var = ((g - mean) ** 2).mean(-1, keepdim=True)
-        y = ((g - mean) / torch.sqrt(var + layer.eps)).reshape(y.shape)
-    else:  # BatchNorm in eval mode and FrozenBN: the stored running statistics
-        y = (y - layer.running_mean.view(c)) / torch.sqrt(layer.running_var.view(c) + layer.eps)
-    return y * layer.weight.view(c) + layer.bias.view(c)
-
-
-def _reference_fcn(head: FCNMaskHead, x):
+def _reference_fcn(head: FCNMaskHead, x, norm_by_hand):
     for block in head.convs:
         conv = block[0]
-        x = F.relu(_norm_by_hand(block[1], F.conv2d(x, conv.weight, conv.bias, padding=1)))
+        x = F.relu(norm_by_hand(block[1], F.conv2d(x, conv.weight, conv.bias, padding=1)))
     x = F.relu(F.conv_transpose2d(x, head.deconv.weight, head.deconv.bias, stride=2))
     return F.conv2d(x, head.predictor.weight, head.predictor.bias)
 
 
 @pytest.mark.parametrize("num_classes", [1, 5])
-def test_fcn_head_shapes_and_reference(num_classes):
+def test_fcn_head_shapes_and_reference(num_classes, norm_by_hand):
     torch.manual_seed(0)
     head = FCNMaskHead(6, conv_dim=8, num_classes=num_classes)
     assert sum(isinstance(m, nn.Conv2d) for m in head.convs.modules()) == 4
     x = torch.randn(3, 6, 14, 14)
     out = head(x)
     assert out.shape == (3, num_classes, 28, 28)
-    torch.testing.assert_close(out, _reference_fcn(head, x))
+    torch.testing.assert_close(out, _reference_fcn(head, x, norm_by_hand))
     assert head(torch.zeros(0, 6, 14, 14)).shape == (0, num_classes, 28, 28)
 
 
@@ -62,7 +47,7 @@ def test_deconv_doubles_exactly():
 
 
 @pytest.mark.parametrize("norm", ["GN", "BN", "FrozenBN"])
-def test_fcn_norm_variants_train_eval(norm):
+def test_fcn_norm_variants_train_eval(norm, norm_by_hand):
     torch.manual_seed(0)
     head = build_fcn_mask_head(8, conv_dim=8, norm=norm)
     norm_type = {"GN": nn.GroupNorm, "BN": nn.BatchNorm2d, "FrozenBN": FrozenBatchNorm2d}[norm]
@@ -88,7 +73,7 @@ def test_fcn_norm_variants_train_eval(norm):
         eval_out = head(x)
     # eval mode = conv, hand-computed normalization (running statistics for BN / FrozenBN, the
     # sample's own group statistics for GN), ReLU, deconv, predictor
-    torch.testing.assert_close(eval_out, _reference_fcn(head, x))
+    torch.testing.assert_close(eval_out, _reference_fcn(head, x, norm_by_hand))
     if norm == "BN":  # batch statistics in train mode, running statistics in eval mode
         assert not torch.allclose(train_out.detach(), eval_out)
     else:  # GN and FrozenBN do not depend on the mode

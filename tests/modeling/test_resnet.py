@@ -163,23 +163,8 @@ def test_gradients_flow_only_to_trainable_stages():
             assert p.grad is None, name
 
 
-def _norm_by_hand(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """What an eval-mode norm layer computes, written out: (y - mean) / sqrt(var + eps) * w + b."""
-    if isinstance(layer, nn.Identity):
-        return y
-    c = (1, -1, 1, 1)
-    if isinstance(layer, nn.GroupNorm):  # statistics of each sample's channel group
-        g = y.reshape(y.shape[0], layer.num_groups, -1)
-        mean = g.mean(-1, keepdim=True)
-        var = ((g - mean) ** 2).mean(-1, keepdim=True)
-        y = ((g - mean) / torch.sqrt(var + layer.eps)).reshape(y.shape)
-    else:  # BatchNorm in eval mode and FrozenBN: the stored running statistics
-        y = (y - layer.running_mean.view(c)) / torch.sqrt(layer.running_var.view(c) + layer.eps)
-    return y * layer.weight.view(c) + layer.bias.view(c)
-
-
 @pytest.mark.parametrize("norm", ["BN", "FrozenBN", "GN", "none"])
-def test_norm_variants_train_eval(norm):
+def test_norm_variants_train_eval(norm, norm_by_hand):
     torch.manual_seed(0)
     model = build_resnet18(norm=norm, width=8)
     # every norm slot: the stem's bn1, two per BasicBlock, one per projection shortcut
@@ -223,7 +208,7 @@ def test_norm_variants_train_eval(norm):
         h.remove()
     assert seen.keys() == norms.keys()
     for name, (inp, out) in seen.items():
-        torch.testing.assert_close(out, _norm_by_hand(norms[name], inp), msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(out, norm_by_hand(norms[name], inp), msg=lambda m, n=name: f"{n}: {m}")
     # ... so each image's features do not depend on the rest of the batch (BN in train mode would)
     with torch.no_grad():
         torch.testing.assert_close(model(x[1:])["c5"], c5[1:])
