@@ -165,19 +165,23 @@ def run_recipe(recipe: Recipe, cfg: Any, resume: bool = False) -> dict[str, Any]
     return summary
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read: {e}") from None
+
+
 def read_run_info(step_dir: Path, config: dict[str, Any]) -> RunInfo:
     """The :class:`RunInfo` of a checkpoint folder (``state.json`` extras), falling back to the run
     folder's ``run.json`` two levels up."""
     state = step_dir / "state.json"
-    try:
-        extra = json.loads(state.read_text(encoding="utf-8")).get("extra") or {}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{state}: cannot read: {e}") from None
+    extra = _read_json(state).get("extra") or {}
     if "run_info" in extra:
         return RunInfo.from_dict(extra["run_info"], str(state))
     run_json = step_dir.parent.parent / RUN_INFO
     if run_json.exists():
-        return RunInfo.from_dict(json.loads(run_json.read_text(encoding="utf-8")), str(run_json))
+        return RunInfo.from_dict(_read_json(run_json), str(run_json))
     raise ValueError(f"{step_dir}: checkpoint does not describe its run (no run_info in state.json, no {run_json}); "
                      f"it was written before self-describing checkpoints (recipe {config.get('recipe')!r})")
 
