@@ -2,15 +2,26 @@
 
 Each command module defines ``register(parser)`` (adds its arguments) and
 ``main(args) -> int``. Modules are imported only when their command runs, so
-``omniseg --help`` stays fast. Bad input (a :class:`~omniseg.data.errors.BadRecordError` or a
-missing file) ends the command with exit status 1 and a one-line message naming the file.
+``omniseg --help`` stays fast.
+
+This is the one error boundary of the program: a user error (:class:`omniseg.errors.UserError`,
+or an ``OSError`` such as a missing file, a read-only folder or a full disk) ends the command with
+one line ``omniseg <cmd>: error: <file>[:<record>]: <what>`` and exit status 1 (2 for a usage
+error). Ctrl-C exits 130 and SIGTERM 143, after ``finally`` blocks have removed temporary files.
+Anything else is a bug and is reported as an internal error. ``--debug`` (anywhere on the command
+line) or ``OMNISEG_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import traceback
+
+from omniseg.errors import Terminated, UserError
 
 #: command name -> (module, one-line help). A plain dict: what you see is what runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,11 +34,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "curate": ("omniseg.commands.curate", "curate cheap labels: ALPs (phrases + approximate boxes) from narratives"),
 }
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
 
 def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omniseg", description="Open-vocabulary instance segmentation from cheap, mixed supervision."
     )
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -36,22 +51,51 @@ def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def error_message(e: BaseException) -> str:
+    """The one line for a user error; an OSError is shown as ``<file>: <reason>``."""
+    if isinstance(e, OSError) and not isinstance(e, UserError) and e.strerror:
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return f"{where}{e.strerror}"
+    return str(e) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("OMNISEG_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    from omniseg.data.errors import BadRecordError
-
+    prog = f"omniseg {args.command}"
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
-    except (BadRecordError, FileNotFoundError, NotADirectoryError) as e:
-        # bad input: the message already names the file (and record); a traceback adds nothing
-        print(f"omniseg {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except (UserError, OSError) as e:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
+        return e.exit_code if isinstance(e, UserError) else 1
+    except Exception as e:  # a bug in omniseg, not in the input
+        if debug:
+            raise
+        print(f"{prog}: internal error: {type(e).__name__}: {e} "
+              "(this is a bug; rerun with --debug for the traceback and report it)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from omniseg.curate.alps import DROP_REASONS, AlpConfig, alp_json, narrative_alp
 from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.formats.narratives import InvalidNarrative, id_key
 from omniseg.data.records import Narrative
+from omniseg.errors import UserError
 from omniseg.utils.atomic import atomic_open, atomic_write_json, atomic_write_text
 
 MANIFEST_VERSION = 1
@@ -146,7 +147,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(UserError, ValueError):
     """The output folder holds a run with other settings or another input file."""
 
 

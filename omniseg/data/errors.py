@@ -12,10 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+from omniseg.errors import UserError
+
 Policy = Literal["error", "skip"]
 
 
-class BadRecordError(ValueError):
+class BadRecordError(UserError, ValueError):
     """An input record is invalid. The message names the file and the record."""
 
     def __init__(self, file: str, record: str, reason: str):

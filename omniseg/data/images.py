@@ -20,13 +20,15 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from omniseg.errors import UserError
+
 #: EXIF tag 0x0112 values that swap width and height (transpose / 90 degree rotations)
 _SWAP_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 _16BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """A file could not be read as an image; the message names the file."""
 
 

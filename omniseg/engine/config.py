@@ -21,12 +21,13 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from omniseg.errors import UserError
 from omniseg.utils.atomic import atomic_write_text
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value or key is invalid. The message names the key and its source."""
 
 

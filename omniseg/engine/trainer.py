@@ -37,11 +37,12 @@ from omniseg.engine.checkpoint import (
 from omniseg.engine.config import TrainConfig, config_to_dict, save_config
 from omniseg.engine.ema import ModelEMA, unwrap_model
 from omniseg.engine.logging import MetricLog, make_progress
+from omniseg.errors import UserError
 
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """Training stopped on a NaN/Inf loss or gradient; no checkpoint was written for it."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from omniseg.errors import UserError
+
 StateDict = dict[str, torch.Tensor]
 
 #: suffixes read with ``torch.load(weights_only=True)``
@@ -26,7 +28,7 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _NESTING_KEYS = ("model", "state_dict", "model_state", "module")
 
 
-class CheckpointError(ValueError, RuntimeError):
+class CheckpointError(UserError, ValueError, RuntimeError):
     """A checkpoint / weights file is missing, cannot be read, or does not fit the model.
 
     The message names the file. A ValueError and a RuntimeError: the training checkpoints'
