@@ -31,7 +31,10 @@ def run_jobs(todo: list[dict], runs: Path, command: Callable[[dict], list[str]],
             j = ready.pop(0)
             (runs / j["name"]).mkdir(parents=True, exist_ok=True)
             log = open(runs / j["name"] / "stdout.log", "a")  # noqa: SIM115 (closed with the process)
-            resume = ["--resume"] if (runs / j["name"] / "checkpoints").exists() else []
+            # resume a killed run from its checkpoints (its own or a stage's); else start over
+            has_ckpt = any((runs / j["name"]).glob("checkpoints/step_*/state.json")) or any(
+                (runs / j["name"]).glob("*/checkpoints/step_*/state.json"))
+            resume = ["--resume"] if has_ckpt else ["--overwrite"]
             print(f"[start] {j['name']}", flush=True)
             running[j["name"]] = (subprocess.Popen(command(j) + resume, stdout=log, stderr=subprocess.STDOUT,
                                                    env=env, cwd=cwd), j, time.perf_counter())

@@ -116,6 +116,7 @@ def probe(side: str, tree: dict, cwd: Path) -> str:
 
 def run_side(cmd: list[str], tree: str, folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder / "out", ignore_errors=True)  # a kept folder's previous run (train refuses to mix runs)
     t0 = time.perf_counter()
     with open(folder / "stdout.log", "w") as out, open(folder / "stderr.log", "w") as err:
         rc = subprocess.run(cmd, cwd=folder, env=side_env(tree), stdout=out, stderr=err).returncode

@@ -15,7 +15,6 @@ particular not the training data, is needed to predict.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -24,9 +23,51 @@ import torch
 
 from omniseg.data.records import Instance
 from omniseg.engine.checkpoint import resolve_checkpoint
+from omniseg.errors import UserError
 from omniseg.recipes.contract import Recipe, RunInfo, pad_images
 
-__all__ = ["Segmenter", "resolve_checkpoint"]
+__all__ = ["BoxError", "Segmenter", "clip_boxes", "resolve_checkpoint", "resolve_device"]
+
+
+class BoxError(UserError, ValueError):
+    """A prompt box is malformed or does not overlap the image; the message names the image."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, checked to exist here (a UserError otherwise, e.g. CUDA
+    asked for on a machine without it) so that a bad device fails before any model is built."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"device {device!r}: not a device name (e.g. 'cpu', 'cuda', 'cuda:1')") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r}: CUDA is not available on this machine (use 'cpu')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r}: MPS is not available on this machine (use 'cpu')")
+    return dev
+
+
+def clip_boxes(boxes: np.ndarray | list, width: int, height: int, source: str = "image") -> np.ndarray:
+    """K x 4 XYXY prompt boxes clipped to a ``width`` x ``height`` image.
+
+    A box partly outside the image is clipped to it; a box that is not finite, not
+    ``x1 > x0, y1 > y0``, or that does not overlap the image at all is a :class:`BoxError` naming
+    the box, ``source`` (the image file) and the image size -- a mask for it would be empty.
+    """
+    try:
+        arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    except (ValueError, TypeError) as e:
+        raise BoxError(f"{source}: boxes must be K x 4 numbers [x0, y0, x1, y1]: {e}") from None
+    for b in arr:
+        shown = f"[{', '.join(f'{v:g}' for v in b)}]"
+        if not np.isfinite(b).all() or not (b[2] > b[0] and b[3] > b[1]):
+            raise BoxError(f"{source}: box {shown} is not x0,y0,x1,y1 with finite x1 > x0 and y1 > y0")
+        if b[0] >= width or b[1] >= height or b[2] <= 0 or b[3] <= 0:
+            raise BoxError(f"{source}: box {shown} does not overlap the image ({width} x {height} pixels)")
+    return np.clip(arr, 0, [width, height, width, height]).astype(np.float32)
 
 
 class Segmenter:
@@ -42,36 +83,46 @@ class Segmenter:
 
     def __init__(self, model: torch.nn.Module, recipe: Recipe, cfg: Any, info: RunInfo,
                  device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.recipe, self.cfg, self.info = recipe, cfg, info
         self.predictor = recipe.predictor(self.model, cfg, info)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", use_ema: bool = False) -> Segmenter:
-        """Build the model the checkpoint describes and load its (or its EMA's) weights."""
-        from omniseg.engine.checkpoint import load_weights
-        from omniseg.engine.config import config_from_dict
+        """Build the model the checkpoint describes and load its (or its EMA's) weights.
+
+        Every problem with the checkpoint (missing or damaged config, unknown recipe, no run
+        description, weights that do not fit) is a one-line :class:`~omniseg.errors.UserError`
+        (or ``FileNotFoundError``) naming the file; the device is checked first.
+        """
+        from omniseg.data.formats.validation import load_json_file
+        from omniseg.engine.checkpoint import load_weights_into
+        from omniseg.engine.config import ConfigError, config_from_dict
         from omniseg.recipes.contract import read_run_info
         from omniseg.recipes.table import get_recipe
+        from omniseg.utils.weights_io import CheckpointError
 
+        dev = resolve_device(device)
         step = resolve_checkpoint(path)
         config_file = step / "config.json"
         if not config_file.exists():
             raise FileNotFoundError(f"{config_file}: checkpoint has no config; cannot rebuild the model")
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
+        raw = load_json_file(config_file)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{config_file}: expected a JSON object (the run config), got {type(raw).__name__}")
         recipe = get_recipe(raw.get("recipe", ""), str(config_file))
         cfg = config_from_dict(recipe.config, raw, str(config_file))
         info = read_run_info(step, raw)
+        if info.recipe != recipe.name:
+            raise CheckpointError(f"{step}: its run description names recipe {info.recipe!r}, its config "
+                                  f"{config_file} names {recipe.name!r}; which model this is is unclear")
         model = recipe.build_model(cfg, info)
         weights_file = step / ("ema.safetensors" if use_ema else "model.safetensors")
         if not weights_file.exists():
             raise FileNotFoundError(f"{weights_file}: not in the checkpoint" + (" (trained without EMA?)" if use_ema else ""))
-        missing, unexpected = model.load_state_dict(load_weights(weights_file), strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f"{weights_file}: weights do not fit the model: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
-        return cls(model, recipe, cfg, info, device)
+        load_weights_into(model, weights_file)
+        return cls(model, recipe, cfg, info, dev)
 
     def predict(
         self,
@@ -86,18 +137,25 @@ class Segmenter:
             image: H x W x 3 uint8 RGB array, or a path to an image file.
             vocabulary: class names / phrases to recognise (open-vocabulary models); None = the
                 model's training vocabulary.
-            boxes: K x 4 XYXY boxes for models that segment given boxes (box-to-mask).
-            min_score: drop predictions below this score.
+            boxes: K x 4 XYXY boxes for models that segment given boxes (box-to-mask); a box
+                partly outside the image is clipped to it, one wholly outside is a
+                :class:`BoxError` (see :func:`clip_boxes`).
+            min_score: drop predictions below this score, in [0, 1].
         """
+        if not (isinstance(min_score, (int, float)) and 0.0 <= min_score <= 1.0):  # NaN fails too
+            raise ValueError(f"min_score must be a number in [0, 1], got {min_score!r}")
+        source = "image"
         if not isinstance(image, np.ndarray):
             from omniseg.data.images import load_image
 
+            source = os.fspath(image)
             image = load_image(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}")
         tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)  # copy: input may be read-only
         batch, sizes = pad_images(tensor, self.recipe.pad_divisor)
-        box_t = None if boxes is None else [torch.as_tensor(np.asarray(boxes, np.float32)).reshape(-1, 4)]
+        height, width = image.shape[:2]
+        box_t = None if boxes is None else [torch.from_numpy(clip_boxes(boxes, width, height, source))]
         with torch.no_grad():
             out = self.predictor(batch, sizes, sizes, vocabulary, box_t)[0]
         ids = {c.name: c.id for c in self.info.things()}  # training class names keep their ids

@@ -15,6 +15,7 @@ line) or ``OMNISEG_DEBUG=1`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head`
 
 
 def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
@@ -83,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"{prog}: terminated", file=sys.stderr)
         return EXIT_TERMINATED
+    except BrokenPipeError:  # `omniseg ... --out - | head`: the reader left; not an error of ours
+        with contextlib.suppress(OSError):  # keep Python from complaining again when it flushes stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (UserError, OSError) as e:
         if debug:
             traceback.print_exc()

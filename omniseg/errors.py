@@ -31,3 +31,8 @@ class Terminated(BaseException):
 
     A ``BaseException`` like ``KeyboardInterrupt``: ``except Exception`` does not swallow it.
     """
+
+
+class ArgumentValueError(UsageError, ValueError):
+    """An argument does not fit the model or data it is used with (boxes for a detector, a class
+    name outside a closed vocabulary): a usage error on the command line, a ValueError in the API."""

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,22 @@ def perfect_pred(synth: Path) -> Path:
     path = synth.parent / "perfect.json"
     write_coco_results(path, as_predictions(gt))
     return path
+
+
+def _usage(argv: list[str], capsys) -> str:
+    """argparse's usage error: exit 2; returns the message (stderr's last line)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _error(argv: list[str], capsys, code: int = 1) -> str:
+    """A one-line user error (no traceback, not an internal error); returns the line."""
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "internal error" not in err
+    return err
 
 
 def _table_value(out: str, column: str) -> str:
@@ -225,8 +242,9 @@ def test_eval_split_groups(synth: Path, perfect_pred: Path, tmp_path: Path, caps
 def test_eval_per_class_and_unknown_split(synth: Path, perfect_pred: Path, capsys) -> None:
     assert main(["eval", str(synth), "--pred", str(perfect_pred), "--iou-type", "bbox", "--per-class"]) == 0
     assert "| class |" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="unknown split 'nope'"):
-        main(["eval", str(synth), "--pred", str(perfect_pred), "--split", "nope"])
+    assert _usage(["eval", str(synth), "--pred", str(perfect_pred), "--split", "nope"], capsys) == (
+        "omniseg eval: error: argument --split: unknown split 'nope'; choose from "
+        "['compositional', 'voc-like', 'zsd-like']")
 
 
 def test_viz_writes_page_and_pngs(synth: Path, perfect_pred: Path, tmp_path: Path, capsys) -> None:
@@ -326,3 +344,129 @@ def test_bad_record_skip_prints_summary(coco_one_bad, capsys) -> None:
 def test_missing_input_is_a_clean_error(tmp_path: Path, capsys) -> None:
     assert main(["data", "stats", str(tmp_path / "missing.json")]) == 1
     assert "missing.json: no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "flag", "says"), [
+    (["viz", "GT", "--out", "o", "--limit", "-1"], "--limit", "must be >= 0, got -1"),
+    (["viz", "GT", "--out", "o", "--limit", "x"], "--limit", "expected an integer, got 'x'"),
+    (["viz", "GT", "--out", "o", "--min-score", "nan"], "--min-score", "must be a number in [0, 1], got 'nan'"),
+    (["viz", "GT", "--out", "o", "--min-score", "-0.5"], "--min-score", "must be a number in [0, 1]"),
+    (["eval", "GT", "--pred", "P", "--split-seed", "-1"], "--split-seed", "must be >= 0, got -1"),
+    (["demo", "--num-images", "0"], "--num-images", "must be >= 1, got 0"),
+    (["demo", "--train-iters", "-5"], "--train-iters", "must be >= 0, got -5"),
+    (["demo", "--workers", "0"], "--workers", "must be >= 1, got 0"),
+    (["demo", "--seed", "-1"], "--seed", "must be >= 0, got -1"),
+    (["demo", "--split", "nope"], "--split", "unknown split 'nope'"),
+    (["demo", "--out", ""], "--out", "an empty path"),
+    (["viz", "GT", "--out", " "], "--out", "an empty path"),
+    (["eval", "GT", "--pred", "P", "--out", ""], "--out", "an empty path"),
+    (["segment", "x.png", "--checkpoint", "c", "--out", ""], "--out", "an empty path"),
+])
+def test_numeric_and_named_flags_are_bounded(argv, flag, says, capsys) -> None:
+    err = _usage(argv, capsys)
+    assert err.startswith(f"omniseg {argv[0]}: error: argument {flag}: ") and says in err
+
+
+def test_demo_config_not_found_fails_before_any_work(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    for config, says in [(tmp_path / "nope.yaml", "toy-model config not found"), (tmp_path, "is a folder")]:
+        err = _error(["demo", "--out", str(out), "--config", str(config), "--no-progress"], capsys)
+        assert err.startswith(f"omniseg demo: error: {config}: {says}")
+        assert not out.exists()
+
+
+def test_eval_empty_predictions_score_zero(synth: Path, tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    report = tmp_path / "r.json"
+    assert main(["eval", str(synth), "--pred", str(empty), "--out", str(report)]) == 0
+    metrics = json.loads(report.read_text())["metrics"]
+    assert metrics["mask_AP"] == 0.0 and metrics["box_AP"] == 0.0 and metrics["mask_AR"] == 0.0
+
+
+def test_eval_box_only_predictions(synth: Path, perfect_pred: Path, tmp_path: Path, capsys) -> None:
+    results = json.loads(perfect_pred.read_text())
+    for r in results:
+        del r["segmentation"]
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps(results))
+    err = _error(["eval", str(synth), "--pred", str(boxes)], capsys)
+    assert err.startswith(f"omniseg eval: error: {boxes}: {len(results)} of {len(results)} predictions have no "
+                          "segmentation") and "--iou-type bbox" in err
+    assert main(["eval", str(synth), "--pred", str(boxes), "--iou-type", "bbox"]) == 0
+    assert _table_value(capsys.readouterr().out, "box_AP") == "100.0"
+    # viz draws them with a box AP table instead of failing on the missing masks
+    assert main(["viz", str(synth), "--pred", str(boxes), "--out", str(tmp_path / "viz"), "--no-progress"]) == 0
+    assert "per-class bbox AP" in (tmp_path / "viz" / "index.html").read_text()
+
+
+def test_eval_swapped_or_foreign_inputs(synth: Path, perfect_pred: Path, tmp_path: Path, capsys) -> None:
+    gt_file = synth / "instances.json"
+    err = _error(["eval", str(synth), "--pred", str(gt_file)], capsys)  # ground truth given as predictions
+    assert err.startswith(f"omniseg eval: error: {gt_file}: ") and "JSON list" in err
+    err = _error(["eval", str(perfect_pred), "--pred", str(perfect_pred)], capsys)  # predictions as ground truth
+    assert err.startswith(f"omniseg eval: error: {perfect_pred}: ") and "--pred" in err
+    results = json.loads(perfect_pred.read_text())
+    results[0]["image_id"] = 424242
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(results))
+    err = _error(["eval", str(synth), "--pred", str(foreign)], capsys)
+    assert err == f"omniseg eval: error: {foreign}: result #0 (image_id=424242): unknown image id 424242"
+    assert main(["eval", str(synth), "--pred", str(foreign), "--on-bad-record", "skip"]) == 0
+    assert "1 x unknown image id 424242" in capsys.readouterr().out
+
+
+@pytest.fixture
+def synth_with_bad_images(synth: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A copy of the synthetic set whose first image is not an image and whose second is missing."""
+    copy = tmp_path / "synth"
+    shutil.copytree(synth, copy)
+    images = sorted((copy / "images").glob("*.png"))
+    images[0].write_text("not a png")
+    images[1].unlink()
+    return copy, images
+
+
+def test_viz_unreadable_images(synth_with_bad_images, tmp_path: Path, capsys) -> None:
+    data, images = synth_with_bad_images
+    out = tmp_path / "viz"
+    err = _error(["viz", str(data), "--out", str(out), "--no-progress"], capsys)
+    assert err.startswith(f"omniseg viz: error: {images[0]}: image 1: ")
+    assert not out.exists()
+    assert main(["viz", str(data), "--out", str(out), "--no-progress", "--on-bad-record", "skip"]) == 0
+    text = capsys.readouterr().out
+    assert "skipped 2 bad record(s)" in text and f"e.g. {images[1]}: image 2: " in text
+    assert [p.name for p in (out / "images").iterdir()] == [f"{images[2].stem}_3.png"]
+
+
+def test_viz_drawings_never_share_a_name(synth: Path, tmp_path: Path) -> None:
+    """Records whose ``<stem>_<id>`` names coincide once made file names (folders and spaces in
+    string ids, letter case) get distinct files inside ``images/``, never outside it."""
+    from omniseg.commands.viz import write_visualization
+    from omniseg.data.records import ImageRecord, RecordSet
+
+    image = str(sorted((synth / "images").glob("*.png"))[0])
+    ids = ["a/x", "a x", "A X", "../../up"]
+    gt = RecordSet([ImageRecord(image_id=i, file_name=image, width=SIZE, height=SIZE) for i in ids])
+    out = tmp_path / "viz"
+    write_visualization(gt, None, out, progress=False)
+    pngs = sorted(p.name for p in (out / "images").iterdir())
+    assert len(pngs) == 4 and len({p.casefold() for p in pngs}) == 4
+    assert sorted(p.name for p in out.iterdir()) == ["images", "index.html"]
+    page = (out / "index.html").read_text()
+    assert all(f"images/{p}" in page for p in pngs)
+
+
+def test_viz_image_of_another_size(synth: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "synth"
+    shutil.copytree(synth, data)
+    first = sorted((data / "images").glob("*.png"))[0]
+    with Image.open(first) as im:
+        im.resize((2 * SIZE, SIZE)).save(first)
+    out = tmp_path / "viz"
+    err = _error(["viz", str(data), "--out", str(out), "--no-progress"], capsys)
+    assert err.startswith(f"omniseg viz: error: {first}: image 1: the image is {2 * SIZE}x{SIZE}")
+    assert not out.exists()
+    assert main(["viz", str(data), "--out", str(out), "--no-progress", "--on-bad-record", "skip"]) == 0
+    assert "skipped 1 bad record(s)" in capsys.readouterr().out
+    assert len(list((out / "images").iterdir())) == 2

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import sys
 from pathlib import Path
 
-from omniseg.commands.common import add_bad_record_arg, bad_records, report_skips
+from omniseg.commands.common import add_bad_record_arg, bad_records, positive_int, report_skips
 from omniseg.data.errors import BadRecords
+from omniseg.errors import UsageError, UserError
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -28,18 +29,29 @@ def register(p: argparse.ArgumentParser) -> None:
     a.add_argument("input", help="Localized Narratives JSONL file")
     a.add_argument("--images", required=True, help="dataset folder, COCO JSON or image folder (image sizes)")
     a.add_argument("--out", required=True, help="output folder (alps.jsonl, stats.json, chunks/)")
-    a.add_argument("--workers", type=int, default=1, help="worker processes (one spaCy pipeline each)")
-    a.add_argument("--chunk-lines", type=int, default=1000, help="narratives per resumable chunk")
+    a.add_argument("--workers", type=positive_int, default=1, help="worker processes (one spaCy pipeline each)")
+    a.add_argument("--chunk-lines", type=positive_int, default=1000, help="narratives per resumable chunk")
     a.add_argument("--stuff-list", default=None,
                    help="stuff head nouns to drop: comma-separated words or a file with one per line "
                    "(default: omniseg.curate.phrases.DEFAULT_STUFF)")
     a.add_argument("--non-object-list", default=None,
                    help="picture-part nouns to drop (image, left, background, ...): like --stuff-list")
-    a.add_argument("--t-pad", type=float, default=0.5, help="temporal padding t_p in seconds (paper: 0.5)")
-    a.add_argument("--min-points", type=int, default=4, help="drop phrases with fewer trace points")
+    a.add_argument("--t-pad", type=seconds, default=0.5, help="temporal padding t_p in seconds (paper: 0.5)")
+    a.add_argument("--min-points", type=positive_int, default=4, help="drop phrases with fewer trace points")
     a.add_argument("--model", default=None, help="spaCy model package (default: en_core_web_sm if installed)")
     a.add_argument("--no-progress", action="store_true")
     add_bad_record_arg(a)
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0 (rejects NaN / inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def word_list(value: str) -> tuple[str, ...]:
@@ -80,7 +92,7 @@ def image_sizes(path: str | os.PathLike, on_bad: BadRecords | None = None) -> di
     data = load_json_file(jf)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
-        raise ValueError(f"{jf}: no 'images' list (expected a COCO instances or captions JSON)")
+        raise UserError(f"{jf}: no 'images' list (expected a COCO instances or captions JSON)")
     out: dict[str, tuple[int | str, int, int]] = {}
     for i, img in enumerate(images):
         if not isinstance(img, dict) or "id" not in img:
@@ -97,9 +109,16 @@ def image_sizes(path: str | os.PathLike, on_bad: BadRecords | None = None) -> di
 
 def main(args: argparse.Namespace) -> int:
     from omniseg.curate.alps import AlpConfig
-    from omniseg.curate.alps_run import ResumeMismatchError, curate_alps
+    from omniseg.curate.alps_run import curate_alps
     from omniseg.curate.phrases import DEFAULT_NON_OBJECT, DEFAULT_STUFF
+    from omniseg.curate.pos import available_model
 
+    if not args.out:
+        raise UsageError("--out: empty path")
+    try:
+        available_model(args.model)
+    except RuntimeError as e:  # no such spaCy model package installed
+        raise (UsageError(f"--model: {e}") if args.model else UserError(str(e))) from None
     bad = bad_records(args)
     cfg = AlpConfig(
         t_pad=args.t_pad,
@@ -109,12 +128,8 @@ def main(args: argparse.Namespace) -> int:
         model=args.model,
     )
     sizes = image_sizes(args.images, bad)
-    try:
-        stats = curate_alps(args.input, sizes, args.out, cfg, workers=args.workers, chunk_lines=args.chunk_lines,
-                            on_bad=bad, progress=not args.no_progress)
-    except ResumeMismatchError as e:
-        print(f"omniseg curate: error: {e}", file=sys.stderr)
-        return 1
+    stats = curate_alps(args.input, sizes, args.out, cfg, workers=args.workers, chunk_lines=args.chunk_lines,
+                        on_bad=bad, progress=not args.no_progress)
     table = {k: stats[k] for k in ("images", "alps", "unique_phrases", "mean_alps_per_image", "narratives")}
     print(json.dumps(table))
     print(f"wrote {Path(args.out) / 'alps.jsonl'} and stats.json ({stats['resumed_chunks']} of "

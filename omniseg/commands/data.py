@@ -1,29 +1,48 @@
-"""``omniseg data synth|stats|convert``."""
+"""``omniseg data synth|stats|convert``.
+
+``data convert --out -`` writes the single-file formats (coco, coco-results, captions,
+narratives) to standard output; the summary lines then go to standard error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omniseg.commands.common import add_bad_record_arg, bad_records, report_skips
+from omniseg.commands.common import (
+    add_bad_record_arg,
+    bad_records,
+    non_negative_int,
+    positive_int,
+    report_skips,
+)
+from omniseg.data.synth.world import MIN_IMAGE_SIZE
+from omniseg.errors import UsageError
+from omniseg.utils.atomic import STDOUT
 
 if TYPE_CHECKING:
     from omniseg.data.records import RecordSet
 
 FORMATS = ("coco", "coco-results", "captions", "narratives", "panoptic", "openimages")
+#: formats written as one file, so ``--out -`` (standard output) works
+SINGLE_FILE_FORMATS = ("coco", "coco-results", "captions", "narratives")
+#: the smallest image the synthetic world draws (SynthConfig's own check) and a sane largest
+MAX_SYNTH_SIZE = 8192  # a sanity bound: one image must fit in memory many times over
 
 
 def register(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = sub.add_parser("synth", help="generate the synthetic world in all real formats")
     s.add_argument("--out", required=True, help="output folder (re-running resumes / skips finished images)")
-    s.add_argument("--num-images", type=int, default=200)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--image-size", type=int, default=256)
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--num-images", type=positive_int, default=200)
+    s.add_argument("--seed", type=non_negative_int, default=0)
+    s.add_argument("--image-size", type=int, default=256,
+                   help=f"square image side in pixels, {MIN_IMAGE_SIZE}..{MAX_SYNTH_SIZE}")
+    s.add_argument("--workers", type=positive_int, default=1)
     s.add_argument("--no-progress", action="store_true")
 
     st = sub.add_parser("stats", help="statistics per supervision kind")
@@ -34,8 +53,9 @@ def register(p: argparse.ArgumentParser) -> None:
     c = sub.add_parser("convert", help="read any supported input and write another format")
     c.add_argument("path", help="dataset folder or annotation file")
     c.add_argument("--to", choices=FORMATS, required=True)
-    c.add_argument("--out", required=True, help="output file (panoptic: JSON, PNGs go to a folder of the same stem; "
-                   "openimages: boxes CSV, class descriptions go to <stem>-classes.csv next to it)")
+    c.add_argument("--out", required=True, help="output file, '-' for standard output (panoptic: JSON, PNGs go to "
+                   "a folder of the same stem; openimages: boxes CSV, class descriptions go to <stem>-classes.csv "
+                   "next to it)")
     add_bad_record_arg(c)
 
 
@@ -43,6 +63,10 @@ def _synth(args: argparse.Namespace) -> int:
     from omniseg.data.stats import dataset_stats, format_stats
     from omniseg.data.synth.generate import SynthConfig, generate_dataset
 
+    if not args.out:
+        raise UsageError("--out: empty path")
+    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_SYNTH_SIZE:
+        raise UsageError(f"--image-size: must be between {MIN_IMAGE_SIZE} and {MAX_SYNTH_SIZE}, got {args.image_size}")
     cfg = SynthConfig(seed=args.seed, num_images=args.num_images, image_size=args.image_size)
     t0 = time.perf_counter()
     rs = generate_dataset(cfg, args.out, workers=args.workers, progress=not args.no_progress)
@@ -66,8 +90,10 @@ def write_format(rs: RecordSet, fmt: str, out: str | Path) -> list[Path]:
     ``openimages`` writes the boxes CSV and the class descriptions CSV next to it
     (:func:`openimages_classes_path`; stand-in LabelNames ``/omniseg/<id>``).
 
+    ``out`` ``-`` is standard output (single-file formats only).
+
     Returns:
-        the files written (panoptic: the JSON; its PNGs go to the folder of the same stem).
+        the files written (panoptic: the JSON and the PNG folder of the same stem).
     """
     if fmt == "coco":
         from omniseg.data.formats.coco import write_coco_instances
@@ -93,6 +119,7 @@ def write_format(rs: RecordSet, fmt: str, out: str | Path) -> list[Path]:
         from omniseg.data.formats.panoptic import write_coco_panoptic
 
         write_coco_panoptic(out, Path(out).with_suffix(""), rs)
+        return [Path(out), Path(out).with_suffix("")]
     elif fmt == "openimages":
         from omniseg.data.formats.openimages import (
             default_label_names,
@@ -102,12 +129,25 @@ def write_format(rs: RecordSet, fmt: str, out: str | Path) -> list[Path]:
 
         names = default_label_names(rs)
         classes = openimages_classes_path(out)
-        write_openimages_boxes(out, rs, label_names=names)
+        # the classes first: a boxes CSV written is never without the classes it names
         write_openimages_classes(classes, rs, label_names=names)
+        write_openimages_boxes(out, rs, label_names=names)
         return [Path(out), classes]
     else:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
     return [Path(out)]
+
+
+def _check_out(fmt: str, out: str) -> None:
+    """Refuse an ``--out`` the format cannot be written to (before reading the input)."""
+    if not out:
+        raise UsageError("--out: empty path")
+    if out == STDOUT and fmt not in SINGLE_FILE_FORMATS:
+        raise UsageError(f"--out -: {fmt} writes several files, give a file name "
+                         f"(standard output takes {', '.join(SINGLE_FILE_FORMATS)})")
+    if fmt == "panoptic" and Path(out).with_suffix("") == Path(out):
+        raise UsageError(f"--out {out}: panoptic needs a JSON name with a suffix (e.g. {out}.json); "
+                         "its PNGs go to the folder of the same stem")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -116,13 +156,19 @@ def main(args: argparse.Namespace) -> int:
     from omniseg.data.load import load_dataset
     from omniseg.data.stats import dataset_stats, format_stats
 
+    if args.data_command == "convert":
+        _check_out(args.to, args.out)
     bad = bad_records(args)
     rs = load_dataset(args.path, on_bad=bad)
     if args.data_command == "stats":
         stats = dataset_stats(rs)
         print(json.dumps(stats, indent=1) if args.json else format_stats(stats, f"{args.path}:"))
-    else:
-        files = write_format(rs, args.to, args.out)
-        print(f"wrote {len(rs)} images as {args.to} to {', '.join(map(str, files))}")
-    report_skips(bad)
+        report_skips(bad)
+        return 0
+    files = write_format(rs, args.to, args.out)
+    to = "standard output" if args.out == STDOUT else ", ".join(map(str, files))
+    log = sys.stderr if args.out == STDOUT else sys.stdout  # stdout may hold the data
+    print(f"wrote {len(rs)} images as {args.to} to {to}", file=log)
+    if bad.total:
+        print(bad.summary(), file=log)
     return 0

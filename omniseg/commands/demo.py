@@ -16,16 +16,23 @@ import math
 import time
 from pathlib import Path
 
+from omniseg.commands.common import non_empty_path, non_negative_int, positive_int
+from omniseg.commands.evaluate import split_name
+from omniseg.errors import UserError
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "box_to_mask_synth.yaml"
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo_out", help="output folder")
-    p.add_argument("--num-images", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--split", default="voc-like", help="split used for the base / novel breakdown ('' for none)")
-    p.add_argument("--train-iters", type=int, default=200, help="toy-model iterations (0 skips training)")
+    p.add_argument("--out", type=non_empty_path, default="demo_out", help="output folder")
+    # >= 1: the evaluator self-check (GT vs itself = AP 100) needs ground truth; every synthetic
+    # image has at least one object
+    p.add_argument("--num-images", type=positive_int, default=64, help="synthetic images to generate (>= 1)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--split", type=split_name, default="voc-like",
+                   help="split used for the base / novel breakdown ('' for none)")
+    p.add_argument("--train-iters", type=non_negative_int, default=200, help="toy-model iterations (0 skips training)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="toy-model experiment config")
     p.add_argument("--no-progress", action="store_true")
 
@@ -44,6 +51,9 @@ def main(args: argparse.Namespace) -> int:
     from omniseg.data.synth.generate import SynthConfig, generate_dataset
     from omniseg.evaluation.perturb import as_predictions, perturb_predictions
 
+    if args.train_iters > 0 and not Path(args.config).is_file():  # before minutes of work, not after
+        what = "is a folder, not a config file" if Path(args.config).is_dir() else "toy-model config not found"
+        raise UserError(f"{args.config}: {what} (pass --config FILE.yaml or --train-iters 0)")
     out = Path(args.out)
     progress = not args.no_progress
     t0 = time.perf_counter()
@@ -61,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     perfect = evaluate_all(gt, as_predictions(gt), ["segm", "bbox"], groups)
     print(_row("ground truth vs itself", perfect))
     if not math.isclose(perfect["mask_AP"], 1.0) or not math.isclose(perfect["box_AP"], 1.0):
-        raise SystemExit(f"evaluator self-check failed: GT vs GT gave {perfect['mask_AP']:.4f} mask AP")
+        raise RuntimeError(f"evaluator self-check failed: GT vs GT gave {perfect['mask_AP']:.4f} mask AP")
     pred = perturb_predictions(gt)
     write_coco_results(out / "perturbed_predictions.json", pred)
     damaged = evaluate_all(gt, pred, ["segm", "bbox"], groups, per_class=True)
@@ -90,8 +100,6 @@ def _train_toy_model(args: argparse.Namespace, gt, out: Path, progress: bool) ->
     from omniseg.recipes.box_to_mask import RECIPE, BoxToMaskExperiment, predict_masks_for_gt_boxes
     from omniseg.recipes.contract import run_recipe
 
-    if not Path(args.config).exists():
-        raise SystemExit(f"{args.config}: toy-model config not found (pass --config or --train-iters 0)")
     run_dir = out / "train_box_to_mask"
     cfg = load_config(BoxToMaskExperiment, args.config, [
         f"train.max_iter={args.train_iters}", f"train.output_dir={run_dir}", f"train.progress={progress}",
@@ -101,7 +109,7 @@ def _train_toy_model(args: argparse.Namespace, gt, out: Path, progress: bool) ->
     print(f"[4/5] training the toy model (class-agnostic masks from boxes) for {args.train_iters} iterations "
           f"on synthetic images of seed {args.seed + 1} -> {run_dir}")
     t0 = time.perf_counter()
-    ev = run_recipe(RECIPE, cfg)["eval"]
+    ev = run_recipe(RECIPE, cfg, overwrite=True)["eval"]  # a re-run of the demo replaces its own run
     print(f"  trained in {time.perf_counter() - t0:.0f} s; masks on the generated set's GT boxes: "
           f"mask AP {100 * ev['mask_AP']:.1f} (AP50 {100 * ev['mask_AP50']:.1f}) vs. filled boxes "
           f"{100 * ev['filled_box_AP']:.1f} (AP50 {100 * ev['filled_box_AP50']:.1f})")
@@ -112,7 +120,7 @@ def _train_toy_model(args: argparse.Namespace, gt, out: Path, progress: bool) ->
     pred = predict_masks_for_gt_boxes(model, gt)
     res = evaluate_instances(gt, pred, iou_type="segm", per_class=True)
     if not math.isclose(res["AP"], ev["mask_AP"], abs_tol=1e-9):
-        raise SystemExit(f"checkpoint round trip changed the result: {res['AP']:.6f} vs {ev['mask_AP']:.6f}")
+        raise RuntimeError(f"checkpoint round trip changed the result: {res['AP']:.6f} vs {ev['mask_AP']:.6f}")
     table = per_class_ap_table(metric_keys(res, "segm"))
     return write_visualization(
         gt, pred, out / "viz_box_to_mask", limit=24, min_score=0.0, tables=[table],

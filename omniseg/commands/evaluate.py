@@ -5,19 +5,36 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from omniseg.commands.common import add_bad_record_arg, bad_records, report_skips
+from omniseg.commands.common import (
+    add_bad_record_arg,
+    bad_records,
+    non_empty_path,
+    non_negative_int,
+    report_skips,
+)
+from omniseg.errors import UserError
+
+
+def split_name(text: str) -> str:
+    """argparse type of ``--split``: a name in :data:`omniseg.data.splits.SPLITS` ('' = none)."""
+    from omniseg.data.splits import SPLITS
+
+    if text and text not in SPLITS:
+        raise argparse.ArgumentTypeError(f"unknown split {text!r}; choose from {sorted(SPLITS)}")
+    return text
 
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("gt", help="ground truth: dataset folder or COCO / LVIS instances JSON")
     p.add_argument("--pred", required=True, help="predictions: COCO results JSON (list of detections with scores)")
     p.add_argument("--iou-type", nargs="+", choices=("segm", "bbox"), default=["segm", "bbox"])
-    p.add_argument("--split", default=None, help="report base / novel groups of a named split (voc-like, zsd-like, compositional)")
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--split", type=split_name, default=None,
+                   help="report base / novel groups of a named split (voc-like, zsd-like, compositional)")
+    p.add_argument("--split-seed", type=non_negative_int, default=0)
     p.add_argument("--openimages", action="store_true", help="also report Open-Images-style AP50 (<= 100 detections per image)")
     p.add_argument("--per-class", action="store_true", help="print per-class AP")
     p.add_argument("--engine", choices=("faster", "pycocotools"), default="faster")
-    p.add_argument("--out", default=None, help="write a JSON report here (and a .md next to it)")
+    p.add_argument("--out", type=non_empty_path, default=None, help="write a JSON report here (and a .md next to it)")
     add_bad_record_arg(p)
 
 
@@ -28,9 +45,21 @@ def split_groups(name: str | None, categories, seed: int = 0) -> dict[str, list[
     from omniseg.data.splits import SPLITS
 
     if name not in SPLITS:
-        raise SystemExit(f"unknown split {name!r}; choose from {sorted(SPLITS)}")
+        raise ValueError(f"unknown split {name!r}; choose from {sorted(SPLITS)}")
     split = SPLITS[name](categories, seed=seed)
     return {"base": list(split.base_ids), "novel": list(split.novel_ids)}
+
+
+def check_predictions(pred, iou_types, source: str) -> None:
+    """A :class:`UserError` naming ``source`` when mask AP is asked of predictions without masks
+    (a box-only results file): the evaluator needs a mask for every prediction."""
+    if "segm" not in iou_types:
+        return
+    missing = [(r.image_id, j) for r in pred.records for j, i in enumerate(r.instances) if i.mask is None]
+    if missing:
+        total = sum(len(r.instances) for r in pred.records)
+        raise UserError(f"{source}: {len(missing)} of {total} predictions have no segmentation (e.g. image "
+                        f"{missing[0][0]!r}); mask AP needs masks: pass --iou-type bbox for box AP only")
 
 
 def evaluate_all(gt, pred, iou_types, groups=None, per_class=False, openimages=False, engine="faster") -> dict:
@@ -58,6 +87,7 @@ def main(args: argparse.Namespace) -> int:
     bad = bad_records(args)
     gt = load_dataset(args.gt, on_bad=bad)
     pred = read_coco_results(args.pred, gt, on_bad=bad)
+    check_predictions(pred, args.iou_type, args.pred)
     groups = split_groups(args.split, gt.categories, args.split_seed)
     res = evaluate_all(gt, pred, args.iou_type, groups, args.per_class, args.openimages, args.engine)
     # fractions are shown in percent; counts ("mask_num_gt_skipped") are printed as counts

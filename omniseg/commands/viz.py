@@ -5,58 +5,80 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from omniseg.commands.common import add_bad_record_arg, bad_records, report_skips
+from omniseg.commands.common import (
+    add_bad_record_arg,
+    bad_records,
+    non_empty_path,
+    non_negative_int,
+    report_skips,
+    unit_float,
+)
+from omniseg.data.errors import BadRecords
 
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("gt", help="dataset folder, COCO instances JSON or image folder")
     p.add_argument("--pred", default=None, help="COCO results JSON to draw next to the ground truth")
-    p.add_argument("--out", required=True, help="output folder (index.html + PNGs)")
-    p.add_argument("--limit", type=int, default=48, help="number of images to draw")
-    p.add_argument("--min-score", type=float, default=0.3, help="hide predictions below this score")
+    p.add_argument("--out", type=non_empty_path, required=True, help="output folder (index.html + PNGs)")
+    p.add_argument("--limit", type=non_negative_int, default=48, help="number of images to draw")
+    p.add_argument("--min-score", type=unit_float, default=0.3, help="hide predictions below this score (0..1)")
     p.add_argument("--no-progress", action="store_true")
     add_bad_record_arg(p)
 
 
 def write_visualization(gt, pred, out: str | Path, limit: int = 48, min_score: float = 0.3,
-                        tables=(), notes=(), progress: bool = True) -> Path:
+                        tables=(), notes=(), progress: bool = True, on_bad: BadRecords | None = None) -> Path:
     """Draw up to ``limit`` images (GT, and predictions beside them) and write ``out/index.html``.
 
+    Every drawing gets its own file name (``images/<stem>_<image id>.png``, made unique), so two
+    records never overwrite each other's drawing; on an error the drawings written so far are
+    removed.
+
     Args:
-        gt: RecordSet whose ``image_path`` resolves to readable images.
+        gt: RecordSet whose ``image_path`` resolves to readable images of the declared sizes.
         pred: RecordSet of predictions over the same image ids, or None.
+        limit: the first ``limit`` records are drawn (>= 0).
         tables: extra :class:`omniseg.viz.html.Table` objects shown above the grid.
+        on_bad: policy for images that cannot be read, lie outside the image root or differ in size
+            from their record: error (default) or a counted skip.
 
     Returns:
         path of the HTML page.
     """
+    from omniseg.commands.common import load_record_image_or_skip, removed_on_error, unique_name
     from omniseg.data.formats.validation import progress_bar
-    from omniseg.data.images import load_image
     from omniseg.utils.atomic import atomic_open
     from omniseg.viz.draw import draw_instances, side_by_side
     from omniseg.viz.html import write_html_page
 
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    bad = on_bad if on_bad is not None else BadRecords()
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     by_id = {r.image_id: r for r in pred} if pred is not None else {}
-    items = []
-    for r in progress_bar(gt.records[:limit], min(limit, len(gt.records)), "drawing", progress):
-        img = load_image(gt.image_path(r))
-        panels = [draw_instances(img, r.instances, r.segments)]
-        cap = f"{r.file_name}: {len(r.instances)} GT"
-        if pred is not None:
-            p = by_id.get(r.image_id)
-            shown = [i for i in (p.instances if p else []) if (i.score or 0) >= min_score]
-            panels.append(draw_instances(img, shown, min_score=min_score))
-            cap += f" | {len(shown)} predicted (score >= {min_score})"
-        if r.captions:
-            cap += f" | \u201c{r.captions[0]}\u201d"
-        name = f"images/{Path(str(r.file_name)).stem}_{r.image_id}.png"
-        with atomic_open(out / name, "wb") as f:
-            side_by_side(panels).save(f, format="PNG")
-        items.append((name, cap))
-    page = out / "index.html"
-    write_html_page(page, f"OmniSeg: {gt.name or 'dataset'}", images=items, tables=tables, notes=notes)
+    items, taken = [], set()
+    records = progress_bar(gt.records[:limit], min(limit, len(gt.records)), "drawing", progress)
+    with removed_on_error(out, out / "images") as written:  # no drawings without their page
+        for index, r in enumerate(records):
+            img = load_record_image_or_skip(gt, r, bad)
+            if img is None:
+                continue
+            panels = [draw_instances(img, r.instances, r.segments)]
+            cap = f"{r.file_name}: {len(r.instances)} GT"
+            if pred is not None:
+                p = by_id.get(r.image_id)
+                shown = [i for i in (p.instances if p else []) if (i.score or 0) >= min_score]
+                panels.append(draw_instances(img, shown, min_score=min_score))
+                cap += f" | {len(shown)} predicted (score >= {min_score})"
+            if r.captions:
+                cap += f" | \u201c{r.captions[0]}\u201d"
+            name = "images/" + unique_name(f"{Path(str(r.file_name)).stem}_{r.image_id}", ".png", taken, index)
+            with atomic_open(out / name, "wb") as f:
+                side_by_side(panels).save(f, format="PNG")
+            written.append(out / name)
+            items.append((name, cap))
+        page = out / "index.html"
+        write_html_page(page, f"OmniSeg: {gt.name or 'dataset'}", images=items, tables=tables, notes=notes)
     return page
 
 
@@ -86,9 +108,12 @@ def main(args: argparse.Namespace) -> int:
         from omniseg.data.formats.coco import read_coco_results
 
         pred = read_coco_results(args.pred, gt, on_bad=bad)
-        res = evaluate_all(gt, pred, ["segm"], per_class=True)
-        tables.append(per_class_ap_table(res))
-    page = write_visualization(gt, pred, args.out, args.limit, args.min_score, tables, progress=not args.no_progress)
+        # box-only predictions (no masks) get a box AP table instead of a mask AP one
+        iou_type = "segm" if all(i.mask is not None for r in pred for i in r.instances) else "bbox"
+        res = evaluate_all(gt, pred, [iou_type], per_class=True)
+        tables.append(per_class_ap_table(res, iou_type))
+    page = write_visualization(gt, pred, args.out, args.limit, args.min_score, tables, progress=not args.no_progress,
+                               on_bad=bad)
     print(f"wrote {page}")
     report_skips(bad)
     return 0

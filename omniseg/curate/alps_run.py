@@ -7,6 +7,8 @@ per-narrative logic of :mod:`omniseg.curate.alps` (one spaCy pipeline per worker
 atomically). A re-run with the same settings (``OUT/manifest.json``) skips chunks that have their
 marker; then the chunk files are merged into ``OUT/alps.jsonl`` (format in
 :mod:`omniseg.curate.alps`) and the counts of the ALP paper's Table 1 written to ``OUT/stats.json``.
+A run killed at any point (even SIGKILL) resumes to the very bytes of an uninterrupted run; the
+killed run's temporary files are swept by the re-run (:mod:`omniseg.utils.atomic`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from omniseg.data.formats.narratives import InvalidNarrative, id_key
 from omniseg.data.records import Narrative
 from omniseg.errors import UserError
 from omniseg.utils.atomic import atomic_open, atomic_write_json, atomic_write_text
+from omniseg.utils.workers import quiet_pool_worker
 
 MANIFEST_VERSION = 1
 CHUNKS_DIR = "chunks"
@@ -77,6 +80,17 @@ def _init_worker(sizes: dict[str, tuple[int | str, int, int]], cfg: AlpConfig) -
     from omniseg.curate.pos import load_tagger
 
     _WORKER.update(sizes=sizes, cfg=cfg, nlp=load_tagger(cfg.model))
+
+
+def _init_pool_worker(sizes: dict[str, tuple[int | str, int, int]], cfg: AlpConfig) -> None:
+    """:func:`_init_worker` in a pool process (unless forked from a parent that ran it).
+
+    Ctrl-C is left to the parent, which then ends the pool with SIGTERM (``Pool.terminate``);
+    that ends a worker quietly: the chunk file being written is removed, no traceback is printed.
+    """
+    quiet_pool_worker()
+    if not _WORKER:  # not inherited from the parent (spawn)
+        _init_worker(sizes, cfg)
 
 
 def _process_chunk(job: tuple[str, Chunk, str, str]) -> dict[str, Any]:
@@ -204,10 +218,14 @@ def curate_alps(
     bad = on_bad if on_bad is not None else BadRecords()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if not os.path.isfile(input_path):
+    if not os.path.exists(input_path):
         raise FileNotFoundError(f"{input_path}: no such narratives file")
+    if not os.path.isfile(input_path):
+        raise UserError(f"{input_path}: not a regular file (expected a narratives JSONL file)")
     t0 = time.perf_counter()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     stat = os.stat(input_path)
     manifest = {
@@ -226,8 +244,11 @@ def curate_alps(
             results: Iterator[dict[str, Any]] = map(_process_chunk, jobs)
             _drain(results, bar)
         elif jobs:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(sizes, cfg)) as pool:
+            fork = "fork" in mp.get_all_start_methods()
+            if fork:  # spaCy is loaded once, here: the workers inherit it, and a missing model fails once
+                _init_worker(sizes, cfg)
+            ctx = mp.get_context("fork" if fork else "spawn")
+            with ctx.Pool(min(workers, len(jobs)), initializer=_init_pool_worker, initargs=(sizes, cfg)) as pool:
                 _drain(pool.imap_unordered(_process_chunk, jobs), bar)
     finally:
         bar.close()

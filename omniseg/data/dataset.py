@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from omniseg.data.batch import Sample, Targets
 from omniseg.data.errors import BadRecordError, BadRecords
-from omniseg.data.images import load_image as load_image_file
+from omniseg.data.images import load_record_image
 from omniseg.data.records import ImageRecord, RecordSet
 from omniseg.ops.rle import rle_decode
 
@@ -89,8 +89,9 @@ class RecordDataset(Dataset):
         include_stuff: also add the record's stuff segments (``is_thing`` False) as mask-only
             instances (panoptic data; VLOSS cooldown).
         on_bad_record: policy for invalid instances ("error" raises naming the image file and
-            instance; "skip" drops the instance and counts it in ``self.bad``). An image whose
-            size disagrees with its record always raises.
+            instance; "skip" drops the instance and counts it in ``self.bad``). An image file
+            whose size disagrees with its record, or that lies outside the image root, always
+            raises (:func:`omniseg.data.images.load_record_image`).
     """
 
     def __init__(
@@ -117,9 +118,10 @@ class RecordDataset(Dataset):
         return self.rs.name
 
     def _image(self, index: int, rec: ImageRecord) -> np.ndarray:
-        where = self.rs.image_path(rec) if self.load_image is None else f"<in-memory {self.rs.name}>[{index}]"
-        arr = load_image_file(where) if self.load_image is None else self.load_image(index)
-        arr = np.asarray(arr)
+        if self.load_image is None:
+            return load_record_image(self.rs, rec)
+        where = f"<in-memory {self.rs.name}>[{index}]"
+        arr = np.asarray(self.load_image(index))
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:

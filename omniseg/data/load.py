@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from omniseg.data.errors import BadRecords
 from omniseg.data.records import RecordSet
+from omniseg.errors import UserError
 
 SYNTH_LAYOUT = {
     "instances": "instances.json",
@@ -28,8 +30,49 @@ SYNTH_LAYOUT = {
 }
 
 
+class UnknownFormatError(UserError, ValueError):
+    """The path is not a dataset this command can read; the message says what it is and what is needed."""
+
+
+NEEDED = ("a dataset folder, a COCO instances / captions / panoptic JSON or an image folder")
+
+#: annotation keys that tell the JSON kinds apart (COCO data format)
+_KIND_KEYS = {"panoptic": ("segments_info",), "captions": ("caption",), "instances": ("bbox", "segmentation")}
+
+
+def _sniff(data: Any) -> tuple[str, str]:
+    """``(kind, detail)`` of decoded JSON: kind is 'panoptic' | 'captions' | 'instances' |
+    'results' | 'unknown'; ``detail`` says why a file is 'unknown'.
+
+    The kind is decided from the keys of the first annotation (``segments_info`` / ``caption``
+    / ``bbox`` or ``segmentation``), so an instances file without ``categories`` is still read
+    as instances (and its reader names the missing key). Without annotations to look at, a
+    ``categories`` list means instances and ``images`` alone means captions.
+    """
+    if isinstance(data, list):
+        return "results", "a JSON list"
+    if not isinstance(data, dict):
+        return "unknown", f"the top level is a JSON {type(data).__name__}, not an object"
+    anns = data.get("annotations")
+    if anns is not None and not isinstance(anns, list):
+        return "unknown", f"'annotations' is a {type(anns).__name__}, not a list"
+    first = next((a for a in anns or [] if isinstance(a, dict)), None)
+    if first is not None:
+        for kind, keys in _KIND_KEYS.items():
+            if any(k in first for k in keys):
+                return kind, ""
+        wanted = "; ".join(f"{' or '.join(map(repr, keys))} ({kind})" for kind, keys in _KIND_KEYS.items())
+        return "unknown", f"the first annotation has none of the keys {wanted}"
+    if "categories" in data:
+        return "instances", ""
+    if "images" in data and anns is not None:  # a captions file with no captions yet
+        return "captions", ""
+    keys = ", ".join(map(repr, list(data)[:8])) or "none"
+    return "unknown", f"top-level keys {keys}; a dataset JSON has 'images' and 'annotations'"
+
+
 def _sniff_json(path: Path) -> str:
-    """'panoptic' | 'captions' | 'instances' | 'results' | 'unknown' from the JSON's shape.
+    """'panoptic' | 'captions' | 'instances' | 'results' | 'unknown' from the JSON's shape (see :func:`_sniff`).
 
     Raises:
         BadRecordError (a ValueError): the file is empty, not UTF-8 or not valid JSON; the
@@ -37,22 +80,7 @@ def _sniff_json(path: Path) -> str:
     """
     from omniseg.data.formats.validation import load_json_file
 
-    data = load_json_file(path)
-    if isinstance(data, list):
-        return "results"
-    if not isinstance(data, dict):
-        return "unknown"
-    anns = data.get("annotations")
-    first = anns[0] if isinstance(anns, list) and anns and isinstance(anns[0], dict) else {}
-    if "segments_info" in first:
-        return "panoptic"
-    if "caption" in first:
-        return "captions"
-    if "categories" in data:
-        return "instances"
-    if "images" in data and isinstance(anns, list):  # a captions file with no captions yet
-        return "captions"
-    return "unknown"
+    return _sniff(load_json_file(path))[0]
 
 
 def merge_segments(into: RecordSet, panoptic: RecordSet) -> None:
@@ -66,7 +94,15 @@ def merge_segments(into: RecordSet, panoptic: RecordSet) -> None:
 
 
 def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad: BadRecords | None = None) -> RecordSet:
-    """Load ``path`` (see module docstring) into one RecordSet."""
+    """Load ``path`` (see module docstring) into one RecordSet.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        IsADirectoryError: ``path`` is a folder named like a file (``x.json``).
+        UnknownFormatError: ``path`` is a COCO results file, a JSON of another shape or a file
+            of another type (the message says which and what is needed).
+        BadRecordError / OSError: from the readers (naming the file and record).
+    """
     from omniseg.data.formats.captions import read_coco_captions
     from omniseg.data.formats.coco import read_coco_instances
     from omniseg.data.formats.folder import read_image_folder
@@ -76,6 +112,8 @@ def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_dir() and path.suffix.lower() in (".json", ".jsonl", ".csv"):
+        raise IsADirectoryError(f"{path}: is a directory, not a {path.suffix} file")
     if path.is_dir():
         files = {k: path / v for k, v in SYNTH_LAYOUT.items()}
         if not files["instances"].exists():
@@ -90,7 +128,13 @@ def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad:
             merge_segments(rs, read_coco_panoptic(files["panoptic"], files["panoptic_png"], on_bad=on_bad))
         rs.name = path.name
         return rs
-    kind = _sniff_json(path) if path.suffix.lower() == ".json" else (path.suffix or "no extension")
+    if path.suffix.lower() != ".json":
+        raise UnknownFormatError(
+            f"{path}: not a dataset file ({path.suffix or 'no extension'}); expected {NEEDED}"
+        )
+    from omniseg.data.formats.validation import load_json_file
+
+    kind, detail = _sniff(load_json_file(path))
     root = image_root or ""
     if kind == "instances":
         return read_coco_instances(path, image_root=root, on_bad=on_bad)
@@ -98,8 +142,9 @@ def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad:
         return read_coco_captions(path, on_bad=on_bad, image_root=root)
     if kind == "panoptic":
         return read_coco_panoptic(path, path.with_suffix(""), image_root=root, on_bad=on_bad)
-    raise ValueError(
-        f"{path}: cannot tell which dataset format this is ({kind}); expected a dataset folder, "
-        "a COCO instances / captions / panoptic JSON or an image folder. Predictions (a COCO "
-        "results list) are read with --pred."
-    )
+    if kind == "results":
+        raise UnknownFormatError(
+            f"{path}: a COCO results file (a JSON list of detections), not a dataset; this command "
+            f"needs {NEEDED} (results are read by `omniseg eval GT --pred {path}`)"
+        )
+    raise UnknownFormatError(f"{path}: cannot tell which dataset format this is ({detail}); expected {NEEDED}")

@@ -142,11 +142,12 @@ def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     """The folder named by ``root/latest``; the newest complete folder if the pointer is bad."""
     root = Path(root)
-    pointer = root / LATEST
-    if pointer.exists():
-        target = root / pointer.read_text(encoding="utf-8").strip()
+    try:
+        target = root / (root / LATEST).read_text(encoding="utf-8").strip()
         if _STEP_RE.match(target.name) and (target / "state.json").exists():
             return target
+    except (OSError, ValueError):  # no pointer, or a damaged one: scan the folders
+        pass
     found = list_checkpoints(root)
     return found[-1][1] if found else None
 
@@ -260,11 +261,49 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return read_weights_file(path)
 
 
-def _load_module(module: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+def load_state_into(module: nn.Module, weights: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Load ``weights`` (read from ``path``) into ``module``; every model tensor must be there with its shape.
+
+    Raises:
+        CheckpointError: naming ``path`` and the first tensor whose shape differs (both shapes), or
+            the first missing / unexpected tensor (e.g. the weights of another recipe or model config).
+    """
+    module = unwrap_model(module)
+    own = module.state_dict()
+    for key, mine in own.items():
+        if key in weights and tuple(weights[key].shape) != tuple(mine.shape):
+            raise CheckpointError(
+                f"{path}: does not match the model: {key} is {tuple(weights[key].shape)} in the file but "
+                f"{tuple(mine.shape)} in the model (weights of another recipe or model config?)")
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing or unexpected:
+        parts = [f"{len(missing)} model tensors missing (first: {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})" if unexpected else ""]
+        raise CheckpointError(f"{path}: does not match the model: " + ", ".join(p for p in parts if p))
+    module.load_state_dict(weights, strict=True)
+
+
+def load_weights_into(module: nn.Module, path: str | os.PathLike) -> None:
+    """:func:`load_weights` from ``path`` (a file or a checkpoint folder) into ``module`` with
+    :func:`load_state_into`'s checks: a :class:`CheckpointError` naming the file if it is damaged
+    or does not fit."""
+    file = _weights_file(path)
+    load_state_into(module, read_state_dict(file), file)
+
+
+def read_state(step_dir: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint folder's ``state.json``; a :class:`CheckpointError` naming it if missing or damaged."""
+    path = Path(step_dir) / "state.json"
     try:
-        unwrap_model(module).load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: does not match the model: {e}") from None
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (incomplete or foreign checkpoint)") from None
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON or UTF-8
+        raise CheckpointError(f"{path}: damaged checkpoint state ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path}: damaged checkpoint state (expected an object with an integer 'step')")
+    return state
 
 
 def load_checkpoint(
@@ -287,18 +326,15 @@ def load_checkpoint(
         if resolved is None:
             raise CheckpointError(f"{path}: no checkpoint here (no state.json and no complete step_* folder)")
         path = resolved
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / 'state.json'}: invalid JSON: {e}") from None
-    _load_module(model, _read_safetensors(path / "model.safetensors"), path / "model.safetensors")
+    state = read_state(path)
+    load_state_into(model, _read_safetensors(path / "model.safetensors"), path / "model.safetensors")
     if optimizer is not None:
         if "optimizer" not in state:
-            raise CheckpointError(f"{path}: has no optimizer state")
+            raise CheckpointError(f"{path / 'state.json'}: has no optimizer state")
         tensors = _read_safetensors(path / "optimizer.safetensors")
         try:
             optimizer.load_state_dict(optimizer_state_join(tensors, state["optimizer"]))
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{path}: optimizer state does not match: {e}") from None
     if ema is not None:
         if (path / "ema.safetensors").exists():
@@ -322,6 +358,11 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     (no arbitrary unpickling), weights nested under "model" / "state_dict" / ... unwrapped and
     DDP's ``module.`` prefixes stripped.
     """
+    return read_state_dict(_weights_file(path))
+
+
+def _weights_file(path: str | os.PathLike) -> Path:
+    """The weights file :func:`load_weights` reads for ``path``."""
     path = Path(path)
     if path.is_dir():
         ckpt = path if (path / "model.safetensors").exists() else latest_checkpoint(path)
@@ -330,4 +371,4 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         path = ckpt / "model.safetensors"
         if not path.exists():
             raise CheckpointError(f"{path}: missing (incomplete or foreign checkpoint)")
-    return read_state_dict(path)
+    return path

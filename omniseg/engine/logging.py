@@ -17,7 +17,12 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from omniseg.errors import UserError
 from omniseg.utils.atomic import atomic_write_text
+
+
+class MetricLogError(UserError, ValueError):
+    """A metric log is damaged somewhere other than its last line; the message names file and line."""
 
 
 def _json_safe(v: Any) -> Any:
@@ -32,16 +37,19 @@ def read_metric_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records = []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = path.read_bytes().split(b"\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except ValueError:  # invalid JSON or UTF-8
             if i == len(lines) - 1:  # last line, written when the process died
                 continue
-            raise ValueError(f"{path}: line {i + 1}: not valid JSON: {line[:80]!r}") from None
+            raise MetricLogError(f"{path}: line {i + 1}: not valid JSON: {line[:80]!r}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+            raise MetricLogError(f"{path}: line {i + 1}: not a metric record (an object with an integer 'step')")
+        records.append(record)
     return records
 
 

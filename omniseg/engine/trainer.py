@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -28,13 +29,15 @@ from torch import nn
 
 from omniseg.engine import distributed as dist_utils
 from omniseg.engine.checkpoint import (
+    CheckpointError,
     capture_rng_state,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from omniseg.engine.config import TrainConfig, config_to_dict, save_config
+from omniseg.engine.config import ConfigError, TrainConfig, config_to_dict, save_config
 from omniseg.engine.ema import ModelEMA, unwrap_model
 from omniseg.engine.logging import MetricLog, make_progress
 from omniseg.errors import UserError
@@ -63,13 +66,29 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """Device for ``spec``: "auto" is cuda:LOCAL_RANK when CUDA is available, else cpu."""
+def resolve_device(spec: str = "auto", key: str = "train.device") -> torch.device:
+    """Device for ``spec``: "auto" is cuda:LOCAL_RANK when CUDA is available, else cpu.
+
+    Raises:
+        ConfigError: naming ``key`` for a device name torch does not know or a device this
+            machine does not have (e.g. "cuda" without CUDA).
+    """
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist_utils.get_local_rank())
         return torch.device("cpu")
-    return torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key}: {spec!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}: {spec!r}, but CUDA is not available on this machine (use auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}: {spec!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}: {spec!r} is not available on this machine (use auto or cpu)")
+    return device
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -175,18 +194,35 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
-        """Restore the latest checkpoint of this run (or ``path``); False if there is none."""
-        path = Path(path) if path is not None else latest_checkpoint(self.ckpt_dir)
-        if path is None:
-            return False
-        state = load_checkpoint(
-            path,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            ema=self.ema,
-            scaler=self.scaler,
-        )
+        """Restore the latest checkpoint of this run (or ``path``); False if there is none.
+
+        A damaged latest checkpoint (unreadable weights or state) is reported on stderr and the
+        previous complete one is used instead; ``path`` given, or none left: :class:`CheckpointError`.
+        """
+        if path is not None:
+            candidates = [Path(path)]
+        else:
+            latest = latest_checkpoint(self.ckpt_dir)
+            if latest is None:
+                return False
+            candidates = [latest, *(p for _, p in reversed(list_checkpoints(self.ckpt_dir)) if p != latest)]
+        for i, ckpt in enumerate(candidates):
+            try:
+                state = load_checkpoint(
+                    ckpt,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    ema=self.ema,
+                    scaler=self.scaler,
+                )
+                break
+            except CheckpointError as e:
+                if i + 1 == len(candidates):
+                    raise
+                if self.is_main:
+                    print(f"warning: skipping damaged checkpoint {ckpt}: {e}; "
+                          f"resuming from {candidates[i + 1]} instead", file=sys.stderr)
         self.step = int(state["step"])
         extra = state.get("extra") or {}
         self.epoch = int(extra.get("epoch", 0))
@@ -227,10 +263,13 @@ class Trainer:
 
     def _raise_non_finite(self, what: str, values: dict[str, float]) -> None:
         bad = {k: v for k, v in values.items() if not np.isfinite(v)}
-        here = ", ".join(f"{k}={v}" for k, v in bad.items()) if bad else "on another rank"
+        terms = {k: v for k, v in bad.items() if k != "loss"} or bad  # name the culprit, not only the sum
+        here = ", ".join(f"{k}={v}" for k, v in terms.items()) if terms else "on another rank"
+        latest = latest_checkpoint(self.ckpt_dir)
         raise NonFiniteLossError(
-            f"non-finite {what} at step {self.step + 1} (rank {self.rank}): {here}; stopped without checkpointing "
-            f"this step (latest good checkpoint: {latest_checkpoint(self.ckpt_dir)})"
+            f"non-finite {what} at step {self.step + 1} (rank {self.rank}): {here}; training stopped "
+            f"({f'latest good checkpoint: {latest}' if latest else 'no checkpoint written yet'}); try a lower "
+            "train.lr" + (" or set train.clip_grad_norm (e.g. 1.0)" if self.cfg.clip_grad_norm is None else "")
         )
 
     def run_step(self, batch: Any) -> dict[str, float]:

@@ -12,7 +12,8 @@ with :func:`omniseg.utils.weights_io.read_weights_file` (the reader training che
 ``torch.load(weights_only=True)``, so nothing is unpickled beyond tensors and plain containers).
 It returns a :class:`LoadReport` listing missing, unexpected and shape-mismatched keys, and raises
 :class:`CheckpointError` (:mod:`omniseg.utils.weights_io`'s, re-exported here) naming the file
-when ``strict``.
+when ``strict``, or when the file fills less than half of the model's tensors (the wrong file:
+training on from a mostly random model would only look like fine-tuning).
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ def load_pretrained(
     filter_fn: FilterFn | None = None,
     *,
     strict: bool = False,
+    min_loaded: float = 0.5,
 ) -> LoadReport:
     """Load a foreign checkpoint into ``model``.
 
@@ -152,6 +154,8 @@ def load_pretrained(
             ``module.`` prefixes.
         strict: raise :class:`CheckpointError` (naming the file and keys) unless every model key
             is filled and every checkpoint key used with the right shape.
+        min_loaded: raise :class:`CheckpointError` when the checkpoint fills fewer than this
+            fraction of the model's tensors (nothing is loaded then).
 
     Returns:
         A :class:`LoadReport`; its summary is logged as a warning when anything did not fit.
@@ -169,6 +173,16 @@ def load_pretrained(
             report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
         else:
             usable[key] = value
+    loaded = [k for k in own if k in usable]
+    if own and len(loaded) < min_loaded * len(own):
+        extra = [k for k in usable if k not in own]
+        hint = (f"first shape mismatch: {report.mismatched[0][0]} {report.mismatched[0][1]} vs model "
+                f"{report.mismatched[0][2]}" if report.mismatched else
+                f"first unused checkpoint tensor: {extra[0]}" if extra else
+                "the checkpoint has no tensors for this model")
+        raise CheckpointError(
+            f"{path}: only {len(loaded)} of the model's {len(own)} tensors are in this checkpoint "
+            f"(need {min_loaded:.0%}); not weights for this backbone? ({hint})")
     result = model.load_state_dict(usable, strict=False)
     report.missing = list(result.missing_keys) + [k for k, _, _ in report.mismatched]
     report.unexpected = list(result.unexpected_keys)

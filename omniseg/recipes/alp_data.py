@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omniseg.data.records import Instance, RecordSet
+from omniseg.engine.config import ConfigError
 from omniseg.recipes.contract import Recipe
 from omniseg.recipes.data import DataConfig, named_split, open_source, training_view
 
@@ -80,7 +81,7 @@ def with_alps(view: RecordSet, full: RecordSet, data: DataConfig, alp: ALPConfig
     if alp.simulate:
         split = named_split(data, full.categories)
         if split is None:
-            raise ValueError("alp.simulate needs data.split (ALPs stand in for the novel classes)")
+            raise ConfigError("alp.simulate needs data.split (ALPs stand in for the novel classes)")
         by_id = simulated_alps(full, set(split.novel_ids), alp)
         for rec in view.records:
             rec.instances = [*rec.instances, *by_id.get(rec.image_id, [])]

@@ -15,6 +15,7 @@ import torch
 
 from omniseg.data.records import Instance, RecordSet
 from omniseg.engine.config import TrainConfig
+from omniseg.errors import ArgumentValueError
 from omniseg.modeling.box_to_mask import BoxToMask, BoxToMaskConfig, build_box_to_mask
 from omniseg.modeling.predictions import ImagePrediction, InstancePredictions
 from omniseg.ops.rle import rle_encode
@@ -106,7 +107,8 @@ def predictor(model: BoxToMask, cfg: BoxToMaskExperiment, info: RunInfo):
 
     def predict(images, image_sizes, output_sizes, vocabulary=None, boxes=None) -> list[ImagePrediction]:
         if boxes is None:
-            raise ValueError("box_to_mask segments given boxes: pass boxes=[[x0, y0, x1, y1], ...]")
+            raise ArgumentValueError("box_to_mask segments given boxes: pass boxes=[[x0, y0, x1, y1], ...] "
+                                     "(omniseg segment --boxes)")
         if list(image_sizes) != list(output_sizes):
             raise ValueError("box_to_mask predicts at the input size: output_sizes must equal image_sizes")
         device = next(model.parameters()).device

@@ -14,7 +14,8 @@ A recipe bundles what differs between methods and nothing else:
 * ``pad_divisor`` (optional): the API pads single images to a multiple of it (1: no padding).
 
 Everything else -- seeding, the data loader, optimizer, schedule, the trainer, resuming, the run
-folder's ``run.json`` -- is :func:`run_recipe`, written once. The table of recipes is
+folder's ``run.json`` and its guard (a new run never mixes with an old one's files; ``--resume``
+needs a checkpoint) -- is :func:`run_recipe`, written once. The table of recipes is
 :data:`omniseg.recipes.table.RECIPES`, a plain dict read by the CLI and the API.
 """
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +35,22 @@ from torch import Tensor, nn
 
 from omniseg.data.records import Category
 from omniseg.engine.config import TrainConfig
+from omniseg.errors import UserError
 from omniseg.modeling.predictions import ImagePrediction
+from omniseg.utils.weights_io import CheckpointError
 
 C = TypeVar("C")
 EvalFn = Callable[[nn.Module], dict[str, float]]
 RUN_INFO = "run.json"
+#: what a run writes into its folder: the trainer's files, run.json, the evaluation's predictions
+#: (a stage of a multi-stage run writes the trainer's files into a subfolder, e.g. ``stage1/``)
+TRAINER_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml")
+RUN_OUTPUTS = (*TRAINER_OUTPUTS, RUN_INFO, "val_predictions.json")
+
+
+class RunFolderError(UserError):
+    """``train.output_dir`` does not fit the request: ``--resume`` without a checkpoint there, or a
+    new run into a folder that holds another run (without ``--overwrite``)."""
 
 
 @dataclass
@@ -68,7 +82,7 @@ class RunInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> RunInfo:
         if not isinstance(data, dict) or not isinstance(data.get("recipe"), str):
-            raise ValueError(f"{source}: not a run description (expected an object with a 'recipe' string)")
+            raise CheckpointError(f"{source}: not a run description (expected an object with a 'recipe' string)")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -128,20 +142,91 @@ class Recipe(Generic[C]):
     pad_divisor: int = 32  # the API pads a single image to a multiple of this before predicting
 
 
-def run_recipe(recipe: Recipe, cfg: Any, resume: bool = False) -> dict[str, Any]:
+def _is_temp(p: Path) -> bool:
+    """A temporary file or folder of the atomic writers (hidden, ``.tmp`` in its name)."""
+    return p.name.startswith(".") and ".tmp" in p.name
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def run_outputs(folder: Path) -> list[Path]:
+    """The files of a previous run in ``folder`` (:data:`RUN_OUTPUTS`, and subfolders holding a
+    stage's trainer files), temporary files left by a killed run excluded."""
+    if not folder.is_dir():
+        return []
+    found = [folder / n for n in RUN_OUTPUTS if (folder / n).exists()]
+    found += [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.is_symlink() and p.name not in RUN_OUTPUTS
+              and any((p / n).exists() for n in TRAINER_OUTPUTS)]
+    return found
+
+
+def prepare_run_folder(output_dir: str | Path, *, resume: bool, overwrite: bool, remove: bool = True) -> None:
+    """Check ``train.output_dir`` against the request before anything is trained or written.
+
+    * ``resume``: a checkpoint must be there (its own or a stage's); temporary files a killed run
+      left are removed (one writer per run folder).
+    * a new run: the folder must hold no other run's files (:func:`run_outputs`), or ``overwrite``
+      removes them first (and says so on stderr).
+
+    ``remove=False`` only checks (the other ranks of a distributed run: rank 0 removes).
+
+    Raises:
+        RunFolderError: naming the folder.
+    """
+    from omniseg.engine.checkpoint import latest_checkpoint
+
+    out = Path(output_dir)
+    previous = run_outputs(out)
+    if resume:
+        runs = [out, *(p for p in previous if p.name not in RUN_OUTPUTS)]
+        if not any(latest_checkpoint(r / "checkpoints") for r in runs):
+            raise RunFolderError(f"{out}: --resume, but there is no checkpoint to resume from "
+                                 f"(no complete step_* folder in {out / 'checkpoints'}); run without --resume")
+        for folder in (f for r in runs for f in (r, r / "checkpoints") if remove and f.is_dir()):
+            for p in folder.iterdir():
+                if _is_temp(p):
+                    _remove(p)
+        return
+    if previous and not overwrite:
+        names = ", ".join(p.name for p in previous)
+        raise RunFolderError(f"{out}: holds a previous run ({names}); pass --resume to continue it "
+                             "or --overwrite to delete it and start again")
+    if overwrite and remove and out.is_dir():
+        leftovers = [p for p in out.iterdir() if _is_temp(p)]
+        for p in previous + leftovers:
+            _remove(p)
+        if previous:
+            print(f"{out}: --overwrite: removed the previous run ({', '.join(p.name for p in previous)})",
+                  file=sys.stderr)
+
+
+def run_recipe(recipe: Recipe, cfg: Any, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``recipe`` as ``cfg`` says (optionally resuming every stage) and evaluate.
 
+    ``train.output_dir`` is checked first (:func:`prepare_run_folder`): ``resume`` needs a
+    checkpoint there; a new run needs a folder without another run's files, or ``overwrite``.
     Writes ``<train.output_dir>/run.json`` (:class:`RunInfo`, metrics included at the end) and
     keeps the same description in every checkpoint. Returns the last stage's trainer summary
     (``{"step", "losses", "eval"}``).
+
+    Raises:
+        RunFolderError: the run folder does not fit ``resume`` / ``overwrite``.
     """
     from omniseg.data.loader import build_train_loader
-    from omniseg.engine.distributed import get_rank, get_world_size, is_main_process
+    from omniseg.engine.distributed import barrier, get_rank, get_world_size, is_main_process
     from omniseg.engine.optim import build_optimizer, build_scheduler
-    from omniseg.engine.trainer import Trainer, seed_everything
+    from omniseg.engine.trainer import Trainer, resolve_device, seed_everything
     from omniseg.utils.atomic import atomic_write_json
 
     t = cfg.train
+    resolve_device(t.device)  # a device this machine lacks fails now, not after the data are built
+    prepare_run_folder(t.output_dir, resume=resume, overwrite=overwrite, remove=is_main_process())
+    barrier()  # every rank checked; rank 0 removed what had to go
     seed_everything(t.seed + get_rank(), t.deterministic)
     dataset = recipe.train_data(cfg, t.progress)
     info = RunInfo(recipe.name, categories_info(dataset.rs.categories), recipe.text_encoder(cfg))
@@ -169,20 +254,21 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read: {e}") from None
+        raise CheckpointError(f"{path}: cannot read: {e}") from None
 
 
 def read_run_info(step_dir: Path, config: dict[str, Any]) -> RunInfo:
     """The :class:`RunInfo` of a checkpoint folder (``state.json`` extras), falling back to the run
     folder's ``run.json`` two levels up."""
     state = step_dir / "state.json"
-    extra = _read_json(state).get("extra") or {}
+    data = _read_json(state)
+    extra = (data.get("extra") if isinstance(data, dict) else None) or {}
     if "run_info" in extra:
         return RunInfo.from_dict(extra["run_info"], str(state))
     run_json = step_dir.parent.parent / RUN_INFO
     if run_json.exists():
         return RunInfo.from_dict(_read_json(run_json), str(run_json))
-    raise ValueError(f"{step_dir}: checkpoint does not describe its run (no run_info in state.json, no {run_json}); "
+    raise CheckpointError(f"{step_dir}: checkpoint does not describe its run (no run_info in state.json, no {run_json}); "
                      f"it was written before self-describing checkpoints (recipe {config.get('recipe')!r})")
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 from omniseg.data.dataset import RecordDataset
 from omniseg.data.records import RecordSet
+from omniseg.engine.config import ConfigError
 
 #: keys of omniseg.data.splits.SPLITS ("" = no split)
 SplitName = Literal["", "voc-like", "zsd-like", "compositional"]
@@ -75,7 +76,7 @@ def named_split(cfg: DataConfig, categories: list):
     from omniseg.data.splits import SPLITS
 
     if cfg.split not in SPLITS:
-        raise ValueError(f"unknown split {cfg.split!r}; choose from {sorted(SPLITS)}")
+        raise ConfigError(f"unknown split {cfg.split!r}; choose from {sorted(SPLITS)}")
     return SPLITS[cfg.split](categories, seed=cfg.split_seed, novel_supervision=cfg.novel_supervision)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from omniseg.engine.config import TrainConfig
+from omniseg.engine.config import ConfigError, TrainConfig
 from omniseg.modeling.mask_rcnn_star import MASK_RCNN_STAR_BUILDERS
 from omniseg.modeling.maskx_rcnn import MaskRCNN
 from omniseg.modeling.norm import NormKind
@@ -78,7 +78,7 @@ def build_model(cfg: MaskRCNNStarExperiment, info: RunInfo | None = None) -> Mas
     """The configured Mask R-CNN* with its phrase embedder attached."""
     m = cfg.model
     if m.builder not in MASK_RCNN_STAR_BUILDERS:
-        raise ValueError(f"unknown builder {m.builder!r}; choose from {sorted(MASK_RCNN_STAR_BUILDERS)}")
+        raise ConfigError(f"unknown builder {m.builder!r}; choose from {sorted(MASK_RCNN_STAR_BUILDERS)}")
     model = MASK_RCNN_STAR_BUILDERS[m.builder](
         embed_dim=m.embed_dim, mask_architecture=m.mask_architecture, width=m.width, fpn_channels=m.fpn_channels,
         fc_dim=m.fc_dim, norm=m.norm, freeze_at=m.freeze_at, mask_conv_dim=m.mask_conv_dim,

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Literal
 
 from omniseg.data.records import RecordSet
 from omniseg.data.splits import Split
-from omniseg.engine.config import TrainConfig
+from omniseg.engine.config import ConfigError, TrainConfig
+from omniseg.errors import ArgumentValueError
 from omniseg.modeling.maskx_rcnn import MASKX_RCNN_BUILDERS, MaskRCNN
 from omniseg.modeling.norm import NormKind
 from omniseg.modeling.predictions import ImagePrediction
@@ -31,6 +32,7 @@ from omniseg.modeling.rpn import RPNConfig
 from omniseg.recipes.contract import Recipe, RunInfo, Stage
 from omniseg.recipes.data import DataConfig, SplitName
 from omniseg.recipes.scoring import detection_eval_fn
+from omniseg.utils.weights_io import CheckpointError
 
 if TYPE_CHECKING:
     from omniseg.recipes.mask_rcnn_star import MaskRCNNStarModelConfig
@@ -107,7 +109,7 @@ def build_split(cfg: MaskXDataConfig, categories: list) -> Split | None:
                              name=f"random{cfg.random_base}")
     elif cfg.split:
         if cfg.split not in SPLITS:
-            raise ValueError(f"unknown split {cfg.split!r}; choose from {sorted(SPLITS)}")
+            raise ConfigError(f"unknown split {cfg.split!r}; choose from {sorted(SPLITS)}")
         split = SPLITS[cfg.split](categories, seed=cfg.split_seed, novel_supervision=cfg.novel_supervision)
     else:
         return None
@@ -146,7 +148,7 @@ def box_config(cfg: MaskXModelConfig | MaskRCNNStarModelConfig) -> BoxHeadConfig
 def build_model(cfg: MaskXModelConfig, categories: list) -> MaskRCNN:
     """The model for the thing ``categories`` (class index order = sorted ids)."""
     if cfg.builder not in MASKX_RCNN_BUILDERS:
-        raise ValueError(f"unknown builder {cfg.builder!r}; choose from {sorted(MASKX_RCNN_BUILDERS)}")
+        raise ConfigError(f"unknown builder {cfg.builder!r}; choose from {sorted(MASKX_RCNN_BUILDERS)}")
     things = sorted((c for c in categories if c.isthing), key=lambda c: c.id)
     text = None
     if cfg.mask_head == "transfer" and cfg.transfer_input == "text":
@@ -179,7 +181,7 @@ def load_detector(model: MaskRCNN, path: str) -> None:
                if k.startswith("detector.")}
     missing, unexpected = model.detector.load_state_dict(weights, strict=False)
     if missing or unexpected or not weights:
-        raise RuntimeError(f"{step}: detector weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"{step}: detector weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def stages(cfg: MaskXExperiment, model: MaskRCNN) -> list[Stage]:
@@ -195,7 +197,7 @@ def stages(cfg: MaskXExperiment, model: MaskRCNN) -> list[Stage]:
     if m.detector_init and m.stage1_iters <= 0:
         return [Stage(t, prepare=lambda mod: mod.set_stage(2))]
     if m.stage1_iters <= 0:
-        raise ValueError("stage_wise training needs model.stage1_iters > 0 detector iterations "
+        raise ConfigError("stage_wise training needs model.stage1_iters > 0 detector iterations "
                          "(or model.detector_init)")
     t1 = dataclasses.replace(t, max_iter=m.stage1_iters, output_dir=f"{t.output_dir}/stage1", eval_period=0)
     return [Stage(t1, prepare=lambda mod: mod.set_stage(1), evaluate=False),
@@ -209,10 +211,10 @@ def predictor(model: MaskRCNN, cfg: MaskXExperiment, info: RunInfo):
 
     def predict(images, image_sizes, output_sizes, vocabulary=None, boxes=None) -> list[ImagePrediction]:
         if boxes is not None:
-            raise ValueError("Mask^X R-CNN finds its own boxes; boxes= is for box-to-mask models")
+            raise ArgumentValueError("Mask^X R-CNN finds its own boxes; boxes= (--boxes) is for box-to-mask models")
         unknown = sorted(set(vocabulary or []) - set(names))
         if unknown:
-            raise ValueError(f"not among this model's {len(names)} classes: {unknown} (closed vocabulary; "
+            raise ArgumentValueError(f"not among this model's {len(names)} classes: {unknown} (closed vocabulary; "
                              f"e.g. {names[:3]})")
         device = next(model.parameters()).device
         out = [ImagePrediction(p, names) for p in model.predict(images.to(device), image_sizes, output_sizes)]

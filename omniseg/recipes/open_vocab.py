@@ -15,6 +15,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from omniseg.engine.config import ConfigError
+from omniseg.errors import ArgumentValueError
 from omniseg.modeling.contrastive_classifier import PhraseEmbedder
 from omniseg.modeling.predictions import ImagePrediction, InstancePredictions
 
@@ -41,7 +43,7 @@ def build_phrase_embedder(cfg: TextConfig, dim: int) -> PhraseEmbedder:
     kw: dict = {"dim": dim} if cfg.encoder == "hash" else ({"path": cfg.path} if cfg.path else {})
     enc = build_text_encoder(cfg.encoder, **kw)
     if enc.dim != dim:
-        raise ValueError(f"text encoder {enc.name!r} gives {enc.dim}-d embeddings but model.embed_dim={dim}")
+        raise ConfigError(f"text encoder {enc.name!r} gives {enc.dim}-d embeddings but model.embed_dim={dim}")
     if cfg.cache_dir:
         from omniseg.text.cache import CachedEncoder
 
@@ -61,10 +63,10 @@ def open_vocabulary_predictor(model: nn.Module, detect: DetectFn, embed: Callabl
 
     def predict(images, image_sizes, output_sizes, vocabulary=None, boxes=None) -> list[ImagePrediction]:
         if boxes is not None:
-            raise ValueError(f"{method} finds its own boxes; boxes= is for box-to-mask models")
+            raise ArgumentValueError(f"{method} finds its own boxes; boxes= (--boxes) is for box-to-mask models")
         texts = list(vocabulary or default_vocabulary)
         if not texts:
-            raise ValueError(f"{method}: empty vocabulary (pass vocabulary=[...])")
+            raise ArgumentValueError(f"{method}: empty vocabulary (pass vocabulary=[...])")
         device = next(model.parameters()).device
         vocab = embed(texts).to(device)
         out = detect(images.to(device), vocab, image_sizes, output_sizes)

@@ -6,6 +6,10 @@ method = one recipe module defining ``RECIPE`` + one line here + one YAML in con
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
+from omniseg.engine.config import ConfigError, load_config, parse_overrides, read_yaml
 from omniseg.recipes import box_to_mask, fcos_mo, mask_rcnn_star, maskx_rcnn
 from omniseg.recipes.contract import Recipe
 
@@ -17,8 +21,30 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 )}
 
 
-def get_recipe(name: str, source: str = "config") -> Recipe:
-    """The recipe called ``name``; a ValueError naming ``source`` and the known names otherwise."""
-    if name not in RECIPES:
-        raise ValueError(f"{source}: unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+def get_recipe(name: Any, source: str = "config") -> Recipe:
+    """The recipe called ``name``; a :class:`ConfigError` naming ``source`` and the known names otherwise."""
+    if not isinstance(name, str) or name not in RECIPES:
+        raise ConfigError(f"{source}: unknown recipe {name!r}; choose from {sorted(RECIPES)}")
     return RECIPES[name]
+
+
+def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Recipe, Any]:
+    """The recipe and the resolved config of an experiment YAML plus ``key=value`` overrides.
+
+    The YAML is read once; the recipe is the final config's ``recipe`` (a ``recipe=NAME``
+    override picks another one, whose config type then reads the same file).
+
+    Raises:
+        ConfigError: the file or an override is invalid, or names no / an unknown recipe.
+    """
+    data = read_yaml(path)
+    name, source = data.get("recipe"), str(path)
+    override = parse_overrides(overrides or []).get("recipe")
+    if override is not None:
+        name, source = override, "command line"
+    if name is None:
+        raise ConfigError(f"{path}: no 'recipe' key; add one of {sorted(RECIPES)} (e.g. recipe: box_to_mask)")
+    recipe = get_recipe(name, f"{source}: recipe")
+    if override is not None:
+        data = {**data, "recipe": name}
+    return recipe, load_config(recipe.config, path, overrides, data=data)

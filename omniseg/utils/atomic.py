@@ -1,19 +1,63 @@
-"""Atomic file writing: write to a temporary file in the same folder, then rename.
+"""Atomic file and folder writing: write to a temporary sibling, then rename.
 
-An interrupted export never leaves a half-written file behind: readers see either the
-old file or the complete new one (``os.replace`` is atomic on POSIX and Windows).
+An interrupted export never leaves a half-written file behind: readers see either the old
+file or the complete new one (``os.replace`` is atomic on POSIX and Windows). A multi-file
+export (the PNG folder of COCO panoptic) is staged the same way with :func:`atomic_dir`.
+
+Targets:
+
+* ``-`` is standard output (:func:`atomic_open` only; commands' ``--out -``). A stream cannot be
+  replaced atomically: an error midway leaves the output written so far.
+* A symlink is written *through*: the file it points to is replaced atomically and the link is
+  kept (what ``open(path, "w")`` would change).
+* An existing target that is not a regular file (a directory, FIFO, device, socket) is refused
+  with a :class:`~omniseg.errors.UserError` naming it, as is an empty path; it is never replaced.
+* Errors of the temporary file (read-only folder, disk full, file-size limit) are raised as the
+  same ``OSError`` naming the target, after the temporary file is removed.
+
+Temporary files never outlive the process. They are named
+``.NAME.omniseg-<pid>-<host>-<random>.tmp`` beside the target ``NAME`` (``<host>``: 8 hex digits
+of a hash of the host name; a staged folder likewise; a previous folder being replaced is moved
+aside as ``....old``). Every exit path that runs Python code removes them: exceptions,
+Ctrl-C (``KeyboardInterrupt``) and SIGTERM (the CLI turns it into
+:class:`~omniseg.errors.Terminated`). A process killed with SIGKILL (or a machine that crashed)
+cannot clean up, so before the first write into a folder each process sweeps it: temporary
+siblings whose writer pid is no longer alive are removed, and a moved-aside folder whose target
+is missing (killed between the two renames of :func:`atomic_dir`) is renamed back. A re-run of an
+interrupted command therefore leaves nothing behind. Only temporary files of this host are swept
+(in a network folder, another host's process ids mean nothing here); the sweep runs once per
+folder per process (large image folders are listed once, not once per file) and only on POSIX.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import io
 import json
 import os
+import re
+import shutil
+import socket
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from omniseg.errors import UserError
+
+STDOUT = "-"
+_TAG = "omniseg"
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_RE = re.compile(
+    rf"^\.(?P<name>.+)\.{_TAG}-(?P<pid>\d+)-(?P<host>[0-9a-f]{{8}})-[a-z0-9_]+\.(?P<kind>tmp|old)$", re.DOTALL
+)
+#: errors of writing the data itself (no file name attached): reported with the target's name
+_WRITE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG, errno.EIO, errno.EROFS}
+_swept: set[str] = set()
 
 
 def _current_umask() -> int:
@@ -34,40 +78,194 @@ def _current_umask() -> int:
     return mask
 
 
-def _target_mode(path: Path) -> int:
-    """Permissions the written file gets: what ``open(path, "w")`` would give.
+def _target_mode(path: Path, new: int = 0o666) -> int:
+    """Permissions the written file (folder: ``new=0o777``) gets: what ``open(path, "w")`` would give.
 
-    An existing file keeps its permission bits; a new one gets ``0o666 & ~umask`` (mkstemp
-    alone would leave it 0600).
+    An existing target keeps its permission bits; a new one gets ``new & ~umask`` (mkstemp /
+    mkdtemp alone would leave it 0600 / 0700).
     """
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
-        return 0o666 & ~_current_umask()
+        return new & ~_current_umask()
+
+
+def _resolve(path: str | os.PathLike, folder: bool) -> Path:
+    """The path to replace: ``path`` itself, or the file / folder a symlink points to.
+
+    Raises:
+        UserError: empty path, or an existing target of the wrong kind (never replaced).
+    """
+    if os.fspath(path) == "":
+        raise UserError("empty output path")
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    if folder and not stat.S_ISDIR(mode):
+        raise UserError(f"{path}: exists and is not a folder")
+    if not folder and not stat.S_ISREG(mode):
+        raise UserError(f"{path}: exists and is not a regular file")
+    return target
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process, or not a pid at all: leave it
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: str | os.PathLike) -> None:
+    """Remove the temporary files / folders in ``folder`` left by writers that were killed.
+
+    Done once per folder per process (POSIX only); see the module docstring.
+    """
+    key = os.path.abspath(folder)
+    if os.name != "posix" or key in _swept:
+        return
+    _swept.add(key)
+    try:
+        entries = list(os.scandir(key))
+    except OSError:
+        return
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is None or m["host"] != _HOST or _alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):  # a concurrent sweep, or not ours to remove
+            target = os.path.join(key, m["name"])
+            if m["kind"] == "old" and not os.path.lexists(target):
+                os.rename(entry.path, target)  # killed between moving it aside and renaming the new one in
+            elif entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{_TAG}-{os.getpid()}-{_HOST}-"
+
+
+def _naming(e: OSError, path: str | os.PathLike, target: Path) -> OSError | None:
+    """``e`` re-made to name ``path`` instead of its temporary file / folder (None: leave ``e`` as is)."""
+    if isinstance(e, UserError) or not e.errno:
+        return None
+    name = e.filename if isinstance(e.filename, str) else None
+    marker = _temp_prefix(target)
+    if name is not None and (name.startswith(marker) or os.sep + marker in name):
+        rest = name[name.index(marker) + len(marker):]
+        inside = rest[rest.index(os.sep):] if os.sep in rest else ""  # a file in a staged folder
+        return OSError(e.errno, e.strerror, os.fspath(path) + inside)
+    if name is None and e.errno in _WRITE_ERRNOS:
+        return OSError(e.errno, e.strerror, os.fspath(path))
+    return None
+
+
+@contextlib.contextmanager
+def _open_stdout(mode: str, **kwargs: Any) -> Iterator[IO]:
+    """Standard output as a file to write (not closed afterwards), honouring ``encoding`` / ``newline``."""
+    sys.stdout.flush()
+    buf = getattr(sys.stdout, "buffer", None)
+    if buf is None:  # a replaced sys.stdout without a byte layer
+        yield sys.stdout
+        sys.stdout.flush()
+    elif "b" in mode:
+        yield buf
+        buf.flush()
+    else:
+        f = io.TextIOWrapper(buf, **kwargs)
+        try:
+            yield f
+        finally:
+            f.detach()  # flushes; sys.stdout keeps its buffer
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename over ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. ``-`` is
+    standard output; a symlink is written through; see the module docstring.
+
+    Raises:
+        UserError: ``path`` is empty or exists and is not a regular file.
+        OSError: creating / writing the temporary file failed (names ``path``).
     """
     if "w" not in mode:
         raise ValueError("atomic_open is for writing ('w' or 'wb')")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if os.fspath(path) == STDOUT:
+        with _open_stdout(mode, **kwargs) as f:
+            yield f
+        return
+    target = _resolve(path, folder=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(target.parent)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _target_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        os.chmod(tmp, _target_mode(target))
+        os.replace(tmp, target)
+    except BaseException as e:
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        named = _naming(e, path, target) if isinstance(e, OSError) else None
+        if named is not None:
+            raise named from e
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder of ``path``; on success it replaces ``path`` as a whole.
+
+    Fill the yielded folder with plain writes. On success the previous folder (if any) is moved
+    aside, the new one renamed in, then the old one removed: readers see the old folder or the
+    complete new one (for an instant between the two renames, none). On any exception the
+    temporary folder is removed and ``path`` is left untouched. A symlink to a folder is
+    written through.
+
+    Raises:
+        UserError: ``path`` is empty or exists and is not a folder.
+    """
+    target = _resolve(path, folder=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(target.parent)
+    staging: Path | None = None
+    old: Path | None = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
+        yield staging
+        os.chmod(staging, _target_mode(target, new=0o777))
+        if target.exists():
+            old = staging.with_suffix(".old")
+            os.rename(target, old)
+        os.rename(staging, target)
+    except BaseException as e:
+        if old is not None and not os.path.lexists(target):
+            os.rename(old, target)  # put the previous folder back
+            old = None
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:  # interrupted right after the new folder went in
+            shutil.rmtree(old, ignore_errors=True)
+        named = _naming(e, path, target) if isinstance(e, OSError) else None
+        if named is not None:
+            raise named from e
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

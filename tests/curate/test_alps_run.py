@@ -129,3 +129,56 @@ def test_rerun_after_error_with_skip_policy_resumes(tmp_path, write_narratives):
     bad = BadRecords(policy="skip")
     stats = curate_alps(src, sizes, out, chunk_lines=2, on_bad=bad, progress=False)
     assert (stats["resumed_chunks"], stats["alps"], bad.total) == (1, 4, 1)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "reason"),
+    [
+        ("--workers", "0", "must be >= 1, got 0"),
+        ("--workers", "-3", "must be >= 1, got -3"),
+        ("--chunk-lines", "0", "must be >= 1, got 0"),
+        ("--min-points", "0", "must be >= 1, got 0"),
+        ("--t-pad", "nan", "must be a finite number >= 0, got 'nan'"),
+        ("--t-pad", "-0.5", "must be a finite number >= 0, got '-0.5'"),
+    ],
+)
+def test_cli_rejects_out_of_range_numbers(tmp_path, capsys, write_narratives, flag, value, reason):
+    src = tmp_path / "ln.jsonl"
+    write_narratives(src, 1)
+    with pytest.raises(SystemExit) as e:  # argparse's usage error
+        cli_main(["curate", "alps", str(src), "--images", str(src), "--out", str(tmp_path / "o"), flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: {reason}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_paths_are_one_line_errors(tmp_path, capsys, write_narratives):
+    src = tmp_path / "ln.jsonl"
+    write_narratives(src, 2)
+    coco = tmp_path / "i.json"
+    coco.write_text(json.dumps({"images": [{"id": i, "width": 200, "height": 100} for i in (1, 2)]}))
+    (tmp_path / "file").write_text("x")
+    base = ["curate", "alps", "--no-progress"]
+    cases = [
+        ([str(tmp_path), "--images", str(coco), "--out", str(tmp_path / "o")], f"{tmp_path}: not a regular file"),
+        ([str(src), "--images", str(coco), "--out", str(tmp_path / "file")], "file: exists and is not a folder"),
+        ([str(src), "--images", str(src), "--out", str(tmp_path / "o")], "ln.jsonl: file: malformed JSON"),
+    ]
+    coco_no_images = tmp_path / "c.json"
+    coco_no_images.write_text(json.dumps({"annotations": []}))
+    cases.append(([str(src), "--images", str(coco_no_images), "--out", str(tmp_path / "o")],
+                  "c.json: no 'images' list"))
+    for argv, message in cases:
+        assert cli_main(base + argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("omniseg curate: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_unknown_model_is_a_usage_error(tmp_path, capsys, write_narratives):
+    src = tmp_path / "ln.jsonl"
+    write_narratives(src, 1)
+    argv = ["curate", "alps", str(src), "--images", str(src), "--out", str(tmp_path / "o"), "--model", "no_such_pkg"]
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err.startswith("omniseg curate: error: --model: no spaCy English model installed")
+    assert not (tmp_path / "o").exists()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +216,23 @@ def coco_mini() -> Path:
     if not (root / "annotations" / "instances_train2017.json").is_file():
         pytest.skip(f"coco-mini not found at {root} (set OMNISEG_COCO_MINI to its folder)")
     return root
+
+
+@pytest.fixture
+def no_hang() -> Callable[..., Any]:
+    """``with no_hang(5): ...`` fails with TimeoutError instead of hanging the suite (FIFO tests)."""
+
+    @contextmanager
+    def within(seconds: int = 5) -> Iterator[None]:
+        def _raise(signum: int, frame: Any) -> None:
+            raise TimeoutError(f"blocked for more than {seconds} s")
+
+        old = signal.signal(signal.SIGALRM, _raise)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+
+    return within

@@ -71,6 +71,9 @@ CASES = {
     "missing key": (lambda d: d["annotations"][0].pop("caption"), "missing required key", "caption #0"),
     "empty caption": (lambda d: d["annotations"][0].update(caption="  "), "non-empty string", "id=100"),
     "not a string": (lambda d: d["annotations"][0].update(caption=3), "non-empty string", "id=100"),
+    "string id": (lambda d: d["annotations"][0].update(id="100"), "id must be an integer, got '100'", "caption #0"),
+    "bool id": (lambda d: d["annotations"][0].update(id=False), "id must be an integer, got False", "caption #0"),
+    "float image ref": (lambda d: d["annotations"][0].update(image_id=1.5), "image id must be an integer", "id=100"),
 }
 
 
@@ -96,3 +99,16 @@ def test_file_level_errors(captions_dict, write_json, tmp_path):
     (tmp_path / "m.json").write_text('{"annotations": [1,]}')
     with pytest.raises(BadRecordError, match="line 1 column 20"):
         read_coco_captions(tmp_path / "m.json", into=RecordSet())
+
+
+def test_image_file_names_confined_to_the_root(captions_dict, write_json, tmp_path):
+    captions_dict["images"][1]["file_name"] = "../../../../etc/passwd"
+    path = write_json(captions_dict, "cap.json")
+    with pytest.raises(BadRecordError, match=r"cap\.json: image #1 \(id=2\): file_name '\.\./\.\./\.\./\.\./etc/passwd' "
+                                             r"resolves outside the image root"):
+        read_coco_captions(path, image_root=str(tmp_path))
+    with pytest.raises(BadRecordError, match=r"points outside the image root"):
+        read_coco_captions(path)
+    bad = BadRecords("skip")
+    rs = read_coco_captions(path, on_bad=bad, image_root=str(tmp_path))
+    assert [r.image_id for r in rs] == [1] and bad.total == 2  # the image and its caption

@@ -374,6 +374,29 @@ ANN_CASES = {
         "counts must be",
         "id=12",
     ),
+    # strict field types: a string "0" must not become a crowd region (bool("0") is True)
+    "iscrowd string": (lambda d: _ann(d, 10).update(iscrowd="0"), "iscrowd must be 0 or 1, got '0'", "id=10"),
+    "iscrowd 2": (lambda d: _ann(d, 10).update(iscrowd=2), "iscrowd must be 0 or 1, got 2", "id=10"),
+    "iscrowd float": (lambda d: _ann(d, 10).update(iscrowd=0.5), "iscrowd must be 0 or 1", "id=10"),
+    "iscrowd null": (lambda d: _ann(d, 10).update(iscrowd=None), "iscrowd must be 0 or 1, got None", "id=10"),
+    "negative area": (lambda d: _ann(d, 10).update(area=-5), "area must be >= 0, got -5", "id=10"),
+    "nan area": (lambda d: _ann(d, 10).update(area=math.nan), "area is non-finite", "id=10"),
+    "string area": (lambda d: _ann(d, 10).update(area="9"), "area must be a number, got '9'", "id=10"),
+    "string ann id": (lambda d: _ann(d, 10).update(id="10"), "id must be an integer, got '10'", "annotation #0"),
+    "fractional ann id": (lambda d: _ann(d, 10).update(id=10.5), "id must be an integer, got 10.5", "id=10.5"),
+    "huge ann id": (lambda d: _ann(d, 10).update(id=2**70), "out of range", "annotation #0"),
+    "bool category": (
+        lambda d: _ann(d, 10).update(category_id=True), "category_id must be an integer, got True", "id=10"
+    ),
+    "string image ref": (lambda d: _ann(d, 10).update(image_id=[1]), "image id must be an integer", "id=10"),
+    "string bbox": (lambda d: _ann(d, 10).update(bbox=["1", 1, 3, 3]), "bbox must hold numbers", "id=10"),
+    "huge int bbox": (lambda d: _ann(d, 10).update(bbox=[1, 10**400, 3, 3]), "non-finite", "id=10"),
+    "string score": (lambda d: _ann(d, 10).update(score="high"), "score must be a number", "id=10"),
+    "far polygon": (
+        lambda d: _ann(d, 10)["segmentation"][0].__setitem__(4, 1e12),
+        "far outside the 10x8 image",
+        "id=10",
+    ),
 }
 
 
@@ -481,3 +504,76 @@ def test_byte_order_mark_and_bad_encoding(coco_dict, tmp_path):
     with pytest.raises(BadRecordError, match="not UTF-8") as e:
         read_coco_instances(tmp_path / "latin.json")
     assert "latin.json" in str(e.value)
+
+
+def test_valid_flag_and_id_spellings_are_accepted(coco_dict, write_json):
+    """0 / 1 as bools, integral floats as ids: the values are exact, nothing is coerced wrongly."""
+    _ann(coco_dict, 10).update(iscrowd=False, id=10.0)
+    _ann(coco_dict, 11).update(iscrowd=True, area=0)
+    rs = read_coco_instances(write_json(coco_dict))
+    inst = by_id(rs)
+    assert inst[10].is_crowd is False and isinstance(inst[10].id, int)
+    assert inst[11].is_crowd is True and inst[11].area == 0.0
+    assert inst[12].is_crowd is True and inst[13].is_crowd is False
+
+
+def test_iscrowd_string_skipped_not_turned_into_a_crowd(coco_dict, write_json):
+    """Before: ``bool("0")`` made the object a crowd region (ignored by AP). Now: a counted skip."""
+    _ann(coco_dict, 10).update(iscrowd="0")
+    bad = BadRecords("skip")
+    rs = read_coco_instances(write_json(coco_dict), on_bad=bad)
+    assert 10 not in by_id(rs) and bad.total == 1
+    assert [i.id for r in rs for i in r.instances if i.is_crowd] == [12]
+
+
+# (mutation of image 0 / category 0, reason substring, record substring)
+IMAGE_CASES = {
+    "parent path": (lambda d: d["images"][0].update(file_name="../../../../etc/passwd"),
+                    "resolves outside the image root", "image #0 (id=1)"),
+    "absolute path": (lambda d: d["images"][0].update(file_name="/etc/passwd"), "absolute path", "image #0"),
+    "climbing path": (lambda d: d["images"][0].update(file_name="a/../../x.jpg"), "outside", "image #0"),
+    "null file name": (lambda d: d["images"][0].update(file_name=None), "file_name must be", "image #0"),
+    "lvis url escape": (lambda d: (d["images"][0].pop("file_name"), d["images"][0].update(coco_url="http://h/../x.jpg")),
+                        "file name from coco_url '../x.jpg' resolves outside", "image #0"),
+    "string width": (lambda d: d["images"][0].update(width="10"), "width must be an integer, got '10'", "image #0"),
+    "huge size": (lambda d: d["images"][0].update(width=10**6), "exceeds the supported", "image #0"),
+    "bool image id": (lambda d: d["images"][0].update(id=True), "image id must be an integer", "image #0"),
+    "name not a string": (lambda d: d["categories"][0].update(name=5), "name must be a non-empty string",
+                          "category #0 (id=1)"),
+    "isthing string": (lambda d: d["categories"][0].update(isthing="1"), "isthing must be 0 or 1",
+                       "category #0"),
+    "supercategory list": (lambda d: d["categories"][0].update(supercategory=["a"]),
+                           "supercategory must be a string", "category #0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMAGE_CASES))
+def test_bad_image_and_category_fields(case, coco_dict, write_json, tmp_path):
+    mutate, reason, record = IMAGE_CASES[case]
+    mutate(coco_dict)
+    path = write_json(coco_dict, "inst.json")
+    with pytest.raises(BadRecordError) as e:
+        read_coco_instances(path, image_root=str(tmp_path))
+    msg = str(e.value)
+    assert "inst.json" in msg and record in msg and reason in msg, msg
+    bad = BadRecords("skip")
+    read_coco_instances(path, image_root=str(tmp_path), on_bad=bad)  # never raises for a record
+    assert bad.total >= 1 and bad.skipped[e.value.reason] == 1
+
+
+def test_file_names_resolved_inside_the_image_root(coco_dict, write_json, tmp_path):
+    """``..`` inside the root is fine; a symbolic link out of the root is not; a linked root is."""
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    (root / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    (tmp_path / "linked_root").symlink_to(root)
+    coco_dict["images"][0]["file_name"] = "sub/../a.jpg"
+    path = write_json(coco_dict, "inst.json")
+    assert [r.file_name for r in read_coco_instances(path, image_root=str(root))] == ["sub/../a.jpg", "b.jpg"]
+    assert len(read_coco_instances(path, image_root=str(tmp_path / "linked_root"))) == 2
+    coco_dict["images"][1]["file_name"] = "link.jpg"
+    path = write_json(coco_dict, "inst.json")
+    with pytest.raises(BadRecordError, match=r"image #1 \(id=2\): file_name 'link.jpg' resolves outside the image root"):
+        read_coco_instances(path, image_root=str(root))
+    assert len(read_coco_instances(path)) == 2  # without an image root only the name itself is checked

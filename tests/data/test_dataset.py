@@ -98,6 +98,24 @@ def test_image_size_mismatch_names_file_and_record(tmp_path):
         RecordDataset(rs)[0]
 
 
+def test_size_mismatch_in_the_test_loader_names_both_sizes(tmp_path):
+    """Evaluation reads images through the test loader: a wrong declared size is an error there too."""
+    from omniseg.data.loader import build_test_loader
+
+    Image.fromarray(_image(0)).save(tmp_path / "a.png")
+    rs = RecordSet([ImageRecord(42, "a.png", W, H + 4)], image_root=str(tmp_path))
+    with pytest.raises(BadRecordError, match=rf"a\.png: image 42: the image is {W}x{H} .* declare {W}x{H + 4}"):
+        next(iter(build_test_loader(rs)))
+
+
+def test_image_outside_the_root_is_never_opened(tmp_path):
+    (tmp_path / "images").mkdir()
+    Image.fromarray(_image(0)).save(tmp_path / "secret.png")
+    rs = RecordSet([ImageRecord(1, "../secret.png", W, H)], image_root=str(tmp_path / "images"))
+    with pytest.raises(BadRecordError, match=r"image 1: file_name '\.\./secret\.png' resolves outside"):
+        RecordDataset(rs)[0]
+
+
 def test_bad_instances_raise_or_are_counted():
     bad_box = Instance("x", 1, (float("nan"), 0.0, 3.0, 3.0))
     flipped = Instance("y", 1, (5.0, 0.0, 3.0, 3.0))

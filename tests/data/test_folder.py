@@ -106,3 +106,28 @@ def test_folder_to_coco(folder, tmp_path):
     assert [(r.image_id, r.file_name, r.width, r.height) for r in back] == [
         (r.image_id, r.file_name, r.width, r.height) for r in rs
     ]
+
+
+def test_fifo_and_outside_links_are_counted_skips(folder, tmp_path, no_hang):
+    """Before: a FIFO named x.png hung ``data stats``. Now it is skipped with a reason, never opened."""
+    os.mkfifo(folder / "x.png")
+    (folder / "broken.png").symlink_to(tmp_path / "nothing.png")
+    (folder / "in.png").symlink_to(folder / "b.png")  # a link inside the folder is an ordinary image
+    assert "x.png" not in list_files(folder) and "broken.png" not in list_files(folder)
+    for policy in ("error", "skip"):  # not regular: skipped and counted under either policy
+        bad = BadRecords(policy)
+        with no_hang(5):
+            rs = read_image_folder(folder, on_bad=bad)
+        assert [r.file_name for r in rs] == ["a.jpg", "b.png", "in.png", "sub/c.jpg", "sub/deeper/d.png"]
+        assert bad.total == 2 and bad.skipped["not a regular file (a FIFO)"] == 1
+        assert bad.skipped["cannot stat (No such file or directory) (broken symbolic link)"] == 1
+        assert f"{folder}: x.png: not a regular file (a FIFO)" in bad.examples
+    with no_hang(5):
+        assert len(read_image_folder(folder, recursive=False)) == 3
+    _img(tmp_path / "outside.png", 2, 2)
+    (folder / "sub" / "out.png").symlink_to(tmp_path / "outside.png")
+    with pytest.raises(BadRecordError, match=rf"imgs: sub/out\.png: symbolic link to {tmp_path / 'outside.png'}, "
+                                             "outside the image folder"):
+        read_image_folder(folder)
+    bad = BadRecords("skip")
+    assert "sub/out.png" not in [r.file_name for r in read_image_folder(folder, on_bad=bad)] and bad.total == 3

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from omniseg.data.images import ImageReadError, image_size, load_image
+from omniseg.data.errors import BadRecordError
+from omniseg.data.images import ImageReadError, image_size, load_image, load_record_image
+from omniseg.data.records import ImageRecord, RecordSet
 
 
 def _exif(orientation: int) -> Image.Exif:
@@ -178,3 +183,62 @@ def test_broken_files(tmp_path):
     (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match="trunc.png"):
         load_image(tmp_path / "trunc.png")
+
+
+def test_non_regular_files_are_refused_without_blocking(tmp_path, no_hang):
+    """Before: a FIFO named x.png blocked forever in open(). Now: ImageReadError at once."""
+    os.mkfifo(tmp_path / "x.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "s.png"))
+    try:
+        for name, kind in (("x.png", "a FIFO"), ("s.png", "a socket")):
+            for fn in (load_image, image_size):
+                with no_hang(5), pytest.raises(ImageReadError, match=rf"{name}: not a regular file \({kind}\)"):
+                    fn(tmp_path / name)
+    finally:
+        sock.close()
+    if os.path.exists("/dev/zero"):
+        with no_hang(5), pytest.raises(ImageReadError, match=r"/dev/zero: not a regular file \(a character device\)"):
+            load_image("/dev/zero")
+
+
+def _save(path, w, h, orientation=None):
+    kw = {"exif": _exif(orientation)} if orientation else {}
+    Image.fromarray(np.full((h, w, 3), 7, np.uint8)).save(path, **kw)
+
+
+def test_load_record_image_checks_the_declared_size(tmp_path):
+    _save(tmp_path / "a.png", 5, 3)
+    rs = RecordSet([ImageRecord(4, "a.png", 5, 3), ImageRecord(5, "a.png", 6, 3)], image_root=str(tmp_path))
+    assert load_record_image(rs, rs.records[0]).shape == (3, 5, 3)
+    with pytest.raises(BadRecordError) as e:
+        load_record_image(rs, rs.records[1])
+    assert str(e.value) == (f"{tmp_path / 'a.png'}: image 5: the image is 5x3 (width x height, after EXIF "
+                            "orientation) but the annotations declare 6x3")
+
+
+def test_load_record_image_names_an_exif_rotation(tmp_path):
+    """Stored 6 x 2 with orientation 6 = upright 2 x 6; annotations made on the raw 6 x 2 pixels are wrong."""
+    _save(tmp_path / "r.jpg", 6, 2, orientation=6)
+    rs = RecordSet([ImageRecord(1, "r.jpg", 2, 6), ImageRecord(2, "r.jpg", 6, 2)], image_root=str(tmp_path))
+    assert load_record_image(rs, rs.records[0]).shape == (6, 2, 3)
+    with pytest.raises(BadRecordError, match=r"r\.jpg: image 2: the image is 2x6 .* declare 6x2; the declared "
+                                             r"6x2 matches the image before its EXIF rotation \(orientation 6\)"):
+        load_record_image(rs, rs.records[1])
+
+
+def test_load_record_image_never_leaves_the_image_root(tmp_path, no_hang):
+    root = tmp_path / "images"
+    root.mkdir()
+    _save(tmp_path / "outside.png", 5, 3)
+    (root / "link.png").symlink_to(tmp_path / "outside.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    rs = RecordSet([ImageRecord(1, "../outside.png", 5, 3), ImageRecord(2, "link.png", 5, 3),
+                    ImageRecord(3, "../pipe.png", 5, 3)], image_root=str(root))
+    for rec in rs.records:  # the FIFO would block if it were opened
+        with no_hang(5), pytest.raises(BadRecordError, match=rf"image {rec.image_id}: file_name .* resolves outside"):
+            load_record_image(rs, rec)
+    (root / "sub").mkdir()
+    _save(root / "a.png", 5, 3)
+    inside = ImageRecord(4, "sub/../a.png", 5, 3)  # ".." that stays inside the root is fine
+    assert load_record_image(RecordSet([inside], image_root=str(root)), inside).shape == (3, 5, 3)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from omniseg.data.errors import BadRecordError, BadRecords
-from omniseg.data.load import _sniff_json, load_dataset, merge_segments
+from omniseg.data.formats.coco import read_coco_instances
+from omniseg.data.formats.validation import NotRegularFileError, load_json_file
+from omniseg.data.load import UnknownFormatError, _sniff_json, load_dataset, merge_segments
 from omniseg.data.records import Category, ImageRecord, RecordSet, Segment
 from omniseg.data.synth.generate import generate_dataset
 from omniseg.data.synth.world import SynthConfig
+from omniseg.errors import UserError
 from omniseg.ops.rle import rle_decode, rle_encode
 
 CFG = SynthConfig(seed=3, num_images=3, image_size=48, min_scale=6, max_scale=30, max_objects=3)
@@ -117,19 +121,80 @@ def test_sniffing(tmp_path: Path) -> None:
 
 
 def test_results_list_gives_clear_error(tmp_path: Path) -> None:
+    """``omniseg data stats preds.json``: one line saying it is a results file and what is needed."""
     p = tmp_path / "preds.json"
     p.write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [0, 0, 2, 2]}]))
-    with pytest.raises(ValueError, match=r"preds\.json: cannot tell.*\(results\).*--pred"):
+    with pytest.raises(UnknownFormatError) as e:
         load_dataset(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: a COCO results file (a JSON list of detections), not a dataset")
+    assert "needs a dataset folder, a COCO instances / captions / panoptic JSON" in msg and "--pred" in msg
+    assert "\n" not in msg and isinstance(e.value, UserError)
 
 
 def test_unknown_json_and_extension(tmp_path: Path) -> None:
     (tmp_path / "u.json").write_text('{"x": 1}')
-    with pytest.raises(ValueError, match=r"u\.json: cannot tell which dataset format this is \(unknown\)"):
+    with pytest.raises(UnknownFormatError, match=r"u\.json: cannot tell which dataset format this is "
+                                                 r"\(top-level keys 'x'; a dataset JSON has 'images' and"):
         load_dataset(tmp_path / "u.json")
+    (tmp_path / "n.json").write_text("3")
+    with pytest.raises(UnknownFormatError, match=r"n\.json: .*the top level is a JSON int, not an object"):
+        load_dataset(tmp_path / "n.json")
     (tmp_path / "boxes.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match=r"\(\.csv\)"):
+    with pytest.raises(UnknownFormatError, match=r"boxes\.csv: not a dataset file \(\.csv\)"):
         load_dataset(tmp_path / "boxes.csv")
+
+
+def test_instances_without_categories_names_the_missing_key(tmp_path: Path, coco_dict) -> None:
+    """Before: read as captions, the error named a missing 'caption' key."""
+    del coco_dict["categories"]
+    p = tmp_path / "inst.json"
+    p.write_text(json.dumps(coco_dict))
+    assert _sniff_json(p) == "instances"
+    with pytest.raises(BadRecordError, match=r"inst\.json: file: missing required top-level key\(s\) "
+                                             r"\['categories'\]") as e:
+        load_dataset(p)
+    assert "caption" not in str(e.value)
+    # box-only or mask-only annotations decide it too
+    for key in ("bbox", "segmentation"):
+        p.write_text(json.dumps({"images": [], "annotations": [{"id": 1, key: []}]}))
+        assert _sniff_json(p) == "instances", key
+
+
+def test_annotations_of_no_known_kind(tmp_path: Path) -> None:
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps({"images": [], "annotations": [{"id": 1, "image_id": 1}]}))
+    with pytest.raises(UnknownFormatError, match=r"a\.json: cannot tell .*the first annotation has none of the keys "
+                                                 r"'segments_info' \(panoptic\); 'caption' \(captions\); "
+                                                 r"'bbox' or 'segmentation' \(instances\)"):
+        load_dataset(p)
+
+
+def test_folder_or_fifo_where_a_file_is_expected(tmp_path: Path) -> None:
+    """A folder is "is a directory" (not "no such file"); a FIFO is refused at once, never read."""
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"d\.json: is a directory, not a file"):
+        load_json_file(tmp_path / "d.json")
+    with pytest.raises(IsADirectoryError, match=r"d\.json: is a directory"):
+        read_coco_instances(tmp_path / "d.json")
+    with pytest.raises(IsADirectoryError, match=r"d\.json: is a directory, not a \.json file"):
+        load_dataset(tmp_path / "d.json")  # not read as an (empty) image folder
+    os.mkfifo(tmp_path / "f.json")
+    with pytest.raises(NotRegularFileError, match=r"f\.json: not a regular file \(a FIFO\)"):
+        load_dataset(tmp_path / "f.json")
+    with pytest.raises(FileNotFoundError, match=r"none\.json: no such file"):
+        load_json_file(tmp_path / "none.json")
+
+
+def test_json_beyond_the_parser_limits(tmp_path: Path) -> None:
+    """Deep nesting and 5000-digit integers raise RecursionError / ValueError in json: a clear error here."""
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BadRecordError, match=r"deep\.json: file: malformed JSON: nested too deeply"):
+        load_dataset(p)
+    p.write_text('{"images": [{"id": ' + "9" * 5000 + "}]}")
+    with pytest.raises(BadRecordError, match=r"deep\.json: file: malformed JSON: Exceeds the limit"):
+        load_dataset(p)
 
 
 def test_missing_path(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -16,7 +17,7 @@ from omniseg.data.formats.narratives import (
     parse_narrative_obj,
     write_narratives_jsonl,
 )
-from omniseg.data.formats.validation import Invalid
+from omniseg.data.formats.validation import Invalid, NotRegularFileError
 from omniseg.data.records import ImageRecord, Narrative, RecordSet, TracePoint, Utterance
 
 # Two lines in the exact layout of the public coco_train_localized_narratives.jsonl (shortened).
@@ -92,6 +93,16 @@ BAD_LINES = {
     ),
     "point": (_mutated(traces=[[{"x": 0.1, "y": 0.2}]]), "traces[0][0] needs x, y, t"),
     "type": (_mutated(traces=[[{"x": "0.1", "y": 0.2, "t": 0}]]), "is not a number"),
+    "huge int": ('{"dataset_id": "d", "image_id": "1", "annotator_id": 1, "caption": "c", "timed_caption": [], '
+                 '"traces": [[{"x": 1' + "0" * 400 + ', "y": 0, "t": 0}]]}', "traces[0][0].x is not finite"),
+    "digits": ('{"dataset_id": "d", "image_id": ' + "9" * 5000 + "}", "malformed JSON: Exceeds the limit"),
+    "deep": ("[" * 50_000 + "]" * 50_000, "malformed JSON: nested too deeply"),
+    "bytes": (b"\xff\xfe{}".decode("latin-1"), "malformed JSON"),
+    "dataset_id": (_mutated(dataset_id=5), "dataset_id is not a string (5)"),
+    "utterance": (_mutated(timed_caption=[{"utterance": [1], "start_time": 0, "end_time": 1}]),
+                  "timed_caption[0].utterance is not a string ([1])"),
+    "voice": (_mutated(voice_recording={"a": 1}), "voice_recording is not a string"),
+    "empty image id": (_mutated(image_id=""), "image_id is not a string ('')"),
 }
 
 
@@ -99,7 +110,8 @@ BAD_LINES = {
 def test_bad_lines(tmp_path, case):
     line, reason = BAD_LINES[case]
     path = tmp_path / "ln.jsonl"
-    path.write_text(LINE_B + "\n" + line + "\n" + LINE_A + "\n")
+    path.write_bytes((LINE_B + "\n").encode() + line.encode("latin-1" if case == "bytes" else "utf-8")
+                     + ("\n" + LINE_A + "\n").encode())
     with pytest.raises(BadRecordError) as e:
         list(iter_narratives(path, progress=False))
     assert str(path) in str(e.value) and "line 2" in str(e.value) and reason in str(e.value)
@@ -116,7 +128,7 @@ def test_parse_narrative_obj_is_the_readers_parser():
     assert parse_narrative_obj(json.loads(LINE_B))[0] == "000000000009"
     assert parse_narrative_obj(dict(json.loads(LINE_B), image_id=12, annotator_id=None))[0] == "12"
     for case, (line, reason) in BAD_LINES.items():
-        if case == "json":
+        if case in ("json", "digits", "deep", "bytes"):
             continue
         with pytest.raises(InvalidNarrative) as e:
             parse_narrative_obj(json.loads(line))
@@ -183,3 +195,11 @@ def test_empty_and_writer_rejects_nan(tmp_path):
     with pytest.raises(ValueError):
         write_narratives_jsonl(tmp_path / "nan.jsonl", rs)
     assert not (tmp_path / "nan.jsonl").exists()
+
+
+def test_fifo_is_refused_without_blocking(tmp_path, no_hang):
+    os.mkfifo(tmp_path / "ln.jsonl")
+    with no_hang(5), pytest.raises(NotRegularFileError, match=r"ln\.jsonl: not a regular file \(a FIFO\)"):
+        list(iter_narratives(tmp_path / "ln.jsonl", progress=False))
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        list(iter_narratives(tmp_path, progress=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from omniseg.data.formats.openimages import (
     write_openimages_boxes,
     write_openimages_classes,
 )
+from omniseg.data.formats.validation import NotRegularFileError
 from omniseg.ops.rle import rle_decode
 
 HEADER = ",".join(BOX_COLUMNS)
@@ -184,4 +186,33 @@ def test_empty_and_bad_header(tmp_path):
     assert len(rs) == 0 and len(rs.categories) == 3
     p["boxes"].write_text("ImageID,LabelName\n")
     with pytest.raises(ValueError, match="header lacks column"):
+        read_openimages(p["boxes"], p["classes"], str(p["root"]), progress=False)
+
+
+def test_image_ids_and_mask_paths_stay_inside_their_folders(tmp_path):
+    escape = "../../../../etc/passwd,xclick,/m/01bjv,1,0.1,0.5,0.25,1.0,0,0,0,0,0"
+    p = _write(tmp_path, boxes=[BOXES[0], escape])
+    with pytest.raises(BadRecordError, match=r"boxes\.csv: line 3 \(image \.\./\.\./\.\./\.\./etc/passwd\): "
+                                             r"ImageID file name .* resolves outside"):
+        read_openimages(p["boxes"], p["classes"], str(p["root"]), progress=False)
+    masks = tmp_path / "masks.csv"
+    masks.write_text("MaskPath,ImageID,LabelName,BoxID,BoxXMin,BoxXMax,BoxYMin,BoxYMax\n"
+                     "../boxes.csv,000a1249af2bc5f0,/m/01bjv,x,0.1,0.5,0.25,1.0\n")
+    (tmp_path / "masks").mkdir()
+    bad = BadRecords("skip")
+    rs = read_openimages(p["boxes"], p["classes"], str(p["root"]), masks_csv=masks, mask_dir=tmp_path / "masks",
+                         on_bad=bad, progress=False)
+    assert bad.total == 2 and len(rs) == 1
+    assert any("MaskPath '../boxes.csv' resolves outside" in e for e in bad.examples)
+
+
+def test_unreadable_csv_and_fifo(tmp_path, no_hang):
+    p = _write(tmp_path)
+    p["classes"].write_bytes(b"/m/011k07,Tort\xffoise\n")
+    with pytest.raises(BadRecordError, match=r"classes\.csv: file: not UTF-8 text: invalid start byte"):
+        read_openimages_classes(p["classes"])
+    p["boxes"].unlink()
+    os.mkfifo(p["boxes"])
+    p["classes"].write_text(CLASSES)
+    with no_hang(5), pytest.raises(NotRegularFileError, match=r"boxes\.csv: not a regular file \(a FIFO\)"):
         read_openimages(p["boxes"], p["classes"], str(p["root"]), progress=False)

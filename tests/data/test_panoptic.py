@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,13 @@ import pytest
 from PIL import Image
 
 from omniseg.data.errors import BadRecordError, BadRecords
-from omniseg.data.formats.panoptic import id_to_rgb, read_coco_panoptic, rgb_to_id, write_coco_panoptic
+from omniseg.data.formats.panoptic import (
+    PanopticWriteError,
+    id_to_rgb,
+    read_coco_panoptic,
+    rgb_to_id,
+    write_coco_panoptic,
+)
 from omniseg.data.records import Category, ImageRecord, RecordSet, Segment
 from omniseg.ops.rle import rle_decode, rle_encode
 
@@ -149,12 +158,14 @@ def test_writer_renumbers_and_rejects_overlap(tmp_path):
     ids = rgb_to_id(np.asarray(Image.open(tmp_path / "png" / "x.png").convert("RGB")))
     assert np.array_equal(ids, np.array([[1, 1, 0], [2, 2, 2]]))
     rec.segments[1] = Segment("b", 2, rle_encode(np.ones((2, 3), np.uint8)), id=5)
-    with pytest.raises(ValueError, match="image 1 segment 5: overlaps"):
-        write_coco_panoptic(tmp_path / "q.json", tmp_path / "png2", rs, progress=False)
-    assert not (tmp_path / "q.json").exists()
+    q = tmp_path / "q.json"
+    with pytest.raises(PanopticWriteError, match=rf"^{re.escape(str(q))}: image 1 segment 5: overlaps"):
+        write_coco_panoptic(q, tmp_path / "png2", rs, progress=False)
+    assert not q.exists() and not (tmp_path / "png2").exists()
     rec.segments = [Segment("b", 2, rle_encode(np.ones((3, 3), np.uint8)), id=5)]
-    with pytest.raises(ValueError, match="mask is"):
-        write_coco_panoptic(tmp_path / "q.json", tmp_path / "png2", rs, progress=False)
+    with pytest.raises(PanopticWriteError, match="mask is"):
+        write_coco_panoptic(q, tmp_path / "png2", rs, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "png"]  # no temp file or folder
 
 
 def _bad_cases():
@@ -167,6 +178,17 @@ def _bad_cases():
             dict(segments=ok + [{"id": 300, "category_id": 5, "iscrowd": 0}]),
             "unknown category_id 5",
         ),
+        # strict types: "0" is not a crowd flag, areas are non-negative, ids are integers
+        "iscrowd string": (dict(segments=ok + [{"id": 300, "category_id": 184, "iscrowd": "0"}]),
+                           "iscrowd must be 0 or 1, got '0'"),
+        "negative area": (dict(segments=ok + [{"id": 300, "category_id": 184, "area": -6}]),
+                          "area must be >= 0, got -6"),
+        "string id": (dict(segments=ok + [{"id": "300", "category_id": 184}]),
+                      "segment id must be an integer, got '300'"),
+        "nan bbox": (dict(segments=ok + [{"id": 300, "category_id": 184, "bbox": [0, float("nan"), 1, 1]}]),
+                     "bbox has a non-finite coordinate"),
+        "duplicate segment": (dict(segments=ok + [dict(ok[0])]), "duplicate segment id 1"),
+        "not an object": (dict(segments=ok + [3]), "segment must be a JSON object"),
     }
 
 
@@ -180,7 +202,7 @@ def test_bad_records(tmp_path, case):
     bad = BadRecords("skip")
     rs = read_coco_panoptic(path, tmp_path / "panoptic_train", on_bad=bad, progress=False)
     assert bad.total == 1
-    if case in ("absent", "category"):  # the good segment survives, the bad one is skipped
+    if case not in ("missing", "size"):  # the good segment survives, the bad one is skipped
         assert [s.id for s in rs.records[0].segments] == [1]
     else:
         assert rs.records[0].segments == []
@@ -196,14 +218,85 @@ def test_unknown_image_and_bad_json(tmp_path):
     data["annotations"][0]["image_id"] = 7
     data["images"].append(dict(data["images"][0]))
     path.write_text(json.dumps(data))
-    with pytest.raises(BadRecordError, match="image 7: duplicate image id"):
+    with pytest.raises(BadRecordError, match=r"image #2 \(id=7\): duplicate image id 7"):
         read_coco_panoptic(path, tmp_path / "panoptic_train", progress=False)
     bad = BadRecords("skip")
     assert len(read_coco_panoptic(path, tmp_path / "panoptic_train", on_bad=bad, progress=False)) == 2
     assert bad.total == 1
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(BadRecordError, match="malformed JSON at line 1"):
         read_coco_panoptic(path, tmp_path, progress=False)
     path.write_text(json.dumps({"images": []}))
-    with pytest.raises(ValueError, match="needs"):
+    with pytest.raises(BadRecordError, match=r"missing required top-level key\(s\) \['annotations', 'categories'\]"):
         read_coco_panoptic(path, tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- writer: staged PNG folder
+
+
+def _one_segment_set(names: list[str], overlap_at: int | None = None) -> RecordSet:
+    """Records ``names`` (2 x 3 images), one segment each; record ``overlap_at`` gets two overlapping ones."""
+    full = rle_encode(np.ones((2, 3), np.uint8))
+    recs = []
+    for i, name in enumerate(names):
+        segs = [Segment("a", 1, full, is_thing=True, id=1)]
+        if i == overlap_at:
+            segs.append(Segment("a", 1, full, is_thing=True, id=2))
+        recs.append(ImageRecord(image_id=i + 1, file_name=name, width=3, height=2, segments=segs))
+    return RecordSet(recs, [Category(1, "a")])
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_writer_replaces_png_folder_as_a_whole(tmp_path):
+    out, png = tmp_path / "pan.json", tmp_path / "pan"
+    write_coco_panoptic(out, png, _one_segment_set(["a.jpg", "b.jpg"]), progress=False)
+    write_coco_panoptic(out, png, _one_segment_set(["c.jpg"]), progress=False)
+    assert sorted(os.listdir(png)) == ["c.png"]  # the previous export's PNGs do not linger
+    assert [a["file_name"] for a in json.loads(out.read_text())["annotations"]] == ["c.png"]
+    assert sorted(os.listdir(tmp_path)) == ["pan", "pan.json"]
+
+
+def test_failed_writer_keeps_previous_export(tmp_path, monkeypatch):
+    out, png = tmp_path / "pan.json", tmp_path / "pan"
+    write_coco_panoptic(out, png, _one_segment_set(["a.jpg", "b.jpg"]), progress=False)
+    before = _tree(tmp_path)
+    # a bad record after some PNGs were written
+    with pytest.raises(PanopticWriteError, match=r"pan\.json: image 3 segment 2: overlaps"):
+        write_coco_panoptic(out, png, _one_segment_set(["c.jpg", "d.jpg", "e.jpg"], overlap_at=2), progress=False)
+    assert _tree(tmp_path) == before
+    # two images with one PNG name would silently share (overwrite) a PNG
+    with pytest.raises(PanopticWriteError, match=r"image 2: its PNG x\.png is also image 1's"):
+        write_coco_panoptic(out, png, _one_segment_set(["x.jpg", "x.png"]), progress=False)
+    assert _tree(tmp_path) == before
+
+    # the disk fills up while the JSON is written: neither the folder nor the JSON is replaced
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(json, "dump", full)
+    with pytest.raises(OSError) as e:
+        write_coco_panoptic(out, png, _one_segment_set(["c.jpg"]), progress=False)
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(png))  # named after the export
+    assert _tree(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["pan", "pan.json"]
+
+
+def test_png_file_name_confined_and_fifo_refused(tmp_path, no_hang):
+    path = _write_fixture(tmp_path)
+    data = json.loads(path.read_text())
+    (tmp_path / "outside.png").write_bytes((tmp_path / "panoptic_train" / "000000000007.png").read_bytes())
+    data["annotations"][0]["file_name"] = "../outside.png"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BadRecordError, match=r"image 7: file_name '\.\./outside\.png' resolves outside"):
+        read_coco_panoptic(path, tmp_path / "panoptic_train", progress=False)
+    os.mkfifo(tmp_path / "panoptic_train" / "fifo.png")
+    data["annotations"][0]["file_name"] = "fifo.png"
+    path.write_text(json.dumps(data))
+    with no_hang(5), pytest.raises(BadRecordError, match=r"image 7: .*fifo\.png: not a regular file \(a FIFO\)"):
+        read_coco_panoptic(path, tmp_path / "panoptic_train", progress=False)
+    data["annotations"][0] = "garbage"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BadRecordError, match=r"annotation #0: annotation must be a JSON object"):
+        read_coco_panoptic(path, tmp_path / "panoptic_train", progress=False)

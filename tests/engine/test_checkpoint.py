@@ -17,6 +17,7 @@ from omniseg.engine.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_weights,
+    load_weights_into,
     optimizer_state_join,
     optimizer_state_split,
     restore_rng_state,
@@ -218,3 +219,35 @@ def test_one_checkpoint_error_and_one_reader():
     assert CheckpointError is weights.CheckpointError is weights_io.CheckpointError
     assert issubclass(CheckpointError, RuntimeError) and issubclass(CheckpointError, ValueError)
     assert ckpt.read_weights_file is weights.read_weights_file is weights_io.read_weights_file
+
+
+def test_weights_of_another_model_name_the_first_mismatched_tensor(tmp_path):
+    model, _, _ = make()
+    save_checkpoint(tmp_path, 1, model=model)
+    wider = nn.Sequential(nn.Linear(3, 7), nn.LayerNorm(7), nn.Linear(7, 2))
+    weights = tmp_path / "step_00000001" / "model.safetensors"
+    for load in (lambda: load_checkpoint(tmp_path, model=wider), lambda: load_weights_into(wider, weights)):
+        with pytest.raises(CheckpointError, match=r"step_00000001/model\.safetensors: does not match the model: "
+                                                  r"0\.weight is \(5, 3\) in the file but \(7, 3\) in the model"):
+            load()
+    renamed = nn.Sequential(nn.Linear(3, 5), nn.LayerNorm(5), nn.Linear(5, 2), nn.Linear(2, 2))
+    with pytest.raises(CheckpointError, match=r"step_00000001/model\.safetensors: .*: 2 model tensors missing \(first: 3\.weight\)"):
+        load_weights_into(renamed, tmp_path)
+    load_weights_into(model, tmp_path)  # the right model loads
+
+
+@pytest.mark.parametrize("content", [b'{"step": 1, "optim', b"\xff\xfe", b"[1, 2]", b'{"step": "1"}'])
+def test_damaged_state_json_is_a_checkpoint_error(tmp_path, content):
+    model, _, _ = make()
+    step = save_checkpoint(tmp_path, 1, model=model)
+    (step / "state.json").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"step_00000001/state\.json: damaged checkpoint state"):
+        load_checkpoint(tmp_path, model=model)
+
+
+def test_damaged_latest_pointer_falls_back_to_the_newest_folder(tmp_path):
+    model, _, _ = make()
+    save_checkpoint(tmp_path, 1, model=model)
+    save_checkpoint(tmp_path, 2, model=model)
+    (tmp_path / "latest").write_bytes(b"\xff\x00")
+    assert latest_checkpoint(tmp_path).name == "step_00000002"

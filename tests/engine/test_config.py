@@ -109,7 +109,7 @@ def test_unknown_override_key_is_named():
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("train:\n  max_iter: 1.5\n", r"exp\.yaml: train: max_iter: expected an int"),
+        ("train:\n  max_iter: 1.5\n", r"exp\.yaml: train\.max_iter: expected an int"),
         ("train:\n  max_iter: abc\n", r"max_iter: expected int, got 'abc'"),
         ("train:\n  amp: fp8\n", r"amp: 'fp8' is not one of \['none', 'bf16', 'fp16'\]"),
         ("train:\n  deterministic: 2\n", r"deterministic: expected a bool"),
@@ -118,7 +118,7 @@ def test_unknown_override_key_is_named():
         ("train:\n  lr: true\n", r"lr: expected a float"),
         ("train: 3\n", r"train: expected a mapping"),
         ("- 1\n- 2\n", r"top level must be a mapping"),
-        ("train: [\n", r"invalid YAML"),
+        ("train: [\n", r"exp\.yaml:2:1: invalid YAML"),
     ],
 )
 def test_bad_values_are_reported_with_file_and_key(tmp_path, text, match):
@@ -173,3 +173,70 @@ def test_defaults_without_file():
     cfg = load_config(Cfg)
     assert cfg == Cfg()
     assert load_config(TrainConfig, None, ["max_iter=5"]).max_iter == 5  # a flat config works too
+
+
+# --------------------------------------------------------------------------- hostile YAML and values
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("train:\n  lr: [\n", r"exp\.yaml:3:1: invalid YAML: .*expected the node content"),
+        ("train:\n  lr: 0.1\n lr2: 1\n", r"exp\.yaml:3:2: invalid YAML"),
+        ("- 1\n- 2\n", r"exp\.yaml: top level must be a mapping of sections, got a list"),
+        ("42\n", r"exp\.yaml: top level must be a mapping of sections, got a int"),
+        ("train:\n  lr: 0.1\n  max_iter: 3\n  lr: 0.2\n", r"exp\.yaml:4:3: .*duplicate key 'lr' \(lines 2 and 4\)"),
+        ("train: {}\ndata:\n  root: /x\ntrain: {}\n", r"exp\.yaml:4:1: .*duplicate key 'train' \(lines 1 and 4\)"),
+    ],
+)
+def test_yaml_errors_name_file_line_and_column(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(Cfg, write(tmp_path, text))
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    text = "data:\n  root: /x\ntrain:\n  <<: {lr: 0.1, max_iter: 3}\n  lr: 0.2\n"
+    assert load_config(Cfg, write(tmp_path, text)).train.lr == 0.2  # an explicit key overrides a merged one
+
+
+def test_not_utf8_config_is_a_config_error(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_bytes(b"train:\n  lr: \xff\n")
+    with pytest.raises(ConfigError, match=r"exp\.yaml: not a UTF-8 text file"):
+        load_config(Cfg, p)
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "match"),
+    [
+        ("train:\n  lr: .nan\n", [], r"exp\.yaml: train\.lr: must be a finite number"),
+        ("train:\n  lr: .inf\n", [], r"exp\.yaml: train\.lr: must be a finite number"),
+        ("", ["train.lr=inf"], r"command line: train\.lr: must be a finite number, got 'inf'"),
+        ("", ["train.clip_grad_norm=nan"], r"train\.clip_grad_norm: .*finite"),
+        ("", ["model.dropout=nan"], r"model\.dropout: .*finite"),  # any float field, not only TrainConfig's
+        ("train:\n  max_iter: -3\n", [], r"exp\.yaml: train\.max_iter: must be >= 1, got -3"),
+        ("", ["train.max_iter=0"], r"train\.max_iter: must be >= 1, got 0"),
+        ("", ["train.lr=0"], r"train\.lr: must be > 0, got 0\.0"),
+        ("", ["train.lr=-0.1"], r"train\.lr: must be > 0, got -0\.1"),
+        ("", ["train.checkpoint_period=-1"], r"train\.checkpoint_period: must be >= 0"),
+        ("", ["train.eval_period=-1"], r"train\.eval_period: must be >= 0"),
+        ("", ["train.log_period=-1"], r"train\.log_period: must be >= 1"),
+        ("", ["train.warmup_iters=-5"], r"train\.warmup_iters: must be >= 0"),
+        ("", ["train.keep_checkpoints=-1"], r"train\.keep_checkpoints: must be >= 0"),
+        ("", ["train.weight_decay=-1e-4"], r"train\.weight_decay: must be >= 0"),
+        ("", ["train.betas=[0.9,1.5]"], r"train\.betas: must be < 1, got 1\.5"),
+        ("", ["train.steps=[0,5]"], r"train\.steps: must be >= 1, got 0"),
+        ("", ["train.clip_grad_norm=0"], r"train\.clip_grad_norm: must be > 0"),
+        ("", ["train.steps=[1,"], r"train\.steps: '\[1,' is not a list"),
+    ],
+)
+def test_values_are_validated_with_the_key_in_the_message(tmp_path, text, overrides, match):
+    p = write(tmp_path, "data:\n  root: /x\n" + text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(Cfg, p, overrides)
+
+
+def test_valid_edge_values_are_accepted():
+    cfg = load_config(TrainConfig, None, ["max_iter=1", "checkpoint_period=0", "keep_checkpoints=0",
+                                          "clip_grad_norm=null", "ema_decay=0.999", "min_lr_factor=1"])
+    assert (cfg.max_iter, cfg.checkpoint_period, cfg.clip_grad_norm, cfg.ema_decay) == (1, 0, None, 0.999)

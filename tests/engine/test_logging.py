@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from omniseg.engine.logging import MetricLog, make_progress, read_metric_log
+from omniseg.engine.logging import MetricLog, MetricLogError, make_progress, read_metric_log
 
 
 def test_write_read_and_non_finite_values(tmp_path):
@@ -42,8 +42,14 @@ def test_truncate_after_drops_replayed_steps_and_torn_line(tmp_path):
 def test_corrupt_middle_line_is_an_error_naming_file_and_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\nGARBAGE\n{"step": 3}\n')
-    with pytest.raises(ValueError, match=r"metrics\.jsonl: line 2"):
+    with pytest.raises(MetricLogError, match=r"metrics\.jsonl: line 2: not valid JSON"):
         read_metric_log(path)
+    path.write_bytes(b'{"step": 1}\n\xff\xfe\n{"step": 3}\n')
+    with pytest.raises(MetricLogError, match=r"metrics\.jsonl: line 2: not valid JSON"):
+        read_metric_log(path)
+    path.write_text('{"step": 1}\n[2]\n')
+    with pytest.raises(MetricLogError, match=r"metrics\.jsonl: line 2: not a metric record"):
+        MetricLog(path).truncate_after(1)  # what a resume does with it
 
 
 def test_disabled_log_writes_nothing(tmp_path):

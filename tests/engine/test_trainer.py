@@ -12,11 +12,18 @@ import pytest
 import torch
 from torch import nn
 
-from omniseg.engine.checkpoint import latest_checkpoint, list_checkpoints, load_weights
-from omniseg.engine.config import TrainConfig
+from omniseg.engine.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_weights
+from omniseg.engine.config import ConfigError, TrainConfig
 from omniseg.engine.logging import read_metric_log
 from omniseg.engine.optim import build_optimizer, build_scheduler
-from omniseg.engine.trainer import NonFiniteLossError, Trainer, move_to_device, seed_everything, total_loss
+from omniseg.engine.trainer import (
+    NonFiniteLossError,
+    Trainer,
+    move_to_device,
+    resolve_device,
+    seed_everything,
+    total_loss,
+)
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -89,9 +96,28 @@ def test_nan_loss_stops_with_step_and_term_and_no_checkpoint(tmp_path):
     message = str(info.value)
     assert "loss_a=" not in message  # only the non-finite terms are named
     assert "step_00000002" in message  # and where the last good checkpoint is
+    assert "\n" not in message and message.endswith("set train.clip_grad_norm (e.g. 1.0)")  # one line, a hint
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [1, 2]
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000002"
     assert all(torch.isfinite(v).all() for v in load_weights(tmp_path / "checkpoints").values())
+
+
+def test_nan_loss_before_any_checkpoint_says_so(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"step 1 .*loss_b=nan.*no checkpoint written yet.*train\.lr"):
+        make_trainer(tmp_path, model=NaNAt(bad_step=1)).train()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0"])
+def test_cuda_device_without_cuda_is_a_config_error(spec):
+    with pytest.raises(ConfigError, match=rf"train\.device: '{spec}', but CUDA is not available"):
+        resolve_device(spec)
+
+
+def test_unknown_device_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"train\.device: 'gpu' is not a device"):
+        resolve_device("gpu")
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 def test_gradient_clipping_matches_manual_update(tmp_path):
@@ -320,3 +346,42 @@ def test_a_model_owning_an_ema_teacher_trains_checkpoints_and_resumes_exactly(tm
     assert set(again) == set(final)
     for k in final:
         assert torch.equal(again[k], final[k]), k
+
+
+def _damage_model(step: Path) -> None:
+    data = (step / "model.safetensors").read_bytes()
+    (step / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+
+
+def _damage_state(step: Path) -> None:
+    (step / "state.json").write_text('{"step": 6, "optim')  # torn JSON
+
+
+@pytest.mark.parametrize("damage", [_damage_model, _damage_state])
+def test_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path, capsys, damage):
+    common = ["train.max_iter=8", "train.checkpoint_period=3", "train.keep_checkpoints=3", "train.schedule=constant"]
+    ref = tiny_run.build(tmp_path / "ref", common)
+    ref.train()
+    run = tmp_path / "run"
+    tiny_run.build(run, ["train.max_iter=6", *common[1:]]).train()  # checkpoints at 3 and 6
+    bad = latest_checkpoint(run / "checkpoints")
+    assert bad.name == "step_00000006"
+    damage(bad)
+    resumed = tiny_run.build(run, common)
+    assert resumed.resume()
+    err = capsys.readouterr().err
+    assert f"skipping damaged checkpoint {bad}" in err and "step_00000003" in err
+    assert resumed.step == 3
+    resumed.train()  # replays steps 4..8 exactly
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert run_losses(run) == run_losses(tmp_path / "ref")
+
+
+def test_resume_with_every_checkpoint_damaged_is_an_error(tmp_path):
+    run = tmp_path / "run"
+    tiny_run.build(run, ["train.max_iter=2", "train.checkpoint_period=1"]).train()
+    for _, step in list_checkpoints(run / "checkpoints"):
+        _damage_model(step)
+    with pytest.raises(CheckpointError, match=r"step_00000001/model\.safetensors: cannot read checkpoint"):
+        tiny_run.build(run, ["train.max_iter=2"]).resume()

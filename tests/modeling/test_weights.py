@@ -102,7 +102,7 @@ def test_shape_mismatch_reported_not_loaded(tmp_path):
     torch.save(sd, path)
     model = build_resnet18(norm="BN", width=8)
     before = model.conv1.weight.clone()
-    report = load_pretrained(model, path, resnet_filter_fn)
+    report = load_pretrained(model, path, resnet_filter_fn, min_loaded=0.0)
     assert ("conv1.weight", (16, 3, 7, 7), (8, 3, 7, 7)) in report.mismatched
     assert "conv1.weight" in report.missing
     assert torch.equal(model.conv1.weight, before)
@@ -222,3 +222,19 @@ def test_convert_to_safetensors(tmp_path):
     for k, v in back.items():
         assert torch.equal(v, sd[k])
     assert [p.name for p in dst.parent.iterdir()] == ["r18.safetensors"]  # no temp file left
+
+
+def test_weights_for_another_network_are_an_error_not_a_warning(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"encoder.proj.weight": torch.ones(4, 4), "encoder.proj.bias": torch.ones(4)}, str(path))
+    model = build_resnet18(norm="GN", width=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=rf"other\.safetensors: only 0 of the model's {len(before)} tensors "
+                                              r"are in this checkpoint \(need 50%\).*encoder\.proj\."):
+        load_pretrained(model, path, resnet_filter_fn)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing loaded
+    wide = tmp_path / "wide.pth"
+    torch.save(torchvision_style_resnet18(width=16), wide)
+    with pytest.raises(CheckpointError, match=r"wide\.pth: only 0 of .*first shape mismatch: conv1\.weight "
+                                              r"\(16, 3, 7, 7\) vs model \(8, 3, 7, 7\)"):
+        load_pretrained(model, wide, resnet_filter_fn)

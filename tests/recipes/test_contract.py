@@ -16,8 +16,16 @@ from PIL import Image
 from omniseg.api import Segmenter
 from omniseg.data.load import load_dataset
 from omniseg.engine.config import ConfigError, load_config
-from omniseg.recipes.contract import Recipe, RunInfo, read_run_info, run_recipe
+from omniseg.recipes.contract import (
+    Recipe,
+    RunFolderError,
+    RunInfo,
+    prepare_run_folder,
+    read_run_info,
+    run_recipe,
+)
 from omniseg.recipes.table import RECIPES, get_recipe
+from omniseg.utils.weights_io import CheckpointError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -51,7 +59,7 @@ def test_a_wrong_kind_is_one_clear_error_at_load_time(tmp_path, config, key, bad
     with pytest.raises(ConfigError) as e:
         load_config(recipe.config, path)
     msg = str(e.value)
-    assert msg.startswith(f"{path}: {section}: {field}: {bad!r} is not one of [") and "\n" not in msg
+    assert msg.startswith(f"{path}: {section}.{field}: {bad!r} is not one of [") and "\n" not in msg
 
 
 def test_a_run_predicts_with_its_training_data_deleted(tmp_path):
@@ -90,10 +98,13 @@ def test_a_checkpoint_without_a_run_description_is_a_clear_error(tmp_path):
     step = tmp_path / "checkpoints" / "step_00000001"
     step.mkdir(parents=True)
     (step / "state.json").write_text(json.dumps({"step": 1, "extra": {}}))
-    with pytest.raises(ValueError, match="does not describe its run"):
+    with pytest.raises(CheckpointError, match=f"{step}: checkpoint does not describe its run"):
         read_run_info(step, {"recipe": "fcos_mo"})
-    with pytest.raises(ValueError, match="not a run description"):
+    with pytest.raises(CheckpointError, match="x.json: not a run description"):
         RunInfo.from_dict({"categories": []}, "x.json")
+    (step / "state.json").write_text('{"step": 1, "ext')
+    with pytest.raises(CheckpointError, match=r"state\.json: cannot read"):
+        read_run_info(step, {})
 
 
 def test_run_info_things_are_sorted_thing_categories():
@@ -102,3 +113,68 @@ def test_run_info_things_are_sorted_thing_categories():
     assert [(c.id, c.name) for c in info.things()] == [(1, "a"), (5, "b")]
     assert dataclasses.asdict(RunInfo.from_dict(dataclasses.asdict(info) | {"extra": 1}, "x")) == \
         dataclasses.asdict(info)
+
+
+# --------------------------------------------------------------------------- the run folder
+
+
+def _old_run(out: Path) -> None:
+    """The files a finished two-stage run leaves (a stage's trainer files in stage1/)."""
+    for sub in (out, out / "stage1"):
+        step = sub / "checkpoints" / "step_00000002"
+        step.mkdir(parents=True)
+        (step / "state.json").write_text('{"step": 2}')
+        (sub / "checkpoints" / "latest").write_text("step_00000002\n")
+        (sub / "metrics.jsonl").write_text('{"step": 1}\n')
+        (sub / "config.yaml").write_text("recipe: x\n")
+    (out / "run.json").write_text('{"recipe": "x"}')
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    cfg = load_config(RECIPES["maskx_rcnn"].config, CONFIGS / "maskx_smoke.yaml", [f"train.output_dir={tmp_path}"])
+    with pytest.raises(RunFolderError, match=rf"{tmp_path}: --resume, but there is no checkpoint"):
+        run_recipe(RECIPES["maskx_rcnn"], cfg, resume=True)
+    (tmp_path / "checkpoints" / "step_00000003").mkdir(parents=True)  # torn: no state.json
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(RunFolderError, match="no checkpoint"):
+        prepare_run_folder(tmp_path, resume=True, overwrite=False)
+    assert not list(tmp_path.glob("run.json")) and (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_new_run_into_a_used_folder_is_refused_and_nothing_is_touched(tmp_path):
+    _old_run(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cfg = load_config(RECIPES["maskx_rcnn"].config, CONFIGS / "maskx_smoke.yaml", [f"train.output_dir={tmp_path}"])
+    with pytest.raises(RunFolderError, match=rf"{tmp_path}: holds a previous run \(checkpoints, metrics\.jsonl, "
+                                             r"config\.yaml, run\.json, stage1\); pass --resume .* or --overwrite"):
+        run_recipe(RECIPES["maskx_rcnn"], cfg)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    (tmp_path / "stage1" / "checkpoints").rename(tmp_path / "stage1" / "old")  # a stage's files alone count too
+    for name in ("checkpoints", "metrics.jsonl", "config.yaml", "run.json"):
+        shutil.rmtree(tmp_path / name) if name == "checkpoints" else (tmp_path / name).unlink()
+    with pytest.raises(RunFolderError, match=r"holds a previous run \(stage1\)"):
+        prepare_run_folder(tmp_path, resume=False, overwrite=False)
+
+
+def test_overwrite_removes_the_previous_run_only_and_says_so(tmp_path, capsys):
+    _old_run(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")  # not a run file: kept
+    (tmp_path / ".config.yaml.abc123.tmp").write_text("torn")  # a killed writer's temp file: removed
+    prepare_run_folder(tmp_path, resume=False, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert "--overwrite: removed the previous run (checkpoints, metrics.jsonl, config.yaml, run.json, stage1)" \
+        in capsys.readouterr().err
+    prepare_run_folder(tmp_path / "new", resume=False, overwrite=True)  # nothing there: fine
+    prepare_run_folder(tmp_path, resume=False, overwrite=False)  # now empty of runs: a new run may start
+
+
+def test_resume_removes_temp_files_a_killed_run_left(tmp_path):
+    _old_run(tmp_path)
+    temps = [tmp_path / ".metrics.jsonl.x1.tmp", tmp_path / "checkpoints" / ".latest.x2.tmp",
+             tmp_path / "stage1" / "checkpoints" / ".tmp-step_00000004-x3"]
+    for t in temps[:2]:
+        t.write_text("torn")
+    temps[2].mkdir()
+    prepare_run_folder(tmp_path, resume=True, overwrite=False)
+    assert not any(t.exists() for t in temps)
+    assert (tmp_path / "checkpoints" / "step_00000002" / "state.json").exists()

@@ -17,8 +17,10 @@ from omniseg.data.formats.validation import (
     Invalid,
     as_image_id,
     as_int,
+    as_str,
     load_json_object,
     progress_bar,
+    record_name,
     require,
 )
 from omniseg.data.records import RecordSet
@@ -40,8 +42,9 @@ def read_coco_captions(
         into: when given, captions are appended **in place** to its records with the same
             ``image_id`` and ``into`` is returned (the file's ``images`` list is then not
             needed). When None, records are created from the file's ``images``.
-        on_bad: bad-record policy. Invalid entries: missing keys, duplicate caption ids, unknown
-            image ids, captions that are not non-empty strings (and invalid images when
+        on_bad: bad-record policy. Invalid entries: missing keys, caption ids that are not
+            integers, duplicate caption ids, unknown image ids, captions that are not non-empty
+            strings (and invalid images -- e.g. a ``file_name`` outside ``image_root`` -- when
             records are created from the file).
         image_root: ``image_root`` of the created RecordSet (ignored with ``into``).
         progress: show a progress bar on a terminal.
@@ -55,7 +58,7 @@ def read_coco_captions(
     bad = on_bad if on_bad is not None else BadRecords()
     data = load_json_object(path, ("annotations",) if into is not None else ("images", "annotations"))
     if into is None:
-        records = _read_images(data["images"], path, bad, set())
+        records = _read_images(data["images"], path, bad, set(), image_root)
         rs = RecordSet(records=list(records.values()), image_root=image_root, name=Path(path).stem)
     else:
         rs = into
@@ -73,11 +76,9 @@ def read_coco_captions(
             iid = as_image_id(ann["image_id"])
             if iid not in records:
                 raise Invalid(f"unknown image id {iid!r}")
-            text = ann["caption"]
-            if not isinstance(text, str) or not text.strip():
-                raise Invalid(f"caption must be a non-empty string, got {text!r}")
+            text = as_str(ann["caption"], "caption", nonempty=True)
         except Invalid as e:
-            bad.report(path, f"caption #{i} (id={ann.get('id') if isinstance(ann, dict) else None})", str(e))
+            bad.report(path, record_name("caption", i, ann), str(e))
             continue
         seen.add(cid)
         records[iid].captions.append(text)

@@ -28,14 +28,21 @@ from typing import Any
 from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.formats.validation import (
     Invalid,
+    as_area,
+    as_flag,
     as_image_id,
     as_int,
+    as_str,
     compressed_counts,
     finite,
+    image_file_name,
     load_json_file,
     load_json_object,
+    number,
     progress_bar,
+    record_name,
     require,
+    short_repr,
 )
 from omniseg.data.records import Box, Category, ImageRecord, Instance, RecordSet
 from omniseg.ops.rle import RLE, normalize_rle, polygons_to_rle, rle_area, rle_to_box
@@ -43,6 +50,9 @@ from omniseg.utils.atomic import atomic_write_json
 
 #: a box may stick out of the image by at most this many pixels; it is then clipped.
 BOX_TOLERANCE_PX = 1.0
+#: largest image side accepted: pycocotools rasterizes polygons with 32-bit pixel indices
+#: (h * w must stay below 2**32), so larger sizes would give wrong masks, not an error.
+MAX_IMAGE_SIDE = 50_000
 
 
 def _parse_bbox(bbox: Any, width: int, height: int) -> Box:
@@ -81,6 +91,10 @@ def _parse_segmentation(seg: Any, width: int, height: int) -> RLE | None:
                 raise Invalid(f"segmentation polygon {i} has {len(coords)} numbers (< 3 points)")
             if len(coords) % 2:
                 raise Invalid(f"segmentation polygon {i} has an odd number of coordinates ({len(coords)})")
+            xs, ys = coords[0::2], coords[1::2]
+            # far-away points overflow pycocotools' int rasterizer; real polygons hug the image
+            if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
+                raise Invalid(f"segmentation polygon {i} has a point far outside the {width}x{height} image")
             polys.append(coords)
         return polygons_to_rle(polys, height, width)
     if isinstance(seg, dict):
@@ -131,14 +145,20 @@ def _geometry(entry: dict, width: int, height: int) -> tuple[Box, RLE | None]:
 # ----------------------------------------------------------------------------- reading
 
 
-def _file_name(img: dict) -> str:
+def _file_name(img: dict, image_root: str) -> str:
+    """The image's file name, confined to ``image_root`` (no absolute paths, no escaping ``..``)."""
     if "file_name" in img:
-        if not isinstance(img["file_name"], str) or not img["file_name"]:
-            raise Invalid(f"file_name must be a non-empty string, got {img['file_name']!r}")
-        return img["file_name"]
+        return image_file_name(img["file_name"], image_root)
     if isinstance(img.get("coco_url"), str) and img["coco_url"]:
-        return "/".join(img["coco_url"].rstrip("/").split("/")[-2:])  # LVIS: .../train2017/x.jpg
+        name = "/".join(img["coco_url"].rstrip("/").split("/")[-2:])  # LVIS: .../train2017/x.jpg
+        return image_file_name(name, image_root, "file name from coco_url")
     raise Invalid("missing required key 'file_name' (or LVIS 'coco_url')")
+
+
+def _optional_str(entry: dict, key: str) -> str:
+    """``entry[key]`` as a string; absent or null gives ""."""
+    value = entry.get(key)
+    return "" if value is None else as_str(value, key)
 
 
 def _read_categories(entries: Any, path: str, bad: BadRecords) -> list[Category]:
@@ -146,7 +166,7 @@ def _read_categories(entries: Any, path: str, bad: BadRecords) -> list[Category]
         raise BadRecordError(path, "categories", "must be a list")
     cats: dict[int, Category] = {}
     for i, c in enumerate(entries):
-        rec = f"category #{i} (id={c.get('id') if isinstance(c, dict) else None})"
+        rec = record_name("category", i, c)
         try:
             require(c, ("id", "name"), "category")
             cid = as_int(c["id"], "id")
@@ -157,11 +177,11 @@ def _read_categories(entries: Any, path: str, bad: BadRecords) -> list[Category]
                 raise Invalid("synonyms must be a list of strings")
             cats[cid] = Category(
                 id=cid,
-                name=str(c["name"]),
-                supercategory=str(c.get("supercategory", "")),
+                name=as_str(c["name"], "name", nonempty=True),
+                supercategory=_optional_str(c, "supercategory"),
                 synonyms=list(syn),
-                isthing=bool(c.get("isthing", 1)),
-                frequency=str(c.get("frequency", "")),
+                isthing=as_flag(c.get("isthing", 1), "isthing"),
+                frequency=_optional_str(c, "frequency"),
             )
         except Invalid as e:
             bad.report(path, rec, str(e))
@@ -179,12 +199,15 @@ def _id_list(img: dict, key: str, cat_ids: set[int]) -> list[int]:
     return ids
 
 
-def _read_images(entries: Any, path: str, bad: BadRecords, cat_ids: set[int]) -> dict[Any, ImageRecord]:
+def _read_images(
+    entries: Any, path: str, bad: BadRecords, cat_ids: set[int], image_root: str = ""
+) -> dict[Any, ImageRecord]:
+    """Image records by id; ``file_name`` s must stay inside ``image_root`` (see ``image_file_name``)."""
     if not isinstance(entries, list):
         raise BadRecordError(path, "images", "must be a list")
     records: dict[Any, ImageRecord] = {}
     for i, img in enumerate(entries):
-        rec = f"image #{i} (id={img.get('id') if isinstance(img, dict) else None})"
+        rec = record_name("image", i, img)
         try:
             require(img, ("id", "width", "height"), "image")
             iid = as_image_id(img["id"])
@@ -193,9 +216,11 @@ def _read_images(entries: Any, path: str, bad: BadRecords, cat_ids: set[int]) ->
             w, h = as_int(img["width"], "width"), as_int(img["height"], "height")
             if w <= 0 or h <= 0:
                 raise Invalid(f"image size must be positive, got {w}x{h}")
+            if max(w, h) > MAX_IMAGE_SIDE:
+                raise Invalid(f"image size {w}x{h} exceeds the supported {MAX_IMAGE_SIDE} px per side")
             records[iid] = ImageRecord(
                 image_id=iid,
-                file_name=_file_name(img),
+                file_name=_file_name(img, image_root),
                 width=w,
                 height=h,
                 neg_category_ids=_id_list(img, "neg_category_ids", cat_ids),
@@ -223,10 +248,10 @@ def _read_instance(
     box, mask = _geometry(ann, record.width, record.height)
     score = ann.get("score")
     if score is not None:
-        score = finite([score], "score")[0]
+        score = number(score, "score")
     quality = ann.get("box_quality", "exact")
     if quality not in ("exact", "approximate"):
-        raise Invalid(f"box_quality must be 'exact' or 'approximate', got {quality!r}")
+        raise Invalid(f"box_quality must be 'exact' or 'approximate', got {short_repr(quality)}")
     inst = Instance(
         text=cats[cid].name,
         category_id=cid,
@@ -234,10 +259,10 @@ def _read_instance(
         box_quality=quality,
         mask=mask,
         source=source,
-        is_crowd=bool(ann.get("iscrowd", 0)),
+        is_crowd=as_flag(ann.get("iscrowd", 0), "iscrowd"),
         score=score,
         id=aid,
-        area=finite([ann["area"]], "area")[0] if ann.get("area") is not None else None,
+        area=as_area(ann["area"]) if ann.get("area") is not None else None,
     )
     return record, inst
 
@@ -258,11 +283,13 @@ def read_coco_instances(
     ``id`` and ``source``. Extra keys ``score`` / ``box_quality`` (written for pseudo labels by
     :func:`to_coco_dict`) are read back.
 
-    Invalid entries (reported through ``on_bad``): missing keys, duplicate image / annotation /
-    category ids, unknown image or category ids, zero/negative or out-of-image boxes, NaN/inf
-    coordinates, polygons with < 3 points, RLE whose size differs from the image's, RLE
-    (uncompressed or compressed) whose runs do not sum to h*w. Skipping an image also skips its
-    annotations (each counted as "unknown image id").
+    Invalid entries (reported through ``on_bad``): missing keys, wrongly typed fields (ids that
+    are not integers, ``iscrowd`` other than 0 / 1, a negative or non-finite ``area`` or
+    ``score``, a non-string name), duplicate image / annotation / category ids, unknown image or
+    category ids, an image ``file_name`` that is absolute or resolves outside ``image_root``,
+    zero/negative or out-of-image boxes, NaN/inf coordinates, polygons with < 3 points, RLE whose
+    size differs from the image's, RLE (uncompressed or compressed) whose runs do not sum to h*w.
+    Skipping an image also skips its annotations (each counted as "unknown image id").
 
     Raises:
         FileNotFoundError: missing file.
@@ -274,7 +301,7 @@ def read_coco_instances(
     data = load_json_object(path, ("images", "categories"))
     categories = _read_categories(data["categories"], path, bad)
     cats = {c.id: c for c in categories}
-    records = _read_images(data["images"], path, bad, set(cats))
+    records = _read_images(data["images"], path, bad, set(cats), image_root)
     anns = data.get("annotations", [])
     if not isinstance(anns, list):
         raise BadRecordError(path, "annotations", "must be a list")
@@ -283,9 +310,7 @@ def read_coco_instances(
         try:
             record, inst = _read_instance(ann, records, cats, seen, source)
         except Invalid as e:
-            bad.report(
-                path, f"annotation #{i} (id={ann.get('id') if isinstance(ann, dict) else None})", str(e)
-            )
+            bad.report(path, record_name("annotation", i, ann), str(e))
             continue
         seen.add(inst.id)  # type: ignore[arg-type]
         record.instances.append(inst)
@@ -328,15 +353,11 @@ def read_coco_results(
             cid = as_int(res["category_id"], "category_id")
             if cid not in cats:
                 raise Invalid(f"unknown category id {cid}")
-            score = finite([res["score"]], "score")[0]
+            score = number(res["score"], "score")
             record = records[iid]
             box, mask = _geometry(res, record.width, record.height)
         except Invalid as e:
-            bad.report(
-                path,
-                f"result #{i} (image_id={res.get('image_id') if isinstance(res, dict) else None})",
-                str(e),
-            )
+            bad.report(path, record_name("result", i, res, "image_id"), str(e))
             continue
         record.instances.append(
             Instance(text=cats[cid].name, category_id=cid, box=box, mask=mask, source=source, score=score)

@@ -1,8 +1,10 @@
 """A folder of images -> RecordSet (image records with sizes, no annotations).
 
-Used for inference / auto-labeling on unlabeled images. Every regular file below ``root``
-is a candidate; hidden files and folders (name starting with ".", e.g. ``.DS_Store``) are
-ignored by convention. Files that are not readable images go through the bad-record policy.
+Used for inference / auto-labeling on unlabeled images. Every file below ``root`` is a
+candidate; hidden files and folders (name starting with ".", e.g. ``.DS_Store``) are ignored by
+convention. FIFOs, sockets, devices and broken links are never opened (reading a FIFO would
+block) and always skipped with a counted reason; files that are not readable images and
+symbolic links resolving outside ``root`` go through the bad-record policy.
 Records are sorted by relative path (POSIX separators) and numbered 1..N in that order, so
 the same folder always gives the same ids.
 """
@@ -10,17 +12,17 @@ the same folder always gives the same ids.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from omniseg.data.errors import BadRecords
-from omniseg.data.formats.validation import progress_bar
+from omniseg.data.formats.validation import Invalid, confined_path, file_kind, progress_bar
 from omniseg.data.images import image_size, load_image
 from omniseg.data.records import ImageRecord, RecordSet
 
 
-def list_files(root: str | os.PathLike, recursive: bool = True) -> list[str]:
-    """Relative POSIX paths of the non-hidden regular files below ``root``, sorted."""
-    root = Path(root)
+def _entries(root: Path, recursive: bool) -> list[str]:
+    """Relative POSIX paths of the non-hidden non-folder entries below ``root``, sorted."""
     out = []
     if recursive:
         for dirpath, dirnames, filenames in os.walk(root):
@@ -28,8 +30,23 @@ def list_files(root: str | os.PathLike, recursive: bool = True) -> list[str]:
             rel = Path(dirpath).relative_to(root)
             out += [(rel / f).as_posix() for f in filenames if not f.startswith(".")]
     else:
-        out = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+        out = [p.name for p in root.iterdir() if not p.is_dir() and not p.name.startswith(".")]
     return sorted(out)
+
+
+def _not_regular(path: str) -> str | None:
+    """Why ``path`` (symbolic links followed) is not a regular file, or None when it is one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot stat ({e.strerror})" + (" (broken symbolic link)" if os.path.islink(path) else "")
+    return None if stat.S_ISREG(mode) else f"not a regular file ({file_kind(mode)})"
+
+
+def list_files(root: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Relative POSIX paths of the non-hidden regular files below ``root``, sorted."""
+    root = Path(root)
+    return [f for f in _entries(root, recursive) if _not_regular(os.path.join(root, f)) is None]
 
 
 def read_image_folder(
@@ -45,8 +62,10 @@ def read_image_folder(
     Args:
         root: folder to scan.
         recursive: descend into sub-folders.
-        on_bad: policy for files that are not images ("error" raises naming the file,
-            "skip" counts them).
+        on_bad: policy for files that are not images and symbolic links resolving outside
+            ``root`` ("error" raises naming the file, "skip" counts them). Entries that are not
+            regular files (FIFOs, sockets, devices, broken links) are never opened and always
+            skipped, counted in ``on_bad.skipped`` whatever its policy.
         verify: fully decode each image (catches truncated files; slow). By default only the
             header is read, for the size after EXIF orientation.
         progress: show a progress bar on a terminal.
@@ -61,10 +80,21 @@ def read_image_folder(
     if not os.path.isdir(root_s):
         raise NotADirectoryError(f"{root_s}: not a folder")
     bad = on_bad if on_bad is not None else BadRecords()
-    files = list_files(root_s, recursive)
+    files = _entries(Path(root_s), recursive)
     records = []
     for rel in progress_bar(files, len(files), "images", progress):
         path = os.path.join(root_s, rel)
+        reason = _not_regular(path)
+        if reason is not None:  # never opened (a FIFO would block): always a counted skip
+            bad.skipped[reason] += 1
+            if len(bad.examples) < bad.max_examples:
+                bad.examples.append(f"{root_s}: {rel}: {reason}")
+            continue
+        try:
+            confined_path(root_s, rel, cache=True)
+        except Invalid:
+            bad.report(root_s, rel, f"symbolic link to {os.path.realpath(path)}, outside the image folder")
+            continue
         try:
             if verify:
                 h, w = load_image(path).shape[:2]

@@ -25,7 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from omniseg.data.errors import BadRecords
-from omniseg.data.formats.validation import Invalid
+from omniseg.data.formats.validation import Invalid, open_regular, parse_json, short_repr
 from omniseg.data.records import Narrative, RecordSet, TracePoint, Utterance
 from omniseg.utils.atomic import atomic_open
 
@@ -43,18 +43,29 @@ class InvalidNarrative(Invalid, ValueError):
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidNarrative(f"{what} is not a number ({value!r})")
-    if not math.isfinite(value):
-        raise InvalidNarrative(f"{what} is not finite ({value!r})")
-    return float(value)
+        raise InvalidNarrative(f"{what} is not a number ({short_repr(value)})")
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond the float range
+        v = math.inf
+    if not math.isfinite(v):
+        raise InvalidNarrative(f"{what} is not finite ({short_repr(value)})")
+    return v
+
+
+def _string(obj: dict, key: str, what: str) -> str:
+    if not isinstance(obj[key], str):
+        raise InvalidNarrative(f"{what} is not a string ({short_repr(obj[key])})")
+    return obj[key]
 
 
 def parse_narrative_obj(obj: Any) -> tuple[str, Narrative]:
     """One decoded Localized Narratives line -> ``(image_id as str, Narrative)``.
 
     Raises:
-        InvalidNarrative: not an object, a key missing, a wrong type, a non-finite number, or an
-            utterance ending before it starts.
+        InvalidNarrative: not an object, a key missing, a wrong type (``caption``, ``dataset_id``,
+            ``voice_recording`` and utterances are strings; ``image_id`` a non-empty string or an
+            int), a non-finite number, or an utterance ending before it starts.
     """
     if not isinstance(obj, dict):
         raise InvalidNarrative("line is not a JSON object")
@@ -63,8 +74,11 @@ def parse_narrative_obj(obj: Any) -> tuple[str, Narrative]:
         raise InvalidNarrative(f"missing key(s) {', '.join(missing)}")
     if not isinstance(obj["caption"], str):
         raise InvalidNarrative("caption is not a string")
-    if not isinstance(obj["image_id"], (str, int)) or isinstance(obj["image_id"], bool):
-        raise InvalidNarrative(f"image_id is not a string ({obj['image_id']!r})")
+    image_id = obj["image_id"]
+    if not isinstance(image_id, (str, int)) or isinstance(image_id, bool) or image_id == "":
+        raise InvalidNarrative(f"image_id is not a string ({short_repr(image_id)})")
+    dataset_id = _string(obj, "dataset_id", "dataset_id")
+    voice = _string(obj, "voice_recording", "voice_recording") if "voice_recording" in obj else ""
     if not isinstance(obj["timed_caption"], list) or not isinstance(obj["traces"], list):
         raise InvalidNarrative("timed_caption and traces must be lists")
     timed = []
@@ -75,7 +89,7 @@ def parse_narrative_obj(obj: Any) -> tuple[str, Narrative]:
         end = _number(u["end_time"], f"timed_caption[{i}].end_time")
         if end < start:
             raise InvalidNarrative(f"timed_caption[{i}]: end_time {end} < start_time {start}")
-        timed.append(Utterance(str(u["utterance"]), start, end))
+        timed.append(Utterance(_string(u, "utterance", f"timed_caption[{i}].utterance"), start, end))
     traces = []
     for i, seg in enumerate(obj["traces"]):
         if not isinstance(seg, list):
@@ -94,16 +108,16 @@ def parse_narrative_obj(obj: Any) -> tuple[str, Narrative]:
         traces.append(pts)
     annotator = obj["annotator_id"]
     if annotator is not None and (isinstance(annotator, bool) or not isinstance(annotator, (int, str))):
-        raise InvalidNarrative(f"annotator_id is not an int or string ({annotator!r})")
+        raise InvalidNarrative(f"annotator_id is not an int or string ({short_repr(annotator)})")
     narrative = Narrative(
         caption=obj["caption"],
         timed_caption=timed,
         traces=traces,
         annotator_id=annotator,
-        dataset_id=str(obj["dataset_id"]),
-        voice_recording=str(obj.get("voice_recording", "")),
+        dataset_id=dataset_id,
+        voice_recording=voice,
     )
-    return str(obj["image_id"]), narrative
+    return str(image_id), narrative
 
 
 def iter_narratives(
@@ -116,11 +130,10 @@ def iter_narratives(
     before it starts) is reported through ``on_bad`` naming the file and line number.
     """
     bad = on_bad if on_bad is not None else BadRecords()
-    size = os.path.getsize(path)
     with (
-        open(path, "rb") as f,
+        open_regular(path, "rb") as f,
         tqdm(
-            total=size,
+            total=os.fstat(f.fileno()).st_size,
             unit="B",
             unit_scale=True,
             desc="narratives",
@@ -133,9 +146,9 @@ def iter_narratives(
             if not line:
                 continue
             try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                bad.report(str(path), f"line {lineno}", f"malformed JSON ({e})")
+                obj = parse_json(line)
+            except Invalid as e:
+                bad.report(str(path), f"line {lineno}", str(e))
                 continue
             try:
                 yield parse_narrative_obj(obj)

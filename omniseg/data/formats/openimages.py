@@ -31,9 +31,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from omniseg.data.errors import BadRecords
-from omniseg.data.formats.validation import progress_bar
+from omniseg.data.errors import BadRecordError, BadRecords
+from omniseg.data.formats.validation import (
+    Invalid,
+    confined_path,
+    image_file_name,
+    open_regular,
+    progress_bar,
+)
+from omniseg.data.images import image_size
 from omniseg.data.records import Category, ImageRecord, Instance, RecordSet
+from omniseg.errors import UserError
 from omniseg.ops.rle import rle_encode
 from omniseg.utils.atomic import atomic_open
 
@@ -58,27 +66,40 @@ MASK_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax
 MATCH_TOL = 1e-3
 
 
-class _Invalid(ValueError):
-    pass
+def _csv_lines(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of a UTF-8 CSV; undecodable text (naming the file) or a malformed line is an error."""
+    with open_regular(path, "r", encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as e:  # decoded in blocks: no reliable line number
+                raise BadRecordError(str(path), "file", f"not UTF-8 text: {e.reason}") from e
+            except csv.Error as e:
+                raise BadRecordError(str(path), f"line {reader.line_num + 1}", f"unreadable CSV ({e})") from e
+            yield reader.line_num, row
 
 
 def read_openimages_classes(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """``[(LabelName, DisplayName), ...]`` in file order; a ``LabelName,DisplayName`` header is optional."""
+    """``[(LabelName, DisplayName), ...]`` in file order; a ``LabelName,DisplayName`` header is optional.
+
+    Raises:
+        BadRecordError: a line that is not ``LabelName,DisplayName`` or a repeated LabelName.
+    """
     out: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            n = reader.line_num
-            if not row or (n == 1 and [c.strip() for c in row] == ["LabelName", "DisplayName"]):
-                continue
-            if len(row) != 2 or not row[0].strip():
-                raise ValueError(f"{path}: line {n}: expected 'LabelName,DisplayName', got {row!r}")
-            mid = row[0].strip()
-            if mid in seen:
-                raise ValueError(f"{path}: line {n}: LabelName {mid} already on line {seen[mid]}")
-            seen[mid] = n
-            out.append((mid, row[1].strip()))
+    for n, row in _csv_lines(path):
+        if not row or (n == 1 and [c.strip() for c in row] == ["LabelName", "DisplayName"]):
+            continue
+        if len(row) != 2 or not row[0].strip():
+            raise BadRecordError(str(path), f"line {n}", f"expected 'LabelName,DisplayName', got {row!r}")
+        mid = row[0].strip()
+        if mid in seen:
+            raise BadRecordError(str(path), f"line {n}", f"LabelName {mid} already on line {seen[mid]}")
+        seen[mid] = n
+        out.append((mid, row[1].strip()))
     return out
 
 
@@ -86,33 +107,30 @@ def _rows(
     path: str | os.PathLike, required: tuple[str, ...], bad: BadRecords, progress: bool, desc: str
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line number, row dict)``; lines with the wrong number of fields are reported."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return
-        header = [h.strip() for h in header]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ValueError(f"{path}: line 1: header lacks column(s) {', '.join(missing)}")
-        for row in progress_bar(reader, None, desc, progress):
-            if not row:
-                continue
-            if len(row) != len(header):
-                bad.report(
-                    str(path), f"line {reader.line_num}", f"expected {len(header)} fields, got {len(row)}"
-                )
-                continue
-            yield reader.line_num, dict(zip(header, row))
+    lines = _csv_lines(path)
+    first = next(lines, None)
+    if first is None:
+        return
+    header = [h.strip() for h in first[1]]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise BadRecordError(str(path), "line 1", f"header lacks column(s) {', '.join(missing)}")
+    for lineno, row in progress_bar(lines, None, desc, progress):
+        if not row:
+            continue
+        if len(row) != len(header):
+            bad.report(str(path), f"line {lineno}", f"expected {len(header)} fields, got {len(row)}")
+            continue
+        yield lineno, dict(zip(header, row))
 
 
 def _float(row: dict[str, str], key: str) -> float:
     try:
         v = float(row[key])
     except ValueError:
-        raise _Invalid(f"{key} is not a number ({row[key]!r})") from None
+        raise Invalid(f"{key} is not a number ({row[key]!r})") from None
     if not math.isfinite(v):
-        raise _Invalid(f"{key} is not finite ({row[key]!r})")
+        raise Invalid(f"{key} is not finite ({row[key]!r})")
     return v
 
 
@@ -120,28 +138,19 @@ def _norm_box(row: dict[str, str], keys: tuple[str, str, str, str]) -> tuple[flo
     """Normalized ``(xmin, xmax, ymin, ymax)``, validated."""
     xmin, xmax, ymin, ymax = (_float(row, k) for k in keys)
     if xmin > xmax:
-        raise _Invalid(f"{keys[0]} {xmin} > {keys[1]} {xmax}")
+        raise Invalid(f"{keys[0]} {xmin} > {keys[1]} {xmax}")
     if ymin > ymax:
-        raise _Invalid(f"{keys[2]} {ymin} > {keys[3]} {ymax}")
+        raise Invalid(f"{keys[2]} {ymin} > {keys[3]} {ymax}")
     if min(xmin, ymin) < 0.0 or max(xmax, ymax) > 1.0:
-        raise _Invalid("normalized coordinates outside [0, 1]")
+        raise Invalid("normalized coordinates outside [0, 1]")
     return xmin, xmax, ymin, ymax
 
 
 def _flag(row: dict[str, str], key: str) -> int:
     v = row.get(key, "0").strip() or "0"
     if v not in ("0", "1", "-1"):
-        raise _Invalid(f"{key} must be 0, 1 or -1, got {v!r}")
+        raise Invalid(f"{key} must be 0, 1 or -1, got {v!r}")
     return int(v)
-
-
-def _file_image_size(path: Path) -> tuple[int, int]:
-    """(width, height) after EXIF orientation."""
-    with Image.open(path) as im:
-        w, h = im.size
-        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-            w, h = h, w
-    return w, h
 
 
 class _Images:
@@ -160,17 +169,17 @@ class _Images:
         if not image_id:
             self.bad.report(file, f"line {lineno}", "empty ImageID")
             return None
-        if image_id in self.sizes:
-            w, h = self.sizes[image_id]
-        elif (self.root / file_name).is_file():
-            w, h = _file_image_size(self.root / file_name)
-        else:
+        try:
+            image_file_name(file_name, self.root, "ImageID file name")
+            if image_id in self.sizes:
+                w, h = self.sizes[image_id]
+            elif os.path.lexists(self.root / file_name):
+                w, h = image_size(self.root / file_name)  # after EXIF orientation; refuses FIFOs
+            else:
+                raise Invalid(f"no size for the image: {self.root / file_name} missing and not in sizes")
+        except (Invalid, UserError, OSError) as e:
             self.failed.add(image_id)
-            self.bad.report(
-                file,
-                f"line {lineno} (image {image_id})",
-                f"no size for the image: {self.root / file_name} missing and not in sizes",
-            )
+            self.bad.report(file, f"line {lineno} (image {image_id})", str(e))
             return None
         rec = self.records[image_id] = ImageRecord(
             image_id=image_id, file_name=file_name, width=int(w), height=int(h)
@@ -204,7 +213,8 @@ def read_openimages(
 
     Bad rows (reported through ``on_bad`` naming the file and line): wrong field count,
     unknown LabelName, non-numeric / NaN coordinates, XMin > XMax or YMin > YMax, coordinates
-    outside [0, 1], a missing mask PNG, an image whose size cannot be found.
+    outside [0, 1], flags other than 0 / 1 / -1, a missing or unreadable mask PNG, an ImageID or
+    MaskPath that would leave ``image_root`` / ``mask_dir``, an image whose size cannot be found.
     """
     bad = on_bad if on_bad is not None else BadRecords()
     classes = read_openimages_classes(classes_csv)
@@ -215,7 +225,7 @@ def read_openimages(
     def category(row: dict[str, str]) -> Category:
         cat = by_mid.get(row["LabelName"].strip())
         if cat is None:
-            raise _Invalid(f"unknown LabelName {row['LabelName']!r}")
+            raise Invalid(f"unknown LabelName {row['LabelName']!r}")
         return cat
 
     boxes_norm: dict[int, tuple[float, float, float, float]] = {}  # id(instance) -> normalized box
@@ -225,7 +235,7 @@ def read_openimages(
             xmin, xmax, ymin, ymax = _norm_box(row, ("XMin", "XMax", "YMin", "YMax"))
             crowd = _flag(row, "IsGroupOf") == 1
             _float(row, "Confidence")
-        except _Invalid as e:
+        except Invalid as e:
             bad.report(str(boxes_csv), f"line {lineno}", str(e))
             continue
         rec = images.get(row["ImageID"].strip(), str(boxes_csv), lineno)
@@ -246,7 +256,7 @@ def read_openimages(
             try:
                 cat = category(row)
                 conf = _float(row, "Confidence")
-            except _Invalid as e:
+            except Invalid as e:
                 bad.report(str(labels_csv), f"line {lineno}", str(e))
                 continue
             rec = images.get(row["ImageID"].strip(), str(labels_csv), lineno)
@@ -264,17 +274,21 @@ def read_openimages(
             try:
                 cat = category(row)
                 nb = _norm_box(row, ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax"))
-                png = Path(mask_dir) / row["MaskPath"].strip()
-                if not png.is_file():
-                    raise _Invalid(f"mask PNG missing: {png}")
-            except _Invalid as e:
+                png = Path(confined_path(mask_dir, row["MaskPath"].strip(), key="MaskPath"))
+                if not os.path.lexists(png):
+                    raise Invalid(f"mask PNG missing: {png}")
+            except Invalid as e:
                 bad.report(str(masks_csv), f"line {lineno}", str(e))
                 continue
             rec = images.get(row["ImageID"].strip(), str(masks_csv), lineno)
             if rec is None:
                 continue
-            with Image.open(png) as im:
-                m = im.convert("L").resize((rec.width, rec.height), Image.Resampling.NEAREST)
+            try:
+                with open_regular(png, "rb", what="mask PNG") as f, Image.open(f) as im:
+                    m = im.convert("L").resize((rec.width, rec.height), Image.Resampling.NEAREST)
+            except (UserError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                bad.report(str(masks_csv), f"line {lineno}", f"cannot read mask PNG {png}: {e}")
+                continue
             mask = rle_encode(np.asarray(m) > 0)
             match = next(
                 (

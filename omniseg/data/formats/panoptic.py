@@ -15,19 +15,33 @@ PQ evaluator read the same file. The writer works from ``record.segments`` only.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from omniseg.data.errors import BadRecords
-from omniseg.data.formats.validation import progress_bar
+from omniseg.data.errors import BadRecordError, BadRecords
+from omniseg.data.formats.validation import (
+    Invalid,
+    as_area,
+    as_flag,
+    as_image_id,
+    as_int,
+    finite,
+    image_file_name,
+    load_json_object,
+    open_regular,
+    progress_bar,
+    require,
+    short_repr,
+)
 from omniseg.data.records import Category, ImageRecord, Instance, RecordSet, Segment
+from omniseg.errors import UserError
 from omniseg.ops.rle import rle_area, rle_decode, rle_encode, rle_to_box
-from omniseg.utils.atomic import atomic_write_bytes, atomic_write_json
+from omniseg.utils.atomic import atomic_dir, atomic_open
 
 SOURCE = "coco_panoptic"
 
@@ -50,6 +64,38 @@ def _png_name(file_name: str) -> str:
     return Path(file_name).with_suffix(".png").name
 
 
+def _read_png_ids(png_path: Path) -> np.ndarray:
+    """Segment ids of a panoptic PNG (refusing folders / FIFOs without blocking)."""
+    try:
+        with open_regular(png_path, "rb", what="panoptic PNG") as f, Image.open(f) as png:
+            return rgb_to_id(np.asarray(png.convert("RGB")))
+    except FileNotFoundError:
+        raise Invalid(f"panoptic PNG missing: {png_path}") from None
+    except (UserError, IsADirectoryError) as e:
+        raise Invalid(str(e)) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise Invalid(f"cannot read panoptic PNG {png_path}: {e}") from None
+
+
+def _segment_info(seg: Any, cats: dict[int, Category], seen: set[int]) -> tuple[int, Category, bool]:
+    """``(segment id, category, iscrowd)`` of one ``segments_info`` entry, validated."""
+    require(seg, ("id", "category_id"), "segment")
+    sid = as_int(seg["id"], "segment id")
+    if sid in seen:
+        raise Invalid(f"duplicate segment id {sid}")
+    cid = as_int(seg["category_id"], "category_id")
+    if cid not in cats:
+        raise Invalid(f"unknown category_id {cid}")
+    crowd = as_flag(seg.get("iscrowd", 0), "iscrowd")
+    if seg.get("area") is not None:
+        as_area(seg["area"])
+    if seg.get("bbox") is not None:
+        if not isinstance(seg["bbox"], list) or len(seg["bbox"]) != 4:
+            raise Invalid(f"bbox must be [x, y, w, h], got {short_repr(seg['bbox'])}")
+        finite(seg["bbox"], "bbox")
+    return sid, cats[cid], crowd
+
+
 def read_coco_panoptic(
     json_path: str | os.PathLike,
     png_dir: str | os.PathLike,
@@ -62,7 +108,8 @@ def read_coco_panoptic(
     Args:
         json_path: the panoptic JSON.
         png_dir: folder holding the PNGs named by ``annotations[i].file_name``.
-        image_root: folder of the RGB images (stored in the RecordSet).
+        image_root: folder of the RGB images (stored in the RecordSet; image file names must
+            stay inside it).
         on_bad: bad-record policy (default: raise on the first bad record).
         progress: show a progress bar when stderr is a terminal.
 
@@ -70,101 +117,67 @@ def read_coco_panoptic(
         RecordSet with one record per JSON image; ``segments`` hold every segment, thing
         segments also appear as ``instances`` (text = category name, box from the mask).
 
-    Bad input (reported through ``on_bad``, naming the file and the image / segment):
-    missing PNG, PNG size differing from the image size, a JSON segment id absent from the
-    PNG, an unknown category id, annotations for an unknown image.
+    Bad input (reported through ``on_bad``, naming the file and the image / segment): invalid
+    images and categories (as in :func:`~omniseg.data.formats.coco.read_coco_instances`),
+    a missing or unreadable PNG or one outside ``png_dir``, PNG size differing from the image
+    size, annotations for an unknown image, and segments with a non-integer / duplicate id, an
+    unknown category id, ``iscrowd`` other than 0 / 1, a negative or non-finite ``area`` or
+    ``bbox``, or an id absent from the PNG.
+
+    Raises:
+        FileNotFoundError / IsADirectoryError: ``json_path`` is missing or a folder.
+        BadRecordError: malformed JSON, missing top-level keys, or (policy "error") the first
+            bad record.
     """
+    from omniseg.data.formats.coco import _read_categories, _read_images
+
     bad = on_bad if on_bad is not None else BadRecords()
     json_path, png_dir = Path(json_path), Path(png_dir)
-    with open(json_path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{json_path}: not valid JSON (line {e.lineno}): {e.msg}") from None
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
-        raise ValueError(f"{json_path}: a COCO panoptic JSON needs 'images', 'annotations', 'categories'")
-
-    categories = []
-    for c in data["categories"]:
-        try:
-            categories.append(
-                Category(
-                    id=int(c["id"]),
-                    name=str(c["name"]),
-                    supercategory=str(c.get("supercategory", "")),
-                    isthing=bool(c.get("isthing", 1)),
-                )
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            bad.report(str(json_path), f"category {c!r}", f"malformed category ({e})")
+    path = str(json_path)
+    data = load_json_object(json_path, ("images", "annotations", "categories"))
+    categories = _read_categories(data["categories"], path, bad)
     cats = {c.id: c for c in categories}
-
-    records: dict[int | str, ImageRecord] = {}
-    for im in data["images"]:
-        try:
-            rec = ImageRecord(
-                image_id=im["id"],
-                file_name=str(im["file_name"]),
-                width=int(im["width"]),
-                height=int(im["height"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            bad.report(
-                str(json_path),
-                f"image {im.get('id', '?') if isinstance(im, dict) else im!r}",
-                f"malformed image entry ({e})",
-            )
-            continue
-        if rec.image_id in records:
-            bad.report(str(json_path), f"image {rec.image_id}", "duplicate image id")
-            continue
-        records[rec.image_id] = rec
-
+    records = _read_images(data["images"], path, bad, set(), image_root)
     anns = data["annotations"]
-    for ann in progress_bar(anns, len(anns), "panoptic", progress):
-        image_id = ann.get("image_id")
-        where = f"image {image_id}"
-        rec = records.get(image_id) if isinstance(image_id, (int, str)) else None
-        if rec is None:
-            bad.report(str(json_path), where, "annotation for an image not in 'images'")
-            continue
-        png_path = png_dir / str(ann.get("file_name", _png_name(rec.file_name)))
-        if not png_path.is_file():
-            bad.report(str(json_path), where, f"panoptic PNG missing: {png_path}")
-            continue
-        with Image.open(png_path) as png:
-            ids = rgb_to_id(np.asarray(png.convert("RGB")))
-        if ids.shape != (rec.height, rec.width):
-            bad.report(
-                str(json_path),
-                where,
-                f"PNG {png_path.name} is {ids.shape[1]}x{ids.shape[0]}, image is {rec.width}x{rec.height}",
-            )
-            continue
-        for seg in ann.get("segments_info", []):
-            seg_where = f"{where} segment {seg.get('id')}"
-            if not isinstance(seg.get("id"), int) or isinstance(seg.get("id"), bool):
-                bad.report(str(json_path), seg_where, "segment id missing or not an integer")
-                continue
-            cat = cats.get(seg.get("category_id"))
-            if cat is None:
-                bad.report(str(json_path), seg_where, f"unknown category_id {seg.get('category_id')}")
-                continue
-            m = ids == int(seg["id"])
-            if not m.any():
-                bad.report(str(json_path), seg_where, f"segment id absent from PNG {png_path.name}")
-                continue
-            rle = rle_encode(m)
-            crowd = bool(seg.get("iscrowd", 0))
-            rec.segments.append(
-                Segment(
-                    text=cat.name,
-                    category_id=cat.id,
-                    mask=rle,
-                    is_thing=cat.isthing,
-                    id=int(seg["id"]),
-                    is_crowd=crowd,
+    if not isinstance(anns, list):
+        raise BadRecordError(path, "annotations", "must be a list")
+
+    for i, ann in progress_bar(enumerate(anns), len(anns), "panoptic", progress):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        where = f"image {short_repr(image_id)}" if image_id is not None else f"annotation #{i}"
+        try:
+            require(ann, ("image_id",), "annotation")
+            rec = records.get(as_image_id(image_id))
+            if rec is None:
+                raise Invalid("annotation for an image not in 'images'")
+            infos = ann.get("segments_info", [])
+            if not isinstance(infos, list):
+                raise Invalid("segments_info must be a list")
+            png_name = image_file_name(ann.get("file_name", _png_name(rec.file_name)), png_dir)
+            png_path = png_dir / png_name
+            ids = _read_png_ids(png_path)
+            if ids.shape != (rec.height, rec.width):
+                raise Invalid(
+                    f"PNG {png_path.name} is {ids.shape[1]}x{ids.shape[0]}, image is {rec.width}x{rec.height}"
                 )
+        except Invalid as e:
+            bad.report(path, where, str(e))
+            continue
+        seen: set[int] = set()
+        for k, seg in enumerate(infos):
+            seg_where = f"{where} segment {short_repr(seg.get('id')) if isinstance(seg, dict) else f'#{k}'}"
+            try:
+                sid, cat, crowd = _segment_info(seg, cats, seen)
+                m = ids == sid
+                if not m.any():
+                    raise Invalid(f"segment id absent from PNG {png_path.name}")
+            except Invalid as e:
+                bad.report(path, seg_where, str(e))
+                continue
+            seen.add(sid)
+            rle = rle_encode(m)
+            rec.segments.append(
+                Segment(text=cat.name, category_id=cat.id, mask=rle, is_thing=cat.isthing, id=sid, is_crowd=crowd)
             )
             if cat.isthing:
                 rec.instances.append(
@@ -175,7 +188,7 @@ def read_coco_panoptic(
                         mask=rle,
                         source=SOURCE,
                         is_crowd=crowd,
-                        id=int(seg["id"]),
+                        id=sid,
                     )
                 )
     return RecordSet(
@@ -204,54 +217,69 @@ def _segment_ids(rec: ImageRecord) -> list[int]:
     return out
 
 
+class PanopticWriteError(UserError, ValueError):
+    """``rs`` cannot be written as COCO panoptic (overlapping segments, wrong mask size, PNG name clash)."""
+
+
 def write_coco_panoptic(
     json_path: str | os.PathLike, png_dir: str | os.PathLike, rs: RecordSet, progress: bool = True
 ) -> None:
     """Write ``rs`` (from ``record.segments``) as a COCO panoptic JSON + PNG folder.
 
-    Every file is written atomically. Segments must not overlap and their masks must have the
-    record's size; a violation raises ``ValueError`` naming the image and segment. Segment ids
-    are kept when valid and unique, otherwise renumbered.
+    The PNGs are written to a staged folder and the JSON to a temporary file; both are complete
+    on disk before the folder replaces ``png_dir`` as a whole (:func:`atomic_dir`) and then the
+    JSON is renamed over ``json_path``. An interrupted or failed export (disk full included)
+    leaves the previous JSON and folder (or nothing), never a partial folder; only a kill between
+    the two renames leaves the new folder beside the previous JSON.
+    Segments must not overlap, their masks must have the record's size and two images may not
+    map to the same PNG name; a violation raises :class:`PanopticWriteError` naming the JSON,
+    the image and the segment. Segment ids are kept when valid and unique, otherwise renumbered.
     """
     json_path, png_dir = Path(json_path), Path(png_dir)
     images, annotations = [], []
-    for rec in progress_bar(rs.records, len(rs.records), "write panoptic", progress):
-        ids = np.zeros((rec.height, rec.width), dtype=np.int64)
-        infos = []
-        for seg, sid in zip(rec.segments, _segment_ids(rec)):
-            m = rle_decode(seg.mask).astype(bool)
-            if m.shape != ids.shape:
-                raise ValueError(
-                    f"image {rec.image_id} segment {seg.id}: mask is {m.shape[::-1]}, "
-                    f"image is {rec.width}x{rec.height}"
+    png_owner: dict[str, int | str] = {}
+    with atomic_open(json_path, "w", encoding="utf-8") as json_file, atomic_dir(png_dir) as staging:
+        for rec in progress_bar(rs.records, len(rs.records), "write panoptic", progress):
+            where = f"{json_path}: image {rec.image_id}"
+            ids = np.zeros((rec.height, rec.width), dtype=np.int64)
+            infos = []
+            for seg, sid in zip(rec.segments, _segment_ids(rec)):
+                m = rle_decode(seg.mask).astype(bool)
+                if m.shape != ids.shape:
+                    raise PanopticWriteError(
+                        f"{where} segment {seg.id}: mask is {m.shape[::-1]}, image is {rec.width}x{rec.height}"
+                    )
+                if (ids[m] != 0).any():
+                    raise PanopticWriteError(
+                        f"{where} segment {seg.id}: overlaps another segment (panoptic segments must be disjoint)"
+                    )
+                ids[m] = sid
+                rle = rle_encode(m)
+                x0, y0, x1, y1 = rle_to_box(rle)
+                infos.append(
+                    {
+                        "id": int(sid),
+                        "category_id": seg.category_id,
+                        "area": int(rle_area(rle)),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "iscrowd": int(seg.is_crowd),
+                    }
                 )
-            if (ids[m] != 0).any():
-                raise ValueError(
-                    f"image {rec.image_id} segment {seg.id}: overlaps another segment "
-                    "(panoptic segments must be disjoint)"
-                )
-            ids[m] = sid
-            rle = rle_encode(m)
-            x0, y0, x1, y1 = rle_to_box(rle)
-            infos.append(
-                {
-                    "id": int(sid),
-                    "category_id": seg.category_id,
-                    "area": int(rle_area(rle)),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "iscrowd": int(seg.is_crowd),
-                }
+            png_name = _png_name(rec.file_name)
+            if png_name in png_owner:
+                raise PanopticWriteError(f"{where}: its PNG {png_name} is also image {png_owner[png_name]}'s")
+            png_owner[png_name] = rec.image_id
+            # plain writes: the staged folder as a whole is renamed into place
+            Image.fromarray(id_to_rgb(ids)).save(staging / png_name, format="PNG")
+            images.append(
+                {"id": rec.image_id, "file_name": rec.file_name, "width": rec.width, "height": rec.height}
             )
-        png_name = _png_name(rec.file_name)
-        buf = io.BytesIO()
-        Image.fromarray(id_to_rgb(ids)).save(buf, format="PNG")
-        atomic_write_bytes(png_dir / png_name, buf.getvalue())
-        images.append(
-            {"id": rec.image_id, "file_name": rec.file_name, "width": rec.width, "height": rec.height}
-        )
-        annotations.append({"image_id": rec.image_id, "file_name": png_name, "segments_info": infos})
-    categories = [
-        {"id": c.id, "name": c.name, "supercategory": c.supercategory, "isthing": int(c.isthing)}
-        for c in rs.categories
-    ]
-    atomic_write_json(json_path, {"images": images, "annotations": annotations, "categories": categories})
+            annotations.append({"image_id": rec.image_id, "file_name": png_name, "segments_info": infos})
+        categories = [
+            {"id": c.id, "name": c.name, "supercategory": c.supercategory, "isthing": int(c.isthing)}
+            for c in rs.categories
+        ]
+        data = {"images": images, "annotations": annotations, "categories": categories}
+        json.dump(data, json_file, allow_nan=False)
+        json_file.flush()
+        os.fsync(json_file.fileno())  # a full disk fails here, before the folder is replaced

@@ -1,24 +1,116 @@
 """Shared parsing checks for the JSON / CSV readers: typed field access that raises
 :class:`Invalid` with a reason (the reader turns it into a BadRecords report naming the file
-and the record), JSON loading with line/column errors, and compressed-RLE validation."""
+and the record), opening input files without blocking on FIFOs / devices, JSON loading with
+line/column errors, image file names confined to the image root, and compressed-RLE validation.
+
+Field rules shared by every reader: ids are integers (not bools, not strings, not fractional
+floats) within int64; flags such as ``iscrowd`` are 0 / 1 (int or bool); ``area`` is finite
+and >= 0; coordinates and scores are finite numbers.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import stat
 import sys
 from collections.abc import Iterable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from omniseg.data.errors import BadRecordError
+from omniseg.errors import UserError
+
+#: ids must fit a signed 64-bit integer (torch.long, numpy int64)
+MAX_ID = 2**63 - 1
 
 
 class Invalid(Exception):
     """Internal: the entry being parsed is invalid; the message is the reason."""
+
+
+class NotRegularFileError(UserError, OSError):
+    """An input path is a FIFO, socket or device: reading it could block forever, so it is refused."""
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular ``st_mode`` is, for messages ("a FIFO", "a socket", ...)."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(
+    path: str | os.PathLike,
+    mode: str = "rb",
+    *,
+    encoding: str | None = None,
+    newline: str | None = None,
+    what: str = "file",
+    error: type[OSError] = NotRegularFileError,
+) -> IO:
+    """Open an existing regular file for reading without ever blocking.
+
+    The file is opened with ``O_NONBLOCK`` (a FIFO without a writer would otherwise block the
+    open) and checked with ``fstat`` on the open descriptor, so nothing can be swapped in
+    between the check and the read.
+
+    Raises:
+        FileNotFoundError: no such file ("<path>: no such <what>").
+        IsADirectoryError: ``path`` is a folder ("<path>: is a directory, not a <what>").
+        error: (default :class:`NotRegularFileError`) a FIFO, socket or device.
+        OSError: e.g. permission denied (the message names the file).
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: is a directory, not a {what}") from None
+    except OSError as e:  # e.g. ENXIO for a socket, EACCES
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: not a regular file ({file_kind(mode)}); refusing to read it") from None
+        raise type(e)(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(f"{path}: is a directory, not a {what}")
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: not a regular file ({file_kind(st.st_mode)}); refusing to read it")
+        return os.fdopen(fd, mode, encoding=encoding, newline=newline)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` whose every failure is :class:`Invalid` with a reason.
+
+    Besides malformed JSON this covers integers longer than Python's 4300-digit limit
+    (``ValueError``), nesting deeper than the recursion limit and undecodable bytes.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise Invalid(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise Invalid(f"not UTF-8 text (byte {e.start}): {e.reason}") from e
+    except RecursionError as e:
+        raise Invalid("malformed JSON: nested too deeply") from e
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise Invalid(f"malformed JSON: {e}") from e
 
 
 def load_json_file(path: str | os.PathLike) -> Any:
@@ -26,24 +118,22 @@ def load_json_file(path: str | os.PathLike) -> Any:
 
     Raises:
         FileNotFoundError: the file does not exist.
+        IsADirectoryError: ``path`` is a folder.
+        NotRegularFileError: ``path`` is a FIFO / socket / device (never read: it could block).
         BadRecordError: the file is empty or not valid JSON.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
+        with open_regular(path, "r", encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
             text = f.read()
     except UnicodeDecodeError as e:
         raise BadRecordError(path, "file", f"not UTF-8 text (byte {e.start}): {e.reason}") from e
     if not text.strip():
         raise BadRecordError(path, "file", "empty file")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadRecordError(
-            path, "file", f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from e
+        return parse_json(text)
+    except Invalid as e:
+        raise BadRecordError(path, "file", str(e)) from e
 
 
 def load_json_object(path: str | os.PathLike, required: tuple[str, ...]) -> dict:
@@ -74,11 +164,26 @@ def require(entry: Any, keys: tuple[str, ...], what: str) -> None:
         raise Invalid(f"missing required key(s) {missing}")
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr`` cut to ``limit`` characters (hostile files hold huge values)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def record_name(kind: str, index: int, entry: Any, key: str = "id") -> str:
+    """How messages name entry ``index`` of a list: ``annotation #3 (id=17)``."""
+    value = entry.get(key) if isinstance(entry, dict) else None
+    return f"{kind} #{index} ({key}={value if isinstance(value, (int, float)) else short_repr(value)})"
+
+
 def as_int(value: Any, key: str) -> int:
+    """An integer (an integral float such as ``3.0`` is accepted) within int64; bools and strings are not."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise Invalid(f"{key} must be an integer, got {value!r}")
+        raise Invalid(f"{key} must be an integer, got {short_repr(value)}")
+    if abs(value) > MAX_ID:
+        raise Invalid(f"{key} {short_repr(value)} is out of range (more than 64 bits)")
     return value
 
 
@@ -89,15 +194,109 @@ def as_image_id(value: Any) -> int | str:
     return as_int(value, "image id")
 
 
+def as_flag(value: Any, key: str) -> bool:
+    """A 0 / 1 flag (``iscrowd``, ``isthing``): an int or a bool. ``"0"`` is an error, not True."""
+    if isinstance(value, (bool, int)) and value in (0, 1):
+        return bool(value)
+    raise Invalid(f"{key} must be 0 or 1, got {short_repr(value)}")
+
+
+def as_str(value: Any, key: str, *, nonempty: bool = False) -> str:
+    """A JSON string (``nonempty``: with a non-blank character)."""
+    if not isinstance(value, str) or (nonempty and not value.strip()):
+        raise Invalid(f"{key} must be a {'non-empty ' if nonempty else ''}string, got {short_repr(value)}")
+    return value
+
+
+def number(value: Any, key: str) -> float:
+    """A finite int or float (not a bool) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid(f"{key} must be a number, got {short_repr(value)}")
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond the float range
+        v = math.inf
+    if not math.isfinite(v):
+        raise Invalid(f"{key} is non-finite ({short_repr(value)})")
+    return v
+
+
+def as_area(value: Any, key: str = "area") -> float:
+    """A finite, non-negative area (a negative one would move the object to another size range)."""
+    v = number(value, key)
+    if v < 0:
+        raise Invalid(f"{key} must be >= 0, got {short_repr(value)}")
+    return v
+
+
 def finite(values: Iterable[Any], what: str) -> list[float]:
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise Invalid(f"{what} must hold numbers, got {v!r}")
-        if not math.isfinite(v):
-            raise Invalid(f"{what} has a non-finite coordinate ({v})")
-        out.append(float(v))
+            raise Invalid(f"{what} must hold numbers, got {short_repr(v)}")
+        try:
+            f = float(v)
+        except OverflowError:
+            f = math.inf
+        if not math.isfinite(f):
+            raise Invalid(f"{what} has a non-finite coordinate ({short_repr(v)})")
+        out.append(f)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_dir(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _resolve(root_real: str, name: str, cache: bool) -> str:
+    """``os.path.realpath(root_real / name)``; folders are cached (one lstat per file, not per part)."""
+    head, tail = os.path.split(name)
+    if not cache or tail in ("", ".", ".."):
+        return os.path.realpath(os.path.join(root_real, name))
+    parent = _real_dir(os.path.join(root_real, head)) if head else root_real
+    full = os.path.join(parent, tail)
+    return os.path.realpath(full) if os.path.islink(full) else full
+
+
+def confined_path(root: str | os.PathLike, name: str, *, cache: bool = False, key: str = "file_name") -> str:
+    """``root / name`` after checking that it stays inside ``root``.
+
+    ``..`` parts and symbolic links are resolved (as opening the file would) and the result
+    must lie inside the resolved ``root``. With an empty ``root`` the name must not be absolute
+    nor climb out of the working folder with ``..``. ``cache``: cache resolved folders (for
+    readers checking many names at once). ``key`` names the field in messages.
+
+    Raises:
+        Invalid: absolute name, NUL character, or the name resolves outside ``root``.
+    """
+    if "\0" in name:
+        raise Invalid(f"{key} {short_repr(name)} contains a NUL character")
+    try:
+        os.fsencode(name)
+    except UnicodeError:  # e.g. a lone surrogate from a "\ud800" JSON escape
+        raise Invalid(f"{key} {short_repr(name)} cannot be a file name (invalid Unicode)") from None
+    if os.path.isabs(name):
+        raise Invalid(f"{key} {short_repr(name)} is an absolute path; it must be relative to the image root")
+    root = os.fspath(root)
+    if not root:
+        norm = os.path.normpath(name)
+        if norm == ".." or norm.startswith(".." + os.sep):
+            raise Invalid(f"{key} {short_repr(name)} points outside the image root")
+        return name
+    root_real = _real_dir(root) if cache else os.path.realpath(root)
+    full = _resolve(root_real, name, cache)
+    if not Path(full).is_relative_to(root_real):
+        raise Invalid(f"{key} {short_repr(name)} resolves outside the image root {root} (to {full})")
+    return os.path.join(root, name)
+
+
+def image_file_name(value: Any, root: str | os.PathLike, key: str = "file_name") -> str:
+    """A record's image file name: a non-empty string confined to ``root`` (see :func:`confined_path`)."""
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"{key} must be a non-empty string, got {short_repr(value)}")
+    confined_path(root, value, cache=True, key=key)
+    return value
 
 
 def compressed_counts(counts: str) -> np.ndarray:

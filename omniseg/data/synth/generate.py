@@ -34,6 +34,7 @@ from omniseg.data.records import ImageRecord, RecordSet
 from omniseg.data.synth import lexicon
 from omniseg.data.synth.world import GENERATOR_VERSION, SynthConfig, generate_image
 from omniseg.utils.atomic import atomic_write_bytes, atomic_write_json
+from omniseg.utils.workers import quiet_pool_worker
 
 IMAGES_DIR = "images"
 PANOPTIC_DIR = "panoptic"
@@ -102,7 +103,7 @@ def generate_records(
         # fork keeps start-up cheap; every job reseeds from (seed, index), so nothing is shared
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         chunk = max(1, min(16, len(jobs) // (4 * workers) or 1))
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=quiet_pool_worker) as pool:
             for record, wrote in tqdm(pool.imap(_make_one, jobs, chunksize=chunk), **bar):
                 records.append(record)
                 stats.written += wrote

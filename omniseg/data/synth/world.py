@@ -25,6 +25,9 @@ from omniseg.data.synth.shapes import rasterize_shape
 from omniseg.data.synth.textures import draw_strokes, object_fill, stuff_layout, stuff_texture
 from omniseg.ops.rle import rle_encode, rle_to_box
 
+#: smallest image side the generator supports (shapes need a few pixels each)
+MIN_IMAGE_SIZE = 16
+
 #: bump when the drawing changes, so cached/resumed outputs are regenerated
 GENERATOR_VERSION = 1
 
@@ -74,8 +77,8 @@ class SynthConfig:
             raise ValueError("stuff region counts out of range")
         if not 1 <= self.min_captions <= self.max_captions:
             raise ValueError("need 1 <= min_captions <= max_captions")
-        if self.image_size < 16:
-            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {self.image_size}")
 
 
 @dataclass
