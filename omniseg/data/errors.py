@@ -46,12 +46,16 @@ class BadRecords:
 
     def report(self, file: str, record: str, reason: str) -> None:
         """Raise (policy "error") or count the skip (policy "skip")."""
-        err = BadRecordError(file, record, reason)
         if self.policy == "error":
-            raise err
+            raise BadRecordError(file, record, reason)
+        self.skip(file, record, reason)
+
+    def skip(self, file: str, record: str, reason: str) -> None:
+        """Count a record that is skipped whatever the policy (e.g. a FIFO in an image folder,
+        a narrative of an image outside the set)."""
         self.skipped[reason] += 1
         if len(self.examples) < self.max_examples:
-            self.examples.append(str(err))
+            self.examples.append(str(BadRecordError(file, record, reason)))
 
     @property
     def total(self) -> int:

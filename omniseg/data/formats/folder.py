@@ -86,9 +86,7 @@ def read_image_folder(
         path = os.path.join(root_s, rel)
         reason = _not_regular(path)
         if reason is not None:  # never opened (a FIFO would block): always a counted skip
-            bad.skipped[reason] += 1
-            if len(bad.examples) < bad.max_examples:
-                bad.examples.append(f"{root_s}: {rel}: {reason}")
+            bad.skip(root_s, rel, reason)
             continue
         try:
             confined_path(root_s, rel, cache=True)

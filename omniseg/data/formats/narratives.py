@@ -180,9 +180,7 @@ def attach_narratives(
     for lineno, (image_id, narrative) in enumerate(iter_narratives(path, on_bad=bad, progress=progress), 1):
         rec = by_id.get(id_key(image_id))
         if rec is None:
-            bad.skipped[UNKNOWN_IMAGE] += 1
-            if len(bad.examples) < bad.max_examples:
-                bad.examples.append(f"{path}: narrative {lineno} (image {image_id}): {UNKNOWN_IMAGE}")
+            bad.skip(str(path), f"narrative {lineno} (image {image_id})", UNKNOWN_IMAGE)
             continue
         rec.narratives.append(narrative)
         attached += 1
