@@ -33,21 +33,13 @@ class BoxError(UserError, ValueError):
     """A prompt box is malformed or does not overlap the image; the message names the image."""
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch device, checked to exist here (a UserError otherwise, e.g. CUDA
-    asked for on a machine without it) so that a bad device fails before any model is built."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"device {device!r}: not a device name (e.g. 'cpu', 'cuda', 'cuda:1')") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device!r}: CUDA is not available on this machine (use 'cpu')")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device {device!r}: MPS is not available on this machine (use 'cpu')")
-    return dev
+def resolve_device(device: str | torch.device, key: str = "device") -> torch.device:
+    """``device`` as a torch device, checked to exist here (a UserError naming ``key`` otherwise,
+    e.g. CUDA asked for on a machine without it) so that a bad device fails before any model is
+    built. The same check as training's (:func:`omniseg.engine.trainer.resolve_device`)."""
+    from omniseg.engine.trainer import resolve_device as resolve
+
+    return resolve(str(device), key)
 
 
 def clip_boxes(boxes: np.ndarray | list, width: int, height: int, source: str = "image") -> np.ndarray:

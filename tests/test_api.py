@@ -224,11 +224,11 @@ def test_segment_unreadable_image(kind, trained, image_file, tmp_path, capsys):
 def test_segment_device_without_cuda(trained, image_file, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     rc, _, err = _segment(trained, [str(image_file), "--boxes", "1,2,30,40", "--device", "cuda"], capsys)
-    assert rc == 1 and err.strip() == ("omniseg segment: error: --device: device 'cuda': CUDA is not available "
-                                       "on this machine (use 'cpu')")
+    assert rc == 1 and err.strip() == ("omniseg segment: error: --device: 'cuda', but CUDA is not available "
+                                       "on this machine (use auto or cpu)")
     err = _usage(["segment", str(image_file), "--checkpoint", "unused", "--device", "gpu"], capsys)
     assert err == "omniseg segment: error: argument --device: 'gpu' is not a device name (e.g. cpu, cuda, cuda:1)"
-    with pytest.raises(UserError, match="'gpu': not a device name"):
+    with pytest.raises(UserError, match="device: 'gpu' is not a device"):
         resolve_device("gpu")
     with pytest.raises(UserError, match="CUDA is not available"):
         resolve_device("cuda:0")

@@ -24,7 +24,6 @@ from omniseg.commands.common import (
     unique_name,
     unit_float,
 )
-from omniseg.errors import UserError
 
 
 def parse_vocabulary(text: str) -> list[str]:
@@ -87,10 +86,7 @@ def main(args: argparse.Namespace) -> int:
     from omniseg.utils.atomic import atomic_open, atomic_write_json
     from omniseg.viz.draw import draw_instances
 
-    try:
-        device = resolve_device(args.device)  # before minutes of model loading
-    except UserError as e:
-        raise UserError(f"--device: {e}") from None
+    device = resolve_device(args.device, key="--device")  # before minutes of model loading
     seg = Segmenter.from_checkpoint(args.checkpoint, device=str(device), use_ema=args.ema)
     bad = bad_records(args)
     out = Path(args.out)
