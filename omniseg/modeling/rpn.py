@@ -275,7 +275,7 @@ def select_proposals(
     Returns:
         B :class:`Proposals`, sorted by decreasing logit, detached.
     """
-    out = []
+    candidates = []
     for i, (h, w) in enumerate(image_sizes):
         boxes, scores, levels = [], [], []
         for lvl, (anc, logit, delta) in enumerate(zip(anchors, objectness_logits, pred_deltas)):
@@ -284,15 +284,25 @@ def select_proposals(
             top_s, top_i = s.topk(k, sorted=True)
             boxes.append(decode_boxes(delta[i].detach()[top_i], anc[top_i], RPN_BOX_WEIGHTS))
             scores.append(top_s)
-            levels.append(torch.full((k,), lvl, dtype=torch.long, device=s.device))
+            levels.append(torch.full((k,), i * len(anchors) + lvl, dtype=torch.long, device=s.device))
         b = clip_boxes(torch.cat(boxes), (h, w))
         s = torch.cat(scores)
-        lv = torch.cat(levels)
         wh = b[:, 2:] - b[:, :2]
         keep = (wh > min_box_size).all(dim=1) & torch.isfinite(b).all(dim=1) & torch.isfinite(s)
-        b, s, lv = b[keep], s[keep], lv[keep]
-        keep = batched_nms(b.float(), s.float(), lv, nms_threshold)[:post_nms_topk]
-        out.append(Proposals(boxes=b[keep], objectness_logits=s[keep]))
+        candidates.append((b[keep], s[keep], torch.cat(levels)[keep]))
+    if not candidates:
+        return []
+    # One NMS call for all images and levels (group = image x level): the same kept boxes as one
+    # call per image, in the same order within each image, without a per-image pass.
+    groups = torch.cat([g for _, _, g in candidates])
+    keep = batched_nms(torch.cat([b.float() for b, _, _ in candidates]),
+                       torch.cat([s.float() for _, s, _ in candidates]), groups, nms_threshold)
+    image_of_kept = groups[keep] // max(len(anchors), 1)
+    out, offset = [], 0
+    for i, (b, s, _) in enumerate(candidates):
+        k = (keep[image_of_kept == i] - offset)[:post_nms_topk]
+        out.append(Proposals(boxes=b[k], objectness_logits=s[k]))
+        offset += b.shape[0]
     return out
 
 

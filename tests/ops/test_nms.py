@@ -1,7 +1,14 @@
+import math
+
 import pytest
 import torch
 
+import omniseg.ops.nms as nms_module
+from omniseg.modeling.anchors import AnchorGenerator
+from omniseg.modeling.rpn import RPN_BOX_WEIGHTS, select_proposals
+from omniseg.ops.boxes import clip_boxes, decode_boxes
 from omniseg.ops.nms import batched_nms, nms
+from omniseg.ops.nms_reference import batched_nms_reference, nms_reference
 from omniseg.ops.roi_align import torchvision_ops
 
 
@@ -97,3 +104,149 @@ def test_agrees_with_torchvision():
         a = batched_nms(boxes, scores, classes, thr, impl="torch")
         b = batched_nms(boxes, scores, classes, thr, impl="torchvision")
         assert sorted(a.tolist()) == sorted(b.tolist())
+
+
+# --- the fast path against the earlier implementation (omniseg.ops.nms_reference), exactly ---
+
+
+def hostile_case(n, seed, *, grid=False, ties=False, dup=0.0, flat=0.0, nonfinite=0.0, scale=100.0):
+    """Random boxes with the awkward parts: integer grids (IoUs exactly at thresholds), tied
+    scores, duplicated boxes, zero-area / inverted boxes, NaN and inf coordinates."""
+    g = torch.Generator().manual_seed(seed)
+    if grid:
+        xy = torch.randint(0, 8, (n, 2), generator=g).double()
+        boxes = torch.cat([xy, xy + torch.randint(1, 5, (n, 2), generator=g).double()], dim=1)
+    else:
+        xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * scale
+        wh = torch.exp(torch.rand(n, 2, generator=g, dtype=torch.float64) * 3) * scale / 40
+        boxes = torch.cat([xy, xy + wh], dim=1)
+    scores = torch.rand(n, generator=g)
+    if ties:
+        scores = (scores * 4).floor() / 4
+    if n and dup:
+        src = torch.randint(0, n, (n,), generator=g)
+        take = torch.rand(n, generator=g) < dup
+        boxes[take] = boxes[src[take]]
+    if n and flat:
+        take = torch.rand(n, generator=g) < flat
+        boxes[take, 2] = boxes[take, 0] - torch.randint(0, 2, (int(take.sum()),), generator=g).double()  # w 0 or -1
+    if n and nonfinite:
+        take = (torch.rand(n, generator=g) < nonfinite).nonzero().flatten()
+        vals = torch.tensor([math.nan, math.inf, -math.inf], dtype=torch.float64)
+        col = torch.randint(0, 4, (take.numel(),), generator=g)
+        boxes[take, col] = vals[torch.randint(0, 3, (take.numel(),), generator=g)]
+    return boxes, scores
+
+
+CASES = {
+    "plain": dict(),
+    "grid": dict(grid=True),
+    "grid_ties": dict(grid=True, ties=True),
+    "ties_dups": dict(ties=True, dup=0.3),
+    "flat_nonfinite": dict(ties=True, flat=0.15, nonfinite=0.15, dup=0.1),
+    "dense": dict(scale=10.0, ties=True),
+}
+THRESHOLDS = [0.0, 0.1, 0.3, 0.5, 0.7, 0.95, 1.0]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_random_cases_match_reference(case):
+    for seed, n in enumerate([0, 1, 2, 3, 17, 64, 250]):
+        boxes, scores = hostile_case(n, seed, **CASES[case])
+        for thr in THRESHOLDS:
+            expected = nms_reference(boxes, scores, thr).tolist()
+            assert nms(boxes, scores, thr, impl="torch").tolist() == expected, (case, n, thr)
+            assert nms(boxes.float(), scores, thr, impl="torch").tolist() == nms_reference(boxes.float(), scores, thr).tolist()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_batched_random_cases_match_reference(case):
+    for seed, n in enumerate([2, 40, 300]):
+        boxes, scores = hostile_case(n, 100 + seed, **CASES[case])
+        g = torch.Generator().manual_seed(seed)
+        for classes in (torch.randint(-3, 3, (n,), generator=g), torch.randint(0, 2**40, (n,), generator=g) % 7 * 10**9):
+            for thr in (0.0, 0.5, 0.7):
+                expected = batched_nms_reference(boxes, scores, classes, thr).tolist()
+                assert batched_nms(boxes, scores, classes, thr, impl="torch").tolist() == expected, (case, n, thr)
+
+
+def test_threshold_boundaries_and_degenerate_thresholds():
+    # IoU exactly 0.5 does not suppress; just above does.
+    boxes = torch.tensor([[0.0, 0, 2, 1], [0, 0, 1, 1], [0, 0, 2, 1.0000001]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert nms(boxes, scores, 0.5, impl="torch").tolist() == [0, 1]
+    boxes, scores = hostile_case(120, 7, grid=True, ties=True, flat=0.1, nonfinite=0.1)
+    for thr in (-0.5, math.nan, 1.0 + 1e-12, 1.5, math.inf, 1e-7, 1e-300):
+        assert nms(boxes, scores, thr, impl="torch").tolist() == nms_reference(boxes, scores, thr).tolist(), thr
+    classes = torch.arange(120) % 3
+    for thr in (-0.5, math.nan):
+        assert (batched_nms(boxes, scores, classes, thr, impl="torch").tolist()
+                == batched_nms_reference(boxes, scores, classes, thr).tolist())
+
+
+def test_extreme_scales_use_exact_windows():
+    # tiny sides (products near underflow) and huge coordinates (areas overflow)
+    for scale in (1e-118, 1e-300, 1e150, 1e300):
+        boxes, scores = hostile_case(150, 3, ties=True, dup=0.2, scale=1.0)
+        boxes = boxes * scale
+        for thr in (0.0, 0.3, 0.7):
+            assert nms(boxes, scores, thr, impl="torch").tolist() == nms_reference(boxes, scores, thr).tolist()
+
+
+def test_blocks_chunks_and_sequential_finish(monkeypatch):
+    """Small pair budgets force many blocks and chunks; one fixed-point round forces the
+    sequential finish; long chains of boxes need it for real."""
+    monkeypatch.setattr(nms_module, "_BLOCK_PAIRS", 200)
+    monkeypatch.setattr(nms_module, "_MIN_BLOCK", 8)
+    monkeypatch.setattr(nms_module, "_PAIR_CHUNK", 64)
+    for case in ("plain", "ties_dups", "dense", "flat_nonfinite"):
+        boxes, scores = hostile_case(400, 11, **CASES[case])
+        classes = torch.arange(400) % 2
+        for thr in (0.3, 0.7):
+            assert nms(boxes, scores, thr, impl="torch").tolist() == nms_reference(boxes, scores, thr).tolist()
+            assert (batched_nms(boxes, scores, classes, thr, impl="torch").tolist()
+                    == batched_nms_reference(boxes, scores, classes, thr).tolist())
+    monkeypatch.setattr(nms_module, "_ROUNDS", 1)
+    boxes, scores = hostile_case(300, 12, **CASES["dense"])
+    assert nms(boxes, scores, 0.5, impl="torch").tolist() == nms_reference(boxes, scores, 0.5).tolist()
+    monkeypatch.undo()
+    # a row of boxes, each overlapping the next three, by decreasing score: a 300-long chain
+    x = torch.arange(300, dtype=torch.float64) * 3
+    row = torch.stack([x, torch.zeros_like(x), x + 10, torch.full_like(x, 10)], dim=1)
+    scores = torch.linspace(1, 0, 300)
+    for thr in (0.3, 0.5):
+        assert nms(row, scores, thr, impl="torch").tolist() == nms_reference(row, scores, thr).tolist()
+
+
+def test_identical_boxes_and_large_random_case():
+    same = torch.tensor([[10.0, 10, 200, 200]]).repeat(3000, 1)
+    scores = torch.rand(3000, generator=torch.Generator().manual_seed(0))
+    assert nms(same, scores, 0.5, impl="torch").tolist() == [int(scores.argmax())]
+    boxes, scores = hostile_case(2000, 5, ties=True, dup=0.05)
+    assert nms(boxes, scores, 0.5, impl="torch").tolist() == nms_reference(boxes, scores, 0.5).tolist()
+
+
+def test_rpn_one_call_for_all_images_matches_per_image_reference():
+    """select_proposals runs one batched NMS over images x levels; per image, per level with the
+    reference gives the same proposals in the same order."""
+    gen = AnchorGenerator()
+    sizes = [(2, 2) if s >= 32 else (64 // s, 64 // s) for s in gen.strides]
+    anchors = gen(sizes)
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(3, a.shape[0], generator=g).round(decimals=1) for a in anchors]  # with ties
+    deltas = [torch.randn(3, a.shape[0], 4, generator=g) * 0.3 for a in anchors]
+    image_sizes = [(64, 64), (50, 60), (64, 40)]
+    got = select_proposals(anchors, logits, deltas, image_sizes, pre_nms_topk=300, post_nms_topk=100)
+    for i, (h, w) in enumerate(image_sizes):
+        boxes, scores, levels = [], [], []
+        for lvl, (anc, lo, de) in enumerate(zip(anchors, logits, deltas)):
+            top_s, top_i = lo[i].topk(min(300, lo.shape[1]), sorted=True)
+            boxes.append(decode_boxes(de[i][top_i], anc[top_i], RPN_BOX_WEIGHTS))
+            scores.append(top_s)
+            levels.append(torch.full((top_s.numel(),), lvl))
+        b, s, lv = clip_boxes(torch.cat(boxes), (h, w)), torch.cat(scores), torch.cat(levels)
+        ok = ((b[:, 2:] - b[:, :2]) > 0).all(dim=1)
+        b, s, lv = b[ok], s[ok], lv[ok]
+        keep = batched_nms_reference(b, s, lv, 0.7)[:100]
+        assert torch.equal(got[i].boxes, b[keep]) and torch.equal(got[i].objectness_logits, s[keep])
+    assert select_proposals(anchors, logits, deltas, [], 10, 10) == []
