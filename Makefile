@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.omniseg-installed
 
-.PHONY: demo test test-slow venv bench lint clean
+.PHONY: demo test test-slow venv bench lint clean peer
 
 $(STAMP): pyproject.toml requirements/spacy.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,21 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# Peer venv for side-by-side benchmarks against torchvision (bench/peer/README.md); never a
+# dependency. torch's PyPI (CUDA) build, several GB, runs on CPU. PIP_FIND_LINKS points at an empty
+# folder for this install so pip does not take the local CPU wheel (whose torchvision ops do not load).
+PEER := .venv-peer
+PEER_STAMP := $(PEER)/.peer-installed
+
+$(PEER_STAMP): bench/peer/requirements.txt
+	test -x $(PEER)/bin/python || $(PY) -m venv $(PEER)
+	mkdir -p $(PEER)/empty-find-links
+	PIP_FIND_LINKS=$(CURDIR)/$(PEER)/empty-find-links $(PEER)/bin/python -m pip install -q -r bench/peer/requirements.txt
+	$(PEER)/bin/python bench/peer/check.py
+	touch $(PEER_STAMP)
+
+peer: $(PEER_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check omniseg tests bench
