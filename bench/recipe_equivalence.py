@@ -64,8 +64,7 @@ class Case:
 
 CASES: dict[str, Case] = {
     "box_to_mask": Case("box_to_mask.yaml", outputs=()),  # writes no predictions; its mask AP is not 0
-    # the refactor drops FCOS-MO's top-level `arch` (fcos_mo_r18) for model.backbone=resnet18_fpn_p3p7
-    "fcos_mo": Case("fcos_mo.yaml", new_overrides=("model.backbone=resnet18_fpn_p3p7",)),
+    "fcos_mo": Case("fcos_mo.yaml"),
     "mask_rcnn_star": Case("mask_rcnn_star.yaml"),
     "mask_rcnn_star_image_labels": Case("mask_rcnn_star.yaml", ("alp.as_image_labels=true",)),
     "maskx_end_to_end": Case("maskx_rcnn.yaml"),

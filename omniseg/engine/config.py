@@ -74,6 +74,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     # optimizer
     optimizer: Literal["sgd", "adamw"] = "sgd"
+    # how torch.optim runs the update (engine/optim.py): foreach is bit-identical to single and faster
+    optimizer_impl: Literal["foreach", "fused", "single"] = "foreach"
     lr: float = bounded(0.01, gt=0)
     momentum: float = bounded(0.9, ge=0, le=1)  # SGD only
     betas: tuple[float, float] = bounded((0.9, 0.999), ge=0, lt=1)  # AdamW only (MAL uses 0.9, 0.9)

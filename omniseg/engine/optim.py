@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -54,24 +54,38 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_and_bias: 
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module | list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+#: how torch.optim runs the update: "foreach" (multi-tensor; on the CPU bit-identical to
+#: "single" and ~25% faster for a few hundred small tensors), "fused" (one kernel per group;
+#: ~3x faster than "single" on the CPU, but not bit-identical: parameters differ by float
+#: rounding, ~1 ulp per step), "single" (one tensor at a time: torch's CPU default)
+OptimizerImpl = Literal["foreach", "fused", "single"]
+IMPLS: tuple[str, ...] = ("foreach", "fused", "single")
+
+
+def build_optimizer(model: nn.Module | list[dict], cfg: TrainConfig,
+                    impl: OptimizerImpl | None = None) -> torch.optim.Optimizer:
     """SGD (momentum) or AdamW from ``cfg``.
 
     Args:
         model: a module, or ready-made parameter groups (each may carry its own "lr",
             e.g. a 10x lower lr for a pretrained text encoder as in VLOSS Sec. 4.2).
-        cfg: lr, optimizer, momentum, betas, weight_decay, no_decay_norm_and_bias.
+        cfg: lr, optimizer, optimizer_impl, momentum, betas, weight_decay, no_decay_norm_and_bias.
+        impl: :data:`OptimizerImpl` instead of ``cfg.optimizer_impl``.
     """
+    impl = impl or cfg.optimizer_impl
+    if impl not in IMPLS:
+        raise ValueError(f"unknown optimizer implementation {impl!r} (expected one of {IMPLS})")
     if isinstance(model, nn.Module):
         groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_and_bias)
     else:
         groups = model
     if not groups:
         raise ValueError("build_optimizer: the model has no trainable parameters")
+    kw = {"foreach": impl == "foreach", "fused": True if impl == "fused" else None}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **kw)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (expected 'sgd' or 'adamw')")
 
 

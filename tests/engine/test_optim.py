@@ -110,3 +110,44 @@ def test_build_optimizer_kinds_and_sgd_update_by_hand():
     assert isinstance(adam, torch.optim.AdamW) and adam.param_groups[0]["betas"] == (0.9, 0.9)
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer(nn.ReLU(), cfg)
+
+
+def _optimizer_run(impl: str | None, cfg: TrainConfig, steps: int = 6) -> list[torch.Tensor]:
+    """``steps`` updates of a small conv/norm/linear model (decay and no-decay groups, a frozen
+    parameter, a parameter without a gradient, NaN-free random gradients, lr changed every step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Flatten(), nn.Linear(8 * 4 * 4, 5),
+                          nn.Linear(5, 2))
+    model[4].weight.requires_grad_(False)
+    opt = build_optimizer(model, cfg, impl)
+    sched = build_scheduler(opt, cfg)
+    g = torch.Generator().manual_seed(1)
+    for i in range(steps):
+        for j, p in enumerate(model.parameters()):
+            # the first linear's bias gets no gradient on odd steps (optimizers skip p.grad None)
+            p.grad = None if (not p.requires_grad or (j == 5 and i % 2)) else torch.randn(p.shape, generator=g)
+        opt.step()
+        sched.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_foreach_optimizer_equals_single_tensor_exactly(kind):
+    """The default multi-tensor path takes exactly the single-tensor path's steps (bit for bit)."""
+    cfg = TrainConfig(optimizer=kind, lr=0.05, momentum=0.9, weight_decay=1e-2, max_iter=6, warmup_iters=2)
+    opt = build_optimizer(nn.Linear(2, 2), cfg)
+    assert opt.param_groups[0]["foreach"] is True  # the default
+    single = _optimizer_run("single", cfg)
+    for a, b in zip(single, _optimizer_run(None, cfg)):
+        assert torch.equal(a, b)
+    for a, b in zip(single, _optimizer_run("fused", cfg)):  # fused: float rounding only
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_impl_from_config_and_unknown():
+    cfg = TrainConfig(optimizer="adamw")
+    cfg.optimizer_impl = "fused"  # type: ignore[attr-defined]  # a config that carries the choice
+    assert build_optimizer(nn.Linear(2, 2), cfg).param_groups[0]["fused"] is True
+    assert build_optimizer(nn.Linear(2, 2), cfg, "single").param_groups[0]["foreach"] is False
+    with pytest.raises(ValueError, match="unknown optimizer implementation 'fast'"):
+        build_optimizer(nn.Linear(2, 2), TrainConfig(), "fast")  # type: ignore[arg-type]
