@@ -189,6 +189,8 @@ def _bad_cases():
                      "bbox has a non-finite coordinate"),
         "duplicate segment": (dict(segments=ok + [dict(ok[0])]), "duplicate segment id 1"),
         "not an object": (dict(segments=ok + [3]), "segment must be a JSON object"),
+        # pixels of ids 300 and 70000 that no segment describes (they were dropped silently)
+        "unlabelled pixels": (dict(segments=ok), "has pixels of segment id(s) [300, 70000] that are not in"),
     }
 
 
@@ -206,6 +208,23 @@ def test_bad_records(tmp_path, case):
         assert [s.id for s in rs.records[0].segments] == [1]
     else:
         assert rs.records[0].segments == []
+
+
+def test_one_png_for_two_images_is_a_bad_record(tmp_path):
+    path = _write_fixture(tmp_path)
+    data = json.loads(path.read_text())
+    data["annotations"].append({**data["annotations"][0], "image_id": 8})
+    path.write_text(json.dumps(data))
+    with pytest.raises(BadRecordError, match="image 8: PNG 000000000007.png is also the PNG of image 7"):
+        read_coco_panoptic(path, tmp_path / "panoptic_train", progress=False)
+
+
+def test_an_empty_png_is_named_without_python_reprs(tmp_path):
+    path = _write_fixture(tmp_path)
+    (tmp_path / "panoptic_train" / "000000000007.png").write_bytes(b"")
+    with pytest.raises(BadRecordError) as e:
+        read_coco_panoptic(path, tmp_path / "panoptic_train", progress=False)
+    assert "000000000007.png: not an image" in str(e.value) and "<_io" not in str(e.value)
 
 
 def test_unknown_image_and_bad_json(tmp_path):

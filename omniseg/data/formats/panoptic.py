@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.formats.validation import (
@@ -44,6 +44,10 @@ from omniseg.ops.rle import rle_area, rle_decode, rle_encode, rle_to_box
 from omniseg.utils.atomic import atomic_dir, atomic_open
 
 SOURCE = "coco_panoptic"
+
+
+#: id of unlabelled pixels (RGB 0, 0, 0) in a COCO panoptic PNG
+VOID_ID = 0
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
@@ -73,6 +77,8 @@ def _read_png_ids(png_path: Path) -> np.ndarray:
         raise Invalid(f"panoptic PNG missing: {png_path}") from None
     except (UserError, IsADirectoryError) as e:
         raise Invalid(str(e)) from None
+    except UnidentifiedImageError:  # its message shows a Python file object, not the file
+        raise Invalid(f"cannot read panoptic PNG {png_path}: not an image (empty or damaged file?)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise Invalid(f"cannot read panoptic PNG {png_path}: {e}") from None
 
@@ -142,6 +148,7 @@ def read_coco_panoptic(
     if not isinstance(anns, list):
         raise BadRecordError(path, "annotations", "must be a list")
 
+    png_owner: dict[str, str] = {}  # PNG name -> the image that uses it
     for i, ann in progress_bar(enumerate(anns), len(anns), "panoptic", progress):
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         where = f"image {short_repr(image_id)}" if image_id is not None else f"annotation #{i}"
@@ -155,6 +162,8 @@ def read_coco_panoptic(
                 raise Invalid("segments_info must be a list")
             png_name = image_file_name(ann.get("file_name", _png_name(rec.file_name)), png_dir)
             png_path = png_dir / png_name
+            if png_owner.setdefault(png_name, where) != where:
+                raise Invalid(f"PNG {png_name} is also the PNG of {png_owner[png_name]}")
             ids = _read_png_ids(png_path)
             if ids.shape != (rec.height, rec.width):
                 raise Invalid(
@@ -191,6 +200,12 @@ def read_coco_panoptic(
                         id=sid,
                     )
                 )
+        # pixels of a segment nobody describes were dropped silently before (checked when every
+        # segment of the image was valid: a bad one is reported already)
+        unlabelled = sorted(int(v) for v in np.unique(ids) if v != VOID_ID and int(v) not in seen)
+        if unlabelled and len(seen) == len(infos):
+            bad.report(path, where, f"PNG {png_path.name} has pixels of segment id(s) {unlabelled[:5]} "
+                                    "that are not in segments_info")
     return RecordSet(
         records=list(records.values()), categories=categories, image_root=image_root, name=json_path.stem
     )
