@@ -19,6 +19,7 @@ import numpy as np
 
 from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.records import ImageRecord, RecordSet
+from omniseg.errors import UsageError, UserError
 
 
 def add_bad_record_arg(p: argparse.ArgumentParser) -> None:
@@ -81,6 +82,52 @@ def non_empty_path(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------- inputs and outputs
+
+
+def _real(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _input_paths(inp: str | os.PathLike) -> tuple[set[Path], set[Path]]:
+    """(files, folders) an input stands for: itself, and for a dataset folder every entry of its
+    layout (:data:`omniseg.data.load.SYNTH_LAYOUT`); the folders are the ones nothing may be written into."""
+    from omniseg.data.load import SYNTH_LAYOUT
+
+    p = _real(inp)
+    if not p.is_dir():
+        return {p}, set()
+    layout = {_real(p / v) for v in SYNTH_LAYOUT.values()}
+    return {p} | layout, {q for q in layout if q.is_dir()}
+
+
+def check_output_not_input(outs: str | os.PathLike | list, inputs: list, flag: str = "--out") -> None:
+    """A :class:`UsageError` when an output path (``outs``: one or a list, e.g. with sidecars) is
+    one of the command's ``inputs`` (None entries ignored) or a file of an input dataset folder's
+    layout, or lies inside its image / PNG folder. Symlinks and ``..`` are resolved; ``-`` (standard
+    output) is never an input."""
+    outs = outs if isinstance(outs, list) else [outs]
+    for inp in inputs:
+        if inp is None:
+            continue
+        files, folders = _input_paths(inp)
+        for out in outs:
+            if os.fspath(out) == "-":
+                continue
+            o = _real(out)
+            if o in files or any(d in o.parents for d in folders):
+                raise UsageError(f"{flag}: {out} is an input of this command ({inp})")
+
+
+def check_out_folder(out: str) -> None:
+    """A :class:`UserError` when an output folder exists as something else (a file, a FIFO)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"{out}: exists and is not a folder")
+
+
+def check_out_file(out: str, flag: str = "--out") -> None:
+    """A :class:`UsageError` for an output file named with a trailing path separator (a folder name)."""
+    if out != "-" and out.endswith(("/", os.sep)):
+        raise UsageError(f"{flag}: {out} names a folder; give a file name")
 
 
 def load_image_or_skip(path: str | os.PathLike, bad: BadRecords, record: str = "image") -> np.ndarray | None:

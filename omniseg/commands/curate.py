@@ -18,7 +18,14 @@ import math
 import os
 from pathlib import Path
 
-from omniseg.commands.common import add_bad_record_arg, bad_records, positive_int, report_skips
+from omniseg.commands.common import (
+    add_bad_record_arg,
+    bad_records,
+    check_out_folder,
+    check_output_not_input,
+    positive_int,
+    report_skips,
+)
 from omniseg.data.errors import BadRecords
 from omniseg.errors import UsageError, UserError
 
@@ -54,9 +61,16 @@ def seconds(text: str) -> float:
     return value
 
 
-def word_list(value: str) -> tuple[str, ...]:
-    """Words from a file (one per line, '#' comments) or a comma-separated list."""
-    if os.path.isfile(value):
+def word_list(value: str, flag: str = "--stuff-list") -> tuple[str, ...]:
+    """Words from a file (one per line, '#' comments) or a comma-separated list.
+
+    A value with a path separator, or naming anything that exists, is a file: it must be a
+    readable regular file (a missing one is a :class:`UsageError`, never read as a word).
+    """
+    if os.path.exists(value) or "/" in value or os.sep in value:
+        if not os.path.isfile(value):
+            what = "no such file" if not os.path.exists(value) else "not a regular file"
+            raise UsageError(f"{flag}: {value}: {what}")
         lines = Path(value).read_text(encoding="utf-8").splitlines()
         words = [ln.split("#", 1)[0].strip() for ln in lines]
     else:
@@ -109,12 +123,15 @@ def image_sizes(path: str | os.PathLike, on_bad: BadRecords | None = None) -> di
 
 def main(args: argparse.Namespace) -> int:
     from omniseg.curate.alps import AlpConfig
-    from omniseg.curate.alps_run import curate_alps
+    from omniseg.curate.alps_run import UNKNOWN_IMAGE, curate_alps
     from omniseg.curate.phrases import DEFAULT_NON_OBJECT, DEFAULT_STUFF
     from omniseg.curate.pos import available_model
 
     if not args.out:
         raise UsageError("--out: empty path")
+    check_out_folder(args.out)
+    check_output_not_input([args.out] + [os.path.join(args.out, f) for f in ("alps.jsonl", "stats.json")],
+                           [args.input, args.images])
     try:
         available_model(args.model)
     except RuntimeError as e:  # no such spaCy model package installed
@@ -124,12 +141,17 @@ def main(args: argparse.Namespace) -> int:
         t_pad=args.t_pad,
         min_points=args.min_points,
         stuff=word_list(args.stuff_list) if args.stuff_list is not None else DEFAULT_STUFF,
-        non_object=word_list(args.non_object_list) if args.non_object_list is not None else DEFAULT_NON_OBJECT,
+        non_object=(word_list(args.non_object_list, "--non-object-list") if args.non_object_list is not None
+                    else DEFAULT_NON_OBJECT),
         model=args.model,
     )
     sizes = image_sizes(args.images, bad)
     stats = curate_alps(args.input, sizes, args.out, cfg, workers=args.workers, chunk_lines=args.chunk_lines,
                         on_bad=bad, progress=not args.no_progress)
+    unknown = bad.skipped.get(UNKNOWN_IMAGE, 0)
+    if unknown and not stats["images_with_narratives"]:
+        raise UserError(f"{args.input}: none of its {unknown} narratives is for an image of {args.images} "
+                        "(image ids differ?)")
     table = {k: stats[k] for k in ("images", "alps", "unique_phrases", "mean_alps_per_image", "narratives")}
     print(json.dumps(table))
     print(f"wrote {Path(args.out) / 'alps.jsonl'} and stats.json ({stats['resumed_chunks']} of "

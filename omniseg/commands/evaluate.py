@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from omniseg.commands.common import (
     add_bad_record_arg,
     bad_records,
+    check_out_file,
+    check_output_not_input,
     non_empty_path,
     non_negative_int,
-    report_skips,
 )
-from omniseg.errors import UserError
+from omniseg.errors import UsageError, UserError
 
 
 def split_name(text: str) -> str:
@@ -34,7 +37,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--openimages", action="store_true", help="also report Open-Images-style AP50 (<= 100 detections per image)")
     p.add_argument("--per-class", action="store_true", help="print per-class AP")
     p.add_argument("--engine", choices=("faster", "pycocotools"), default="faster")
-    p.add_argument("--out", type=non_empty_path, default=None, help="write a JSON report here (and a .md next to it)")
+    p.add_argument("--out", type=non_empty_path, default=None, help="write a JSON report here (and a .md of the same stem next to it); '-': the JSON to "
+                   "standard output (no .md; the tables then go to standard error)")
     add_bad_record_arg(p)
 
 
@@ -79,11 +83,25 @@ def evaluate_all(gt, pred, iou_types, groups=None, per_class=False, openimages=F
     return out
 
 
+def report_paths(out: str | None) -> list[Path]:
+    """The files ``--out`` writes: the JSON report and its markdown sidecar (none for ``-``)."""
+    if out is None or out == "-":
+        return []
+    check_out_file(out)
+    if Path(out).suffix == ".md":
+        raise UsageError(f"--out: {out}: the markdown report is written next to the JSON one as <stem>.md; "
+                         "give the JSON a .json name")
+    return [Path(out), Path(out).with_suffix(".md")]
+
+
 def main(args: argparse.Namespace) -> int:
     from omniseg.data.formats.coco import read_coco_results
     from omniseg.data.load import load_dataset
-    from omniseg.evaluation.report import metrics_table, per_class_table, write_report
+    from omniseg.evaluation.report import build_report, metrics_table, per_class_table, write_report
 
+    written = report_paths(args.out)
+    check_output_not_input(written, [args.gt, args.pred])
+    log = sys.stderr if args.out == "-" else sys.stdout  # standard output holds the JSON report
     bad = bad_records(args)
     gt = load_dataset(args.gt, on_bad=bad)
     pred = read_coco_results(args.pred, gt, on_bad=bad)
@@ -92,14 +110,21 @@ def main(args: argparse.Namespace) -> int:
     res = evaluate_all(gt, pred, args.iou_type, groups, args.per_class, args.openimages, args.engine)
     # fractions are shown in percent; counts ("mask_num_gt_skipped") are printed as counts
     summary = {k: v for k, v in res.items() if not k.startswith("class/") and "_num_" not in k}
-    print(metrics_table({Path(args.pred).name: summary}))
+    print(metrics_table({Path(args.pred).name: summary}), file=log)
     for k, v in res.items():
         if "_num_" in k and v:
-            print(f"{k}: {int(v)}")
+            print(f"{k}: {int(v)}", file=log)
     if args.per_class:
-        print(per_class_table(res))
-    if args.out:
-        write_report(args.out, res, markdown_path=Path(args.out).with_suffix(".md"), title=f"{args.pred} vs {args.gt}")
-        print(f"report written to {args.out}")
-    report_skips(bad)
+        print(per_class_table(res), file=log)
+    title = f"{args.pred} vs {args.gt}"
+    if args.out == "-":
+        json.dump(build_report(res, title), sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        print("report written to standard output", file=log)
+    elif args.out:
+        write_report(written[0], res, markdown_path=written[1], title=title)
+        print(f"report written to {written[0]} and {written[1]}", file=log)
+    if bad.total:
+        print(bad.summary(), file=log)
     return 0

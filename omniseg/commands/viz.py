@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from omniseg.commands.common import (
     add_bad_record_arg,
     bad_records,
+    check_out_folder,
+    check_output_not_input,
     non_empty_path,
     non_negative_int,
     report_skips,
     unit_float,
 )
 from omniseg.data.errors import BadRecords
+from omniseg.errors import UsageError
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -97,11 +101,26 @@ def per_class_ap_table(results: dict, iou_type: str = "segm"):
                  [[n, 100 * m.get("AP", float("nan")), 100 * m.get("AP50", float("nan"))] for n, m in rows.items()])
 
 
+def check_out_apart(out: str, folders: list[str]) -> None:
+    """A :class:`UsageError` when the output folder is or lies inside one of the input ``folders``
+    (the dataset folder, its image folder), or when its ``images/`` (where the drawings go) is or
+    contains one: drawings must never land among the data. An --out merely containing the dataset
+    elsewhere (``viz data/s --out data``) is fine."""
+    o = Path(os.path.realpath(out))
+    for f in folders:
+        d = Path(os.path.realpath(f))
+        if o == d or d in o.parents or d == o / "images" or o / "images" in d.parents:
+            raise UsageError(f"--out: {out} is an input of this command or overlaps it ({f})")
+
+
 def main(args: argparse.Namespace) -> int:
     from omniseg.data.load import load_dataset
 
+    check_output_not_input(args.out, [args.gt, args.pred])
+    check_out_folder(args.out)
     bad = bad_records(args)
     gt = load_dataset(args.gt, on_bad=bad)
+    check_out_apart(args.out, [f for f in (args.gt, gt.image_root) if f and os.path.isdir(f)])
     pred, tables = None, []
     if args.pred:
         from omniseg.commands.evaluate import evaluate_all

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import hashlib
 import io
 import json
@@ -226,8 +227,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         raise
 
 
+def _check_replaceable(path: str | os.PathLike, target: Path, owned: tuple[str, ...]) -> None:
+    """A :class:`UserError` naming the first entry of the existing folder ``target`` that is not a
+    regular file matching one of the glob patterns ``owned`` (what the writer produces): such a
+    folder holds the user's own files and is never swapped away."""
+    try:
+        entries = sorted(os.scandir(target), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for e in entries:
+        if not (e.is_file(follow_symlinks=False) and any(fnmatch.fnmatch(e.name, p) for p in owned)):
+            raise UserError(f"{path}: exists and holds files this command does not write (e.g. {e.name}); "
+                            "move them or choose another output")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, owned: tuple[str, ...] | None = None) -> Iterator[Path]:
     """Yield an empty temporary sibling folder of ``path``; on success it replaces ``path`` as a whole.
 
     Fill the yielded folder with plain writes. On success the previous folder (if any) is moved
@@ -236,10 +251,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     temporary folder is removed and ``path`` is left untouched. A symlink to a folder is
     written through.
 
+    An existing folder is replaced only if it holds nothing but regular files matching the glob
+    patterns ``owned`` (what this writer produces; checked before and after filling; None: files
+    with the suffixes of those staged, checked before the swap), so unrelated files are never lost.
+
     Raises:
-        UserError: ``path`` is empty or exists and is not a folder.
+        UserError: ``path`` is empty or exists and is not a folder, or holds other files.
     """
     target = _resolve(path, folder=True)
+    if owned is not None:
+        _check_replaceable(path, target, owned)
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(target.parent)
     staging: Path | None = None
@@ -247,6 +268,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
         yield staging
+        if owned is None:
+            owned = tuple(sorted({f"*{Path(n).suffix}" if Path(n).suffix else n for n in os.listdir(staging)}))
+        _check_replaceable(path, target, owned)
         os.chmod(staging, _target_mode(target, new=0o777))
         if target.exists():
             old = staging.with_suffix(".old")

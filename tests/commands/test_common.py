@@ -90,3 +90,23 @@ def test_removed_on_error(tmp_path: Path) -> None:
         (out / "new.txt").write_text("x")
         written.append(out / "new.txt")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt", "old.txt"]
+
+
+def test_check_output_not_input(tmp_path: Path) -> None:
+    from omniseg.commands.common import check_out_file, check_output_not_input
+    from omniseg.errors import UsageError
+
+    ds = tmp_path / "s"
+    (ds / "images").mkdir(parents=True)
+    (ds / "instances.json").write_text("{}")
+    (tmp_path / "link").symlink_to(ds / "instances.json")
+    for out in [ds, ds / "instances.json", ds / "captions.json", ds / "images" / "a.png", tmp_path / "link",
+                f"{ds}/images/../instances.json"]:
+        with pytest.raises(UsageError, match=f"^--out: {out} is an input of this command"):
+            check_output_not_input([tmp_path / "fine.json", out], [None, ds])
+    check_output_not_input([tmp_path / "fine.json", "-", ds / "other.json"], [ds])
+    with pytest.raises(UsageError, match="^--pred: .* is an input"):
+        check_output_not_input(ds / "x.json", [ds / "x.json"], "--pred")
+    with pytest.raises(UsageError, match="names a folder"):
+        check_out_file(f"{tmp_path}/new/")
+    check_out_file("-")

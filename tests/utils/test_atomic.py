@@ -370,3 +370,32 @@ def test_atomic_dir_targets(tmp_path: Path) -> None:
         (d / "n.png").write_bytes(b"n")
     assert (tmp_path / "link").is_symlink() and os.listdir(real) == ["n.png"]
     assert sorted(os.listdir(tmp_path)) == ["file", "link", "real"]
+
+
+def test_atomic_dir_never_swaps_away_foreign_files(tmp_path: Path) -> None:
+    """Only a folder holding nothing but what the writer produces (here: its staged kinds, *.png) is replaced."""
+    target = tmp_path / "pngs"
+    target.mkdir()
+    (target / "old.png").write_bytes(b"old")
+    with atomic_dir(target) as d:
+        (d / "new.png").write_bytes(b"new")
+    assert os.listdir(target) == ["new.png"]
+    (target / "precious.txt").write_text("keep")
+    with pytest.raises(UserError, match=r"pngs: exists and holds files .*\(e\.g\. precious\.txt\)"):
+        with atomic_dir(target) as d:
+            (d / "newer.png").write_bytes(b"newer")
+    assert sorted(os.listdir(target)) == ["new.png", "precious.txt"] and os.listdir(tmp_path) == ["pngs"]
+
+
+def test_atomic_dir_owned_patterns_are_checked_before_writing(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    (target / "sub").mkdir(parents=True)
+    entered = []
+    with pytest.raises(UserError, match=r"\(e\.g\. sub\)"):
+        with atomic_dir(target, owned=("*.png",)):
+            entered.append(1)
+    assert entered == [] and os.listdir(target) == ["sub"]
+    (target / "sub").rmdir()
+    with atomic_dir(target, owned=("*.png",)) as d:  # an empty folder is always replaceable
+        (d / "a.png").write_bytes(b"a")
+    assert os.listdir(target) == ["a.png"]

@@ -1,0 +1,59 @@
+"""``omniseg eval``: the report output never overwrites an input; ``--out -`` is standard output only."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from omniseg.cli import main
+from omniseg.data.synth.generate import SynthConfig, generate_dataset
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ev")
+    generate_dataset(SynthConfig(seed=1, num_images=3, image_size=32), root / "s", progress=False)
+    pred = root / "r.json"
+    assert main(["data", "convert", str(root / "s"), "--to", "coco-results", "--out", str(pred)]) == 0
+    return root / "s", pred
+
+
+@pytest.mark.parametrize("which", ["gt", "pred", "gt-md"])
+def test_out_that_is_an_input_is_refused(inputs: tuple[Path, Path], capsys, which: str) -> None:
+    ds, pred = inputs
+    gt = ds / "instances.json"
+    out = {"gt": str(gt), "pred": str(pred), "gt-md": str(ds / "instances.json")}[which]
+    before = gt.read_bytes(), pred.read_bytes()
+    capsys.readouterr()
+    assert main(["eval", str(gt if which != "gt-md" else ds), "--pred", str(pred), "--out", out]) == 2
+    assert capsys.readouterr().err.startswith(f"omniseg eval: error: --out: {out} is an input of this command")
+    assert (gt.read_bytes(), pred.read_bytes()) == before
+
+
+def test_out_dash_is_json_on_stdout_only(inputs: tuple[Path, Path], tmp_path: Path, capfd, monkeypatch) -> None:
+    ds, pred = inputs
+    monkeypatch.chdir(tmp_path)
+    capfd.readouterr()
+    assert main(["eval", str(ds), "--pred", str(pred), "--out", "-"]) == 0
+    out, err = capfd.readouterr()
+    assert out.endswith("}\n") and json.loads(out)["metrics"]
+    assert "report written to standard output" in err and "mask_AP" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_summary_names_the_markdown_sidecar(inputs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    ds, pred = inputs
+    out = tmp_path / "x.json"
+    assert main(["eval", str(ds), "--pred", str(pred), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.endswith(f"report written to {out} and {tmp_path / 'x.md'}\n")
+    assert sorted(os.listdir(tmp_path)) == ["x.json", "x.md"]
+
+
+def test_md_out_is_refused(inputs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    ds, pred = inputs
+    assert main(["eval", str(ds), "--pred", str(pred), "--out", str(tmp_path / "x.md")]) == 2
+    assert "the markdown report is written next to the JSON one" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
