@@ -1,7 +1,17 @@
 """Benchmark: ALP curation (``omniseg curate alps``) speed and quality on synthetic narratives.
 
-    .venv/bin/python bench/alp_curation.py                        # 2,000 narratives, 1 and 2 workers
+    OMP_NUM_THREADS=1 .venv/bin/python bench/alp_curation.py       # 2,000 narratives, 1 and 2 workers
     .venv/bin/python bench/alp_curation.py --narratives 300 --workers 1
+
+Throughput against the tagger (``tagger_ratio``), in one process, repetitions interleaved,
+medians: (a) spaCy tagging alone with every component of the loaded pipeline (``tag_texts``:
+tok2vec, tagger, attribute ruler, lemmatizer), (b) the tagging curation does
+(:class:`omniseg.curate.pos.PosTagger`: tok2vec and tagger through ``nlp.pipe``, the rule
+components memoized, same tokens), (c) full curation of the same narratives by a warm worker
+(``_process_chunk`` over all chunks: read, parse, tag, align, box, write), and the ratios c/a, c/b.
+The rows below add end-to-end ``curate_alps`` runs with 1 and 2 worker processes (spaCy load,
+chunk planning and merge included); ``cpu_ms_per_narrative`` gives the per-core rate on a shared
+machine.
 
 Speed: narratives / s of :func:`omniseg.curate.alps_run.curate_alps` (parse, tag, align, box, write),
 fresh output folder per worker count, extrapolated to the COCO subset of Localized Narratives
@@ -96,6 +106,47 @@ def speed(path: Path, sizes: dict, workers: list[int], chunk_lines: int, n: int)
                      "cpu_ms_per_narrative": round(1000 * cpu / n, 2), "load_average_1min": os.getloadavg()[0],
                      "alps": stats["alps"], "resume_all_done_seconds": round(resumed, 3)})
     return rows
+
+
+def tagger_ratio(path: Path, sizes: dict, captions: list[str], chunk_lines: int, reps: int = 3) -> dict:
+    """Narratives / s of (a) stock spaCy tagging, (b) curation's tagging, (c) full curation by a warm
+    worker; interleaved repetitions, medians (see the module docstring)."""
+    from omniseg.curate import alps_run
+    from omniseg.curate.pos import PosTagger
+
+    nlp = load_tagger()
+    tagger = PosTagger(nlp)
+    chunks = alps_run.plan_chunks(path, chunk_lines)
+    n = len(captions)
+    times: dict[str, list[float]] = {"spacy_all_components": [], "curation_tagging": [], "full_curation": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        alps_run._init_worker(sizes, AlpConfig())
+        try:
+            list(tagger.pipe(captions, AlpConfig().batch_size))  # warm both memos (steady state of a long run)
+            for c in chunks:
+                alps_run._process_chunk((str(path), c, tmp, "skip"))
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                list(tag_texts(nlp, captions, AlpConfig().batch_size))
+                t1 = time.perf_counter()
+                list(tagger.pipe(captions, AlpConfig().batch_size))
+                t2 = time.perf_counter()
+                for c in chunks:
+                    alps_run._process_chunk((str(path), c, tmp, "skip"))
+                t3 = time.perf_counter()
+                for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+                    times[k].append(dt)
+        finally:
+            alps_run._WORKER.clear()
+    rate = {k: round(n / float(np.median(v)), 1) for k, v in times.items()}
+    return {
+        "narratives": n, "repetitions": reps, "narratives_per_s": rate,
+        "full_over_spacy_all_components": round(rate["full_curation"] / rate["spacy_all_components"], 3),
+        "full_over_curation_tagging": round(rate["full_curation"] / rate["curation_tagging"], 3),
+        "curation_tagging_over_spacy_all_components": round(
+            rate["curation_tagging"] / rate["spacy_all_components"], 3),
+        "load_average_1min": os.getloadavg()[0],
+    }
 
 
 def quality(scenes, tokens, t_pads: list[float], min_points: list[int]) -> dict:
@@ -219,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         short_path, long_path = Path(tmp) / "short.jsonl", Path(tmp) / "long.jsonl"
         write_jsonl(short_path, narrs)
         write_jsonl(long_path, longs)
+        result["tagger_ratio"] = tagger_ratio(short_path, sizes, [n.caption for _, n in narrs], args.chunk_lines)
         result["short"] = {**shape(narrs), "rows": speed(short_path, sizes, args.workers, args.chunk_lines, len(narrs))}
         result["long"] = {**shape(longs), "rows": speed(long_path, sizes, args.workers, max(1, args.chunk_lines // args.concat),
                                                        len(longs))}

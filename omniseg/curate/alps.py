@@ -5,6 +5,9 @@ For each narrative: tag the caption (:mod:`.pos`), extract ``ADJ* NOUN+`` phrase
 union ``(T1, T2)`` of its utterances' intervals and the trace points with ``t`` in
 ``(T1 - t_p, T2 + t_p)`` (t_p = 0.5 s, paper section 3.1), and the box spanned by those points
 (normalized coordinates scaled by the image size, clipped to the image).
+:func:`narrative_alps` does the alignment and the windows for all phrases of a narrative at once
+(phrases x words and phrases x points masks); :func:`window_points` / :func:`points_box` are the
+per-phrase form it is tested against.
 
 Output (``OUT/alps.jsonl``), one ALP per line::
 
@@ -24,21 +27,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from omniseg.curate.phrases import (
-    DEFAULT_NON_OBJECT,
-    DEFAULT_STUFF,
-    align_utterances,
-    extract_phrases,
-    phrase_interval,
-)
-from omniseg.curate.pos import TaggedToken
+from omniseg.curate.phrases import DEFAULT_NON_OBJECT, DEFAULT_STUFF, extract_phrases, phrase_intervals
+from omniseg.curate.pos import TaggedToken, TokenRow
 from omniseg.data.errors import BadRecords
 from omniseg.data.formats.narratives import InvalidNarrative, id_key, parse_narrative_obj
 from omniseg.data.records import Box, Instance, Narrative, RecordSet
@@ -110,18 +108,118 @@ def trace_array(narrative: Narrative) -> np.ndarray:
     return np.asarray(pts, dtype=np.float64).reshape(-1, 3)
 
 
+_NUMBER_CHARS = np.zeros(256, dtype=bool)
+_NUMBER_CHARS[list(b"0123456789.eE+-")] = True
+_CLASS = np.zeros(256, dtype=np.int8)  # 0 structure, 1 digit, 2 '.', 3 e/E, 4 '+', 5 '-'
+_CLASS[list(b"0123456789")] = 1
+_CLASS[ord(".")], _CLASS[ord("e")], _CLASS[ord("E")], _CLASS[ord("+")], _CLASS[ord("-")] = 2, 3, 3, 4, 5
+#: (previous, next) character classes allowed inside a JSON number
+_PAIRS = np.zeros((6, 6), dtype=bool)
+for _p, _n in ((1, 1), (1, 2), (1, 3), (2, 1), (3, 1), (3, 4), (3, 5), (4, 1), (5, 1)):
+    _PAIRS[_p, _n] = True
+_POINT_SKELETON = b'{"x": , "y": , "t": }'
+_TRACES_SKELETON = re.compile(rb"\[\[P(?:, P)*(?:\], \[P(?:, P)*)*\]\]")
+_TRACES_KEY = re.compile(rb'"traces"\s*:\s*')
+_SENTINEL = "omniseg:traces"
+
+
+def _json_numbers(text: bytes) -> np.ndarray | None:
+    """The numbers of a traces array in the canonical layout of ``json.dumps``
+    (``[[{"x": 0.1, "y": 0.2, "t": 0.3}, ...], ...]``), or None for anything else.
+
+    Vectorized over the bytes: the text without its number characters must be that layout with
+    one number slot per coordinate, and every run of number characters a JSON number (checked by
+    character-class pairs, start / end classes, at most one '.' before at most one exponent, no
+    leading zero). Numbers are read as json does (correctly rounded to float64).
+    """
+    b = np.frombuffer(text, dtype=np.uint8)
+    is_num = _NUMBER_CHARS[b]
+    skeleton = b[~is_num].tobytes()
+    n_points = skeleton.count(_POINT_SKELETON)
+    if not n_points or not _TRACES_SKELETON.fullmatch(skeleton.replace(_POINT_SKELETON, b"P")):
+        return None
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], is_num, [False])).view(np.int8)))
+    starts, ends = edges[0::2], edges[1::2]
+    if len(starts) != 3 * n_points:  # a slot without a number
+        return None
+    cls = _CLASS[b]
+    inner = is_num[1:] & is_num[:-1]  # pairs of neighbours inside one run
+    if not _PAIRS[cls[:-1][inner], cls[1:][inner]].all():
+        return None
+    first, last = cls[starts], cls[ends - 1]
+    if not ((first == 1) | (first == 5)).all() or not (last == 1).all():
+        return None
+    lead = starts + (first == 5)  # first digit of the integer part
+    lead_next = np.minimum(lead + 1, len(b) - 1)
+    if ((b[lead] == ord("0")) & (lead + 1 < ends) & (cls[lead_next] == 1)).any():
+        return None
+    run = np.cumsum(np.concatenate(([0], np.diff(is_num.view(np.int8)) == 1)))  # run id per char (+1)
+    dots = np.bincount(run[cls == 2], minlength=len(starts) + 1)
+    exps = np.bincount(run[cls == 3], minlength=len(starts) + 1)
+    if (dots > 1).any() or (exps > 1).any():
+        return None
+    if (dots.any() and exps.any()):  # '.' must come before 'e'
+        dot_at = np.full(len(starts) + 1, -1)
+        exp_at = np.full(len(starts) + 1, len(b))
+        dot_at[run[cls == 2]] = np.flatnonzero(cls == 2)
+        exp_at[run[cls == 3]] = np.flatnonzero(cls == 3)
+        if (dot_at > exp_at).any():
+            return None
+    values = np.fromstring(np.where(is_num, b, ord(" ")).astype(np.uint8).tobytes(), dtype=np.float64, sep=" ")
+    if len(values) != 3 * n_points:
+        return None
+    # json reads "-0" as the int 0, which becomes +0.0 (a float "-0.0" or "-0e0" stays -0.0)
+    values[(first == 5) & (dots[1:] == 0) & (exps[1:] == 0) & (values == 0)] = 0.0
+    return values
+
+
+def _parse_line_fast(raw: bytes) -> tuple[dict, np.ndarray] | None:
+    """(decoded line without its traces, P x 3 points) for a line whose traces are in json.dumps'
+    canonical layout; None when that cannot be shown (then the line takes the general path).
+
+    The traces array is cut out and replaced by a sentinel string, the rest decoded by json.
+    That equals decoding the whole line when "traces" occurs once, unescaped, as the top-level
+    key whose value is the cut-out array (no ``\\u`` escapes could spell another such key).
+    """
+    if raw.count(b'"traces"') != 1 or b"\\u" in raw or _SENTINEL.encode() in raw:
+        return None
+    m = _TRACES_KEY.search(raw)
+    if m is None or m.start() == 0 or raw[m.start() - 1] == ord("\\"):
+        return None
+    s = m.end()
+    e = raw.find(b"]]", s) + 2
+    if e < 2 or not raw.startswith(b"[[{", s):
+        return None
+    values = _json_numbers(raw[s:e])
+    if values is None or not np.isfinite(values).all():
+        return None
+    obj = json.loads(raw[:s] + b'"' + _SENTINEL.encode() + b'"' + raw[e:])
+    if not isinstance(obj, dict) or obj.get("traces") != _SENTINEL:
+        return None
+    return obj, values.reshape(-1, 3)
+
+
 def parse_line(raw: bytes) -> tuple[str, Narrative, np.ndarray]:
     """One narratives JSONL line -> (image id, narrative without traces, P x 3 trace points).
 
     Validation is the narratives reader's (:func:`~omniseg.data.formats.narratives.parse_narrative_obj`,
     same messages); the traces, most of a line, take a vectorized path (building one ``TracePoint``
     per sample was the slowest step of curation), and the reader's parser runs on them only
-    to name the problem when the fast check fails.
+    to name the problem when the fast check fails. Traces in json.dumps' layout are not even
+    decoded by json (:func:`_parse_line_fast`; the numbers are read straight from the bytes).
 
     Raises:
         json.JSONDecodeError / UnicodeDecodeError: malformed JSON.
         InvalidNarrative (a ValueError): the reader's message.
     """
+    try:
+        fast = _parse_line_fast(raw)
+    except (ValueError, UnicodeDecodeError):  # the general path names the problem
+        fast = None
+    if fast is not None:
+        obj, points = fast
+        image_id, narrative = parse_narrative_obj({**obj, "traces": []})
+        return image_id, narrative, points
     obj = json.loads(raw)
     traces = obj.get("traces") if isinstance(obj, dict) else None
     if not isinstance(traces, list):
@@ -171,13 +269,19 @@ def points_box(points: np.ndarray, width: int, height: int) -> Box | None:
 
 def narrative_alps(
     narrative: Narrative,
-    tokens: list[TaggedToken],
+    tokens: Sequence[TaggedToken | TokenRow],
     width: int,
     height: int,
     cfg: AlpConfig,
     points: np.ndarray | None = None,
 ) -> NarrativeAlps:
     """ALPs of one narrative whose caption was tagged into ``tokens``.
+
+    All phrases at once: their ``(T1, T2)`` (:func:`~omniseg.curate.phrases.phrase_intervals`),
+    an F x P mask of the points in their windows, and masked min / max of x and y. The box of a
+    kept phrase is then :func:`points_box`'s arithmetic on those extremes; where an extreme is
+    0 or not finite (the sign of a zero, or a NaN, could depend on which equal point a reduction
+    returns) it is :func:`points_box` itself on the phrase's window.
 
     Args:
         points: P x 3 (x, y, t) trace points, when already extracted (else from ``narrative.traces``).
@@ -187,23 +291,40 @@ def narrative_alps(
     out.dropped.update({k: v for k, v in dropped.items() if v})
     if not phrases:
         return out
-    char_utt = align_utterances(narrative.caption, narrative.timed_caption)
     if points is None:
         points = trace_array(narrative)
-    for p in phrases:
-        interval = phrase_interval(p.start, p.end, char_utt, narrative.timed_caption)
-        if interval is None:
+    t1, t2, aligned = phrase_intervals(narrative.caption, narrative.timed_caption, [(p.start, p.end) for p in phrases])
+    t = points[:, 2]
+    win = (t[None, :] > (t1 - cfg.t_pad)[:, None]) & (t[None, :] < (t2 + cfg.t_pad)[:, None])  # F x P
+    counts = win.sum(axis=1).tolist()
+    shape = win.shape
+    ext = [
+        np.min(np.broadcast_to(points[:, 0], shape), axis=1, where=win, initial=np.inf),
+        np.max(np.broadcast_to(points[:, 0], shape), axis=1, where=win, initial=-np.inf),
+        np.min(np.broadcast_to(points[:, 1], shape), axis=1, where=win, initial=np.inf),
+        np.max(np.broadcast_to(points[:, 1], shape), axis=1, where=win, initial=-np.inf),
+    ]
+    exact = (np.isfinite(np.stack(ext)) & (np.stack(ext) != 0)).all(axis=0).tolist()
+    x_min, x_max, y_min, y_max = (e.tolist() for e in ext)
+    t1l, t2l, ok = t1.tolist(), t2.tolist(), aligned.tolist()
+    fw, fh = float(width), float(height)
+    for i, p in enumerate(phrases):
+        if not ok[i]:
             out.dropped["not_aligned"] += 1
             continue
-        win = window_points(points, interval[0], interval[1], cfg.t_pad)
-        if len(win) < cfg.min_points:
+        if counts[i] < cfg.min_points:
             out.dropped["too_few_points"] += 1
             continue
-        box = points_box(win, width, height)
+        if exact[i]:
+            x0, x1 = min(max(x_min[i] * width, 0.0), fw), min(max(x_max[i] * width, 0.0), fw)
+            y0, y1 = min(max(y_min[i] * height, 0.0), fh), min(max(y_max[i] * height, 0.0), fh)
+            box = None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
+        else:
+            box = points_box(points[win[i]], width, height)
         if box is None:
             out.dropped["degenerate_box"] += 1
             continue
-        out.alps.append(Alp(p.text, box, len(win), interval[0], interval[1]))
+        out.alps.append(Alp(p.text, box, counts[i], t1l[i], t2l[i]))
     return out
 
 

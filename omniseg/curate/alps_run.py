@@ -2,7 +2,8 @@
 
 :func:`curate_alps` splits a Localized Narratives JSONL file into chunks of lines (one streaming
 pass, :func:`plan_chunks`), curates each chunk in one of ``workers`` processes with the
-per-narrative logic of :mod:`omniseg.curate.alps` (one spaCy pipeline per worker), and leaves
+per-narrative logic of :mod:`omniseg.curate.alps` (one spaCy pipeline per worker, tagging
+through :class:`omniseg.curate.pos.PosTagger`), and leaves
 ``OUT/chunks/alps-K.jsonl`` plus a done marker per chunk (:func:`chunk_paths`, both written
 atomically). A re-run with the same settings (``OUT/manifest.json``) skips chunks that have their
 marker; then the chunk files are merged into ``OUT/alps.jsonl`` (format in
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from omniseg.curate.alps import DROP_REASONS, AlpConfig, alp_json, narrative_alps, parse_line
+from omniseg.curate.pos import available_model
 from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.formats.narratives import InvalidNarrative, id_key
 from omniseg.data.records import Narrative
@@ -77,20 +79,19 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(sizes: dict[str, tuple[int | str, int, int]], cfg: AlpConfig) -> None:
-    from omniseg.curate.pos import load_tagger
+    from omniseg.curate.pos import PosTagger, load_tagger
 
-    _WORKER.update(sizes=sizes, cfg=cfg, nlp=load_tagger(cfg.model))
+    _WORKER.update(sizes=sizes, cfg=cfg, tagger=PosTagger(load_tagger(cfg.model)))
 
 
 def _init_pool_worker(sizes: dict[str, tuple[int | str, int, int]], cfg: AlpConfig) -> None:
-    """:func:`_init_worker` in a pool process (unless forked from a parent that ran it).
+    """:func:`_init_worker` in a pool process.
 
     Ctrl-C is left to the parent, which then ends the pool with SIGTERM (``Pool.terminate``);
     that ends a worker quietly: the chunk file being written is removed, no traceback is printed.
     """
     quiet_pool_worker()
-    if not _WORKER:  # not inherited from the parent (spawn)
-        _init_worker(sizes, cfg)
+    _init_worker(sizes, cfg)
 
 
 def _process_chunk(job: tuple[str, Chunk, str, str]) -> dict[str, Any]:
@@ -99,10 +100,8 @@ def _process_chunk(job: tuple[str, Chunk, str, str]) -> dict[str, Any]:
     Returns the done marker's content, or ``{"error": [file, record, reason]}`` for a bad record
     under the "error" policy (exceptions with custom constructors do not cross process borders).
     """
-    from omniseg.curate.pos import tag_texts
-
     path, chunk, out_dir, policy = job
-    sizes, cfg, nlp = _WORKER["sizes"], _WORKER["cfg"], _WORKER["nlp"]
+    sizes, cfg, tagger = _WORKER["sizes"], _WORKER["cfg"], _WORKER["tagger"]
     bad = BadRecords(policy=policy)
     items: list[tuple[int, int | str, int, int, Narrative, np.ndarray]] = []
     image_keys: set[str] = set()
@@ -136,7 +135,7 @@ def _process_chunk(job: tuple[str, Chunk, str, str]) -> dict[str, Any]:
     lines = []
     n_alps = 0
     for (lineno, real_id, w, h, narrative, points), tokens in zip(
-        items, tag_texts(nlp, (it[4].caption for it in items), cfg.batch_size)
+        items, tagger.pipe((it[4].caption for it in items), cfg.batch_size)
     ):
         res = narrative_alps(narrative, tokens, w, h, cfg, points)
         dropped.update(res.dropped)
@@ -244,10 +243,11 @@ def curate_alps(
             results: Iterator[dict[str, Any]] = map(_process_chunk, jobs)
             _drain(results, bar)
         elif jobs:
-            fork = "fork" in mp.get_all_start_methods()
-            if fork:  # spaCy is loaded once, here: the workers inherit it, and a missing model fails once
-                _init_worker(sizes, cfg)
-            ctx = mp.get_context("fork" if fork else "spawn")
+            # a missing model fails once, here, not in every worker (a pool would restart them forever);
+            # each worker loads its own pipeline: forking a parent that has run spaCy / torch can
+            # inherit a lock held by one of its threads (a worker hung that way under load)
+            available_model(cfg.model)
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ctx.Pool(min(workers, len(jobs)), initializer=_init_pool_worker, initargs=(sizes, cfg)) as pool:
                 _drain(pool.imap_unordered(_process_chunk, jobs), bar)
     finally:

@@ -13,19 +13,23 @@ dropped the same way (:data:`DEFAULT_NON_OBJECT`); every Localized Narrative sta
 Hyphenated compounds the tokenizer splits ("five-pointed", "t-shirt") are treated as one word:
 a noun when their last part is a noun, else an adjective (a compound modifier).
 
-A phrase's time span comes from the ``timed_caption``: :func:`align_utterances` maps caption
-characters to utterances, :func:`phrase_interval` takes the union of the phrase's utterance
-intervals (paper section 3.1: "the union of utterance time-intervals of its words").
+A phrase's time span comes from the ``timed_caption``: the union of the intervals of the
+utterances its words were spoken in (paper section 3.1: "the union of utterance time-intervals
+of its words"). :func:`phrase_intervals` does that for all phrases of a caption at once (word
+alignment, then one phrases x words mask); :func:`align_utterances` / :func:`phrase_interval`
+are the per-character, per-phrase form it is tested against.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from omniseg.curate.pos import TaggedToken
+import numpy as np
+
+from omniseg.curate.pos import TaggedToken, TokenRow
 from omniseg.data.records import Utterance
 
 NOUN_POS = frozenset({"NOUN", "PROPN"})
@@ -70,9 +74,12 @@ class Phrase:
     head_lemma: str
 
 
-def _words(tokens: list[TaggedToken]) -> list[tuple[list[TaggedToken], str]]:
+Token = TaggedToken | TokenRow
+
+
+def _words(tokens: Sequence[Token]) -> list[tuple[list[Token], str]]:
     """Group hyphen-joined tokens ("five", "-", "pointed") into words with one POS."""
-    groups: list[list[TaggedToken]] = []
+    groups: list[list[Token]] = []
     for tok in tokens:
         prev = groups[-1][-1] if groups else None
         if prev is not None and not prev.space_after and (tok.text == "-" or prev.text == "-") and tok.text != prev.text:
@@ -90,8 +97,9 @@ def _words(tokens: list[TaggedToken]) -> list[tuple[list[TaggedToken], str]]:
     return out
 
 
-def candidate_phrases(caption: str, tokens: list[TaggedToken]) -> list[Phrase]:
-    """All ``ADJ* NOUN+`` runs of ``tokens`` (a tagged ``caption``), stuff not yet removed."""
+def candidate_phrases(caption: str, tokens: Sequence[Token]) -> list[Phrase]:
+    """All ``ADJ* NOUN+`` runs of ``tokens`` (a tagged ``caption``; :class:`TaggedToken` s or
+    :class:`TokenRow` s), stuff not yet removed."""
     words = _words(tokens)
     out: list[Phrase] = []
     i = 0
@@ -104,10 +112,11 @@ def candidate_phrases(caption: str, tokens: list[TaggedToken]) -> list[Phrase]:
             k += 1
         if k > j:  # at least one noun
             first, last = words[i][0][0], words[k - 1][0][-1]
+            end = last.start + len(last.text)
             head_tok = words[k - 1][0]
-            head = caption[head_tok[0].start : head_tok[-1].end].lower()
+            head = caption[head_tok[0].start : end].lower()
             lemma = head if len(head_tok) > 1 else (head_tok[0].lemma or head)
-            out.append(Phrase(caption[first.start : last.end].lower(), first.start, last.end, head, lemma))
+            out.append(Phrase(caption[first.start : end].lower(), first.start, end, head, lemma))
             i = k
         else:
             i = max(j, i + 1)
@@ -122,7 +131,7 @@ def is_dropped(phrase: Phrase, words: Iterable[str] | frozenset[str]) -> bool:
 
 def extract_phrases(
     caption: str,
-    tokens: list[TaggedToken],
+    tokens: Sequence[Token],
     stuff: Iterable[str] = DEFAULT_STUFF,
     non_object: Iterable[str] = DEFAULT_NON_OBJECT,
 ) -> tuple[list[Phrase], dict[str, int]]:
@@ -131,8 +140,8 @@ def extract_phrases(
     Returns:
         the kept phrases in caption order, and counts of dropped ones {"stuff": n, "non_object": m}.
     """
-    stuff_set = frozenset(w.lower() for w in stuff)
-    other_set = frozenset(w.lower() for w in non_object)
+    stuff_set = _lower_set(stuff)
+    other_set = _lower_set(non_object)
     kept: list[Phrase] = []
     dropped = {"stuff": 0, "non_object": 0}
     for p in candidate_phrases(caption, tokens):
@@ -143,6 +152,22 @@ def extract_phrases(
         else:
             kept.append(p)
     return kept, dropped
+
+
+def _lower_set(words: Iterable[str]) -> frozenset[str]:
+    if isinstance(words, tuple):
+        return _lower_set_cached(words)
+    return frozenset(w.lower() for w in words)
+
+
+_LOWER_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _lower_set_cached(words: tuple[str, ...]) -> frozenset[str]:
+    out = _LOWER_SETS.get(words)
+    if out is None:
+        out = _LOWER_SETS[words] = frozenset(w.lower() for w in words)
+    return out
 
 
 _WORD = re.compile(r"[^\W_]+")
@@ -191,3 +216,60 @@ def phrase_interval(
     if not ks:
         return None
     return min(utterances[k].start_time for k in ks), max(utterances[k].end_time for k in ks)
+
+
+def _match_words(cap_words: list[str], utt_words: list[str]) -> Iterable[tuple[int, int]]:
+    """(caption word, utterance word) index pairs: all when the word lists are equal, else the
+    longest common runs (difflib), as :func:`align_utterances` matches them."""
+    if cap_words == utt_words:
+        return zip(range(len(cap_words)), range(len(cap_words)))
+    blocks = difflib.SequenceMatcher(None, cap_words, utt_words, autojunk=False).get_matching_blocks()
+    return ((a + d, b + d) for a, b, n in blocks for d in range(n))
+
+
+def align_words(caption: str, utterances: list[Utterance]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Caption words and the utterance each was spoken in (the word form of :func:`align_utterances`).
+
+    The utterance texts are joined by newlines (never inside a word) and scanned once.
+
+    Returns:
+        W word starts, W word ends (character spans in the caption), W utterance indices (-1: none);
+        int64 arrays.
+    """
+    cap = [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(caption)]
+    joined = "\n".join(u.utterance for u in utterances)
+    found = [(m.group().lower(), m.start()) for m in _WORD.finditer(joined)]
+    offsets = np.cumsum([0] + [len(u.utterance) + 1 for u in utterances[:-1]])
+    owner = np.searchsorted(offsets, np.array([p for _, p in found], dtype=np.int64), side="right") - 1
+    word_utt = np.full(len(cap), -1, dtype=np.int64)
+    pairs = list(_match_words([w for w, _, _ in cap], [w for w, _ in found]))
+    if pairs:
+        ci, uj = np.array(pairs, dtype=np.int64).T
+        word_utt[ci] = owner[uj]
+    starts = np.array([s for _, s, _ in cap], dtype=np.int64)
+    ends = np.array([e for _, _, e in cap], dtype=np.int64)
+    return starts, ends, word_utt
+
+
+def phrase_intervals(
+    caption: str, utterances: list[Utterance], spans: Sequence[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`phrase_interval` of every span ``[start, end)`` of ``caption`` at once.
+
+    A span's utterances are those of the aligned words sharing a character with it; ``(T1, T2)``
+    is the min start / max end time over them.
+
+    Returns:
+        F ``T1``, F ``T2`` (float64; inf / -inf where not aligned), F bool "aligned".
+    """
+    n = len(spans)
+    if not n or not utterances:
+        return np.full(n, np.inf), np.full(n, -np.inf), np.zeros(n, dtype=bool)
+    ws, we, wu = align_words(caption, utterances)
+    span = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    hit = (ws[None, :] < span[:, 1:2]) & (we[None, :] > span[:, 0:1]) & (wu >= 0)[None, :]  # F x W
+    times = np.array([(u.start_time, u.end_time) for u in utterances], dtype=np.float64).reshape(-1, 2)
+    idx = np.maximum(wu, 0)
+    t1 = np.min(np.broadcast_to(times[idx, 0], hit.shape), axis=1, where=hit, initial=np.inf)
+    t2 = np.max(np.broadcast_to(times[idx, 1], hit.shape), axis=1, where=hit, initial=-np.inf)
+    return t1, t2, hit.any(axis=1)
