@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train" and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra  # `train c.yaml --overwrite key=value`: overrides after a flag
+    elif extra:
+        parser.parse_args(argv)  # the usual usage error (exit 2) for what is left
     if args.command is None:
         parser.print_help()
         return 0

@@ -470,3 +470,14 @@ def test_viz_image_of_another_size(synth: Path, tmp_path: Path, capsys) -> None:
     assert main(["viz", str(data), "--out", str(out), "--no-progress", "--on-bad-record", "skip"]) == 0
     assert "skipped 1 bad record(s)" in capsys.readouterr().out
     assert len(list((out / "images").iterdir())) == 2
+
+
+def test_train_overrides_may_follow_a_flag_and_other_leftovers_are_usage_errors(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("recipe: box_to_mask\n")
+    # the override after --overwrite reaches the config: its bad value is reported by name
+    err = _error(["train", str(cfg), "--overwrite", "data.batch_size=0"], capsys)
+    assert err == "omniseg train: error: command line: data.batch_size: must be >= 1, got 0"
+    assert "unrecognized arguments: --bogus" in _usage(["train", str(cfg), "--overwrite", "--bogus"], capsys)
+    assert "unrecognized arguments: stray" in _usage(["train", str(cfg), "--overwrite", "stray"], capsys)
+    assert "unrecognized arguments: a=1" in _usage(["eval", "x.json", "--pred", "y.json", "a=1"], capsys)

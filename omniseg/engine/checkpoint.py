@@ -47,6 +47,11 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 # --------------------------------------------------------------------------- tensors
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint that does not fit the model or optimizer it is loaded into (another
+    model config or recipe): not damage, so resuming does not fall back to an older one for it."""
+
+
 def _tensors_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU, contiguous, unshared copies (safetensors refuses tensors sharing memory)."""
     out, seen = {}, set()
@@ -272,7 +277,7 @@ def load_state_into(module: nn.Module, weights: dict[str, torch.Tensor], path: s
     own = module.state_dict()
     for key, mine in own.items():
         if key in weights and tuple(weights[key].shape) != tuple(mine.shape):
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"{path}: does not match the model: {key} is {tuple(weights[key].shape)} in the file but "
                 f"{tuple(mine.shape)} in the model (weights of another recipe or model config?)")
     missing = [k for k in own if k not in weights]
@@ -280,7 +285,7 @@ def load_state_into(module: nn.Module, weights: dict[str, torch.Tensor], path: s
     if missing or unexpected:
         parts = [f"{len(missing)} model tensors missing (first: {missing[0]})" if missing else "",
                  f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})" if unexpected else ""]
-        raise CheckpointError(f"{path}: does not match the model: " + ", ".join(p for p in parts if p))
+        raise CheckpointMismatchError(f"{path}: does not match the model: " + ", ".join(p for p in parts if p))
     module.load_state_dict(weights, strict=True)
 
 
@@ -335,7 +340,7 @@ def load_checkpoint(
         try:
             optimizer.load_state_dict(optimizer_state_join(tensors, state["optimizer"]))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{path}: optimizer state does not match: {e}") from None
+            raise CheckpointMismatchError(f"{path}: optimizer state does not match: {e}") from None
     if ema is not None:
         if (path / "ema.safetensors").exists():
             ema.load_state_dict(_read_safetensors(path / "ema.safetensors"), state.get("ema"))

@@ -69,7 +69,7 @@ class TrainConfig:
 
     output_dir: str = "runs/default"
     max_iter: int = bounded(1000, ge=1)
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     deterministic: bool = False
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     # optimizer
@@ -94,12 +94,16 @@ class TrainConfig:
     ema_decay: float | None = bounded(None, ge=0, le=1)  # e.g. 0.996 for MAL's teacher
     # periodic work
     log_period: int = bounded(20, ge=1)
-    checkpoint_period: int = bounded(1000, ge=0)  # 0: no checkpoints
+    checkpoint_period: int = bounded(1000, ge=0)  # 0: only the final step is saved
     keep_checkpoints: int = bounded(2, ge=0)  # 0: keep all
     eval_period: int = bounded(0, ge=0)  # 0: evaluate only at the end (if an eval_fn is given)
     eval_ema: bool = False  # evaluate the EMA weights instead of the live ones
     progress: bool = True  # tqdm bar (also off when stderr is not a TTY)
     find_unused_parameters: bool = False  # DDP
+
+    def __post_init__(self) -> None:
+        if not self.output_dir.strip():  # "" would train into the current directory
+            raise ConfigError("train.output_dir: empty path")
 
 
 # --------------------------------------------------------------------------- conversion
@@ -116,13 +120,17 @@ def _parse_str_scalar(value: str, tp: type, where: str) -> Any:
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
 
 
-def convert_value(value: Any, tp: Any, where: str) -> Any:
+def convert_value(value: Any, tp: Any, where: str, strict: bool = False) -> Any:
     """Convert ``value`` (from YAML or the command line) to the field type ``tp``.
 
     Args:
         value: the raw value.
         tp: a resolved type annotation.
         where: "file: key" used in error messages.
+        strict: a string is not an int, a bool or a non-string Literal (YAML, whose scalars are
+            typed: ``max_iter: "1"`` is a mistake). Command-line values are always strings, so
+            they are converted with ``strict=False``. Floats accept strings either way (YAML 1.1
+            reads ``1e-3`` as a string).
 
     Raises:
         ConfigError: naming ``where`` when the value does not fit the type.
@@ -140,7 +148,7 @@ def convert_value(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return convert_value(value, arg, where)
+                return convert_value(value, arg, where, strict)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"{where}: {value!r} matches none of {tp}: " + "; ".join(errors))
@@ -149,12 +157,12 @@ def convert_value(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         for choice in args:  # allow "3" for Literal[3] from the command line
             if value == choice or (
-                isinstance(value, str) and not isinstance(choice, str) and value == str(choice)
+                not strict and isinstance(value, str) and not isinstance(choice, str) and value == str(choice)
             ):
                 return choice
         raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
     if origin in (list, tuple):
-        if isinstance(value, str):
+        if isinstance(value, str) and not strict:
             try:
                 value = (
                     yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
@@ -165,22 +173,24 @@ def convert_value(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if origin is list:
             (item,) = args or (Any,)
-            return [convert_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+            return [convert_value(v, item, f"{where}[{i}]", strict) for i, v in enumerate(value)]
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(convert_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+            return tuple(convert_value(v, args[0], f"{where}[{i}]", strict) for i, v in enumerate(value))
         if args and len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(convert_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(convert_value(v, a, f"{where}[{i}]", strict) for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        if not strict and isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             return value.lower() in ("true", "yes", "on", "1")
         raise ConfigError(f"{where}: expected a bool, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, str):
+            if strict:
+                raise ConfigError(f"{where}: expected int, got {value!r} (a string: write it without quotes)")
             return _parse_str_scalar(value, int, where)
         raise ConfigError(f"{where}: expected an int, got {value!r}")
     if tp is float:
@@ -202,11 +212,12 @@ def convert_value(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for section {tp.__name__}, got {value!r}")
-        return config_from_dict(tp, value, where, _nested=True)
+        return config_from_dict(tp, value, where, _nested=True, strict=strict)
     raise ConfigError(f"{where}: unsupported field type {tp}")
 
 
-def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", *, _nested: bool = False) -> T:
+def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", *, _nested: bool = False,
+                     strict: bool = False) -> T:
     """Build dataclass ``cls`` from a (nested) dict, converting and validating every value.
 
     Args:
@@ -214,6 +225,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>",
         data: mapping of field name to value (sections as nested mappings).
         source: a file name for error messages, which name a key as on the command line:
             ``<file>: train.max_iter: ...``.
+        strict: see :func:`convert_value` (True for YAML files, False for command-line strings).
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
@@ -226,15 +238,18 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>",
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         where = f"{source}.{f.name}" if _nested else f"{source}: {f.name}"
         if f.name in data:
-            kwargs[f.name] = convert_value(data[f.name], hints[f.name], where)
+            kwargs[f.name] = convert_value(data[f.name], hints[f.name], where, strict)
             if "bounds" in f.metadata:
                 check_bounds(kwargs[f.name], f.metadata["bounds"], where)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             if dataclasses.is_dataclass(hints[f.name]):
-                kwargs[f.name] = config_from_dict(hints[f.name], {}, where, _nested=True)
+                kwargs[f.name] = config_from_dict(hints[f.name], {}, where, _nested=True, strict=strict)
             else:
                 raise ConfigError(f"{source}: missing required key {f.name!r} for {cls.__name__}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a __post_init__ check (it names the key as section.key)
+        raise ConfigError(f"{source.split(':')[0]}: {e}") from None
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -254,14 +269,19 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["train.lr=0.1", "model.name=x"]`` into a nested dict of raw strings.
 
     Values stay strings here; :func:`convert_value` converts them using the field type,
-    so ``model.name=1e3`` stays the string "1e3" for a str field.
+    so ``model.name=1e3`` stays the string "1e3" for a str field. A key given twice is an error
+    (which one was meant?).
     """
     nested: dict[str, Any] = {}
+    seen: set[str] = set()
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"command line: override {item!r} is not of the form section.key=value")
+        if key in seen:
+            raise ConfigError(f"command line: {key} is given more than once")
+        seen.add(key)
         node = nested
         parts = key.split(".")
         for p in parts[:-1]:
@@ -368,7 +388,7 @@ def load_config(
     source = str(yaml_path) if yaml_path is not None else "<defaults>"
     if data is None:
         data = read_yaml(yaml_path) if yaml_path is not None else {}
-    cfg = config_from_dict(cls, data, source)  # validates the file on its own first
+    cfg = config_from_dict(cls, data, source, strict=True)  # validates the file on its own first
     if overrides:
         parsed = parse_overrides(overrides)
         _check_override_keys(cls, parsed)

@@ -8,8 +8,8 @@ device (tensors, dicts, lists, or objects with ``.to(device)``).
 Per step: forward under autocast (bf16 / fp16 + GradScaler), a finite check of every
 loss term (all ranks agree before anyone calls backward, so DDP never hangs), backward,
 optional gradient clipping, optimizer + schedule step, EMA update. Periodically: a JSONL
-metric record, a checkpoint (rank 0, atomic; see :mod:`omniseg.engine.checkpoint`), and
-the evaluation callback. ``resume()`` continues a crashed run from its latest checkpoint:
+metric record, a checkpoint (rank 0, atomic; see :mod:`omniseg.engine.checkpoint`; the final
+step is always saved, ``checkpoint_period=0`` saves only it), and the evaluation callback. ``resume()`` continues a crashed run from its latest checkpoint:
 weights, optimizer, schedule, grad scaler, EMA, data sampler and per-rank RNG states.
 """
 
@@ -30,6 +30,7 @@ from torch import nn
 from omniseg.engine import distributed as dist_utils
 from omniseg.engine.checkpoint import (
     CheckpointError,
+    CheckpointMismatchError,
     capture_rng_state,
     latest_checkpoint,
     list_checkpoints,
@@ -198,6 +199,7 @@ class Trainer:
 
         A damaged latest checkpoint (unreadable weights or state) is reported on stderr and the
         previous complete one is used instead; ``path`` given, or none left: :class:`CheckpointError`.
+        A checkpoint that does not fit the model (:class:`CheckpointMismatchError`) is raised at once.
         """
         if path is not None:
             candidates = [Path(path)]
@@ -217,6 +219,8 @@ class Trainer:
                     scaler=self.scaler,
                 )
                 break
+            except CheckpointMismatchError:
+                raise  # another model or optimizer: an older checkpoint would not fit either
             except CheckpointError as e:
                 if i + 1 == len(candidates):
                     raise
@@ -345,7 +349,7 @@ class Trainer:
                     record["eta_s"] = per_iter * (cfg.max_iter - self.step)
                     self.log.write(record)
                     bar.set_postfix(loss=f"{last['loss']:.4g}", lr=f"{lr:.3g}")
-                if cfg.checkpoint_period > 0 and (self.step % cfg.checkpoint_period == 0 or done):
+                if done or (cfg.checkpoint_period > 0 and self.step % cfg.checkpoint_period == 0):
                     self.save()
                 if cfg.eval_period > 0 and self.step % cfg.eval_period == 0 and not done:
                     self.evaluate()

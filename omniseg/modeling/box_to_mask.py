@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from omniseg.data.batch import Batch
+from omniseg.engine.config import bounded
 from omniseg.modeling.backbones.fpn import BACKBONE_BUILDERS
 from omniseg.modeling.heads.mask_heads import FCNMaskHead
 from omniseg.modeling.norm import NormKind
@@ -36,14 +37,14 @@ class BoxToMaskConfig:
     """Model section of a box-to-mask experiment config (flat, typed)."""
 
     backbone: Literal["resnet18_fpn", "resnet50_fpn"] = "resnet18_fpn"
-    width: int = 64  # ResNet base width (64 = the standard network)
-    fpn_channels: int = 256
+    width: int = bounded(64, ge=1)  # ResNet base width (64 = the standard network)
+    fpn_channels: int = bounded(256, ge=1)
     norm: NormKind = "FrozenBN"  # trunk norm; use "GN" or "BN" when training from scratch
-    freeze_at: int = 2
+    freeze_at: int = bounded(2, ge=0, le=5)
     pretrained: str = ""  # optional local .pth / .safetensors with torchvision ResNet weights
-    roi_size: int = 14  # RoIAlign output (Mask R-CNN: 14 -> 28 x 28 masks)
-    head_convs: int = 4
-    head_dim: int = 256
+    roi_size: int = bounded(14, ge=1)  # RoIAlign output (Mask R-CNN: 14 -> 28 x 28 masks)
+    head_convs: int = bounded(4, ge=0)
+    head_dim: int = bounded(256, ge=1)
     head_norm: NormKind = "none"
 
 

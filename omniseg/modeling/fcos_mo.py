@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from omniseg.data.batch import Batch
+from omniseg.engine.config import bounded
 from omniseg.modeling.backbones.fpn import BACKBONE_BUILDERS
 from omniseg.modeling.contrastive_classifier import batch_phrases, contrastive_phrase_loss, phrase_logits
 from omniseg.modeling.fcos_head import FCOSMOHead
@@ -65,30 +66,30 @@ class FCOSMOConfig:
     """
 
     backbone: Literal["resnet18_fpn_p3p7", "resnet50_fpn_p3p7"] = "resnet50_fpn_p3p7"  # P3..P7 outputs
-    width: int = 64
-    fpn_channels: int = 256
+    width: int = bounded(64, ge=1)
+    fpn_channels: int = bounded(256, ge=1)
     norm: NormKind = "FrozenBN"  # trunk norm ("GN" / "BN" from scratch)
-    freeze_at: int = 2
+    freeze_at: int = bounded(2, ge=0, le=5)
     pretrained: str = ""  # optional local torchvision-style ResNet weights
-    embed_dim: int = 384  # text-embedding size (MiniLM 384, CLIP ViT-B/32 512)
-    head_convs: int = 4
-    head_channels: int = 0  # 0: fpn_channels
-    gn_groups: int = 32
+    embed_dim: int = bounded(384, ge=1)  # text-embedding size (MiniLM 384, CLIP ViT-B/32 512)
+    head_convs: int = bounded(4, ge=0)
+    head_channels: int = bounded(0, ge=0)  # 0: fpn_channels
+    gn_groups: int = bounded(32, ge=1)
     centerness_on_reg: bool = True
     use_centerness: bool = True  # ablation: no centerness loss, no calibration
     alp_centerness: bool = False
-    center_sampling_radius: float = 1.5
-    scale_bounds: tuple[float, ...] = (64.0, 128.0, 256.0, 512.0)
-    tau: float = 0.01
-    alpha: float = 0.1
+    center_sampling_radius: float = bounded(1.5, gt=0)
+    scale_bounds: tuple[float, ...] = bounded((64.0, 128.0, 256.0, 512.0), gt=0)
+    tau: float = bounded(0.01, gt=0)
+    alpha: float = bounded(0.1, ge=0, le=1)
     mask_head: Literal["hourglass", "fcn4"] = "hourglass"  # Hourglass-20 | 4-conv FCN
-    mask_roi_size: int = 16  # 16 x 16 RoI features (Sec. 3.2)
-    mask_channels: int = 128
+    mask_roi_size: int = bounded(16, ge=1)  # 16 x 16 RoI features (Sec. 3.2)
+    mask_channels: int = bounded(128, ge=1)
     mask_in_features: tuple[str, ...] = ("p3", "p4", "p5")
-    score_threshold: float = 0.05
-    pre_nms_topk: int = 1000  # per level
-    nms_threshold: float = 0.2
-    max_detections: int = 100
+    score_threshold: float = bounded(0.05, ge=0, le=1)
+    pre_nms_topk: int = bounded(1000, ge=1)  # per level
+    nms_threshold: float = bounded(0.2, ge=0, le=1)
+    max_detections: int = bounded(100, ge=1)
 
 
 def scale_ranges(bounds: Sequence[float]) -> tuple[tuple[float, float], ...]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omniseg.data.records import Instance, RecordSet
-from omniseg.engine.config import ConfigError
+from omniseg.engine.config import ConfigError, bounded
 from omniseg.recipes.contract import Recipe
 from omniseg.recipes.data import DataConfig, named_split, open_source, training_view
 
@@ -38,10 +38,10 @@ class ALPConfig:
 
     path: str = ""
     simulate: bool = False
-    sim_shift: float = 0.15  # std of the center shift, as a fraction of the box side
-    sim_min_scale: float = 0.5  # box sides scaled by a log-uniform factor in [min, max]
-    sim_max_scale: float = 1.1
-    sim_seed: int = 0
+    sim_shift: float = bounded(0.15, ge=0)  # std of the center shift, as a fraction of the box side
+    sim_min_scale: float = bounded(0.5, gt=0)  # box sides scaled by a log-uniform factor in [min, max]
+    sim_max_scale: float = bounded(1.1, gt=0)
+    sim_seed: int = bounded(0, ge=0)
     quantize: bool = True
     as_image_labels: bool = False
 

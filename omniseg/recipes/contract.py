@@ -21,12 +21,15 @@ needs a checkpoint) -- is :func:`run_recipe`, written once. The table of recipes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -34,7 +37,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from torch import Tensor, nn
 
 from omniseg.data.records import Category
-from omniseg.engine.config import TrainConfig
+from omniseg.engine.config import ConfigError, TrainConfig, config_to_dict, read_yaml
 from omniseg.errors import UserError
 from omniseg.modeling.predictions import ImagePrediction
 from omniseg.utils.weights_io import CheckpointError
@@ -46,6 +49,8 @@ RUN_INFO = "run.json"
 #: (a stage of a multi-stage run writes the trainer's files into a subfolder, e.g. ``stage1/``)
 TRAINER_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml")
 RUN_OUTPUTS = (*TRAINER_OUTPUTS, RUN_INFO, "val_predictions.json")
+#: held (flock) by the ``omniseg train`` writing a run folder; the kernel drops it with the process
+LOCK_FILE = ".omniseg-train.lock"
 
 
 class RunFolderError(UserError):
@@ -154,26 +159,126 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def run_outputs(folder: Path) -> list[Path]:
-    """The files of a previous run in ``folder`` (:data:`RUN_OUTPUTS`, and subfolders holding a
-    stage's trainer files), temporary files left by a killed run excluded."""
+def _trained(folder: Path) -> bool:
+    """Whether ``folder`` holds a run that got somewhere: checkpoints or metrics (a lone
+    ``config.yaml`` is what a run that failed before its first step leaves; it is no run)."""
+    return any((folder / n).exists() for n in TRAINER_OUTPUTS if n != "config.yaml")
+
+
+def run_outputs(folder: Path, stage_dirs: Sequence[str] | None = None) -> list[Path]:
+    """The files of a previous run in ``folder`` (:data:`RUN_OUTPUTS`, and its stage subfolders
+    holding trainer files), temporary files left by a killed run excluded.
+
+    ``stage_dirs``: the names of this run's stage subfolders; None counts every subfolder holding
+    trainer files as one. A folder whose only run file is ``config.yaml`` holds no run.
+    """
     if not folder.is_dir():
         return []
     found = [folder / n for n in RUN_OUTPUTS if (folder / n).exists()]
-    found += [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.is_symlink() and p.name not in RUN_OUTPUTS
-              and any((p / n).exists() for n in TRAINER_OUTPUTS)]
-    return found
+    found += [p for p in _run_subfolders(folder) if stage_dirs is None or p.name in stage_dirs]
+    return [] if [p.name for p in found] == ["config.yaml"] else found
 
 
-def prepare_run_folder(output_dir: str | Path, *, resume: bool, overwrite: bool, remove: bool = True) -> None:
+def _run_subfolders(folder: Path) -> list[Path]:
+    """Subfolders of ``folder`` that hold a run's trainer files (a stage's, or another run's)."""
+    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.is_symlink() and p.name not in RUN_OUTPUTS
+            and _trained(p)]
+
+
+def stage_dir_names(output_dir: str | Path, stages: Sequence[Stage]) -> list[str]:
+    """The subfolders of ``output_dir`` that ``stages`` write into (e.g. ``["stage1"]``)."""
+    out, names = Path(output_dir), []
+    for stage in stages:
+        with contextlib.suppress(ValueError):  # a stage writing elsewhere
+            rel = Path(stage.train.output_dir).relative_to(out)
+            if rel.parts:
+                names.append(rel.parts[0])
+    return names
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<folder>/.omniseg-train.lock`` (creating the folder).
+
+    A second ``omniseg train`` into the same folder fails at once instead of interleaving its
+    metrics and checkpoints with this one's. The kernel releases the lock when the process
+    ends, also on kill -9 (a stale lock file is then simply locked again). On exit the lock
+    file is removed, and so is a folder this call created that nothing else was written into.
+
+    Raises:
+        RunFolderError: another process holds the lock (naming its pid).
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise RunFolderError(f"{folder}: is in use by another omniseg train (pid {pid})") from None
+        try:  # the holder before us may have removed the file we opened: lock the one at the path
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # still locked: whoever opened it retries on the new file
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote there
+                folder.rmdir()
+
+
+def check_resume_config(output_dir: str | Path, cfg: Any) -> None:
+    """Refuse to ``--resume`` a run with another model than the one its folder holds.
+
+    Compares the recipe and the ``model`` section with the run's saved ``config.yaml``; without
+    one there is nothing to compare (the checkpoint's own check then names a shape that differs).
+
+    Raises:
+        RunFolderError: naming the folder and each differing key (old -> new value).
+    """
+    saved_path = Path(output_dir) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = read_yaml(saved_path)
+    except ConfigError:
+        return  # a damaged copy; the checkpoints decide
+    new = config_to_dict(cfg)
+    diffs = [f"recipe: {saved.get('recipe')!r} -> {new.get('recipe')!r}"] \
+        if "recipe" in new and saved.get("recipe") not in (None, new["recipe"]) else []
+    old_model, new_model = saved.get("model"), new.get("model")
+    if isinstance(old_model, dict) and isinstance(new_model, dict):
+        diffs += [f"model.{k}: {old_model.get(k)!r} -> {new_model.get(k)!r}"
+                  for k in sorted(set(old_model) | set(new_model)) if old_model.get(k) != new_model.get(k)]
+    if diffs:
+        raise RunFolderError(f"{output_dir}: --resume with another model than the run's ({'; '.join(diffs)}); "
+                             "use the run's config, or start a new run elsewhere")
+
+
+def prepare_run_folder(output_dir: str | Path, *, resume: bool, overwrite: bool, remove: bool = True,
+                       stage_dirs: Sequence[str] | None = None) -> None:
     """Check ``train.output_dir`` against the request before anything is trained or written.
 
     * ``resume``: a checkpoint must be there (its own or a stage's); temporary files a killed run
       left are removed (one writer per run folder).
     * a new run: the folder must hold no other run's files (:func:`run_outputs`), or ``overwrite``
-      removes them first (and says so on stderr).
+      removes them (and says so on stderr). Only this run's own files and stage folders
+      (``stage_dirs``) are ever removed: a subfolder holding another run is refused.
 
-    ``remove=False`` only checks (the other ranks of a distributed run: rank 0 removes).
+    ``remove=False`` only checks (before the data and model are built; and on the other ranks of
+    a distributed run: rank 0 removes). ``stage_dirs`` None: the stage names are not known yet,
+    every run-like subfolder counts as one of this run's stages.
 
     Raises:
         RunFolderError: naming the folder.
@@ -181,7 +286,7 @@ def prepare_run_folder(output_dir: str | Path, *, resume: bool, overwrite: bool,
     from omniseg.engine.checkpoint import latest_checkpoint
 
     out = Path(output_dir)
-    previous = run_outputs(out)
+    previous = run_outputs(out, stage_dirs)
     if resume:
         runs = [out, *(p for p in previous if p.name not in RUN_OUTPUTS)]
         if not any(latest_checkpoint(r / "checkpoints") for r in runs):
@@ -192,6 +297,11 @@ def prepare_run_folder(output_dir: str | Path, *, resume: bool, overwrite: bool,
                 if _is_temp(p):
                     _remove(p)
         return
+    if stage_dirs is not None and out.is_dir():
+        others = [p.name for p in _run_subfolders(out) if p.name not in stage_dirs]
+        if others:
+            raise RunFolderError(f"{out}: holds other runs in subfolders ({', '.join(others)}), which this run "
+                                 "would not replace; choose a folder of its own for train.output_dir")
     if previous and not overwrite:
         names = ", ".join(p.name for p in previous)
         raise RunFolderError(f"{out}: holds a previous run ({names}); pass --resume to continue it "
@@ -219,22 +329,40 @@ def run_recipe(recipe: Recipe, cfg: Any, resume: bool = False, overwrite: bool =
     """
     from omniseg.data.loader import build_train_loader
     from omniseg.engine.distributed import barrier, get_rank, get_world_size, is_main_process
-    from omniseg.engine.optim import build_optimizer, build_scheduler
-    from omniseg.engine.trainer import Trainer, resolve_device, seed_everything
-    from omniseg.utils.atomic import atomic_write_json
+    from omniseg.engine.trainer import resolve_device, seed_everything
 
     t = cfg.train
     resolve_device(t.device)  # a device this machine lacks fails now, not after the data are built
-    prepare_run_folder(t.output_dir, resume=resume, overwrite=overwrite, remove=is_main_process())
-    barrier()  # every rank checked; rank 0 removed what had to go
-    seed_everything(t.seed + get_rank(), t.deterministic)
-    dataset = recipe.train_data(cfg, t.progress)
-    info = RunInfo(recipe.name, categories_info(dataset.rs.categories), recipe.text_encoder(cfg))
-    model = recipe.build_model(cfg, info)
-    data = build_train_loader([dataset], "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                              rank=get_rank(), world_size=get_world_size(), seed=t.seed)
+    main = is_main_process()
+    with run_folder_lock(t.output_dir) if main else contextlib.nullcontext():
+        prepare_run_folder(t.output_dir, resume=resume, overwrite=overwrite, remove=False)
+        if resume:
+            check_resume_config(t.output_dir, cfg)
+        seed_everything(t.seed + get_rank(), t.deterministic)
+        dataset = recipe.train_data(cfg, t.progress)
+        info = RunInfo(recipe.name, categories_info(dataset.rs.categories), recipe.text_encoder(cfg))
+        model = recipe.build_model(cfg, info)
+        data = build_train_loader([dataset], "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                                  rank=get_rank(), world_size=get_world_size(), seed=t.seed)
+        stages = recipe.stages(cfg, model)
+        # everything is valid and built: only now may --overwrite delete the previous run
+        prepare_run_folder(t.output_dir, resume=resume, overwrite=overwrite, remove=main,
+                           stage_dirs=stage_dir_names(t.output_dir, stages))
+        barrier()  # every rank checked; rank 0 removed what had to go
+        return _train_stages(recipe, cfg, stages, model, data, info, resume)
+
+
+def _train_stages(recipe: Recipe, cfg: Any, stages: list[Stage], model: nn.Module, data: Any, info: RunInfo,
+                  resume: bool) -> dict[str, Any]:
+    """The training loop of :func:`run_recipe` over its ``stages``, then ``run.json``."""
+    from omniseg.engine.distributed import is_main_process
+    from omniseg.engine.optim import build_optimizer, build_scheduler
+    from omniseg.engine.trainer import Trainer
+    from omniseg.utils.atomic import atomic_write_json
+
+    t = cfg.train
     summary: dict[str, Any] = {}
-    for stage in recipe.stages(cfg, model):
+    for stage in stages:
         if stage.prepare is not None:
             stage.prepare(model)
         optimizer = build_optimizer(model, stage.train)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from omniseg.data.dataset import RecordDataset
 from omniseg.data.records import RecordSet
-from omniseg.engine.config import ConfigError
+from omniseg.engine.config import ConfigError, bounded
 
 #: keys of omniseg.data.splits.SPLITS ("" = no split)
 SplitName = Literal["", "voc-like", "zsd-like", "compositional"]
@@ -23,17 +23,17 @@ class DataConfig:
     """
 
     train: str = "synth"
-    train_num_images: int = 200
-    train_seed: int = 0
+    train_num_images: int = bounded(200, ge=1)
+    train_seed: int = bounded(0, ge=0)
     val: str = "synth"
-    val_num_images: int = 50
-    val_seed: int = 1000
-    image_size: int = 256  # synthetic images
+    val_num_images: int = bounded(50, ge=1)
+    val_seed: int = bounded(1000, ge=0)
+    image_size: int = bounded(256, ge=16)  # synthetic images
     split: SplitName = ""  # named split: training sees only what apply_split leaves ("" = everything)
-    split_seed: int = 0
+    split_seed: int = bounded(0, ge=0)
     novel_supervision: Literal["box", "alp", "caption", "none"] = "box"  # what novel classes keep
-    batch_size: int = 4
-    num_workers: int = 0
+    batch_size: int = bounded(4, ge=1)
+    num_workers: int = bounded(0, ge=0)
     flip: bool = True
     lsj: bool = False  # large-scale jitter (output size = image_size)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from omniseg.engine.config import ConfigError, TrainConfig
+from omniseg.engine.config import ConfigError, TrainConfig, bounded
 from omniseg.modeling.mask_rcnn_star import MASK_RCNN_STAR_BUILDERS
 from omniseg.modeling.maskx_rcnn import MaskRCNN
 from omniseg.modeling.norm import NormKind
@@ -39,27 +39,27 @@ class MaskRCNNStarModelConfig:
     """Model section (CPU-size defaults; the paper: ResNet-50-FPN, 1024-d box head, CLIP text)."""
 
     builder: Literal["mask_rcnn_star_r18_fpn", "mask_rcnn_star_r50_fpn"] = "mask_rcnn_star_r18_fpn"
-    width: int = 16
-    fpn_channels: int = 64
-    fc_dim: int = 256
+    width: int = bounded(16, ge=1)
+    fpn_channels: int = bounded(64, ge=1)
+    fc_dim: int = bounded(256, ge=1)
     norm: NormKind = "GN"
-    freeze_at: int = 0
+    freeze_at: int = bounded(0, ge=0, le=5)
     pretrained: str = ""  # optional local torchvision-style ResNet weights
-    embed_dim: int = 384  # = the text encoder's dimension (MiniLM 384)
+    embed_dim: int = bounded(384, ge=1)  # = the text encoder's dimension (MiniLM 384)
     mask_architecture: Literal["hourglass", "fcn"] = "hourglass"  # the paper's Hourglass-20 | 4-conv
-    mask_conv_dim: int = 64
-    mask_roi_size: int = 14
+    mask_conv_dim: int = bounded(64, ge=1)
+    mask_roi_size: int = bounded(14, ge=1)
     approximate_boxes_as_gt: bool = True  # "uses ALP boxes to train RPN and box regression head"
-    image_label_weight: float = 0.1  # Detic's lambda for image-level labels
-    anchor_sizes: tuple[float, ...] = (16.0, 32.0, 64.0, 128.0, 256.0)
-    rpn_pre_nms_topk_train: int = 1000
-    rpn_pre_nms_topk_test: int = 500
-    rpn_post_nms_topk_train: int = 500
-    rpn_post_nms_topk_test: int = 300
-    roi_batch_size_per_image: int = 128
-    detections_per_image: int = 100
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.2  # alp-fcos-mo Sec. 4: NMS 0.2, score 0.05 "work best for all trained models"
+    image_label_weight: float = bounded(0.1, ge=0)  # Detic's lambda for image-level labels
+    anchor_sizes: tuple[float, ...] = bounded((16.0, 32.0, 64.0, 128.0, 256.0), gt=0)
+    rpn_pre_nms_topk_train: int = bounded(1000, ge=1)
+    rpn_pre_nms_topk_test: int = bounded(500, ge=1)
+    rpn_post_nms_topk_train: int = bounded(500, ge=1)
+    rpn_post_nms_topk_test: int = bounded(300, ge=1)
+    roi_batch_size_per_image: int = bounded(128, ge=1)
+    detections_per_image: int = bounded(100, ge=1)
+    score_threshold: float = bounded(0.05, ge=0, le=1)
+    nms_threshold: float = bounded(0.2, ge=0, le=1)  # alp-fcos-mo Sec. 4: NMS 0.2, score 0.05 "work best for all trained models"
 
 
 @dataclass

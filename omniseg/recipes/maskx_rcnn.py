@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from omniseg.data.records import RecordSet
 from omniseg.data.splits import Split
-from omniseg.engine.config import ConfigError, TrainConfig
+from omniseg.engine.config import ConfigError, TrainConfig, bounded
 from omniseg.errors import ArgumentValueError
 from omniseg.modeling.maskx_rcnn import MASKX_RCNN_BUILDERS, MaskRCNN
 from omniseg.modeling.norm import NormKind
@@ -43,38 +43,38 @@ class MaskXModelConfig:
     """Model section: every variant switch of Mask^X R-CNN (CPU-size defaults)."""
 
     builder: Literal["maskx_rcnn_r18_fpn", "maskx_rcnn_r50_fpn"] = "maskx_rcnn_r18_fpn"
-    width: int = 16  # ResNet base width (64 = the standard network)
-    fpn_channels: int = 64
-    fc_dim: int = 256  # box head fc width = length of w_cls (1024 in the paper)
+    width: int = bounded(16, ge=1)  # ResNet base width (64 = the standard network)
+    fpn_channels: int = bounded(64, ge=1)
+    fc_dim: int = bounded(256, ge=1)  # box head fc width = length of w_cls (1024 in the paper)
     norm: NormKind = "GN"  # from scratch: GN; with ImageNet weights: FrozenBN
-    freeze_at: int = 0
+    freeze_at: int = bounded(0, ge=0, le=5)
     pretrained: str = ""  # optional local torchvision-style ResNet weights (.pth / .safetensors)
     mask_head: Literal["transfer", "class-agnostic", "class-specific"] = "transfer"
     mask_architecture: Literal["fcn", "hourglass"] = "fcn"
     fused_mlp: bool = True  # Sec. 3.4
     transfer_input: Literal["cls", "box", "cls+box", "text", "randn"] = "cls+box"
-    transfer_mlp_layers: int = 2  # 1 = affine
+    transfer_mlp_layers: int = bounded(2, ge=1)  # 1 = affine
     transfer_activation: Literal["relu", "leaky_relu"] = "leaky_relu"
-    transfer_hidden_dim: int = 256
+    transfer_hidden_dim: int = bounded(256, ge=1)
     transfer_input_norm: Literal["standardize", "none"] = "standardize"
     stop_grad: bool = True  # Sec. 3.2
     text_encoder: Literal["minilm", "clip", "hash"] = "minilm"  # for transfer_input "text"
     mode: Literal["end_to_end", "stage_wise"] = "end_to_end"
-    stage1_iters: int = 0  # stage_wise: detector iterations before train.max_iter mask iterations
-    mask_conv_dim: int = 64
+    stage1_iters: int = bounded(0, ge=0)  # stage_wise: detector iterations before train.max_iter mask iterations
+    mask_conv_dim: int = bounded(64, ge=1)
     mask_norm: NormKind = "GN"
-    mlp_hidden_dim: int = 256
-    anchor_sizes: tuple[float, ...] = (16.0, 32.0, 64.0, 128.0, 256.0)
+    mlp_hidden_dim: int = bounded(256, ge=1)
+    anchor_sizes: tuple[float, ...] = bounded((16.0, 32.0, 64.0, 128.0, 256.0), gt=0)
     # proposal budget: detectron2 uses 2000 / 1000 candidates per level for ~800 px images; our
     # 256 px images have ~10x fewer anchors, and NMS dominates a CPU training step otherwise
-    rpn_pre_nms_topk_train: int = 1000
-    rpn_pre_nms_topk_test: int = 500
-    rpn_post_nms_topk_train: int = 500
-    rpn_post_nms_topk_test: int = 300
-    roi_batch_size_per_image: int = 128
-    detections_per_image: int = 50
-    score_threshold: float = 0.05  # detections with a class score <= this are dropped
-    nms_threshold: float = 0.5  # class-wise NMS IoU of the detections (detectron2)
+    rpn_pre_nms_topk_train: int = bounded(1000, ge=1)
+    rpn_pre_nms_topk_test: int = bounded(500, ge=1)
+    rpn_post_nms_topk_train: int = bounded(500, ge=1)
+    rpn_post_nms_topk_test: int = bounded(300, ge=1)
+    roi_batch_size_per_image: int = bounded(128, ge=1)
+    detections_per_image: int = bounded(50, ge=1)
+    score_threshold: float = bounded(0.05, ge=0, le=1)  # detections with a class score <= this are dropped
+    nms_threshold: float = bounded(0.5, ge=0, le=1)  # class-wise NMS IoU of the detections (detectron2)
     # stage-wise: start from the detector of another run's checkpoint (run folder, checkpoints/ or
     # step_N/) instead of training stage 1 here -- one detector shared by many mask-branch variants
     detector_init: str = ""
@@ -86,7 +86,7 @@ class MaskXDataConfig(DataConfig):
 
     split: SplitName = "voc-like"
     reverse_split: bool = False  # swap A and B of the named / random split
-    random_base: int = 0  # > 0: random split with this many base classes (seed: split_seed)
+    random_base: int = bounded(0, ge=0)  # > 0: random split with this many base classes (seed: split_seed)
     oracle: bool = False  # train with every class's masks; the split only groups the evaluation
 
 

@@ -240,3 +240,32 @@ def test_valid_edge_values_are_accepted():
     cfg = load_config(TrainConfig, None, ["max_iter=1", "checkpoint_period=0", "keep_checkpoints=0",
                                           "clip_grad_norm=null", "ema_decay=0.999", "min_lr_factor=1"])
     assert (cfg.max_iter, cfg.checkpoint_period, cfg.clip_grad_norm, cfg.ema_decay) == (1, 0, None, 0.999)
+
+
+@dataclass
+class TrainOnly:
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_yaml_strings_are_not_ints_but_command_line_strings_parse(tmp_path):
+    quoted = tmp_path / "q.yaml"
+    quoted.write_text('train: {max_iter: "1"}\n')
+    with pytest.raises(ConfigError, match=rf"{quoted}: train.max_iter: expected int, got '1' \(a string"):
+        load_config(TrainOnly, quoted)
+    quoted.write_text('train: {progress: "false"}\n')
+    with pytest.raises(ConfigError, match="train.progress: expected a bool"):
+        load_config(TrainOnly, quoted)
+    quoted.write_text("train: {lr: 1e-3}\n")  # YAML 1.1 reads this as a string: still a float
+    cfg = load_config(TrainOnly, quoted, ["train.max_iter=7", "train.progress=false"])
+    assert (cfg.train.lr, cfg.train.max_iter, cfg.train.progress) == (1e-3, 7, False)
+
+
+def test_a_repeated_override_names_the_key():
+    with pytest.raises(ConfigError, match="command line: train.max_iter is given more than once"):
+        parse_overrides(["train.max_iter=1", "train.max_iter=2"])
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_output_dir_is_refused(value):
+    with pytest.raises(ConfigError, match="command line: train.output_dir: empty path"):
+        config_from_dict(TrainConfig, {"output_dir": value}, "command line")

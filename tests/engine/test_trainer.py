@@ -385,3 +385,18 @@ def test_resume_with_every_checkpoint_damaged_is_an_error(tmp_path):
         _damage_model(step)
     with pytest.raises(CheckpointError, match=r"step_00000001/model\.safetensors: cannot read checkpoint"):
         tiny_run.build(run, ["train.max_iter=2"]).resume()
+
+
+def test_checkpoint_period_0_saves_only_the_final_step(tmp_path):
+    make_trainer(tmp_path, max_iter=3, checkpoint_period=0).train()
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [3]
+
+
+def test_resume_into_another_model_is_a_mismatch_not_damage(tmp_path, capsys):
+    from omniseg.engine.checkpoint import CheckpointMismatchError
+
+    make_trainer(tmp_path, max_iter=4, checkpoint_period=2, keep_checkpoints=0).train()  # steps 2 and 4
+    other = make_trainer(tmp_path, model=nn.Linear(3, 1))
+    with pytest.raises(CheckpointMismatchError, match="step_00000004.*does not match the model"):
+        other.resume()
+    assert "skipping damaged checkpoint" not in capsys.readouterr().err  # no fallback to step 2

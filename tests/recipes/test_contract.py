@@ -17,11 +17,14 @@ from omniseg.api import Segmenter
 from omniseg.data.load import load_dataset
 from omniseg.engine.config import ConfigError, load_config
 from omniseg.recipes.contract import (
+    LOCK_FILE,
     Recipe,
     RunFolderError,
     RunInfo,
+    check_resume_config,
     prepare_run_folder,
     read_run_info,
+    run_folder_lock,
     run_recipe,
 )
 from omniseg.recipes.table import RECIPES, get_recipe
@@ -178,3 +181,100 @@ def test_resume_removes_temp_files_a_killed_run_left(tmp_path):
     prepare_run_folder(tmp_path, resume=True, overwrite=False)
     assert not any(t.exists() for t in temps)
     assert (tmp_path / "checkpoints" / "step_00000002" / "state.json").exists()
+
+
+TINY = ["model.width=8", "model.fpn_channels=16", "model.norm=GN", "model.freeze_at=0", "model.head_convs=1",
+        "model.head_dim=8", "data.train_num_images=2", "data.val_num_images=1", "data.image_size=64",
+        "data.batch_size=2", "train.max_iter=1", "train.progress=false"]
+
+
+@pytest.mark.parametrize(("recipe", "override", "message"), [
+    ("box_to_mask", "data.batch_size=0", "data.batch_size: must be >= 1, got 0"),
+    ("box_to_mask", "data.image_size=1", "data.image_size: must be >= 16, got 1"),
+    ("box_to_mask", "data.num_workers=-1", "data.num_workers: must be >= 0, got -1"),
+    ("box_to_mask", "data.train_num_images=-3", "data.train_num_images: must be >= 1, got -3"),
+    ("box_to_mask", "data.train_seed=-1", "data.train_seed: must be >= 0, got -1"),
+    ("box_to_mask", "train.seed=-1", "train.seed: must be >= 0, got -1"),
+    ("box_to_mask", "model.width=-8", "model.width: must be >= 1, got -8"),
+    ("box_to_mask", "model.freeze_at=9", "model.freeze_at: must be <= 5, got 9"),
+    ("box_to_mask", "model.head_convs=-1", "model.head_convs: must be >= 0, got -1"),
+    ("box_to_mask", "model.roi_size=0", "model.roi_size: must be >= 1, got 0"),
+    ("fcos_mo", "model.nms_threshold=1.5", "model.nms_threshold: must be <= 1, got 1.5"),
+    ("fcos_mo", "alp.sim_min_scale=0", "alp.sim_min_scale: must be > 0, got 0.0"),
+    ("mask_rcnn_star", "model.mask_roi_size=0", "model.mask_roi_size: must be >= 1, got 0"),
+    ("maskx_rcnn", "model.stage1_iters=-1", "model.stage1_iters: must be >= 0, got -1"),
+    ("maskx_rcnn", "data.random_base=-2", "data.random_base: must be >= 0, got -2"),
+])
+def test_out_of_range_config_values_name_the_key(recipe, override, message):
+    with pytest.raises(ConfigError, match=rf"^command line: {message}$"):
+        load_config(RECIPES[recipe].config, None, [override])
+
+
+def _trained_run(out: Path) -> None:
+    (out / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (out / "checkpoints" / "step_00000001" / "state.json").write_text('{"step": 1}')
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "config.yaml").write_text("recipe: box_to_mask\n")
+
+
+def test_overwrite_never_removes_other_runs_in_subfolders(tmp_path):
+    for name in ("expA", "expB"):
+        _trained_run(tmp_path / name)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(RunFolderError, match=rf"^{tmp_path}: holds other runs in subfolders \(expA, expB\)"):
+        prepare_run_folder(tmp_path, resume=False, overwrite=True, stage_dirs=[])
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    _trained_run(tmp_path)  # this run's own files and its stage folder go; a plain subfolder stays
+    _trained_run(tmp_path / "stage1")
+    (tmp_path / "notes").mkdir()
+    for name in ("expA", "expB"):
+        shutil.rmtree(tmp_path / name)
+    prepare_run_folder(tmp_path, resume=False, overwrite=True, stage_dirs=["stage1"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def test_overwrite_deletes_nothing_when_the_data_cannot_be_built(tmp_path, capsys):
+    _trained_run(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cfg = load_config(RECIPES["box_to_mask"].config, None,
+                      [*TINY, f"train.output_dir={tmp_path}", f"data.train={tmp_path / 'missing.json'}"])
+    with pytest.raises(OSError):
+        run_recipe(RECIPES["box_to_mask"], cfg, overwrite=True)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert "removed" not in capsys.readouterr().err
+
+
+def test_a_folder_with_only_config_yaml_is_no_previous_run(tmp_path):
+    (tmp_path / "config.yaml").write_text("recipe: box_to_mask\n")  # a run that failed before step 1
+    (tmp_path / "stage1").mkdir()
+    (tmp_path / "stage1" / "config.yaml").write_text("recipe: maskx_rcnn\n")
+    prepare_run_folder(tmp_path, resume=False, overwrite=False)
+    prepare_run_folder(tmp_path, resume=False, overwrite=False, stage_dirs=[])
+    with pytest.raises(RunFolderError, match="no checkpoint"):
+        prepare_run_folder(tmp_path, resume=True, overwrite=False)
+
+
+def test_a_run_folder_is_locked_while_a_run_writes_it(tmp_path):
+    import os
+
+    with run_folder_lock(tmp_path / "run"):
+        assert (tmp_path / "run" / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(RunFolderError, match=rf"^{tmp_path / 'run'}: is in use by another omniseg train "
+                                                 rf"\(pid {os.getpid()}\)$"), run_folder_lock(tmp_path / "run"):
+            pass
+    assert not (tmp_path / "run").exists()  # created here and nothing written: removed again
+    with run_folder_lock(tmp_path / "run"):  # released: the next run gets it
+        (tmp_path / "run" / "metrics.jsonl").write_text("")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["metrics.jsonl"]  # no lock file left
+
+
+def test_resume_with_another_model_names_the_differing_keys(tmp_path):
+    recipe = RECIPES["box_to_mask"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"recipe": "box_to_mask", "model": {"width": 8}}))
+    _trained_run(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
+        dataclasses.asdict(load_config(recipe.config, None, ["model.width=8"]))))
+    cfg = load_config(recipe.config, None, ["model.width=16", f"train.output_dir={tmp_path}"])
+    with pytest.raises(RunFolderError, match=r"--resume with another model than the run's \(model.width: 8 -> 16\)"):
+        run_recipe(recipe, cfg, resume=True)
+    check_resume_config(tmp_path, load_config(recipe.config, None, ["model.width=8", "train.max_iter=5"]))
