@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING
 from omniseg.commands.common import (
     add_bad_record_arg,
     bad_records,
+    check_out_file,
+    check_out_folder,
+    check_output_not_input,
     non_negative_int,
     positive_int,
     report_skips,
 )
 from omniseg.data.synth.world import MIN_IMAGE_SIZE
-from omniseg.errors import UsageError
+from omniseg.errors import UsageError, UserError
 from omniseg.utils.atomic import STDOUT
 
 if TYPE_CHECKING:
@@ -65,6 +68,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise UsageError("--out: empty path")
+    check_out_folder(args.out)
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_SYNTH_SIZE:
         raise UsageError(f"--image-size: must be between {MIN_IMAGE_SIZE} and {MAX_SYNTH_SIZE}, got {args.image_size}")
     cfg = SynthConfig(seed=args.seed, num_images=args.num_images, image_size=args.image_size)
@@ -119,7 +123,6 @@ def write_format(rs: RecordSet, fmt: str, out: str | Path) -> list[Path]:
         from omniseg.data.formats.panoptic import write_coco_panoptic
 
         write_coco_panoptic(out, Path(out).with_suffix(""), rs)
-        return [Path(out), Path(out).with_suffix("")]
     elif fmt == "openimages":
         from omniseg.data.formats.openimages import (
             default_label_names,
@@ -132,16 +135,41 @@ def write_format(rs: RecordSet, fmt: str, out: str | Path) -> list[Path]:
         # the classes first: a boxes CSV written is never without the classes it names
         write_openimages_classes(classes, rs, label_names=names)
         write_openimages_boxes(out, rs, label_names=names)
-        return [Path(out), classes]
     else:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+    return output_paths(fmt, out)
+
+
+def output_paths(fmt: str, out: str | Path) -> list[Path]:
+    """The files / folders :func:`write_format` writes for ``out`` (panoptic: the PNG folder of the
+    JSON's stem; openimages: the classes CSV beside the boxes CSV)."""
+    if fmt == "panoptic":
+        return [Path(out), Path(out).with_suffix("")]
+    if fmt == "openimages":
+        return [Path(out), openimages_classes_path(out)]
     return [Path(out)]
 
 
-def _check_out(fmt: str, out: str) -> None:
-    """Refuse an ``--out`` the format cannot be written to (before reading the input)."""
+#: formats that hold only one kind of supervision -> (the RecordSet field, what it is called)
+_CONTENT = {"panoptic": ("segments", "panoptic segments"), "narratives": ("narratives", "narratives"),
+            "captions": ("captions", "captions")}
+
+
+def _check_content(rs: RecordSet, fmt: str, source: str) -> None:
+    """A :class:`UserError` when ``rs`` has nothing ``fmt`` holds: an empty export is never what was meant."""
+    if fmt in _CONTENT:
+        field, what = _CONTENT[fmt]
+        if not any(getattr(r, field) for r in rs.records):
+            raise UserError(f"{source}: has no {what} to write as {fmt}")
+
+
+def _check_out(fmt: str, out: str, source: str) -> None:
+    """Refuse an ``--out`` the format cannot be written to, or one that is the input ``source``
+    (before reading the input)."""
     if not out:
         raise UsageError("--out: empty path")
+    check_out_file(out)
+    check_output_not_input([str(p) for p in output_paths(fmt, out)] if out != STDOUT else [], [source])
     if out == STDOUT and fmt not in SINGLE_FILE_FORMATS:
         raise UsageError(f"--out -: {fmt} writes several files, give a file name "
                          f"(standard output takes {', '.join(SINGLE_FILE_FORMATS)})")
@@ -153,18 +181,18 @@ def _check_out(fmt: str, out: str) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
         return _synth(args)
-    from omniseg.data.load import load_dataset
-    from omniseg.data.stats import dataset_stats, format_stats
+    from omniseg.data.load import load_dataset, load_dataset_stats
+    from omniseg.data.stats import format_stats
 
-    if args.data_command == "convert":
-        _check_out(args.to, args.out)
     bad = bad_records(args)
-    rs = load_dataset(args.path, on_bad=bad)
     if args.data_command == "stats":
-        stats = dataset_stats(rs)
+        stats = load_dataset_stats(args.path, on_bad=bad)  # no per-instance objects for COCO JSON
         print(json.dumps(stats, indent=1) if args.json else format_stats(stats, f"{args.path}:"))
         report_skips(bad)
         return 0
+    _check_out(args.to, args.out, args.path)
+    rs = load_dataset(args.path, on_bad=bad)
+    _check_content(rs, args.to, args.path)
     files = write_format(rs, args.to, args.out)
     to = "standard output" if args.out == STDOUT else ", ".join(map(str, files))
     log = sys.stderr if args.out == STDOUT else sys.stdout  # stdout may hold the data

@@ -40,20 +40,26 @@ NEEDED = ("a dataset folder, a COCO instances / captions / panoptic JSON or an i
 _KIND_KEYS = {"panoptic": ("segments_info",), "captions": ("caption",), "instances": ("bbox", "segmentation")}
 
 
-def _sniff(data: Any) -> tuple[str, str]:
+def _sniff(data: Any, first_annotation: dict | None = None) -> tuple[str, str]:
     """``(kind, detail)`` of decoded JSON: kind is 'panoptic' | 'captions' | 'instances' |
     'results' | 'unknown'; ``detail`` says why a file is 'unknown'.
 
     The kind is decided from the keys of the first annotation (``segments_info`` / ``caption``
     / ``bbox`` or ``segmentation``), so an instances file without ``categories`` is still read
     as instances (and its reader names the missing key). Without annotations to look at, a
-    ``categories`` list means instances and ``images`` alone means captions.
+    ``categories`` list means instances and ``images`` alone means captions. When the
+    annotations were streamed (``data["annotations"]`` is ``STREAMED``, see
+    :func:`~omniseg.data.formats.coco.scan_coco_json`), ``first_annotation`` is the first object.
     """
+    from omniseg.data.formats.validation import STREAMED
+
     if isinstance(data, list):
         return "results", "a JSON list"
     if not isinstance(data, dict):
         return "unknown", f"the top level is a JSON {type(data).__name__}, not an object"
     anns = data.get("annotations")
+    if anns is STREAMED:
+        anns = [first_annotation] if first_annotation is not None else []
     if anns is not None and not isinstance(anns, list):
         return "unknown", f"'annotations' is a {type(anns).__name__}, not a list"
     first = next((a for a in anns or [] if isinstance(a, dict)), None)
@@ -83,6 +89,41 @@ def _sniff_json(path: Path) -> str:
     return _sniff(load_json_file(path))[0]
 
 
+def _json_kind(path: Path) -> tuple[str, str, Any]:
+    """``(kind, detail, scan)`` of a dataset JSON file (see :func:`_sniff`), parsed once.
+
+    Raises:
+        UnknownFormatError: ``path`` does not end in ``.json``.
+        BadRecordError / OSError: the file cannot be read as JSON (naming it).
+    """
+    from omniseg.data.formats.coco import scan_coco_json
+
+    if path.suffix.lower() != ".json":
+        raise UnknownFormatError(
+            f"{path}: not a dataset file ({path.suffix or 'no extension'}); expected {NEEDED}"
+        )
+    scan = scan_coco_json(path)
+    first = scan.columns.first_dict if scan.columns is not None else None
+    return (*_sniff(scan.data, first), scan)
+
+
+def load_dataset_stats(path: str | os.PathLike, on_bad: BadRecords | None = None) -> dict[str, int | float]:
+    """``dataset_stats(load_dataset(path))``; a COCO instances JSON is counted without making
+    per-instance objects (:func:`~omniseg.data.formats.coco.coco_instances_stats`: same checks,
+    same bad-record reports, a fraction of the memory)."""
+    from omniseg.data.stats import dataset_stats
+
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".json":
+        from omniseg.data.formats.coco import coco_instances_stats
+
+        kind, _, scan = _json_kind(p)
+        if kind == "instances":
+            return coco_instances_stats(p, on_bad=on_bad, scan=scan)
+        del scan
+    return dataset_stats(load_dataset(path, on_bad=on_bad))
+
+
 def merge_segments(into: RecordSet, panoptic: RecordSet) -> None:
     """Attach panoptic segments to the records of ``into`` with the same image id."""
     by_id = {r.image_id: r for r in into}
@@ -95,6 +136,9 @@ def merge_segments(into: RecordSet, panoptic: RecordSet) -> None:
 
 def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad: BadRecords | None = None) -> RecordSet:
     """Load ``path`` (see module docstring) into one RecordSet.
+
+    A JSON file is parsed once (streaming, see :func:`~omniseg.data.formats.coco.scan_coco_json`)
+    for both telling its kind and reading it as instances.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -128,16 +172,11 @@ def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad:
             merge_segments(rs, read_coco_panoptic(files["panoptic"], files["panoptic_png"], on_bad=on_bad))
         rs.name = path.name
         return rs
-    if path.suffix.lower() != ".json":
-        raise UnknownFormatError(
-            f"{path}: not a dataset file ({path.suffix or 'no extension'}); expected {NEEDED}"
-        )
-    from omniseg.data.formats.validation import load_json_file
-
-    kind, detail = _sniff(load_json_file(path))
+    kind, detail, scan = _json_kind(path)
     root = image_root or ""
     if kind == "instances":
-        return read_coco_instances(path, image_root=root, on_bad=on_bad)
+        return read_coco_instances(path, image_root=root, on_bad=on_bad, scan=scan)
+    del scan  # the other readers parse the file themselves
     if kind == "captions":
         return read_coco_captions(path, on_bad=on_bad, image_root=root)
     if kind == "panoptic":

@@ -83,3 +83,70 @@ def test_synth_smallest_image_size_works(tmp_path: Path, capsys) -> None:
     argv = ["data", "synth", "--out", str(tmp_path / "s"), "--num-images", "3", "--image-size", "16", "--no-progress"]
     assert main(argv) == 0
     assert "wrote 3 images" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- outputs never destroy data
+
+
+@pytest.mark.parametrize(
+    ("fmt", "out"),
+    [("coco", "{s}/instances.json"), ("coco-results", "{s}/../syn/captions.json"), ("panoptic", "{s}/panoptic.json"),
+     ("coco", "{s}/images/x.json"), ("coco", "{s}")],
+)
+def test_convert_refuses_out_that_is_part_of_the_input(dataset: Path, capsys, fmt: str, out: str) -> None:
+    before = {p: p.stat().st_mtime_ns for p in dataset.rglob("*")}
+    out = out.format(s=dataset)
+    assert main(["data", "convert", str(dataset), "--to", fmt, "--out", out]) == 2
+    assert capsys.readouterr().err == f"omniseg data: error: --out: {out} is an input of this command ({dataset})\n"
+    assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*")} == before
+
+
+def test_convert_refuses_its_own_input_file_also_through_a_symlink(dataset: Path, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "r.json"
+    assert main(["data", "convert", str(dataset), "--to", "coco-results", "--out", str(src)]) == 0
+    (tmp_path / "link.json").symlink_to(src)
+    text = src.read_text()
+    for out in (src, tmp_path / "link.json"):
+        assert main(["data", "convert", str(src), "--to", "coco-results", "--out", str(out)]) == 2
+        assert "is an input of this command" in capsys.readouterr().err
+    assert src.read_text() == text
+
+
+def test_convert_out_with_trailing_slash_is_a_usage_error(dataset: Path, tmp_path: Path, capsys) -> None:
+    out = f"{tmp_path}/new/"
+    assert main(["data", "convert", str(dataset), "--to", "coco", "--out", out]) == 2
+    assert capsys.readouterr().err == f"omniseg data: error: --out: {out} names a folder; give a file name\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_panoptic_never_swaps_away_a_folder_of_other_files(dataset: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "foo").mkdir()
+    (tmp_path / "foo" / "precious.txt").write_text("keep")
+    assert main(["data", "convert", str(dataset), "--to", "panoptic", "--out", str(tmp_path / "foo.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"omniseg data: error: {tmp_path / 'foo'}: exists and holds files") and "precious.txt" in err
+    assert sorted(os.listdir(tmp_path)) == ["foo"] and os.listdir(tmp_path / "foo") == ["precious.txt"]
+
+
+def test_openimages_summary_names_the_classes_sidecar(dataset: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "oi.csv"
+    assert main(["data", "convert", str(dataset), "--to", "openimages", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"wrote 4 images as openimages to {out}, {tmp_path / 'oi-classes.csv'}\n"
+
+
+@pytest.mark.parametrize(("fmt", "what"), [("panoptic", "panoptic segments"), ("narratives", "narratives"),
+                                           ("captions", "captions")])
+def test_convert_refuses_an_empty_export(dataset: Path, tmp_path: Path, capsys, fmt: str, what: str) -> None:
+    src = dataset / "instances.json"  # instances only
+    out = tmp_path / "o.json"
+    assert main(["data", "convert", str(src), "--to", fmt, "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"omniseg data: error: {src}: has no {what} to write as {fmt}\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_synth_into_an_existing_file(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "tiny.yaml"
+    f.write_text("x: 1\n")
+    assert main(["data", "synth", "--out", str(f), "--num-images", "1", "--image-size", "16", "--no-progress"]) == 1
+    assert capsys.readouterr().err == f"omniseg data: error: {f}: exists and is not a folder\n"
+    assert f.read_text() == "x: 1\n"

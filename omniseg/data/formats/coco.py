@@ -22,29 +22,39 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from omniseg.data.errors import BadRecordError, BadRecords
+from omniseg.data.formats.coco_columns import AnnotationColumns, Chunk, check_rows, duplicate_rows
 from omniseg.data.formats.validation import (
+    MAX_ID,
+    STREAMED,
     Invalid,
+    NotStreamable,
     as_area,
     as_flag,
     as_image_id,
     as_int,
     as_str,
+    check_json_object,
     compressed_counts,
     finite,
     image_file_name,
     load_json_file,
-    load_json_object,
     number,
     progress_bar,
     record_name,
     require,
+    scan_json_object,
     short_repr,
 )
 from omniseg.data.records import Box, Category, ImageRecord, Instance, RecordSet
+from omniseg.data.stats import InstanceTally, dataset_stats, tally_instances
 from omniseg.ops.rle import RLE, normalize_rle, polygons_to_rle, rle_area, rle_to_box
 from omniseg.utils.atomic import atomic_write_json
 
@@ -199,12 +209,51 @@ def _id_list(img: dict, key: str, cat_ids: set[int]) -> list[int]:
     return ids
 
 
+def _plain_name(name: Any) -> bool:
+    """A file name that certainly passes ``image_file_name`` with an empty root."""
+    return type(name) is str and name.isascii() and name != "" and "\0" not in name \
+        and not name.startswith("/") and ".." not in name
+
+
+def _plain_images(entries: list, image_root: str) -> dict[Any, ImageRecord] | None:
+    """The records when every image is plain (unique int ids, int sizes within bounds, a plain
+    ``file_name``, no LVIS id lists), else None: the per-image reader then reports what is wrong."""
+    if not set(map(type, entries)) <= {dict} or any(
+        "neg_category_ids" in e or "not_exhaustive_category_ids" in e for e in entries
+    ):
+        return None
+    try:
+        ids, ws, hs, names = (list(map(itemgetter(k), entries)) for k in ("id", "width", "height", "file_name"))
+    except KeyError:
+        return None
+    if not set(map(type, ids)) | set(map(type, ws)) | set(map(type, hs)) <= {int}:
+        return None
+    if len(set(ids)) != len(ids) or any(abs(i) > MAX_ID for i in ids):
+        return None
+    if (ws and (min(ws) <= 0 or min(hs) <= 0 or max(max(ws), max(hs)) > MAX_IMAGE_SIDE)):
+        return None
+    if image_root:
+        if not set(map(type, names)) <= {str}:
+            return None
+        try:
+            for name in names:
+                image_file_name(name, image_root)
+        except Invalid:
+            return None
+    elif not all(map(_plain_name, names)):
+        return None
+    return dict(zip(ids, map(ImageRecord, ids, names, ws, hs)))
+
+
 def _read_images(
     entries: Any, path: str, bad: BadRecords, cat_ids: set[int], image_root: str = ""
 ) -> dict[Any, ImageRecord]:
     """Image records by id; ``file_name`` s must stay inside ``image_root`` (see ``image_file_name``)."""
     if not isinstance(entries, list):
         raise BadRecordError(path, "images", "must be a list")
+    fast = _plain_images(entries, image_root)
+    if fast is not None:
+        return fast
     records: dict[Any, ImageRecord] = {}
     for i, img in enumerate(entries):
         rec = record_name("image", i, img)
@@ -231,13 +280,16 @@ def _read_images(
     return records
 
 
-def _read_instance(
-    ann: Any, records: dict[Any, ImageRecord], cats: dict[int, Category], seen: set[int], source: str
-) -> tuple[ImageRecord, Instance]:
+def _annotation_id(ann: Any) -> int:
+    """The checks before the duplicate-id check: an object with the required keys and an integer id."""
     require(ann, ("id", "image_id", "category_id"), "annotation")
-    aid = as_int(ann["id"], "id")
-    if aid in seen:
-        raise Invalid(f"duplicate annotation id {aid}")
+    return as_int(ann["id"], "id")
+
+
+def _read_instance(
+    ann: dict, aid: int, records: dict[Any, ImageRecord], cats: dict[int, Category], source: str
+) -> tuple[ImageRecord, Instance]:
+    """The checks after the duplicate-id check, and the instance (``aid`` from :func:`_annotation_id`)."""
     iid = as_image_id(ann["image_id"])
     if iid not in records:
         raise Invalid(f"unknown image id {iid!r}")
@@ -267,6 +319,182 @@ def _read_instance(
     return record, inst
 
 
+@dataclass
+class CocoScan:
+    """A COCO JSON file parsed once: ``data`` is the top-level value; when it is an object whose
+    ``annotations`` is an array, that entry is :data:`STREAMED` and the rows are in ``columns``."""
+
+    path: str
+    data: Any
+    columns: AnnotationColumns | None
+    _rows: list | None = None  # the parsed annotations, when the file was not streamed
+
+    def rows(self, wanted: set[int]) -> dict[int, Any]:
+        """Annotations ``wanted`` (indices) as parsed; a streamed file is scanned again for them."""
+        if not wanted:
+            return {}
+        if self._rows is not None:
+            return {i: self._rows[i] for i in wanted}
+        found: dict[int, Any] = {}
+        seen = [0]
+
+        def pick(rows: list) -> None:
+            base, seen[0] = seen[0], seen[0] + len(rows)
+            found.update((i, rows[i - base]) for i in wanted if base <= i < seen[0])
+
+        scan_json_object(self.path, {"annotations": pick})
+        return found
+
+
+def scan_coco_json(path: str | os.PathLike) -> CocoScan:
+    """Parse a COCO-style JSON file once, keeping plain box annotations as columns (streaming).
+
+    A file the streaming scanner does not take (malformed, duplicate top-level keys, ...) is
+    read whole with :func:`load_json_file`, which raises what is wrong, naming the file.
+    """
+    path = str(path)
+    cols = AnnotationColumns()
+    try:
+        data = scan_json_object(path, {"annotations": cols.add})
+        return CocoScan(path, data, cols if data.get("annotations") is STREAMED else None)
+    except NotStreamable:
+        pass
+    data = load_json_file(path)
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(anns, list):
+        return CocoScan(path, data, None)
+    cols = AnnotationColumns()
+    for s in range(0, len(anns), 8192):
+        cols.add(anns[s:s + 8192])
+    return CocoScan(path, {**data, "annotations": STREAMED}, cols, anns)
+
+
+@dataclass
+class _Validated:
+    """A validated instances file: records (without instances yet), categories, and the taken
+    annotations: fast-path rows as column chunks (``taken`` mask per chunk) plus per-record
+    reader results ``extra`` (row index -> (record index, instance))."""
+
+    records: list[ImageRecord]
+    categories: list[Category]
+    chunks: list[Chunk]
+    taken: list[np.ndarray]
+    extra: dict[int, tuple[int, Instance]]
+
+    def instances(self, source: str) -> None:
+        """Attach the instances to the records, in file order (consumes the columns)."""
+        names = {c.id: c.name for c in self.categories}
+        index, rec, made = [], [], []
+        chunks, takens = self.chunks, self.taken
+        self.chunks, self.taken = [], []  # each chunk is freed once its instances are made
+        while chunks:
+            ch, taken = chunks.pop(0), takens.pop(0)
+            m = int(taken.sum())
+            if not m:
+                continue
+            index.append(ch.index[taken])
+            rec.append(ch.rec[taken])  # type: ignore[index]
+            cid = ch.cat_ids[taken].tolist()
+            area = [None if a != a else a for a in ch.area[taken].tolist()]  # NaN: none in the file
+            score = [None] * m if ch.score is None else [None if v != v else v for v in ch.score[taken].tolist()]
+            quality = ["exact"] * m if ch.approx is None else [
+                "approximate" if q else "exact" for q in ch.approx[taken].tolist()]
+            made += map(Instance, map(names.__getitem__, cid), cid, map(tuple, ch.xyxy[taken].tolist()),  # type: ignore[index]
+                        quality, [None] * m, [source] * m, ch.crowd[taken].tolist(), score,
+                        ch.ids[taken].tolist(), area)
+        if self.extra:
+            index.append(np.array(list(self.extra), np.int64))
+            rec.append(np.array([r for r, _ in self.extra.values()], np.int64))
+            made += [inst for _, inst in self.extra.values()]
+        if not made:
+            return
+        idx, rec_all = np.concatenate(index), np.concatenate(rec)
+        del index, rec
+        if not self.extra and (rec_all[1:] >= rec_all[:-1]).all():  # grouped by image already
+            order = None
+        else:
+            order = np.lexsort((idx, rec_all))  # by record, then file order
+            rec_all = rec_all[order]
+        bounds = np.flatnonzero(rec_all[1:] != rec_all[:-1]) + 1
+        starts, ends = np.r_[0, bounds].tolist(), np.r_[bounds, len(rec_all)].tolist()
+        for s, e, r in zip(starts, ends, rec_all[starts].tolist()):
+            self.records[r].instances.extend(
+                made[s:e] if order is None else map(made.__getitem__, order[s:e].tolist()))
+
+    def tally(self) -> InstanceTally:
+        """Instance counts of :func:`~omniseg.data.stats.dataset_stats` without making the instances."""
+        t = tally_instances(inst for _, inst in self.extra.values())
+        for ch, taken in zip(self.chunks, self.taken):
+            n = int(taken.sum())
+            approx = int(ch.approx[taken].sum()) if ch.approx is not None else 0
+            t.instances += n
+            t.instances_exact_box += n - approx
+            t.instances_approximate_box += approx
+            t.box_only += n - approx
+            t.crowd += int(ch.crowd[taken].sum())
+            t.category_ids.update(np.unique(ch.cat_ids[taken]).tolist())
+        return t
+
+
+def _validate(
+    scan: CocoScan, image_root: str, bad: BadRecords, source: str, progress: bool
+) -> _Validated:
+    path = scan.path
+    data = check_json_object(path, scan.data, ("images", "categories"))
+    categories = _read_categories(data["categories"], path, bad)
+    cats = {c.id: c for c in categories}
+    records = _read_images(data["images"], path, bad, set(cats), image_root)
+    data["images"] = None  # the scan is used up: free the parsed image objects (GBs at Open Images scale)
+    cols = scan.columns
+    if cols is None:
+        anns = data.get("annotations", [])
+        if not isinstance(anns, list):
+            raise BadRecordError(path, "annotations", "must be a list")
+        cols = AnnotationColumns()  # an absent key: no annotations
+    chunks, cols.chunks = cols.chunks, []  # the scan is used up: its columns go to the result
+    rec_list = list(records.values())
+    rec_index = {k: i for i, k in enumerate(records)}
+    int_keys = [(k, i) for k, i in rec_index.items() if type(k) is int]
+    keys = np.array([k for k, _ in int_keys], np.int64).reshape(-1)
+    recs = np.array([i for _, i in int_keys], np.int64).reshape(-1)
+    order = np.argsort(keys)
+    keys, recs = keys[order], recs[order]
+    width = np.array([r.width for r in rec_list], np.int64).reshape(-1)
+    height = np.array([r.height for r in rec_list], np.int64).reshape(-1)
+    cat_ids = np.array(sorted(cats), np.int64).reshape(-1)
+    n = cols.n
+    aid, aid_ok, valid = np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool)
+    slow = set(cols.raw)
+    for ch in progress_bar(chunks, len(chunks), "annotations", progress):
+        check_rows(ch, keys, recs, width, height, cat_ids, BOX_TOLERANCE_PX)
+        idx = ch.index
+        aid[idx], aid_ok[idx], valid[idx] = ch.ids, True, ch.ok  # type: ignore[assignment]
+        slow.update(idx[~ch.ok].tolist())  # type: ignore[operator]
+    # rows for the per-record reader: as parsed (streamed rows that failed a check are read again)
+    raw = dict(cols.raw)
+    raw.update(scan.rows(slow - raw.keys()))
+    errors: dict[int, str] = {}
+    extra: dict[int, tuple[int, Instance]] = {}
+    for i in sorted(slow):
+        try:
+            aid[i], aid_ok[i] = _annotation_id(raw[i]), True
+            record, inst = _read_instance(raw[i], int(aid[i]), records, cats, source)
+        except Invalid as e:
+            errors[i], valid[i] = str(e), False
+            continue
+        valid[i] = True
+        extra[i] = (rec_index[record.image_id], inst)
+    dup = duplicate_rows(aid, aid_ok, valid)
+    taken_all = aid_ok & valid & ~dup
+    for i in np.flatnonzero(~taken_all).tolist():
+        ann = raw.get(i, {"id": int(aid[i])})
+        reason = f"duplicate annotation id {int(aid[i])}" if dup[i] else errors[i]
+        bad.report(path, record_name("annotation", i, ann), reason)
+    taken = [taken_all[ch.index] & ch.ok for ch in chunks]  # type: ignore[operator]
+    extra = {i: v for i, v in extra.items() if taken_all[i]}
+    return _Validated(rec_list, categories, chunks, taken, extra)
+
+
 def read_coco_instances(
     path: str | os.PathLike,
     image_root: str = "",
@@ -274,6 +502,7 @@ def read_coco_instances(
     source: str = "coco",
     *,
     progress: bool = True,
+    scan: CocoScan | None = None,
 ) -> RecordSet:
     """Read a COCO or LVIS instances JSON into records (one per image, in file order).
 
@@ -291,6 +520,10 @@ def read_coco_instances(
     size differs from the image's, RLE (uncompressed or compressed) whose runs do not sum to h*w.
     Skipping an image also skips its annotations (each counted as "unknown image id").
 
+    The file is parsed once, streaming; plain box annotations are checked as numpy columns
+    (:mod:`~omniseg.data.formats.coco_columns`), the rest one by one, with the same messages.
+    ``scan``: the file already parsed by :func:`scan_coco_json` (``load_dataset`` sniffs it).
+
     Raises:
         FileNotFoundError: missing file.
         BadRecordError: empty / malformed file, missing top-level keys, or (policy "error") the
@@ -298,25 +531,24 @@ def read_coco_instances(
     """
     path = str(path)
     bad = on_bad if on_bad is not None else BadRecords()
-    data = load_json_object(path, ("images", "categories"))
-    categories = _read_categories(data["categories"], path, bad)
-    cats = {c.id: c for c in categories}
-    records = _read_images(data["images"], path, bad, set(cats), image_root)
-    anns = data.get("annotations", [])
-    if not isinstance(anns, list):
-        raise BadRecordError(path, "annotations", "must be a list")
-    seen: set[int] = set()
-    for i, ann in progress_bar(enumerate(anns), len(anns), "annotations", progress):
-        try:
-            record, inst = _read_instance(ann, records, cats, seen, source)
-        except Invalid as e:
-            bad.report(path, record_name("annotation", i, ann), str(e))
-            continue
-        seen.add(inst.id)  # type: ignore[arg-type]
-        record.instances.append(inst)
-    return RecordSet(
-        records=list(records.values()), categories=categories, image_root=image_root, name=Path(path).stem
-    )
+    v = _validate(scan or scan_coco_json(path), image_root, bad, source, progress)
+    v.instances(source)
+    return RecordSet(records=v.records, categories=v.categories, image_root=image_root, name=Path(path).stem)
+
+
+def coco_instances_stats(
+    path: str | os.PathLike,
+    image_root: str = "",
+    on_bad: BadRecords | None = None,
+    *,
+    scan: CocoScan | None = None,
+) -> dict[str, int | float]:
+    """:func:`~omniseg.data.stats.dataset_stats` of :func:`read_coco_instances`, without making
+    the per-instance objects (the same validation and bad-record reports)."""
+    bad = on_bad if on_bad is not None else BadRecords()
+    v = _validate(scan or scan_coco_json(path), image_root, bad, "coco", False)
+    rs = RecordSet(records=v.records, categories=v.categories, image_root=image_root, name=Path(path).stem)
+    return dataset_stats(rs, v.tally())
 
 
 def read_coco_results(

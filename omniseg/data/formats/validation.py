@@ -1,7 +1,8 @@
 """Shared parsing checks for the JSON / CSV readers: typed field access that raises
 :class:`Invalid` with a reason (the reader turns it into a BadRecords report naming the file
 and the record), opening input files without blocking on FIFOs / devices, JSON loading with
-line/column errors, image file names confined to the image root, and compressed-RLE validation.
+line/column errors, image file names confined to the image root, compressed-RLE validation, and a
+streaming scanner for large JSON objects (:func:`scan_json_object`).
 
 Field rules shared by every reader: ids are integers (not bools, not strings, not fractional
 floats) within int64; flags such as ``iscrowd`` are 0 / 1 (int or bool); ``area`` is finite
@@ -10,13 +11,16 @@ and >= 0; coordinates and scores are finite numbers.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
+import json.scanner
 import math
 import os
+import re
 import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,7 +146,11 @@ def load_json_object(path: str | os.PathLike, required: tuple[str, ...]) -> dict
     Raises:
         BadRecordError: not an object, or a required top-level key is missing (naming the file).
     """
-    data = load_json_file(path)
+    return check_json_object(path, load_json_file(path), required)
+
+
+def check_json_object(path: str | os.PathLike, data: Any, required: tuple[str, ...]) -> dict:
+    """``data`` if it is an object with the ``required`` keys (see :func:`load_json_object`)."""
     if not isinstance(data, dict):
         raise BadRecordError(str(path), "file", f"expected a JSON object, got {type(data).__name__}")
     missing = [k for k in required if k not in data]
@@ -326,3 +334,176 @@ def compressed_counts(counts: str) -> np.ndarray:
     vals[3::2] += np.cumsum(vals[1::2])[:-1][: vals[3::2].size]
     vals[4::2] += np.cumsum(vals[2::2])[:-1][: vals[4::2].size]
     return vals
+
+
+# ----------------------------------------------------------------------------- streaming JSON
+
+
+class NotStreamable(Exception):
+    """Internal: the file is not a plain JSON object the streaming scanner can read (malformed,
+    not UTF-8, duplicate top-level keys, ...). The caller then reads it with :func:`load_json_file`,
+    which reports exactly what is wrong."""
+
+
+#: marks a top-level key whose array was handed to a consumer instead of being kept
+STREAMED = object()
+_WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace (as json.decoder.WHITESPACE)
+#: "}" "," "{" between two object elements of an array (a real boundary unless inside a string
+#: or nested value; a wrong guess makes the chunk fail to parse, never parse differently)
+_BOUNDARY = re.compile(r"\}[ \t\n\r]*,[ \t\n\r]*\{")
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner json.loads uses
+_BLOCK = 1 << 23  # characters read at a time
+_CHUNK = 1 << 20  # characters of array elements parsed per json.loads call
+_BATCH = 8192  # elements per consumer call when scanning one element at a time
+
+
+class _Text:
+    """The UTF-8 text of an open binary file, decoded block by block; ``buf[pos:]`` is unread."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f, self.buf, self.pos, self.eof = f, "", 0, False
+        self.dec = codecs.getincrementaldecoder("utf-8-sig")()  # -sig: as load_json_file
+
+    def more(self, at_least: int = _BLOCK) -> bool:
+        """Append at least ``at_least`` more characters (fewer at the end); False at EOF."""
+        if self.eof:
+            return False
+        parts, got = [], 0
+        while got < at_least:
+            data = self.f.read(max(at_least - got, _BLOCK))
+            try:
+                text = self.dec.decode(data, final=not data)
+            except UnicodeDecodeError:
+                raise NotStreamable from None
+            parts.append(text)
+            got += len(text)
+            if not data:
+                self.eof = True
+                break
+        self.buf = self.buf[self.pos:] + "".join(parts)
+        self.pos = 0
+        return True
+
+    def peek(self) -> str:
+        """The next non-whitespace character ("" at the end of the file); skips to it."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return ""
+
+    def value(self) -> Any:
+        """Parse the JSON value at ``pos`` (reading more while it may continue past the buffer)."""
+        while True:
+            try:
+                obj, end = _SCAN(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:  # a number at the buffer end may go on
+                    self.pos = end
+                    return obj
+            except (StopIteration, ValueError, RecursionError):
+                if self.eof:
+                    raise NotStreamable from None
+            if not self.more(max(len(self.buf) - self.pos, _BLOCK)):  # doubling: linear in all
+                raise NotStreamable
+
+    def array(self, consume: Callable[[list], None]) -> None:
+        """Parse the array at ``pos`` (its "[") and hand its elements to ``consume`` in order,
+        a list at a time: object elements are cut at ``}, {`` boundaries and parsed ~1 MB per
+        ``json.loads``; where that fails (a cut inside a string, non-object elements) the
+        elements are scanned one by one."""
+        self.pos += 1
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            if len(self.buf) - self.pos < 2 * _CHUNK:
+                self.more()
+            end = min(len(self.buf), self.pos + _CHUNK)
+            k, m = end, None
+            for _ in range(64):  # the last boundary before ``end``
+                k = self.buf.rfind("}", self.pos, k)
+                if k < 0:
+                    break
+                m = _BOUNDARY.match(self.buf, k)
+                if m:
+                    break
+            if m is not None:
+                try:
+                    rows = json.loads("[" + self.buf[self.pos:k + 1] + "]")
+                except (ValueError, RecursionError):
+                    rows = None
+                if rows is not None:
+                    consume(rows)
+                    self.pos = m.end() - 1
+                    continue
+            if self._one_by_one(consume, end):
+                return
+
+    def _one_by_one(self, consume: Callable[[list], None], until: int) -> bool:
+        """Scan elements singly from ``pos`` (an element start) past ``until``; True at the array's end."""
+        rows: list = []
+        while True:
+            rows.append(self.value())
+            c = self.peek()
+            self.pos += 1
+            if c == "]":
+                consume(rows)
+                return True
+            if c != ",":
+                raise NotStreamable
+            self.peek()
+            if self.pos > until or len(rows) >= _BATCH:
+                consume(rows)
+                return False
+
+
+def scan_json_object(path: str | os.PathLike, stream: dict[str, Callable[[list], None]]) -> dict:
+    """Read a JSON object file without holding the arrays named in ``stream``.
+
+    The top-level object is read in blocks; the value of each key in ``stream`` that is an
+    array is passed, element lists in file order, to its consumer and recorded as
+    :data:`STREAMED` (other keys, and stream keys whose value is not an array, keep their
+    value). Values are those ``json.loads`` gives (same C scanner).
+
+    Raises:
+        FileNotFoundError / IsADirectoryError / NotRegularFileError / OSError: as
+            :func:`open_regular`.
+        NotStreamable: anything :func:`load_json_file` would reject or read differently (bad
+            UTF-8 or JSON, not an object, duplicate top-level keys, trailing data): call that.
+    """
+    with open_regular(path, "rb") as f:
+        t = _Text(f)
+        if t.peek() != "{":
+            raise NotStreamable
+        t.pos += 1
+        out: dict = {}
+        c = t.peek()
+        if c == "}":
+            t.pos += 1
+        while c != "}":
+            if c != '"':
+                raise NotStreamable
+            key = t.value()
+            if key in out:  # json keeps the last value: leave that to the ordinary reader
+                raise NotStreamable
+            if t.peek() != ":":
+                raise NotStreamable
+            t.pos += 1
+            if key in stream and t.peek() == "[":
+                t.array(stream[key])
+                out[key] = STREAMED
+            else:
+                t.peek()
+                out[key] = t.value()
+            c = t.peek()
+            t.pos += 1
+            if c == ",":
+                c = t.peek()
+                if c == "}":  # trailing comma
+                    raise NotStreamable
+            elif c != "}":
+                raise NotStreamable
+        if t.peek() != "":
+            raise NotStreamable  # extra data after the object
+    return out
