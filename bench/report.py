@@ -1,10 +1,12 @@
 """Render BENCHMARKS.md from bench/results/*.json (every number comes from a results file).
 
-    python bench/report.py            # rewrite BENCHMARKS.md
+    python bench/report.py                                  # rewrite BENCHMARKS.md
+    python bench/report.py --results DIR --out FILE         # render another results folder elsewhere
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -16,13 +18,40 @@ sys.path.insert(0, str(ROOT))
 from omniseg.utils.atomic import atomic_write_text  # noqa: E402
 
 
-def _load(name: str) -> dict | None:
-    p = RESULTS / f"{name}.json"
+def _load(name: str, results: Path = RESULTS) -> dict | None:
+    p = results / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
 
 
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _cmd(command: str) -> str:
+    """A recorded command line without its ``--out FILE`` (where that run happened to write)."""
+    words, out, skip = command.split(), [], False
+    for w in words:
+        if skip:
+            skip = False
+        elif w == "--out":
+            skip = True
+        elif not w.startswith("--out="):
+            out.append(w)
+    return " ".join(out)
+
+
+def _met(ratio: float, limit: float, at_least: bool = False) -> str:
+    """'0.42x -> met' for a target ``ratio <= limit`` (``>= limit`` with ``at_least``); 3 decimals near the limit."""
+    ok = ratio >= limit if at_least else ratio <= limit
+    return f"{ratio:.{3 if abs(ratio - limit) < 0.01 else 2}f}x -> {'met' if ok else 'NOT met'}"
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}x"
 
 
 def synth_section(d: dict) -> list[str]:
@@ -123,6 +152,172 @@ def alp_section(d: dict) -> list[str]:
             f"captions' colour / shape words ({100 * ts['phrase_role_accuracy']:.2f}% land inside the phrase); "
             f"{100 * th['token_accuracy']:.1f}% token accuracy and phrase F1 {th['phrase_f1']:.3f} on "
             f"{th['sentences']} hand-tagged narrative sentences (tests/curate).", ""]
+    tr = d.get("tagger_ratio")
+    if tr:
+        rate, full = tr["narratives_per_s"], tr["full_over_spacy_all_components"]
+        out += [f"Throughput against the tagger ({tr['narratives']} 'short' narratives, one process, "
+                f"{tr['repetitions']} interleaved repetitions, medians; load average {tr['load_average_1min']:.1f}):",
+                "", "| stage | narratives/s | full curation / this |", "|---|---:|---:|",
+                f"| stock spaCy tagging (every pipeline component: tok2vec, tagger, attribute ruler, lemmatizer) | "
+                f"{rate['spacy_all_components']:.1f} | {full:.3f} |",
+                f"| curation's tagging (`PosTagger`: tok2vec + tagger, rule components memoized) | "
+                f"{rate['curation_tagging']:.1f} | {tr['full_over_curation_tagging']:.3f} |",
+                f"| full curation (warm worker: read, parse, tag, align, box, write) | {rate['full_curation']:.1f} | "
+                "1.000 |", "",
+                f"Curation's tagging runs at {tr['curation_tagging_over_spacy_all_components']:.2f}x the stock "
+                "tagging rate. Target (issue 11: full curation >= 85% of the tagger-only rate, i.e. stock spaCy "
+                f"tagging): {100 * full:.1f}% -> {'met' if full >= 0.85 else 'NOT met'} "
+                f"({100 * tr['full_over_curation_tagging']:.1f}% of curation's own tagging rate).", ""]
+    return out
+
+
+def nms_section(d: dict) -> list[str]:
+    la0, la1 = d["load_average_1_5_15_before"][0], d["load_average_1_5_15"][0]
+    tv = d.get("torchvision")
+    impls = ["new", "old"] + (["torchvision"] if tv else [])
+    out = ["## NMS on CPU: new vs the old implementation vs torchvision (issue 11)", "",
+           f"`{'.venv-peer' if tv else '.venv'}/bin/python bench/nms_speed.py --runs {d['runs']}` — "
+           f"`omniseg.ops.nms` (`new`, impl=\"torch\") vs `omniseg/ops/nms_reference.py` (`old`, the implementation "
+           "it replaced)" + (f" vs `torchvision.ops.nms` (`torchvision`, {tv}, C++)" if tv else
+                             " (torchvision's ops did not import: no torchvision column; run it in `.venv-peer`)")
+           + f"; float32 boxes, {d['threads']} thread(s), torch {d['torch']}, {d['runs']} interleaved repetitions "
+           f"per implementation (rotating order), medians (min in brackets); {d['cpu_count']} cores, "
+           f"load average {la0:.1f} before / {la1:.1f} after.", "",
+           "| case | boxes | IoU thr. | same indices | " + " | ".join(f"{k} ms" for k in impls)
+           + " | new / old |" + (" new / torchvision | target |" if tv else ""),
+           "|---|---:|---:|---|" + "---:|" * len(impls) + "---:|" + ("---:|---:|" if tv else "")]
+    for r in d["results"]:
+        cells = [f"{_ms(r['median_ms'].get(k))} ({_ms(r['min_ms'].get(k))})" for k in impls]
+        row = (f"| {r['case']} | {r['boxes']} | {r['iou_threshold']} | {'yes' if r['identical'] else 'NO'} | "
+               + " | ".join(cells) + f" | {r['new_over_old']:.3f}x |")
+        if tv:
+            t = r.get("target_new_over_tv")
+            row += f" {r['new_over_torchvision']:.2f}x | {'–' if t is None else f'<= {t:g}x'} |"
+        out.append(row)
+    out += ["", "Cases: `random_5000` = 5,000 random boxes of an 800x800 image (sides 8..267 px, log-uniform); "
+            "`rpn_p2_1000` / `rpn_p3_1000` = one RPN level's top 1,000 decoded, clipped proposals of "
+            "configs/maskx_voc_like.yaml (256 px images); `rpn_step` = all RPN NMS of one training step "
+            "(4 images x 5 levels; `new`: one `batched_nms` over image x level groups, the others one call per "
+            "image); `identical_5000` = 5,000 copies of one box (degenerate, no target).", ""]
+    targeted = [r for r in d["results"] if r.get("target_new_over_tv") is not None]
+    if not tv:
+        out += [f"Targets (issue 11, new vs torchvision on {', '.join(r['case'] for r in targeted)}): not measured "
+                "(no torchvision in this run).", ""]
+        return out
+    for r in targeted:
+        t = r["target_new_over_tv"]
+        out.append(f"Target ({r['case']}, issue 11: new <= {t:g}x torchvision): "
+                   f"{_met(r['new_over_torchvision'], t)}.")
+    bad = [r["case"] for r in d["results"] if not r["identical"]]
+    if bad:
+        out += ["", f"Kept indices DIFFER between implementations in: {', '.join(bad)}."]
+    out.append("")
+    return out
+
+
+_STEP_ROWS = [("step_s", "training step, wall (s)"), ("step_cpu_s", "training step, CPU (s)"),
+              ("step_excl_nms_s", "training step without NMS, wall (s)"),
+              ("step_cpu_excl_nms_s", "training step without NMS, CPU (s)"), ("nms_s", "NMS in the step, wall (s)"),
+              ("data_s", "data wait per step (s)"), ("infer_s", "single-image inference, wall (s)"),
+              ("infer_cpu_s", "single-image inference, CPU (s)"),
+              ("infer_excl_nms_s", "single-image inference without NMS, wall (s)"),
+              ("infer_nms_s", "NMS in inference, wall (s)")]
+
+
+def step_section(d: dict) -> list[str]:
+    if "sides" not in d:  # a --profile run: no timings to show
+        return []
+    old, new, sides, ratio = d["old"], d["new"], d["sides"], d["ratio_new_over_old"]
+    over = "".join(f" --set {o}" for o in d.get("overrides", [])) + "".join(
+        f" --set-new {o}" for o in d.get("overrides_new", []))
+
+    def tree(t: dict) -> str:
+        return f"{t['spec']} = {t['commit'][:10]}{' (uncommitted changes)' if t['dirty'] else ''}"
+
+    out = [f"## Training step vs an older commit: {d['config']} (issue 11)", "",
+           f"`python bench/step_speed.py --old {old['spec']} --new {new['spec']} --rounds {d['rounds']} "
+           f"--steps {d['steps_per_round']}{over}` — old: {tree(old)}; "
+           f"new: {tree(new)}. Each side is one long-lived process importing its own tree, 1 torch thread, built "
+           "through the recipe contract; sides alternate A/B, B/A over "
+           f"{d['rounds']} rounds of {d['steps_per_round']} timed training steps (data + forward + backward + "
+           f"optimizer, after {d['warmup']} warm-up steps) and single-image predictions; medians of "
+           f"{sides['new']['n_steps']} steps and {sides['new']['n_images']} images per side. "
+           f"{d['cpu_count']} cores, load average {d['load_avg'][0]:.1f} at the end.", "",
+           "| median | old | new | new / old |", "|---|---:|---:|---:|"]
+    for k, label in _STEP_ROWS:
+        o, n = sides["old"][k], sides["new"][k]
+        r = ratio.get(k, n / o if o else float("nan"))
+        out.append(f"| {label} | {o:.3f} | {n:.3f} | {r:.3f} |")
+    share = {s: sides[s]["nms_s"] / sides[s]["step_s"] for s in ("old", "new")}
+    out += ["", f"NMS share of the median step (wall): old {100 * share['old']:.1f}%, new {100 * share['new']:.1f}%. "
+            "Inference runs a freshly seeded model with `model.score_threshold=0`, so every image keeps "
+            "`detections_per_image` boxes and the mask head does full work.", "",
+            "Target (issue 11: training step <= 0.6x the old commit's, wall): "
+            f"{_met(ratio['step_s'], 0.6)} (CPU time: {ratio['step_cpu_s']:.2f}x).", ""]
+    return out
+
+
+_COCO_READERS = {"pycocotools": "`COCO(path)` (json.load + createIndex, no validation)",
+                 "cli_stats": "`omniseg data stats PATH --json` (whole command, imports included)",
+                 "load_dataset": "`omniseg.data.load.load_dataset(path)` (validated records)"}
+
+
+def coco_section(d: dict) -> list[str]:
+    f, m, med = d["file"], d["machine"], d["median"]
+    ratio = d.get("ratio_to_pycocotools", {})
+    runs = max(len(v) for v in d["runs"].values())
+    out = [f"## Reading a {f['boxes'] / 1e6:g}M-box COCO file (issue 11)", "",
+           f"`{_cmd(d['command'])}` — generated boxes-only COCO instances file: {f['boxes']:,} boxes on "
+           f"{f['images']:,} images, {f['categories']} categories, {f['mib']:.0f} MiB. Each reader runs in its own "
+           f"subprocess (wall time of the whole process, peak RSS from its rusage; 'call' = the reading call alone), "
+           f"readers interleaved, medians of {runs} run(s); {m['cpus']} cores, Python {m['python']}, "
+           + (f"load average {d['load_average_1min']:.1f}." if "load_average_1min" in d
+              else "load average not recorded by this bench."), "",
+           "| reader | what runs | wall s | call s | peak RSS MiB | wall / pycocotools | RSS / pycocotools |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for name, r in med.items():
+        q = ratio.get(name, {})
+        out.append(f"| {name} | {_COCO_READERS.get(name, '')} | {r['wall_s']:.2f} | "
+                   f"{_ms(r.get('call_s'))} | {r['maxrss_mib']:.0f} | "
+                   f"{_x(q.get('wall'))} | {_x(q.get('maxrss'))} |")
+    out.append("")
+    if not ratio:
+        out += ["Targets (issue 11: <= 1.5x pycocotools' time, <= its peak memory): not measured (no pycocotools "
+                "run).", ""]
+        return out
+    for name, q in ratio.items():
+        call = f"; call alone {q['call']:.2f}x" if "call" in q else ""
+        out.append(f"Targets for {name} (issue 11): time (wall) <= 1.5x pycocotools': {_met(q['wall'], 1.5)}"
+                   f"{call}; peak memory <= pycocotools': {_met(q['maxrss'], 1.0)}.")
+    out.append("")
+    return out
+
+
+def peer_section(d: dict) -> list[str]:
+    tr, inf, det, par = d["train_s_per_step"], d["inference_s_per_image"], d["detections_per_image"], d["params_M"]
+    v = d["versions"]
+    out = ["## OmniSeg Mask R-CNN vs torchvision's maskrcnn_resnet50_fpn on CPU (issue 11)", "",
+           f"`.venv-peer/bin/{_cmd(d['command'])}` — {d['what']}. {d['rounds']} round(s) of one fresh process per "
+           f"side in ABBA order, {d['steps_per_round']} timed training steps (AdamW, after warm-up) and "
+           f"{d['images_per_round']} timed single-image inferences (score threshold {d['score_threshold']:g}, so "
+           "both mask heads see a full set of detections) per process; medians over all rounds. torch "
+           f"{v['torch']['omniseg']} (OmniSeg side) / {v['torch']['torchvision']} (torchvision side), torchvision "
+           f"{v['torchvision']}; torchvision RoIAlign sampling ratio "
+           + ("as OmniSeg's" if d["torchvision_sampling_ratio"] < 0 else str(d["torchvision_sampling_ratio"]))
+           + f"; {d['machine']}, load average {d['load_average_1min']:.1f} at the end.", "",
+           "| | OmniSeg | torchvision | OmniSeg / torchvision | median of per-round ratios | per-round ratios |",
+           "|---|---:|---:|---:|---:|---|",
+           f"| parameters (M) | {par['omniseg']:.1f} | {par['torchvision']:.1f} | "
+           f"{par['omniseg'] / par['torchvision']:.3f} | | |"]
+    for label, r in (("training step, batch 4 (s)", tr), ("single-image inference (s)", inf)):
+        out.append(f"| {label} | {r['omniseg']:.3f} | {r['torchvision']:.3f} | "
+                   f"{r['ratio_omniseg_over_torchvision']:.3f} | {r['median_per_round_ratio']:.3f} | "
+                   + ", ".join(f"{x:.2f}" for x in r["per_round_ratios"]) + " |")
+    out += [f"| detections per image (median) | {det['omniseg']:g} | {det['torchvision']:g} | | | |", "",
+            "Target (issue 11: inference <= 1.0x torchvision): "
+            f"{_met(inf['ratio_omniseg_over_torchvision'], 1.0)}.",
+            "Target (issue 11: training step <= 1.0x torchvision): "
+            f"{_met(tr['ratio_omniseg_over_torchvision'], 1.0)}.", ""]
     return out
 
 
@@ -247,22 +442,30 @@ def alp_experiments_section(d: dict) -> list[str]:
 
 
 SECTIONS = [("synth_speed", synth_section), ("eval_speed", eval_section), ("ops_speed", ops_section),
+            ("nms_speed", nms_section), ("coco_scale", coco_section),
             ("text_synonyms", text_section), ("box_to_mask_train", toy_section), ("alp_curation", alp_section),
-            ("maskx_speed", maskx_speed_section), ("maskx_experiments", maskx_section),
+            ("maskx_speed", maskx_speed_section), ("step_speed", step_section), ("peer_speed", peer_section),
+            ("maskx_experiments", maskx_section),
             ("alp_experiments", alp_experiments_section), ("alp_experiments_6000", alp_experiments_section)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of <bench>.json files (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="file to write (default: %(default)s)")
+    args = ap.parse_args(argv)
+    if not args.results.is_dir():
+        ap.error(f"--results {args.results}: not a folder")
     lines = ["# Benchmarks", "",
              "Generated by `python bench/report.py` from `bench/results/*.json`; `make bench` re-measures "
              "everything and regenerates this file. Machine: the project's development / CI machine "
              "(2 CPU cores, AMD EPYC, 24 GiB, no GPU), shared with other jobs, so timings are noisy; "
              "each JSON records the load average at measurement time.", ""]
     for name, render in SECTIONS:
-        d = _load(name)
+        d = _load(name, args.results)
         lines += render(d) if d else [f"## {name}", "", f"(not measured yet: run `python bench/{name}.py`)", ""]
-    atomic_write_text(ROOT / "BENCHMARKS.md", "\n".join(lines))
-    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+    atomic_write_text(args.out, "\n".join(lines))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
