@@ -262,6 +262,31 @@ _COCO_READERS = {"pycocotools": "`COCO(path)` (json.load + createIndex, no valid
                  "load_dataset": "`omniseg.data.load.load_dataset(path)` (validated records)"}
 
 
+def step_profile_section(d: dict) -> list[str]:
+    """The --profile run of bench/step_speed.py: where one training step's CPU time goes, old vs new."""
+    prof = d["profile"]
+    out = ["## Where a training step's time goes: before / after (issue 11)", "",
+           f"`python bench/step_speed.py --old {d['old']['spec']} --new {d['new']['spec']} --profile --side both "
+           f"--steps {d['steps_per_round']} --top 10` — {d['config']}, 1 torch thread; cProfile (self time per "
+           "Python function) and the torch profiler (self CPU time per op) over the training step without data "
+           f"loading; {d['cpu_count']} cores, load average {d['load_avg'][0]:.1f}.", "",
+           "| per step | old | new |", "|---|---:|---:|"]
+    rows = [("step CPU under cProfile (s)", "cprofile_step_cpu_s"), ("of which NMS (s)", "cprofile_nms_cpu_s"),
+            ("torch ops self CPU (s)", "torch_total_s"), ("data, not in the step (s CPU)", "data_cpu_s")]
+    out += [f"| {label} | {prof['old'][k]:.3f} | {prof['new'][k]:.3f} |" for label, k in rows]
+    for side in ("old", "new"):
+        p = prof[side]
+        out += ["", f"{side} ({d[side]['spec']}): top Python functions by self time, and top torch ops", "",
+                "| function | self s / step | share | | torch op | self s / step | share |",
+                "|---|---:|---:|---|---|---:|---:|"]
+        for f, o in zip(p["cprofile"], p["torch_ops"]):
+            name = f["function"].replace("|", "/")
+            out.append(f"| `{name[-70:]}` | {f['self_s']:.3f} | {_pct(f['share'])} | | `{o['op']}` | "
+                       f"{o['self_s']:.3f} | {_pct(o['share'])} |")
+    out.append("")
+    return out
+
+
 def coco_section(d: dict) -> list[str]:
     f, m, med = d["file"], d["machine"], d["median"]
     ratio = d.get("ratio_to_pycocotools", {})
@@ -444,7 +469,8 @@ def alp_experiments_section(d: dict) -> list[str]:
 SECTIONS = [("synth_speed", synth_section), ("eval_speed", eval_section), ("ops_speed", ops_section),
             ("nms_speed", nms_section), ("coco_scale", coco_section),
             ("text_synonyms", text_section), ("box_to_mask_train", toy_section), ("alp_curation", alp_section),
-            ("maskx_speed", maskx_speed_section), ("step_speed", step_section), ("peer_speed", peer_section),
+            ("maskx_speed", maskx_speed_section), ("step_speed", step_section),
+            ("step_profile", step_profile_section), ("peer_speed", peer_section),
             ("maskx_experiments", maskx_section),
             ("alp_experiments", alp_experiments_section), ("alp_experiments_6000", alp_experiments_section)]
 
