@@ -45,6 +45,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trees import prepare_tree, side_env  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CASE_DIR = ROOT / "bench" / "equivalence"
 TIMING_KEYS = {"s_per_iter", "eta_s"}
@@ -73,32 +76,6 @@ CASES: dict[str, Case] = {
 }
 
 PROBE = "import omniseg, torch; print(omniseg.__file__); print(torch.__version__); print(torch.get_num_threads())"
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
-def prepare_tree(spec: str, dest: Path) -> dict:
-    """The tree of ``spec``: WORKTREE (this checkout) or a revision exported into ``dest``."""
-    if spec == "WORKTREE":
-        return {"spec": spec, "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain")),
-                "tree": str(ROOT)}
-    try:
-        commit = git("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}")
-    except subprocess.CalledProcessError:
-        raise SystemExit(f"{spec!r}: not a revision of {ROOT} (nor WORKTREE)") from None
-    dest.mkdir(parents=True)
-    archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", commit], stdout=subprocess.PIPE)
-    subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
-    archive.stdout.close()
-    if archive.wait() != 0:
-        raise SystemExit(f"git archive {commit} failed")
-    return {"spec": spec, "commit": commit, "dirty": False, "tree": str(dest)}
-
-
-def side_env(tree: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
 def probe(side: str, tree: dict, cwd: Path) -> str:

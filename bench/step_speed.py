@@ -40,6 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trees import prepare_tree, side_env  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/maskx_voc_like.yaml"
 DEFAULT_OLD = "0d8adc8"  # the commit before issue 11's speed work
@@ -228,35 +231,9 @@ def child(args) -> None:
 # ------------------------------------------------------------------------------ parent side
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
-def prepare_tree(spec: str) -> dict:
-    """WORKTREE (this checkout) or a revision exported once into a cache folder."""
-    if spec == "WORKTREE":
-        return {"spec": spec, "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain")),
-                "tree": str(ROOT)}
-    try:
-        commit = git("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}")
-    except subprocess.CalledProcessError:
-        raise SystemExit(f"{spec!r}: not a revision of {ROOT} (nor WORKTREE)") from None
-    dest = Path(tempfile.gettempdir()) / "omniseg_step_speed" / commit
-    if not (dest / ".complete").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", commit], stdout=subprocess.PIPE)
-        subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
-        archive.stdout.close()
-        if archive.wait() != 0:
-            raise SystemExit(f"git archive {commit} failed")
-        (dest / ".complete").touch()
-    return {"spec": spec, "commit": commit, "dirty": False, "tree": str(dest)}
-
-
 class Child:
     def __init__(self, name: str, tree: dict, args):
-        env = {**os.environ, "PYTHONPATH": tree["tree"], "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "PYTHONHASHSEED": "0"}
+        env = side_env(tree["tree"])
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--config", str(Path(tree["tree"]) / args.config),
                *[f"--set={s}" for s in args.set + (args.set_new if name == "new" else [])]]
         self.name = name
@@ -340,7 +317,7 @@ def main() -> int:
         return 0
     specs = dict(zip(SIDES, (args.old, args.new)))
     names = [s for s in SIDES if args.side in (s, "both")] if args.profile else list(SIDES)
-    trees = {s: prepare_tree(specs[s]) for s in names}
+    trees = {s: prepare_tree(specs[s], Path(tempfile.gettempdir()) / "omniseg_step_speed", reuse=True) for s in names}
     children: dict[str, Child] = {}
     try:
         for s in names:
