@@ -167,3 +167,16 @@ def test_test_loader_order_and_ranks():
     b = next(iter(build_test_loader(rs, 2, load_image=_image)))
     assert b.images.shape == (2, 3, 32, 64) and b.image_sizes == [(H, W), (H, W)]
     assert b.orig_sizes == [(H, W), (H, W)] and b.targets[0].has_mask.tolist() == [True]
+
+
+def test_a_loader_worker_gives_the_same_batches_as_the_main_process():
+    """configs/maskx_voc_like.yaml draws images in one worker process (issue 11): the sampler and the
+    augmentation seeds stay in the main process, so the batches are those of num_workers=0."""
+    def batches(num_workers):
+        loader = build_train_loader(_sources(), "mix", batch_size=3, transforms=build_train_transforms(32),
+                                    num_workers=num_workers, seed=7)
+        return [b for _, b in zip(range(5), loader)]
+
+    for x, y in zip(batches(0), batches(1), strict=True):
+        assert x.image_ids == y.image_ids and x.sources == y.sources and torch.equal(x.images, y.images)
+        assert all(torch.equal(p.boxes, q.boxes) and torch.equal(p.masks, q.masks) for p, q in zip(x.targets, y.targets))
