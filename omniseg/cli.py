@@ -6,7 +6,7 @@ Each command module defines ``register(parser)`` (adds its arguments) and
 
 This is the one error boundary of the program: a user error (:class:`omniseg.errors.UserError`,
 or an ``OSError`` such as a missing file, a read-only folder or a full disk) ends the command with
-one line ``omniseg <cmd>: error: <file>[:<record>]: <what>`` and exit status 1 (2 for a usage
+one line ``omniseg <cmd> [<action>]: error: <file>[:<record>]: <what>`` and exit status 1 (2 for a usage
 error). Ctrl-C exits 130 and SIGTERM 143, after ``finally`` blocks have removed temporary files.
 Anything else is a bug and is reported as an internal error. ``--debug`` (anywhere on the command
 line) or ``OMNISEG_DEBUG=1`` shows the traceback instead.
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    prog = f"omniseg {args.command}"
+    action = getattr(args, f"{args.command}_command", None)  # `data convert`, `curate alps`: name the action
+    prog = f"omniseg {args.command}" + (f" {action}" if action else "")
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)

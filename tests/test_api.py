@@ -175,6 +175,19 @@ def test_segment_box_outside_the_image_is_an_error(trained, image_file, tmp_path
     assert not out.exists()  # nothing written
 
 
+def test_segment_box_outside_one_image_is_skipped_under_skip(trained, image_file, tmp_path, capsys):
+    """--on-bad-record skip: an image the box misses (1 x 1 pixels) is counted, the others are written."""
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    out = tmp_path / "seg"
+    rc, text, err = _segment(trained, [str(image_file), str(tiny), "--boxes", "10,10,40,40", "--out", str(out),
+                                       "--on-bad-record", "skip"], capsys)
+    assert rc == 0, err
+    assert "skipped 1 bad record(s)" in text and f"e.g. {tiny}: --boxes: box [10, 10, 40, 40] does not overlap" in text
+    assert [p["file"] for p in json.loads((out / "predictions.json").read_text())] == [str(image_file)]
+    assert sorted(f.name for f in out.iterdir()) == ["img.png", "predictions.json"]
+
+
 def test_segment_box_partly_outside_is_clipped(trained, image_file, tmp_path, capsys):
     out = tmp_path / "seg"
     rc, _, _ = _segment(trained, [str(image_file), "--boxes=-10,20,50,500", "--min-score", "0", "--out", str(out)],

@@ -64,7 +64,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from omniseg.data.stats import dataset_stats, format_stats
-    from omniseg.data.synth.generate import SynthConfig, generate_dataset
+    from omniseg.data.synth.generate import GenerateStats, SynthConfig, generate_dataset
 
     if not args.out:
         raise UsageError("--out: empty path")
@@ -73,9 +73,12 @@ def _synth(args: argparse.Namespace) -> int:
         raise UsageError(f"--image-size: must be between {MIN_IMAGE_SIZE} and {MAX_SYNTH_SIZE}, got {args.image_size}")
     cfg = SynthConfig(seed=args.seed, num_images=args.num_images, image_size=args.image_size)
     t0 = time.perf_counter()
-    rs = generate_dataset(cfg, args.out, workers=args.workers, progress=not args.no_progress)
+    counts = GenerateStats()
+    rs = generate_dataset(cfg, args.out, workers=args.workers, progress=not args.no_progress, stats=counts)
     dt = time.perf_counter() - t0
     print(f"wrote {len(rs)} images to {args.out} in {dt:.1f} s ({len(rs) / max(dt, 1e-9):.1f} images/s)")
+    if counts.removed:
+        print(f"removed {counts.removed} image(s) of an earlier run that are not in this set")
     print(format_stats(dataset_stats(rs), "statistics:"))
     return 0
 

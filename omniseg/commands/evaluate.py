@@ -54,6 +54,14 @@ def split_groups(name: str | None, categories, seed: int = 0) -> dict[str, list[
     return {"base": list(split.base_ids), "novel": list(split.novel_ids)}
 
 
+def check_ground_truth(gt, source: str) -> None:
+    """A :class:`UserError` naming ``source`` when the ground truth has no categories or no labelled
+    instance (a captions or narratives file): otherwise every prediction would be blamed instead."""
+    if not gt.categories or not any(i.category_id is not None for r in gt.records for i in r.instances):
+        raise UserError(f"{source}: has no categories / instances to evaluate against "
+                        "(eval needs COCO instances ground truth)")
+
+
 def check_predictions(pred, iou_types, source: str) -> None:
     """A :class:`UserError` naming ``source`` when mask AP is asked of predictions without masks
     (a box-only results file): the evaluator needs a mask for every prediction."""
@@ -104,6 +112,7 @@ def main(args: argparse.Namespace) -> int:
     log = sys.stderr if args.out == "-" else sys.stdout  # standard output holds the JSON report
     bad = bad_records(args)
     gt = load_dataset(args.gt, on_bad=bad)
+    check_ground_truth(gt, args.gt)
     pred = read_coco_results(args.pred, gt, on_bad=bad)
     check_predictions(pred, args.iou_type, args.pred)
     groups = split_groups(args.split, gt.categories, args.split_seed)

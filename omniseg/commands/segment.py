@@ -5,7 +5,8 @@ prediction (file, drawing, text, score, box, RLE mask) to ``OUT/predictions.json
 with the same file name get distinct drawings (``x.png``, ``x_<index>.png``): nothing written in
 one run is overwritten by the same run, and a run that stops on an error leaves no drawings
 behind. Prompt boxes partly outside an image are clipped to it; a box that does not overlap an
-image at all is an error naming the box, the image and its size.
+image at all is an error naming the box, the image and its size (under ``--on-bad-record skip``:
+that image is counted as skipped and the others are written).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def register(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from omniseg.api import Segmenter, clip_boxes, resolve_device
+    from omniseg.api import BoxError, Segmenter, clip_boxes, resolve_device
     from omniseg.utils.atomic import atomic_open, atomic_write_json
     from omniseg.viz.draw import draw_instances
 
@@ -97,7 +98,13 @@ def main(args: argparse.Namespace) -> int:
             if image is None:
                 continue
             height, width = image.shape[:2]
-            boxes = None if args.boxes is None else clip_boxes(args.boxes, width, height, str(path))
+            try:
+                boxes = None if args.boxes is None else clip_boxes(args.boxes, width, height, str(path))
+            except BoxError as e:  # e.g. a box beyond a small image: under skip, that image only
+                if bad.policy == "error":
+                    raise
+                bad.skip(str(path), "--boxes", str(e).removeprefix(f"{path}: "))
+                continue
             found = seg.predict(image, vocabulary=args.vocabulary, boxes=boxes, min_score=args.min_score)
             print(f"{path}: {len(found)} instance(s)")
             for i in found:

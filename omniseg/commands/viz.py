@@ -35,8 +35,10 @@ def write_visualization(gt, pred, out: str | Path, limit: int = 48, min_score: f
     """Draw up to ``limit`` images (GT, and predictions beside them) and write ``out/index.html``.
 
     Every drawing gets its own file name (``images/<stem>_<image id>.png``, made unique), so two
-    records never overwrite each other's drawing; on an error the drawings written so far are
-    removed.
+    records never overwrite each other's drawing. The drawings are staged and swapped in as the
+    whole ``images/`` folder (:func:`omniseg.utils.atomic.atomic_dir`): it holds only this run's
+    drawings, never stale ones of an earlier run, and an ``images/`` holding anything but PNGs is
+    refused. On an error the previous output is left as it was.
 
     Args:
         gt: RecordSet whose ``image_path`` resolves to readable images of the declared sizes.
@@ -51,7 +53,7 @@ def write_visualization(gt, pred, out: str | Path, limit: int = 48, min_score: f
     """
     from omniseg.commands.common import load_record_image_or_skip, removed_on_error, unique_name
     from omniseg.data.formats.validation import progress_bar
-    from omniseg.utils.atomic import atomic_open
+    from omniseg.utils.atomic import atomic_dir
     from omniseg.viz.draw import draw_instances, side_by_side
     from omniseg.viz.html import write_html_page
 
@@ -62,7 +64,7 @@ def write_visualization(gt, pred, out: str | Path, limit: int = 48, min_score: f
     by_id = {r.image_id: r for r in pred} if pred is not None else {}
     items, taken = [], set()
     records = progress_bar(gt.records[:limit], min(limit, len(gt.records)), "drawing", progress)
-    with removed_on_error(out, out / "images") as written:  # no drawings without their page
+    with removed_on_error(out), atomic_dir(out / "images", owned=("*.png",)) as staged:  # out: gone if new
         for index, r in enumerate(records):
             img = load_record_image_or_skip(gt, r, bad)
             if img is None:
@@ -76,13 +78,11 @@ def write_visualization(gt, pred, out: str | Path, limit: int = 48, min_score: f
                 cap += f" | {len(shown)} predicted (score >= {min_score})"
             if r.captions:
                 cap += f" | \u201c{r.captions[0]}\u201d"
-            name = "images/" + unique_name(f"{Path(str(r.file_name)).stem}_{r.image_id}", ".png", taken, index)
-            with atomic_open(out / name, "wb") as f:
-                side_by_side(panels).save(f, format="PNG")
-            written.append(out / name)
-            items.append((name, cap))
-        page = out / "index.html"
-        write_html_page(page, f"OmniSeg: {gt.name or 'dataset'}", images=items, tables=tables, notes=notes)
+            name = unique_name(f"{Path(str(r.file_name)).stem}_{r.image_id}", ".png", taken, index)
+            side_by_side(panels).save(staged / name, format="PNG")
+            items.append(("images/" + name, cap))
+    page = out / "index.html"  # after the swap: the page never names a missing drawing
+    write_html_page(page, f"OmniSeg: {gt.name or 'dataset'}", images=items, tables=tables, notes=notes)
     return page
 
 

@@ -40,7 +40,7 @@ def _alps(dataset: Path, images: str, out: str, *extra: str) -> list[str]:
 def test_missing_stuff_list_file_is_a_usage_error(dataset: Path, tmp_path: Path, capsys) -> None:
     argv = _alps(dataset, str(dataset), str(tmp_path / "o"), "--stuff-list", str(tmp_path / "nofile.txt"))
     assert main(argv) == 2
-    assert capsys.readouterr().err == f"omniseg curate: error: --stuff-list: {tmp_path / 'nofile.txt'}: no such file\n"
+    assert capsys.readouterr().err == f"omniseg curate alps: error: --stuff-list: {tmp_path / 'nofile.txt'}: no such file\n"
     assert os.listdir(tmp_path) == []
 
 
@@ -49,7 +49,7 @@ def test_out_that_is_an_input_is_refused(dataset: Path, capsys, out: str) -> Non
     before = sorted(os.listdir(dataset))
     out = out.format(s=dataset)
     assert main(_alps(dataset, str(dataset), out)) == 2
-    assert capsys.readouterr().err.startswith(f"omniseg curate: error: --out: {out} is an input of this command")
+    assert capsys.readouterr().err.startswith(f"omniseg curate alps: error: --out: {out} is an input of this command")
     assert sorted(os.listdir(dataset)) == before
 
 
@@ -57,7 +57,7 @@ def test_out_that_is_a_file_is_refused(dataset: Path, tmp_path: Path, capsys) ->
     f = tmp_path / "f.txt"
     f.write_text("keep")
     assert main(_alps(dataset, str(dataset), str(f))) == 1
-    assert capsys.readouterr().err == f"omniseg curate: error: {f}: exists and is not a folder\n"
+    assert capsys.readouterr().err == f"omniseg curate alps: error: {f}: exists and is not a folder\n"
 
 
 def test_no_narrative_for_any_image_is_an_error(dataset: Path, tmp_path: Path, capsys) -> None:
@@ -73,5 +73,5 @@ def test_no_narrative_for_any_image_is_an_error(dataset: Path, tmp_path: Path, c
     narr = dataset / "narratives.jsonl"
     assert main(_alps(dataset, str(other), str(tmp_path / "o"))) == 1
     err = capsys.readouterr().err
-    assert err == (f"omniseg curate: error: {narr}: none of its 2 narratives is for an image of {other} "
+    assert err == (f"omniseg curate alps: error: {narr}: none of its 2 narratives is for an image of {other} "
                    "(image ids differ?)\n")

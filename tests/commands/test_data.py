@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def test_unusable_out_is_a_usage_error(dataset: Path, tmp_path: Path, capsys, fm
     d = str(tmp_path)
     assert main(["data", "convert", str(dataset), "--to", fmt, "--out", out.format(d=d)]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.startswith(f"omniseg data: error: {message.format(d=d)}")
+    assert captured.out == "" and captured.err.startswith(f"omniseg data convert: error: {message.format(d=d)}")
     assert captured.err.count("\n") == 1 and os.listdir(tmp_path) == []
 
 
@@ -97,7 +98,7 @@ def test_convert_refuses_out_that_is_part_of_the_input(dataset: Path, capsys, fm
     before = {p: p.stat().st_mtime_ns for p in dataset.rglob("*")}
     out = out.format(s=dataset)
     assert main(["data", "convert", str(dataset), "--to", fmt, "--out", out]) == 2
-    assert capsys.readouterr().err == f"omniseg data: error: --out: {out} is an input of this command ({dataset})\n"
+    assert capsys.readouterr().err == f"omniseg data convert: error: --out: {out} is an input of this command ({dataset})\n"
     assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*")} == before
 
 
@@ -115,7 +116,7 @@ def test_convert_refuses_its_own_input_file_also_through_a_symlink(dataset: Path
 def test_convert_out_with_trailing_slash_is_a_usage_error(dataset: Path, tmp_path: Path, capsys) -> None:
     out = f"{tmp_path}/new/"
     assert main(["data", "convert", str(dataset), "--to", "coco", "--out", out]) == 2
-    assert capsys.readouterr().err == f"omniseg data: error: --out: {out} names a folder; give a file name\n"
+    assert capsys.readouterr().err == f"omniseg data convert: error: --out: {out} names a folder; give a file name\n"
     assert os.listdir(tmp_path) == []
 
 
@@ -124,7 +125,7 @@ def test_panoptic_never_swaps_away_a_folder_of_other_files(dataset: Path, tmp_pa
     (tmp_path / "foo" / "precious.txt").write_text("keep")
     assert main(["data", "convert", str(dataset), "--to", "panoptic", "--out", str(tmp_path / "foo.json")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"omniseg data: error: {tmp_path / 'foo'}: exists and holds files") and "precious.txt" in err
+    assert err.startswith(f"omniseg data convert: error: {tmp_path / 'foo'}: exists and holds files") and "precious.txt" in err
     assert sorted(os.listdir(tmp_path)) == ["foo"] and os.listdir(tmp_path / "foo") == ["precious.txt"]
 
 
@@ -140,7 +141,7 @@ def test_convert_refuses_an_empty_export(dataset: Path, tmp_path: Path, capsys, 
     src = dataset / "instances.json"  # instances only
     out = tmp_path / "o.json"
     assert main(["data", "convert", str(src), "--to", fmt, "--out", str(out)]) == 1
-    assert capsys.readouterr().err == f"omniseg data: error: {src}: has no {what} to write as {fmt}\n"
+    assert capsys.readouterr().err == f"omniseg data convert: error: {src}: has no {what} to write as {fmt}\n"
     assert os.listdir(tmp_path) == []
 
 
@@ -148,5 +149,18 @@ def test_synth_into_an_existing_file(tmp_path: Path, capsys) -> None:
     f = tmp_path / "tiny.yaml"
     f.write_text("x: 1\n")
     assert main(["data", "synth", "--out", str(f), "--num-images", "1", "--image-size", "16", "--no-progress"]) == 1
-    assert capsys.readouterr().err == f"omniseg data: error: {f}: exists and is not a folder\n"
+    assert capsys.readouterr().err == f"omniseg data synth: error: {f}: exists and is not a folder\n"
     assert f.read_text() == "x: 1\n"
+
+
+def test_synth_rerun_with_fewer_images_removes_its_own_stale_pngs(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "s"
+    argv = ["data", "synth", "--out", str(out), "--image-size", "16", "--no-progress", "--num-images"]
+    assert main([*argv, "7"]) == 0
+    (out / "images" / "mine.png").write_text("keep")  # not the generator's naming: never touched
+    capsys.readouterr()
+    assert main([*argv, "2"]) == 0
+    assert "removed 5 image(s) of an earlier run that are not in this set\n" in capsys.readouterr().out
+    names = [im["file_name"] for im in json.loads((out / "instances.json").read_text())["images"]]
+    assert sorted(os.listdir(out / "images")) == [*sorted(names), "mine.png"] and len(names) == 2
+    assert json.loads((out / "synth_config.json").read_text())["images_removed"] == 5

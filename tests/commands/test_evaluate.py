@@ -57,3 +57,13 @@ def test_md_out_is_refused(inputs: tuple[Path, Path], tmp_path: Path, capsys) ->
     assert main(["eval", str(ds), "--pred", str(pred), "--out", str(tmp_path / "x.md")]) == 2
     assert "the markdown report is written next to the JSON one" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_ground_truth_without_instances_is_blamed_not_the_predictions(inputs: tuple[Path, Path], capsys) -> None:
+    """A captions file as GT: the error names the GT, not an 'unknown category' of the predictions."""
+    ds, pred = inputs
+    gt = ds / "captions.json"
+    capsys.readouterr()
+    assert main(["eval", str(gt), "--pred", str(pred)]) == 1
+    assert capsys.readouterr().err == (f"omniseg eval: error: {gt}: has no categories / instances to evaluate "
+                                       "against (eval needs COCO instances ground truth)\n")

@@ -171,7 +171,7 @@ def test_cli_bad_paths_are_one_line_errors(tmp_path, capsys, write_narratives):
     for argv, message in cases:
         assert cli_main(base + argv) == 1, argv
         err = capsys.readouterr().err
-        assert err.startswith("omniseg curate: error: ") and message in err and err.count("\n") == 1, err
+        assert err.startswith("omniseg curate alps: error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
 
 
@@ -180,5 +180,5 @@ def test_cli_unknown_model_is_a_usage_error(tmp_path, capsys, write_narratives):
     write_narratives(src, 1)
     argv = ["curate", "alps", str(src), "--images", str(src), "--out", str(tmp_path / "o"), "--model", "no_such_pkg"]
     assert cli_main(argv) == 2
-    assert capsys.readouterr().err.startswith("omniseg curate: error: --model: no spaCy English model installed")
+    assert capsys.readouterr().err.startswith("omniseg curate alps: error: --model: no spaCy English model installed")
     assert not (tmp_path / "o").exists()

@@ -353,6 +353,8 @@ CASES: list[Case] = [
     C("stats-empty-file", ("data", "stats", "{d}/e.json"), 1, "e.json", write("e.json", "")),
     C("stats-bad-json", ("data", "stats", "{d}/e.json"), 1, "e.json", write("e.json", '{"images": [')),
     C("stats-json-number", ("data", "stats", "{d}/e.json"), 1, "e.json", write("e.json", "3")),
+    C("stats-5000-digit-integer", ("data", "stats", "{d}/e.json"), 1, "e.json: file: malformed JSON at line 2: number "
+      "with too many digits", write("e.json", '{"images": [],\n "annotations": [{"id": ' + "9" * 5000 + "}]}")),
     C("stats-results-file", ("data", "stats", "{d}/p.json"), 1, "p.json", preds()),
     C("stats-unknown-extension", ("data", "stats", "{d}/x.txt"), 1, "x.txt", write("x.txt", "hello")),
     C("stats-not-utf8", ("data", "stats", "{d}/e.json"), 1, "e.json",
@@ -445,6 +447,8 @@ CASES: list[Case] = [
       preds(lambda p: p[0].update(image_id=987654))),
     C("eval-pred-unknown-category", ("eval", "{synth}", "--pred", "{d}/p.json"), 1, "p.json",
       preds(lambda p: p[0].update(category_id=987654))),
+    C("eval-gt-is-captions", ("eval", "{synth}/captions.json", "--pred", "{d}/p.json"), 1,
+      "captions.json: has no categories / instances to evaluate against", preds()),
     C("eval-empty-pred", ("eval", "{synth}", "--pred", "{d}/p.json"), 0, setup=preds(lambda p: []), check=ap_zero),
     C("eval-unknown-split", ("eval", "{synth}", "--pred", "{d}/p.json", "--split", "nosuch"), 2, "nosuch", preds()),
     C("eval-out-is-dir", ("eval", "{synth}", "--pred", "{d}/p.json", "--out", "{d}/odir"), 1, "odir",
@@ -590,7 +594,7 @@ def test_case(case: Case, world: World, tmp_path: Path) -> None:
 
     rc, out, err = _run(argv, case.subprocess, d)
 
-    command = argv[0]
+    command = " ".join(argv[:2]) if argv[0] in ("data", "curate") else argv[0]  # `omniseg data convert: error:`
     assert "Traceback" not in err, err
     assert "internal error" not in err, err
     assert rc == case.code, f"exit {rc}, want {case.code}\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}"
@@ -649,7 +653,7 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(data_cmd, "main", interrupted)
     rc, _, err = _run(["data", "stats", str(tmp_path)], False, tmp_path)
     assert rc == 130
-    assert err.strip() == "omniseg data: interrupted"
+    assert err.strip() == "omniseg data stats: interrupted"
 
 
 def test_a_closed_pipe_is_not_an_error(monkeypatch, tmp_path: Path) -> None:

@@ -113,8 +113,14 @@ def parse_json(text: str | bytes) -> Any:
         raise Invalid(f"not UTF-8 text (byte {e.start}): {e.reason}") from e
     except RecursionError as e:
         raise Invalid("malformed JSON: nested too deeply") from e
-    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
-        raise Invalid(f"malformed JSON: {e}") from e
+    except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        limit = sys.get_int_max_str_digits()
+        data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+        long = re.search(rb"\d{%d,}" % (limit + 1), data)
+        if long is None:
+            raise Invalid(f"malformed JSON: {e}") from e
+        line = long.string.count(b"\n", 0, long.start()) + 1
+        raise Invalid(f"malformed JSON at line {line}: number with too many digits (more than {limit})") from e
 
 
 def load_json_file(path: str | os.PathLike) -> Any:

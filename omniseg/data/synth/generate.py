@@ -10,7 +10,9 @@ Layout of ``out_dir``::
     synth_config.json          the resolved SynthConfig
 
 Re-running is resumable: an image whose PNG already on disk has the same content hash as
-the freshly generated one is not rewritten. Generation is parallel over ``workers``
+the freshly generated one is not rewritten; the generator's own PNGs (``images/<7+ digits>.png``)
+of an earlier, larger run are removed once the new annotations are written, so ``images/``
+matches them. Generation is parallel over ``workers``
 processes; every image depends only on ``(seed, index)``, so the output does not depend on
 the number of workers.
 """
@@ -22,6 +24,7 @@ import hashlib
 import io
 import multiprocessing as mp
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,11 @@ class GenerateStats:
 
     written: int = 0
     unchanged: int = 0
+    removed: int = 0
+
+
+#: the generator's image file names (``f"{index:07d}.png"``, see ``generate_image``)
+_OWN_IMAGE = re.compile(r"\d{7,}\.png")
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -71,6 +79,17 @@ def _make_one(args: tuple[SynthConfig, int, str]) -> tuple[ImageRecord, bool]:
         return record, False
     atomic_write_bytes(path, data)
     return record, True
+
+
+def remove_stale_images(image_dir: str | os.PathLike, keep: set[str]) -> int:
+    """Delete the generator's own PNGs in ``image_dir`` not named in ``keep`` (left by an earlier
+    run with more images); other files are never touched. Returns how many were removed."""
+    removed = 0
+    for e in os.scandir(image_dir):
+        if e.name not in keep and _OWN_IMAGE.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+            os.unlink(e.path)
+            removed += 1
+    return removed
 
 
 def synth_recordset(records: list[ImageRecord], image_root: str = "", name: str = "synth") -> RecordSet:
@@ -112,7 +131,8 @@ def generate_records(
 
 
 def generate_dataset(
-    cfg: SynthConfig, out_dir: str | os.PathLike, workers: int = 1, progress: bool = True
+    cfg: SynthConfig, out_dir: str | os.PathLike, workers: int = 1, progress: bool = True,
+    stats: GenerateStats | None = None,
 ) -> RecordSet:
     """Generate the dataset and write it in every real format (see the module docstring).
 
@@ -121,6 +141,7 @@ def generate_dataset(
         out_dir: output folder (created).
         workers: processes generating images.
         progress: show tqdm bars (only when stderr is a terminal).
+        stats: if given, filled with this run's counts (written / unchanged / stale images removed).
 
     Returns:
         the RecordSet (``image_root`` = ``out_dir/images``), categories from the lexicon.
@@ -132,16 +153,19 @@ def generate_dataset(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records, stats = generate_records(cfg, out / IMAGES_DIR, workers=workers, progress=progress)
+    records, counts = generate_records(cfg, out / IMAGES_DIR, workers=workers, progress=progress)
     rs = synth_recordset(records, image_root=str(out / IMAGES_DIR), name=f"synth-seed{cfg.seed}")
     write_coco_instances(out / "instances.json", rs)
     write_coco_captions(out / "captions.json", rs)
     write_narratives_jsonl(out / "narratives.jsonl", rs)
     write_coco_panoptic(out / "panoptic.json", out / PANOPTIC_DIR, rs, progress=progress)
+    counts.removed = remove_stale_images(out / IMAGES_DIR, {r.file_name for r in records})
     atomic_write_json(
         out / "synth_config.json",
         {"generator_version": GENERATOR_VERSION, "config": dataclasses.asdict(cfg),
-         "images_written": stats.written, "images_unchanged": stats.unchanged},
+         "images_written": counts.written, "images_unchanged": counts.unchanged, "images_removed": counts.removed},
         indent=2,
     )
+    if stats is not None:
+        stats.written, stats.unchanged, stats.removed = counts.written, counts.unchanged, counts.removed
     return rs
