@@ -95,7 +95,7 @@ BAD_LINES = {
     "type": (_mutated(traces=[[{"x": "0.1", "y": 0.2, "t": 0}]]), "is not a number"),
     "huge int": ('{"dataset_id": "d", "image_id": "1", "annotator_id": 1, "caption": "c", "timed_caption": [], '
                  '"traces": [[{"x": 1' + "0" * 400 + ', "y": 0, "t": 0}]]}', "traces[0][0].x is not finite"),
-    "digits": ('{"dataset_id": "d", "image_id": ' + "9" * 5000 + "}", "malformed JSON: Exceeds the limit"),
+    "digits": ('{"dataset_id": "d", "image_id": ' + "9" * 5000 + "}", "number with too many digits (more than 4300)"),
     "deep": ("[" * 50_000 + "]" * 50_000, "malformed JSON: nested too deeply"),
     "bytes": (b"\xff\xfe{}".decode("latin-1"), "malformed JSON"),
     "dataset_id": (_mutated(dataset_id=5), "dataset_id is not a string (5)"),
