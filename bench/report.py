@@ -95,7 +95,7 @@ def ops_section(d: dict) -> list[str]:
 
 def text_section(d: dict) -> list[str]:
     out = ["## Text encoder: synonyms of the synthetic class names", "",
-           f"`python bench/text_synonyms.py` — {d['queries']} synonym phrasings (lexicon) of {d['classes']} class "
+           f"`{_cmd(d.get('command', 'python bench/text_synonyms.py'))}` — {d['queries']} synonym phrasings (lexicon) of {d['classes']} class "
            f"names; recall@k = the right class name is among the k nearest by cosine (chance@1 = "
            f"{d['chance@1']:.3f}). Prompt ensembling averages {d['templates']} templates.", "",
            "| encoder | recall@1 | recall@5 | r@1 colour word swapped | r@1 shape word swapped | r@1 both swapped |",
@@ -103,9 +103,12 @@ def text_section(d: dict) -> list[str]:
     for name, r in d["results"].items():
         out.append(f"| {name} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@1 (color word)']:.3f} "
                    f"| {r['recall@1 (shape word)']:.3f} | {r['recall@1 (both words)']:.3f} |")
-    out += ["", f"Encoding 1000 phrases: {d['encode_1000_phrases_s']:.2f} s ({d['torch_threads']} torch threads); "
-            f"loading the model: {d['load_s']:.1f} s. The default encoder is weak on synonyms: open-vocabulary "
-            "matching of unseen wordings cannot rely on it alone.", ""]
+    timing = d.get("encoders") or {d["encoder"]: {"encode_1000_phrases_s": d["encode_1000_phrases_s"],
+                                                   "load_s": d["load_s"]}}
+    out += ["", "Encoding 1000 phrases (" + f"{d['torch_threads']} torch threads): " + "; ".join(
+        f"{name} {t['encode_1000_phrases_s']:.2f} s (load {t['load_s']:.1f} s)" for name, t in timing.items())
+        + ". The default encoder (MiniLM) is weak on synonyms; all-mpnet-base-v2 is the optional stronger one "
+        "(`make mpnet`, `text.encoder=mpnet model.embed_dim=768`).", ""]
     return out
 
 

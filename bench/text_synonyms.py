@@ -6,10 +6,11 @@ class name nearest by cosine to the phrasing is the right one (recall@5: among t
 Measured with plain embeddings and with prompt ensembling (:data:`omniseg.text.prompts.TEMPLATES`
 on both the phrasing and the class names, the ViLD / ALP recipe), split by which word was
 replaced (color word only, shape word only, both). A hash ("randn") encoder gives the chance
-level. Also times the encoder on 1,000 phrases.
+level. Also times each encoder on 1,000 phrases.
 
     .venv/bin/python bench/text_synonyms.py
     .venv/bin/python bench/text_synonyms.py --templates 5   # fewer prompt templates, faster
+    .venv/bin/python bench/text_synonyms.py --encoders minilm,mpnet   # + all-mpnet-base-v2 (make mpnet)
 
 Writes bench/results/text_synonyms.json and prints a markdown table.
 """
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omniseg.data.synth import lexicon  # noqa: E402
-from omniseg.text.encoders import HashEncoder, MiniLMEncoder, TextEncoder  # noqa: E402
+from omniseg.text.encoders import HashEncoder, TextEncoder, build_text_encoder  # noqa: E402
 from omniseg.text.prompts import NAME_ONLY, TEMPLATES, encode_with_prompts  # noqa: E402
 from omniseg.utils.atomic import atomic_write_json  # noqa: E402
 
@@ -84,28 +85,35 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--templates", type=int, default=len(TEMPLATES), help="number of prompt templates to use")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--encoders", default="minilm",
+                    help="comma-separated text encoders to compare (minilm, mpnet); the first one's timing is "
+                         "the top-level load_s / encode_1000_phrases_s")
     args = ap.parse_args(argv)
     templates = TEMPLATES[: args.templates]
     qs = queries()
+    kinds = [k.strip() for k in args.encoders.split(",") if k.strip()]
 
-    t0 = time.perf_counter()
-    minilm = MiniLMEncoder()
-    load_s = time.perf_counter() - t0
-    control = HashEncoder(dim=minilm.dim, seed=0)
-    rows = {
-        f"{minilm.name}, name only": recall(minilm, NAME_ONLY, qs),
-        f"{minilm.name}, {len(templates)} prompts": recall(minilm, templates, qs),
-        "hash randn control, name only": recall(control, NAME_ONLY, qs),
-    }
+    rows, timing = {}, {}
+    for kind in kinds:
+        t0 = time.perf_counter()
+        enc = build_text_encoder(kind)
+        load_s = time.perf_counter() - t0
+        rows[f"{enc.name}, name only"] = recall(enc, NAME_ONLY, qs)
+        rows[f"{enc.name}, {len(templates)} prompts"] = recall(enc, templates, qs)
+        timing[enc.name] = {"dim": enc.dim, "load_s": load_s, "encode_1000_phrases_s": time_encoder(enc)}
+        first = timing[next(iter(timing))]
+    control = HashEncoder(dim=first["dim"], seed=0)
+    rows["hash randn control, name only"] = recall(control, NAME_ONLY, qs)
     result = {
-        "encoder": minilm.name,
+        "encoder": next(iter(timing)),
         "classes": len(lexicon.class_names()),
         "queries": len(qs),
         "templates": len(templates),
         "chance@1": 1 / len(lexicon.class_names()),
         "results": rows,
-        "load_s": load_s,
-        "encode_1000_phrases_s": time_encoder(minilm),
+        "load_s": first["load_s"],
+        "encode_1000_phrases_s": first["encode_1000_phrases_s"],
+        "encoders": timing,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "command": "python bench/text_synonyms.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -120,10 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|" + "---|" * len(keys))
     for label, r in rows.items():
         print(f"| {label} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
-    print(
-        f"\nencode 1000 phrases: {result['encode_1000_phrases_s']:.2f} s "
-        f"({result['torch_threads']} threads); model load {load_s:.1f} s; wrote {args.out}"
-    )
+    for name, t in timing.items():
+        print(
+            f"\n{name}: encode 1000 phrases {t['encode_1000_phrases_s']:.2f} s "
+            f"({result['torch_threads']} threads); model load {t['load_s']:.1f} s"
+        )
+    print(f"wrote {args.out}")
     return result
 
 

