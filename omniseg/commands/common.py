@@ -14,12 +14,15 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from omniseg.data.errors import BadRecordError, BadRecords
-from omniseg.data.records import ImageRecord, RecordSet
 from omniseg.errors import UsageError, UserError
+
+if TYPE_CHECKING:  # annotations only: every command imports this module, numpy is not needed to parse flags
+    import numpy as np
+
+    from omniseg.data.records import ImageRecord, RecordSet
 
 
 def add_bad_record_arg(p: argparse.ArgumentParser) -> None:
