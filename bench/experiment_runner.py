@@ -1,13 +1,46 @@
-"""Shared by the experiment drivers (bench/maskx_experiments.py, bench/alp_experiments.py): which runs
-have finished, and running the missing ones a few at a time, one torch thread each."""
+"""Shared by the experiment drivers (bench/maskx_experiments.py, bench/alp_experiments.py,
+bench/yardstick.py): which runs have finished, running the missing ones a few at a time (one torch
+thread each), and recording each finished run's result in bench/results as it lands (optionally
+committed), so a long table can be completed over several sessions on different machines."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    """The machine a run was measured on, for result files."""
+    return f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run"
+
+
+def record_result(path: Path, result: dict[str, Any], commit: bool = False) -> None:
+    """Write one finished run's result JSON (atomically); with ``commit``, ``git commit`` that file
+    alone (a failed commit is reported, not fatal: the file stays for the next commit)."""
+    from omniseg.utils.atomic import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result, indent=1)
+    if commit:
+        rel = os.path.relpath(path, ROOT)
+        add = subprocess.run(["git", "add", "--", rel], cwd=ROOT, capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", f"bench result: {rel}", "--", rel], cwd=ROOT, capture_output=True,
+            text=True).returncode == 0
+        print(f"[{'committed' if done else 'NOT committed'}] {rel}", flush=True)
+
+
+def read_results(folder: Path) -> dict[str, dict]:
+    """Every recorded run result in ``folder`` (file stem -> result)."""
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))}
 
 
 def finished_runs(jobs: list[dict], runs: Path) -> dict[str, dict]:
@@ -18,9 +51,10 @@ def finished_runs(jobs: list[dict], runs: Path) -> dict[str, dict]:
 
 
 def run_jobs(todo: list[dict], runs: Path, command: Callable[[dict], list[str]], parallel: int,
-             cwd: Path) -> dict[str, dict]:
+             cwd: Path, on_done: Callable[[dict], None] | None = None) -> dict[str, dict]:
     """Run the unfinished jobs ``parallel`` at a time (a job's optional "after" names a job that must
-    finish first); an interrupted run resumes from its checkpoints. Returns every finished job."""
+    finish first); an interrupted run resumes from its checkpoints. ``on_done(job)`` is called as
+    each run finishes (e.g. to score and record it). Returns every finished job."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = finished_runs(todo, runs)
     running: dict[str, tuple[subprocess.Popen, dict, float]] = {}
@@ -49,4 +83,6 @@ def run_jobs(todo: list[dict], runs: Path, command: Callable[[dict], list[str]],
             (runs / name / "wall_s.txt").write_text(f"{wall:.1f}")
             done[name] = {**j, "wall_s": wall}
             print(f"[done] {name} in {wall / 60:.1f} min ({len(done)}/{len(todo)})", flush=True)
+            if on_done is not None:
+                on_done(done[name])
     return done

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+PRETRAINED_DEFAULT = "bench/results/pretrained/r18w16_gn_dense/backbone.safetensors"
+
 from experiment_runner import finished_runs, run_jobs  # noqa: E402
 
 CONFIG = ROOT / "configs" / "maskx_voc_like.yaml"
@@ -73,6 +75,7 @@ def jobs(args: argparse.Namespace) -> list[dict]:
     common = [f"data.val_num_images={args.val_images}", f"data.train_num_images={args.train_images}",
               "train.progress=false", "train.eval_period=0",
               f"train.checkpoint_period={args.stage2_iters}"]
+    common += [f"model.pretrained={args.pretrained}"] if args.pretrained else []  # "" = from scratch
     det = Path(args.runs) / "detector"
     out = [{
         "name": "detector", "split": "voc A->B", "variant": "transfer+MLP (cls+box)", "after": None,
@@ -182,6 +185,9 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=100)
     ap.add_argument("--train-images", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--pretrained", default=PRETRAINED_DEFAULT,
+                    help="ResNet trunk file for model.pretrained (default: the committed dense-pretrained trunk; "
+                         "'' trains from scratch)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "maskx_experiments.json"))
     ap.add_argument("--score-only", action="store_true",
                     help="do not train: score the runs that have finished (e.g. to report a partial table)")
@@ -195,6 +201,7 @@ def main() -> None:
         "benchmark": "maskx_experiments", "stage1_iters": args.stage1_iters, "stage2_iters": args.stage2_iters,
         "e2e_iters": args.e2e_iters, "train_images": args.train_images,
         "val_images": args.val_images, "parallel": args.parallel, "total_wall_s": time.perf_counter() - t0,
+        "pretrained": args.pretrained,
         "runs_planned": len(jobs(args)), "runs_scored": len(done),
         "command": "python bench/maskx_experiments.py " + " ".join(sys.argv[1:]),
         # the same arguments without --score-only train every missing run, then score

@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+import report_claims  # noqa: E402
+
 from omniseg.utils.atomic import atomic_write_text  # noqa: E402
 
 
@@ -44,6 +48,11 @@ def _met(ratio: float, limit: float, at_least: bool = False) -> str:
     """'0.42x -> met' for a target ``ratio <= limit`` (``>= limit`` with ``at_least``); 3 decimals near the limit."""
     ok = ratio >= limit if at_least else ratio <= limit
     return f"{ratio:.{3 if abs(ratio - limit) < 0.01 else 2}f}x -> {'met' if ok else 'NOT met'}"
+
+
+def _init(d: dict) -> str:
+    """How a table's trunk started: from scratch, or the pretrained file its driver was given."""
+    return f"trunk from {d['pretrained']}" if d.get("pretrained") else "from scratch"
 
 
 def _ms(v: float | None) -> str:
@@ -359,7 +368,7 @@ def maskx_section(d: dict) -> list[str]:
            f"this table: `{d['command'].strip()}`) — {d['runs_scored']} of {d['runs_planned']} planned runs scored; "
            f"{d['machine']}, {d['parallel']} runs at a time; the runs' wall times add up to "
            f"{sum({r['run']: r['wall_s'] for r in rows}.values()) / 60:.0f} min. "
-           f"ResNet-18-FPN (width 16, GN, from scratch), 256x256 synthetic images ({d['train_images']} for "
+           f"ResNet-18-FPN (width 16, GN, {_init(d)}), 256x256 synthetic images ({d['train_images']} for "
            f"training), stage 1 (detector, every class's boxes) {d['stage1_iters']} iterations shared by all "
            f"stage-2 runs (mask branch, {d['stage2_iters']} iterations, detector frozen); end-to-end runs "
            f"{d['e2e_iters']} iterations; scored on {d['val_images']} held-out images. A = classes with masks "
@@ -420,7 +429,7 @@ def alp_experiments_section(d: dict) -> list[str]:
            f"split ({d['train_images']} training images, 256x256): base classes keep their masks, novel classes "
            "have NO annotation; ALPs come from the world's Localized-Narratives records through `omniseg curate "
            "alps` (spaCy tagging, phrase extraction, t_p = 0.5 s trace windows). Every row trains "
-           f"{d['iters']} iterations from scratch (ResNet-18-FPN width 16, GN, batch 4) and is scored on "
+           f"{d['iters']} iterations {_init(d)} (ResNet-18-FPN width 16, GN, batch 4) and is scored on "
            f"{d['val_images']} held-out images with the vocabulary = the 80 class names. Exact commands and wall "
            "times: in the results JSON (`bench/results/alp_experiments*.json`).", ""]
     if st:
@@ -496,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, render in SECTIONS:
         d = _load(name, args.results)
         lines += render(d) if d else [f"## {name}", "", f"(not measured yet: run `python bench/{name}.py`)", ""]
+    lines += report_claims.sections(args.results)  # per-run result folders (issue 12)
     atomic_write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
 

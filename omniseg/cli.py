@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("omniseg.commands.viz", "draw annotations/predictions to PNGs and an HTML page"),
     "segment": ("omniseg.commands.segment", "predict instances in images with a trained checkpoint"),
     "train": ("omniseg.commands.train", "train a model from a YAML config (torchrun for many GPUs / nodes)"),
+    "pretrain": ("omniseg.commands.pretrain", "pretrain a backbone (ResNet: dense, on the pretraining world; ViT: MAE)"),
     "curate": ("omniseg.commands.curate", "curate cheap labels: ALPs (phrases + approximate boxes) from narratives"),
 }
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train" and all("=" in a and not a.startswith("-") for a in extra):
+    if args.command in ("train", "pretrain") and all("=" in a and not a.startswith("-") for a in extra):
         args.overrides += extra  # `train c.yaml --overwrite key=value`: overrides after a flag
     elif extra:
         parser.parse_args(argv)  # the usual usage error (exit 2) for what is left

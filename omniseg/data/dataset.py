@@ -73,7 +73,7 @@ def synth_dataset(
     bar = tqdm(range(cfg.num_images), desc="synth records", leave=False,
                disable=not progress or not sys.stderr.isatty())
     records = [generate_image(cfg, i)[1] for i in bar]
-    return RecordDataset(synth_recordset(records, name=name), transforms=transforms,
+    return RecordDataset(synth_recordset(records, name=name, vocabulary=cfg.vocabulary), transforms=transforms,
                          load_image=SynthImages(cfg), seed=seed, include_stuff=include_stuff)
 
 

@@ -133,9 +133,9 @@ def build_box_to_mask(cfg: BoxToMaskConfig) -> BoxToMask:
         out_channels=cfg.fpn_channels, norm=cfg.norm, freeze_at=cfg.freeze_at, width=cfg.width
     )
     if cfg.pretrained:
-        from omniseg.modeling.weights import load_pretrained, resnet_filter_fn
+        from omniseg.modeling.weights import load_resnet_trunk
 
-        load_pretrained(backbone, cfg.pretrained, resnet_filter_fn)
+        load_resnet_trunk(backbone, cfg.pretrained)
     head = FCNMaskHead(
         cfg.fpn_channels, conv_dim=cfg.head_dim, num_convs=cfg.head_convs, num_classes=1, norm=cfg.head_norm
     )

@@ -310,9 +310,9 @@ def build_fcos_mo(cfg: FCOSMOConfig) -> FCOSMO:
     backbone = BACKBONE_BUILDERS[cfg.backbone](
         out_channels=cfg.fpn_channels, norm=cfg.norm, freeze_at=cfg.freeze_at, width=cfg.width)
     if cfg.pretrained:
-        from omniseg.modeling.weights import load_pretrained, resnet_filter_fn
+        from omniseg.modeling.weights import load_resnet_trunk
 
-        load_pretrained(backbone, cfg.pretrained, resnet_filter_fn)
+        load_resnet_trunk(backbone, cfg.pretrained)
     head = FCOSMOHead(cfg.fpn_channels, embed_dim=cfg.embed_dim, num_levels=len(LEVELS), num_convs=cfg.head_convs,
                       channels=cfg.head_channels or None, gn_groups=cfg.gn_groups,
                       centerness_on_reg=cfg.centerness_on_reg)

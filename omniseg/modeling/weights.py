@@ -195,6 +195,32 @@ def load_pretrained(
     return report
 
 
+def load_resnet_trunk(backbone: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Load ResNet weights (torchvision ImageNet, or a trunk ``omniseg pretrain`` exported) into the
+    trunk of ``backbone`` (an FPN's ``bottom_up``, or a bare ResNet); the FPN and heads keep their
+    initialization. Logs what was loaded, with the pretraining manifest's summary when the file has one
+    next to it (``manifest.json``).
+
+    Raises:
+        CheckpointError: the file is not weights for this trunk (e.g. another width: shapes differ).
+    """
+    import json
+
+    trunk = getattr(backbone, "bottom_up", backbone)
+    report = load_pretrained(trunk, path, resnet_filter_fn)
+    manifest = os.path.join(os.path.dirname(os.fspath(path)), "manifest.json")
+    about = ""
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            m = json.load(f)
+        about = f" ({m.get('recipe')} on {m.get('data', {}).get('train')}, {m.get('steps')} steps)"
+    except (OSError, ValueError, AttributeError):
+        pass
+    logger.info("%s: loaded %d of the trunk's %d tensors%s", path, len(report.loaded),
+                len(trunk.state_dict()), about)
+    return report
+
+
 def convert_to_safetensors(
     src: str | os.PathLike,
     dst: str | os.PathLike,

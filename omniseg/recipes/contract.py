@@ -132,6 +132,15 @@ def no_text_encoder(cfg: Any) -> str:
     return ""
 
 
+def no_predictor(model: nn.Module, cfg: Any, info: RunInfo) -> Predictor:
+    """The predictor of a pretraining recipe (``omniseg pretrain``): such a run predicts nothing, its
+    product is the exported backbone."""
+    from omniseg.errors import ArgumentValueError
+
+    raise ArgumentValueError("a pretraining run predicts nothing; load its backbone with "
+                             "model.pretrained=<run>/backbone.safetensors")
+
+
 @dataclass(frozen=True)
 class Recipe(Generic[C]):
     """A method (module docstring). Instances live in the recipe modules as ``RECIPE``."""

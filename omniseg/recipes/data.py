@@ -14,12 +14,17 @@ from omniseg.engine.config import ConfigError, bounded
 SplitName = Literal["", "voc-like", "zsd-like", "compositional"]
 
 
+#: data specs that name the synthetic world -> its vocabulary ("synth-pretraining": the pretraining world,
+#: whose classes are disjoint from the evaluation classes; ``omniseg pretrain``)
+SYNTH_SPECS = {"synth": "evaluation", "synth-pretraining": "pretraining"}
+
+
 @dataclass
 class DataConfig:
     """Flat data section of an experiment config.
 
     ``train`` / ``val`` are ``"synth"`` (the synthetic world generated on the fly with the
-    given seed and size) or a path accepted by :func:`omniseg.data.load.load_dataset`.
+    given seed and size), ``"synth-pretraining"`` (the pretraining world) or a path accepted by :func:`omniseg.data.load.load_dataset`.
     """
 
     train: str = "synth"
@@ -46,13 +51,13 @@ def open_source(
     Returns:
         (RecordSet, load_image) -- ``load_image`` is None for datasets on disk.
     """
-    if spec == "synth":
+    if spec in SYNTH_SPECS:
         from omniseg.data.dataset import SynthImages, synth_dataset
         from omniseg.data.synth.world import SynthConfig
 
-        cfg = SynthConfig(seed=seed, num_images=num_images, image_size=image_size)
+        cfg = SynthConfig(seed=seed, num_images=num_images, image_size=image_size, vocabulary=SYNTH_SPECS[spec])
         ds = synth_dataset(cfg, progress=progress)
-        ds.rs.name = f"synth-seed{seed}-n{num_images}"
+        ds.rs.name = f"{spec}-seed{seed}-n{num_images}"
         return ds.rs, SynthImages(cfg)
     from omniseg.data.load import load_dataset
 

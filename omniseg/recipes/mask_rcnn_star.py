@@ -87,9 +87,9 @@ def build_model(cfg: MaskRCNNStarExperiment, info: RunInfo | None = None) -> Mas
         rpn=rpn_config(m), box=box_config(m), mask_pooler_resolution=m.mask_roi_size,
     )
     if m.pretrained:
-        from omniseg.modeling.weights import load_pretrained, resnet_filter_fn
+        from omniseg.modeling.weights import load_resnet_trunk
 
-        load_pretrained(model.detector.backbone, m.pretrained, resnet_filter_fn)
+        load_resnet_trunk(model.detector.backbone, m.pretrained)
     model.detector.set_text_embedder(build_phrase_embedder(cfg.text, m.embed_dim))
     return model
 

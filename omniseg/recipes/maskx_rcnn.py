@@ -166,9 +166,9 @@ def build_model(cfg: MaskXModelConfig, categories: list) -> MaskRCNN:
         rpn=rpn_config(cfg), box=box_config(cfg),
     )
     if cfg.pretrained:
-        from omniseg.modeling.weights import load_pretrained, resnet_filter_fn
+        from omniseg.modeling.weights import load_resnet_trunk
 
-        load_pretrained(model.detector.backbone, cfg.pretrained, resnet_filter_fn)
+        load_resnet_trunk(model.detector.backbone, cfg.pretrained)
     return model
 
 

@@ -21,18 +21,21 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 )}
 
 
-def get_recipe(name: Any, source: str = "config") -> Recipe:
+def get_recipe(name: Any, source: str = "config", table: dict[str, Recipe] = RECIPES) -> Recipe:
     """The recipe called ``name``; a :class:`ConfigError` naming ``source`` and the known names otherwise."""
-    if not isinstance(name, str) or name not in RECIPES:
-        raise ConfigError(f"{source}: unknown recipe {name!r}; choose from {sorted(RECIPES)}")
-    return RECIPES[name]
+    if not isinstance(name, str) or name not in table:
+        raise ConfigError(f"{source}: unknown recipe {name!r}; choose from {sorted(table)}")
+    return table[name]
 
 
-def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Recipe, Any]:
+def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None,
+                    table: dict[str, Recipe] = RECIPES) -> tuple[Recipe, Any]:
     """The recipe and the resolved config of an experiment YAML plus ``key=value`` overrides.
 
     The YAML is read once; the recipe is the final config's ``recipe`` (a ``recipe=NAME``
     override picks another one, whose config type then reads the same file).
+
+    ``table``: the recipes to choose from (:data:`RECIPES`; ``omniseg pretrain`` passes its own).
 
     Raises:
         ConfigError: the file or an override is invalid, or names no / an unknown recipe.
@@ -43,8 +46,8 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None)
     if override is not None:
         name, source = override, "command line"
     if name is None:
-        raise ConfigError(f"{path}: no 'recipe' key; add one of {sorted(RECIPES)} (e.g. recipe: box_to_mask)")
-    recipe = get_recipe(name, f"{source}: recipe")
+        raise ConfigError(f"{path}: no 'recipe' key; add one of {sorted(table)} (e.g. recipe: {min(table)})")
+    recipe = get_recipe(name, f"{source}: recipe", table)
     if override is not None:
         data = {**data, "recipe": name}
     return recipe, load_config(recipe.config, path, overrides, data=data)

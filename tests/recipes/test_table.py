@@ -16,8 +16,16 @@ KNOWN = r"\['box_to_mask', 'fcos_mo', 'mask_rcnn_star', 'maskx_rcnn'\]"
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_names_its_recipe_and_loads(path):
-    recipe, cfg = load_experiment(path)
-    assert recipe is RECIPES[cfg.recipe] and isinstance(cfg, recipe.config)
+    from omniseg.recipes.pretraining import PRETRAIN_RECIPES
+
+    table = PRETRAIN_RECIPES if path.name.startswith("pretrain_") else RECIPES  # `omniseg pretrain` configs
+    recipe, cfg = load_experiment(path, table=table)
+    assert recipe is table[cfg.recipe] and isinstance(cfg, recipe.config)
+
+
+def test_pretraining_configs_are_not_training_recipes():
+    with pytest.raises(ConfigError, match="unknown recipe 'pretrain_dense'"):
+        load_experiment(CONFIGS / "pretrain_r18_dense.yaml")
 
 
 def test_a_config_without_recipe_lists_the_recipes(tmp_path):

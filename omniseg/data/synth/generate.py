@@ -92,9 +92,11 @@ def remove_stale_images(image_dir: str | os.PathLike, keep: set[str]) -> int:
     return removed
 
 
-def synth_recordset(records: list[ImageRecord], image_root: str = "", name: str = "synth") -> RecordSet:
-    """Wrap synthetic records with the synthetic categories (things then stuff)."""
-    return RecordSet(records=records, categories=lexicon.categories(), image_root=image_root, name=name)
+def synth_recordset(records: list[ImageRecord], image_root: str = "", name: str = "synth",
+                    vocabulary: str = "evaluation") -> RecordSet:
+    """Wrap synthetic records with the categories (things then stuff) of the world's ``vocabulary``."""
+    cats = lexicon.categories() if vocabulary == "evaluation" else lexicon.pretraining_categories()
+    return RecordSet(records=records, categories=cats, image_root=image_root, name=name)
 
 
 def generate_records(
@@ -154,7 +156,8 @@ def generate_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records, counts = generate_records(cfg, out / IMAGES_DIR, workers=workers, progress=progress)
-    rs = synth_recordset(records, image_root=str(out / IMAGES_DIR), name=f"synth-seed{cfg.seed}")
+    rs = synth_recordset(records, image_root=str(out / IMAGES_DIR), name=f"synth-seed{cfg.seed}",
+                         vocabulary=cfg.vocabulary)
     write_coco_instances(out / "instances.json", rs)
     write_coco_captions(out / "captions.json", rs)
     write_narratives_jsonl(out / "narratives.jsonl", rs)

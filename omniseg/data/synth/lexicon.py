@@ -13,6 +13,8 @@ narratives the papers learn from.
 
 from __future__ import annotations
 
+import functools
+
 from omniseg.data.records import Category
 
 #: thing shapes, in id order. Several have masks far from a filled box (ring, crescent, cross, star).
@@ -70,6 +72,21 @@ COLOR_SYNONYMS: dict[str, tuple[str, ...]] = {
 #: words that name any thing (used with or without a color: "a red shape", "an object").
 HYPERNYMS: tuple[str, ...] = ("shape", "object", "thing", "figure")
 
+#: shapes and colors only the pretraining world draws (issue 12, ``omniseg pretrain``). Its classes are
+#: every (shape, color) pair of SHAPES + PRETRAINING_SHAPES and COLORS + PRETRAINING_COLORS except the 80
+#: evaluation pairs: a backbone pretrained there has seen no pixel labelled with an evaluation class.
+PRETRAINING_SHAPES: tuple[str, ...] = ("pentagon", "octagon", "trapezoid", "arrow", "heart", "semicircle")
+
+#: nominal RGB of the pretraining-only colors (each at least ~60 apart from every evaluation color).
+PRETRAINING_COLORS: dict[str, tuple[int, int, int]] = {
+    "brown": (125, 80, 35),
+    "cyan": (40, 205, 215),
+    "grey": (128, 128, 128),
+    "black": (30, 30, 30),
+    "teal": (10, 120, 110),
+    "navy": (25, 30, 105),
+}
+
 #: stuff classes (background regions), in id order after the things.
 STUFF_NAMES: tuple[str, ...] = ("grass", "water", "sand", "sky", "wall", "wood")
 
@@ -114,9 +131,10 @@ def shape_color_of(category_id: int) -> tuple[str, str]:
     return SHAPES[i // len(COLORS)], list(COLORS)[i % len(COLORS)]
 
 
-def stuff_id_of(stuff: str) -> int:
-    """Category id of a stuff class (after all things)."""
-    return num_things() + STUFF_NAMES.index(stuff) + 1
+def stuff_id_of(stuff: str, vocabulary: str = "evaluation") -> int:
+    """Category id of a stuff class (after all things of the world's ``vocabulary``)."""
+    things = num_things() if vocabulary == "evaluation" else len(pretraining_pairs())
+    return things + STUFF_NAMES.index(stuff) + 1
 
 
 def color_words(color: str) -> list[str]:
@@ -161,3 +179,28 @@ def categories() -> list[Category]:
         for s in STUFF_NAMES
     ]
     return cats
+
+
+def color_rgb(color: str) -> tuple[int, int, int]:
+    """Nominal RGB of an evaluation or pretraining color."""
+    return COLORS[color] if color in COLORS else PRETRAINING_COLORS[color]
+
+
+@functools.cache
+def pretraining_pairs() -> tuple[tuple[str, str], ...]:
+    """``(shape, color)`` classes of the pretraining world, shape-major; class id = index + 1.
+
+    Every pair of the extended shape and color lists except the evaluation world's 80 (so evaluation
+    shapes appear only in pretraining colors and evaluation colors only on pretraining shapes).
+    """
+    evaluation = {(s, c) for s in SHAPES for c in COLORS}
+    return tuple((s, c) for s in (*SHAPES, *PRETRAINING_SHAPES) for c in (*COLORS, *PRETRAINING_COLORS)
+                 if (s, c) not in evaluation)
+
+
+def pretraining_categories() -> list[Category]:
+    """The pretraining world's things (ids 1..N, ``"<color> <shape>"``) then its stuff (ids N+1..)."""
+    cats = [Category(id=i + 1, name=f"{c} {s}", supercategory=s, isthing=True)
+            for i, (s, c) in enumerate(pretraining_pairs())]
+    return cats + [Category(id=stuff_id_of(s, "pretraining"), name=s, supercategory="stuff", isthing=False)
+                   for s in STUFF_NAMES]

@@ -42,6 +42,12 @@ POLYGONS: dict[str, np.ndarray] = {
     "hexagon": _regular_polygon(6, phase=0.0),
     "star": _star_polygon(),
     "cross": _cross_polygon(),
+    # pretraining-world shapes (lexicon.PRETRAINING_SHAPES)
+    "pentagon": _regular_polygon(5),
+    "octagon": _regular_polygon(8, phase=math.pi / 8),
+    "trapezoid": np.array([[-0.9, 0.4], [0.9, 0.4], [0.45, -0.4], [-0.45, -0.4]]),
+    "arrow": np.array([[-0.95, -0.22], [0.2, -0.22], [0.2, -0.6], [0.95, 0.0], [0.2, 0.6], [0.2, 0.22],
+                       [-0.95, 0.22]]),
 }
 
 
@@ -79,6 +85,11 @@ def unit_shape_test(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (r2 <= 1.0) & (r2 >= 0.55**2)
     if shape == "crescent":
         return (u * u + v * v <= 1.0) & ((u - 0.42) ** 2 + (v + 0.05) ** 2 > 0.82**2)
+    if shape == "heart":  # (x^2 + y^2 - 1)^3 <= x^2 y^3 with y up, scaled into the unit disk
+        x, y = u * 1.35, -v * 1.35 + 0.15
+        return (x * x + y * y - 1.0) ** 3 <= x * x * y**3
+    if shape == "semicircle":
+        return (u * u + v * v <= 1.0) & (v <= 0.15)
     if shape in POLYGONS:
         return points_in_polygon(u, v, POLYGONS[shape])
     raise ValueError(f"unknown shape {shape!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -48,6 +49,11 @@ class SynthConfig:
         color_jitter: +- per-channel jitter of an object's base color.
         min_captions, max_captions: captions per image.
         truncation: how far (in radii) an object's center may lie outside the image.
+        vocabulary: ``"evaluation"``, the 80 classes of every experiment; ``"pretraining"``, the
+            pretraining world (:func:`lexicon.pretraining_pairs`: no evaluation class is drawn) with
+            images and instances only (no captions or narratives). Image ``i`` of a seed has the same
+            layout (stuff regions, object places) in both vocabularies: pretrain on other seeds than the
+            experiments' (the shipped pretraining configs use 100 / 2000 against 0 / 1000).
     """
 
     seed: int = 0
@@ -65,6 +71,7 @@ class SynthConfig:
     min_captions: int = 2
     max_captions: int = 5
     truncation: float = 0.5
+    vocabulary: Literal["evaluation", "pretraining"] = "evaluation"
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects < 1000:  # annotation id = index * 1000 + k + 1
@@ -130,9 +137,14 @@ def scene_rng(cfg: SynthConfig, index: int) -> np.random.Generator:
 
 def _place(rng: np.random.Generator, cfg: SynthConfig) -> tuple[Placement, np.ndarray]:
     size = cfg.image_size
+    pairs = lexicon.pretraining_pairs() if cfg.vocabulary == "pretraining" else None
     for _ in range(20):
-        cid = int(rng.integers(1, lexicon.num_things() + 1))
-        shape, color = lexicon.shape_color_of(cid)
+        if pairs is None:
+            cid = int(rng.integers(1, lexicon.num_things() + 1))
+            shape, color = lexicon.shape_color_of(cid)
+        else:
+            cid = int(rng.integers(1, len(pairs) + 1))
+            shape, color = pairs[cid - 1]
         scale = float(math.exp(rng.uniform(math.log(cfg.min_scale), math.log(cfg.max_scale))))
         r = scale / 2
         m = cfg.truncation * r
@@ -157,7 +169,7 @@ def _paint(rng: np.random.Generator, canvas: np.ndarray, p: Placement, mask: np.
     if len(ys) == 0:
         return
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    fill = object_fill(rng, lexicon.COLORS[p.color], int(y1 - y0), int(x1 - x0), cfg.color_jitter)
+    fill = object_fill(rng, lexicon.color_rgb(p.color), int(y1 - y0), int(x1 - x0), cfg.color_jitter)
     window = canvas[y0:y1, x0:x1]
     sub = mask[y0:y1, x0:x1]
     window[sub] = fill[sub]
@@ -225,7 +237,7 @@ def generate_scene(cfg: SynthConfig, index: int) -> Scene:
         present.append((area, name))
         regions[("stuff", name)] = region
         record.segments.append(
-            Segment(text=name, category_id=lexicon.stuff_id_of(name), mask=rle_encode(region), is_thing=False, id=seg_id)
+            Segment(text=name, category_id=lexicon.stuff_id_of(name, cfg.vocabulary), mask=rle_encode(region), is_thing=False, id=seg_id)
         )
         seg_id += 1
     stuff_present = [name for _, name in sorted(present, key=lambda t: -t[0])]
@@ -234,7 +246,7 @@ def generate_scene(cfg: SynthConfig, index: int) -> Scene:
         if o.stuff not in stuff_present:
             o.stuff = stuff_present[0] if stuff_present else o.stuff
     mentions: list[Mention] = []
-    if objects:
+    if objects and cfg.vocabulary == "evaluation":
         n_cap = int(rng.integers(cfg.min_captions, cfg.max_captions + 1))
         record.captions = make_captions(rng, objects, stuff_present, size, n_cap)
         script = narrative_script(rng, objects, stuff_present, size)

@@ -259,3 +259,68 @@ def test_trace_sweeps_over_mentioned_stuff(scenes):
             fractions.append(near[rows, cols].mean())
     assert len(fractions) >= N_SCENES
     assert min(fractions) >= 0.4 and np.mean(fractions) >= 0.8
+
+
+PRETRAIN_CFG = SynthConfig(seed=7, num_images=20, vocabulary="pretraining")
+
+
+def test_pretraining_world_draws_no_evaluation_class():
+    evaluation = set(lexicon.class_names())
+    names = {c.id: c.name for c in lexicon.pretraining_categories()}
+    stuff_ids = {lexicon.stuff_id_of(s, "pretraining") for s in lexicon.STUFF_NAMES}
+    shapes, colors = set(), set()
+    for i in range(20):
+        s = generate_scene(PRETRAIN_CFG, i)
+        r = s.record
+        assert r.instances and r.captions == [] and r.narratives == [] and s.mentions == []
+        for inst in r.instances:
+            assert inst.text not in evaluation and 1 <= inst.category_id <= 144
+            assert names[inst.category_id] == inst.text
+            color, _, shape = inst.text.partition(" ")
+            shapes.add(shape)
+            colors.add(color)
+        for seg in r.segments:
+            assert seg.text not in evaluation
+            if seg.is_thing:
+                assert names[seg.category_id] == seg.text
+            else:
+                assert seg.category_id in stuff_ids and names[seg.category_id] == seg.text
+        for p in s.placements:
+            assert (p.shape, p.color) in lexicon.pretraining_pairs()
+    # both halves of the vocabulary are drawn: new shapes, and evaluation shapes in new colours
+    assert shapes & set(lexicon.PRETRAINING_SHAPES) and shapes & set(lexicon.SHAPES)
+    assert colors & set(lexicon.PRETRAINING_COLORS) and colors & set(lexicon.COLORS)
+
+
+# sha256 of generate_image(SynthConfig(seed=0, num_images=3), i)[0].tobytes() for i = 0, 1, 2, computed
+# with the code before the pretraining world was added (issue 12): adding it must not move the
+# evaluation world by a single pixel (every experiment's data would change otherwise)
+EVALUATION_IMAGE_SHA256 = (
+    "f30f252bff0db84573fd349d7d287ee1b92796be072b5a259ed4fdf1c69e3e7d",
+    "5c2fd10b01470e140a1f5deb1d7250e6802ade1e690a3d3e6eb50d760bd04e42",
+    "3c0a5d364004d13a091a9e8bc5a09a8e33ead2afa6e1f76d2ffeb7cb32096beb",
+)
+# the same for the language and labels: json.dumps([captions, narrative captions, instances'
+# (category id, box, text)]) of each record
+EVALUATION_RECORD_SHA256 = (
+    "9b2251432636874a31941076485f8eff84da48704d2c046857c96829dcbe6d29",
+    "02051b116ca4f89271dbc9413772d12794e6a5e0ca7d2c650e320f596bf1a706",
+    "1cec6127f1a6efd342d27b63135e29ba96cd96911c582dae8c8c6375402ef754",
+)
+
+
+def test_evaluation_world_is_pinned():
+    import hashlib
+    import json
+
+    for i in range(3):
+        img, rec = generate_image(SynthConfig(seed=0, num_images=3), i)
+        img_e, rec_e = generate_image(SynthConfig(seed=0, num_images=3, vocabulary="evaluation"), i)
+        np.testing.assert_array_equal(img, img_e)
+        assert rec == rec_e
+        assert hashlib.sha256(img.tobytes()).hexdigest() == EVALUATION_IMAGE_SHA256[i]
+        lang = json.dumps([rec.captions, [n.caption for n in rec.narratives],
+                           [(x.category_id, list(x.box), x.text) for x in rec.instances]])
+        assert hashlib.sha256(lang.encode()).hexdigest() == EVALUATION_RECORD_SHA256[i]
+        img_p, _ = generate_image(SynthConfig(seed=0, num_images=3, vocabulary="pretraining"), i)
+        assert not np.array_equal(img, img_p)

@@ -1,0 +1,140 @@
+"""BENCHMARKS.md sections of issue 12, rendered from per-run result folders: the pretrained
+backbones (their manifests), the converging yardstick (learning curves, drawn to a PNG) and the
+seed-repeated paper-claim rows with a verdict per claim. Whatever is recorded is shown; what is
+planned but missing is listed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from claims import CLAIMS, aggregate, verdicts  # noqa: E402
+from experiment_runner import read_results  # noqa: E402
+
+#: the yardstick target (issue 12): oracle box / mask AP on 200 held-out images within 45 minutes
+TARGET_BOX_AP, TARGET_MASK_AP, TARGET_MINUTES = 30.0, 25.0, 45.0
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def pretrained_section(results: Path) -> list[str]:
+    out = ["## Pretrained backbones (`omniseg pretrain`, issue 12)", ""]
+    manifests = sorted((results / "pretrained").glob("*/manifest.json"))
+    if not manifests:
+        return out + ["(none recorded yet: `omniseg pretrain configs/pretrain_r18_dense.yaml`, then copy "
+                      "backbone.safetensors + manifest.json to bench/results/pretrained/<name>/)", ""]
+    out += ["| backbone | kind | trained on | labels | steps | final losses | evaluation | wall time | command |",
+            "|---|---|---|---|---:|---|---|---:|---|"]
+    for p in manifests:
+        m = json.loads(p.read_text(encoding="utf-8"))
+        d = m.get("data", {})
+        labels = ("none (images only)" if not d.get("labels_read") else
+                  f"{d.get('thing_classes')} classes, {d.get('evaluation_classes_labelled')} of them evaluation classes")
+        losses = ", ".join(f"{k} {v:.3f}" for k, v in m.get("final_losses", {}).items() if k != "step")
+        ev = ", ".join(f"{k} {v:.3f}" for k, v in (m.get("eval") or {}).items() if isinstance(v, (int, float)))
+        model = m.get("model", {})
+        out.append(f"| `{p.parent.name}` ({model.get('trunk', model.get('builder', ''))}, width "
+                   f"{model.get('width', '–')}, {model.get('norm', '')}) | {m.get('kind')} | {d.get('train')} "
+                   f"({d.get('train_num_images')} images, seed {d.get('train_seed')}) | {labels} | {m.get('steps')} "
+                   f"| {losses} | {ev} | {m.get('wall_s', 0) / 60:.0f} min | `{m.get('command')}` |")
+    return out + ["", "Each manifest (bench/results/pretrained/<name>/manifest.json) also holds the full config, "
+                  "the weights' sha256 and the omniseg commit.", ""]
+
+
+def yardstick_section(results: Path) -> list[str]:
+    runs = read_results(results / "yardstick") if (results / "yardstick").is_dir() else {}
+    out = ["## The converging yardstick: the oracle Mask R-CNN on voc-like (issue 12)", ""]
+    if not runs:
+        return out + ["(no run recorded yet: `python bench/yardstick.py --commit`)", ""]
+    first = next(iter(runs.values()))
+    out += [f"`python bench/yardstick.py` — box-supervised oracle (every class with boxes and masks, "
+            f"class-specific masks), ResNet-18-FPN width 16 GN, {first['train_images']} training images, "
+            f"{first['iters']} iterations (batch 4, AdamW, cosine), AP on {first['val_images']} held-out images "
+            f"every few hundred iterations; {first['machine']}. Target: >= {TARGET_BOX_AP:.0f} box AP and >= "
+            f"{TARGET_MASK_AP:.0f} mask AP within {TARGET_MINUTES:.0f} minutes on 2 cores.", "",
+            "| run | init | seed | box AP | mask AP | box AP50 | iterations | s / iteration (as run) | wall time (as run) | "
+            f"box AP >= {TARGET_BOX_AP:.0f} | mask AP >= {TARGET_MASK_AP:.0f} |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for name, r in runs.items():
+        f = r.get("final") or {}
+        box, mask = 100 * f.get("box_AP", 0.0), 100 * f.get("mask_AP", 0.0)
+        out.append(f"| {name} | {r['init']} | {r['seed']} | {box:.1f} | {mask:.1f} | {_pct(f.get('box_AP50'))} "
+                   f"| {f.get('step', '–')} | {f.get('s_per_iter', 0):.2f} | {r['wall_s'] / 60:.0f} min "
+                   f"| {'met' if box >= TARGET_BOX_AP else 'NOT met'} | {'met' if mask >= TARGET_MASK_AP else 'NOT met'} |")
+    png = results / "yardstick" / "learning_curve.png"
+    try:
+        _draw_curves(runs, png)
+        out += ["", f"![oracle learning curves]({png.relative_to(results.parent.parent).as_posix()})"]
+    except (ImportError, ValueError) as e:
+        out += ["", f"(learning-curve plot not drawn: {e})"]
+    step = _step_seconds(results)
+    out += ["", "Wall times are of runs sharing the 2 cores with other jobs (one torch thread each), so they are "
+            "upper bounds; the iteration count is what carries over."
+            + (f" Alone, one training step of this model takes {step:.2f} s on one thread (bench/results/"
+               f"step_speed.json), so {first['iters']} iterations take {first['iters'] * step / 60:.0f} min plus the "
+               "evaluations." if step else ""), ""]
+    return out
+
+
+def _step_seconds(results: Path) -> float | None:
+    """The measured seconds per training step of the voc-like Mask R-CNN (bench/step_speed.py, this tree)."""
+    p = results / "step_speed.json"
+    try:
+        return float(json.loads(p.read_text(encoding="utf-8"))["sides"]["new"]["step_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _draw_curves(runs: dict[str, dict], png: Path) -> None:
+    from plot import line_chart
+
+    series = {}
+    for r in runs.values():
+        for key, label in (("box_AP", "box AP"), ("mask_AP", "mask AP")):
+            series[f"{r['init']} s{r['seed']} {label}"] = [(p["step"], 100 * p[key]) for p in r["curve"]]
+    line_chart(series, png, title="Oracle Mask R-CNN on voc-like: AP vs iteration", xlabel="iteration",
+               ylabel="AP (200 held-out images)",
+               hlines={f"target {TARGET_BOX_AP:.0f} box AP": TARGET_BOX_AP,
+                       f"target {TARGET_MASK_AP:.0f} mask AP": TARGET_MASK_AP})
+
+
+def claims_section(results: Path) -> list[str]:
+    from claims import ALP_ROWS, MASKX_ROWS, MPNET_ROWS
+
+    out = ["## Paper claims, seed-repeated from the pretrained trunk (issue 12)", "",
+           "`python bench/claims.py maskx --commit` and `python bench/claims.py alp --commit` — every row over "
+           ">= 3 training seeds on 200 held-out images, mean +- std (sample std); a difference is called only "
+           "beyond 2 std (the larger row's). Runs are recorded one by one in bench/results/claims/<table>/ as "
+           "they finish, so this table fills in over several sessions.", ""]
+    planned = {"maskx": [r for r, _, _ in MASKX_ROWS] + ["oracle"], "alp": ALP_ROWS + [f"{r}_mpnet" for r in MPNET_ROWS]}
+    metrics = {"maskx": ["mask_AP_B", "mask_AP_A", "box_AP_B", "given_box_mask_AP_B"],
+               "alp": ["mask_AP50_novel", "mask_AP50_base", "box_AP50_novel"]}
+    for table, rows in planned.items():
+        recorded = read_results(results / "claims" / table) if (results / "claims" / table).is_dir() else {}
+        out += [f"**{table}** ({len(recorded)} runs recorded)", "",
+                "| row | seeds | " + " | ".join(metrics[table]) + " |", "|---|---|" + "---:|" * len(metrics[table])]
+        aggs = {m: aggregate(recorded, m) for m in metrics[table]}
+        for row in rows:
+            seeds = aggs[metrics[table][0]].get(row, {}).get("seeds", [])
+            cells = [f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f}" if (a := aggs[m].get(row)) else "–"
+                     for m in metrics[table]]
+            out.append(f"| {row} | {', '.join(map(str, seeds)) or 'none yet'} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["| claim | metric | better row | baseline row | verdict |", "|---|---|---|---|---|"]
+    for v in verdicts(results / "claims"):
+        b, a = v["better_stats"], v["baseline_stats"]
+        out.append(f"| {v['statement']} | {v['metric']} | {v['better']}: {_stats(b)} | {v['baseline']}: {_stats(a)} "
+                   f"| **{v['verdict']}** |")
+    return out + ["", f"{len(CLAIMS)} claims; 'incomplete' = fewer than 3 seeds recorded on a row.", ""]
+
+
+def _stats(s: dict | None) -> str:
+    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} (n={s['n']})" if s else "–"
+
+
+def sections(results: Path) -> list[str]:
+    return pretrained_section(results) + yardstick_section(results) + claims_section(results)

@@ -1,0 +1,141 @@
+"""bench/claims.py, bench/yardstick.py, bench/report_claims.py: turning recorded runs into mean +- std,
+verdicts and the report (the training itself is not tested here)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        yield {n: importlib.import_module(n) for n in ("claims", "yardstick", "report_claims", "experiment_runner")}
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_mean_std_is_the_sample_std(bench):
+    values = [0.31, 0.27, 0.35]
+    m, s = bench["claims"].mean_std(values)
+    assert m == pytest.approx(statistics.mean(values)) and s == pytest.approx(statistics.stdev(values))
+    assert bench["claims"].mean_std([0.4]) == (0.4, 0.0)
+
+
+def _run(row, seed, value, metric="mask_AP_B"):
+    return {"row_id": row, "seed": seed, metric: value}
+
+
+def test_aggregate_groups_by_row_and_skips_missing_values(bench):
+    results = {"a0": _run("a", 0, 0.2), "a1": _run("a", 1, 0.4), "b0": _run("b", 0, float("nan")),
+               "b1": _run("b", 1, None), "c0": {"row_id": "c", "seed": 0}}
+    agg = bench["claims"].aggregate(results, "mask_AP_B")
+    assert set(agg) == {"a"}
+    assert agg["a"]["mean"] == pytest.approx(0.3) and agg["a"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert agg["a"]["n"] == 2 and agg["a"]["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize(("better", "baseline", "expected"), [
+    ((0.30, 0.01, 3), (0.20, 0.01, 3), "reproduced"),        # 0.10 > 2 * 0.01
+    ((0.21, 0.01, 3), (0.20, 0.01, 3), "within noise"),      # 0.01 < 0.02
+    ((0.20, 0.03, 3), (0.25, 0.01, 3), "within noise"),      # -0.05 within 2 * 0.03 (the larger std)
+    ((0.10, 0.01, 3), (0.25, 0.01, 3), "not reproduced"),
+    ((0.30, 0.01, 2), (0.20, 0.01, 3), "incomplete"),        # fewer than 3 seeds
+])
+def test_verdict_uses_two_std_of_the_noisier_row(bench, better, baseline, expected):
+    stats = [{"mean": m, "std": s, "n": n} for m, s, n in (better, baseline)]
+    assert bench["claims"].verdict(*stats) == expected
+    assert bench["claims"].verdict(None, stats[1]) == "incomplete"
+
+
+def test_verdicts_read_recorded_runs(bench, tmp_path):
+    folder = tmp_path / "maskx"
+    folder.mkdir()
+    for seed, (t, a) in enumerate([(0.30, 0.20), (0.31, 0.21), (0.29, 0.19)]):
+        (folder / f"t{seed}.json").write_text(json.dumps(_run("voc_ab_transfer_mlp", seed, t)))
+        (folder / f"a{seed}.json").write_text(json.dumps(_run("voc_ab_class_agnostic", seed, a)))
+    by = {v["claim"]: v for v in bench["claims"].verdicts(tmp_path)}
+    assert by["maskx_transfer_vs_agnostic_ab"]["verdict"] == "reproduced"
+    assert by["maskx_transfer_vs_agnostic_ba"]["verdict"] == "incomplete"
+    assert by["alp_mrcnn_alp_vs_masks_only"]["verdict"] == "incomplete"  # no alp folder at all
+
+
+def test_maskx_jobs_share_one_detector_per_seed(bench):
+    import argparse
+
+    args = argparse.Namespace(runs="runs/claims", seeds=[0, 1, 2], pretrained="p.safetensors", iters=100,
+                              stage2_iters=10, train_images=8, val_images=4)
+    jobs = bench["claims"].maskx_jobs(args)
+    assert len(jobs) == 3 * 5 and len({j["name"] for j in jobs}) == 15
+    for j in jobs:
+        assert f"train.seed={j['seed']}" in j["overrides"] and "model.pretrained=p.safetensors" in j["overrides"]
+        if j["after"]:
+            assert j["after"] == f"maskx_detector_s{j['seed']}"
+            assert f"model.detector_init=runs/claims/maskx_detector_s{j['seed']}/stage1" in j["overrides"]
+
+
+def test_yardstick_curve_reads_the_evaluations(bench, tmp_path):
+    lines = [{"step": 20, "loss": 2.0, "s_per_iter": 0.5}, {"step": 40, "loss": 1.5, "s_per_iter": 0.7},
+             {"step": 40, "eval/box_AP": 0.1, "eval/mask_AP": 0.08, "eval/box_AP50": 0.2},
+             {"step": 60, "loss": 1.2, "s_per_iter": 0.9}, {"step": 60, "eval/box_AP": 0.2, "eval/mask_AP": 0.15}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    curve = bench["yardstick"].curve(tmp_path)
+    assert [p["step"] for p in curve] == [40, 60]
+    assert [p["box_AP"] for p in curve] == [0.1, 0.2] and curve[0]["box_AP50"] == 0.2 and curve[1]["mask_AP50"] is None
+    assert curve[0]["s_per_iter"] == pytest.approx(0.6) and curve[1]["s_per_iter"] == pytest.approx(0.7)
+
+
+def test_report_renders_recorded_yardstick_runs_and_says_what_is_missing(bench, tmp_path):
+    rc = bench["report_claims"]
+    empty = rc.sections(tmp_path)
+    assert any("no run recorded yet" in line for line in empty)
+    folder = tmp_path / "yardstick"
+    folder.mkdir()
+    run = {"run": "oracle_pretrained_s0", "init": "pretrained", "seed": 0, "wall_s": 1800.0, "iters": 60,
+           "train_images": 8, "val_images": 4, "machine": "m", "curve": [
+               {"step": 30, "box_AP": 0.2, "mask_AP": 0.15, "s_per_iter": 0.5},
+               {"step": 60, "box_AP": 0.31, "mask_AP": 0.24, "s_per_iter": 0.5}]}
+    run["final"] = run["curve"][-1]
+    (folder / "oracle_pretrained_s0.json").write_text(json.dumps(run))
+    text = "\n".join(rc.yardstick_section(tmp_path))
+    assert "| oracle_pretrained_s0 | pretrained | 0 | 31.0 | 24.0 |" in text
+    assert "| met | NOT met |" in text  # 31.0 >= 30 box AP; 24.0 < 25 mask AP
+    assert (folder / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_record_result_writes_json_atomically(bench, tmp_path):
+    path = tmp_path / "sub" / "r.json"
+    bench["experiment_runner"].record_result(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert bench["experiment_runner"].read_results(path.parent) == {"r": {"a": 1}}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_yardstick_analysis_of_perfect_and_mislabelled_predictions(bench, tmp_path):
+    import dataclasses
+
+    from omniseg.data.formats.coco import write_coco_results
+    from omniseg.data.records import RecordSet
+    from omniseg.recipes.data import open_source
+
+    gt, _ = open_source("synth", 3, 1000, 256, progress=False)
+    wrong = {c.id: c.id % 80 + 1 for c in gt.categories if c.isthing}  # every class -> another class
+    for name, relabel in (("right", lambda i: i.category_id), ("wrong", lambda i: wrong[i.category_id])):
+        records = [dataclasses.replace(r, instances=[dataclasses.replace(i, score=1.0, category_id=relabel(i))
+                                                     for i in r.instances]) for r in gt.records]
+        (tmp_path / name).mkdir()
+        write_coco_results(tmp_path / name / "val_predictions.json", RecordSet(records=records, categories=gt.categories))
+    right = bench["yardstick"].analyse(tmp_path / "right", 3)
+    assert right["box"]["AP"] == pytest.approx(1.0) and right["mask"]["AP"] == pytest.approx(1.0)
+    mislabelled = bench["yardstick"].analyse(tmp_path / "wrong", 3)
+    assert mislabelled["box"]["AP"] == pytest.approx(0.0)  # right places, wrong classes
+    assert mislabelled["class_agnostic_box"]["AP"] == pytest.approx(1.0)
