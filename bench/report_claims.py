@@ -28,7 +28,7 @@ def pretrained_section(results: Path) -> list[str]:
     if not manifests:
         return out + ["(none recorded yet: `omniseg pretrain configs/pretrain_r18_dense.yaml`, then copy "
                       "backbone.safetensors + manifest.json to bench/results/pretrained/<name>/)", ""]
-    out += ["| backbone | kind | trained on | labels | steps | final losses | evaluation | wall time | command |",
+    out += ["| backbone | kind | trained on | labels | steps | final losses | evaluation | training time | command |",
             "|---|---|---|---|---:|---|---|---:|---|"]
     for p in manifests:
         m = json.loads(p.read_text(encoding="utf-8"))
@@ -41,7 +41,7 @@ def pretrained_section(results: Path) -> list[str]:
         out.append(f"| `{p.parent.name}` ({model.get('trunk', model.get('builder', ''))}, width "
                    f"{model.get('width', '–')}, {model.get('norm', '')}) | {m.get('kind')} | {d.get('train')} "
                    f"({d.get('train_num_images')} images, seed {d.get('train_seed')}) | {labels} | {m.get('steps')} "
-                   f"| {losses} | {ev} | {m.get('wall_s', 0) / 60:.0f} min | `{m.get('command')}` |")
+                   f"| {losses} | {ev} | {m.get('train_loop_s', m.get('wall_s', 0)) / 60:.0f} min | `{m.get('command')}` |")
     return out + ["", "Each manifest (bench/results/pretrained/<name>/manifest.json) also holds the full config, "
                   "the weights' sha256 and the omniseg commit.", ""]
 

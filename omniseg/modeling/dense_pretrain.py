@@ -98,6 +98,23 @@ def dense_targets(batch: Batch, class_of_id: dict[int, int], stride: int) -> tup
     return cls, edge
 
 
+def mask_pool(feature: Tensor, masks: Tensor) -> Tensor:
+    """Mean of a feature map over each (soft, downsampled) instance mask.
+
+    Args:
+        feature: C x h x w features of one image at stride s = H / h.
+        masks: N x H x W {0, 1} instance masks at image resolution (H, W multiples of s).
+
+    Returns:
+        N x C: per instance, the feature averaged with weights = the fraction of each cell's pixels
+        inside the mask (an object smaller than a cell still gets that cell's feature).
+    """
+    s = masks.shape[-1] // feature.shape[-1]
+    weights = F.avg_pool2d(masks[:, None].float(), s, s)[:, 0] if s > 1 else masks.float()
+    total = weights.flatten(1).sum(1, keepdim=True).clamp(min=1e-6)
+    return torch.einsum("nhw,chw->nc", weights, feature) / total
+
+
 class DensePretrainer(nn.Module):
     """ResNet trunk + semantic-FPN-lite head for per-pixel class and boundary prediction.
 
@@ -106,12 +123,17 @@ class DensePretrainer(nn.Module):
         category_ids: thing category ids in class order (class index = position + 1).
         head_dim: channels of the head.
         norm: the head's normalization.
+        instance_weight: weight of an instance-level loss: each thing's class from its C3-C5 features
+            averaged over its mask (:func:`mask_pool`), which makes the trunk's deep stages tell shapes
+            apart (the per-pixel loss alone mostly teaches colour: a pixel inside a circle looks like one
+            inside a square). 0 = off (the first pretrained trunk).
     """
 
     backbone_kind = "resnet"
     reads_labels = True  # the pretraining world's classes (disjoint from the evaluation classes)
 
-    def __init__(self, *, trunk: ResNet, category_ids: list[int], head_dim: int = 64, norm: NormKind = "GN"):
+    def __init__(self, *, trunk: ResNet, category_ids: list[int], head_dim: int = 64, norm: NormKind = "GN",
+                 instance_weight: float = 0.0):
         super().__init__()
         self.trunk = trunk
         self.class_of_id = {int(c): i + 1 for i, c in enumerate(category_ids)}
@@ -120,28 +142,56 @@ class DensePretrainer(nn.Module):
                                   nn.ReLU(inplace=True))
         self.classifier = nn.Conv2d(head_dim, len(category_ids) + 1, 1)
         self.boundary = nn.Conv2d(head_dim, 1, 1)
+        self.instance_weight = instance_weight
+        self.pooled = [n for n in ("c3", "c4", "c5") if n in trunk.out_channels]
+        if instance_weight > 0:
+            self.instance_classifier = nn.Linear(sum(trunk.out_channels[n] for n in self.pooled), len(category_ids))
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         self.stride = min(trunk.strides.values())
 
     def logits(self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
         """B x 3 x H x W uint8 -> (B x (K+1) x H/s x W/s class logits, B x 1 x H/s x W/s boundary logits)."""
+        return self._run(images, image_sizes)[1:]
+
+    def _run(self, images: Tensor, image_sizes: list[tuple[int, int]] | None) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The trunk's features and the head's class and boundary logits."""
         feats = self.trunk(normalize_images(images, self.pixel_mean, self.pixel_std, image_sizes))
         h, w = images.shape[-2] // self.stride, images.shape[-1] // self.stride
         x = sum(F.interpolate(self.laterals[n](f), size=(h, w), mode="bilinear", align_corners=False)
                 if f.shape[-2:] != (h, w) else self.laterals[n](f) for n, f in feats.items())
         x = self.fuse(x)
-        return self.classifier(x), self.boundary(x)
+        return feats, self.classifier(x), self.boundary(x)
+
+    def instance_loss(self, feats: dict[str, Tensor], batch: Batch) -> Tensor:
+        """Cross-entropy of each masked thing's class from its mask-pooled C3-C5 features."""
+        pooled, labels = [], []
+        for b, t in enumerate(batch.targets):
+            keep = [k for k in range(len(t)) if bool(t.has_mask[k]) and bool(t.is_thing[k])
+                    and int(t.category_ids[k]) in self.class_of_id]
+            if not keep:
+                continue
+            masks = t.masks[keep].to(feats[self.pooled[0]].device)
+            pooled.append(torch.cat([mask_pool(feats[n][b], masks) for n in self.pooled], dim=1))
+            labels += [self.class_of_id[int(t.category_ids[k])] - 1 for k in keep]
+        if not pooled:
+            return feats[self.pooled[0]].sum() * 0.0
+        logits = self.instance_classifier(torch.cat(pooled))
+        return F.cross_entropy(logits, torch.tensor(labels, device=logits.device))
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        """Training losses: per-pixel cross-entropy over K+1 classes and boundary BCE."""
-        cls_logits, edge_logits = self.logits(batch.images, batch.image_sizes)
+        """Training losses: per-pixel cross-entropy over K+1 classes, boundary BCE and (``instance_weight``
+        > 0) the instance-level class loss."""
+        feats, cls_logits, edge_logits = self._run(batch.images, batch.image_sizes)
         cls, edge = dense_targets(batch, self.class_of_id, self.stride)
         cls, edge = cls.to(cls_logits.device), edge.to(edge_logits.device)
         valid = (cls >= 0).float()
         loss_edge = (F.binary_cross_entropy_with_logits(edge_logits[:, 0], edge, reduction="none") * valid).sum() \
             / valid.sum().clamp(min=1)
-        return {"loss_cls": F.cross_entropy(cls_logits, cls, ignore_index=IGNORE), "loss_boundary": loss_edge}
+        losses = {"loss_cls": F.cross_entropy(cls_logits, cls, ignore_index=IGNORE), "loss_boundary": loss_edge}
+        if self.instance_weight > 0:
+            losses["loss_instance"] = self.instance_weight * self.instance_loss(feats, batch)
+        return losses
 
     def backbone_state_dict(self) -> dict[str, Tensor]:
         """The trunk's weights in torchvision ResNet names (what ``resnet_filter_fn`` loads)."""

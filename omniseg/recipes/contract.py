@@ -268,8 +268,11 @@ def check_resume_config(output_dir: str | Path, cfg: Any) -> None:
         if "recipe" in new and saved.get("recipe") not in (None, new["recipe"]) else []
     old_model, new_model = saved.get("model"), new.get("model")
     if isinstance(old_model, dict) and isinstance(new_model, dict):
+        # a field added to the model section since the run started, at its default, is the old behaviour
+        defaults = config_to_dict(type(cfg.model)()) if dataclasses.is_dataclass(getattr(cfg, "model", None)) else {}
         diffs += [f"model.{k}: {old_model.get(k)!r} -> {new_model.get(k)!r}"
-                  for k in sorted(set(old_model) | set(new_model)) if old_model.get(k) != new_model.get(k)]
+                  for k in sorted(set(old_model) | set(new_model)) if old_model.get(k) != new_model.get(k)
+                  and not (k not in old_model and k in defaults and new_model.get(k) == defaults[k])]
     if diffs:
         raise RunFolderError(f"{output_dir}: --resume with another model than the run's ({'; '.join(diffs)}); "
                              "use the run's config, or start a new run elsewhere")

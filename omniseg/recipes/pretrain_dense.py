@@ -34,6 +34,7 @@ class DensePretrainModelConfig:
     width: int = bounded(16, ge=1)
     norm: NormKind = "GN"
     head_dim: int = bounded(64, ge=1)
+    instance_weight: float = bounded(0.0, ge=0)  # mask-pooled instance classification (DensePretrainer)
 
 
 @dataclass
@@ -57,12 +58,14 @@ class DensePretrainExperiment:
 def build_model(cfg: DensePretrainModelConfig, info: RunInfo) -> DensePretrainer:
     trunk = TRUNKS[cfg.trunk](norm=cfg.norm, freeze_at=0, width=cfg.width)
     return DensePretrainer(trunk=trunk, category_ids=[c.id for c in info.things()], head_dim=cfg.head_dim,
-                           norm=cfg.norm)
+                           norm=cfg.norm, instance_weight=cfg.instance_weight)
 
 
 def eval_fn(cfg: DensePretrainExperiment, info: RunInfo, progress: bool):
-    """Pixel accuracy (cells with a thing or not) and mean IoU over the thing classes present, on
-    ``data.val_num_images`` held-out images, at the model's output stride."""
+    """On ``data.val_num_images`` held-out images, at the model's output stride: pixel accuracy (cells
+    with a thing or not), mean IoU over the thing classes present, and on thing cells the accuracy of
+    the best thing class and of its shape and colour words (class names are ``"<colour> <shape>"``):
+    what the trunk has learned to tell apart."""
     from omniseg.data.loader import build_test_loader
 
     gt, load_image = open_source(cfg.data.val, cfg.data.val_num_images, cfg.data.val_seed, cfg.data.image_size,
@@ -72,6 +75,7 @@ def eval_fn(cfg: DensePretrainExperiment, info: RunInfo, progress: bool):
         core = model.module if hasattr(model, "module") else model
         k = len(core.class_of_id) + 1
         conf = torch.zeros(k, k, dtype=torch.long)
+        thing_conf = torch.zeros(k, k, dtype=torch.long)  # target vs best thing class, on thing cells
         was = core.training
         core.eval()
         try:
@@ -82,14 +86,28 @@ def eval_fn(cfg: DensePretrainExperiment, info: RunInfo, progress: bool):
                     pred = logits.argmax(1).cpu()
                     ok = target >= 0
                     conf += torch.bincount(target[ok] * k + pred[ok], minlength=k * k).view(k, k)
+                    thing = target > 0
+                    best = logits[:, 1:].argmax(1).cpu() + 1
+                    thing_conf += torch.bincount(target[thing] * k + best[thing], minlength=k * k).view(k, k)
         finally:
             core.train(was)
         inter = conf.diag().double()
         union = conf.sum(0).double() + conf.sum(1).double() - inter
         present = conf.sum(1)[1:] > 0
         iou = (inter[1:] / union[1:].clamp(min=1))[present]
+        names = ["", *(c.name for c in info.things())]
+        total = thing_conf.sum().clamp(min=1)
+
+        def same(word: int) -> float:
+            """Fraction of thing cells whose best class shares the target's ``word`` (0 colour, -1 shape)."""
+            ids = {w: i for i, w in enumerate(dict.fromkeys(n.split(" ")[word] for n in names))}
+            key = torch.tensor([ids[n.split(" ")[word]] for n in names])
+            return float((thing_conf * (key[:, None] == key[None, :])).sum() / total)
+
         return {"pixel_acc": float(inter.sum() / conf.sum().clamp(min=1)),
-                "thing_mIoU": float(iou.mean()) if len(iou) else float("nan")}
+                "thing_mIoU": float(iou.mean()) if len(iou) else float("nan"),
+                "thing_class_acc": float(thing_conf.diag().sum() / total),
+                "thing_shape_acc": same(-1), "thing_colour_acc": same(0)}
 
     return evaluate
 

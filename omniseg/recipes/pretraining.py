@@ -29,9 +29,11 @@ MANIFEST_FILE = "manifest.json"
 FILTERS = {"resnet": "resnet_filter_fn", "vit": "vit_filter_fn"}
 
 
-def _last_losses(metrics_file: Path) -> dict[str, float]:
-    """The loss entries of the last training log line of ``metrics.jsonl`` ({} if none)."""
+def _training_log(metrics_file: Path) -> tuple[dict[str, float], float]:
+    """The loss entries of the last training log line of ``metrics.jsonl`` ({} if none) and the time
+    the training loop took (seconds per iteration x iterations of each log line; resumes included)."""
     last: dict[str, Any] = {}
+    seconds, prev = 0.0, 0
     if metrics_file.is_file():
         for line in metrics_file.read_text(encoding="utf-8").splitlines():
             try:
@@ -40,7 +42,10 @@ def _last_losses(metrics_file: Path) -> dict[str, float]:
                 continue  # a line cut by a kill
             if isinstance(row, dict) and "loss" in row:
                 last = row
-    return {k: float(v) for k, v in last.items() if k.startswith("loss")}
+                step = int(row.get("step", prev))
+                seconds += float(row.get("s_per_iter", 0.0)) * max(step - prev, 0)
+                prev = step
+    return {k: float(v) for k, v in last.items() if k.startswith("loss")}, seconds
 
 
 def _git_commit() -> str:
@@ -85,6 +90,7 @@ def export_backbone(recipe: Recipe, cfg: Any, command: str, wall_s: float) -> Pa
     blob = save(weights, metadata={"format": "pt"})  # one key: safetensors orders several differently per process
     atomic_write_bytes(out / BACKBONE_FILE, blob)
     reads_labels = bool(getattr(model, "reads_labels", True))
+    losses, loop_s = _training_log(out / "metrics.jsonl")
     manifest = {
         "backbone": BACKBONE_FILE,
         "sha256": hashlib.sha256(blob).hexdigest(),
@@ -98,10 +104,11 @@ def export_backbone(recipe: Recipe, cfg: Any, command: str, wall_s: float) -> Pa
                  "evaluation_classes_labelled": _evaluation_classes_labelled(info.categories) if reads_labels else 0},
         "seed": cfg.train.seed,
         "steps": int(json.loads((step_dir / "state.json").read_text(encoding="utf-8")).get("step", 0)),
-        "final_losses": _last_losses(out / "metrics.jsonl"),
+        "final_losses": losses,
+        "train_loop_s": round(loop_s, 1),
         "eval": info.metrics or _read_metrics(out),
         "command": command,
-        "wall_s": round(wall_s, 1),
+        "wall_s": round(wall_s, 1),  # of this command (a --resume that only re-exports: seconds)
         "omniseg_commit": _git_commit(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "usage": f"model.pretrained={os.fspath(out / BACKBONE_FILE)}",

@@ -21,6 +21,7 @@ from omniseg.modeling.dense_pretrain import (
     dense_targets,
     instance_maps,
     label_maps,
+    mask_pool,
 )
 from omniseg.modeling.weights import load_resnet_trunk
 from omniseg.utils.weights_io import CheckpointError
@@ -181,10 +182,11 @@ def test_padding_is_ignored_in_the_class_target():
     assert torch.equal(cls[1], expected)
 
 
-def _tiny_model(width: int = 4, category_ids=(1, 2)) -> DensePretrainer:
+def _tiny_model(width: int = 4, category_ids=(1, 2), instance_weight: float = 0.0) -> DensePretrainer:
     torch.manual_seed(0)
     trunk = build_resnet18(norm="GN", freeze_at=0, width=width)
-    return DensePretrainer(trunk=trunk, category_ids=list(category_ids), head_dim=8, norm="GN")
+    return DensePretrainer(trunk=trunk, category_ids=list(category_ids), head_dim=8, norm="GN",
+                           instance_weight=instance_weight)
 
 
 def _toy_batch() -> Batch:
@@ -278,3 +280,44 @@ def test_backbone_round_trip_into_a_detector_fpn(tmp_path, caplog):
     wider = build_resnet18_fpn(width=8, norm="GN", freeze_at=0, out_channels=8)
     with pytest.raises(CheckpointError, match="only 0 of the model's"):
         load_resnet_trunk(wider, path)
+
+
+def test_mask_pool_matches_a_per_cell_loop():
+    g = torch.Generator().manual_seed(3)
+    feature = torch.randn(5, 4, 6, generator=g)  # stride 4 over a 16 x 24 image
+    masks = torch.rand(3, 16, 24, generator=g) > 0.7
+    masks[2] = False
+    masks[2, 5, 9] = True  # one pixel: its cell's feature
+    got = mask_pool(feature, masks)
+    for n in range(3):
+        w = torch.zeros(4, 6)
+        for i in range(4):
+            for j in range(6):
+                w[i, j] = masks[n, 4 * i:4 * i + 4, 4 * j:4 * j + 4].float().mean()
+        want = (feature * w).sum((1, 2)) / w.sum()
+        torch.testing.assert_close(got[n], want)
+    torch.testing.assert_close(got[2], feature[:, 1, 2])
+    torch.testing.assert_close(mask_pool(feature[:, :1, :1].expand(5, 16, 24).contiguous(), masks)[0],
+                               feature[:, 0, 0])  # stride 1: plain masked mean of a constant map
+
+
+def test_instance_loss_trains_the_deep_stages():
+    model = _tiny_model(instance_weight=1.0)
+    batch = _toy_batch()
+    losses = model(batch)
+    assert set(losses) == {"loss_cls", "loss_boundary", "loss_instance"}
+    # two classes, fresh classifier: about log(2)
+    assert 0.3 < losses["loss_instance"].item() < 1.5
+    model.zero_grad()
+    losses["loss_instance"].backward()
+    assert model.trunk.layer4[0].conv1.weight.grad.abs().sum() > 0
+    assert model.classifier.weight.grad is None  # the per-pixel head is not part of this loss
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = losses["loss_instance"].item()
+    for _ in range(10):
+        loss = model(batch)["loss_instance"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model(batch)["loss_instance"].item() < 0.5 * first
+    assert "loss_instance" not in _tiny_model()(batch)  # off by default (the first trunk's recipe)

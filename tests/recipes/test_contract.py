@@ -278,3 +278,15 @@ def test_resume_with_another_model_names_the_differing_keys(tmp_path):
     with pytest.raises(RunFolderError, match=r"--resume with another model than the run's \(model.width: 8 -> 16\)"):
         run_recipe(recipe, cfg, resume=True)
     check_resume_config(tmp_path, load_config(recipe.config, None, ["model.width=8", "train.max_iter=5"]))
+
+
+def test_resume_accepts_a_model_field_added_since_at_its_default(tmp_path):
+    recipe = RECIPES["box_to_mask"]
+    saved = dataclasses.asdict(load_config(recipe.config, None, ["model.width=8"]))
+    del saved["model"]["head_dim"]  # a run written before the field existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    default = load_config(recipe.config, None, ["model.width=8"])
+    check_resume_config(tmp_path, default)  # new field at its default: the same model
+    changed = load_config(recipe.config, None, ["model.width=8", f"model.head_dim={default.model.head_dim + 1}"])
+    with pytest.raises(RunFolderError, match=r"model.head_dim: None -> "):
+        check_resume_config(tmp_path, changed)
