@@ -166,3 +166,20 @@ def test_unreadable_image_file_names_the_file(tmp_path):
     rs = RecordSet([ImageRecord(1, "bad.png", W, H)], image_root=str(tmp_path))
     with pytest.raises(OSError, match=r"bad\.png"):
         RecordDataset(rs)[0]
+
+
+def test_synth_images_cache_returns_the_generated_images_and_respects_its_cap():
+    from omniseg.data.synth.world import SynthConfig, generate_image
+
+    cfg = SynthConfig(seed=4, num_images=4, image_size=32, max_objects=3, min_scale=6.0, max_scale=20.0)
+    images = SynthImages(cfg, cache_bytes=2 * 32 * 32 * 3)  # room for two images
+    first = [images(i) for i in range(4)]
+    assert sorted(images._cache) == [0, 1] and images._bytes == 2 * 32 * 32 * 3
+    for i in range(4):
+        again = images(i)
+        assert np.array_equal(again, generate_image(cfg, i)[0]) and np.array_equal(again, first[i])
+    again[:] = 0  # a caller writing into its image does not reach the cache
+    assert np.array_equal(images(1), generate_image(cfg, 1)[0])
+    copy = pickle.loads(pickle.dumps(images))
+    assert copy._cache == {} and copy.cache_bytes == images.cache_bytes and copy.cfg == cfg
+    assert SynthImages(cfg, cache_bytes=0)(2) is not None and SynthImages(cfg, cache_bytes=0)._cache == {}
