@@ -62,9 +62,24 @@ def yardstick_section(results: Path) -> list[str]:
     for name, r in runs.items():
         f = r.get("final") or {}
         box, mask = 100 * f.get("box_AP", 0.0), 100 * f.get("mask_AP", 0.0)
-        out.append(f"| {name} | {r['init']} | {r['seed']} | {box:.1f} | {mask:.1f} | {_pct(f.get('box_AP50'))} "
-                   f"| {f.get('step', '–')} | {f.get('s_per_iter', 0):.2f} | {r['wall_s'] / 60:.0f} min "
+        wall = "unfinished" if r.get("partial") else f"{r['wall_s'] / 60:.0f} min"
+        out.append(f"| {name}{' (partial)' if r.get('partial') else ''} | {r['init']} | {r['seed']} | {box:.1f} "
+                   f"| {mask:.1f} | {_pct(f.get('box_AP50'))} | {f.get('step', '–')} of {r['iters']} "
+                   f"| {f.get('s_per_iter', 0):.2f} | {wall} "
                    f"| {'met' if box >= TARGET_BOX_AP else 'NOT met'} | {'met' if mask >= TARGET_MASK_AP else 'NOT met'} |")
+    analysed = {n: r["analysis"] for n, r in runs.items() if r.get("analysis")}
+    if analysed:
+        out += ["", "What limits the final models (`analyse` in bench/yardstick.py, from the saved validation "
+                "predictions): box AP by object size (COCO: small < 32^2 px, medium < 96^2, large), AP50 against AP "
+                "(localisation), and class-agnostic box AP (every class merged: finding things, without naming "
+                "them).", "",
+                "| run | box AP small | medium | large | box AP50 | box AP75 | class-agnostic box AP | "
+                "class-agnostic AP50 | mask AP small | medium | large |", "|---|" + "---:|" * 10]
+        for n, a in analysed.items():
+            b, m, c = a["box"], a["mask"], a["class_agnostic_box"]
+            out.append(f"| {n} | {_pct(b['APs'])} | {_pct(b['APm'])} | {_pct(b['APl'])} | {_pct(b['AP50'])} "
+                       f"| {_pct(b['AP75'])} | {_pct(c['AP'])} | {_pct(c['AP50'])} | {_pct(m['APs'])} "
+                       f"| {_pct(m['APm'])} | {_pct(m['APl'])} |")
     png = results / "yardstick" / "learning_curve.png"
     try:
         _draw_curves(runs, png)

@@ -113,12 +113,28 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=200)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--commit", action="store_true", help="git commit each run's result file as it lands")
+    ap.add_argument("--record-partial", action="store_true",
+                    help="train nothing: record the curves of runs in --runs that have not finished (marked "
+                         "partial; a finished run's record replaces it), e.g. before a session ends")
     args = ap.parse_args()
+    if args.record_partial:
+        for job in jobs(args):
+            run_dir = Path(args.runs) / job["name"]
+            if (run_dir / "metrics.jsonl").is_file() and not (run_dir / "wall_s.txt").is_file():
+                points = curve(run_dir)
+                record_result(RESULTS / f"{job['name']}.json", {
+                    "run": job["name"], "init": job["init"], "seed": job["seed"], "partial": True,
+                    "wall_s": None, "iters": args.iters, "train_images": args.train_images,
+                    "val_images": args.val_images, "final": points[-1] if points else None, "curve": points,
+                    "machine": machine(), "pretrained": args.pretrained if job["init"] == "pretrained" else "",
+                    "command": "omniseg train configs/maskx_voc_like.yaml " + " ".join(job["overrides"])},
+                    args.commit)
+        return
     if "pretrained" in args.inits and not (ROOT / args.pretrained).is_file():
         raise SystemExit(f"{args.pretrained}: no pretrained trunk; run omniseg pretrain configs/pretrain_r18_dense.yaml "
                          "and pass --pretrained <run>/backbone.safetensors")
     runs = Path(args.runs)
-    recorded = read_results(RESULTS)
+    recorded = {k: v for k, v in read_results(RESULTS).items() if not v.get("partial")}
     todo = [j for j in jobs(args) if j["name"] not in recorded]
     print(f"{len(recorded)} recorded, {len(todo)} to run", flush=True)
 

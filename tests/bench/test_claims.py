@@ -105,10 +105,14 @@ def test_report_renders_recorded_yardstick_runs_and_says_what_is_missing(bench, 
                {"step": 30, "box_AP": 0.2, "mask_AP": 0.15, "s_per_iter": 0.5},
                {"step": 60, "box_AP": 0.31, "mask_AP": 0.24, "s_per_iter": 0.5}]}
     run["final"] = run["curve"][-1]
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    run["analysis"] = {"box": dict.fromkeys(keys, 0.25), "mask": dict.fromkeys(keys, 0.2),
+                       "class_agnostic_box": dict.fromkeys(keys, 0.5)}
     (folder / "oracle_pretrained_s0.json").write_text(json.dumps(run))
     text = "\n".join(rc.yardstick_section(tmp_path))
-    assert "| oracle_pretrained_s0 | pretrained | 0 | 31.0 | 24.0 |" in text
+    assert "| oracle_pretrained_s0 | pretrained | 0 | 31.0 | 24.0 |" in text and "| 60 of 60 |" in text
     assert "| met | NOT met |" in text  # 31.0 >= 30 box AP; 24.0 < 25 mask AP
+    assert "| oracle_pretrained_s0 | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | 50.0 | 50.0 | 20.0 | 20.0 | 20.0 |" in text
     assert (folder / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
