@@ -27,18 +27,29 @@ TRUNKS = {"resnet18": build_resnet18, "resnet50": build_resnet50}
 
 
 @dataclass
-class DensePretrainModelConfig:
-    """Model section: the trunk to pretrain (width / norm must match the detectors that load it)."""
+class TrunkConfig:
+    """The ResNet trunk a pretraining recipe trains (width / norm must match the detectors that load it)."""
 
     trunk: Literal["resnet18", "resnet50"] = "resnet18"
     width: int = bounded(16, ge=1)
     norm: NormKind = "GN"
+
+
+def build_trunk(cfg: TrunkConfig) -> nn.Module:
+    """The trunk of ``cfg``, every stage trainable, returning c2..c5."""
+    return TRUNKS[cfg.trunk](norm=cfg.norm, freeze_at=0, width=cfg.width)
+
+
+@dataclass
+class DensePretrainModelConfig(TrunkConfig):
+    """Model section: the trunk plus the dense head."""
+
     head_dim: int = bounded(64, ge=1)
     instance_weight: float = bounded(0.0, ge=0)  # mask-pooled instance classification (DensePretrainer)
 
 
 @dataclass
-class DensePretrainDataConfig(DataConfig):
+class PretrainingDataConfig(DataConfig):
     """DataConfig defaulting to the pretraining world for training and evaluation."""
 
     train: str = "synth-pretraining"
@@ -51,13 +62,12 @@ class DensePretrainExperiment:
 
     recipe: Literal["pretrain_dense"] = "pretrain_dense"
     model: DensePretrainModelConfig = field(default_factory=DensePretrainModelConfig)
-    data: DensePretrainDataConfig = field(default_factory=DensePretrainDataConfig)
+    data: PretrainingDataConfig = field(default_factory=PretrainingDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def build_model(cfg: DensePretrainModelConfig, info: RunInfo) -> DensePretrainer:
-    trunk = TRUNKS[cfg.trunk](norm=cfg.norm, freeze_at=0, width=cfg.width)
-    return DensePretrainer(trunk=trunk, category_ids=[c.id for c in info.things()], head_dim=cfg.head_dim,
+    return DensePretrainer(trunk=build_trunk(cfg), category_ids=[c.id for c in info.things()], head_dim=cfg.head_dim,
                            norm=cfg.norm, instance_weight=cfg.instance_weight)
 
 

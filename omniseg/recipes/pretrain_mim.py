@@ -18,33 +18,18 @@ import torch
 from torch import nn
 
 from omniseg.engine.config import TrainConfig, bounded
-from omniseg.modeling.backbones.resnet import build_resnet18, build_resnet50
 from omniseg.modeling.masked_image_pretrain import MaskedImagePretrainer
-from omniseg.modeling.norm import NormKind
 from omniseg.recipes.contract import Recipe, RunInfo, no_predictor
-from omniseg.recipes.data import DataConfig, open_source, train_dataset
-
-TRUNKS = {"resnet18": build_resnet18, "resnet50": build_resnet50}
+from omniseg.recipes.data import open_source, train_dataset
+from omniseg.recipes.pretrain_dense import PretrainingDataConfig, TrunkConfig, build_trunk
 
 
 @dataclass
-class MimModelConfig:
-    """Model section: the trunk to pretrain (width / norm must match the detectors that load it)
-    and SimMIM's masking (Sec. 3.2: 32 x 32 patches, ratio 0.6)."""
+class MimModelConfig(TrunkConfig):
+    """Model section: the trunk to pretrain and SimMIM's masking (Sec. 3.2: 32 x 32 patches, ratio 0.6)."""
 
-    trunk: Literal["resnet18", "resnet50"] = "resnet18"
-    width: int = bounded(16, ge=1)
-    norm: NormKind = "GN"
     patch: int = bounded(32, ge=1)
     mask_ratio: float = bounded(0.6, gt=0, lt=1)
-
-
-@dataclass
-class MimDataConfig(DataConfig):
-    """DataConfig defaulting to the pretraining world's images (labels unread)."""
-
-    train: str = "synth-pretraining"
-    val: str = "synth-pretraining"
 
 
 @dataclass
@@ -53,13 +38,12 @@ class MimExperiment:
 
     recipe: Literal["pretrain_mim"] = "pretrain_mim"
     model: MimModelConfig = field(default_factory=MimModelConfig)
-    data: MimDataConfig = field(default_factory=MimDataConfig)
+    data: PretrainingDataConfig = field(default_factory=PretrainingDataConfig)  # images only: labels unread
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def build_model(cfg: MimModelConfig, info: RunInfo) -> MaskedImagePretrainer:
-    trunk = TRUNKS[cfg.trunk](norm=cfg.norm, freeze_at=0, width=cfg.width)
-    return MaskedImagePretrainer(trunk=trunk, patch=cfg.patch, mask_ratio=cfg.mask_ratio)
+    return MaskedImagePretrainer(trunk=build_trunk(cfg), patch=cfg.patch, mask_ratio=cfg.mask_ratio)
 
 
 def eval_fn(cfg: MimExperiment, info: RunInfo, progress: bool):

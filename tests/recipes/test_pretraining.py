@@ -63,7 +63,7 @@ def test_pretrain_writes_backbone_and_manifest(pretrained):
     assert m["command"].startswith("omniseg pretrain ") and "model.width=4" in m["command"]
     assert m["usage"] == f"model.pretrained={weights_file}"
     assert set(m["final_losses"]) >= {"loss_cls", "loss_boundary"}
-    assert set(m["eval"]) == {"pixel_acc", "thing_mIoU"}
+    assert set(m["eval"]) == {"pixel_acc", "thing_mIoU", "thing_class_acc", "thing_shape_acc", "thing_colour_acc"}
     summary = json.loads(printed)  # stdout: the manifest's summary, as JSON
     assert summary["usage"] == m["usage"] and summary["steps"] == 2 and summary["kind"] == "resnet"
     # the file is the final checkpoint's trunk, in torchvision names
