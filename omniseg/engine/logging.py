@@ -12,6 +12,8 @@ import json
 import math
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -95,3 +97,45 @@ def make_progress(total: int, initial: int = 0, enabled: bool = True, desc: str 
     """A tqdm bar with ETA; disabled when ``enabled`` is False or stderr is not a TTY."""
     disable = not enabled or not sys.stderr.isatty()
     return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True, smoothing=0.1)
+
+
+def _duration(seconds: float) -> str:
+    """``3725`` -> ``"1h02m"``, ``95`` -> ``"1m35s"``."""
+    s = int(round(max(seconds, 0.0)))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class ProgressLines:
+    """Plain progress lines on stderr where no progress bar shows (stderr not a TTY, e.g. a batch job's
+    log file): at most one every ``every_s`` seconds, the first ``every_s`` after the start (short runs
+    stay silent), and each evaluation once the run has been going that long.
+
+    Args:
+        name: what the lines are about (the run folder).
+        total: the last step.
+        enabled: False makes every call a no-op (a bar shows, or not rank 0).
+        clock: seconds (tests pass a fake one).
+    """
+
+    def __init__(self, name: str, total: int, enabled: bool, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.name, self.total, self.enabled, self.every_s, self.clock = name, total, enabled, every_s, clock
+        self.start = self.last = clock()
+
+    def step(self, step: int, record: dict[str, Any]) -> None:
+        """After a logged step (``record``: the metric-log record with loss, lr, s_per_iter, eta_s)."""
+        now = self.clock()
+        if not self.enabled or now - self.last < self.every_s:
+            return
+        self.last = now
+        print(f"{self.name}: step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%) "
+              f"loss {record.get('loss', float('nan')):.4g} lr {record.get('lr', float('nan')):.3g} "
+              f"{record.get('s_per_iter', 0.0):.2f} s/it, {_duration(record.get('eta_s', 0.0))} left",
+              file=sys.stderr, flush=True)
+
+    def evaluation(self, step: int, results: dict[str, Any]) -> None:
+        """After an evaluation at ``step``."""
+        if not self.enabled or self.clock() - self.start < self.every_s:
+            return
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in results.items() if isinstance(v, (int, float)))
+        print(f"{self.name}: evaluation at step {step}: {shown}", file=sys.stderr, flush=True)

@@ -40,7 +40,7 @@ from omniseg.engine.checkpoint import (
 )
 from omniseg.engine.config import ConfigError, TrainConfig, config_to_dict, save_config
 from omniseg.engine.ema import ModelEMA, unwrap_model
-from omniseg.engine.logging import MetricLog, make_progress
+from omniseg.engine.logging import MetricLog, ProgressLines, make_progress
 from omniseg.errors import UserError
 
 EvalFn = Callable[[nn.Module], dict[str, float]]
@@ -171,6 +171,7 @@ class Trainer:
         self.epoch = 0
         self._iter: Iterator | None = None
         self.last_eval: dict[str, float] = {}
+        self._lines: ProgressLines | None = None  # set by train()
 
     # ------------------------------------------------------------------ data
 
@@ -317,6 +318,8 @@ class Trainer:
         target.train(was_training)
         self.last_eval = results
         self.log.write({"step": self.step, **{f"eval/{k}": v for k, v in results.items()}})
+        if self._lines is not None:
+            self._lines.evaluation(self.step, results)
         return results
 
     def train(self) -> dict[str, Any]:
@@ -328,6 +331,7 @@ class Trainer:
         self.log.truncate_after(self.step)  # fresh run: empty log; resumed run: drop replayed steps
         self.model.train()
         bar = make_progress(cfg.max_iter, self.step, enabled=cfg.progress and self.is_main)
+        self._lines = ProgressLines(str(self.output_dir), cfg.max_iter, enabled=self.is_main and bar.disable)
         last: dict[str, float] = {}
         t0, start = time.perf_counter(), self.step
         window: dict[str, float] = {}
@@ -348,6 +352,7 @@ class Trainer:
                     record = {"step": self.step, "lr": lr, **last, "s_per_iter": per_iter}
                     record["eta_s"] = per_iter * (cfg.max_iter - self.step)
                     self.log.write(record)
+                    self._lines.step(self.step, record)
                     bar.set_postfix(loss=f"{last['loss']:.4g}", lr=f"{lr:.3g}")
                 if done or (cfg.checkpoint_period > 0 and self.step % cfg.checkpoint_period == 0):
                     self.save()
