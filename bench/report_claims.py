@@ -80,6 +80,17 @@ def yardstick_section(results: Path) -> list[str]:
             out.append(f"| {n} | {_pct(b['APs'])} | {_pct(b['APm'])} | {_pct(b['APl'])} | {_pct(b['AP50'])} "
                        f"| {_pct(b['AP75'])} | {_pct(c['AP'])} | {_pct(c['AP50'])} | {_pct(m['APs'])} "
                        f"| {_pct(m['APm'])} | {_pct(m['APl'])} |")
+        confused = {n: a["confusions"] for n, a in analysed.items() if a.get("confusions")}
+        if confused:
+            first_c = next(iter(confused.values()))
+            out += ["", f"Naming of the confident detections (score >= {first_c['min_score']}) that lie on a true "
+                    "object (box IoU >= 0.5): right class, right colour but wrong shape, right shape but wrong "
+                    "colour, neither.", "",
+                    "| run | confident detections | on an object | right class | colour only | shape only | neither |",
+                    "|---|---:|---:|---:|---:|---:|---:|"]
+            out += [f"| {n} | {c['detections']} | {_pct(c['localized_fraction'])}% | {_pct(c['class'])}% "
+                    f"| {_pct(c['colour_only'])}% | {_pct(c['shape_only'])}% | {_pct(c['neither'])}% |"
+                    for n, c in confused.items()]
     png = results / "yardstick" / "learning_curve.png"
     try:
         _draw_curves(runs, png)

@@ -89,7 +89,40 @@ def analyse(run_dir: Path, val_images: int) -> dict:
     agnostic = evaluate_instances(merged(gt), merged(pred), iou_type="bbox")
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     return {"box": {k: box[k] for k in keys}, "mask": {k: mask[k] for k in keys},
-            "class_agnostic_box": {k: agnostic[k] for k in keys}}
+            "class_agnostic_box": {k: agnostic[k] for k in keys}, "confusions": confusions(gt, pred)}
+
+
+def confusions(gt, pred, min_score: float = 0.3) -> dict:
+    """Of the detections scoring >= ``min_score`` that overlap a true object (box IoU >= 0.5, the
+    best-overlapping one), the fractions naming its class, only its colour, only its shape, neither
+    (class names are "<colour> <shape>"), and the fraction of such detections at all."""
+    import torch
+
+    from omniseg.ops.boxes import box_iou
+
+    names = {c.id: c.name.split(" ") for c in gt.categories if c.isthing}
+    by_id = {r.image_id: r for r in gt}
+    counts = {"class": 0, "colour_only": 0, "shape_only": 0, "neither": 0}
+    kept = localized = 0
+    for r in pred:
+        dets = [i for i in r.instances if (i.score or 0.0) >= min_score and i.box is not None]
+        truth = [i for i in by_id[r.image_id].instances if i.box is not None and not i.is_crowd]
+        kept += len(dets)
+        if not dets or not truth:
+            continue
+        iou = box_iou(torch.tensor([d.box for d in dets], dtype=torch.float32),
+                      torch.tensor([t.box for t in truth], dtype=torch.float32))
+        best, j = iou.max(dim=1)
+        for d, v, k in zip(dets, best.tolist(), j.tolist()):
+            if v < 0.5:
+                continue
+            localized += 1
+            (dc, ds), (tc, ts) = names[d.category_id], names[truth[k].category_id]
+            key = "class" if (dc, ds) == (tc, ts) else "colour_only" if dc == tc else "shape_only" if ds == ts \
+                else "neither"
+            counts[key] += 1
+    return {"min_score": min_score, "detections": kept, "localized_fraction": localized / max(kept, 1),
+            **{k: v / max(localized, 1) for k, v in counts.items()}}
 
 
 def result(job: dict, runs: Path, args: argparse.Namespace) -> dict:

@@ -107,12 +107,15 @@ def test_report_renders_recorded_yardstick_runs_and_says_what_is_missing(bench, 
     run["final"] = run["curve"][-1]
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     run["analysis"] = {"box": dict.fromkeys(keys, 0.25), "mask": dict.fromkeys(keys, 0.2),
-                       "class_agnostic_box": dict.fromkeys(keys, 0.5)}
+                       "class_agnostic_box": dict.fromkeys(keys, 0.5),
+                       "confusions": {"min_score": 0.3, "detections": 10, "localized_fraction": 0.9, "class": 0.5,
+                                      "colour_only": 0.3, "shape_only": 0.1, "neither": 0.1}}
     (folder / "oracle_pretrained_s0.json").write_text(json.dumps(run))
     text = "\n".join(rc.yardstick_section(tmp_path))
     assert "| oracle_pretrained_s0 | pretrained | 0 | 31.0 | 24.0 |" in text and "| 60 of 60 |" in text
     assert "| met | NOT met |" in text  # 31.0 >= 30 box AP; 24.0 < 25 mask AP
     assert "| oracle_pretrained_s0 | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | 50.0 | 50.0 | 20.0 | 20.0 | 20.0 |" in text
+    assert "| oracle_pretrained_s0 | 10 | 90.0% | 50.0% | 30.0% | 10.0% | 10.0% |" in text
     assert (folder / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -140,6 +143,14 @@ def test_yardstick_analysis_of_perfect_and_mislabelled_predictions(bench, tmp_pa
         write_coco_results(tmp_path / name / "val_predictions.json", RecordSet(records=records, categories=gt.categories))
     right = bench["yardstick"].analyse(tmp_path / "right", 3)
     assert right["box"]["AP"] == pytest.approx(1.0) and right["mask"]["AP"] == pytest.approx(1.0)
+    assert right["confusions"]["class"] == 1.0 and right["confusions"]["localized_fraction"] == 1.0
     mislabelled = bench["yardstick"].analyse(tmp_path / "wrong", 3)
     assert mislabelled["box"]["AP"] == pytest.approx(0.0)  # right places, wrong classes
     assert mislabelled["class_agnostic_box"]["AP"] == pytest.approx(1.0)
+    c = mislabelled["confusions"]
+    # ids are shape-major, 8 colours per shape: id -> id + 1 keeps the shape except for the 8th colour
+    names = {cat.id: cat.name.split(" ") for cat in gt.categories if cat.isthing}
+    objects = [i.category_id for r in gt.records for i in r.instances]
+    same_shape = sum(names[i][1] == names[wrong[i]][1] for i in objects) / len(objects)
+    assert c["class"] == 0.0 and c["shape_only"] == pytest.approx(same_shape)
+    assert c["shape_only"] + c["colour_only"] + c["neither"] == pytest.approx(1.0)
