@@ -28,7 +28,7 @@ def pretrained_section(results: Path) -> list[str]:
     if not manifests:
         return out + ["(none recorded yet: `omniseg pretrain configs/pretrain_r18_dense.yaml`, then copy "
                       "backbone.safetensors + manifest.json to bench/results/pretrained/<name>/)", ""]
-    out += ["| backbone | kind | trained on | labels | steps | final losses | evaluation | training time | command |",
+    out += ["| backbone | kind | trained on | labels | steps | final losses | evaluation | training time (as run) | command |",
             "|---|---|---|---|---:|---|---|---:|---|"]
     for p in manifests:
         m = json.loads(p.read_text(encoding="utf-8"))

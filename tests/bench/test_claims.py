@@ -154,3 +154,23 @@ def test_yardstick_analysis_of_perfect_and_mislabelled_predictions(bench, tmp_pa
     same_shape = sum(names[i][1] == names[wrong[i]][1] for i in objects) / len(objects)
     assert c["class"] == 0.0 and c["shape_only"] == pytest.approx(same_shape)
     assert c["shape_only"] + c["colour_only"] + c["neither"] == pytest.approx(1.0)
+
+
+def test_record_partial_keeps_only_unfinished_curves(bench, tmp_path, monkeypatch):
+    ys = bench["yardstick"]
+    monkeypatch.setattr(ys, "RESULTS", tmp_path / "results")
+    runs = tmp_path / "runs"
+    (runs / "oracle_scratch_s0").mkdir(parents=True)
+    (runs / "oracle_scratch_s0" / "metrics.jsonl").write_text(
+        json.dumps({"step": 10, "loss": 1.0, "s_per_iter": 0.5}) + "\n"
+        + json.dumps({"step": 10, "eval/box_AP": 0.05, "eval/mask_AP": 0.04}) + "\n")
+    monkeypatch.setattr(sys, "argv", ["yardstick.py", "--inits", "scratch", "--runs", str(runs), "--iters", "20",
+                                      "--record-partial"])
+    ys.main()
+    rec = json.loads((tmp_path / "results" / "oracle_scratch_s0.json").read_text())
+    assert rec["partial"] is True and rec["final"]["step"] == 10 and rec["wall_s"] is None
+    assert "train.max_iter=20" in rec["command"]
+    (runs / "oracle_scratch_s0" / "wall_s.txt").write_text("12.0")  # finished: --record-partial leaves it
+    (tmp_path / "results" / "oracle_scratch_s0.json").unlink()
+    ys.main()
+    assert not (tmp_path / "results" / "oracle_scratch_s0.json").exists()
