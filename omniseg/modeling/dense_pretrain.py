@@ -165,6 +165,13 @@ class DensePretrainer(nn.Module):
 
     def instance_loss(self, feats: dict[str, Tensor], batch: Batch) -> Tensor:
         """Cross-entropy of each masked thing's class from its mask-pooled C3-C5 features."""
+        logits, labels = self.instance_logits(feats, batch)
+        if logits is None:
+            return feats[self.pooled[0]].sum() * 0.0
+        return F.cross_entropy(logits, labels)
+
+    def instance_logits(self, feats: dict[str, Tensor], batch: Batch) -> tuple[Tensor | None, Tensor]:
+        """(N x K class logits of the batch's N masked things, N class indices 0..K-1); None, empty if none."""
         pooled, labels = [], []
         for b, t in enumerate(batch.targets):
             keep = [k for k in range(len(t)) if bool(t.has_mask[k]) and bool(t.is_thing[k])
@@ -174,10 +181,10 @@ class DensePretrainer(nn.Module):
             masks = t.masks[keep].to(feats[self.pooled[0]].device)
             pooled.append(torch.cat([mask_pool(feats[n][b], masks) for n in self.pooled], dim=1))
             labels += [self.class_of_id[int(t.category_ids[k])] - 1 for k in keep]
+        device = feats[self.pooled[0]].device
         if not pooled:
-            return feats[self.pooled[0]].sum() * 0.0
-        logits = self.instance_classifier(torch.cat(pooled))
-        return F.cross_entropy(logits, torch.tensor(labels, device=logits.device))
+            return None, torch.zeros(0, dtype=torch.long, device=device)
+        return self.instance_classifier(torch.cat(pooled)), torch.tensor(labels, device=device)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Training losses: per-pixel cross-entropy over K+1 classes, boundary BCE and (``instance_weight``

@@ -86,12 +86,18 @@ def eval_fn(cfg: DensePretrainExperiment, info: RunInfo, progress: bool):
         k = len(core.class_of_id) + 1
         conf = torch.zeros(k, k, dtype=torch.long)
         thing_conf = torch.zeros(k, k, dtype=torch.long)  # target vs best thing class, on thing cells
+        inst_conf = torch.zeros(k, k, dtype=torch.long)  # the instance classifier's, per thing (instance_weight > 0)
         was = core.training
         core.eval()
         try:
             with torch.no_grad():
                 for batch in build_test_loader(gt, cfg.data.batch_size, load_image=load_image):
-                    logits, _ = core.logits(batch.images.to(core.pixel_mean.device), batch.image_sizes)
+                    feats, logits, _ = core._run(batch.images.to(core.pixel_mean.device), batch.image_sizes)
+                    if core.instance_weight > 0:
+                        inst_logits, inst_labels = core.instance_logits(feats, batch)
+                        if inst_logits is not None:
+                            inst_conf += torch.bincount((inst_labels + 1) * k + inst_logits.argmax(1) + 1,
+                                                        minlength=k * k).view(k, k).cpu()
                     target, _ = dense_targets(batch, core.class_of_id, core.stride)
                     pred = logits.argmax(1).cpu()
                     ok = target >= 0
@@ -108,16 +114,20 @@ def eval_fn(cfg: DensePretrainExperiment, info: RunInfo, progress: bool):
         names = ["", *(c.name for c in info.things())]
         total = thing_conf.sum().clamp(min=1)
 
-        def same(word: int) -> float:
-            """Fraction of thing cells whose best class shares the target's ``word`` (0 colour, -1 shape)."""
+        def same(word: int, confusion: torch.Tensor = thing_conf) -> float:
+            """Fraction of the confusion's entries whose prediction shares the target's ``word`` (0 colour,
+            -1 shape)."""
             ids = {w: i for i, w in enumerate(dict.fromkeys(n.split(" ")[word] for n in names))}
             key = torch.tensor([ids[n.split(" ")[word]] for n in names])
-            return float((thing_conf * (key[:, None] == key[None, :])).sum() / total)
+            return float((confusion * (key[:, None] == key[None, :])).sum() / confusion.sum().clamp(min=1))
 
-        return {"pixel_acc": float(inter.sum() / conf.sum().clamp(min=1)),
-                "thing_mIoU": float(iou.mean()) if len(iou) else float("nan"),
-                "thing_class_acc": float(thing_conf.diag().sum() / total),
-                "thing_shape_acc": same(-1), "thing_colour_acc": same(0)}
+        instance = {} if core.instance_weight <= 0 else {
+            "instance_class_acc": float(inst_conf.diag().sum() / inst_conf.sum().clamp(min=1)),
+            "instance_shape_acc": same(-1, inst_conf), "instance_colour_acc": same(0, inst_conf)}
+        return instance | {"pixel_acc": float(inter.sum() / conf.sum().clamp(min=1)),
+                           "thing_mIoU": float(iou.mean()) if len(iou) else float("nan"),
+                           "thing_class_acc": float(thing_conf.diag().sum() / total),
+                           "thing_shape_acc": same(-1), "thing_colour_acc": same(0)}
 
     return evaluate
 

@@ -321,3 +321,16 @@ def test_instance_loss_trains_the_deep_stages():
         opt.step()
     assert model(batch)["loss_instance"].item() < 0.5 * first
     assert "loss_instance" not in _tiny_model()(batch)  # off by default (the first trunk's recipe)
+
+
+def test_instance_logits_cover_every_masked_thing_in_order():
+    model = _tiny_model(instance_weight=1.0)
+    batch = _toy_batch()
+    feats, _, _ = model._run(batch.images, batch.image_sizes)
+    logits, labels = model.instance_logits(feats, batch)
+    assert logits.shape == (4, 2) and labels.tolist() == [0, 1, 0, 1]  # square (id 1), disc (id 2) per image
+    assert torch.isclose(model.instance_loss(feats, batch), torch.nn.functional.cross_entropy(logits, labels))
+    for t in batch.targets:
+        t.has_mask[:] = False
+    none, empty = model.instance_logits(feats, batch)
+    assert none is None and empty.numel() == 0 and model.instance_loss(feats, batch).item() == 0.0
