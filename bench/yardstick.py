@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -88,8 +89,12 @@ def analyse(run_dir: Path, val_images: int) -> dict:
 
     agnostic = evaluate_instances(merged(gt), merged(pred), iou_type="bbox")
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    return {"box": {k: box[k] for k in keys}, "mask": {k: mask[k] for k in keys},
-            "class_agnostic_box": {k: agnostic[k] for k in keys}, "confusions": confusions(gt, pred)}
+
+    def finite(res: dict) -> dict:  # NaN (no object of a size) -> null in JSON
+        return {k: (float(res[k]) if math.isfinite(res[k]) else None) for k in keys}
+
+    return {"box": finite(box), "mask": finite(mask), "class_agnostic_box": finite(agnostic),
+            "confusions": confusions(gt, pred)}
 
 
 def confusions(gt, pred, min_score: float = 0.3) -> dict:
