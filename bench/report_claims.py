@@ -55,7 +55,7 @@ def yardstick_section(results: Path) -> list[str]:
     out += [f"`python bench/yardstick.py` — box-supervised oracle (every class with boxes and masks, "
             f"class-specific masks), ResNet-18-FPN width 16 GN, {first['train_images']} training images, "
             f"{first['iters']} iterations (batch 4, AdamW, cosine), AP on {first['val_images']} held-out images "
-            f"every few hundred iterations; {first['machine']}. Target: >= {TARGET_BOX_AP:.0f} box AP and >= "
+            f"every {first['curve'][0]['step'] if first.get('curve') else '–'} iterations; {first['machine']}. Target: >= {TARGET_BOX_AP:.0f} box AP and >= "
             f"{TARGET_MASK_AP:.0f} mask AP within {TARGET_MINUTES:.0f} minutes on 2 cores.", "",
             "| run | init | seed | box AP | mask AP | box AP50 | iterations | s / iteration (as run) | wall time (as run) | "
             f"box AP >= {TARGET_BOX_AP:.0f} | mask AP >= {TARGET_MASK_AP:.0f} |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -100,9 +100,10 @@ def yardstick_section(results: Path) -> list[str]:
     step = _step_seconds(results)
     out += ["", "Wall times are of runs sharing the 2 cores with other jobs (one torch thread each), so they are "
             "upper bounds; the iteration count is what carries over."
-            + (f" Alone, one training step takes {step[0]:.2f} s on one thread (bench/results/{step[1]}), so "
-               f"{first['iters']} iterations take {first['iters'] * step[0] / 60:.0f} min plus the evaluations."
-               if step else ""), ""]
+            + (f" Alone, one training step takes {step[0]:.2f} s on one thread (bench/results/{step[1]}; "
+               f"data made in the training process included), so {first['iters']} iterations take "
+               f"{first['iters'] * step[0] / 60:.0f} min plus the evaluations: the 45-minute budget holds about "
+               f"{int(45 * 60 / step[0])} iterations." if step else ""), ""]
     return out
 
 
