@@ -182,6 +182,8 @@ def unpack_split_zip(parts: list[Path], sha256: str, dest: str | os.PathLike) ->
     if _unpacked_ok(dest, sha256):
         return dest
     if dest.exists():
+        if _unpacked_ok(dest, sha256):  # a concurrent first use renamed its complete copy in since the check
+            return dest
         raise UserError(f"{dest}: exists but is not a complete unpacking of the zip sha256 {sha256[:12]}...; "
                         "delete the folder and retry")
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -198,3 +198,20 @@ def test_mpnet_embed_dim_mismatch_is_config_error():
         build_phrase_embedder(TextConfig(encoder="mpnet"), 384)
     embed = build_phrase_embedder(TextConfig(encoder="mpnet"), 768)
     assert embed is not None
+
+
+def test_unpack_finished_by_another_between_the_checks(tmp_path, monkeypatch):
+    """Our first check ran before another first use renamed its complete copy in: use it, no error."""
+    import omniseg.text.encoders as enc
+
+    parts, sha = _fake_parts(tmp_path)
+    dest = tmp_path / "cache" / "fake"
+    unpack_split_zip(parts, sha, dest)  # the other first use, complete
+    real, calls = enc._unpacked_ok, []
+
+    def first_check_too_early(path, digest):
+        calls.append(path)
+        return False if len(calls) == 1 else real(path, digest)
+
+    monkeypatch.setattr(enc, "_unpacked_ok", first_check_too_early)
+    assert unpack_split_zip(parts, sha, dest) == dest and len(calls) == 2
