@@ -17,7 +17,6 @@ bench/results/pretrained/r18w16_gn_dense/backbone.safetensors, made by
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -50,9 +49,10 @@ def jobs(args: argparse.Namespace) -> list[dict]:
 def curve(run_dir: Path) -> list[dict]:
     """The evaluations in the run's metrics.jsonl: step, box / mask AP, and the mean seconds per
     iteration logged up to that step."""
+    from omniseg.engine.logging import read_metric_log
+
     points, times = [], []
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
+    for row in read_metric_log(run_dir / "metrics.jsonl"):
         if "s_per_iter" in row:
             times.append(row["s_per_iter"])
         if "eval/box_AP" in row:
@@ -130,9 +130,14 @@ def confusions(gt, pred, min_score: float = 0.3) -> dict:
             **{k: v / max(localized, 1) for k, v in counts.items()}}
 
 
-def result(job: dict, runs: Path, args: argparse.Namespace) -> dict:
-    points = curve(runs / job["name"])
-    return {"analysis": analyse(runs / job["name"], args.val_images),"run": job["name"], "init": job["init"], "seed": job["seed"], "wall_s": round(job["wall_s"], 1),
+def result(job: dict, runs: Path, args: argparse.Namespace, partial: bool = False) -> dict:
+    """The record of a run: its curve and, when finished, wall time and :func:`analyse` (``partial``:
+    an unfinished run's curve so far)."""
+    run_dir = runs / job["name"]
+    points = curve(run_dir)
+    done = {"partial": True, "wall_s": None} if partial else {
+        "wall_s": round(job["wall_s"], 1), "analysis": analyse(run_dir, args.val_images)}
+    return {"run": job["name"], "init": job["init"], "seed": job["seed"], **done,
             "iters": args.iters, "train_images": args.train_images, "val_images": args.val_images,
             "final": points[-1] if points else None, "curve": points, "machine": machine(),
             "pretrained": args.pretrained if job["init"] == "pretrained" else "",
@@ -159,14 +164,8 @@ def main() -> None:
         for job in jobs(args):
             run_dir = Path(args.runs) / job["name"]
             if (run_dir / "metrics.jsonl").is_file() and not (run_dir / "wall_s.txt").is_file():
-                points = curve(run_dir)
-                record_result(RESULTS / f"{job['name']}.json", {
-                    "run": job["name"], "init": job["init"], "seed": job["seed"], "partial": True,
-                    "wall_s": None, "iters": args.iters, "train_images": args.train_images,
-                    "val_images": args.val_images, "final": points[-1] if points else None, "curve": points,
-                    "machine": machine(), "pretrained": args.pretrained if job["init"] == "pretrained" else "",
-                    "command": "omniseg train configs/maskx_voc_like.yaml " + " ".join(job["overrides"])},
-                    args.commit)
+                record_result(RESULTS / f"{job['name']}.json", result(job, Path(args.runs), args, partial=True),
+                              args.commit)
         return
     if "pretrained" in args.inits and not (ROOT / args.pretrained).is_file():
         raise SystemExit(f"{args.pretrained}: no pretrained trunk; run omniseg pretrain configs/pretrain_r18_dense.yaml "

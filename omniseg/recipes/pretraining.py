@@ -32,19 +32,15 @@ FILTERS = {"resnet": "resnet_filter_fn", "vit": "vit_filter_fn"}
 def _training_log(metrics_file: Path) -> tuple[dict[str, float], float]:
     """The loss entries of the last training log line of ``metrics.jsonl`` ({} if none) and the time
     the training loop took (seconds per iteration x iterations of each log line; resumes included)."""
+    from omniseg.engine.logging import read_metric_log
+
     last: dict[str, Any] = {}
     seconds, prev = 0.0, 0
-    if metrics_file.is_file():
-        for line in metrics_file.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill
-            if isinstance(row, dict) and "loss" in row:
-                last = row
-                step = int(row.get("step", prev))
-                seconds += float(row.get("s_per_iter", 0.0)) * max(step - prev, 0)
-                prev = step
+    for row in read_metric_log(metrics_file):  # a line cut by a kill is skipped there
+        if "loss" in row:
+            last = row
+            seconds += float(row.get("s_per_iter", 0.0)) * max(row["step"] - prev, 0)
+            prev = row["step"]
     return {k: float(v) for k, v in last.items() if k.startswith("loss")}, seconds
 
 
