@@ -26,7 +26,7 @@ from omniseg.modeling.norm import NormKind
 from omniseg.recipes.alp_data import ALPConfig, alp_recipe
 from omniseg.recipes.contract import RunInfo
 from omniseg.recipes.data import DataConfig
-from omniseg.recipes.maskx_rcnn import box_config, rpn_config
+from omniseg.recipes.maskx_rcnn import ProposalBudget, box_config, rpn_config
 from omniseg.recipes.open_vocab import (
     TextConfig,
     build_phrase_embedder,
@@ -35,7 +35,7 @@ from omniseg.recipes.open_vocab import (
 
 
 @dataclass
-class MaskRCNNStarModelConfig:
+class MaskRCNNStarModelConfig(ProposalBudget):
     """Model section (CPU-size defaults; the paper: ResNet-50-FPN, 1024-d box head, CLIP text)."""
 
     builder: Literal["mask_rcnn_star_r18_fpn", "mask_rcnn_star_r50_fpn"] = "mask_rcnn_star_r18_fpn"
@@ -52,11 +52,6 @@ class MaskRCNNStarModelConfig:
     approximate_boxes_as_gt: bool = True  # "uses ALP boxes to train RPN and box regression head"
     image_label_weight: float = bounded(0.1, ge=0)  # Detic's lambda for image-level labels
     anchor_sizes: tuple[float, ...] = bounded((16.0, 32.0, 64.0, 128.0, 256.0), gt=0)
-    rpn_pre_nms_topk_train: int = bounded(1000, ge=1)
-    rpn_pre_nms_topk_test: int = bounded(500, ge=1)
-    rpn_post_nms_topk_train: int = bounded(500, ge=1)
-    rpn_post_nms_topk_test: int = bounded(300, ge=1)
-    roi_batch_size_per_image: int = bounded(128, ge=1)
     detections_per_image: int = bounded(100, ge=1)
     score_threshold: float = bounded(0.05, ge=0, le=1)
     nms_threshold: float = bounded(0.2, ge=0, le=1)  # alp-fcos-mo Sec. 4: NMS 0.2, score 0.05 "work best for all trained models"

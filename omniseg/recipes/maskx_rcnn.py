@@ -39,7 +39,20 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class MaskXModelConfig:
+class ProposalBudget:
+    """The two-stage proposal budget shared by Mask^X R-CNN and Mask R-CNN* model sections. detectron2
+    uses 2000 / 1000 candidates per level for ~800 px images; our 256 px images have ~10x fewer anchors,
+    and NMS dominates a CPU training step otherwise."""
+
+    rpn_pre_nms_topk_train: int = bounded(1000, ge=1)
+    rpn_pre_nms_topk_test: int = bounded(500, ge=1)
+    rpn_post_nms_topk_train: int = bounded(500, ge=1)
+    rpn_post_nms_topk_test: int = bounded(300, ge=1)
+    roi_batch_size_per_image: int = bounded(128, ge=1)
+
+
+@dataclass
+class MaskXModelConfig(ProposalBudget):
     """Model section: every variant switch of Mask^X R-CNN (CPU-size defaults)."""
 
     builder: Literal["maskx_rcnn_r18_fpn", "maskx_rcnn_r50_fpn"] = "maskx_rcnn_r18_fpn"
@@ -65,13 +78,6 @@ class MaskXModelConfig:
     mask_norm: NormKind = "GN"
     mlp_hidden_dim: int = bounded(256, ge=1)
     anchor_sizes: tuple[float, ...] = bounded((16.0, 32.0, 64.0, 128.0, 256.0), gt=0)
-    # proposal budget: detectron2 uses 2000 / 1000 candidates per level for ~800 px images; our
-    # 256 px images have ~10x fewer anchors, and NMS dominates a CPU training step otherwise
-    rpn_pre_nms_topk_train: int = bounded(1000, ge=1)
-    rpn_pre_nms_topk_test: int = bounded(500, ge=1)
-    rpn_post_nms_topk_train: int = bounded(500, ge=1)
-    rpn_post_nms_topk_test: int = bounded(300, ge=1)
-    roi_batch_size_per_image: int = bounded(128, ge=1)
     detections_per_image: int = bounded(50, ge=1)
     score_threshold: float = bounded(0.05, ge=0, le=1)  # detections with a class score <= this are dropped
     nms_threshold: float = bounded(0.5, ge=0, le=1)  # class-wise NMS IoU of the detections (detectron2)
@@ -132,7 +138,7 @@ def train_dataset(cfg: MaskXDataConfig, progress: bool = True):
     return base_train_dataset(cfg, progress, view)
 
 
-def rpn_config(cfg: MaskXModelConfig | MaskRCNNStarModelConfig) -> RPNConfig:
+def rpn_config(cfg: ProposalBudget) -> RPNConfig:
     """The RPN settings of a two-stage model section (its ``rpn_*_nms_topk_*`` proposal budget)."""
     return RPNConfig(pre_nms_topk_train=cfg.rpn_pre_nms_topk_train, pre_nms_topk_test=cfg.rpn_pre_nms_topk_test,
                      post_nms_topk_train=cfg.rpn_post_nms_topk_train, post_nms_topk_test=cfg.rpn_post_nms_topk_test)
