@@ -36,6 +36,9 @@ from experiment_runner import finished_runs, machine, read_results, record_resul
 from yardstick import PRETRAINED  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "claims"
+#: each finished Mask^X detector's weights (``detector.*``), committed with its result so that the
+#: mask-branch rows can run on another machine without the detector's run folder
+DETECTORS = "detectors"
 
 #: (row id, split, variant) of the Mask^X stage-2 rows; the detector run trains transfer+MLP on voc A->B
 MASKX_ROWS = [("voc_ab_transfer_mlp", "voc A->B", "transfer+MLP (cls+box)"),
@@ -74,19 +77,20 @@ def maskx_jobs(args: argparse.Namespace) -> list[dict]:
     for s in args.seeds:
         seed = [f"train.seed={s}"]
         det = runs / f"maskx_detector_s{s}"
+        kept = Path(args.results) / "maskx" / DETECTORS / f"{det.name}.safetensors"
         out.append({"name": f"maskx_detector_s{s}", "row": "voc_ab_transfer_mlp", "seed": s, "split": "voc A->B",
                     "variant": "transfer+MLP (cls+box)", "after": None,
                     "overrides": common + seed + mx.VARIANTS["transfer+MLP (cls+box)"] + [
                         "model.mode=stage_wise", f"model.stage1_iters={args.iters}",
                         f"train.max_iter={args.stage2_iters}"]})
-        stage2 = ["model.mode=stage_wise", "model.stage1_iters=0", f"model.detector_init={det / 'stage1'}",
+        stage2 = ["model.mode=stage_wise", "model.stage1_iters=0", f"model.detector_init={kept}",
                   f"train.max_iter={args.stage2_iters}", f"train.warmup_iters={min(50, args.stage2_iters // 5)}"]
         for row, split, variant in MASKX_ROWS[1:]:
             out.append({"name": f"maskx_{row}_s{s}", "row": row, "seed": s, "split": split, "variant": variant,
-                        "after": det.name,
+                        "after": None if kept.is_file() else det.name,
                         "overrides": common + seed + mx.SPLITS[split] + mx.VARIANTS[variant] + stage2})
         out.append({"name": f"maskx_oracle_s{s}", "row": "oracle", "seed": s, "split": "voc A->B",
-                    "variant": "oracle (class-specific, all masks)", "after": det.name,
+                    "variant": "oracle (class-specific, all masks)", "after": None if kept.is_file() else det.name,
                     "overrides": common + seed + ["data.oracle=true", "model.mask_head=class-specific",
                                                   "model.fused_mlp=false"] + stage2})
     return out
@@ -108,6 +112,17 @@ def alp_jobs(args: argparse.Namespace) -> list[dict]:
                                                   f"train.max_iter={args.iters}",
                                                   f"data.train_num_images={args.train_images}",
                                                   f"train.checkpoint_period={max(1, args.iters // 6)}"]})
+    return out
+
+
+def keep_detector(stage1: Path, out: Path) -> Path:
+    """Write the ``detector.*`` weights of a finished stage 1 to ``out`` (atomically)."""
+    from omniseg.engine.checkpoint import resolve_checkpoint
+    from omniseg.modeling.weights import convert_to_safetensors
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    convert_to_safetensors(resolve_checkpoint(stage1) / "model.safetensors", out,
+                           lambda sd, _: {k: v for k, v in sd.items() if k.startswith("detector.")})
     return out
 
 
@@ -168,6 +183,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("table", choices=["maskx", "alp"])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "claims"))
+    ap.add_argument("--results", default=str(RESULTS),
+                    help="where results are recorded (and committed: the repository holding it), e.g. main's "
+                         "bench/results/claims when the driver runs from a snapshot clone")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pretrained", default=str(PRETRAINED.relative_to(ROOT)))
     ap.add_argument("--iters", type=int, default=4500, help="detector (maskx stage 1) / ALP-row iterations")
@@ -181,7 +199,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (ROOT / args.pretrained).is_file():
         raise SystemExit(f"{args.pretrained}: no pretrained trunk (omniseg pretrain configs/pretrain_r18_dense.yaml)")
-    runs, folder = Path(args.runs), RESULTS / args.table
+    runs, folder = Path(args.runs), Path(args.results) / args.table
     if args.table == "alp":
         ax.prepare(args)
     todo_all = maskx_jobs(args) if args.table == "maskx" else alp_jobs(args)
@@ -192,8 +210,12 @@ def main() -> None:
     print(f"{len(recorded)} recorded, {len(todo_all) - len(recorded)} to run", flush=True)
 
     def done(job: dict) -> None:
-        if job["name"] not in recorded:
-            record_result(folder / f"{job['name']}.json", score_one(job, args), args.commit)
+        if job["name"] in recorded:
+            return
+        extra = []
+        if job["name"].startswith("maskx_detector_"):
+            extra = [keep_detector(runs / job["name"] / "stage1", folder / DETECTORS / f"{job['name']}.safetensors")]
+        record_result(folder / f"{job['name']}.json", score_one(job, args), args.commit, extra)
 
     for job in finished_runs(todo, runs).values():
         done(job)

@@ -10,7 +10,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,22 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run"
 
 
-def record_result(path: Path, result: dict[str, Any], commit: bool = False) -> None:
+def record_result(path: Path, result: dict[str, Any], commit: bool = False, extra: Sequence[Path] = ()) -> None:
     """Write one finished run's result JSON (atomically); with ``commit``, ``git commit`` that file
-    alone (a failed commit is reported, not fatal: the file stays for the next commit)."""
+    and the ``extra`` files (already written) alone (a failed commit is reported, not fatal: the
+    files stay for the next commit)."""
     from omniseg.utils.atomic import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result, indent=1)
     if commit:
-        rel = os.path.relpath(path, ROOT)
-        add = subprocess.run(["git", "add", "--", rel], cwd=ROOT, capture_output=True, text=True)
+        # in the repository that holds the file (a driver run from a snapshot clone may record into main)
+        repo = path.resolve().parent
+        rel = os.path.relpath(path.resolve(), ROOT) if path.resolve().is_relative_to(ROOT) else str(path)
+        files = [str(p.resolve()) for p in (path, *extra)]
+        add = subprocess.run(["git", "add", "--", *files], cwd=repo, capture_output=True, text=True)
         done = add.returncode == 0 and subprocess.run(
-            ["git", "commit", "-q", "-m", f"bench result: {rel}", "--", rel], cwd=ROOT, capture_output=True,
+            ["git", "commit", "-q", "-m", f"bench result: {rel}", "--", *files], cwd=repo, capture_output=True,
             text=True).returncode == 0
         print(f"[{'committed' if done else 'NOT committed'}] {rel}", flush=True)
 

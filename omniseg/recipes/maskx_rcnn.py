@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from omniseg.data.records import RecordSet
@@ -179,12 +180,12 @@ def build_model(cfg: MaskXModelConfig, categories: list) -> MaskRCNN:
 
 
 def load_detector(model: MaskRCNN, path: str) -> None:
-    """Load the ``detector.*`` weights of a checkpoint (mask-branch weights are left as they are)."""
+    """Load the ``detector.*`` weights of a checkpoint, or of a ``.safetensors`` file of them (what
+    bench/claims.py keeps of a finished detector run); mask-branch weights are left as they are."""
     from omniseg.engine.checkpoint import load_weights, resolve_checkpoint
 
-    step = resolve_checkpoint(path)
-    weights = {k[len("detector."):]: v for k, v in load_weights(step / "model.safetensors").items()
-               if k.startswith("detector.")}
+    step = Path(path) if str(path).endswith(".safetensors") else resolve_checkpoint(path) / "model.safetensors"
+    weights = {k[len("detector."):]: v for k, v in load_weights(step).items() if k.startswith("detector.")}
     missing, unexpected = model.detector.load_state_dict(weights, strict=False)
     if missing or unexpected or not weights:
         raise CheckpointError(f"{step}: detector weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")

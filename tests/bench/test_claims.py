@@ -69,18 +69,48 @@ def test_verdicts_read_recorded_runs(bench, tmp_path):
     assert by["alp_mrcnn_alp_vs_masks_only"]["verdict"] == "incomplete"  # no alp folder at all
 
 
-def test_maskx_jobs_share_one_detector_per_seed(bench):
+def test_maskx_jobs_share_one_detector_per_seed(bench, tmp_path):
     import argparse
 
     args = argparse.Namespace(runs="runs/claims", seeds=[0, 1, 2], pretrained="p.safetensors", iters=100,
-                              stage2_iters=10, train_images=8, val_images=4)
+                              stage2_iters=10, train_images=8, val_images=4, results=str(tmp_path))
+    kept = tmp_path / "maskx" / "detectors" / "maskx_detector_s1.safetensors"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"")  # seed 1's detector is kept (recorded on another machine): its rows need no run folder
     jobs = bench["claims"].maskx_jobs(args)
     assert len(jobs) == 3 * 5 and len({j["name"] for j in jobs}) == 15
     for j in jobs:
         assert f"train.seed={j['seed']}" in j["overrides"] and "model.pretrained=p.safetensors" in j["overrides"]
-        if j["after"]:
-            assert j["after"] == f"maskx_detector_s{j['seed']}"
-            assert f"model.detector_init=runs/claims/maskx_detector_s{j['seed']}/stage1" in j["overrides"]
+        if j["name"].startswith("maskx_detector_"):
+            assert j["after"] is None
+            continue
+        assert j["after"] == (None if j["seed"] == 1 else f"maskx_detector_s{j['seed']}")
+        path = tmp_path / "maskx" / "detectors" / f"maskx_detector_s{j['seed']}.safetensors"
+        assert f"model.detector_init={path}" in j["overrides"]
+
+
+def test_kept_detector_holds_the_detector_weights_and_loads_into_a_fresh_model(bench, tmp_path):
+    import torch
+
+    from omniseg.engine.checkpoint import save_checkpoint
+    from omniseg.recipes.maskx_rcnn import load_detector
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.detector, self.mask_head = torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)
+
+    trained = Model()
+    save_checkpoint(tmp_path / "run" / "stage1" / "checkpoints", 7, model=trained)
+    out = bench["claims"].keep_detector(tmp_path / "run" / "stage1", tmp_path / "kept" / "d.safetensors")
+    from safetensors.torch import load_file
+
+    assert sorted(load_file(out)) == ["detector.bias", "detector.weight"]
+    fresh = Model()
+    mask_before = fresh.mask_head.weight.clone()
+    load_detector(fresh, str(out))
+    assert torch.equal(fresh.detector.weight, trained.detector.weight)
+    assert torch.equal(fresh.mask_head.weight, mask_before)
 
 
 def test_yardstick_curve_reads_the_evaluations(bench, tmp_path):
@@ -125,6 +155,25 @@ def test_record_result_writes_json_atomically(bench, tmp_path):
     assert json.loads(path.read_text()) == {"a": 1}
     assert bench["experiment_runner"].read_results(path.parent) == {"r": {"a": 1}}
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_record_result_commits_into_the_repository_holding_the_file(bench, tmp_path, monkeypatch):
+    import subprocess
+
+    repo = tmp_path / "other"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "root"], cwd=repo, check=True)
+    (repo / "res").mkdir()
+    extra = repo / "res" / "w.bin"
+    extra.write_bytes(b"w")
+    for k in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(k, "t")
+    bench["experiment_runner"].record_result(repo / "res" / "r.json", {"a": 1}, commit=True, extra=[extra])
+    files = subprocess.run(["git", "show", "--name-only", "--format=", "HEAD"], cwd=repo, capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert sorted(files) == ["res/r.json", "res/w.bin"]
 
 
 def test_yardstick_analysis_of_perfect_and_mislabelled_predictions(bench, tmp_path):
