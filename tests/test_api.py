@@ -9,30 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from omniseg.api import BoxError, Segmenter, clip_boxes, resolve_checkpoint, resolve_device
+from omniseg.api import BoxError, Segmenter, clip_boxes, resolve_checkpoint
 from omniseg.cli import main as cli_main
 from omniseg.data.synth.world import SynthConfig, generate_image
 from omniseg.engine.config import load_config
 from omniseg.errors import UserError
 from omniseg.modeling.box_to_mask import build_box_to_mask
 from omniseg.ops.rle import rle_decode
-from omniseg.recipes.box_to_mask import RECIPE, BoxToMaskExperiment
 from omniseg.recipes.contract import run_recipe
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config(BoxToMaskExperiment, None, [
-        "model.width=8", "model.fpn_channels=16", "model.norm=GN", "model.freeze_at=0",
-        "model.head_convs=1", "model.head_dim=8", "data.train_num_images=4", "data.val_num_images=2",
-        "data.image_size=96", "data.batch_size=2", "train.max_iter=2", "train.progress=false",
-        f"train.output_dir={out}", "train.checkpoint_period=2",
-    ])
-    run_recipe(RECIPE, cfg)
-    return out, cfg
+def trained(tiny_box_to_mask):
+    return tiny_box_to_mask
 
 
 def test_resolve_checkpoint_accepts_run_checkpoints_and_step_folders(trained):
@@ -74,21 +64,34 @@ def test_segmenter_errors(trained):
         Segmenter.from_checkpoint(out, use_ema=True)
 
 
-def test_segment_command(trained, tmp_path, capsys):
-    out, _ = trained
-    image, _ = generate_image(SynthConfig(seed=5, num_images=1, image_size=96), 0)
-    path = tmp_path / "img.png"
-    Image.fromarray(image).save(path)
-    rc = cli_main(["segment", str(path), "--checkpoint", str(out), "--boxes", "1,2,40,50; 50,50,90,90",
-                   "--vocabulary", "first, second", "--out", str(tmp_path / "seg"), "--min-score", "0"])
-    assert rc == 0
-    text = capsys.readouterr().out
-    assert "2 instance(s)" in text and "first" in text and "second" in text
-    preds = json.loads((tmp_path / "seg" / "predictions.json").read_text())
-    assert [i["text"] for i in preds[0]["instances"]] == ["first", "second"]
-    assert preds[0]["instances"][0]["box"] == [1.0, 2.0, 40.0, 50.0]
-    assert (tmp_path / "seg" / "img.png").exists()
-    assert preds[0]["drawing"] == "img.png"
+def _same(a: list, b: list) -> None:
+    """Two predictions are the same instances: texts, boxes, scores (to float noise), masks."""
+    assert [i.text for i in a] == [i.text for i in b]
+    for x, y in zip(a, b):
+        assert x.box == pytest.approx(y.box, abs=1e-4) and x.score == pytest.approx(y.score, abs=1e-5)
+        assert np.array_equal(rle_decode(x.mask), rle_decode(y.mask))
+
+
+def test_predict_batch_equals_predict_per_image(trained):
+    """Two 96 x 96 images (one forward pass) and a 64 x 80 one (another): the same as one by one."""
+    seg = Segmenter.from_checkpoint(trained[0])
+    images = [generate_image(SynthConfig(seed=s, num_images=1, image_size=96), 0)[0] for s in (1, 2)]
+    images.insert(1, images[0][:64, :80].copy())
+    boxes = [[[1, 2, 40, 50], [30, 30, 90, 80]], [[5, 5, 60, 60]], [[0, 0, 96, 96]]]
+    calls = []
+    seg.predictor = lambda *a, f=seg.predictor: calls.append(a[0].shape) or f(*a)
+    got = seg.predict_batch(images, vocabulary=["a", "b"], boxes=boxes)
+    assert sorted(tuple(c) for c in calls) == [(1, 3, 64, 80), (2, 3, 96, 96)]
+    assert [len(g) for g in got] == [2, 1, 1] and [i.text for i in got[0]] == ["a", "b"]
+    for image, b, g in zip(images, boxes, got):
+        _same(g, seg.predict(image, vocabulary=["a", "b"], boxes=b))
+    # one list of box names per image; an image without boxes has no instance and is not run
+    got = seg.predict_batch(images, vocabulary=[["x", "y"], [], ["z"]], boxes=[boxes[0], boxes[1], []])
+    assert [[i.text for i in g] for g in got] == [["x", "y"], ["object"], []]
+    with pytest.raises(ValueError, match="one list of box names per image"):
+        seg.predict_batch(images, vocabulary=[["x"]], boxes=boxes)
+    with pytest.raises(ValueError, match="one K x 4 array per image"):
+        seg.predict_batch(images, boxes=boxes[:2])
 
 
 @pytest.mark.parametrize("config", ["maskx_smoke.yaml", "fcos_mo_smoke.yaml"])
@@ -111,9 +114,14 @@ def test_segmenter_for_detectors(config, tmp_path):
         assert inst.score is not None and 0.0 <= inst.score <= 1.0
         assert rle_decode(inst.mask).shape == (100, 100)
         assert 0 <= inst.box[0] <= inst.box[2] <= 100 and 0 <= inst.box[1] <= inst.box[3] <= 100
-    with pytest.raises(ValueError, match="finds its own boxes"):
-        seg.predict(image, boxes=[[0, 0, 5, 5]])
-    if recipe_name == "fcos_mo":  # open vocabulary: any phrases
+    other = generate_image(SynthConfig(seed=3, num_images=1, image_size=100), 0)[0]
+    small = other[:70, :90].copy()
+    for got, want in zip(seg.predict_batch([image, other, small], min_score=0.0),
+                         [found, seg.predict(other, min_score=0.0), seg.predict(small, min_score=0.0)]):
+        _same(got, want)
+    if recipe_name == "fcos_mo":  # open vocabulary: any phrases, no prompt boxes
+        with pytest.raises(ValueError, match="finds its own boxes"):
+            seg.predict(image, boxes=[[0, 0, 5, 5]])
         phrases = ["crimson disk", "a blue thing"]
         assert {i.text for i in seg.predict(image, vocabulary=phrases, min_score=0.0)} <= set(phrases)
     else:  # closed vocabulary: unknown names are an error, known ones filter
@@ -122,130 +130,40 @@ def test_segmenter_for_detectors(config, tmp_path):
         assert {i.text for i in seg.predict(image, vocabulary=["red ring"], min_score=0.0)} <= {"red ring"}
 
 
-# ----------------------------------------------------------------------------- bad input
+def test_maskx_segments_prompt_boxes(tmp_path):
+    """Mask^X R-CNN with prompt boxes: one mask per box, from its mask branch (segment_boxes), of the
+    named class (score 1) or, unnamed, the class its box head scores highest."""
+    from omniseg.recipes.table import RECIPES
 
-
-@pytest.fixture(scope="module")
-def image_file(tmp_path_factory) -> Path:
-    image, _ = generate_image(SynthConfig(seed=5, num_images=1, image_size=96), 0)
-    path = tmp_path_factory.mktemp("img") / "img.png"
-    Image.fromarray(image).save(path)
-    return path
-
-
-def _segment(trained, argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = cli_main(["segment", *argv, "--checkpoint", str(trained[0])])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _usage(argv: list[str], capsys) -> str:
-    """argparse's usage error: exit 2, the message (returned) on stderr's last line."""
-    with pytest.raises(SystemExit) as info:
-        cli_main(argv)
-    assert info.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
-@pytest.mark.parametrize(("flag", "value", "says"), [
-    ("--boxes", "a,b,c,d", "'a,b,c,d' is not x0,y0,x1,y1"),
-    ("--boxes", "1,2,3", "'1,2,3' is not x0,y0,x1,y1"),
-    ("--boxes", "1,2,30,40; 5,5,1,1", "'5,5,1,1' is not x0,y0,x1,y1"),
-    ("--boxes", "1,2,nan,40", "'1,2,nan,40' is not"),
-    ("--boxes", "1,,2,30,40", "is not x0,y0,x1,y1"),
-    ("--boxes", ";", "no box"),
-    ("--vocabulary", "", "no class name"),
-    ("--vocabulary", " , ", "no class name"),
-    ("--min-score", "nan", "must be a number in [0, 1]"),
-    ("--min-score", "1.5", "must be a number in [0, 1]"),
-    ("--min-score", "x", "expected a number"),
-])
-def test_segment_bad_arguments_are_usage_errors(flag, value, says, image_file, capsys):
-    err = _usage(["segment", str(image_file), "--checkpoint", "unused", f"{flag}={value}"], capsys)
-    assert err.startswith(f"omniseg segment: error: argument {flag}: ") and says in err
-
-
-def test_segment_box_outside_the_image_is_an_error(trained, image_file, tmp_path, capsys):
-    out = tmp_path / "seg"
-    rc, _, err = _segment(trained, [str(image_file), "--boxes", "1,2,30,40; 200,200,300,300", "--out", str(out)],
-                          capsys)
-    assert rc == 1
-    assert err.strip() == (f"omniseg segment: error: {image_file}: box [200, 200, 300, 300] does not overlap "
-                           "the image (96 x 96 pixels)")
-    assert not out.exists()  # nothing written
-
-
-def test_segment_box_outside_one_image_is_skipped_under_skip(trained, image_file, tmp_path, capsys):
-    """--on-bad-record skip: an image the box misses (1 x 1 pixels) is counted, the others are written."""
-    tiny = tmp_path / "tiny.png"
-    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
-    out = tmp_path / "seg"
-    rc, text, err = _segment(trained, [str(image_file), str(tiny), "--boxes", "10,10,40,40", "--out", str(out),
-                                       "--on-bad-record", "skip"], capsys)
-    assert rc == 0, err
-    assert "skipped 1 bad record(s)" in text and f"e.g. {tiny}: --boxes: box [10, 10, 40, 40] does not overlap" in text
-    assert [p["file"] for p in json.loads((out / "predictions.json").read_text())] == [str(image_file)]
-    assert sorted(f.name for f in out.iterdir()) == ["img.png", "predictions.json"]
-
-
-def test_segment_box_partly_outside_is_clipped(trained, image_file, tmp_path, capsys):
-    out = tmp_path / "seg"
-    rc, _, _ = _segment(trained, [str(image_file), "--boxes=-10,20,50,500", "--min-score", "0", "--out", str(out)],
-                        capsys)
-    assert rc == 0
-    inst = json.loads((out / "predictions.json").read_text())[0]["instances"]
-    assert [i["box"] for i in inst] == [[0.0, 20.0, 50.0, 96.0]]
-
-
-def test_segment_same_file_names_get_distinct_drawings(trained, image_file, tmp_path, capsys):
-    a, b = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
-    for p in (a, b):
-        p.parent.mkdir()
-        shutil.copy(image_file, p)
-    # b is drawn with a different box, so the two drawings differ
-    Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(b)
-    out = tmp_path / "seg"
-    rc, _, _ = _segment(trained, [str(a), str(b), str(a), "--boxes", "1,2,30,40", "--out", str(out)], capsys)
-    assert rc == 0
-    preds = json.loads((out / "predictions.json").read_text())
-    assert [p["drawing"] for p in preds] == ["x.png", "x_1.png", "x_2.png"]
-    assert sorted(f.name for f in out.iterdir()) == ["predictions.json", "x.png", "x_1.png", "x_2.png"]
-    with Image.open(out / "x.png") as da, Image.open(out / "x_1.png") as db:
-        assert not np.array_equal(np.asarray(da), np.asarray(db))
-
-
-@pytest.mark.parametrize("kind", ["missing", "not an image", "folder"])
-def test_segment_unreadable_image(kind, trained, image_file, tmp_path, capsys):
-    bad = tmp_path / "bad.png"
-    if kind == "not an image":
-        bad.write_text("hello")
-    elif kind == "folder":
-        bad.mkdir()
-    out = tmp_path / "seg"
-    rc, _, err = _segment(trained, [str(image_file), str(bad), "--boxes", "1,2,30,40", "--out", str(out)], capsys)
-    assert rc == 1
-    assert len(err.strip().splitlines()) == 1 and err.startswith(f"omniseg segment: error: {bad}: ")
-    assert not out.exists()  # the first image's drawing is removed with the failed run
-    # skipped and counted with --on-bad-record skip
-    rc, text, _ = _segment(trained, [str(image_file), str(bad), "--boxes", "1,2,30,40", "--out", str(out),
-                                     "--on-bad-record", "skip"], capsys)
-    assert rc == 0
-    assert "skipped 1 bad record(s)" in text and f"e.g. {bad}: image: " in text
-    assert [p["file"] for p in json.loads((out / "predictions.json").read_text())] == [str(image_file)]
-
-
-def test_segment_device_without_cuda(trained, image_file, monkeypatch, capsys):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    rc, _, err = _segment(trained, [str(image_file), "--boxes", "1,2,30,40", "--device", "cuda"], capsys)
-    assert rc == 1 and err.strip() == ("omniseg segment: error: --device: 'cuda', but CUDA is not available "
-                                       "on this machine (use auto or cpu)")
-    err = _usage(["segment", str(image_file), "--checkpoint", "unused", "--device", "gpu"], capsys)
-    assert err == "omniseg segment: error: argument --device: 'gpu' is not a device name (e.g. cpu, cuda, cuda:1)"
-    with pytest.raises(UserError, match="device: 'gpu' is not a device"):
-        resolve_device("gpu")
-    with pytest.raises(UserError, match="CUDA is not available"):
-        resolve_device("cuda:0")
-    assert resolve_device("cpu") == torch.device("cpu")
+    recipe = RECIPES["maskx_rcnn"]
+    path = Path(__file__).resolve().parents[1] / "configs" / "maskx_smoke.yaml"
+    cfg = load_config(recipe.config, path, ["train.max_iter=1", "train.checkpoint_period=1",
+                                            f"train.output_dir={tmp_path}", "data.val_num_images=1"])
+    run_recipe(recipe, cfg)
+    seg = Segmenter.from_checkpoint(tmp_path)
+    names = [c.name for c in seg.info.things()]
+    image, _ = generate_image(SynthConfig(seed=9, num_images=1, image_size=100), 0)
+    boxes = [[0, 0, 50, 50], [10, 20, 90, 95], [60, 5, 99, 40]]
+    found = seg.predict(image, boxes=boxes, vocabulary=[names[2], "object"])
+    assert len(found) == 3 and found[0].text == names[2] and found[0].score == 1.0
+    assert [list(i.box) for i in found] == boxes
+    # the unnamed boxes: the box head's most likely class, with its probability
+    model, t = seg.model, torch.from_numpy(image).permute(2, 0, 1)[None]
+    padded = torch.nn.functional.pad(t, (0, 28, 0, 28))  # 128 x 128: the pad divisor 32
+    det, heads = model.detector, model.detector.roi_heads
+    feats = det.extract_features(padded, [(100, 100)])
+    with torch.no_grad():
+        logits, _ = heads.predictor(heads.box_head(heads.pool([feats[f] for f in det.box_in_features],
+                                                               [torch.tensor(boxes[1:], dtype=torch.float32)])))
+    prob, cls = logits.softmax(-1)[:, :-1].max(-1)
+    assert [i.text for i in found[1:]] == [names[c] for c in cls.tolist()]
+    assert [i.score for i in found[1:]] == pytest.approx(prob.tolist(), abs=1e-5)
+    labels = torch.tensor([2, *cls.tolist()])
+    ref = model.segment_boxes(padded, [(100, 100)], [torch.tensor(boxes, dtype=torch.float32)], [labels])[0]
+    for inst, m in zip(found, ref):
+        assert np.array_equal(rle_decode(inst.mask).astype(bool), m.numpy())
+    with pytest.raises(ValueError, match="closed vocabulary"):
+        seg.predict(image, boxes=boxes, vocabulary=["crimson disk"])
 
 
 def test_clip_boxes():

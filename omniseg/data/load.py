@@ -8,13 +8,21 @@
 * a COCO / LVIS instances JSON, a COCO captions JSON, a COCO panoptic JSON (PNG folder
   next to it with the same stem) -- sniffed from the JSON keys;
 * a folder of images (no annotations).
+
+Where the images of an annotations file are (:func:`image_root_candidates`): the ``image_root``
+given (``data.train_images=`` / ``data.val_images=`` on the command line), else the first of
+these folders that holds the file's first image: the JSON's own folder, ``images/`` under it,
+and for the COCO layout ``annotations/instances_<split>.json`` the folder ``<split>/`` next to
+``annotations/`` (a dataset folder: its ``images/``, then the folder itself). When none holds
+it, the first candidate is used and ``require_images=True`` names the missing image and every
+folder tried.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omniseg.data.errors import BadRecords
 from omniseg.data.records import RecordSet
@@ -28,6 +36,11 @@ SYNTH_LAYOUT = {
     "panoptic_png": "panoptic",
     "images": "images",
 }
+
+
+class MissingImagesError(UserError, FileNotFoundError):
+    """Image files of an annotations file are not where they were looked for; the message names the
+    first missing image and every folder tried."""
 
 
 class UnknownFormatError(UserError, ValueError):
@@ -134,13 +147,72 @@ def merge_segments(into: RecordSet, panoptic: RecordSet) -> None:
     into.categories += [c for c in panoptic.categories if c.id not in known]
 
 
-def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad: BadRecords | None = None) -> RecordSet:
+def image_root_candidates(annotations: Path, in_folder: bool = False) -> list[Path]:
+    """The folders an annotations file's images are looked for in, in order (module docstring).
+
+    Args:
+        annotations: the JSON file.
+        in_folder: it is the ``instances.json`` of a dataset folder (``images/`` comes first).
+    """
+    here = annotations.parent
+    if in_folder:
+        return [here / SYNTH_LAYOUT["images"], here]
+    out = [here, here / SYNTH_LAYOUT["images"]]
+    kind, sep, split = annotations.stem.partition("_")
+    if here.name == "annotations" and sep and split and kind in ("instances", "captions", "panoptic"):
+        out.append(here.parent / split)
+    return out
+
+
+def _first_file_name(data: Any) -> str | None:
+    images = data.get("images") if isinstance(data, dict) else None
+    for img in images if isinstance(images, list) else []:
+        if isinstance(img, dict) and isinstance(img.get("file_name"), str) and img["file_name"]:
+            return img["file_name"]
+    return None
+
+
+def pick_image_root(candidates: list[Path], data: Any) -> str:
+    """The first candidate folder holding the first image named in ``data`` (decoded COCO JSON);
+    the first candidate when none does."""
+    name = _first_file_name(data)
+    if name is not None and not os.path.isabs(name):
+        for root in candidates:
+            if (root / name).is_file():
+                return str(root)
+    return str(candidates[0])
+
+
+def check_images(rs: RecordSet, tried: list[str], source: str | os.PathLike) -> None:
+    """Every record's image file must exist.
+
+    Raises:
+        MissingImagesError: one line naming ``source``, the first missing image, how many are
+            missing and the folders ``tried``.
+    """
+    missing = [r for r in rs.records if not os.path.isfile(rs.image_path(r))]
+    if missing:
+        where = ", ".join(tried) if tried else "the current folder"
+        more = f" (and {len(missing) - 1} more of {len(rs)})" if len(missing) > 1 else ""
+        raise MissingImagesError(f"{source}: image {missing[0].file_name!r} (image id {missing[0].image_id}){more} "
+                                 f"is not in {where}")
+
+
+def load_dataset(
+    path: str | os.PathLike, image_root: str | None = None, on_bad: BadRecords | None = None,
+    require_images: bool = False,
+) -> RecordSet:
     """Load ``path`` (see module docstring) into one RecordSet.
 
     A JSON file is parsed once (streaming, see :func:`~omniseg.data.formats.coco.scan_coco_json`)
     for both telling its kind and reading it as instances.
 
+    Args:
+        image_root: the images' folder (default: looked for, see the module docstring).
+        require_images: check that every record's image file exists (:func:`check_images`).
+
     Raises:
+        MissingImagesError: ``require_images`` and an image file is missing.
         FileNotFoundError: nothing at ``path``.
         IsADirectoryError: ``path`` is a folder named like a file (``x.json``).
         UnknownFormatError: ``path`` is a COCO results file, a JSON of another shape or a file
@@ -148,7 +220,7 @@ def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad:
         BadRecordError / OSError: from the readers (naming the file and record).
     """
     from omniseg.data.formats.captions import read_coco_captions
-    from omniseg.data.formats.coco import read_coco_instances
+    from omniseg.data.formats.coco import read_coco_instances, scan_coco_json
     from omniseg.data.formats.folder import read_image_folder
     from omniseg.data.formats.narratives import attach_narratives
     from omniseg.data.formats.panoptic import read_coco_panoptic
@@ -162,8 +234,11 @@ def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad:
         files = {k: path / v for k, v in SYNTH_LAYOUT.items()}
         if not files["instances"].exists():
             return read_image_folder(path, on_bad=on_bad)
-        root = image_root or str(files["images"])
-        rs = read_coco_instances(files["instances"], image_root=root, on_bad=on_bad)
+        candidates = [Path(image_root)] if image_root else image_root_candidates(files["instances"], in_folder=True)
+        scan = scan_coco_json(files["instances"])
+        root = image_root or pick_image_root(candidates, scan.data)
+        rs = read_coco_instances(files["instances"], image_root=root, on_bad=on_bad, scan=scan)
+        del scan
         if files["captions"].exists():
             read_coco_captions(files["captions"], into=rs, on_bad=on_bad)
         if files["narratives"].exists():
@@ -171,16 +246,27 @@ def load_dataset(path: str | os.PathLike, image_root: str | None = None, on_bad:
         if files["panoptic"].exists():
             merge_segments(rs, read_coco_panoptic(files["panoptic"], files["panoptic_png"], on_bad=on_bad))
         rs.name = path.name
-        return rs
-    kind, detail, scan = _json_kind(path)
-    root = image_root or ""
-    if kind == "instances":
-        return read_coco_instances(path, image_root=root, on_bad=on_bad, scan=scan)
-    del scan  # the other readers parse the file themselves
-    if kind == "captions":
-        return read_coco_captions(path, on_bad=on_bad, image_root=root)
-    if kind == "panoptic":
-        return read_coco_panoptic(path, path.with_suffix(""), image_root=root, on_bad=on_bad)
+    else:
+        kind, detail, scan = _json_kind(path)
+        candidates = [Path(image_root)] if image_root else image_root_candidates(path)
+        root = image_root or pick_image_root(candidates, scan.data)
+        if kind == "instances":
+            rs = read_coco_instances(path, image_root=root, on_bad=on_bad, scan=scan)
+        elif kind == "captions":
+            del scan  # the other readers parse the file themselves
+            rs = read_coco_captions(path, on_bad=on_bad, image_root=root)
+        elif kind == "panoptic":
+            del scan
+            rs = read_coco_panoptic(path, path.with_suffix(""), image_root=root, on_bad=on_bad)
+        else:
+            _refuse(path, kind, detail)
+    if require_images:
+        check_images(rs, [str(c) for c in candidates], path)
+    return rs
+
+
+def _refuse(path: Path, kind: str, detail: str) -> NoReturn:
+    """Raise the :class:`UnknownFormatError` for a JSON that is not a dataset."""
     if kind == "results":
         raise UnknownFormatError(
             f"{path}: a COCO results file (a JSON list of detections), not a dataset; this command "

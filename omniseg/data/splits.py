@@ -24,15 +24,26 @@ curated from them); ignored instances are removed. No label is ever made stronge
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from omniseg.data.errors import BadRecordError
 from omniseg.data.records import SUPERVISION_KINDS, Category, RecordSet
+from omniseg.errors import UserError
 from omniseg.ops.rle import rle_to_box
 
 Group = str  # "base" | "novel" | "ignored"
+
+
+class UnknownSplitError(UserError, ValueError):
+    """A named split is not defined for the dataset's class names; the message names the choices."""
+
 
 #: the 20 PASCAL VOC classes under their COCO names
 COCO_VOC_NAMES = (
@@ -158,26 +169,55 @@ def random_split(
                  novel_supervision)
 
 
+def _synthetic(things: list[Category]) -> bool:
+    """True when every thing class is one of the synthetic worlds' ``"<color> <shape>"`` classes."""
+    from omniseg.data.synth import lexicon
+
+    names = set(lexicon.class_names()) | {f"{c} {s}" for s, c in lexicon.pretraining_pairs()}
+    return all(c.name in names for c in things)
+
+
+def _not_defined(name: str, things: list[Category]) -> UnknownSplitError:
+    examples = ", ".join(repr(c.name) for c in things[:3])
+    return UnknownSplitError(
+        f"split {name!r} is defined for the COCO class names and the synthetic world, not for these "
+        f"{len(things)} classes ({examples}, ...); choose: a split file with your base / novel classes "
+        '(data.split_file=FILE.json holding {"base": [names or ids], "novel": [...]}), '
+        "'compositional' (names '<attribute> <object>') or no split (data.split='')")
+
+
 def voc_like(categories: list[Category], seed: int = 0, novel_supervision: str = "box") -> Split:
     """20 base (masks) / 60 novel. COCO categories: the 20 VOC classes are base.
 
-    Other category sets with 80 things: 20 random base classes (by ``seed``); other sizes:
-    a quarter of the things are base.
+    The synthetic world: 20 random base classes (by ``seed``; a quarter of the things for
+    other numbers of synthetic classes).
+
+    Raises:
+        UnknownSplitError: the classes are neither COCO's (all 20 VOC names) nor synthetic.
     """
     things = _things(categories)
     voc = _by_names(things, COCO_VOC_NAMES)
     if voc is not None:
         return _make("voc-like", voc, [c.id for c in things if c.id not in voc], [], novel_supervision)
+    if not _synthetic(things):
+        raise _not_defined("voc-like", things)
     return random_split(categories, max(1, round(len(things) / 4)), seed, novel_supervision, name="voc-like")
 
 
 def zsd_like(categories: list[Category], seed: int = 0, novel_supervision: str = "box") -> Split:
-    """48 base / 17 novel / rest ignored. COCO categories: the published zero-shot class lists."""
+    """48 base / 17 novel / rest ignored. COCO categories: the published zero-shot class lists; the
+    synthetic world: a random 48 / 17 by ``seed``.
+
+    Raises:
+        UnknownSplitError: the classes are neither COCO's nor synthetic.
+    """
     things = _things(categories)
     base, novel = _by_names(things, COCO_ZSD_BASE), _by_names(things, COCO_ZSD_NOVEL)
     if base is not None and novel is not None:
         ignored = [c.id for c in things if c.id not in base and c.id not in novel]
         return _make("zsd-like", base, novel, ignored, novel_supervision)
+    if not _synthetic(things):
+        raise _not_defined("zsd-like", things)
     if len(things) < 65:
         raise ValueError(f"zsd_like needs at least 65 thing classes, got {len(things)}")
     return random_split(categories, 48, seed, novel_supervision, num_novel=17, name="zsd-like")
@@ -241,6 +281,68 @@ SPLITS: dict[str, Callable[..., Split]] = {
     "zsd-like": zsd_like,
     "compositional": compositional,
 }
+
+
+def _entry_id(entry: Any, things: list[Category], categories: list[Category]) -> tuple[int | None, str]:
+    """``(id, "")`` of a split-file entry (a thing category name or integer id), else ``(None, why)``."""
+    if isinstance(entry, bool) or not isinstance(entry, (int, str)):
+        return None, f"{entry!r} is not a category name or integer id"
+    for c in things:
+        if entry == (c.name if isinstance(entry, str) else c.id):
+            return c.id, ""
+    if any(entry == (c.name if isinstance(entry, str) else c.id) for c in categories):
+        return None, f"{entry!r} is a stuff category; a split holds thing classes"
+    if isinstance(entry, int):
+        return None, f"{entry} is not a category id of the dataset (thing ids {things[0].id}..{things[-1].id})"
+    close = difflib.get_close_matches(entry, [c.name for c in things], n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "e.g. " + ", ".join(repr(c.name) for c in things[:3])
+    return None, f"{entry!r} is not a category name of the dataset ({hint})"
+
+
+def split_from_file(
+    path: str | os.PathLike, categories: list[Category], novel_supervision: str = "box"
+) -> Split:
+    """The split a JSON file names: ``{"base": [...], "novel": [...]}`` of thing category names or ids.
+
+    Base classes keep their masks; novel classes get ``novel_supervision``. Without ``"novel"``
+    every other thing class is novel; with it, thing classes in neither list are ignored (dropped
+    from training, outside the base / novel groups of the evaluation). The split's name is the
+    file's name.
+
+    Raises:
+        BadRecordError: naming the file and the entry: not a JSON object, an unknown key, no
+            ``"base"``, a list that is not a list, an unknown name or id, a stuff class or a class
+            listed twice. FileNotFoundError for a missing file.
+    """
+    from omniseg.data.formats.validation import load_json_file
+
+    _check_kind(novel_supervision)
+    file = os.fspath(path)
+    data = load_json_file(file)
+    shape = '{"base": [names or ids], "novel": [names or ids]}'
+    if not isinstance(data, dict):
+        raise BadRecordError(file, "file", f"a split file is a JSON object {shape}")
+    for key in data:
+        if key not in ("base", "novel"):
+            raise BadRecordError(file, f"key {key!r}", f"unknown key; a split file is {shape}")
+    if "base" not in data:
+        raise BadRecordError(file, "file", f"no \"base\" list (the classes that keep their masks); expected {shape}")
+    things, seen = _things(categories), {}
+    for key in ("base", "novel"):
+        if not isinstance(data.get(key, []), list):
+            raise BadRecordError(file, key, f"must be a list of category names or ids, got {type(data[key]).__name__}")
+        for k, entry in enumerate(data.get(key, [])):
+            cid, why = _entry_id(entry, things, categories)
+            if cid is None:
+                raise BadRecordError(file, f"{key}[{k}]", why)
+            if cid in seen:
+                raise BadRecordError(file, f"{key}[{k}]", f"{entry!r} is listed twice (already in {seen[cid]})")
+            seen[cid] = key
+    base = [i for i, g in seen.items() if g == "base"]
+    rest = [c.id for c in things if c.id not in seen]
+    novel = [i for i, g in seen.items() if g == "novel"] if "novel" in data else rest
+    ignored = rest if "novel" in data else []
+    return _make(Path(file).name, base, novel, ignored, novel_supervision)
 
 
 def apply_split(rs: RecordSet, split: Split) -> RecordSet:

@@ -72,6 +72,8 @@ class TrainConfig:
     seed: int = bounded(0, ge=0)
     deterministic: bool = False
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    # torch threads per process; None: automatic (omniseg.engine.threads.choose_threads: 1 on <= 2 cores, ...)
+    threads: int | None = bounded(None, ge=1)
     # optimizer
     optimizer: Literal["sgd", "adamw"] = "sgd"
     # how torch.optim runs the update (engine/optim.py): foreach is bit-identical to single and faster

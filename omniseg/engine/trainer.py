@@ -41,6 +41,7 @@ from omniseg.engine.checkpoint import (
 from omniseg.engine.config import ConfigError, TrainConfig, config_to_dict, save_config
 from omniseg.engine.ema import ModelEMA, unwrap_model
 from omniseg.engine.logging import MetricLog, ProgressLines, make_progress
+from omniseg.engine.threads import apply_threads
 from omniseg.errors import UserError
 
 EvalFn = Callable[[nn.Module], dict[str, float]]
@@ -146,6 +147,7 @@ class Trainer:
         run_config: Any = None,
         run_info: dict[str, Any] | None = None,
     ):
+        apply_threads(cfg.threads)  # before any heavy torch work; the CLI has usually done it already
         self.cfg, self.optimizer, self.scheduler = cfg, optimizer, scheduler
         self.data, self.eval_fn = data, eval_fn
         self.device = resolve_device(cfg.device)

@@ -261,30 +261,12 @@ class FCOSMO(nn.Module):
         c = vocab.shape[0]
         feats = self.features(images, image_sizes)
         emb, ltrb, ctr, pts, _, _, counts = self.dense(feats)
-        starts = [0, *torch.tensor(counts).cumsum(0).tolist()]
         results, all_boxes = [], []
         for i in range(b):
             probs = phrase_logits(emb[i], vocab.to(emb), cfg.tau).softmax(dim=1)[:, :c] if c else emb.new_zeros(
                 emb.shape[1], 0)
-            cand_loc, cand_cls, cand_p = [], [], []
-            for lo, hi in zip(starts[:-1], starts[1:]):  # FCOS: threshold, then top-k per level
-                p = probs[lo:hi]
-                loc, cls = torch.nonzero(p > cfg.score_threshold, as_tuple=True)
-                sc = p[loc, cls]
-                if sc.numel() > cfg.pre_nms_topk:
-                    top = sc.topk(cfg.pre_nms_topk).indices
-                    loc, cls, sc = loc[top], cls[top], sc[top]
-                cand_loc.append(loc + lo)
-                cand_cls.append(cls)
-                cand_p.append(sc)
-            loc, cls, p = torch.cat(cand_loc), torch.cat(cand_cls), torch.cat(cand_p)
-            score = torch.sqrt(p * ctr[i, loc].sigmoid()) if cfg.use_centerness else p
-            boxes = clip_boxes(distances_to_boxes(pts[loc], ltrb[i, loc]), image_sizes[i])
-            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            boxes, score, cls = boxes[ok], score[ok], cls[ok]
-            keep = batched_nms(boxes, score, cls, cfg.nms_threshold)[: cfg.max_detections]
-            results.append(InstancePredictions(boxes=boxes[keep], scores=score[keep], labels=cls[keep]))
-            all_boxes.append(boxes[keep])
+            results.append(decode_detections(probs, ctr[i], ltrb[i], pts, counts, image_sizes[i], cfg))
+            all_boxes.append(results[-1].boxes)
         if with_masks:
             probs = self.mask_logits(feats, all_boxes).sigmoid() if sum(len(x) for x in all_boxes) else None
             start = 0
@@ -300,6 +282,42 @@ class FCOSMO(nn.Module):
             for r, (h, w), (oh, ow) in zip(results, image_sizes, output_sizes):
                 r.boxes = r.boxes * r.boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
         return results
+
+
+def decode_detections(probs: Tensor, ctr: Tensor, ltrb: Tensor, points: Tensor, counts: Sequence[int],
+                      image_size: tuple[int, int], cfg: FCOSMOConfig) -> InstancePredictions:
+    """One image's detections from its dense outputs (module docstring, "Inference"; shared by
+    :meth:`FCOSMO.predict` and the ONNX runtime, :mod:`omniseg.export.runtime`).
+
+    Args:
+        probs: P x C class probabilities (softmax over C phrases + background, background dropped).
+        ctr: P centerness logits.
+        ltrb: P x 4 distances in image pixels.
+        points: P x 2 locations; counts: locations per level, fine to coarse (sum P).
+        image_size: valid (H, W) the boxes are clipped to.
+
+    Returns:
+        boxes, scores, labels (no masks) after class-wise NMS, at most ``cfg.max_detections``.
+    """
+    starts = [0, *torch.tensor(list(counts), dtype=torch.long).cumsum(0).tolist()]
+    cand_loc, cand_cls, cand_p = [], [], []
+    for lo, hi in zip(starts[:-1], starts[1:]):  # FCOS: threshold, then top-k per level
+        p = probs[lo:hi]
+        loc, cls = torch.nonzero(p > cfg.score_threshold, as_tuple=True)
+        sc = p[loc, cls]
+        if sc.numel() > cfg.pre_nms_topk:
+            top = sc.topk(cfg.pre_nms_topk).indices
+            loc, cls, sc = loc[top], cls[top], sc[top]
+        cand_loc.append(loc + lo)
+        cand_cls.append(cls)
+        cand_p.append(sc)
+    loc, cls, p = torch.cat(cand_loc), torch.cat(cand_cls), torch.cat(cand_p)
+    score = torch.sqrt(p * ctr[loc].sigmoid()) if cfg.use_centerness else p
+    boxes = clip_boxes(distances_to_boxes(points[loc], ltrb[loc]), image_size)
+    ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, score, cls = boxes[ok], score[ok], cls[ok]
+    keep = batched_nms(boxes, score, cls, cfg.nms_threshold)[: cfg.max_detections]
+    return InstancePredictions(boxes=boxes[keep], scores=score[keep], labels=cls[keep])
 
 
 def build_fcos_mo(cfg: FCOSMOConfig) -> FCOSMO:

@@ -29,7 +29,7 @@ import numpy as np
 from omniseg.data.records import Instance, RecordSet
 from omniseg.engine.config import ConfigError, bounded
 from omniseg.recipes.contract import Recipe
-from omniseg.recipes.data import DataConfig, named_split, open_source, training_view
+from omniseg.recipes.data import DataConfig, named_split, open_train, train_transforms, training_view
 
 
 @dataclass
@@ -99,15 +99,11 @@ def with_alps(view: RecordSet, full: RecordSet, data: DataConfig, alp: ALPConfig
 def alp_train_dataset(data: DataConfig, alp: ALPConfig, progress: bool = True):
     """Training RecordDataset: the split's training view + ALPs, with flip / LSJ / box quantization."""
     from omniseg.data.dataset import RecordDataset
-    from omniseg.data.transforms import Compose, LargeScaleJitter, QuantizeApproxBoxes, RandomHFlip
 
-    rs, load_image = open_source(data.train, data.train_num_images, data.train_seed, data.image_size, progress)
+    rs, load_image = open_train(data, progress)
     view = with_alps(training_view(rs, data), rs, data, alp)
-    ts: list = [LargeScaleJitter(data.image_size)] if data.lsj else []
-    ts += [RandomHFlip()] if data.flip else []
-    if alp.quantize:
-        ts.append(QuantizeApproxBoxes())
-    return RecordDataset(view, transforms=Compose(ts), load_image=load_image, seed=data.train_seed)
+    transforms = train_transforms(data, photos=load_image is None, quantize=alp.quantize)
+    return RecordDataset(view, transforms=transforms, load_image=load_image, seed=data.train_seed)
 
 
 def alp_recipe(name: str, config: type, build_model: Callable, predictor: Callable) -> Recipe:

@@ -20,7 +20,7 @@ from omniseg.modeling.box_to_mask import BoxToMask, BoxToMaskConfig, build_box_t
 from omniseg.modeling.predictions import ImagePrediction, InstancePredictions
 from omniseg.ops.rle import rle_encode
 from omniseg.recipes.contract import Recipe, RunInfo
-from omniseg.recipes.data import DataConfig, open_source, train_dataset
+from omniseg.recipes.data import DataConfig, open_val, train_dataset
 
 
 @dataclass
@@ -87,7 +87,7 @@ def make_eval_fn(cfg: BoxToMaskExperiment, progress: bool = True):
     from omniseg.evaluation.instance import evaluate_instances
 
     d = cfg.data
-    gt, load_image = open_source(d.val, d.val_num_images, d.val_seed, d.image_size, progress)
+    gt, load_image = open_val(d, progress)
     baseline = evaluate_instances(gt, filled_box_predictions(gt), iou_type="segm")
 
     def eval_fn(model: torch.nn.Module) -> dict[str, float]:

@@ -48,7 +48,7 @@ RUN_INFO = "run.json"
 #: what a run writes into its folder: the trainer's files, run.json, the evaluation's predictions
 #: (a stage of a multi-stage run writes the trainer's files into a subfolder, e.g. ``stage1/``)
 TRAINER_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml")
-RUN_OUTPUTS = (*TRAINER_OUTPUTS, RUN_INFO, "val_predictions.json")
+RUN_OUTPUTS = (*TRAINER_OUTPUTS, RUN_INFO, "val_predictions.json", "curves")
 #: held (flock) by the ``omniseg train`` writing a run folder; the kernel drops it with the process
 LOCK_FILE = ".omniseg-train.lock"
 
@@ -342,6 +342,7 @@ def run_recipe(recipe: Recipe, cfg: Any, resume: bool = False, overwrite: bool =
     from omniseg.data.loader import build_train_loader
     from omniseg.engine.distributed import barrier, get_rank, get_world_size, is_main_process
     from omniseg.engine.trainer import resolve_device, seed_everything
+    from omniseg.viz.curves import write_training_curves_or_warn
 
     t = cfg.train
     resolve_device(t.device)  # a device this machine lacks fails now, not after the data are built
@@ -361,7 +362,10 @@ def run_recipe(recipe: Recipe, cfg: Any, resume: bool = False, overwrite: bool =
         prepare_run_folder(t.output_dir, resume=resume, overwrite=overwrite, remove=main,
                            stage_dirs=stage_dir_names(t.output_dir, stages))
         barrier()  # every rank checked; rank 0 removed what had to go
-        return _train_stages(recipe, cfg, stages, model, data, info, resume)
+        summary = _train_stages(recipe, cfg, stages, model, data, info, resume)
+        if main:  # <run>/curves/*.png; a failure to draw is a warning, not a failed run
+            write_training_curves_or_warn(t.output_dir)
+        return summary
 
 
 def _train_stages(recipe: Recipe, cfg: Any, stages: list[Stage], model: nn.Module, data: Any, info: RunInfo,

@@ -27,7 +27,7 @@ from omniseg.engine.config import ConfigError, TrainConfig, bounded
 from omniseg.errors import ArgumentValueError
 from omniseg.modeling.maskx_rcnn import MASKX_RCNN_BUILDERS, MaskRCNN
 from omniseg.modeling.norm import NormKind
-from omniseg.modeling.predictions import ImagePrediction
+from omniseg.modeling.predictions import ImagePrediction, InstancePredictions
 from omniseg.modeling.roi_box_head import BoxHeadConfig
 from omniseg.modeling.rpn import RPNConfig
 from omniseg.recipes.contract import Recipe, RunInfo, Stage
@@ -109,17 +109,16 @@ class MaskXExperiment:
 
 def build_split(cfg: MaskXDataConfig, categories: list) -> Split | None:
     """The base / novel split of ``cfg`` (None: no split, every class keeps its masks)."""
-    from omniseg.data.splits import SPLITS, random_split
+    from omniseg.data.splits import random_split
+    from omniseg.recipes.data import named_split
 
     if cfg.random_base > 0:
         split = random_split(categories, cfg.random_base, cfg.split_seed, cfg.novel_supervision,
                              name=f"random{cfg.random_base}")
-    elif cfg.split:
-        if cfg.split not in SPLITS:
-            raise ConfigError(f"unknown split {cfg.split!r}; choose from {sorted(SPLITS)}")
-        split = SPLITS[cfg.split](categories, seed=cfg.split_seed, novel_supervision=cfg.novel_supervision)
-    else:
-        return None
+    else:  # data.split_file, else data.split
+        split = named_split(cfg, categories)
+        if split is None:
+            return None
     if cfg.reverse_split:
         sup = {i: "mask" for i in split.novel_ids}
         sup.update({i: cfg.novel_supervision for i in split.base_ids})
@@ -213,17 +212,50 @@ def stages(cfg: MaskXExperiment, model: MaskRCNN) -> list[Stage]:
 
 def predictor(model: MaskRCNN, cfg: MaskXExperiment, info: RunInfo):
     """Detect and segment; ``vocabulary`` keeps only those classes (Mask^X R-CNN has a closed
-    vocabulary: its training classes)."""
+    vocabulary: its training classes).
+
+    With prompt ``boxes`` (at the input size) the mask branch segments those boxes instead
+    (:meth:`MaskRCNN.segment_boxes`), one instance per box in order: box k of each image has the
+    class ``vocabulary[k]`` and score 1; a box past the vocabulary's end or named "object" gets the
+    class the box head scores highest, with that probability as its score.
+    """
     names = [c.name for c in info.things()]
 
-    def predict(images, image_sizes, output_sizes, vocabulary=None, boxes=None) -> list[ImagePrediction]:
-        if boxes is not None:
-            raise ArgumentValueError("Mask^X R-CNN finds its own boxes; boxes= (--boxes) is for box-to-mask models")
-        unknown = sorted(set(vocabulary or []) - set(names))
+    def check(vocabulary, allowed: set[str]) -> None:
+        unknown = sorted(set(vocabulary or []) - allowed)
         if unknown:
             raise ArgumentValueError(f"not among this model's {len(names)} classes: {unknown} (closed vocabulary; "
-                             f"e.g. {names[:3]})")
+                                     f"e.g. {names[:3]})")
+
+    def prompted(images, image_sizes, vocabulary, boxes) -> list[ImagePrediction]:
+        import torch
+
+        check(vocabulary, {*names, "object"})
+        boxes = [b.to(images.device).float().reshape(-1, 4) for b in boxes]
+        given = [names.index(v) if v in names else -1 for v in (vocabulary or [])]
+        labels = [torch.tensor((given + [-1] * len(b))[:len(b)], dtype=torch.long, device=images.device)
+                  for b in boxes]
+        scores = [torch.ones(len(b), device=images.device) for b in boxes]
+        if any(bool((lab < 0).any()) for lab in labels):  # classify the unnamed boxes with the box head
+            det, heads = model.detector, model.detector.roi_heads
+            feats = det.extract_features(images, image_sizes)
+            logits, _ = heads.predictor(heads.box_head(heads.pool([feats[f] for f in det.box_in_features], boxes)))
+            prob, cls = logits.softmax(-1)[:, :-1].max(-1)  # the background column (last) excluded
+            counts = [len(b) for b in boxes]
+            for lab, score, p, c in zip(labels, scores, prob.split(counts), cls.split(counts)):
+                unnamed = lab < 0
+                lab[unnamed], score[unnamed] = c[unnamed], p[unnamed]
+        masks = model.segment_boxes(images, image_sizes, boxes, labels)
+        return [ImagePrediction(InstancePredictions(b, s, lab, m), names)
+                for b, s, lab, m in zip(boxes, scores, labels, masks)]
+
+    def predict(images, image_sizes, output_sizes, vocabulary=None, boxes=None) -> list[ImagePrediction]:
         device = next(model.parameters()).device
+        if boxes is not None:
+            if list(image_sizes) != list(output_sizes):
+                raise ValueError("prompt boxes are segmented at the input size: output_sizes must equal image_sizes")
+            return prompted(images.to(device), image_sizes, vocabulary, boxes)
+        check(vocabulary, set(names))
         out = [ImagePrediction(p, names) for p in model.predict(images.to(device), image_sizes, output_sizes)]
         return [p.restrict(vocabulary) for p in out] if vocabulary else out
 

@@ -21,7 +21,7 @@ from omniseg.modeling.backbones.resnet import build_resnet18, build_resnet50
 from omniseg.modeling.dense_pretrain import DensePretrainer, dense_targets
 from omniseg.modeling.norm import NormKind
 from omniseg.recipes.contract import Recipe, RunInfo, no_predictor
-from omniseg.recipes.data import DataConfig, open_source, train_dataset
+from omniseg.recipes.data import DataConfig, open_val, train_dataset
 
 TRUNKS = {"resnet18": build_resnet18, "resnet50": build_resnet50}
 
@@ -78,8 +78,7 @@ def eval_fn(cfg: DensePretrainExperiment, info: RunInfo, progress: bool):
     what the trunk has learned to tell apart."""
     from omniseg.data.loader import build_test_loader
 
-    gt, load_image = open_source(cfg.data.val, cfg.data.val_num_images, cfg.data.val_seed, cfg.data.image_size,
-                                 progress)
+    gt, load_image = open_val(cfg.data, progress)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         core = model.module if hasattr(model, "module") else model

@@ -20,7 +20,7 @@ from omniseg.engine.config import ConfigError, TrainConfig, bounded
 from omniseg.modeling.backbones.vit import vit_base, vit_small
 from omniseg.modeling.mae import MAE
 from omniseg.recipes.contract import Recipe, RunInfo, no_predictor
-from omniseg.recipes.data import DataConfig, open_source, train_dataset
+from omniseg.recipes.data import DataConfig, open_val, train_dataset
 
 VIT_BUILDERS = {"vit_small": vit_small, "vit_base": vit_base}
 
@@ -93,7 +93,7 @@ def make_eval_fn(cfg: MAEPretrainExperiment, progress: bool = True):
     from omniseg.engine.distributed import all_gather_object, get_rank, get_world_size
 
     d = cfg.data
-    gt, load_image = open_source(d.val, d.val_num_images, d.val_seed, d.image_size, progress)
+    gt, load_image = open_val(d, progress)
     dataset = RecordDataset(gt, load_image=load_image)
 
     def eval_fn(model: nn.Module) -> dict[str, float]:

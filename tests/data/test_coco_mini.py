@@ -79,3 +79,11 @@ def test_captions_round_trip(coco_mini, tmp_path):
     inst = read_coco_instances(coco_mini / "annotations" / "instances_train2017.json")
     read_coco_captions(src, into=inst)
     assert {r.image_id: r.captions for r in inst} == ref
+
+
+def test_bare_json_finds_train2017(coco_mini):
+    """The COCO layout needs no image root: annotations/instances_train2017.json -> train2017/."""
+    from omniseg.data.load import load_dataset
+
+    rs = load_dataset(coco_mini / "annotations" / "instances_train2017.json", require_images=True)
+    assert rs.image_root == str(coco_mini / "train2017") and len(rs) == 80

@@ -12,7 +12,14 @@ import pytest
 from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.formats.coco import read_coco_instances
 from omniseg.data.formats.validation import NotRegularFileError, load_json_file
-from omniseg.data.load import UnknownFormatError, _sniff_json, load_dataset, merge_segments
+from omniseg.data.load import (
+    MissingImagesError,
+    UnknownFormatError,
+    _sniff_json,
+    image_root_candidates,
+    load_dataset,
+    merge_segments,
+)
 from omniseg.data.records import Category, ImageRecord, RecordSet, Segment
 from omniseg.data.synth.generate import generate_dataset
 from omniseg.data.synth.world import SynthConfig
@@ -238,3 +245,72 @@ def test_merge_segments_by_image_id() -> None:
     assert into.records[0].segments == [] and into.records[1].segments == [seg]
     assert [(c.id, c.name) for c in into.categories] == [(1, "cat"), (9, "sky")]
     assert len(into) == 2  # the panoptic-only image is not added
+
+
+# ---------------------------------------------------------------- where the images of a JSON are
+
+
+def _coco_layout(tmp_path: Path, coco_dict, images_in: str, json_at: str = "annotations/instances_train2017.json"):
+    """coco_dict's JSON at ``json_at`` and empty files a.jpg, b.jpg in ``images_in`` (both under tmp_path)."""
+    p = tmp_path / json_at
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(coco_dict))
+    (tmp_path / images_in).mkdir(parents=True, exist_ok=True)
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / images_in / name).write_bytes(b"")
+    return p
+
+
+@pytest.mark.parametrize("images_in, want", [
+    ("annotations", "annotations"),  # next to the JSON
+    ("annotations/images", "annotations/images"),  # images/ under it
+    ("train2017", "train2017"),  # the COCO layout: annotations/instances_<split>.json -> <split>/
+])
+def test_bare_json_finds_its_images(tmp_path: Path, coco_dict, images_in: str, want: str) -> None:
+    p = _coco_layout(tmp_path, coco_dict, images_in)
+    rs = load_dataset(p, require_images=True)
+    assert rs.image_root == str(tmp_path / want)
+    assert rs.image_path(rs.records[1]) == str(tmp_path / want / "b.jpg")
+
+
+def test_json_folder_wins_over_images_subfolder(tmp_path: Path, coco_dict) -> None:
+    p = _coco_layout(tmp_path, coco_dict, "annotations/images")
+    _coco_layout(tmp_path, coco_dict, "annotations")
+    assert load_dataset(p).image_root == str(tmp_path / "annotations")
+
+
+def test_coco_layout_needs_the_annotations_folder_name(tmp_path: Path, coco_dict) -> None:
+    """labels/instances_train2017.json is not the COCO layout: train2017/ beside it is not looked in."""
+    p = _coco_layout(tmp_path, coco_dict, "train2017", json_at="labels/instances_train2017.json")
+    with pytest.raises(FileNotFoundError):
+        load_dataset(p, require_images=True)
+
+
+def test_given_image_root_is_used_as_given(tmp_path: Path, coco_dict) -> None:
+    p = _coco_layout(tmp_path, coco_dict, "annotations")  # found next to it, but the root given wins
+    _coco_layout(tmp_path, coco_dict, "elsewhere/pics")
+    rs = load_dataset(p, image_root=str(tmp_path / "elsewhere/pics"), require_images=True)
+    assert rs.image_root == str(tmp_path / "elsewhere/pics")
+
+
+def test_missing_images_name_the_first_and_the_folders_tried(tmp_path: Path, coco_dict) -> None:
+    p = _coco_layout(tmp_path, coco_dict, "nowhere")
+    rs = load_dataset(p)  # without require_images: the JSON's folder, for commands that need no pixels
+    assert rs.image_root == str(tmp_path / "annotations")
+    a = tmp_path / "annotations"
+    with pytest.raises(MissingImagesError) as e:
+        load_dataset(p, require_images=True)
+    assert str(e.value) == (f"{p}: image 'a.jpg' (image id 1) (and 1 more of 2) is not in {a}, {a / 'images'}, "
+                            f"{tmp_path / 'train2017'}")
+    assert isinstance(e.value, UserError)
+    (tmp_path / "nowhere" / "a.jpg").rename(tmp_path / "annotations" / "a.jpg")
+    with pytest.raises(MissingImagesError) as e:  # a root given: the only folder tried
+        load_dataset(p, image_root=str(a), require_images=True)
+    assert str(e.value) == f"{p}: image 'b.jpg' (image id 2) is not in {a}"
+
+
+def test_dataset_folder_finds_images_subfolder_first(synth) -> None:
+    out, _ = synth
+    assert [str(c) for c in image_root_candidates(out / "instances.json", in_folder=True)] == [
+        str(out / "images"), str(out)]
+    assert load_dataset(out, require_images=True).image_root == str(out / "images")

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 
+from omniseg.data.errors import BadRecordError
 from omniseg.data.records import Category, ImageRecord, Instance, Narrative, RecordSet, Segment
 from omniseg.data.splits import (
     COCO_VOC_NAMES,
@@ -12,14 +14,17 @@ from omniseg.data.splits import (
     COCO_ZSD_NOVEL,
     SPLITS,
     Split,
+    UnknownSplitError,
     apply_split,
     attribute_object,
     compositional,
     random_split,
+    split_from_file,
     voc_like,
     zsd_like,
 )
 from omniseg.data.synth import lexicon
+from omniseg.errors import UserError
 from omniseg.ops.rle import rle_encode
 
 CATS = lexicon.categories()
@@ -251,3 +256,73 @@ def test_apply_split_on_synth_records():
             n_novel += g == "novel"
     assert sum(len(r.instances) for r in out.records) == sum(len(r.instances) for r in rs.records)
     assert n_novel > 0
+
+
+# ---------------------------------------------------------------- no silent fallback, split files
+
+OWN = [Category(id=i, name=n) for i, n in ((3, "apple"), (5, "pear"), (7, "plum"), (9, "fig"))] + [
+    Category(id=20, name="grass", isthing=False)]
+
+
+@pytest.mark.parametrize("name", ["voc-like", "zsd-like"])
+def test_named_split_on_other_class_names_is_an_error(name):
+    """Before: voc-like on non-COCO names silently became a random 25% base split."""
+    with pytest.raises(UnknownSplitError) as e:
+        SPLITS[name](OWN, seed=0)
+    assert str(e.value) == (
+        f"split {name!r} is defined for the COCO class names and the synthetic world, not for these 4 classes "
+        "('apple', 'pear', 'plum', ...); choose: a split file with your base / novel classes "
+        '(data.split_file=FILE.json holding {"base": [names or ids], "novel": [...]}), '
+        "'compositional' (names '<attribute> <object>') or no split (data.split='')")
+    assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+    partial_coco = [c for c in COCO_CATS if c.name != "person"]  # not every VOC / ZSD name: not COCO
+    with pytest.raises(UnknownSplitError):
+        SPLITS[name](partial_coco)
+
+
+def test_voc_like_on_the_pretraining_world_still_draws_a_quarter():
+    things = [c for c in lexicon.pretraining_categories() if c.isthing]
+    s = voc_like(lexicon.pretraining_categories(), seed=0)
+    assert len(s.base_ids) == round(len(things) / 4) and len(s.novel_ids) == len(things) - len(s.base_ids)
+
+
+def _split_file(tmp_path, obj) -> str:
+    p = tmp_path / "my_split.json"
+    p.write_text(json.dumps(obj))
+    return str(p)
+
+
+def test_split_file_names_and_ids(tmp_path):
+    s = split_from_file(_split_file(tmp_path, {"base": ["pear", 9]}), OWN, novel_supervision="alp")
+    assert (s.name, s.base_ids, s.novel_ids, s.ignored_ids) == ("my_split.json", (5, 9), (3, 7), ())
+    assert s.train_supervision == {3: "alp", 5: "mask", 7: "alp", 9: "mask"}
+    # with a novel list, classes in neither list are ignored
+    s = split_from_file(_split_file(tmp_path, {"base": ["apple"], "novel": [7]}), OWN)
+    assert (s.base_ids, s.novel_ids, s.ignored_ids) == ((3,), (7,), (5, 9))
+    assert s.train_supervision == {3: "mask", 7: "box"}
+
+
+@pytest.mark.parametrize("obj, where, why", [
+    ({"base": ["apple", "peer"]}, "base[1]", "'peer' is not a category name of the dataset (did you mean 'pear'?)"),
+    ({"base": ["zebra"]}, "base[0]", "'zebra' is not a category name of the dataset (e.g. 'apple', 'pear', 'plum')"),
+    ({"base": [4]}, "base[0]", "4 is not a category id of the dataset (thing ids 3..9)"),
+    ({"base": ["grass"]}, "base[0]", "'grass' is a stuff category; a split holds thing classes"),
+    ({"base": [3], "novel": ["apple"]}, "novel[0]", "'apple' is listed twice (already in base)"),
+    ({"base": [True]}, "base[0]", "True is not a category name or integer id"),
+    ({"base": "apple"}, "base", "must be a list of category names or ids, got str"),
+    ({"base": [], "nvel": []}, "key 'nvel'", 'unknown key; a split file is {"base": [names or ids], '
+                                            '"novel": [names or ids]}'),
+    ({"novel": [3]}, "file", 'no "base" list (the classes that keep their masks); expected {"base": '
+                             '[names or ids], "novel": [names or ids]}'),
+    (["apple"], "file", 'a split file is a JSON object {"base": [names or ids], "novel": [names or ids]}'),
+])
+def test_split_file_errors_name_the_file_and_entry(tmp_path, obj, where, why):
+    path = _split_file(tmp_path, obj)
+    with pytest.raises(BadRecordError) as e:
+        split_from_file(path, OWN)
+    assert str(e.value) == f"{path}: {where}: {why}"
+
+
+def test_split_file_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        split_from_file(tmp_path / "nope.json", OWN)

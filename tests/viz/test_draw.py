@@ -1,4 +1,4 @@
-"""draw_instances / color_for / side_by_side on tiny hand-made images."""
+"""draw_instances / draw_ground_truth / label placement / side_by_side on tiny hand-made images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,20 @@ from PIL import Image
 
 from omniseg.data.records import Instance, Segment
 from omniseg.ops.rle import rle_encode
-from omniseg.viz.draw import DOT_SPACING_PX, color_for, draw_instances, side_by_side
+from omniseg.viz.draw import (
+    DOT_SPACING_PX,
+    GT_COLOR,
+    HALO_COLOR,
+    LABEL_BACKGROUND,
+    color_for,
+    draw_ground_truth,
+    draw_instances,
+    font_size,
+    label_position,
+    line_width,
+    mask_outline,
+    side_by_side,
+)
 
 H, W = 20, 30
 
@@ -53,27 +66,76 @@ def test_output_size_mode_and_untouched_input() -> None:
     assert (img == 100).all()  # the input array is not modified
 
 
-def test_mask_tinted_toward_class_color() -> None:
+def _outline_reference(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slow obvious 1-pixel outline: a mask pixel with a 4-neighbour (on the image) outside the mask
+    is on the contour; a pixel outside with a 4-neighbour in the mask is on the halo."""
+    h, w = m.shape
+    inner, halo = np.zeros_like(m), np.zeros_like(m)
+    for y in range(h):
+        for x in range(w):
+            nb = [m[y + dy, x + dx] for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
+                  if 0 <= y + dy < h and 0 <= x + dx < w]
+            inner[y, x] = m[y, x] and not all(nb)
+            halo[y, x] = not m[y, x] and any(nb)
+    return inner, halo
+
+
+def test_mask_outline_matches_slow_reference() -> None:
+    rng = np.random.default_rng(0)
+    m = rng.random((H, W)) < 0.4
+    m[0, :] = True  # along the image border: no contour there
+    inner, halo = mask_outline(m)
+    ref_inner, ref_halo = _outline_reference(m)
+    np.testing.assert_array_equal(inner, ref_inner)
+    np.testing.assert_array_equal(halo, ref_halo)
+    band = np.zeros((H, W), bool)
+    band[:3] = True  # a region along the top border: its only contour is its lower edge
+    assert np.flatnonzero(mask_outline(band)[0].any(axis=1)).tolist() == [2]
+    # width 2: the contour of the mask, then the contour of what is left
+    inner2, _ = mask_outline(m, 2)
+    np.testing.assert_array_equal(inner2, ref_inner | _outline_reference(m & ~ref_inner)[0])
+
+
+def test_ground_truth_is_outlined_on_the_untouched_image() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    m = np.zeros((H, W), bool)
+    m[4:12, 6:20] = True
+    m[4:7, 6:9] = False  # not a rectangle
+    inst = Instance("pink cross", 1, box=(6, 4, 20, 12), mask=rle_encode(m.astype(np.uint8)))
+    out = np.asarray(draw_ground_truth(img, [inst], show_labels=False))
+    inner, halo = _outline_reference(m)
+    assert (out[inner] == GT_COLOR).all() and (out[halo] == HALO_COLOR).all()
+    untouched = ~(inner | halo)
+    np.testing.assert_array_equal(out[untouched], img[untouched])  # inside too: no fill, no recolouring
+    assert untouched[m].sum() == m.sum() - inner.sum() > 0  # the object's inside is among them
+
+
+def test_prediction_mask_outlined_and_lightly_filled() -> None:
     img = _gray(100)
     img[5, 5] = (10, 200, 40)
-    inst = Instance("cat", 1, box=(3, 2, 9, 8), mask=_mask(2, 8, 3, 9))
-    out = np.asarray(draw_instances(img, [inst], alpha=0.5, show_boxes=False, show_labels=False))
+    inst = Instance("cat", 1, box=(3, 2, 9, 8), mask=_mask(2, 8, 3, 9), score=0.9)
+    out = np.asarray(draw_instances(img, [inst], alpha=0.5, show_labels=False))
     c = color_for("cat")
+    # hand-worked: the 6 x 6 square at rows 2..7, cols 3..8; its 1-pixel border is the contour,
+    # the 4 x 4 inside is blended half-way to the class colour, the ring around it is the halo
     assert out[5, 5].tolist() == _blend_reference(img[5, 5], c, 0.5)
     assert out[4, 7].tolist() == _blend_reference(img[4, 7], c, 0.5)
-    # closer to the class colour than the input pixel was
-    assert np.abs(out[4, 7].astype(int) - c).sum() < np.abs(img[4, 7].astype(int) - c).sum()
+    assert out[2, 3].tolist() == list(c) and out[7, 8].tolist() == list(c) and out[4, 3].tolist() == list(c)
+    assert out[1, 3].tolist() == [0, 0, 0] and out[8, 8].tolist() == [0, 0, 0] and out[5, 9].tolist() == [0, 0, 0]
+    assert out[1, 2].tolist() == [100, 100, 100]  # diagonal corner: not on the halo
     outside = np.ones((H, W), bool)
-    outside[2:8, 3:9] = False
+    outside[1:9, 2:10] = False
     np.testing.assert_array_equal(out[outside], img[outside])
 
 
-def test_stuff_segments_faint_and_thing_segments_skipped() -> None:
+def test_stuff_segments_outlined_thinly_and_thing_segments_skipped() -> None:
     img = _gray(100)
     stuff = Segment("sky", 9, _mask(0, 4, 0, W), is_thing=False)
     thing = Segment("cat", 1, _mask(10, 14, 0, 5), is_thing=True)
-    out = np.asarray(draw_instances(img, [], [stuff, thing], alpha=0.4, show_labels=False))
-    assert out[1, 1].tolist() == _blend_reference(img[1, 1], color_for("sky"), 0.2)
+    out = np.asarray(draw_ground_truth(img, [], [stuff, thing], show_labels=False))
+    assert (out[3] == 100 // 2 + 255 // 2).all()  # the stuff region's lower edge: half-way to white
+    np.testing.assert_array_equal(out[:3], img[:3])  # its inside is not recoloured
     np.testing.assert_array_equal(out[4:], img[4:])  # thing segment and the rest untouched
 
 
@@ -127,23 +189,83 @@ def test_dotted_box_hand_values() -> None:
     assert np.flatnonzero(lit[:, 2]).tolist() == [2, 5]
 
 
+def _dark(out: np.ndarray) -> np.ndarray:
+    """Pixels of the label background (the text is white, the colour strip bright)."""
+    return (out == LABEL_BACKGROUND).all(axis=2)
+
+
 def test_labels_drawn_above_box() -> None:
-    img = _gray(255)
-    inst = Instance("cat", 1, box=(5, 15, 20, 19), score=0.5)
+    img = np.full((60, 80, 3), 255, np.uint8)
+    inst = Instance("cat", 1, box=(5, 40, 30, 55), score=0.5)
     without = np.asarray(draw_instances(img, [inst], show_labels=False, show_boxes=False))
-    with_label = np.asarray(draw_instances(img, [inst], show_boxes=False))
     np.testing.assert_array_equal(without, img)
-    assert (with_label[4:15, 5] == 0).all()  # black label background from y0 - 11 to y0 - 1
+    dark = _dark(np.asarray(draw_instances(img, [inst], show_boxes=False)))
+    rows, cols = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
+    assert rows.max() == 39 and cols.min() == 5 + 3  # ends right above the box; after the 3-pixel strip
+    assert 10 < rows.size < 20  # a readable height
+    assert not dark[40:].any()
+
+
+def test_label_position_hand_values() -> None:
+    # fits: above the top-left corner
+    assert label_position((10, 30, 40, 50), (20, 8), (100, 60)) == (10, 22)
+    # box at the right edge: shifted left so the whole label is inside
+    assert label_position((90, 30, 100, 50), (20, 8), (100, 60)) == (80, 22)
+    # box at the top: shifted down onto the image
+    assert label_position((10, 2, 40, 50), (20, 8), (100, 60)) == (10, 0)
+    # box at the bottom-right corner, label wider than the space left
+    assert label_position((95, 58, 100, 60), (30, 8), (100, 60)) == (70, 50)
+    # no anchor: top-left corner
+    assert label_position(None, (20, 8), (100, 60)) == (0, 0)
+    # the spot above is taken: inside the box under its top edge
+    assert label_position((10, 30, 40, 50), (20, 8), (100, 60), taken=[(0, 20, 40, 30)]) == (10, 30)
+    # above and inside taken: below the box
+    assert label_position((10, 30, 40, 50), (20, 8), (100, 60), taken=[(0, 20, 40, 38)]) == (10, 50)
+
+
+def test_label_of_box_at_the_right_edge_stays_inside_the_image() -> None:
+    img = np.full((40, 120, 3), 255, np.uint8)
+    inst = Instance("long label", 1, box=(110, 20, 120, 35), score=0.75)
+    out = np.asarray(draw_instances(img, [inst], show_boxes=False))
+    dark = _dark(out)
+    cols = np.flatnonzero(dark.any(axis=0))
+    assert cols.max() == 119  # the label box reaches the right edge instead of being cut by it
+    strip = (out == color_for("long label")).all(axis=2)
+    x = int(np.flatnonzero(strip.any(axis=0)).min())  # the label box starts with its colour strip
+    assert 0 < x < 110  # shifted left of the object's corner
+    # the whole text drawn: its bright (anti-aliased white) pixels lie between the strip and the
+    # padding before the right edge
+    rows = np.flatnonzero(dark.any(axis=1))
+    text = out[rows.min():rows.max() + 1, x + 3:].min(axis=2) > 150
+    assert text.sum() > 20 and np.flatnonzero(text.any(axis=0)).max() + x + 3 < 119
+
+
+def test_overlapping_labels_are_stacked() -> None:
+    img = np.full((80, 80, 3), 255, np.uint8)
+    a = Instance("a", 1, box=(10, 40, 30, 50))
+    b = Instance("b", 2, box=(12, 40, 30, 50))  # the same corner: b's label would cover a's
+    out = np.asarray(draw_instances(img, [a, b], show_boxes=False))
+    strips = [(out == color_for(t)).all(axis=2) for t in ("a", "b")]
+    ya, yb = (np.flatnonzero(s.any(axis=1)) for s in strips)
+    assert ya.max() < yb.min() or yb.max() < ya.min()  # the two label boxes do not share a row
 
 
 def test_label_of_mask_only_instance_sits_on_its_mask() -> None:
-    img = _gray(255)
-    inst = Instance("cat", 1, mask=_mask(14, 18, 10, 20))
-    out = np.asarray(draw_instances(img, [inst], alpha=0.0, show_boxes=False))
-    assert (out[3:14, 10] == 0).all()  # label background from mask top - 11 to mask top - 1
-    assert (out[:, :10] == 255).all()  # nothing at the top-left corner
-    phrase = np.asarray(draw_instances(img, [Instance("just words")], show_boxes=False))
-    assert (phrase[0:11, 2] == 0).all() and (phrase[11:, :] == 255).all()
+    img = np.full((60, 60, 3), 255, np.uint8)
+    m = np.zeros((60, 60), np.uint8)
+    m[40:50, 20:40] = 1
+    out = np.asarray(draw_instances(img, [Instance("cat", 1, mask=rle_encode(m))], alpha=0.0))
+    dark = _dark(out)
+    assert np.flatnonzero(dark.any(axis=1)).max() == 39  # right above the mask's top row (over its halo)
+    assert np.flatnonzero(dark.any(axis=0)).min() == 20 + 3
+    phrase = _dark(np.asarray(draw_instances(img, [Instance("just words")])))
+    assert phrase[0].any() and np.flatnonzero(phrase.any(axis=0)).min() == 3  # top-left corner
+
+
+def test_sizes_grow_with_the_image() -> None:
+    assert (line_width(256, 256), font_size(256, 256)) == (1, 11)
+    assert (line_width(480, 640), font_size(480, 640)) == (2, 16)
+    assert (line_width(1200, 1600), font_size(1200, 1600)) == (4, 40)
 
 
 def test_size_mismatch_raises() -> None:

@@ -1,4 +1,4 @@
-"""HTML page: table values, escaping, NaN as a dash, atomic write."""
+"""HTML page: table values, escaping, NaN as a dash, pictures linked to full size, atomic write."""
 
 from __future__ import annotations
 
@@ -25,12 +25,34 @@ def test_cells() -> None:
 
 
 def test_render_table_hand() -> None:
-    t = Table("per-class <AP>", ["class", "AP"], [["cat", 50.0], ["dog", float("nan")]])
+    t = Table("per-class <AP>", ["class", "AP"], [["cat", 50.0], ["dog", float("nan")]], note="1 < 2 hidden")
     assert render_table(t) == (
-        "<h2>per-class &lt;AP&gt;</h2><table><thead><tr><th>class</th><th>AP</th></tr></thead>"
-        "<tbody><tr><td>cat</td><td>50.0</td></tr><tr><td>dog</td><td>&ndash;</td></tr></tbody></table>"
+        "<section><h2>per-class &lt;AP&gt;</h2><p class='note'>1 &lt; 2 hidden</p><div class='scroll'>"
+        "<table class='sortable'><thead><tr><th>class</th><th>AP</th></tr></thead>"
+        "<tbody><tr><td>cat</td><td>50.0</td></tr><tr><td>dog</td><td>&ndash;</td></tr></tbody></table></div>"
+        "</section>"
     )
     assert "<tbody></tbody>" in render_table(Table("empty", ["a"]))
+    assert "class='note'" not in render_table(Table("no note", ["a"]))
+
+
+def test_long_tables_stay_open() -> None:
+    """86 rows are shown (in a scrolling box), not folded away behind a click."""
+    text = render_table(Table("t", ["class"], [[f"c{i}"] for i in range(86)]))
+    assert "<details" not in text and text.count("<tr>") == 87
+
+
+def test_pictures_link_to_full_size_and_plots_come_first(tmp_path: Path) -> None:
+    page = tmp_path / "index.html"
+    write_html_page(page, "t", images=[("images/a.png", "a"), ("images/b.png", "b")],
+                    tables=[Table("metrics", ["x"], [[1]])], plots=[("curves/loss.png", "loss")])
+    text = page.read_text()
+    for src in ("images/a.png", "images/b.png", "curves/loss.png"):
+        assert f"<a href='{src}' title='open full size'><img src='{src}'" in text
+    assert text.index("curves/loss.png") < text.index("<h2>metrics</h2>") < text.index("images/a.png")
+    assert "<script>" in text  # the column sorter, with tables only
+    write_html_page(page, "t", images=[("images/a.png", "a")])
+    assert "<script>" not in page.read_text() and "Curves" not in page.read_text()
 
 
 def test_page_contents(tmp_path: Path) -> None:
@@ -49,7 +71,7 @@ def test_page_contents(tmp_path: Path) -> None:
     assert "<td>perturbed</td><td>23.6</td><td>&ndash;</td><td>12</td>" in text
     assert "<th>AP50</th>" in text
     assert "<p>left: GT &lt;i&gt;</p>" in text and "<p>right: predictions</p>" in text
-    assert "<script>" not in text
+    assert "<script>alert" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "a &quot;red&quot;" in text
     assert "<img src='images/a_1.png'" in text
