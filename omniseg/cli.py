@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "curate": ("omniseg.commands.curate", "curate cheap labels: ALPs (phrases + approximate boxes) from narratives"),
     "serve": ("omniseg.commands.serve", "serve a trained model over local HTTP, with a web page to try it"),
     "export": ("omniseg.commands.export", "export a trained model (ONNX)"),
+    "autolabel": ("omniseg.commands.autolabel", "masks from boxes: add a box-prompted model's masks to a box file"),
 }
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C

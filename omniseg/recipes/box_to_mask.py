@@ -132,5 +132,5 @@ RECIPE = Recipe(
     train_data=lambda cfg, progress: train_dataset(cfg.data, progress=progress),
     eval_fn=lambda cfg, info, progress: make_eval_fn(cfg, progress),
     predictor=predictor,
-    pad_divisor=1,
+    pad_divisor=1,    boxes="required",
 )

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from torch import Tensor, nn
 
@@ -154,6 +154,9 @@ class Recipe(Generic[C]):
     stages: Callable[[C, nn.Module], list[Stage]] = single_stage
     text_encoder: Callable[[C], str] = no_text_encoder
     pad_divisor: int = 32  # the API pads a single image to a multiple of this before predicting
+    #: prompt boxes: "none" (the model finds its objects), "required" (it segments given boxes only:
+    #: box_to_mask, MAL), "optional" (it finds its objects, or segments given boxes of named classes: Mask^X)
+    boxes: Literal["none", "required", "optional"] = "none"
 
 
 def _is_temp(p: Path) -> bool:

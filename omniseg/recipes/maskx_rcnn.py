@@ -271,5 +271,5 @@ RECIPE = Recipe(
         lambda m: predictor(m, cfg, info), cfg.data, cfg.train.output_dir, progress, split_of=build_split,
         source="maskx_rcnn"),
     predictor=predictor,
-    stages=stages,
+    stages=stages,    boxes="optional",
 )

@@ -54,8 +54,6 @@ MAX_PIXELS = 50_000_000
 #: an unwanted request body up to this size is read and dropped before answering, so that the
 #: client sees the answer rather than a reset connection
 DRAIN_LIMIT = 64 << 20
-#: recipes whose models segment given boxes rather than finding objects themselves
-BOX_PROMPTED = frozenset({"box_to_mask"})
 #: path -> the one method it answers
 ROUTES = {"/": "GET", "/health": "GET", "/sample.png": "GET", "/sample.json": "GET", "/segment": "POST"}
 
@@ -176,9 +174,9 @@ class SegmentService:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniseg-predict")
 
     def health(self) -> dict[str, Any]:
-        name = self.segmenter.recipe.name
-        return {"recipe": name, "classes": [c.name for c in self.segmenter.info.things()],
-                "prompt": "boxes" if name in BOX_PROMPTED else "vocabulary", "timeout_s": self.timeout_s}
+        recipe = self.segmenter.recipe  # models that segment given boxes only are asked with boxes
+        return {"recipe": recipe.name, "classes": [c.name for c in self.segmenter.info.things()],
+                "prompt": "boxes" if recipe.boxes == "required" else "vocabulary", "timeout_s": self.timeout_s}
 
     def predict(self, image: np.ndarray, **kwargs: Any) -> list[Instance]:
         """``Segmenter.predict`` on the worker thread; its argument errors are 400s."""

@@ -1,0 +1,282 @@
+"""MAL, the Mask Auto-Labeler (mal-mask-auto-labeler, phase 1): masks from boxes alone.
+
+Training (Sec. 3): every exact, non-crowd box of a batch is randomly expanded (Sec. 3.3, θ), its
+region cropped and resized to Hc x Wc (Sec. 3.1, :mod:`omniseg.data.box_crops`); the task (student)
+network -- a plain ViT encoder (Sec. 3.2) and a mask decoder (:mod:`omniseg.modeling.mal_decoders`) --
+segments the photometrically augmented crop, the teacher (an EMA of the student, momentum 0.996,
+Sec. 3.2 / 4.2) the plain one. Loss (Eq. 1) = α_mil · MIL loss (Eq. 2: row / column bags, positives
+cross the box, negatives the expanded rows / columns) + α_crf · CRF loss (Eq. 3-5: dice to the
+mean-field refinement of m^a = (m + m^t) / 2). Ground-truth masks are never read.
+
+The teacher belongs to the model (``teacher_*`` parameters, no gradient, saved with the checkpoint).
+The trainer has no after-step hook, so the EMA step runs at the start of each training forward,
+before the losses: the update towards the weights the previous optimizer step produced, i.e. the
+same sequence of teachers as an update after every step (the update after the final step, which
+no loss would see, is the only one missing).
+
+Prediction: each box is expanded by the fixed test-time margin (θ_test = 0.6 split evenly: every
+half-extent x 1.3, the authors' ``test_margin_rate``), cropped, segmented by the student and pasted
+back into the image; the mask is ``prob >= mask_threshold`` and its score the mean probability
+inside it (0 for an empty mask).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omniseg.data.batch import Batch
+from omniseg.data.box_crops import (
+    box_masks_in_crops,
+    crop_and_resize,
+    expand_boxes,
+    fixed_expansion,
+    sample_expansion,
+    size_classes,
+    student_augment,
+)
+from omniseg.engine.config import ConfigError, bounded
+from omniseg.modeling.mal_decoders import DecoderKind, build_decoder
+from omniseg.modeling.norm import NormKind
+from omniseg.modeling.preprocess import PIXEL_MEAN, PIXEL_STD
+from omniseg.ops.crf_loss import crf_loss
+from omniseg.ops.masks import paste_masks_in_image
+from omniseg.ops.mil_loss import mil_loss
+
+EncoderKind = Literal["vit_small", "vit_base", "resnet18", "resnet50"]
+
+
+@dataclass
+class MALConfig:
+    """Model section of a MAL experiment (defaults: the paper's, Sec. 3 / 4.2 / Appendix A.2)."""
+
+    encoder: EncoderKind = "vit_base"  # Sec. 4.4 / Table 4: ViT-MAE-Base is the best labeler
+    patch_size: int = bounded(16, ge=1)  # ViT only
+    depth: int = bounded(0, ge=0)  # ViT blocks (0: the encoder's own, 12; fewer for smoke tests)
+    pretrained: str = ""  # MAE backbone.safetensors (``omniseg pretrain``), timm / MAE ViT or ResNet weights
+    norm: NormKind = "GN"  # ResNet encoders only
+    crop_size: int = bounded(512, ge=16)  # Hc = Wc (Sec. 4.2: 512)
+    decoder: DecoderKind = "attention"  # Table 3: attention > FCN ~ FC
+    decoder_dim: int = bounded(256, ge=1)  # Sec. 3.2: K and V output 256 channels
+    fc_hidden: int = bounded(2048, ge=1)  # Sec. 4.5: the FC decoder's hidden width
+    # Appendix A.2: encoder map resized to crop/16, /8, /4 for small / medium / large boxes
+    scale_by_size: bool = True
+    size_limits: tuple[float, float] = bounded((32.0, 96.0), gt=0)  # box side limits (area limits squared)
+    size_strides: tuple[int, int, int] = bounded((16, 8, 4), ge=1)
+    theta: float = bounded(1.2, ge=0)  # Sec. 3.3 expansion bound (Table 5: best at 1.2; 0 = no expansion)
+    test_theta: float = bounded(0.6, ge=0)  # prediction margin (authors' code: test_margin_rate 0.6)
+    mil_weight: float = bounded(4.0, ge=0)  # α_mil (Sec. 4.2)
+    crf_weight: float = bounded(0.5, ge=0)  # α_crf (Sec. 4.2)
+    use_crf: bool = True  # ablation: CRF loss off
+    crf_zeta: float = bounded(0.5, gt=0)  # ζ (Sec. 4.2)
+    crf_omega: float = bounded(2.0, ge=0)  # ω (Sec. 4.2)
+    ema_teacher: bool = True  # ablation: off = m^t is the student's own (detached) prediction
+    ema_momentum: float = bounded(0.996, ge=0, lt=1)  # Sec. 4.2
+    student_aug: bool = True  # Sec. 4.2: colour jitter, grayscale, blur for the task network only
+    max_crops: int = bounded(32, ge=0)  # crops per training batch, a random subset (Sec. 4.2: batch 32; 0 = all)
+    min_box_size: float = bounded(2.0, ge=0)  # boxes with a shorter side (pixels) are not trained on
+    mask_threshold: float = bounded(0.5, gt=0, lt=1)
+
+
+def build_encoder(cfg: MALConfig) -> tuple[nn.Module, int, int]:
+    """(encoder, channels, stride): a plain ViT (Sec. 3.2) or a ResNet trunk up to c4 (stride 16)."""
+    if cfg.encoder.startswith("vit"):
+        from omniseg.modeling.backbones.vit import VisionTransformer
+
+        if cfg.crop_size % cfg.patch_size:
+            raise ConfigError(f"model.crop_size ({cfg.crop_size}) must be a multiple of model.patch_size "
+                              f"({cfg.patch_size})")
+        dim, heads = (384, 6) if cfg.encoder == "vit_small" else (768, 12)  # timm ViT-S / ViT-B
+        vit = VisionTransformer(img_size=cfg.crop_size, patch_size=cfg.patch_size, embed_dim=dim,
+                                depth=cfg.depth or 12, num_heads=heads)
+        if cfg.pretrained:
+            from omniseg.modeling.weights import load_pretrained, vit_filter_fn
+
+            load_pretrained(vit, cfg.pretrained, vit_filter_fn)
+        return vit, vit.out_channels, cfg.patch_size
+    from omniseg.modeling.backbones.resnet import build_resnet18, build_resnet50
+
+    net = (build_resnet18 if cfg.encoder == "resnet18" else build_resnet50)(norm=cfg.norm, out_features=("c4",))
+    if cfg.pretrained:
+        from omniseg.modeling.weights import load_resnet_trunk
+
+        load_resnet_trunk(net, cfg.pretrained)
+    return _C4(net), net.out_channels["c4"], 16
+
+
+class _C4(nn.Module):
+    """A ResNet trunk returning its c4 map as a tensor."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)["c4"]
+
+
+class MaskNet(nn.Module):
+    """Encoder E + decoder D (the task network; the teacher is a copy). ``forward(crops, sizes)`` ->
+    N x Hc x Wc mask logits, ``sizes`` the Appendix A.2 size class of each crop's box."""
+
+    def __init__(self, cfg: MALConfig):
+        super().__init__()
+        self.encoder, channels, self.stride = build_encoder(cfg)
+        self.crop_size, self.scale_by_size = cfg.crop_size, cfg.scale_by_size and cfg.decoder != "fc"
+        self.size_strides = tuple(cfg.size_strides)
+        grid = cfg.crop_size // self.stride
+        self.decoder = build_decoder(cfg.decoder, channels, cfg.decoder_dim, in_grid=grid,
+                                     out_size=max(cfg.crop_size // 4, 1), fc_hidden=cfg.fc_hidden)
+
+    def forward(self, crops: Tensor, sizes: Tensor | None = None) -> Tensor:
+        feats = self.encoder(crops)
+        n, size = crops.shape[0], (self.crop_size, self.crop_size)
+        if not self.scale_by_size or sizes is None:
+            return F.interpolate(self.decoder(feats), size=size, mode="bilinear", align_corners=False)[:, 0]
+        out = feats.new_zeros(n, *size)
+        for k, s in enumerate(self.size_strides):
+            idx = (sizes == k).nonzero().flatten()
+            if idx.numel():
+                side = max(self.crop_size // s, 1)
+                f = F.interpolate(feats[idx], size=(side, side), mode="bilinear", align_corners=False)
+                out[idx] = F.interpolate(self.decoder(f), size=size, mode="bilinear", align_corners=False)[:, 0]
+        return out
+
+
+class MAL(nn.Module):
+    """The labeler: student :class:`MaskNet`, EMA teacher, losses, and box-prompted prediction."""
+
+    def __init__(self, cfg: MALConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.student = MaskNet(cfg)
+        self.teacher = copy.deepcopy(self.student) if cfg.ema_teacher else None
+        if self.teacher is not None:
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+            self.teacher.eval()
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1) / 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1) / 255, persistent=False)
+
+    def train(self, mode: bool = True) -> MAL:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # never in training mode (drop-path etc.)
+        return self
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        """One EMA step: teacher = m * teacher + (1 - m) * student (Sec. 3.2, m = ema_momentum)."""
+        if self.teacher is None:
+            return
+        m = self.cfg.ema_momentum
+        for t, s in zip(self.teacher.state_dict().values(), self.student.state_dict().values()):
+            if t.dtype.is_floating_point:
+                t.mul_(m).add_(s.detach().to(t.dtype), alpha=1 - m)
+            else:
+                t.copy_(s)
+
+    def _normalize(self, crops01: Tensor, valid: Tensor) -> Tensor:
+        """Normalized network input; padding (outside the image) set to the mean colour."""
+        return (crops01 - self.pixel_mean) / self.pixel_std * valid[:, None]
+
+    def crops(self, images: Tensor, image_sizes: Sequence[tuple[int, int]], boxes: Sequence[Tensor],
+              betas: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(crops in [0, 1], valid masks, box masks, size classes, crop boxes) of all ``boxes`` expanded
+        by ``betas`` (N x 4, :func:`~omniseg.data.box_crops.expand_boxes`)."""
+        dev = images.device
+        flat = torch.cat([b.float() for b in boxes]).to(dev).reshape(-1, 4)
+        index = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)]).to(dev)
+        crop_boxes = expand_boxes(flat, betas.to(dev))
+        size = (self.cfg.crop_size, self.cfg.crop_size)
+        crops, valid = crop_and_resize(images.float() / 255, index, crop_boxes, size, image_sizes)
+        limits = self.cfg.size_limits
+        return crops, valid, box_masks_in_crops(flat, crop_boxes, size), size_classes(flat, limits), crop_boxes
+
+    def _train_boxes(self, batch: Batch) -> list[Tensor]:
+        """Exact, non-crowd boxes (sides >= min_box_size), at most ``max_crops`` in all (random)."""
+        c = self.cfg
+        boxes = []
+        for t in batch.targets:
+            wh = t.boxes[:, 2:] - t.boxes[:, :2]
+            keep = t.has_box & t.box_exact & ~t.is_crowd & (wh.min(dim=1).values >= max(c.min_box_size, 1e-3))
+            boxes.append(t.boxes[keep])
+        total = sum(len(b) for b in boxes)
+        if c.max_crops and total > c.max_crops:
+            chosen = torch.zeros(total, dtype=torch.bool)
+            chosen[torch.randperm(total)[: c.max_crops]] = True
+            parts = chosen.split([len(b) for b in boxes])
+            boxes = [b[p.to(b.device)] for b, p in zip(boxes, parts)]
+        return boxes
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """Losses on the crops of the batch's boxes (Eq. 1); masks in ``batch`` are never read.
+
+        Returns:
+            {"loss_mil", "loss_crf" (when on), "num_crops" (logged, not optimized)}.
+        """
+        c = self.cfg
+        if self.training and torch.is_grad_enabled():
+            self.update_teacher()  # module docstring: the EMA step of the previous optimizer step
+        boxes = self._train_boxes(batch)
+        n = sum(len(b) for b in boxes)
+        if n == 0:  # no box to learn from: a zero loss that still has a graph
+            zero = sum(p.sum() for p in self.student.parameters() if p.requires_grad) * 0.0
+            return {"loss_mil": zero, **({"loss_crf": zero} if c.use_crf else {}), "num_crops": torch.zeros(())}
+        betas = sample_expansion(n, c.theta).to(batch.images.device)
+        crops, valid, box_masks, sizes, _ = self.crops(batch.images, batch.image_sizes, boxes, betas)
+        student_in = student_augment(crops) if c.student_aug else crops
+        probs = self.student(self._normalize(student_in, valid), sizes).sigmoid()
+        losses = {"loss_mil": c.mil_weight * mil_loss(probs, box_masks, valid=valid)}
+        if c.use_crf:
+            with torch.no_grad():
+                t_probs = (self.teacher(self._normalize(crops, valid), sizes).sigmoid() if self.teacher is not None
+                           else probs.detach())
+            losses["loss_crf"] = c.crf_weight * crf_loss(probs, t_probs, crops, box_masks=box_masks, zeta=c.crf_zeta,
+                                                         omega=c.crf_omega, valid=valid)
+        losses["num_crops"] = torch.tensor(float(n))
+        return losses
+
+    @torch.no_grad()
+    def predict_masks(self, images: Tensor, image_sizes: Sequence[tuple[int, int]], boxes: Sequence[Tensor],
+                      chunk: int = 32) -> list[tuple[Tensor, Tensor]]:
+        """Masks for given boxes (module docstring: test-time margin, paste back, score).
+
+        Args:
+            images: B x 3 x Hp x Wp uint8 (padded).
+            image_sizes: B valid (H, W).
+            boxes: B tensors Ni x 4 (XYXY pixels).
+            chunk: crops per student forward.
+
+        Returns:
+            B pairs (Ni x H x W bool masks, Ni mask scores).
+        """
+        c = self.cfg
+        out = []
+        for i, (b, (h, w)) in enumerate(zip(boxes, image_sizes)):
+            b = b.float().reshape(-1, 4).to(images.device)
+            masks = torch.zeros(len(b), h, w, dtype=torch.bool, device=images.device)
+            scores = torch.zeros(len(b), device=images.device)
+            for s in range(0, len(b), chunk):
+                part = b[s: s + chunk]
+                crops, valid, _, sizes, crop_boxes = self.crops(images[i: i + 1], [(h, w)], [part],
+                                                                fixed_expansion(len(part), c.test_theta))
+                probs = self.student(self._normalize(crops, valid), sizes).sigmoid()
+                soft = paste_masks_in_image(probs, crop_boxes, (h, w), threshold=None)
+                m = soft >= c.mask_threshold
+                masks[s: s + chunk] = m
+                scores[s: s + chunk] = (soft * m).sum(dim=(1, 2)) / m.sum(dim=(1, 2)).clamp(min=1)
+            out.append((masks, scores))
+        return out
+
+
+def build_mal(cfg: MALConfig) -> MAL:
+    """The model of a MAL experiment's ``model`` section (the teacher starts as a copy of the
+    student after its pretrained weights are loaded)."""
+    return MAL(cfg)
