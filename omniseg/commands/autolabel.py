@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 
 from omniseg.commands.common import (
@@ -32,23 +31,13 @@ from omniseg.commands.common import (
     check_out_file,
     check_output_not_input,
     non_empty_path,
+    positive_float,
     positive_int,
 )
 from omniseg.errors import UsageError, UserError
 
 #: recipes whose predictor segments given boxes -> whether it reads the boxes' class names
 #: (Mask^X R-CNN's mask head is class-specific; the others segment any box the same way)
-
-
-def positive_float(text: str) -> float:
-    """argparse type of ``--min-box-side`` / ``--wait-timeout``: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
 
 
 def register(p: argparse.ArgumentParser) -> None:

@@ -77,6 +77,17 @@ def unit_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (sizes, time limits)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
 def non_empty_path(text: str) -> str:
     """An argparse type for output paths: ``--out ""`` would silently mean the current folder."""
     if not text.strip():

@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import math
 import sys
 
+from omniseg.commands.common import positive_float
 from omniseg.commands.segment import device_name
 from omniseg.errors import UserError
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
 
 
 def port_number(text: str) -> int:

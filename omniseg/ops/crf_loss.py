@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from omniseg.modeling.preprocess import PIXEL_STD
-from omniseg.ops.losses import reduce_instance_losses
-from omniseg.ops.mil_loss import squared_dice_loss
+from omniseg.ops.losses import reduce_instance_losses, squared_dice_loss
 
 # The 8 immediate neighbours of Eq. 4 (MAL Fig. 2), as (dy, dx) steps.
 NEIGHBOURS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))

@@ -166,6 +166,41 @@ def dice_loss(
     return reduce_instance_losses(per_instance, valid, reduction, normalizer)
 
 
+def squared_dice_loss(
+    probs: Tensor, targets: Tensor, weights: Tensor | None = None, smooth: float = 1.0
+) -> Tensor:
+    """Dice loss with squared denominators on probabilities, per instance (MAL Eq. 2 and 5):
+    1 - (2 sum(w p t) + s) / (sum(w p^2) + sum(w t^2) + s).
+
+    Unlike :func:`dice_loss` (logits in, plain sums in the denominator) it takes
+    probabilities, as MAL's bag scores (a max of probabilities) and refined labelings are.
+
+    Args:
+        probs: N x ... in [0, 1].
+        targets: N x ... in [0, 1], same shape.
+        weights: N x ... (bool or float) weight of each element; 0 leaves it out entirely (its value, even NaN,
+            is never read). None: all 1.
+        smooth: additive smoothing s in numerator and denominator (as ``dice_loss``); a prediction equal to a
+            binary target gives exactly 0.
+
+    Returns:
+        N per-instance losses (float32 at least).
+    """
+    probs = probs.to(torch.promote_types(probs.dtype, torch.float32))  # sums over many pixels: not in half
+    targets = targets.to(probs.dtype)
+    if weights is not None:
+        keep = weights > 0
+        w = weights.to(probs.dtype)
+        probs = torch.where(keep, probs, torch.zeros_like(probs))
+        targets = torch.where(keep, targets, torch.zeros_like(targets))
+    else:
+        w = torch.ones_like(probs)
+    p, t, w = probs.flatten(1), targets.flatten(1), w.flatten(1)
+    inter = (w * p * t).sum(1)
+    denom = (w * p * p).sum(1) + (w * t * t).sum(1)
+    return 1 - (2 * inter + smooth) / (denom + smooth)
+
+
 def info_nce_loss(
     queries: Tensor,
     keys: Tensor,

@@ -11,6 +11,7 @@ from omniseg.ops.losses import (
     reduce_instance_losses,
     sigmoid_bce_loss,
     sigmoid_focal_loss,
+    squared_dice_loss,
 )
 
 
@@ -219,3 +220,10 @@ def test_image_label_loss_reference_and_hand_values():
     x = torch.zeros(1, 4, requires_grad=True)
     image_label_loss(x, [torch.tensor([0, 2])]).backward()
     assert x.grad[0, 0] < 0 and x.grad[0, 2] < 0 and x.grad[0, 1] > 0 and x.grad[0, 3] == 0
+
+
+def test_squared_dice_weights_drop_elements():
+    p = torch.tensor([[0.5, 0.2, float("nan")]])
+    t = torch.tensor([[1.0, 0.0, 1.0]])
+    got = squared_dice_loss(p, t, torch.tensor([[True, True, False]]), smooth=0.0)
+    assert got.item() == pytest.approx(1 - 2 * 0.5 / (0.25 + 0.04 + 1))
