@@ -305,6 +305,9 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
+        after = getattr(unwrap_model(self.model), "after_optimizer_step", None)
+        if after is not None:  # a model's own state that follows its weights (e.g. MAL's EMA teacher)
+            after()
         self.step += 1
         return values
 

@@ -8,11 +8,8 @@ Sec. 3.2 / 4.2) the plain one. Loss (Eq. 1) = α_mil · MIL loss (Eq. 2: row / c
 cross the box, negatives the expanded rows / columns) + α_crf · CRF loss (Eq. 3-5: dice to the
 mean-field refinement of m^a = (m + m^t) / 2). Ground-truth masks are never read.
 
-The teacher belongs to the model (``teacher_*`` parameters, no gradient, saved with the checkpoint).
-The trainer has no after-step hook, so the EMA step runs at the start of each training forward,
-before the losses: the update towards the weights the previous optimizer step produced, i.e. the
-same sequence of teachers as an update after every step (the update after the final step, which
-no loss would see, is the only one missing).
+The teacher belongs to the model (``teacher_*`` parameters, no gradient, saved with the checkpoint);
+its EMA step follows every optimizer step (:meth:`MAL.after_optimizer_step`, called by the trainer).
 
 Prediction: each box is expanded by the fixed test-time margin (θ_test = 0.6 split evenly: every
 half-extent x 1.3, the authors' ``test_margin_rate``), cropped, segmented by the student and pasted
@@ -171,6 +168,10 @@ class MAL(nn.Module):
         return self
 
     @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Called by the trainer after each optimizer step: the teacher's EMA step."""
+        self.update_teacher()
+
     def update_teacher(self) -> None:
         """One EMA step: teacher = m * teacher + (1 - m) * student (Sec. 3.2, m = ema_momentum)."""
         if self.teacher is None:
@@ -222,8 +223,6 @@ class MAL(nn.Module):
             {"loss_mil", "loss_crf" (when on), "num_crops" (logged, not optimized)}.
         """
         c = self.cfg
-        if self.training and torch.is_grad_enabled():
-            self.update_teacher()  # module docstring: the EMA step of the previous optimizer step
         boxes = self._train_boxes(batch)
         n = sum(len(b) for b in boxes)
         if n == 0:  # no box to learn from: a zero loss that still has a graph

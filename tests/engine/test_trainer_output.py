@@ -89,3 +89,30 @@ def test_a_terminal_gets_the_bar_and_no_plain_lines(tmp_path, monkeypatch):
     text = tty.getvalue()
     assert "4/4" in text and "\r" in text  # tqdm redraws its line
     assert not any(LINE.match(ln) for ln in text.replace("\r", "\n").splitlines())
+
+
+class Follower(Regression):
+    """Records its weight each time the trainer calls the after-step hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def after_optimizer_step(self) -> None:
+        self.seen.append(self.lin.weight.detach().clone())
+
+
+def test_model_after_optimizer_step_sees_each_updated_weight(tmp_path):
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_iter=3, lr=0.01, log_period=1, checkpoint_period=0)
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)) for _ in range(3)]
+    model = Follower()
+    opt = build_optimizer(model, cfg)
+    t = Trainer(model, opt, build_scheduler(opt, cfg), data, cfg)
+    before = model.lin.weight.detach().clone()
+    weights = []
+    for batch in data:
+        t.run_step(batch)
+        weights.append(model.lin.weight.detach().clone())
+    assert len(model.seen) == 3 and not torch.equal(model.seen[0], before)
+    assert all(torch.equal(a, b) for a, b in zip(model.seen, weights))
