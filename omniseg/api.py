@@ -11,12 +11,16 @@ particular not the training data, is needed to predict.
     seg = Segmenter.from_checkpoint("runs/x")                     # run folder, checkpoints/ or step_N/
     for inst in seg.predict("photo.jpg", vocabulary=["red ring", "blue star"]):
         print(inst.text, inst.score, inst.box)                     # inst.mask is COCO RLE
+    sem = seg.predict_semantic("photo.jpg", vocabulary=["sky", "grass"])   # openseg / lseg runs
+    sem.labels                                                     # H x W: index into sem.names, -1: none
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,10 +28,11 @@ import torch
 
 from omniseg.data.records import Instance
 from omniseg.engine.checkpoint import resolve_checkpoint
-from omniseg.errors import UserError
+from omniseg.errors import ArgumentValueError, UserError
+from omniseg.modeling.predictions import ImagePrediction, semantic_labels
 from omniseg.recipes.contract import Recipe, RunInfo, pad_images
 
-__all__ = ["BoxError", "Segmenter", "clip_boxes", "resolve_checkpoint", "resolve_device"]
+__all__ = ["BoxError", "Segmenter", "SemanticResult", "clip_boxes", "resolve_checkpoint", "resolve_device"]
 
 
 class BoxError(UserError, ValueError):
@@ -163,6 +168,80 @@ class Segmenter:
         """
         if not (isinstance(min_score, (int, float)) and 0.0 <= min_score <= 1.0):  # NaN fails too
             raise ValueError(f"min_score must be a number in [0, 1], got {min_score!r}")
+        arrays, sources = self._load(images)
+        names = _names_per_image(vocabulary, len(arrays), boxes is not None)
+        prompts = None
+        if boxes is not None:
+            if len(boxes) != len(arrays):
+                raise ValueError(f"boxes: one K x 4 array per image expected, got {len(boxes)} for {len(arrays)} images")
+            prompts = [clip_boxes(b, a.shape[1], a.shape[0], s) for b, a, s in zip(boxes, arrays, sources)]
+        ids = {c.name: c.id for c in self.info.things()}  # training class names keep their ids
+        found: list[list[Instance]] = []
+        for out in self._run(arrays, names, prompts):
+            insts = [] if out is None else out.to_instances([ids.get(t) for t in out.texts], source=self.recipe.name)
+            found.append([i for i in insts if i.score is None or i.score >= min_score])
+        return found
+
+    def predict_semantic(
+        self,
+        image: np.ndarray | str | os.PathLike,
+        vocabulary: list[str] | None = None,
+        min_score: float | None = None,
+        class_scores: bool = False,
+    ) -> SemanticResult:
+        """The class of every pixel (semantic segmentation) of one image, for models with per-pixel
+        output (``openseg``, ``lseg``): the argmax of the per-pixel scores over the vocabulary
+        (OpenSeg Sec. 3.4, Eq. 6).
+
+        Args:
+            image: H x W x 3 uint8 RGB array, or a path to an image file.
+            vocabulary: class names / phrases; None = the model's classes (a model trained
+                without classes, on captions only, needs one).
+            min_score: pixels whose best score is below this get no class (-1); on the model's
+                score scale (:attr:`~omniseg.modeling.predictions.ImagePrediction.semantic`).
+                None: every pixel gets a class.
+            class_scores: also return the K x H x W scores of every class.
+
+        Raises:
+            ArgumentValueError: the model has no per-pixel output, or no vocabulary of its own
+                and none was given.
+        """
+        return self.predict_semantic_batch([image], vocabulary, min_score, class_scores)[0]
+
+    def predict_semantic_batch(
+        self,
+        images: Sequence[np.ndarray | str | os.PathLike],
+        vocabulary: Sequence[str] | None = None,
+        min_score: float | None = None,
+        class_scores: bool = False,
+    ) -> list[SemanticResult]:
+        """:meth:`predict_semantic` for several images (batched as in :meth:`predict_batch`)."""
+        no_output = ArgumentValueError(f"recipe {self.recipe.name!r} has no per-pixel output (it predicts "
+                                       "instances); semantic segmentation needs an openseg or lseg model")
+        if self.recipe.boxes == "required":  # it segments given boxes only
+            raise no_output
+        if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
+            raise ValueError(f"min_score must be a finite number or None, got {min_score!r}")
+        if vocabulary is None and not self.info.categories:
+            raise ArgumentValueError(f"recipe {self.recipe.name!r}: this model has no classes of its own (trained "
+                                     "on captions); give a vocabulary of class names / phrases")
+        arrays, _ = self._load(images)
+        results = []
+        for image, out in zip(arrays, self._run(arrays, _names_per_image(vocabulary, len(arrays), False), None)):
+            if out is None or out.semantic is None:
+                raise no_output
+            want = (len(out.texts), *image.shape[:2])
+            if tuple(out.semantic.shape) != want:
+                raise RuntimeError(f"recipe {self.recipe.name!r} returned semantic scores of shape "
+                                   f"{tuple(out.semantic.shape)}, expected K x H x W = {want}")
+            labels, best = semantic_labels(out.semantic, min_score)
+            results.append(SemanticResult(labels.cpu().numpy(), best.cpu().numpy().astype(np.float32),
+                                          list(out.texts),
+                                          out.semantic.float().cpu().numpy() if class_scores else None))
+        return results
+
+    def _load(self, images: Sequence[np.ndarray | str | os.PathLike]) -> tuple[list[np.ndarray], list[str]]:
+        """The images as H x W x 3 uint8 arrays (files read) and their names for messages."""
         arrays, sources = [], []
         for k, image in enumerate(images):
             source = f"image #{k}" if len(images) > 1 else "image"
@@ -175,33 +254,61 @@ class Segmenter:
                 raise ValueError(f"{source}: expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}")
             arrays.append(image)
             sources.append(source)
-        names = _names_per_image(vocabulary, len(arrays), boxes is not None)
-        prompts: list[np.ndarray | None] = [None] * len(arrays)
-        if boxes is not None:
-            if len(boxes) != len(arrays):
-                raise ValueError(f"boxes: one K x 4 array per image expected, got {len(boxes)} for {len(arrays)} images")
-            prompts = [clip_boxes(b, a.shape[1], a.shape[0], s) for b, a, s in zip(boxes, arrays, sources)]
+        return arrays, sources
+
+    def _run(self, arrays: list[np.ndarray], names: list[list[str] | None],
+             prompts: list[np.ndarray] | None) -> list[ImagePrediction | None]:
+        """The predictor's output per image (None: an image with an empty box list, not run).
+
+        Images whose padded sizes agree (and, with ``prompts``, whose box names agree) go through
+        the model as one batch, the others in separate passes.
+        """
         groups: dict[tuple, list[int]] = {}
-        found: list[list[Instance]] = [[] for _ in arrays]
         tensors = []
         for k, image in enumerate(arrays):
             tensors.append(torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device))  # copy: may be read-only
-            if prompts[k] is not None and len(prompts[k]) == 0:
+            if prompts is not None and len(prompts[k]) == 0:
                 continue  # no box, no instance: nothing to run
             hp, wp = (-(-s // self.recipe.pad_divisor) * self.recipe.pad_divisor for s in image.shape[:2])
-            groups.setdefault((hp, wp, tuple(names[k] or ()) if boxes is not None else None), []).append(k)
-        ids = {c.name: c.id for c in self.info.things()}  # training class names keep their ids
+            groups.setdefault((hp, wp, tuple(names[k] or ()) if prompts is not None else None), []).append(k)
+        outs: list[ImagePrediction | None] = [None] * len(arrays)
         for members in groups.values():
             padded = [pad_images(tensors[k], self.recipe.pad_divisor) for k in members]
             batch = torch.cat([p for p, _ in padded])
             sizes = [s for _, (s,) in padded]
-            box_t = None if boxes is None else [torch.from_numpy(prompts[k]) for k in members]
+            box_t = None if prompts is None else [torch.from_numpy(prompts[k]) for k in members]
             with torch.no_grad():
-                outs = self.predictor(batch, sizes, sizes, names[members[0]], box_t)
-            for k, out in zip(members, outs):
-                insts = out.to_instances([ids.get(t) for t in out.texts], source=self.recipe.name)
-                found[k] = [i for i in insts if i.score is None or i.score >= min_score]
-        return found
+                for k, out in zip(members, self.predictor(batch, sizes, sizes, names[members[0]], box_t)):
+                    outs[k] = out
+        return outs
+
+
+@dataclass
+class SemanticResult:
+    """The class of every pixel of one image (:meth:`Segmenter.predict_semantic`).
+
+    Attributes:
+        labels: H x W int64, per pixel an index into ``names``; -1: no class (its best score is
+            below ``min_score``, or the model ruled every class out there).
+        scores: H x W float32, the score of each pixel's best class (the model's scale).
+        names: the K class names / phrases the labels index (the vocabulary asked for, or the
+            model's classes).
+        class_scores: K x H x W float32 scores of every class (only when asked for).
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    names: list[str]
+    class_scores: np.ndarray | None = None
+
+    def label_map(self, ignore_index: int = 255) -> np.ndarray:
+        """``labels`` with ``ignore_index`` where no class: the prediction maps of
+        :func:`omniseg.evaluation.semantic.semantic_miou` (its "no prediction")."""
+        return np.where(self.labels < 0, ignore_index, self.labels)
+
+    def areas(self) -> list[int]:
+        """Pixels per class, in ``names`` order."""
+        return np.bincount(self.labels[self.labels >= 0].ravel(), minlength=len(self.names)).tolist()
 
 
 def _names_per_image(vocabulary: Sequence | None, n: int, per_image_allowed: bool) -> list[list[str] | None]:

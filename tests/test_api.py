@@ -233,3 +233,120 @@ def test_damaged_checkpoint_is_a_one_line_error(damage, says, trained, image_fil
     err = capsys.readouterr().err
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "internal error" not in err
     assert says in err and str(step) in err
+
+
+# ----------------------------------------------------------------------------- semantic (per-pixel) output
+
+COLOURS = ("red", "green", "blue")
+
+
+class ColourPredictor:
+    """A fake per-pixel model with known scores: "red" / "green" / "blue" score each pixel by that
+    channel / 255, any other name is ruled out (-inf); no instances. ``semantic=False``: a model
+    without per-pixel output."""
+
+    def __init__(self, semantic: bool = True):
+        self.semantic = semantic
+
+    def __call__(self, images, image_sizes, output_sizes, vocabulary=None, boxes=None):
+        from omniseg.modeling.predictions import ImagePrediction, InstancePredictions
+
+        texts = list(vocabulary or COLOURS)
+        out = []
+        for image, (h, w), size in zip(images, image_sizes, output_sizes):
+            assert size == (h, w)
+            x = image[:, :h, :w].float() / 255
+            sem = torch.stack([x[COLOURS.index(t)] if t in COLOURS else torch.full((h, w), float("-inf"))
+                               for t in texts])
+            none = InstancePredictions(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+            out.append(ImagePrediction(none, texts, semantic=sem if self.semantic else None))
+        return out
+
+
+def fake_segmenter(semantic: bool = True, categories: bool = True) -> Segmenter:
+    """A Segmenter around :class:`ColourPredictor` (its classes: red, green, blue; pads to 8)."""
+    from omniseg.recipes.contract import Recipe, RunInfo
+
+    def unused(*args):
+        raise AssertionError("not called by the Segmenter")
+
+    recipe = Recipe(name="fake_pixels", config=object, build_model=unused, train_data=unused, eval_fn=unused,
+                    predictor=lambda model, cfg, info: ColourPredictor(semantic), pad_divisor=8)
+    cats = [{"id": k + 1, "name": n, "isthing": False} for k, n in enumerate(COLOURS)] if categories else []
+    return Segmenter(torch.nn.Identity(), recipe, None, RunInfo(recipe.name, cats))
+
+
+def colour_image() -> tuple[np.ndarray, np.ndarray]:
+    """A 13 x 10 image (not a multiple of the padding) and its argmax label map, worked by hand:
+    rows 0-5 left red (200), right green (150); rows 6-12 blue (90); pixel (12, 9) black (all
+    scores 0: the first class, red, wins the tie); pixel (0, 0) (100, 120, 0): green."""
+    image = np.zeros((13, 10, 3), np.uint8)
+    image[:6, :5] = (200, 0, 0)
+    image[:6, 5:] = (0, 150, 0)
+    image[6:] = (0, 0, 90)
+    image[12, 9] = 0
+    image[0, 0] = (100, 120, 0)
+    labels = np.full((13, 10), 2)
+    labels[:6, :5], labels[:6, 5:], labels[12, 9], labels[0, 0] = 0, 1, 0, 1
+    return image, labels
+
+
+def test_predict_semantic_is_the_argmax_of_the_per_pixel_scores():
+    seg = fake_segmenter()
+    image, want = colour_image()
+    res = seg.predict_semantic(image, class_scores=True)
+    assert res.names == list(COLOURS)  # no vocabulary: the model's classes
+    assert res.labels.dtype == np.int64 and np.array_equal(res.labels, want)
+    assert res.scores.dtype == np.float32 and res.scores[3, 2] == pytest.approx(200 / 255)
+    assert res.scores[12, 9] == 0 and res.scores[0, 0] == pytest.approx(120 / 255)
+    assert res.class_scores.shape == (3, 13, 10) and res.class_scores[2, 8, 1] == pytest.approx(90 / 255)
+    assert res.areas() == [6 * 5 - 1 + 1, 6 * 5 + 1, 7 * 10 - 1]
+    assert seg.predict_semantic(image).class_scores is None
+
+
+def test_predict_semantic_min_score_leaves_pixels_without_class():
+    """Best scores: red 0.78, green 0.59, blue 0.35, the mixed pixel 0.47, black 0: at 0.5 only red
+    and green keep a class; -1 elsewhere, the evaluation's ignore index in label_map()."""
+    image, want = colour_image()
+    res = fake_segmenter().predict_semantic(image, min_score=0.5)
+    want = np.where((want == 2) | (image.max(axis=2) < 128), -1, want)
+    assert np.array_equal(res.labels, want) and (res.labels == -1).sum() == 7 * 10 + 1
+    assert np.array_equal(res.label_map(), np.where(want < 0, 255, want))
+    assert res.areas() == [29, 30, 0]
+
+
+def test_predict_semantic_with_a_vocabulary():
+    """Names index the vocabulary asked for; a name the model rules out everywhere is never chosen,
+    and with only such names no pixel gets a class."""
+    seg = fake_segmenter()
+    image, want = colour_image()
+    res = seg.predict_semantic(image, vocabulary=["purple", "blue", "green"])
+    assert res.names == ["purple", "blue", "green"]
+    expect = np.where(image[..., 1] > image[..., 2], 2, 1)  # green where it beats blue (ties: blue, listed first)
+    assert np.array_equal(res.labels, expect)
+    assert (seg.predict_semantic(image, vocabulary=["purple"]).labels == -1).all()
+
+
+def test_predict_semantic_batch_equals_one_by_one():
+    seg = fake_segmenter()
+    image, _ = colour_image()
+    other = np.ascontiguousarray(image[::-1, ::-1])
+    small = image[:5, :7].copy()  # another padded size: its own pass
+    batch = seg.predict_semantic_batch([image, small, other], min_score=0.3)
+    for got, x in zip(batch, [image, small, other]):
+        want = seg.predict_semantic(x, min_score=0.3)
+        assert np.array_equal(got.labels, want.labels) and np.array_equal(got.scores, want.scores)
+    assert batch[1].labels.shape == (5, 7)
+
+
+def test_predict_semantic_errors(trained):
+    image, _ = colour_image()
+    with pytest.raises(UserError, match="recipe 'fake_pixels' has no per-pixel output .* needs an openseg or lseg"):
+        fake_segmenter(semantic=False).predict_semantic(image)
+    with pytest.raises(UserError, match="recipe 'box_to_mask' has no per-pixel output"):  # boxes only: not run
+        Segmenter.from_checkpoint(trained[0]).predict_semantic(image)
+    with pytest.raises(UserError, match="no classes of its own .* give a vocabulary"):
+        fake_segmenter(categories=False).predict_semantic(image)
+    assert fake_segmenter(categories=False).predict_semantic(image, vocabulary=["red"]).names == ["red"]
+    with pytest.raises(ValueError, match="min_score must be a finite number"):
+        fake_segmenter().predict_semantic(image, min_score=float("nan"))

@@ -1,4 +1,4 @@
-"""``omniseg segment PATH ... --checkpoint CKPT [--vocabulary "a, b"] [--boxes ... | --boxes-json FILE]``.
+"""``omniseg segment PATH ... --checkpoint CKPT [--task instance|semantic] [--vocabulary "a, b"] [--boxes ...]``.
 
 Inputs are image files, folders (their images, sorted by name) and glob patterns (``"imgs/*.jpg"``,
 expanded here when the shell did not). Two output forms:
@@ -20,6 +20,15 @@ stops on an error leaves no output behind. Prompt boxes partly outside an image 
 a box that does not overlap an image at all is an error naming the box, the image and its size
 (under ``--on-bad-record skip``: that image is counted as skipped and the others are written), and
 so is an unreadable image.
+
+``--task semantic`` (models with per-pixel output: openseg, lseg) labels every pixel instead: per
+image a label PNG (pixel value k + 1 = vocabulary entry k, 0 = no class; 8-bit with a palette of
+the overlay's colours for up to 255 classes, else 16-bit), a JSON sidecar beside it (value -> name,
+colour, pixel count) and a drawing with a legend. ``--out DIR``: drawings in DIR, label PNGs and
+sidecars in ``DIR/labels/``, the list in ``DIR/predictions.json``; ``--out preds.json``: label
+PNGs and sidecars in ``preds.labels/``, drawings only with ``--overlays DIR``, the list (paths
+relative to the JSON's folder) in ``preds.json``. ``--min-score`` there is a threshold on a pixel's
+best class score (the model's scale; default none): pixels below it get no class.
 """
 
 from __future__ import annotations
@@ -115,12 +124,18 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="COCO JSON whose images (matched by file name) and categories (by name) give the ids of "
                    "the results, e.g. the ground truth for omniseg eval; an input image not in it is skipped "
                    "and counted")
-    p.add_argument("--min-score", type=unit_float, default=0.3, help="hide predictions below this score (0..1)")
+    p.add_argument("--task", choices=("instance", "semantic"), default="instance",
+                   help="instance: objects (masks, boxes, scores); semantic: a class for every pixel (label PNGs, "
+                   "for models with per-pixel output: openseg, lseg)")
+    p.add_argument("--min-score", type=unit_float, default=None,
+                   help="instance: hide predictions below this score (0..1, default 0.3); semantic: pixels whose "
+                   "best class score is below it get no class (default: every pixel gets one)")
     p.add_argument("--out", type=non_empty_path, default="segment_out",
                    help="FILE.json: COCO results + FILE.categories.json (images and categories the ids refer "
-                   "to); otherwise a folder for drawings and predictions.json")
+                   "to); otherwise a folder for drawings and predictions.json. --task semantic: FILE.json lists "
+                   "the label PNGs, written to FILE.labels/ (a folder: to DIR/labels/)")
     p.add_argument("--overlays", type=non_empty_path, default=None, metavar="DIR",
-                   help="with --out FILE.json: also draw each image's instances into DIR")
+                   help="with --out FILE.json: also draw each image's instances (or label map) into DIR")
     p.add_argument("--batch-size", type=positive_int, default=4,
                    help="images per forward pass (images whose padded sizes differ run in separate passes)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
@@ -279,6 +294,11 @@ class Job:
 
 def check_arguments(args: argparse.Namespace, paths: list[str]) -> bool:
     """Usage errors between flags and outputs; True for the COCO-results form of ``--out``."""
+    if args.task == "semantic":
+        for flag in ("boxes", "boxes_json", "gt"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} goes with --task instance (semantic segmentation labels "
+                                 "every pixel of the image)")
     if args.boxes is not None and args.boxes_json:
         raise UsageError("--boxes and --boxes-json: give one (--boxes is one list for every image)")
     if args.boxes_json and (args.gt or args.vocabulary):
@@ -292,10 +312,16 @@ def check_arguments(args: argparse.Namespace, paths: list[str]) -> bool:
         if args.overlays:
             raise UsageError(f"--overlays: --out {args.out} is a folder and holds the drawings already "
                              "(--overlays goes with --out FILE.json)")
-    check_output_not_input([args.out, sidecar(args.out)] if coco else args.out, [args.boxes_json, args.gt])
-    drawings = args.overlays if coco else args.out
-    if drawings and any(os.path.realpath(drawings) == os.path.realpath(os.path.dirname(p) or ".") for p in paths):
-        raise UsageError(f"{'--overlays' if coco else '--out'}: {drawings} holds input images; choose another folder")
+    from omniseg.commands.segment_semantic import labels_folder
+
+    labels = labels_folder(args.out, coco) if args.task == "semantic" else None
+    if labels is not None:
+        check_out_folder(labels)
+    outs = [args.out, sidecar(args.out) if args.task == "instance" else labels] if coco else args.out
+    check_output_not_input(outs, [args.boxes_json, args.gt])
+    for flag, folder in (("--overlays" if coco else "--out", args.overlays if coco else args.out), ("--out", labels)):
+        if folder and any(os.path.realpath(folder) == os.path.realpath(os.path.dirname(p) or ".") for p in paths):
+            raise UsageError(f"{flag}: {folder} holds input images; choose another folder")
     return coco
 
 
@@ -317,6 +343,12 @@ def main(args: argparse.Namespace) -> int:
     coco = check_arguments(args, paths)
     device = resolve_device(args.device, key="--device")  # before minutes of model loading
     bad = bad_records(args)
+    if args.task == "semantic":
+        seg = Segmenter.from_checkpoint(args.checkpoint, device=str(device), use_ema=args.ema)
+        from omniseg.commands.segment_semantic import segment_semantic
+
+        return segment_semantic(args, paths, coco, seg, bad)
+    min_score = 0.3 if args.min_score is None else args.min_score
     source = args.boxes_json or args.gt
     index = read_coco_index(source, bad, bool(args.boxes_json)) if source else None
     seg = Segmenter.from_checkpoint(args.checkpoint, device=str(device), use_ema=args.ema)
@@ -343,7 +375,7 @@ def main(args: argparse.Namespace) -> int:
     def flush(jobs: list[Job]) -> None:
         vocabulary = [j.names for j in jobs] if args.boxes_json else args.vocabulary
         boxes = None if args.boxes is None and not args.boxes_json else [j.boxes for j in jobs]
-        found = seg.predict_batch([j.image for j in jobs], vocabulary, boxes, args.min_score) if jobs else []
+        found = seg.predict_batch([j.image for j in jobs], vocabulary, boxes, min_score) if jobs else []
         for job, insts in zip(jobs, found):
             insts = [replace(i, category_id=table.setdefault(i.text, max(table.values(), default=0) + 1))
                      for i in insts]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor
 
@@ -61,6 +61,11 @@ class ImagePrediction:
         region_embeddings: N x D, one embedding per instance (region-word grounding).
         panoptic: H x W long map of segment indices into ``segments`` (-1: void).
         segments: one dict per panoptic segment (``text``, ``isthing``, ``score``).
+        semantic: K x H x W float per-pixel scores, channel k for ``texts[k]``, at the output size
+            (models with per-pixel output: OpenSeg's segmentation logits y = <w, z> . s, LSeg's
+            pixel-text similarities). Higher is more likely; a pixel's class is the argmax over K
+            (OpenSeg Sec. 3.4, Eq. 6; :func:`semantic_labels`). The scale is the model's (logits
+            or probabilities); -inf: the class is ruled out at that pixel.
     """
 
     instances: InstancePredictions
@@ -69,17 +74,51 @@ class ImagePrediction:
     region_embeddings: Tensor | None = None
     panoptic: Tensor | None = None
     segments: list[dict] | None = None
+    semantic: Tensor | None = None
 
     def restrict(self, vocabulary: Sequence[str]) -> ImagePrediction:
-        """Only the instances whose text is in ``vocabulary`` (region embeddings follow)."""
+        """Only the instances whose text is in ``vocabulary`` (region embeddings follow); ``texts``
+        keep their order, and the ``semantic`` channels of the other texts become -inf (never the
+        argmax)."""
         import torch
 
         allowed = set(vocabulary)
         keep = torch.tensor([self.texts[k] in allowed for k in self.instances.labels.tolist()], dtype=torch.bool)
         emb = None if self.region_embeddings is None else self.region_embeddings[keep]
-        return ImagePrediction(self.instances.select(keep), self.texts, self.pixel_embeddings, emb, self.panoptic,
-                               self.segments)
+        semantic = self.semantic
+        if semantic is not None:
+            ruled_out = torch.tensor([t not in allowed for t in self.texts], dtype=torch.bool, device=semantic.device)
+            semantic = semantic.masked_fill(ruled_out[:, None, None], float("-inf"))
+        return replace(self, instances=self.instances.select(keep), region_embeddings=emb, semantic=semantic)
 
     def to_instances(self, category_ids: Sequence[int | None] | None = None, source: str = "") -> list[Instance]:
         """Records-level instances; ``category_ids[label]`` when given."""
         return self.instances.to_instances(self.texts, category_ids, source)
+
+
+def semantic_labels(scores: Tensor, min_score: float | None = None) -> tuple[Tensor, Tensor]:
+    """Per-pixel class and its score from K x H x W scores (OpenSeg Sec. 3.4, Eq. 6: the argmax).
+
+    Args:
+        scores: K x H x W per-class scores (:attr:`ImagePrediction.semantic`).
+        min_score: pixels whose best score is below this get no class; None: every pixel gets
+            one unless all its scores are -inf / NaN. On the model's scale.
+
+    Returns:
+        (H x W long labels in 0..K-1, -1 where no class (the best score is below ``min_score``,
+        -inf, or K is 0); H x W float best scores (NaN scores count as -inf; NaN where K is 0)).
+    """
+    import torch
+
+    if scores.ndim != 3:
+        raise ValueError(f"semantic scores must be K x H x W, got shape {tuple(scores.shape)}")
+    if scores.shape[0] == 0:
+        h, w = scores.shape[1:]
+        return (torch.full((h, w), -1, dtype=torch.long, device=scores.device),
+                torch.full((h, w), float("nan"), device=scores.device))
+    scores = scores.float()
+    best, labels = scores.masked_fill(scores.isnan(), float("-inf")).max(dim=0)
+    none = best == float("-inf")  # every class ruled out (or NaN)
+    if min_score is not None:
+        none |= best < min_score
+    return labels.masked_fill(none, -1), best

@@ -99,7 +99,9 @@ def categories_info(categories: Sequence[Category]) -> list[dict[str, Any]]:
 class Predictor(Protocol):
     """A trained model behind one call: a padded image batch and a vocabulary in, one
     :class:`ImagePrediction` per image out (instances; OpenSeg / VLOSS add pixel or region
-    embeddings and panoptic segments to the same container).
+    embeddings and panoptic segments to the same container). Models with per-pixel output
+    (openseg, lseg) fill ``semantic``: K x H x W scores over ``texts`` at the output size, whose
+    argmax is each pixel's class (``Segmenter.predict_semantic``, ``omniseg segment --task semantic``).
 
     Args (of ``__call__``):
         images: B x 3 x H x W uint8, zero-padded as the model needs (:func:`pad_images`).

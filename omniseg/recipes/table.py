@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from omniseg.engine.config import ConfigError, load_config, parse_overrides, read_yaml
-from omniseg.recipes import box_to_mask, fcos_mo, mal, mask_rcnn_star, maskx_rcnn
+from omniseg.recipes import box_to_mask, fcos_mo, mal, mask_rcnn_star, maskx_rcnn, openseg
 from omniseg.recipes.contract import Recipe
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
@@ -19,6 +19,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     mal.RECIPE,
     mask_rcnn_star.RECIPE,
     maskx_rcnn.RECIPE,
+    openseg.OPENSEG,
+    openseg.LSEG,
 )}
 
 

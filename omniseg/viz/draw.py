@@ -1,9 +1,11 @@
-"""Draw instances (outlines, light mask fills, boxes, labels) over an image.
+"""Draw instances (outlines, light mask fills, boxes, labels) or a semantic label map over an image.
 
 Ground truth is drawn as outlines on the untouched image (:func:`draw_ground_truth`): in a world
 where the class *is* the colour ("pink cross") a class-coloured fill would lie about the object.
 Predictions get a class-coloured outline and a light fill. Labels are white on a dark box and are
-always kept inside the image.
+always kept inside the image. A semantic label map (:func:`draw_semantic`) is a class-coloured fill
+with a legend beside the image; :func:`label_image` is the same map as an index PNG whose palette
+holds the same colours.
 """
 
 from __future__ import annotations
@@ -211,4 +213,102 @@ def side_by_side(images: Sequence[Image.Image], gap: int = 4) -> Image.Image:
     for im in images:
         out.paste(im, (x, 0))
         x += im.width + gap
+    return out
+
+
+# ----------------------------------------------------------------------------- semantic label maps
+
+
+def semantic_palette(n: int) -> list[Color]:
+    """``n`` well-separated colours for vocabulary entries 0..n-1 (never black, the PNG's "no class").
+
+    Hues step by the golden ratio (neighbouring indices far apart on the colour wheel); every
+    other colour is darker, so colours that come back close in hue still differ in brightness.
+    """
+    out = []
+    for k in range(n):
+        r, g, b = colorsys.hsv_to_rgb((k * 0.618033988749895) % 1.0, 0.8, 1.0 if k % 2 == 0 else 0.7)
+        out.append((int(r * 255), int(g * 255), int(b * 255)))
+    return out
+
+
+def label_image(labels: np.ndarray, colors: Sequence[Color]) -> Image.Image:
+    """An H x W label map (-1: no class, k: entry k of K = ``len(colors)``) as a PNG-ready image.
+
+    Pixel value k + 1 stands for entry k and 0 for no class (so ``np.asarray(img) - 1`` gives the
+    map back). K <= 255: 8-bit with a palette (0 black, k + 1 ``colors[k]``: viewers show the
+    colours); K up to 65535: 16-bit grayscale (a PNG palette holds at most 256 colours).
+    """
+    k = len(colors)
+    if labels.ndim != 2 or labels.size and (labels.min() < -1 or labels.max() >= k):
+        raise ValueError(f"labels must be an H x W map of -1..{k - 1}, got shape {labels.shape}")
+    if k > 65535:
+        raise ValueError(f"{k} classes do not fit a 16-bit PNG (at most 65535)")
+    if k > 255:
+        return Image.fromarray((labels + 1).astype(np.uint16))
+    img = Image.fromarray((labels + 1).astype(np.uint8))
+    img.putpalette([0, 0, 0, *(v for c in colors for v in c)])
+    return img
+
+
+def draw_semantic(image: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float = 0.5,
+                  colors: Sequence[Color] | None = None) -> Image.Image:
+    """A label map over its image, with a legend of the classes it holds to the right of the image.
+
+    Args:
+        image: H x W x 3 uint8 RGB (not modified).
+        labels: H x W int, per pixel an index into ``names``; -1: no class (left as it is).
+        names: the class names / phrases.
+        alpha: opacity of the class colour over the image; region borders (pixels with a
+            4-neighbour of another class) are drawn fully in their class's colour.
+        colors: one colour per name; default :func:`semantic_palette`.
+
+    Returns:
+        a PIL RGB image: the H x W drawing, then the legend panel (one swatch + name + share of
+        the image per class present, in ``names`` order, in as many columns as the height needs).
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or labels.shape != image.shape[:2]:
+        raise ValueError(f"draw_semantic expects an H x W x 3 image and an H x W label map, got {image.shape} "
+                         f"and {labels.shape}")
+    colors = list(colors) if colors is not None else semantic_palette(len(names))
+    if labels.size and (labels.min() < -1 or labels.max() >= len(names)):
+        raise ValueError(f"labels must be in -1..{len(names) - 1} ({len(names)} names)")
+    table = np.array([*colors, (0, 0, 0)], np.float32)  # -1 indexes the last row (never used: masked)
+    known = labels >= 0
+    out = image.astype(np.float32)
+    out[known] = out[known] * (1 - alpha) + table[labels[known]] * alpha
+    p = np.pad(labels, 1, mode="edge")
+    border = known & ((p[:-2, 1:-1] != labels) | (p[2:, 1:-1] != labels) | (p[1:-1, :-2] != labels)
+                      | (p[1:-1, 2:] != labels))
+    out[border] = table[labels[border]]
+    drawing = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    areas = np.bincount(labels[known].ravel(), minlength=len(names))
+    entries = [(f"{names[k]} {100 * areas[k] / labels.size:.0f}%", colors[k]) for k in np.flatnonzero(areas)]
+    return _with_legend(drawing, entries or [("no class", None)])
+
+
+def _with_legend(drawing: Image.Image, entries: Sequence[tuple[str, Color | None]]) -> Image.Image:
+    """``drawing`` with a dark legend panel on its right: per entry a colour swatch and its text."""
+    w, h = drawing.size
+    font = ImageFont.load_default(size=font_size(h, w))
+    pad = 3
+    probe = ImageDraw.Draw(drawing)
+    boxes = [probe.textbbox((0, 0), text, font=font) for text, _ in entries]
+    row = max(b[3] - b[1] for b in boxes) + 2 * pad
+    swatch = row - 2 * pad
+    per_column = max(1, (h - pad) // row)
+    columns = [list(range(i, min(i + per_column, len(entries)))) for i in range(0, len(entries), per_column)]
+    widths = [pad + swatch + pad + max(boxes[i][2] - boxes[i][0] for i in col) + pad for col in columns]
+    out = Image.new("RGB", (w + sum(widths), max(h, row + pad)), LABEL_BACKGROUND)
+    out.paste(drawing, (0, 0))
+    draw = ImageDraw.Draw(out)
+    x = w
+    for col, width in zip(columns, widths):
+        for r, i in enumerate(col):
+            text, color = entries[i]
+            y = pad + r * row
+            if color is not None:
+                draw.rectangle([x + pad, y + pad, x + pad + swatch - 1, y + pad + swatch - 1], fill=color)
+            draw.text((x + 2 * pad + swatch - boxes[i][0], y + pad - boxes[i][1]), text, fill=GT_COLOR, font=font)
+        x += width
     return out

@@ -333,3 +333,111 @@ def test_segment_output_checks(trained, image_file, tmp_path, capsys):
     rc, _, err = _segment(trained, [str(image_file), "--boxes", "1,2,30,40", "--out", str(tmp_path / "p.json"),
                                     "--overlays", str(image_file.parent)], capsys)
     assert rc == 2 and "holds input images" in err
+
+
+# ----------------------------------------------------------------------------- --task semantic
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """``omniseg segment --checkpoint ANY`` loads the fake per-pixel model of tests/test_api.py
+    (scores: the image's red / green / blue channels); returns (make segmenter, colour image, its labels)."""
+    from omniseg.api import Segmenter
+    from tests.test_api import colour_image, fake_segmenter
+
+    made = {"semantic": True, "categories": True}
+    monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(lambda cls, *a, **k: fake_segmenter(**made)))
+    return made, *colour_image()
+
+
+def _semantic(argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = cli_main(["segment", *argv, "--checkpoint", "fake", "--task", "semantic"])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        assert img.mode == "P"
+        return np.asarray(img).astype(int) - 1
+
+
+def test_segment_semantic_folder_output(fake, tmp_path, capsys):
+    """Per image: a label PNG that reads back as the label map (value k + 1, 0: none), its sidecar,
+    a drawing with the legend; predictions.json lists them relative to the folder."""
+    _, image, labels = fake
+    Image.fromarray(image).save(tmp_path / "c.png")
+    Image.fromarray(image[::-1].copy()).save(tmp_path / "d.png")
+    out = tmp_path / "seg"
+    rc, text, err = _semantic([str(tmp_path / "c.png"), str(tmp_path / "d.png"), "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert f"{tmp_path / 'c.png'}: 3 class(es): blue 53%, green 24%, red 23%" in text
+    assert np.array_equal(_read_png(out / "labels" / "c.png"), labels)
+    assert np.array_equal(_read_png(out / "labels" / "d.png"), labels[::-1])
+    meta = json.loads((out / "labels" / "c.json").read_text())
+    assert [(c["value"], c["name"], c["pixels"]) for c in meta["classes"]] == [(1, "red", 30), (2, "green", 31),
+                                                                              (3, "blue", 69)]
+    assert meta["labels"] == "c.png" and meta["image"] == str(tmp_path / "c.png") and meta["min_score"] is None
+    with Image.open(out / "c.png") as drawing:
+        assert drawing.size[0] > 10 and drawing.size[1] >= 13
+        legend = np.asarray(drawing.convert("RGB"))[:, 10:]
+    for c in meta["classes"]:  # every class present has its swatch in the legend
+        assert (legend == np.array(c["color"])).all(axis=2).sum() > 10
+    with Image.open(out / "labels" / "c.png") as img:
+        assert img.getpalette()[3:12] == [v for c in meta["classes"] for v in c["color"]]
+    listing = json.loads((out / "predictions.json").read_text())
+    assert listing["task"] == "semantic" and [c["name"] for c in listing["classes"]] == ["red", "green", "blue"]
+    assert listing["images"][1] == {"file": str(tmp_path / "d.png"), "labels": "labels/d.png",
+                                    "sidecar": "labels/d.json", "overlay": "d.png"}
+    assert sorted(p.name for p in out.iterdir()) == ["c.png", "d.png", "labels", "predictions.json"]
+
+
+def test_segment_semantic_json_output_vocabulary_threshold_and_skips(fake, tmp_path, capsys):
+    """--out preds.json: label PNGs in preds.labels/, drawings only with --overlays; --min-score and
+    --vocabulary reach the model; an unreadable image is counted under skip and undoes the run otherwise."""
+    _, image, _ = fake
+    Image.fromarray(image).save(tmp_path / "c.png")
+    (tmp_path / "bad.png").write_text("not a png")
+    out = tmp_path / "res" / "preds.json"
+    argv = [str(tmp_path / "c.png"), str(tmp_path / "bad.png"), "--out", str(out), "--overlays",
+            str(tmp_path / "draw"), "--vocabulary", "green, red", "--min-score", "0.5"]
+    rc, _, err = _semantic(argv, capsys)
+    assert rc == 1 and err.startswith(f"omniseg segment: error: {tmp_path / 'bad.png'}: ")
+    assert not (tmp_path / "res").exists() and not (tmp_path / "draw").exists()
+    rc, text, _ = _semantic([*argv, "--on-bad-record", "skip", "--batch-size", "1"], capsys)
+    assert rc == 0 and "skipped 1 bad record(s)" in text
+    got = _read_png(tmp_path / "res" / "preds.labels" / "c.png")
+    want = np.full((13, 10), -1)  # green 150 and red 200 pass 0.5 (127.5); blue is not asked for
+    want[:6, :5], want[:6, 5:] = 1, 0
+    want[0, 0] = -1  # (100, 120, 0): best 120 < 127.5
+    assert np.array_equal(got, want)
+    listing = json.loads(out.read_text())
+    assert listing["min_score"] == 0.5 and [c["name"] for c in listing["classes"]] == ["green", "red"]
+    assert listing["images"] == [{"file": str(tmp_path / "c.png"), "labels": "preds.labels/c.png",
+                                  "sidecar": "preds.labels/c.json", "overlay": "../draw/c.png"}]
+    assert sorted(p.name for p in (tmp_path / "draw").iterdir()) == ["c.png"]
+
+
+def test_segment_semantic_errors(fake, image_file, tmp_path, capsys):
+    made = fake[0]
+    out = tmp_path / "seg"
+    made["semantic"] = False
+    rc, _, err = _semantic([str(image_file), "--out", str(out)], capsys)
+    assert rc == 2 and err.strip() == ("omniseg segment: error: recipe 'fake_pixels' has no per-pixel output (it "
+                                       "predicts instances); semantic segmentation needs an openseg or lseg model")
+    assert not out.exists()
+    made["semantic"], made["categories"] = True, False
+    rc, _, err = _semantic([str(image_file), "--out", str(out)], capsys)
+    assert rc == 2 and "no classes of its own" in err and not out.exists()
+    rc, _, _ = _semantic([str(image_file), "--out", str(out), "--vocabulary", "red"], capsys)
+    assert rc == 0 and (out / "labels" / "img.png").exists()
+    for flag in (["--boxes", "1,2,30,40"], ["--gt", str(tmp_path / "gt.json")]):
+        rc, _, err = _semantic([str(image_file), *flag], capsys)
+        assert rc == 2 and f"{flag[0]} goes with --task instance" in err
+    err = _usage(["segment", str(image_file), "--checkpoint", "x", "--task", "panoptic"], capsys)
+    assert "argument --task: invalid choice: 'panoptic'" in err
+
+
+def test_segment_semantic_on_an_instance_checkpoint(trained, image_file, tmp_path, capsys):
+    rc, _, err = _segment(trained, [str(image_file), "--task", "semantic", "--out", str(tmp_path / "s")], capsys)
+    assert rc == 2 and "recipe 'box_to_mask' has no per-pixel output" in err and not (tmp_path / "s").exists()

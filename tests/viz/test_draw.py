@@ -1,4 +1,5 @@
-"""draw_instances / draw_ground_truth / label placement / side_by_side on tiny hand-made images."""
+"""draw_instances / draw_ground_truth / label placement / side_by_side / semantic label maps on tiny hand-made
+images."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from omniseg.viz.draw import (
     color_for,
     draw_ground_truth,
     draw_instances,
+    draw_semantic,
     font_size,
+    label_image,
     label_position,
     line_width,
     mask_outline,
+    semantic_palette,
     side_by_side,
 )
 
@@ -294,3 +298,96 @@ def test_side_by_side() -> None:
     assert px[0, 0].tolist() == [255, 0, 0] and px[4, 0].tolist() == [255, 255, 255]
     assert px[0, 4].tolist() == [255, 255, 255]  # gap
     assert px[4, 8].tolist() == [0, 0, 255]
+
+
+# ----------------------------------------------------------------------------- semantic label maps
+
+
+def _label_map() -> np.ndarray:
+    """20 x 30: class 0 in the top-left 10 x 15 block, class 2 in the bottom half, -1 elsewhere."""
+    labels = np.full((H, W), -1)
+    labels[:10, :15] = 0
+    labels[10:] = 2
+    return labels
+
+
+def test_semantic_palette_hand_values_and_distinct() -> None:
+    # k = 0: hue 0, s = 0.8, v = 1 -> (255, 51 * 0.999.. truncated = 50, 50); k = 1: hue 0.618 (blue side),
+    # v = 0.7 -> (0.7 * 0.2, 0.7 * (1 - 0.8 * 0.708), 0.7) * 255 = (35, 77, 178) after truncation
+    assert semantic_palette(2) == [(255, 50, 50), (35, 77, 178)]
+    colors = semantic_palette(50)
+    assert len(set(colors)) == 50 and (0, 0, 0) not in colors
+    assert colors[:2] == semantic_palette(2)  # a colour depends on its index only
+
+
+def test_label_image_round_trips_with_the_palette(tmp_path) -> None:
+    labels = _label_map()
+    colors = semantic_palette(3)
+    label_image(labels, colors).save(tmp_path / "l.png")
+    with Image.open(tmp_path / "l.png") as img:
+        assert img.mode == "P"
+        values = np.asarray(img)
+        palette = img.getpalette()[:12]
+    assert values.dtype == np.uint8 and np.array_equal(values.astype(int) - 1, labels)
+    assert values[0, 0] == 1 and values[0, 20] == 0 and values[15, 0] == 3  # value k + 1, 0: no class
+    assert palette == [0, 0, 0, *colors[0], *colors[1], *colors[2]]
+    # more than 255 classes: 16-bit, same values
+    big = labels.copy()
+    big[0, 0] = 299
+    label_image(big, semantic_palette(300)).save(tmp_path / "big.png")
+    with Image.open(tmp_path / "big.png") as img:
+        assert np.array_equal(np.asarray(img).astype(int) - 1, big)
+    with pytest.raises(ValueError, match="-1..2"):
+        label_image(np.array([[3]]), colors)
+
+
+def test_draw_semantic_fills_outlines_and_keeps_unlabeled_pixels() -> None:
+    image = _gray(100)
+    labels = _label_map()
+    colors = [(200, 0, 0), (0, 200, 0), (0, 0, 200)]
+    out = np.asarray(draw_semantic(image, labels, ["a", "b", "c"], alpha=0.5, colors=colors))
+    assert out.shape[0] == H and out.shape[1] > W  # the legend is beside the image
+    drawing = out[:, :W]
+    assert drawing[4, 4].tolist() == _blend_reference(image[4, 4], colors[0], 0.5) == [150, 50, 50]
+    assert drawing[15, 10].tolist() == [50, 50, 150]
+    assert drawing[4, 20].tolist() == [100, 100, 100]  # no class: untouched
+    assert drawing[4, 14].tolist() == list(colors[0])  # next to a pixel without class: the region's border
+    assert drawing[10, 20].tolist() == list(colors[2]) and drawing[9, 20].tolist() == [100, 100, 100]
+    assert drawing[0, 4].tolist() == [150, 50, 50]  # the image border is no region border
+    assert np.array_equal(image, _gray(100))  # input untouched
+
+
+def test_draw_semantic_legend_shows_the_classes_present() -> None:
+    """Swatches of classes 0 and 2 (present) are in the legend panel; class 1's colour (absent) is not."""
+    colors = [(200, 0, 0), (0, 200, 0), (0, 0, 200)]
+    image = np.full((60, 40, 3), 100, np.uint8)
+    labels = np.full((60, 40), 2)
+    labels[:10] = 0
+    legend = np.asarray(draw_semantic(image, labels, ["a", "b", "c"], colors=colors))[:, 40:]
+    def count(c):
+        return int((legend == np.array(c)).all(axis=2).sum())
+    assert count(colors[0]) > 20 and count(colors[2]) > 20 and count(colors[1]) == 0
+    assert count(colors[0]) == count(colors[2])  # equal swatches
+    assert (legend[-1] == LABEL_BACKGROUND).all()  # two entries fit in the first rows
+    # nothing labeled: a "no class" entry without swatch
+    empty = np.asarray(draw_semantic(image, np.full((60, 40), -1), ["a", "b", "c"], colors=colors))
+    assert np.array_equal(empty[:, :40], image)
+    assert all(int((empty == np.array(c)).all(axis=2).sum()) == 0 for c in colors)
+
+
+def test_draw_semantic_legend_wraps_into_columns() -> None:
+    """A 12-pixel-high image holds one legend row: three classes take three columns, each with its swatch."""
+    image = np.full((12, 9, 3), 100, np.uint8)
+    labels = np.repeat(np.array([0, 1, 2]), 3)[None].repeat(12, axis=0)
+    colors = semantic_palette(3)
+    out = np.asarray(draw_semantic(image, labels, ["a", "b", "c"]))
+    legend = out[:, 9:]
+    xs = [np.flatnonzero((legend == np.array(c)).all(axis=2).any(axis=0)) for c in colors]
+    assert all(len(x) > 0 for x in xs) and xs[0].max() < xs[1].min() and xs[1].max() < xs[2].min()
+
+
+def test_draw_semantic_checks_shapes_and_labels() -> None:
+    with pytest.raises(ValueError, match="H x W label map"):
+        draw_semantic(_gray(), np.zeros((H, W + 1), int), ["a"])
+    with pytest.raises(ValueError, match="labels must be in -1..0"):
+        draw_semantic(_gray(), np.ones((H, W), int), ["a"])

@@ -1,0 +1,448 @@
+"""Issue 13's numbers for MAL, the Mask Auto-Labeler (paper: ../shared/papers/mal-mask-auto-labeler.txt),
+run over several sessions: every finished run is scored and recorded at once in
+``bench/results/mal/<table>/<run>.json`` (``--commit``: committed at once); recorded runs are never re-run.
+
+    python bench/mal_experiments.py TABLE [--seeds 0 1 2] [--commit] [--runs DIR] [--results DIR]
+                                          [--parallel 2] [--iters N] [--hours H] [--dry-run]
+
+Tables (``report_mal.py`` renders them):
+
+* ``pretrain``: the MAE ViT-S/16 backbone MAL starts from (configs/pretrain_mae_vits_synth.yaml: 128 px images,
+  patch 16 = MAL's 128 px crops, the same 8 x 8 grid; ``vit_filter_fn`` would resize pos_embed anyway), kept as
+  fp16 safetensors + manifest in bench/results/pretrained/mae_vits16_synth/ (the loader casts to fp32).
+* ``synth``: MAL (attention decoder, MAE init; configs/mal_vits_synth.yaml) per seed: pseudo-mask mIoU / mask AP
+  on the held-out images' boxes vs their true masks, next to the filled box and the ellipse (the recipe's eval).
+* ``retention`` (paper Sec. 4.3 / Table 2 protocol): per seed, ``omniseg autolabel`` the boxes of the
+  Mask R-CNN's training world with that seed's ``synth`` MAL run, then the yardstick oracle Mask R-CNN
+  (configs/maskx_voc_like.yaml, every class's masks, from the committed ResNet trunk) on the MAL masks and on
+  the true masks; retention = mask AP ratio on held-out images.
+* ``ablations`` (one seed): decoder FC / FCN (Table 3), ResNet-18 trunk / ViT from scratch (Table 4),
+  θ in {0, 0.6, 1.0, 1.6} (Table 5), EMA teacher off, CRF loss off; the reference row is ``synth``'s run.
+* ``coco_mini``: MAL on the boxes of the 80 coco-mini photos (masks only for scoring), scored on boxes whose
+  shorter side is >= 16 px.
+* ``speed``: autolabel boxes/s and peak memory with 2 torch threads at the CPU config (weights of a
+  1-iteration run: speed does not depend on them).
+
+A MAL checkpoint (ViT-S student + EMA teacher, ~175 MB) is too large to commit, so an autolabel job runs on
+the machine of its MAL run, right after it (listed first among the ready jobs); its masks are committed
+(gzipped) so the Mask R-CNN on them can run anywhere. A recorded MAL run whose folder is gone is trained
+again when a dependant still needs it (its record is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from experiment_runner import machine, read_results, record_result, run_jobs  # noqa: E402
+from yardstick import ORACLE, PRETRAINED  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "mal"
+BACKBONE = ROOT / "bench" / "results" / "pretrained" / "mae_vits16_synth" / "backbone.safetensors"
+COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
+TABLES = ("pretrain", "synth", "retention", "ablations", "coco_mini", "speed")
+#: seconds per iteration on one thread (2-core dev machine, busy): MAL ViT-S at the CPU config and MAE ViT-S
+#: measured (configs' comments), the oracle Mask R-CNN measured (bench/results/step_speed_oracle.json); MAL
+#: without a teacher forward and with the ResNet-18 w16 trunk are guesses; autolabel: seconds per box (guess).
+S_PER = {"mal": 2.0, "mal_no_teacher": 1.7, "mal_resnet": 0.8, "mae": 0.75, "mrcnn": 0.9, "autolabel_box": 0.07}
+BOXES_PER_IMAGE = 4.6  # the synthetic world's mean instances per image
+OVERHEAD_S = {"mal": 60, "mae": 60, "mrcnn": 180, "autolabel": 30, "speed": 30}  # start-up + final evaluation
+#: row -> (label, overrides) of the one-seed ablations; the reference (attention, MAE ViT, θ 1.2, EMA, CRF) is synth's
+ABLATIONS = {
+    "decoder_fc": ("decoder FC (Table 3)", ["model.decoder=fc"]),
+    "decoder_fcn": ("decoder FCN (Table 3)", ["model.decoder=fcn"]),
+    "encoder_resnet18": ("ResNet-18 w16, committed trunk (Table 4)",
+                         ["model.encoder=resnet18", "model.width=16", "model.norm=GN", "model.pretrained={trunk}"]),
+    "encoder_vit_scratch": ("ViT-S from scratch (Table 4)", ["model.pretrained="]),
+    **{f"theta_{t}": (f"θ = {t} (Table 5)", [f"model.theta={t}"]) for t in ("0", "0.6", "1.0", "1.6")},
+    "ema_off": ("EMA teacher off (Sec. 3.2)", ["model.ema_teacher=false"]),
+    "crf_off": ("CRF loss off (Sec. 3.2)", ["model.use_crf=false"]),
+}
+LOG_RATE = re.compile(r"(\d+) box\(es\) labelled here in ([\d.]+) s")
+
+
+def rel(p: Path | str) -> str:
+    """``p`` relative to the repository when inside it (for records and printed commands)."""
+    return str(p).replace(str(ROOT) + os.sep, "")
+
+
+def _merge(base: list[str], extra: list[str]) -> list[str]:
+    """``base`` overrides without the keys ``extra`` sets, then ``extra``."""
+    keys = {o.split("=", 1)[0] for o in extra}
+    return [o for o in base if o.split("=", 1)[0] not in keys] + extra
+
+
+def _omni(*words: str) -> list[str]:
+    return [sys.executable, "-m", "omniseg.cli", *words]
+
+
+def _sh(script: str) -> list[str]:
+    """A shell script as a job command; run_jobs' appended --resume / --overwrite becomes its ignored $1."""
+    return ["sh", "-c", script, "sh"]
+
+
+def _job(name: str, table: str | None, kind: str, cmd: list[str], est_s: float, after: str | None = None,
+         **extra) -> dict:
+    shown = extra.pop("shown", None) or cmd
+    return {"name": name, "table": table, "kind": kind, "cmd": cmd, "after": after, "est_s": est_s,
+            "command": rel(shlex.join(["python" if w == sys.executable else w for w in shown])), **extra}
+
+
+def _train(args: argparse.Namespace, name: str, table: str | None, kind: str, config: Path, overrides: list[str],
+           est_s: float, after: str | None, verb: str = "train", **extra) -> dict:
+    cmd = _omni(verb, str(config), *overrides, f"train.output_dir={Path(args.runs) / name}")
+    return _job(name, table, kind, cmd, est_s, after, config=rel(config), overrides=overrides, **extra)
+
+
+def mal_job(args: argparse.Namespace, name: str, table: str | None, row: str, seed: int, extra: list[str] = (),
+            iters: int | None = None) -> dict:
+    """One MAL training run (from the MAE backbone unless ``extra`` says otherwise)."""
+    iters = iters or args.iters
+    base = [f"train.seed={seed}", f"train.max_iter={iters}", "train.progress=false",
+            f"train.checkpoint_period={iters // 4 if iters >= 100 else 0}", f"model.pretrained={args.backbone}"]
+    overrides = _merge(base, [o.replace("{trunk}", str(args.trunk)) for o in extra])
+    scratch = f"model.pretrained={args.backbone}" not in overrides or not args.backbone
+    after = None if scratch or Path(args.backbone).is_file() else Path(args.backbone).parent.name
+    s = S_PER["mal_resnet" if "model.encoder=resnet18" in overrides else "mal_no_teacher"
+              if {"model.ema_teacher=false", "model.use_crf=false"} & set(overrides) else "mal"]
+    return _train(args, name, table, "mal", Path(args.config), overrides, iters * s + OVERHEAD_S["mal"], after,
+                  row=row, seed=seed, iters=iters)
+
+
+def world(args: argparse.Namespace) -> Path:
+    return Path(args.runs) / f"world_{args.train_images}"
+
+
+def masks_gz(args: argparse.Namespace, seed: int) -> Path:
+    return Path(args.results) / "retention" / "masks" / f"ret_autolabel_s{seed}.json.gz"
+
+
+def plan(args: argparse.Namespace) -> list[dict]:
+    """Every job of ``args.table`` (dependencies before dependants; a dependency only where no committed
+    artefact stands in for it)."""
+    runs, t = Path(args.runs), args.table
+    if t == "pretrain":
+        name = Path(args.backbone).parent.name
+        return [_train(args, name, "pretrain", "mae", Path(args.pretrain_config),
+                       [f"train.max_iter={args.pretrain_iters}", "train.progress=false"],
+                       args.pretrain_iters * S_PER["mae"] + OVERHEAD_S["mae"], None, verb="pretrain",
+                       row="mae_vits16", seed=0, iters=args.pretrain_iters)]
+    pre = plan(argparse.Namespace(**{**vars(args), "table": "pretrain"}))
+    needs_pre = [] if not args.backbone or Path(args.backbone).is_file() else pre
+    if t == "synth":
+        return needs_pre + [mal_job(args, f"synth_s{s}", "synth", "mal_attention_mae", s) for s in args.seeds]
+    if t == "ablations":
+        s = args.seeds[0]
+        return needs_pre + [mal_job(args, f"synth_s{s}", "synth", "mal_attention_mae", s)] + [
+            mal_job(args, f"abl_{row}_s{s}", "ablations", row, s, over) for row, (_, over) in ABLATIONS.items()]
+    if t == "coco_mini":
+        data = [f"data.train={args.coco_mini / 'annotations' / 'instances_train2017.json'}",
+                f"data.train_images={args.coco_mini / 'train2017'}", f"data.val={runs / 'coco_mini_val16.json'}",
+                f"data.val_images={args.coco_mini / 'train2017'}"]
+        return needs_pre + [mal_job(args, f"coco_mini_s{s}", "coco_mini", "mal_coco_mini", s, data)
+                            for s in args.seeds]
+    if t == "speed":
+        labeler = mal_job(args, "speed_labeler", None, "speed_labeler", 0,
+                          ["data.train_num_images=4", "data.val_num_images=2", "model.pretrained="], iters=1)
+        sw, out = runs / "speed_world", runs / "speed"
+        inner = _omni("autolabel", str(sw / "boxes.json"), "--images", str(sw / "images"), "--checkpoint",
+                      str(runs / "speed_labeler"), "--out", str(out / "out" / "masks.json"))
+        script = (f"rm -rf {shlex.quote(str(out / 'out'))} && mkdir -p {shlex.quote(str(out / 'out'))} && "
+                  f"OMP_NUM_THREADS={args.threads} MKL_NUM_THREADS={args.threads} exec "
+                  + shlex.join([sys.executable, str(Path(__file__).resolve()), "_peak", str(out / "peak.json"),
+                                *inner]))
+        est = args.speed_images * BOXES_PER_IMAGE * S_PER["autolabel_box"] / args.threads + OVERHEAD_S["speed"]
+        return needs_pre + [labeler, _job("speed", "speed", "speed", _sh(script), est, "speed_labeler", shown=inner,
+                                          row="autolabel_speed", seed=0, images=args.speed_images)]
+    # retention: per seed MAL -> autolabel (same machine) -> Mask R-CNN on its masks; Mask R-CNN on true masks
+    w = world(args)
+    mrcnn = ORACLE + [f"data.val_num_images={args.val_images}", f"model.pretrained={args.trunk}",
+                      f"train.max_iter={args.mrcnn_iters}", "train.eval_period=0", "train.progress=false",
+                      f"train.checkpoint_period={max(1, args.mrcnn_iters // 6)}"]
+    est_mrcnn = args.mrcnn_iters * S_PER["mrcnn"] + OVERHEAD_S["mrcnn"]
+    chains, rest = [], []
+    for s in args.seeds:
+        gz = masks_gz(args, s)
+        mal = mal_job(args, f"synth_s{s}", "synth", "mal_attention_mae", s)
+        label = _omni("autolabel", str(w / "boxes.json"), "--images", str(w / "images"), "--checkpoint",
+                      str(runs / mal["name"]), "--out", str(runs / f"ret_autolabel_s{s}" / "masks.json"))
+        est = args.train_images * BOXES_PER_IMAGE * S_PER["autolabel_box"] + OVERHEAD_S["autolabel"]
+        chains += [mal, _job(f"ret_autolabel_s{s}", "retention", "autolabel", _sh(shlex.join(label)), est,
+                             mal["name"], shown=label, row="autolabel", seed=s)]
+        rest.append(_train(args, f"ret_mrcnn_mal_s{s}", "retention", "mrcnn", Path(args.mrcnn_config),
+                           mrcnn + [f"train.seed={s}", f"data.train={runs / 'masks' / f'masks_s{s}.json'}",
+                                    f"data.train_images={w / 'images'}"],
+                           est_mrcnn, None if gz.is_file() else f"ret_autolabel_s{s}", row="mrcnn_mal_masks",
+                           seed=s, iters=args.mrcnn_iters))
+    rest += [_train(args, f"ret_mrcnn_true_s{s}", "retention", "mrcnn", Path(args.mrcnn_config),
+                    mrcnn + [f"train.seed={s}", f"data.train={w / 'instances.json'}", f"data.train_images={w / 'images'}"],
+                    est_mrcnn, None, row="mrcnn_true_masks", seed=s, iters=args.mrcnn_iters) for s in args.seeds]
+    return needs_pre + chains + rest
+
+
+def finished_local(jobs: list[dict], runs: Path) -> dict[str, dict]:
+    """The jobs whose run folder says they finished (run_jobs writes wall_s.txt after exit 0)."""
+    return {j["name"]: {**j, "wall_s": float((runs / j["name"] / "wall_s.txt").read_text())}
+            for j in jobs if (runs / j["name"] / "wall_s.txt").is_file()}
+
+
+def resolve(jobs: list[dict], recorded: set[str], local: set[str]) -> list[dict]:
+    """The jobs to run: unrecorded ones and the dependencies of those whose artefacts are not on this
+    machine; less the ones finished here (dependencies on them dropped)."""
+    needed: set[str] = set()
+    for j in reversed(jobs):
+        if (j["table"] is not None and j["name"] not in recorded) or any(
+                k["after"] == j["name"] and k["name"] in needed for k in jobs):
+            needed.add(j["name"])
+    todo = [j for j in jobs if j["name"] in needed and j["name"] not in local]
+    names = {j["name"] for j in todo}
+    return [{**j, "after": j["after"] if j["after"] in names else None} for j in todo]
+
+
+def preflight(todo: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """``todo`` less the training jobs whose config does not load (and their dependants), and why."""
+    from omniseg.recipes.pretraining import PRETRAIN_RECIPES
+    from omniseg.recipes.table import load_experiment
+
+    bad: dict[str, str] = {}
+    for j in todo:
+        if j["after"] in bad:
+            bad[j["name"]] = f"needs {j['after']}"
+        elif "overrides" in j:
+            try:
+                load_experiment(ROOT / j["config"], j["overrides"], *([PRETRAIN_RECIPES] if j["kind"] == "mae" else []))
+            except Exception as e:  # noqa: BLE001 (any config error: named and skipped, the rest runs)
+                bad[j["name"]] = str(e).splitlines()[0]
+    return [j for j in todo if j["name"] not in bad], bad
+
+
+def schedule(todo: list[dict], parallel: int) -> dict[str, tuple[float, float]]:
+    """Estimated (start, end) seconds of each job, started as run_jobs does (list order among the ready)."""
+    t, running, out, pending = 0.0, {}, {}, list(todo)
+    while pending or running:
+        ready = [j for j in pending if j["after"] is None or (j["after"] in out and out[j["after"]][1] <= t)]
+        while ready and len(running) < parallel:
+            j = ready.pop(0)
+            pending.remove(j)
+            out[j["name"]] = (t, t + j["est_s"])
+            running[j["name"]] = t + j["est_s"]
+        if not running:
+            break  # a dependency outside the plan: never ready
+        t = min(running.values())
+        running = {n: e for n, e in running.items() if e > t}
+    return out
+
+
+def print_plan(todo: list[dict], times: dict, deferred: list[str], bad: dict[str, str], parallel: int) -> None:
+    print(f"{'job':<28} {'records into':<13} {'after':<20} {'est. min':>8} {'start-end (min)':>16}")
+    for j in todo:
+        a, b = times.get(j["name"], (float("nan"), float("nan")))
+        print(f"{j['name']:<28} {j['table'] or '-':<13} {j['after'] or '-':<20} {j['est_s'] / 60:>8.0f} "
+              f"{a / 60:>7.0f}-{b / 60:<7.0f}{'  (deferred: past --hours)' if j['name'] in deferred else ''}")
+        print(f"    $ {j['command']}")
+    total = sum(j["est_s"] for j in todo)
+    end = max((b for _, b in times.values()), default=0.0)
+    print(f"estimate: {total / 3600:.1f} h of one-thread work, ~{end / 3600:.1f} h wall with --parallel {parallel} "
+          "(per-iteration times of a busy 2-core machine; see S_PER)")
+    for name, why in bad.items():
+        print(f"[cannot run] {name}: {why}")
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text(encoding="utf-8")).get("metrics") or {}
+
+
+def train_boxes_miou(truth: Path, labelled: Path) -> dict:
+    """Mean IoU of the autolabelled masks with the true masks, annotation by annotation (same order)."""
+    from omniseg.ops.rle import normalize_rle, rle_iou
+
+    gt = json.loads(truth.read_text(encoding="utf-8"))["annotations"]
+    out = json.loads(labelled.read_text(encoding="utf-8"))["annotations"]
+    ious = [float(rle_iou([normalize_rle(b["segmentation"])], [normalize_rle(a["segmentation"])])[0, 0])
+            for a, b in zip(gt, out) if a["id"] == b["id"] and isinstance(a.get("segmentation"), dict)
+            and isinstance(b.get("segmentation"), dict)]
+    return {"train_boxes_mIoU": sum(ious) / len(ious) if ious else None, "train_boxes_scored": len(ious),
+            "boxes": len(gt), "skipped": sum("autolabel_skipped" in b for b in out)}
+
+
+def _rate(log: Path) -> dict:
+    hits = LOG_RATE.findall(log.read_text(encoding="utf-8", errors="replace")) if log.is_file() else []
+    if not hits:
+        return {}
+    n, s = int(hits[-1][0]), float(hits[-1][1])
+    return {"boxes_labelled": n, "label_s": s, "boxes_per_s": n / max(s, 1e-9)}
+
+
+def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
+    """The record of a finished job and the artefacts committed with it."""
+    runs, run = Path(args.runs), Path(args.runs) / job["name"]
+    out = {"table": job["table"], "run": job["name"], "row_id": job["row"], "seed": job["seed"],
+           "kind": job["kind"], "wall_s": round(job["wall_s"], 1), "machine": machine(), "command": job["command"],
+           "driver": f"python bench/mal_experiments.py {args.table}", "iters": job.get("iters")}
+    if job["table"] == "ablations":
+        out.update(single_seed=True, label=ABLATIONS[job["row"]][0])
+    extra: list[Path] = []
+    if job["kind"] in ("mal", "mrcnn"):
+        out.update(_metrics(run))
+    elif job["kind"] == "mae":
+        out.update(keep_backbone(run, Path(args.backbone)))
+        extra = [Path(args.backbone), Path(args.backbone).parent / "manifest.json"]
+    elif job["kind"] == "autolabel":
+        masks, gz = run / "masks.json", masks_gz(args, job["seed"])
+        gz.parent.mkdir(parents=True, exist_ok=True)
+        with open(masks, "rb") as f, gzip.open(gz, "wb", compresslevel=9) as g:
+            shutil.copyfileobj(f, g)
+        (runs / "masks").mkdir(exist_ok=True)
+        shutil.copyfile(masks, runs / "masks" / f"masks_s{job['seed']}.json")
+        out.update(train_boxes_miou(world(args) / "instances.json", masks), **_rate(run / "stdout.log"),
+                   masks=rel(gz), world_images=args.train_images)
+        extra = [gz]
+    elif job["kind"] == "speed":
+        peak = json.loads((run / "peak.json").read_text(encoding="utf-8"))
+        out.update(_rate(run / "stdout.log"), **peak, images=job["images"], machine=(
+            f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads"), config=rel(args.config))
+    return out, extra
+
+
+def keep_backbone(run: Path, dst: Path) -> dict:
+    """The MAE run's backbone as fp16 safetensors at ``dst`` (load_pretrained casts it to the model's
+    fp32) with its manifest (sha256 of the fp16 file; the fp32 file's kept as ``fp32_sha256``)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save
+
+    from omniseg.utils.atomic import atomic_write_bytes, atomic_write_json
+
+    sd = load_file(run / "backbone.safetensors")
+    data = save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()})
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dst, data)
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    manifest.update(fp32_sha256=manifest.get("sha256"), sha256=hashlib.sha256(data).hexdigest(), dtype="float16",
+                    usage=f"model.pretrained={rel(dst)}")
+    atomic_write_json(dst.parent / "manifest.json", manifest, indent=1)
+    return {k: manifest.get(k) for k in ("steps", "final_losses", "eval", "train_loop_s", "sha256", "dtype")}
+
+
+def prepare(todo: list[dict], args: argparse.Namespace) -> None:
+    """Files the jobs read: the training world on disk and its boxes, the coco-mini scoring file, the
+    committed MAL masks unpacked (each generated or unpacked once; deterministic)."""
+    runs, kinds = Path(args.runs), {j["kind"] for j in todo}
+    runs.mkdir(parents=True, exist_ok=True)
+    if kinds & {"autolabel", "mrcnn"}:
+        write_world(world(args), args.train_images)
+    if "speed" in kinds:
+        write_world(runs / "speed_world", args.speed_images)
+    if any(j["name"].startswith("coco_mini_") for j in todo):
+        write_coco_val(args.coco_mini / "annotations" / "instances_train2017.json", runs / "coco_mini_val16.json")
+    for j in todo:
+        if j["row"] == "mrcnn_mal_masks" and j["after"] is None:
+            target = runs / "masks" / f"masks_s{j['seed']}.json"
+            if not target.is_file():
+                target.parent.mkdir(exist_ok=True)
+                with gzip.open(masks_gz(args, j["seed"]), "rb") as g, open(target, "wb") as f:
+                    shutil.copyfileobj(g, f)
+
+
+def write_world(folder: Path, images: int) -> None:
+    """The synthetic training world (seed 0, 256 px) on disk, and ``boxes.json``: its instances without masks."""
+    subprocess.run(_omni("data", "synth", "--out", str(folder), "--num-images", str(images), "--seed", "0",
+                         "--image-size", "256", "--workers", "2", "--no-progress"), check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    data = json.loads((folder / "instances.json").read_text(encoding="utf-8"))
+    for a in data["annotations"]:
+        a.pop("segmentation", None)
+    (folder / "boxes.json").write_text(json.dumps(data), encoding="utf-8")
+
+
+def write_coco_val(src: Path, dst: Path, min_side: float = 16.0) -> None:
+    """``src`` with only the non-crowd boxes whose shorter side is >= ``min_side`` px (what is scored)."""
+    data = json.loads(src.read_text(encoding="utf-8"))
+    data["annotations"] = [a for a in data["annotations"] if not a.get("iscrowd") and min(a["bbox"][2:]) >= min_side]
+    dst.write_text(json.dumps(data), encoding="utf-8")
+
+
+def peak(out: Path, cmd: list[str]) -> int:
+    """Run ``cmd``; write its wall time, peak resident memory and the load average to ``out``."""
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    rc = subprocess.call(cmd)
+    out.write_text(json.dumps({"rc": rc, "command_s": round(time.perf_counter() - t0, 2), "load_before": load0,
+                               "load_after": os.getloadavg()[0],
+                               "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+    return rc
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("table", choices=TABLES)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ablations: the first one only")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "mal"))
+    ap.add_argument("--results", default=str(RESULTS), help="recorded results (committed in the repository holding it)")
+    ap.add_argument("--commit", action="store_true", help="git commit each run's result (and artefacts) as it lands")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--hours", type=float, default=0.0, help="start only the jobs estimated to end within H hours")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    ap.add_argument("--iters", type=int, default=2000, help="MAL iterations (configs/mal_vits_synth.yaml: 2000)")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "mal_vits_synth.yaml"), help="MAL config")
+    ap.add_argument("--backbone", default=str(BACKBONE), help="MAE backbone MAL starts from ('' = from scratch)")
+    ap.add_argument("--pretrain-config", default=str(ROOT / "configs" / "pretrain_mae_vits_synth.yaml"))
+    ap.add_argument("--pretrain-iters", type=int, default=3000)
+    ap.add_argument("--trunk", default=str(PRETRAINED), help="ResNet-18 w16 trunk (Mask R-CNN; the ResNet ablation)")
+    ap.add_argument("--mrcnn-config", default=str(ROOT / "configs" / "maskx_voc_like.yaml"))
+    ap.add_argument("--mrcnn-iters", type=int, default=4500, help="the yardstick schedule")
+    ap.add_argument("--train-images", type=int, default=2000, help="the Mask R-CNN's training world (autolabelled)")
+    ap.add_argument("--val-images", type=int, default=200)
+    ap.add_argument("--coco-mini", type=Path, default=COCO_MINI)
+    ap.add_argument("--speed-images", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2, help="speed: torch threads")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    runs, results = Path(args.runs), Path(args.results)
+    jobs = plan(args)
+    recorded = {n for t in {j["table"] for j in jobs} - {None} for n in read_results(results / t)}
+    local = finished_local(jobs, runs)
+
+    def done(job: dict) -> None:
+        if job["table"] is not None and job["name"] not in recorded:
+            result, extra = score(job, args)
+            record_result(results / job["table"] / f"{job['name']}.json", result, args.commit, extra)
+            recorded.add(job["name"])
+
+    for job in local.values():  # finished here before, not recorded (e.g. the driver was stopped)
+        done(job)
+    todo, bad = preflight(resolve(jobs, recorded, set(local)))
+    parallel = 1 if args.table == "speed" else args.parallel
+    times = schedule(todo, parallel)
+    deferred = [n for n, (_, end) in times.items() if args.hours and end > args.hours * 3600]
+    print(f"{args.table}: {sum(j['name'] in recorded for j in jobs if j['table'] == args.table)} recorded, "
+          f"{len(todo)} job(s) to run", flush=True)
+    print_plan(todo, times, deferred, bad, parallel)
+    todo = [j for j in todo if j["name"] not in deferred]
+    if args.dry_run or not todo:
+        return
+    prepare(todo, args)
+    run_jobs(todo, runs, lambda j: j["cmd"], parallel, ROOT, done)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "_peak":  # internal: python bench/mal_experiments.py _peak OUT CMD...
+        sys.exit(peak(Path(sys.argv[2]), sys.argv[3:]))
+    main()

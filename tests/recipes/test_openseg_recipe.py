@@ -1,0 +1,121 @@
+"""Recipes openseg / lseg: vocabularies, training data, the evaluation against an oracle, smoke runs + Segmenter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from omniseg.data.synth import lexicon
+from omniseg.engine.config import load_config
+from omniseg.ops.rle import rle_decode
+from omniseg.recipes.contract import run_recipe
+from omniseg.recipes.data import open_source
+from omniseg.recipes.openseg import (
+    LSegExperiment,
+    OpenSegExperiment,
+    class_queries,
+    gt_segments,
+    semantic_metrics,
+    train_data,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_class_queries_of_the_three_vocabularies():
+    cats = [c for c in lexicon.categories() if c.name in ("red circle", "grass")]
+    assert class_queries(cats, "names") == ["red circle", "grass"]
+    syn = class_queries(cats, "synonyms")
+    assert syn[1] == "lawn|turf" and "crimson disk" in syn[0].split("|") and "red circle" not in syn[0].split("|")
+    assert len(syn[0].split("|")) == 3 * 4 - 1  # (red + 2 synonyms) x (circle + 3 synonyms), less the name
+    every = class_queries(cats, "all")
+    assert every[1] == "grass|lawn|turf" and every[0].split("|")[0] == "red circle" and len(every[0].split("|")) == 12
+
+
+def test_training_data_has_things_stuff_masks_and_captions(tmp_path):
+    cfg = load_config(OpenSegExperiment, CONFIGS / "openseg_smoke.yaml", [f"train.output_dir={tmp_path}"])
+    ds = train_data(cfg, progress=False)
+    s = ds.raw_sample(0)
+    assert s.captions and s.targets.has_mask.all()
+    assert (~s.targets.is_thing).any() and s.targets.is_thing.any()
+    assert len(s.targets) == len(s.record.segments)  # every panoptic segment, things and stuff
+
+
+class Oracle(nn.Module):
+    """Scores and proposals from the ground truth (stride 1): query k of class c scores 1 on c's pixels."""
+
+    def __init__(self, gt, load_image, swap=None):
+        super().__init__()
+        self.cats = sorted(gt.categories, key=lambda c: c.id)
+        self.text_class = {q: k for k, c in enumerate(self.cats) for q in [c.name, *c.synonyms]}
+        if swap:
+            a, b = swap
+            self.text_class.update({q: b for q in [self.cats[a].name]} | {q: a for q in [self.cats[b].name]})
+        self.by_pixels = {np.asarray(load_image(i)).tobytes(): r for i, r in enumerate(gt.records)}
+        self.pyramid = type("P", (), {"stride": 1})()
+        self.num_proposals = 16
+        self.register_buffer("pixel_mean", torch.zeros(1))
+
+    def embed(self, texts):
+        return torch.eye(len(self.cats))[[self.text_class[t] for t in texts]]
+
+    def encode(self, images, sizes):
+        onehot, masks = [], []
+        for img, (h, w) in zip(images, sizes):
+            rec = self.by_pixels[img[:, :h, :w].permute(1, 2, 0).contiguous().numpy().tobytes()]
+            oh = torch.zeros(len(self.cats), *images.shape[-2:])
+            m = torch.full((self.num_proposals, *images.shape[-2:]), -10.0)
+            for n, s in enumerate(gt_segments(rec)):
+                seg = torch.from_numpy(rle_decode(s.mask)).bool()
+                oh[[c.id for c in self.cats].index(s.category_id), :h, :w][seg] = 1
+                m[n, :h, :w][seg] = 10.0
+            onehot.append(oh)
+            masks.append(m)
+        return {"onehot": torch.stack(onehot), "masks": torch.stack(masks)}
+
+    def query_scores(self, enc, i, q):
+        return torch.einsum("qk,khw->qhw", q, enc["onehot"][i])
+
+
+@pytest.fixture(scope="module")
+def val():
+    return open_source("synth", 3, 1000, 64, progress=False)
+
+
+def test_semantic_metrics_of_an_oracle_are_perfect(val):
+    gt, load_image = val
+    cats = sorted(gt.categories, key=lambda c: c.id)
+    vocabs = {"": class_queries(cats, "names"), "synonyms": class_queries(cats, "synonyms"),
+              "all": class_queries(cats, "all")}
+    out = semantic_metrics(Oracle(gt, load_image), gt, load_image, vocabs, batch_size=2)
+    assert out == {"mIoU": 1.0, "grounding_mIoU": 1.0, "mIoU/synonyms": 1.0, "grounding_mIoU/synonyms": 1.0,
+                   "mIoU/all": 1.0, "grounding_mIoU/all": 1.0, "recall@0.5": 1.0, "recall@0.7": 1.0, "recall@0.9": 1.0}
+    # two present classes swapped by name: both are wrong wherever they are (names only; synonyms still right)
+    present = sorted({[c.id for c in cats].index(s.category_id) for r in gt for s in gt_segments(r)})
+    out = semantic_metrics(Oracle(gt, load_image, swap=present[:2]), gt, load_image, vocabs, recall=False)
+    assert out["mIoU"] < 1 and out["mIoU/synonyms"] == 1.0 and "recall@0.5" not in out
+
+
+@pytest.mark.parametrize(("name", "config", "metrics"), [
+    ("openseg", OpenSegExperiment, {"mIoU", "grounding_mIoU", "recall@0.5", "recall@0.7", "recall@0.9"}),
+    ("lseg", LSegExperiment, {"mIoU", "grounding_mIoU"}),
+])
+def test_smoke_run_then_semantic_prediction(tmp_path, name, config, metrics):
+    pytest.importorskip("spacy")
+    from omniseg.api import Segmenter
+    from omniseg.recipes.table import RECIPES
+
+    cfg = load_config(config, CONFIGS / f"{name}_smoke.yaml", [f"train.output_dir={tmp_path}"])
+    summary = run_recipe(RECIPES[name], cfg)
+    assert summary["step"] == 2 and set(summary["eval"]) == metrics
+    seg = Segmenter.from_checkpoint(tmp_path)
+    image = np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8)
+    res = seg.predict_semantic(image, vocabulary=["red circle|crimson disk", "grass", "sky"], class_scores=True)
+    assert res.class_scores.shape == (3, 40, 52) and res.labels.shape == (40, 52)
+    assert np.array_equal(res.labels, res.class_scores.argmax(0))
+    default = seg.predict_semantic(image, class_scores=True)  # the training categories, things + stuff
+    assert default.names == [c.name for c in lexicon.categories()]
