@@ -23,10 +23,10 @@ Tables (``report_mal.py`` renders them):
 * ``speed``: autolabel boxes/s and peak memory with 2 torch threads at the CPU config (weights of a
   1-iteration run: speed does not depend on them).
 
-A MAL checkpoint (ViT-S student + EMA teacher, ~175 MB) is too large to commit, so an autolabel job runs on
-the machine of its MAL run, right after it (listed first among the ready jobs); its masks are committed
-(gzipped) so the Mask R-CNN on them can run anywhere. A recorded MAL run whose folder is gone is trained
-again when a dependant still needs it (its record is kept).
+A MAL checkpoint (ViT-S student + EMA teacher: ~195 MB; the student alone ~49 MB in fp16, per seed) is too
+large to commit, so an autolabel job runs on the machine of its MAL run, right after it (listed first among the
+ready jobs); its masks are committed (gzipped) so the Mask R-CNN on them can run anywhere. A recorded MAL run
+whose folder is gone is trained again when a dependant still needs it (its record is kept).
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
 TABLES = ("pretrain", "synth", "retention", "ablations", "coco_mini", "speed")
 #: seconds per iteration on one thread (2-core dev machine, busy): MAL ViT-S at the CPU config and MAE ViT-S
 #: measured (configs' comments), the oracle Mask R-CNN measured (bench/results/step_speed_oracle.json); MAL
-#: without a teacher forward and with the ResNet-18 w16 trunk are guesses; autolabel: seconds per box (guess).
+#: without a teacher forward and with the ResNet-18 w16 trunk are guesses; autolabel: seconds per box at the CPU
+#: config (measured: 15 boxes/s on one thread, 20 images, load ~3).
 S_PER = {"mal": 2.0, "mal_no_teacher": 1.7, "mal_resnet": 0.8, "mae": 0.75, "mrcnn": 0.9, "autolabel_box": 0.07}
 BOXES_PER_IMAGE = 4.6  # the synthetic world's mean instances per image
 OVERHEAD_S = {"mal": 60, "mae": 60, "mrcnn": 180, "autolabel": 30, "speed": 30}  # start-up + final evaluation
@@ -73,7 +74,7 @@ ABLATIONS = {
     "ema_off": ("EMA teacher off (Sec. 3.2)", ["model.ema_teacher=false"]),
     "crf_off": ("CRF loss off (Sec. 3.2)", ["model.use_crf=false"]),
 }
-LOG_RATE = re.compile(r"(\d+) box\(es\) labelled here in ([\d.]+) s")
+LOG_RATE = re.compile(r"(\d+) box\(es\) labelled here in ([\d.]+) s \(([\d.]+) boxes/s\)")
 
 
 def rel(p: Path | str) -> str:
@@ -134,28 +135,30 @@ def masks_gz(args: argparse.Namespace, seed: int) -> Path:
 
 def plan(args: argparse.Namespace) -> list[dict]:
     """Every job of ``args.table`` (dependencies before dependants; a dependency only where no committed
-    artefact stands in for it)."""
+    artefact stands in for it): the MAE pretraining first when a job waits for it."""
+    pre = _train(args, Path(args.backbone).parent.name, "pretrain", "mae", Path(args.pretrain_config),
+                 [f"train.max_iter={args.pretrain_iters}", "train.progress=false"],
+                 args.pretrain_iters * S_PER["mae"] + OVERHEAD_S["mae"], None, verb="pretrain",
+                 row="mae_vits16", seed=0, iters=args.pretrain_iters)
+    if args.table == "pretrain":
+        return [pre]
+    jobs = _table_jobs(args)
+    return ([pre] if any(j["after"] == pre["name"] for j in jobs) else []) + jobs
+
+
+def _table_jobs(args: argparse.Namespace) -> list[dict]:
     runs, t = Path(args.runs), args.table
-    if t == "pretrain":
-        name = Path(args.backbone).parent.name
-        return [_train(args, name, "pretrain", "mae", Path(args.pretrain_config),
-                       [f"train.max_iter={args.pretrain_iters}", "train.progress=false"],
-                       args.pretrain_iters * S_PER["mae"] + OVERHEAD_S["mae"], None, verb="pretrain",
-                       row="mae_vits16", seed=0, iters=args.pretrain_iters)]
-    pre = plan(argparse.Namespace(**{**vars(args), "table": "pretrain"}))
-    needs_pre = [] if not args.backbone or Path(args.backbone).is_file() else pre
     if t == "synth":
-        return needs_pre + [mal_job(args, f"synth_s{s}", "synth", "mal_attention_mae", s) for s in args.seeds]
+        return [mal_job(args, f"synth_s{s}", "synth", "mal_attention_mae", s) for s in args.seeds]
     if t == "ablations":
         s = args.seeds[0]
-        return needs_pre + [mal_job(args, f"synth_s{s}", "synth", "mal_attention_mae", s)] + [
+        return [mal_job(args, f"synth_s{s}", "synth", "mal_attention_mae", s)] + [
             mal_job(args, f"abl_{row}_s{s}", "ablations", row, s, over) for row, (_, over) in ABLATIONS.items()]
     if t == "coco_mini":
         data = [f"data.train={args.coco_mini / 'annotations' / 'instances_train2017.json'}",
                 f"data.train_images={args.coco_mini / 'train2017'}", f"data.val={runs / 'coco_mini_val16.json'}",
                 f"data.val_images={args.coco_mini / 'train2017'}"]
-        return needs_pre + [mal_job(args, f"coco_mini_s{s}", "coco_mini", "mal_coco_mini", s, data)
-                            for s in args.seeds]
+        return [mal_job(args, f"coco_mini_s{s}", "coco_mini", "mal_coco_mini", s, data) for s in args.seeds]
     if t == "speed":
         labeler = mal_job(args, "speed_labeler", None, "speed_labeler", 0,
                           ["data.train_num_images=4", "data.val_num_images=2", "model.pretrained="], iters=1)
@@ -167,8 +170,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
                   + shlex.join([sys.executable, str(Path(__file__).resolve()), "_peak", str(out / "peak.json"),
                                 *inner]))
         est = args.speed_images * BOXES_PER_IMAGE * S_PER["autolabel_box"] / args.threads + OVERHEAD_S["speed"]
-        return needs_pre + [labeler, _job("speed", "speed", "speed", _sh(script), est, "speed_labeler", shown=inner,
-                                          row="autolabel_speed", seed=0, images=args.speed_images)]
+        return [labeler, _job("speed", "speed", "speed", _sh(script), est, "speed_labeler", shown=inner,
+                              row="autolabel_speed", seed=0, images=args.speed_images)]
     # retention: per seed MAL -> autolabel (same machine) -> Mask R-CNN on its masks; Mask R-CNN on true masks
     w = world(args)
     mrcnn = ORACLE + [f"data.val_num_images={args.val_images}", f"model.pretrained={args.trunk}",
@@ -192,7 +195,7 @@ def plan(args: argparse.Namespace) -> list[dict]:
     rest += [_train(args, f"ret_mrcnn_true_s{s}", "retention", "mrcnn", Path(args.mrcnn_config),
                     mrcnn + [f"train.seed={s}", f"data.train={w / 'instances.json'}", f"data.train_images={w / 'images'}"],
                     est_mrcnn, None, row="mrcnn_true_masks", seed=s, iters=args.mrcnn_iters) for s in args.seeds]
-    return needs_pre + chains + rest
+    return chains + rest
 
 
 def finished_local(jobs: list[dict], runs: Path) -> dict[str, dict]:
@@ -284,8 +287,7 @@ def _rate(log: Path) -> dict:
     hits = LOG_RATE.findall(log.read_text(encoding="utf-8", errors="replace")) if log.is_file() else []
     if not hits:
         return {}
-    n, s = int(hits[-1][0]), float(hits[-1][1])
-    return {"boxes_labelled": n, "label_s": s, "boxes_per_s": n / max(s, 1e-9)}
+    return {"boxes_labelled": int(hits[-1][0]), "label_s": float(hits[-1][1]), "boxes_per_s": float(hits[-1][2])}
 
 
 def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:

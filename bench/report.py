@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import report_claims  # noqa: E402
+import report_mal  # noqa: E402
 
 from omniseg.utils.atomic import atomic_write_text  # noqa: E402
 
@@ -506,6 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         d = _load(name, args.results)
         lines += render(d) if d else [f"## {name}", "", f"(not measured yet: run `python bench/{name}.py`)", ""]
     lines += report_claims.sections(args.results)  # per-run result folders (issue 12)
+    lines += report_mal.sections(args.results)  # MAL, per-run result folders (issue 13)
     atomic_write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
 

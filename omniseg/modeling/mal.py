@@ -58,6 +58,7 @@ class MALConfig:
     depth: int = bounded(0, ge=0)  # ViT blocks (0: the encoder's own, 12; fewer for smoke tests)
     pretrained: str = ""  # MAE backbone.safetensors (``omniseg pretrain``), timm / MAE ViT or ResNet weights
     norm: NormKind = "GN"  # ResNet encoders only
+    width: int = bounded(64, ge=1)  # ResNet encoders only: stem width (the committed trunk is 16)
     crop_size: int = bounded(512, ge=16)  # Hc = Wc (Sec. 4.2: 512)
     decoder: DecoderKind = "attention"  # Table 3: attention > FCN ~ FC
     decoder_dim: int = bounded(256, ge=1)  # Sec. 3.2: K and V output 256 channels
@@ -99,7 +100,8 @@ def build_encoder(cfg: MALConfig) -> tuple[nn.Module, int, int]:
         return vit, vit.out_channels, cfg.patch_size
     from omniseg.modeling.backbones.resnet import build_resnet18, build_resnet50
 
-    net = (build_resnet18 if cfg.encoder == "resnet18" else build_resnet50)(norm=cfg.norm, out_features=("c4",))
+    net = (build_resnet18 if cfg.encoder == "resnet18" else build_resnet50)(norm=cfg.norm, width=cfg.width,
+                                                                                out_features=("c4",))
     if cfg.pretrained:
         from omniseg.modeling.weights import load_resnet_trunk
 

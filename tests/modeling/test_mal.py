@@ -65,6 +65,20 @@ def test_resnet_encoder():
     assert net(torch.randn(1, 3, 64, 64), torch.tensor([1])).shape == (1, 64, 64)
 
 
+def test_resnet_encoder_loads_the_committed_width16_trunk():
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    trunk = Path(__file__).resolve().parents[2] / "bench/results/pretrained/r18w16_gn_dense/backbone.safetensors"
+    net = MaskNet(tiny_cfg(encoder="resnet18", width=16, norm="GN", crop_size=64, pretrained=str(trunk)))
+    saved = load_file(trunk)
+    got = dict(net.encoder.named_parameters())
+    key = next(k for k in got if k.endswith("conv1.weight"))
+    assert torch.equal(got[key], saved["conv1.weight"])
+    assert net(torch.randn(1, 3, 64, 64), torch.tensor([1])).shape == (1, 64, 64)
+
+
 def _batch(boxes, image_size=48, flags=None):
     from omniseg.data.batch import Batch
 

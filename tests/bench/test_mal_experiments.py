@@ -1,0 +1,268 @@
+"""bench/mal_experiments.py and bench/report_mal.py: the job plan per table, which jobs a session runs,
+the schedule estimate, the artefacts kept (fp16 backbone, masks), the report's numbers and verdicts from
+hand-made records, and one end-to-end smoke run of the synth table."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        yield {n: importlib.import_module(n) for n in ("mal_experiments", "report_mal")}
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def _args(mx, tmp_path, table, *extra):
+    return mx.parse_args([table, "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+                          "--backbone", str(tmp_path / "pre" / "mae" / "backbone.safetensors"),
+                          "--trunk", "trunk.safetensors", *extra])
+
+
+def test_synth_waits_for_the_mae_backbone_only_while_it_is_missing(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    jobs = mx.plan(_args(mx, tmp_path, "synth", "--iters", "400"))
+    assert [j["name"] for j in jobs] == ["mae", "synth_s0", "synth_s1", "synth_s2"]
+    assert jobs[0]["table"] == "pretrain" and jobs[0]["cmd"][3] == "pretrain" and jobs[0]["after"] is None
+    backbone = tmp_path / "pre" / "mae" / "backbone.safetensors"
+    for s, j in enumerate(jobs[1:]):
+        assert j["after"] == "mae" and j["table"] == "synth" and j["row"] == "mal_attention_mae"
+        assert {f"train.seed={s}", "train.max_iter=400", "train.checkpoint_period=100",
+                f"model.pretrained={backbone}"} <= set(j["overrides"])
+        assert j["cmd"][-1] == f"train.output_dir={tmp_path / 'runs' / f'synth_s{s}'}"
+        assert j["est_s"] == 400 * mx.S_PER["mal"] + mx.OVERHEAD_S["mal"]
+    backbone.parent.mkdir(parents=True)
+    backbone.write_bytes(b"")
+    again = mx.plan(_args(mx, tmp_path, "synth"))
+    assert [j["name"] for j in again] == ["synth_s0", "synth_s1", "synth_s2"] and all(j["after"] is None for j in again)
+
+
+def test_retention_chains_mal_autolabel_and_mask_rcnn_per_seed(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    gz = tmp_path / "results" / "retention" / "masks" / "ret_autolabel_s1.json.gz"
+    gz.parent.mkdir(parents=True)
+    gz.write_bytes(b"")  # seed 1's masks were committed by another session
+    args = _args(mx, tmp_path, "retention", "--seeds", "0", "1", "--mrcnn-iters", "60")
+    by = {j["name"]: j for j in mx.plan(args)}
+    assert list(by) == ["mae", "synth_s0", "ret_autolabel_s0", "synth_s1", "ret_autolabel_s1", "ret_mrcnn_mal_s0",
+                        "ret_mrcnn_mal_s1", "ret_mrcnn_true_s0", "ret_mrcnn_true_s1"]
+    runs, world = tmp_path / "runs", tmp_path / "runs" / "world_2000"
+    assert by["ret_autolabel_s0"]["after"] == "synth_s0" and by["ret_autolabel_s0"]["table"] == "retention"
+    label = by["ret_autolabel_s0"]["cmd"]
+    assert label[:2] == ["sh", "-c"] and f"--checkpoint {runs / 'synth_s0'}" in label[2]
+    assert by["ret_mrcnn_mal_s0"]["after"] == "ret_autolabel_s0" and by["ret_mrcnn_mal_s1"]["after"] is None
+    assert by["ret_mrcnn_true_s0"]["after"] is None
+    for s in (0, 1):
+        mal, true = set(by[f"ret_mrcnn_mal_s{s}"]["overrides"]), set(by[f"ret_mrcnn_true_s{s}"]["overrides"])
+        common = {"data.oracle=true", "model.mask_head=class-specific", "model.fused_mlp=false",
+                  "model.pretrained=trunk.safetensors", "train.max_iter=60", f"train.seed={s}",
+                  f"data.train_images={world / 'images'}"}
+        assert common <= mal and common <= true
+        assert mal - true == {f"data.train={runs / 'masks' / f'masks_s{s}.json'}"}
+        assert true - mal == {f"data.train={world / 'instances.json'}"}
+
+
+def test_ablations_change_one_thing_of_the_reference(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    jobs = {j["name"]: j for j in mx.plan(_args(mx, tmp_path, "ablations", "--seeds", "3", "4"))}
+    assert set(jobs) == {"mae", "synth_s3"} | {f"abl_{r}_s3" for r in mx.ABLATIONS}
+    ref = set(jobs["synth_s3"]["overrides"])
+    for row, (_, over) in mx.ABLATIONS.items():
+        j = jobs[f"abl_{row}_s3"]
+        assert j["table"] == "ablations" and j["seed"] == 3
+        changed = set(j["overrides"]) ^ ref
+        assert changed and {o.split("=")[0] for o in changed} <= {o.split("=")[0] for o in over}
+    assert set(jobs["abl_theta_0_s3"]["overrides"]) - ref == {"model.theta=0"}
+    scratch = jobs["abl_encoder_vit_scratch_s3"]
+    assert [o for o in scratch["overrides"] if o.startswith("model.pretrained")] == ["model.pretrained="]
+    assert scratch["after"] is None and jobs["abl_encoder_resnet18_s3"]["after"] is None
+    assert "model.pretrained=trunk.safetensors" in jobs["abl_encoder_resnet18_s3"]["overrides"]
+    assert jobs["abl_decoder_fc_s3"]["after"] == "mae"
+
+
+def test_speed_and_coco_mini_jobs(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    speed = mx.plan(_args(mx, tmp_path, "speed", "--speed-images", "10"))
+    assert [(j["name"], j["table"], j["after"]) for j in speed] == [("speed_labeler", None, None),
+                                                                    ("speed", "speed", "speed_labeler")]
+    assert "OMP_NUM_THREADS=2" in speed[1]["cmd"][2] and "_peak" in speed[1]["cmd"][2]
+    coco = mx.plan(_args(mx, tmp_path, "coco_mini", "--seeds", "0", "--coco-mini", "/c"))
+    assert [j["name"] for j in coco] == ["mae", "coco_mini_s0"]
+    assert {"data.train=/c/annotations/instances_train2017.json", "data.train_images=/c/train2017",
+            f"data.val={tmp_path / 'runs' / 'coco_mini_val16.json'}"} <= set(coco[1]["overrides"])
+
+
+def _j(name, after=None, table="t", est=1.0):
+    return {"name": name, "after": after, "table": table, "est_s": est}
+
+
+def test_resolve_reruns_a_recorded_run_only_for_a_dependant_that_needs_its_folder(bench):
+    mx = bench["mal_experiments"]
+    jobs = [_j("mal"), _j("label", "mal"), _j("helper", table=None), _j("speed", "helper"), _j("done")]
+    todo = mx.resolve(jobs, recorded={"mal", "done"}, local=set())
+    assert [(j["name"], j["after"]) for j in todo] == [("mal", None), ("label", "mal"), ("helper", None),
+                                                      ("speed", "helper")]
+    todo = mx.resolve(jobs, recorded={"mal", "done", "speed"}, local={"mal"})
+    assert [(j["name"], j["after"]) for j in todo] == [("label", None)]  # mal's folder is here; helper not needed
+
+
+def test_schedule_starts_ready_jobs_in_list_order(bench):
+    mx = bench["mal_experiments"]
+    jobs = [_j("a", est=10), _j("b", "a", est=5), _j("c", est=7)]
+    assert mx.schedule(jobs, 2) == {"a": (0, 10), "c": (0, 7), "b": (10, 15)}
+    assert mx.schedule(jobs, 1) == {"a": (0, 10), "b": (10, 15), "c": (15, 22)}
+
+
+def test_coco_val_keeps_non_crowd_boxes_with_shorter_side_16(bench, tmp_path):
+    src = tmp_path / "in.json"
+    anns = [{"id": 1, "bbox": [0, 0, 16, 40]}, {"id": 2, "bbox": [0, 0, 15.9, 40]},
+            {"id": 3, "bbox": [0, 0, 50, 50], "iscrowd": 1}, {"id": 4, "bbox": [1, 1, 30, 16], "iscrowd": 0}]
+    src.write_text(json.dumps({"images": [{"id": 1}], "annotations": anns}))
+    bench["mal_experiments"].write_coco_val(src, tmp_path / "out.json")
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert [a["id"] for a in out["annotations"]] == [1, 4] and out["images"] == [{"id": 1}]
+
+
+def test_train_boxes_miou_pairs_annotations(bench, tmp_path):
+    from omniseg.ops.rle import rle_encode
+
+    def mask(y0, y1, x0, x1):
+        m = np.zeros((8, 8), np.uint8)
+        m[y0:y1, x0:x1] = 1
+        return rle_encode(m)
+
+    truth = [{"id": 1, "segmentation": mask(0, 2, 0, 2)}, {"id": 2, "segmentation": mask(0, 4, 0, 4)},
+             {"id": 3, "segmentation": mask(0, 1, 0, 1)}]
+    out = [{"id": 1, "segmentation": mask(0, 2, 0, 4)}, {"id": 2, "segmentation": mask(0, 4, 0, 4)},
+           {"id": 3, "autolabel_skipped": "box side under 1 px"}]
+    (tmp_path / "t.json").write_text(json.dumps({"annotations": truth}))
+    (tmp_path / "o.json").write_text(json.dumps({"annotations": out}))
+    r = bench["mal_experiments"].train_boxes_miou(tmp_path / "t.json", tmp_path / "o.json")
+    assert r == {"train_boxes_mIoU": pytest.approx((0.5 + 1.0) / 2), "train_boxes_scored": 2, "boxes": 3,
+                 "skipped": 1}
+
+
+def test_backbone_is_kept_as_fp16_that_loads_into_an_fp32_model(bench, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from omniseg.modeling.weights import load_pretrained
+
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = {"weight": torch.randn(3, 5), "bias": torch.randn(3)}
+    save_file(weights, run / "backbone.safetensors")
+    (run / "manifest.json").write_text(json.dumps({"sha256": "old", "steps": 7}))
+    dst = tmp_path / "kept" / "backbone.safetensors"
+    facts = bench["mal_experiments"].keep_backbone(run, dst)
+    kept = load_file(dst)
+    assert all(v.dtype == torch.float16 and torch.equal(v, weights[k].half()) for k, v in kept.items())
+    manifest = json.loads((dst.parent / "manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(dst.read_bytes()).hexdigest() == facts["sha256"]
+    assert manifest["fp32_sha256"] == "old" and manifest["dtype"] == "float16" and facts["steps"] == 7
+    model = torch.nn.Linear(5, 3)
+    assert load_pretrained(model, dst, strict=True).ok
+    assert model.weight.dtype == torch.float32 and torch.equal(model.weight, weights["weight"].half().float())
+
+
+def _record(folder: Path, name: str, **fields) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({"run": name, **fields}))
+
+
+def test_report_renders_mean_std_goals_and_missing_runs(bench, tmp_path):
+    mal = tmp_path / "mal"
+    for s, v in enumerate([0.90, 0.91, 0.92]):
+        _record(mal / "synth", f"synth_s{s}", row_id="mal_attention_mae", seed=s, mask_mIoU=v, mask_AP=v / 2,
+                filled_box_mIoU=0.60, ellipse_mIoU=0.65)
+    for s, (a, t) in enumerate([(0.24, 0.25), (0.2375, 0.25), (0.2425, 0.25)]):
+        _record(mal / "retention", f"ret_mrcnn_mal_s{s}", row_id="mrcnn_mal_masks", seed=s, mask_AP=a, box_AP=0.3)
+        _record(mal / "retention", f"ret_mrcnn_true_s{s}", row_id="mrcnn_true_masks", seed=s, mask_AP=t, box_AP=0.3)
+    _record(mal / "retention", "ret_autolabel_s0", row_id="autolabel", seed=0, train_boxes_mIoU=0.875)
+    text = "\n".join(bench["report_mal"].sections(tmp_path))
+    assert "| MAL (attention, MAE ViT-S) | 0, 1, 2 | 0.910 ± 0.010 | 45.5 ± 0.5 |" in text
+    assert "| filled box | 0, 1, 2 | 0.600 ± 0.000 |" in text
+    assert "Goal: MAL mIoU >= 0.85: **met**" in text  # 0.06 above the goal > 2 x 0.01
+    assert "| 0 | 0.875 | 24.0 | 25.0 | 30.0 / 30.0 | 96.0% |" in text
+    assert "| mean ± std | 0.875 (1 seed) | 24.0 ± 0.3 | 25.0 ± 0.0 | | 96.0 ± 1.0% |" in text
+    assert "Retention goal >= 95%: **within noise of the goal**; floor >= 90%: **met**" in text
+    assert "Missing (2): ret_autolabel_s1, ret_autolabel_s2." in text
+    synth_part = text.split("### Synthetic world")[1].split("###")[0]
+    assert "All planned runs recorded." in synth_part
+    assert "Goal: mIoU >= 0.75: **incomplete**" in text  # no coco-mini run
+
+
+def test_ablation_verdicts_use_the_reference_seed_noise(bench):
+    rm = bench["report_mal"]
+    noise = {"mean": 0.9, "std": 0.01, "n": 3}
+    values = {"mal_attention_mae": 0.90, "decoder_fcn": 0.80, "decoder_fc": 0.805, "theta_0": 0.70,
+              "theta_0.6": 0.85, "theta_1.6": 0.91, "ema_off": 0.95, "encoder_vit_scratch": 0.89}
+    got = {v["statement"].split(" (")[0]: (v["baseline"], v["verdict"]) for v in rm.ablation_verdicts(values, 0.68, noise)}
+    assert got["attention decoder > FCN"] == ("decoder_fcn", "reproduced")       # 0.10 > 2 x 0.01
+    assert got["FCN ≈ FC decoder"] == ("decoder_fc", "reproduced")                 # 0.005 within 0.02
+    assert got["MAE pretraining > none for the ViT"] == ("encoder_vit_scratch", "within noise")
+    assert got["MAE ViT > ResNet"] == ("encoder_resnet18", "incomplete")          # not run
+    assert got["θ = 0"] == ("theta_0", "reproduced")                               # 0.70 is nearer 0.68 than 0.90 is
+    assert got["θ = 1.2 is the best expansion bound"] == ("theta_1.6", "within noise")
+    assert got["EMA teacher on ≈ off at ViT-Small"] == ("ema_off", "not reproduced")
+    assert got["the CRF loss helps"] == ("crf_off", "incomplete")
+    far = {v["baseline"]: v["verdict"] for v in rm.ablation_verdicts(values, 0.95, noise)}
+    assert far["theta_0"] == "not reproduced"  # below the reference, but not toward the filled box (0.95)
+    few = rm.ablation_verdicts(values, 0.68, {**noise, "n": 2})
+    assert {v["verdict"] for v in few} == {"incomplete"}
+
+
+def test_synth_smoke_records_the_eval_keys_and_never_reruns(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench" / "mal_experiments.py"), "synth", "--config",
+           str(ROOT / "configs" / "mal_smoke.yaml"), "--backbone", "", "--iters", "2", "--seeds", "0",
+           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--parallel", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    r = json.loads((tmp_path / "results" / "synth" / "synth_s0.json").read_text())
+    for key in ("mask_mIoU", "mask_AP", "filled_box_mIoU", "filled_box_AP", "ellipse_mIoU", "ellipse_AP"):
+        assert 0.0 <= r[key] <= 1.0, key
+    assert (r["seed"], r["iters"], r["table"], r["row_id"]) == (0, 2, "synth", "mal_attention_mae")
+    assert "configs/mal_smoke.yaml" in r["command"] and "train.max_iter=2" in r["command"] and r["wall_s"] > 0
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert again.returncode == 0 and "1 recorded, 0 job(s) to run" in again.stdout
+    assert "[start]" not in again.stdout
+
+
+def test_autolabel_masks_are_kept_gzipped_and_unpacked_for_the_mask_rcnn(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    args = _args(mx, tmp_path, "retention", "--seeds", "0", "--train-images", "2")
+    jobs = {j["name"]: j for j in mx.plan(args)}
+    mx.prepare([jobs["ret_mrcnn_true_s0"]], args)  # writes the 2-image world and its boxes
+    world = tmp_path / "runs" / "world_2"
+    boxes = json.loads((world / "boxes.json").read_text())
+    assert boxes["annotations"] and all("segmentation" not in a for a in boxes["annotations"])
+    run = tmp_path / "runs" / "ret_autolabel_s0"
+    run.mkdir()
+    (run / "masks.json").write_text((world / "instances.json").read_text())  # a perfect labeler
+    (run / "stdout.log").write_text("12 box(es) labelled here in 3.0 s (4.0 boxes/s)\n")
+    result, extra = mx.score({**jobs["ret_autolabel_s0"], "wall_s": 5.0}, args)
+    assert result["train_boxes_mIoU"] == pytest.approx(1.0) and result["boxes_per_s"] == 4.0
+    gz = tmp_path / "results" / "retention" / "masks" / "ret_autolabel_s0.json.gz"
+    assert extra == [gz] and gzip.decompress(gz.read_bytes()) == (run / "masks.json").read_bytes()
+    unpacked = tmp_path / "runs" / "masks" / "masks_s0.json"
+    unpacked.unlink()  # another machine: only the committed file
+    later = {j["name"]: j for j in mx.plan(args)}
+    assert later["ret_mrcnn_mal_s0"]["after"] is None
+    mx.prepare([later["ret_mrcnn_mal_s0"]], args)
+    assert unpacked.read_bytes() == (run / "masks.json").read_bytes()
