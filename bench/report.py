@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import report_claims  # noqa: E402
 import report_mal  # noqa: E402
+import report_openseg  # noqa: E402
 
 from omniseg.utils.atomic import atomic_write_text  # noqa: E402
 
@@ -508,6 +509,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += render(d) if d else [f"## {name}", "", f"(not measured yet: run `python bench/{name}.py`)", ""]
     lines += report_claims.sections(args.results)  # per-run result folders (issue 12)
     lines += report_mal.sections(args.results)  # MAL, per-run result folders (issue 13)
+    lines += report_openseg.sections(args.results)  # OpenSeg vs LSeg+, per-run result folders (issue 14)
     atomic_write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
 

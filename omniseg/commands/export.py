@@ -2,7 +2,7 @@
 
 Writes the run's ONNX graph(s), ``manifest.json`` and (open-vocabulary models) the training
 vocabulary's ``text_embeddings.npy`` into ``--out`` (default ``RUN/onnx``), atomically; a box→mask
-model may also go to a single ``.onnx`` file (its manifest in the metadata). Each graph is checked
+model (box_to_mask, mal) may also go to a single ``.onnx`` file (its manifest in the metadata). Each graph is checked
 against PyTorch with onnxruntime on the example image before anything is written (``--no-check``
 skips it). What is exported and why: :mod:`omniseg.export`. Predict with an export through
 :class:`omniseg.export.OnnxSegmenter`.
@@ -22,7 +22,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder, its checkpoints/ folder or a step_N folder")
     p.add_argument("--format", default="onnx", help=f"export format: {', '.join(FORMATS)}")
     p.add_argument("--out", type=non_empty_path, default=None,
-                   help="output folder (default RUN/onnx), or a .onnx file for single-graph models (box_to_mask)")
+                   help="output folder (default RUN/onnx), or a .onnx file for single-graph models (box_to_mask, mal)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset, 16..20 (default 17)")
     p.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                    help="example image traced and checked (default: the run's data.image_size); "

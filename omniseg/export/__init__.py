@@ -7,6 +7,15 @@ Design (what is a graph, what is not, and why):
   sigmoid probabilities inside each box). Normalization is in the graph. Pasting the M x M grid
   into the image (bilinear, threshold 0.5) stays outside: it makes K x H x W outputs, which the
   consumer may not want, and is a few lines (:func:`omniseg.ops.masks.paste_masks_in_image`).
+* **MAL exports its task network only**: ``mal.onnx``, inputs ``crops`` (K x 3 x Hc x Wc float32,
+  normalized) [and ``size_classes`` (K int64) when the decoder's input grid depends on the box size,
+  Appendix A.2: every crop is decoded at the three grids and its class's kept], output ``mask_probs``
+  (K x Hc x Wc). The crops (test-time margin, crop + resize, normalization) and the paste-back
+  (threshold, mean-probability score) are MAL's own code
+  (:func:`omniseg.modeling.mal.box_crops`, :func:`~omniseg.modeling.mal.normalize_crops`,
+  :func:`~omniseg.modeling.mal.paste_and_score`), which :class:`OnnxSegmenter` calls as the PyTorch
+  predictor does, so there is one copy of the crop geometry (no traced twin to drift) and the graph
+  is the part worth accelerating.
 * **Detectors are split where the computation becomes data dependent.** Score thresholds,
   per-level top-k and NMS change the number of boxes; inside a graph they would need ONNX's
   NonMaxSuppression, whose tie-breaking and class-wise grouping differ from omniseg's. So FCOS-MO

@@ -190,3 +190,29 @@ class TwoStageMaskGraph(nn.Module):
         classes = inputs[n + 1] if len(inputs) > n + 1 else boxes.new_zeros(boxes.shape[0], dtype=torch.long)
         rois = multilevel_roi_align(maps, boxes, head.cfg.pooler_resolution, head.cfg.pooler_strides)
         return head.mask_logits(rois, classes, self.class_weights).float().sigmoid()
+
+
+class MALGraph(nn.Module):
+    """MAL's task network (student) on prepared crops: crops K x 3 x Hc x Wc (normalized,
+    :func:`~omniseg.modeling.mal.normalize_crops`) [+ size_classes K int64] -> mask_probs K x Hc x Wc.
+
+    The per-size feature resizing (Appendix A.2) picks a decoder input grid per crop, which the model
+    does by indexing; here every crop is decoded at every size class's grid and the one of its class
+    kept (3 x the decoder work, exact).
+    """
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, crops: Tensor, size_classes: Tensor | None = None) -> Tensor:
+        net = self.student
+        feats = net.encoder(crops)
+        if size_classes is None:
+            return net.decode(feats).sigmoid()
+        out = None
+        for k in range(len(net.size_strides)):
+            logits = net.decode(feats, k)
+            out = logits if out is None else torch.where((size_classes == k)[:, None, None], logits, out)
+        assert out is not None
+        return out.sigmoid()

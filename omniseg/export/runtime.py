@@ -109,10 +109,11 @@ class OnnxSegmenter:
             raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}")
         h, w = image.shape[:2]
         chw = np.ascontiguousarray(image.transpose(2, 0, 1)[None])
-        if self.recipe == "box_to_mask":
+        if self.recipe in ("box_to_mask", "mal"):
             if boxes is None:
-                raise ArgumentValueError("box_to_mask segments given boxes: pass boxes=[[x0, y0, x1, y1], ...]")
-            pred = self._box_to_mask(chw, clip_boxes(boxes, w, h, source), vocabulary)
+                raise ArgumentValueError(f"{self.recipe} segments given boxes: pass boxes=[[x0, y0, x1, y1], ...]")
+            run = self._box_to_mask if self.recipe == "box_to_mask" else self._mal
+            pred = run(chw, clip_boxes(boxes, w, h, source), vocabulary)
         elif self.recipe == "maskx_rcnn":
             pred = self._maskx(chw, vocabulary, None if boxes is None else clip_boxes(boxes, w, h, source))
         else:
@@ -134,6 +135,29 @@ class OnnxSegmenter:
         k, names = len(boxes), list(vocabulary or [])
         texts = [names[i] if i < len(names) else "object" for i in range(k)]
         return ImagePrediction(InstancePredictions(b, torch.ones(k), torch.arange(k), masks), texts)
+
+    def _mal(self, image: np.ndarray, boxes: np.ndarray, vocabulary: list[str] | None, chunk: int = 32
+             ) -> ImagePrediction:
+        """MAL's masks for ``boxes``, as :meth:`omniseg.modeling.mal.MAL.predict_masks` makes them: its crop
+        code (test-time margin, crop + resize, normalization), the graph, its paste-back and score."""
+        from omniseg.data.box_crops import fixed_expansion
+        from omniseg.modeling.mal import box_crops, normalize_crops, paste_and_score
+
+        c, (h, w) = self.cfg.model, image.shape[-2:]
+        b = torch.from_numpy(boxes).float().reshape(-1, 4)
+        k = len(b)
+        masks, scores = torch.zeros(k, h, w, dtype=torch.bool), torch.zeros(k)
+        names = self.manifest["graphs"]["model"]["inputs"]
+        for s in range(0, k, chunk):
+            part = b[s: s + chunk]
+            crops, valid, _, sizes, crop_boxes = box_crops(torch.from_numpy(image), [(h, w)], [part],
+                                                           fixed_expansion(len(part), c.test_theta), c.crop_size,
+                                                           c.size_limits)
+            feeds = {"crops": normalize_crops(crops, valid).numpy(), "size_classes": sizes.numpy()}
+            probs = torch.from_numpy(self.sessions["model"].run(None, {n: feeds[n] for n in names})[0])
+            masks[s: s + chunk], scores[s: s + chunk] = paste_and_score(probs, crop_boxes, (h, w), c.mask_threshold)
+        texts = [vocabulary[i] if vocabulary and i < len(vocabulary) else "object" for i in range(k)]
+        return ImagePrediction(InstancePredictions(b, scores, torch.arange(k), masks), texts)
 
     def _fcos_mo(self, image: np.ndarray, texts: list[str]) -> ImagePrediction:
         from omniseg.modeling.fcos_mo import decode_detections, scale_ranges

@@ -22,6 +22,7 @@ from omniseg.export.graphs import (
     BoxToMaskGraph,
     FCOSMODenseGraph,
     FCOSMOMaskGraph,
+    MALGraph,
     TwoStageBoxGraph,
     TwoStageMaskGraph,
     TwoStageRPNGraph,
@@ -35,7 +36,7 @@ FORMAT, VERSION = "omniseg-onnx", 1
 MAX_OPSET = 20
 #: what an export folder holds (atomic_dir replaces an older export only if it holds nothing else)
 OWNED = ("*.onnx", MANIFEST, TEXT_EMBEDDINGS)
-EXPORTABLE = ("box_to_mask", "fcos_mo", "maskx_rcnn", "mask_rcnn_star")
+EXPORTABLE = ("box_to_mask", "mal", "fcos_mo", "maskx_rcnn", "mask_rcnn_star")
 TWO_STAGE = ("maskx_rcnn", "mask_rcnn_star")
 #: recipes whose phrase embeddings are a graph input (text_embeddings.npy ships the training vocabulary's)
 OPEN_VOCAB = ("fcos_mo", "mask_rcnn_star")
@@ -84,6 +85,8 @@ def graph_specs(recipe: str, model: nn.Module, cfg: Any, image: torch.Tensor, te
                           {"image": {2: "height", 3: "width"}, "boxes": {0: "num_boxes"}, "mask_probs": {0: "num_boxes"}},
                           {"image": img_doc, "boxes": "K x 4 float32 XYXY pixels",
                            "mask_probs": "K x M x M mask probabilities in each box (paste into the box, threshold 0.5)"})]
+    if recipe == "mal":
+        return [mal_spec(model, image)]
     if recipe in TWO_STAGE:
         return two_stage_specs(recipe, model, image, text, pad_divisor)
     assert recipe == "fcos_mo" and text is not None
@@ -111,6 +114,31 @@ def graph_specs(recipe: str, model: nn.Module, cfg: Any, image: torch.Tensor, te
                   {"boxes": "K x 4 float32 XYXY pixels (detections)",
                    "mask_probs": "K x M x M mask probabilities in each box (paste into the box, threshold 0.5)"}),
     ]
+
+
+def mal_spec(model: nn.Module, image: torch.Tensor) -> GraphSpec:
+    """MAL's task network on crops (:class:`~omniseg.export.graphs.MALGraph`), traced on the crops of
+    :func:`example_boxes` in ``image`` made as its predictor makes them."""
+    from omniseg.data.box_crops import fixed_expansion
+    from omniseg.modeling.mal import box_crops, normalize_crops
+
+    c, (h, w) = model.cfg, image.shape[-2:]
+    boxes = example_boxes(h, w)
+    crops, valid, _, sizes, _ = box_crops(image, [(h, w)], [boxes], fixed_expansion(len(boxes), c.test_theta),
+                                          c.crop_size, c.size_limits)
+    scaled = model.student.scale_by_size
+    k = {0: "num_boxes"}
+    return GraphSpec(
+        "model", "mal.onnx", MALGraph(model.student), (normalize_crops(crops, valid), *((sizes,) if scaled else ())),
+        ["crops", *(["size_classes"] if scaled else [])], ["mask_probs"],
+        {"crops": k, "mask_probs": k, **({"size_classes": k} if scaled else {})},
+        {"crops": f"K x 3 x {c.crop_size} x {c.crop_size} float32: each box expanded by the test margin (manifest "
+                  "mal.test_theta), cropped, resized (bilinear), (RGB/255 - pixel_mean/255) / (pixel_std/255), 0 "
+                  "outside the image (omniseg.modeling.mal.box_crops, normalize_crops)",
+         **({"size_classes": f"K int64: 0 / 1 / 2 for box areas below {c.size_limits[0]}^2 / below "
+                             f"{c.size_limits[1]}^2 / above (the original box)"} if scaled else {}),
+         "mask_probs": f"K x {c.crop_size} x {c.crop_size} mask probabilities in each crop (paste into the crop "
+                       f"box, threshold mal.mask_threshold; score = mean probability inside the mask)"})
 
 
 def two_stage_specs(recipe: str, model: nn.Module, image: torch.Tensor, text: torch.Tensor | None,
@@ -218,7 +246,7 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, op
                 image_size: tuple[int, int] | None = None, use_ema: bool = False, check: bool = True) -> dict[str, Any]:
     """Export a trained run as ONNX graph(s) + ``manifest.json`` (in the folder ``out``, written atomically).
 
-    ``out`` ending in ``.onnx`` writes a single-graph model (box_to_mask) as that one file, the
+    ``out`` ending in ``.onnx`` writes a single-graph model (box_to_mask, mal) as that one file, the
     manifest in its metadata_props. ``image_size`` (H, W): the example input traced (and checked)
     at; the graphs take any size. ``check``: compare onnxruntime with PyTorch on the example.
 
@@ -263,10 +291,12 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, op
         "vocabulary": vocabulary if text is not None else [],
         "text_embeddings": TEXT_EMBEDDINGS if text is not None else None,
         "image": {"layout": "1x3xHxW", "dtype": "uint8", "channels": "RGB", "pixel_mean": list(PIXEL_MEAN),
-                  "pixel_std": list(PIXEL_STD), "normalized_in_graph": True, "pad_divisor": pad},
-        "mask_threshold": 0.5,
+                  "pixel_std": list(PIXEL_STD), "normalized_in_graph": name != "mal", "pad_divisor": pad},
+        "mask_threshold": model.cfg.mask_threshold if name == "mal" else 0.5,
         "strides": list(getattr(model, "strides", ())),
         **({"two_stage": two_stage_settings(model)} if name in TWO_STAGE else {}),
+        **({"mal": {k: getattr(model.cfg, k) for k in ("crop_size", "test_theta", "size_limits", "mask_threshold")}}
+           if name == "mal" else {}),
         "graphs": {s.role: {"file": s.file, "inputs": s.input_names, "outputs": s.output_names, "doc": s.doc}
                    for s in specs},
         "config": config_to_dict(cfg),

@@ -120,6 +120,37 @@ class _C4(nn.Module):
         return self.net(x)["c4"]
 
 
+def normalize_crops(crops01: Tensor, valid: Tensor) -> Tensor:
+    """The task network's input: ``(crop - mean) / std`` (ImageNet, RGB in [0, 1]), padding (outside
+    the image) 0, i.e. the mean colour."""
+    mean = crops01.new_tensor(PIXEL_MEAN).view(1, 3, 1, 1) / 255
+    std = crops01.new_tensor(PIXEL_STD).view(1, 3, 1, 1) / 255
+    return (crops01 - mean) / std * valid[:, None]
+
+
+def box_crops(images: Tensor, image_sizes: Sequence[tuple[int, int]], boxes: Sequence[Tensor], betas: Tensor,
+              crop_size: int, size_limits: Sequence[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(crops in [0, 1], valid masks, box masks, size classes, crop boxes) of all ``boxes`` (one tensor per
+    image of the uint8 batch ``images``) expanded by ``betas`` (N x 4, :func:`~omniseg.data.box_crops.expand_boxes`),
+    cropped and resized to ``crop_size`` (Sec. 3.1); size classes: Appendix A.2."""
+    dev = images.device
+    flat = torch.cat([b.float() for b in boxes]).to(dev).reshape(-1, 4)
+    index = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)]).to(dev)
+    crop_boxes = expand_boxes(flat, betas.to(dev))
+    size = (crop_size, crop_size)
+    crops, valid = crop_and_resize(images.float() / 255, index, crop_boxes, size, image_sizes)
+    return crops, valid, box_masks_in_crops(flat, crop_boxes, size), size_classes(flat, size_limits), crop_boxes
+
+
+def paste_and_score(probs: Tensor, crop_boxes: Tensor, image_size: tuple[int, int], threshold: float
+                    ) -> tuple[Tensor, Tensor]:
+    """(N x H x W bool masks, N scores): crop probabilities pasted back into the image, ``>= threshold``,
+    scored by the mean probability inside the mask (0 for an empty mask)."""
+    soft = paste_masks_in_image(probs, crop_boxes, image_size, threshold=None)
+    m = soft >= threshold
+    return m, (soft * m).sum(dim=(1, 2)) / m.sum(dim=(1, 2)).clamp(min=1)
+
+
 class MaskNet(nn.Module):
     """Encoder E + decoder D (the task network; the teacher is a copy). ``forward(crops, sizes)`` ->
     N x Hc x Wc mask logits, ``sizes`` the Appendix A.2 size class of each crop's box."""
@@ -133,18 +164,24 @@ class MaskNet(nn.Module):
         self.decoder = build_decoder(cfg.decoder, channels, cfg.decoder_dim, in_grid=grid,
                                      out_size=max(cfg.crop_size // 4, 1), fc_hidden=cfg.fc_hidden)
 
+    def decode(self, feats: Tensor, size_class: int | None = None) -> Tensor:
+        """N x Hc x Wc mask logits of encoder maps ``feats``, first resized to the grid of ``size_class``
+        (Appendix A.2; None: as they are)."""
+        if size_class is not None:
+            side = max(self.crop_size // self.size_strides[size_class], 1)
+            feats = F.interpolate(feats, size=(side, side), mode="bilinear", align_corners=False)
+        size = (self.crop_size, self.crop_size)
+        return F.interpolate(self.decoder(feats), size=size, mode="bilinear", align_corners=False)[:, 0]
+
     def forward(self, crops: Tensor, sizes: Tensor | None = None) -> Tensor:
         feats = self.encoder(crops)
-        n, size = crops.shape[0], (self.crop_size, self.crop_size)
         if not self.scale_by_size or sizes is None:
-            return F.interpolate(self.decoder(feats), size=size, mode="bilinear", align_corners=False)[:, 0]
-        out = feats.new_zeros(n, *size)
-        for k, s in enumerate(self.size_strides):
+            return self.decode(feats)
+        out = feats.new_zeros(crops.shape[0], self.crop_size, self.crop_size)
+        for k in range(len(self.size_strides)):
             idx = (sizes == k).nonzero().flatten()
             if idx.numel():
-                side = max(self.crop_size // s, 1)
-                f = F.interpolate(feats[idx], size=(side, side), mode="bilinear", align_corners=False)
-                out[idx] = F.interpolate(self.decoder(f), size=size, mode="bilinear", align_corners=False)[:, 0]
+                out[idx] = self.decode(feats[idx], k)
         return out
 
 
@@ -160,8 +197,6 @@ class MAL(nn.Module):
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
             self.teacher.eval()
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1) / 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1) / 255, persistent=False)
 
     def train(self, mode: bool = True) -> MAL:
         super().train(mode)
@@ -185,22 +220,10 @@ class MAL(nn.Module):
             else:
                 t.copy_(s)
 
-    def _normalize(self, crops01: Tensor, valid: Tensor) -> Tensor:
-        """Normalized network input; padding (outside the image) set to the mean colour."""
-        return (crops01 - self.pixel_mean) / self.pixel_std * valid[:, None]
-
     def crops(self, images: Tensor, image_sizes: Sequence[tuple[int, int]], boxes: Sequence[Tensor],
               betas: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(crops in [0, 1], valid masks, box masks, size classes, crop boxes) of all ``boxes`` expanded
-        by ``betas`` (N x 4, :func:`~omniseg.data.box_crops.expand_boxes`)."""
-        dev = images.device
-        flat = torch.cat([b.float() for b in boxes]).to(dev).reshape(-1, 4)
-        index = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)]).to(dev)
-        crop_boxes = expand_boxes(flat, betas.to(dev))
-        size = (self.cfg.crop_size, self.cfg.crop_size)
-        crops, valid = crop_and_resize(images.float() / 255, index, crop_boxes, size, image_sizes)
-        limits = self.cfg.size_limits
-        return crops, valid, box_masks_in_crops(flat, crop_boxes, size), size_classes(flat, limits), crop_boxes
+        """:func:`box_crops` with this model's crop size and size limits."""
+        return box_crops(images, image_sizes, boxes, betas, self.cfg.crop_size, self.cfg.size_limits)
 
     def _train_boxes(self, batch: Batch) -> list[Tensor]:
         """Exact, non-crowd boxes (sides >= min_box_size), at most ``max_crops`` in all (random)."""
@@ -233,11 +256,11 @@ class MAL(nn.Module):
         betas = sample_expansion(n, c.theta).to(batch.images.device)
         crops, valid, box_masks, sizes, _ = self.crops(batch.images, batch.image_sizes, boxes, betas)
         student_in = student_augment(crops) if c.student_aug else crops
-        probs = self.student(self._normalize(student_in, valid), sizes).sigmoid()
+        probs = self.student(normalize_crops(student_in, valid), sizes).sigmoid()
         losses = {"loss_mil": c.mil_weight * mil_loss(probs, box_masks, valid=valid)}
         if c.use_crf:
             with torch.no_grad():
-                t_probs = (self.teacher(self._normalize(crops, valid), sizes).sigmoid() if self.teacher is not None
+                t_probs = (self.teacher(normalize_crops(crops, valid), sizes).sigmoid() if self.teacher is not None
                            else probs.detach())
             losses["loss_crf"] = c.crf_weight * crf_loss(probs, t_probs, crops, box_masks=box_masks, zeta=c.crf_zeta,
                                                          omega=c.crf_omega, valid=valid)
@@ -268,11 +291,9 @@ class MAL(nn.Module):
                 part = b[s: s + chunk]
                 crops, valid, _, sizes, crop_boxes = self.crops(images[i: i + 1], [(h, w)], [part],
                                                                 fixed_expansion(len(part), c.test_theta))
-                probs = self.student(self._normalize(crops, valid), sizes).sigmoid()
-                soft = paste_masks_in_image(probs, crop_boxes, (h, w), threshold=None)
-                m = soft >= c.mask_threshold
-                masks[s: s + chunk] = m
-                scores[s: s + chunk] = (soft * m).sum(dim=(1, 2)) / m.sum(dim=(1, 2)).clamp(min=1)
+                probs = self.student(normalize_crops(crops, valid), sizes).sigmoid()
+                masks[s: s + chunk], scores[s: s + chunk] = paste_and_score(probs, crop_boxes, (h, w),
+                                                                            c.mask_threshold)
             out.append((masks, scores))
         return out
 

@@ -13,12 +13,14 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from omniseg.api import Segmenter  # noqa: E402
+from omniseg.api import Segmenter, clip_boxes  # noqa: E402
 from omniseg.cli import main as cli_main  # noqa: E402
+from omniseg.data.box_crops import fixed_expansion  # noqa: E402
 from omniseg.data.synth.world import SynthConfig, generate_image  # noqa: E402
 from omniseg.engine.config import load_config  # noqa: E402
 from omniseg.export import OnnxSegmenter, read_manifest  # noqa: E402
 from omniseg.modeling.contrastive_classifier import phrase_logits  # noqa: E402
+from omniseg.modeling.mal import box_crops, normalize_crops  # noqa: E402
 from omniseg.ops.rle import rle_decode  # noqa: E402
 from omniseg.recipes.contract import run_recipe  # noqa: E402
 from omniseg.recipes.table import RECIPES  # noqa: E402
@@ -57,6 +59,11 @@ def maskx_run(tmp_path_factory) -> Path:
 def star_run(tmp_path_factory) -> Path:
     return _train("mask_rcnn_star", tmp_path_factory.mktemp("star"), ["data.val_num_images=1"],
                   CONFIGS / "mask_rcnn_star_smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def mal_run(tmp_path_factory) -> Path:
+    return _train("mal", tmp_path_factory.mktemp("mal"), [], CONFIGS / "mal_smoke.yaml")
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -222,6 +229,37 @@ def test_two_stage_graphs_and_instances_match_pytorch(recipe, request, tmp_path)
                         runtime.predict(image, boxes=prompts, vocabulary=named))
         with pytest.raises(ValueError, match="closed vocabulary"):
             runtime.predict(image, vocabulary=["crimson disk"])
+
+
+def test_mal_graph_and_instances_match_pytorch(mal_run, tmp_path):
+    out = tmp_path / "onnx"
+    assert cli_main(["export", str(mal_run), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["graphs"]["model"]["inputs"] == ["crops", "size_classes"]
+    assert manifest["mal"] == {"crop_size": 32, "test_theta": 0.6, "size_limits": [32.0, 96.0], "mask_threshold": 0.5}
+    seg = Segmenter.from_checkpoint(mal_run)
+    c, student = seg.model.cfg, seg.model.student
+    session, runtime = _session(out / "mal.onnx"), OnnxSegmenter(out)
+    for h, w in ((75, 130), (100, 140)):
+        image = _image(h, w)
+        # small (< 32^2), medium, large (>= 96^2: the whole 75 x 130 image), partly outside, a sliver
+        boxes = [[3, 4, 20, 30], [10, 5, 60, 50], [0, 0, w, h], [-20, 30, 40, 90], [50, 20, 50.5, 60]]
+        clipped = torch.tensor(clip_boxes(boxes, w, h), dtype=torch.float32)
+        t = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()
+        crops, valid, _, sizes, _ = box_crops(t, [(h, w)], [clipped], fixed_expansion(5, c.test_theta), 32,
+                                              c.size_limits)
+        assert sizes.tolist() == [0, 1, 2, 1, 0]
+        x = normalize_crops(crops, valid)
+        with torch.no_grad():  # the student's own (indexing) path
+            ref = student(x, sizes).sigmoid().numpy()
+        got = session.run(None, {"crops": x.numpy(), "size_classes": sizes.numpy()})[0]
+        assert got.shape == ref.shape == (5, 32, 32)
+        np.testing.assert_allclose(got, ref, atol=ATOL, rtol=RTOL)
+        found = runtime.predict(image, boxes=boxes, vocabulary=["a", "b"])
+        assert [i.text for i in found] == ["a", "b", "object", "object", "object"]
+        assert sum(rle_decode(i.mask).sum() > 0 for i in found) >= 2  # not a comparison of empty masks
+        _same_instances(seg.predict(image, boxes=boxes, vocabulary=["a", "b"]), found)
+    assert runtime.predict(_image(40, 50), boxes=np.zeros((0, 4))) == []
 
 
 def test_export_errors(box_run, tmp_path, capsys, monkeypatch):

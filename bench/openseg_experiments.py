@@ -1,0 +1,272 @@
+"""Issue 14's numbers for OpenSeg (paper: ../shared/papers/openseg-image-level-labels.txt) and its LSeg+ baseline,
+run over several sessions: every finished run is scored and recorded at once in
+``bench/results/openseg/<table>/<run>.json`` (``--commit``: committed at once); recorded runs are never re-run.
+
+    python bench/openseg_experiments.py TABLE [--seeds 0 1 2] [--commit] [--runs DIR] [--results DIR]
+                                              [--parallel 2] [--iters N] [--hours H] [--dry-run]
+
+Tables (``report_openseg.py`` renders them):
+
+* ``synth``: per seed OpenSeg (configs/openseg_synth.yaml) and LSeg+ (configs/lseg_synth.yaml), scored by the
+  recipe's evaluation on 50 held-out images: proposal recall@0.5/0.7/0.9 (OpenSeg; Table 1 protocol), mIoU and
+  grounding mIoU with the vocabularies names / synonyms / all (Sec. 4.3). Then, per seed, the OpenSeg checkpoint
+  is re-scored (job ``openseg_rescore_s<seed>``, no training): "no proposals at inference" (``model.inference=
+  pixels``, Sec. 4.4: F_z . w per pixel) and the GT-mask upper bound (the ground-truth segments as the proposals,
+  their region features z = mask-weighted mean of the model's F_z, exactly as for its own proposals, Sec. 3.2).
+* ``ablations`` (one seed): caption words all / noun+adj+verb (``model.words``; Table 3); the noun+adj reference
+  is the ``synth`` run of the same seed. With vs without narratives pseudo-labels is not available (the recipe
+  has no teacher pseudo-masks, omniseg/recipes/openseg.py).
+* ``coco_mini``: OpenSeg on the captions + class-agnostic masks of 60 of the 80 coco-mini photos (sorted image
+  ids, first 60), grounding mIoU on the other 20 (things only: coco-mini has no panoptic stuff); semantic overlays
+  of 5 held-out photos (first seed) are written next to the results, downscaled to <= 320 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from experiment_runner import machine, read_results, record_result, run_jobs  # noqa: E402
+from mal_experiments import _job, _merge, _omni, finished_local, preflight, print_plan, rel, resolve, schedule  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "openseg"
+COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
+TABLES = ("synth", "ablations", "coco_mini")
+VOCABULARIES = ("names", "synonyms", "all")
+#: ESTIMATED seconds per iteration on one thread: openseg_synth measured 2.3-3.4 s on a busy 2-core machine (the
+#: midpoint); LSeg+ taken as the same (similar trunk and tower, no decoder); coco-mini (long side 384, batch 4) a guess
+S_PER = {"openseg": 2.85, "lseg": 2.85, "coco": 3.5}
+#: start-up + final evaluation (50 images x 3 vocabularies + recall), re-scoring (2 passes), coco overlays
+OVERHEAD_S = {"train": 90, "rescore": 150, "coco": 120}
+#: row -> (label, overrides) of the one-seed ablations; the reference (noun_adj) is synth's OpenSeg run
+ABLATIONS = {
+    "words_all": ("caption words: all (Table 3)", ["model.words=all"]),
+    "words_noun_adj_verb": ("caption words: nouns + adjectives + verbs (Table 3)", ["model.words=noun_adj_verb"]),
+}
+OVERLAYS = 5
+OVERLAY_SIDE = 320
+
+
+def train_job(args: argparse.Namespace, name: str, table: str, row: str, seed: int, recipe: str,
+              extra: list[str] = (), iters: int | None = None) -> dict:
+    """One training run of ``recipe`` (openseg / lseg / coco = openseg on coco-mini)."""
+    iters = iters or (args.coco_iters if recipe == "coco" else args.iters)
+    config = Path(args.lseg_config if recipe == "lseg" else args.config)
+    base = [f"train.seed={seed}", f"train.max_iter={iters}", "train.progress=false",
+            f"train.checkpoint_period={iters // 4 if iters >= 100 else 0}",
+            f"eval.vocabularies=[{','.join(VOCABULARIES if recipe != 'coco' else ('names',))}]"]
+    overrides = _merge(base, list(extra))
+    cmd = _omni("train", str(config), *overrides, f"train.output_dir={Path(args.runs) / name}")
+    est = iters * S_PER[recipe] + OVERHEAD_S["train"] + (OVERHEAD_S["coco"] if recipe == "coco" else 0)
+    return _job(name, table, recipe, cmd, est, None, config=rel(config), overrides=overrides, row=row, seed=seed,
+                iters=iters)
+
+
+def rescore_job(args: argparse.Namespace, seed: int) -> dict:
+    """Re-scoring of ``openseg_s<seed>``'s checkpoint: inference from pixels, and GT masks as proposals."""
+    run, name = Path(args.runs) / f"openseg_s{seed}", f"openseg_rescore_s{seed}"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_rescore", str(run),
+           str(Path(args.runs) / name / "rescore.json")]
+    return _job(name, "synth", "rescore", cmd, OVERHEAD_S["rescore"], run.name, row="openseg_rescored", seed=seed)
+
+
+def coco_overrides(args: argparse.Namespace) -> list[str]:
+    runs, images = Path(args.runs), Path(args.coco_mini) / "train2017"
+    return [f"data.train={runs / 'coco_mini_split' / 'train'}", f"data.train_images={images}",
+            f"data.val={runs / 'coco_mini_split' / 'val'}", f"data.val_images={images}", "data.train_num_images=60",
+            "data.val_num_images=20", "data.long_side=384", "data.batch_size=4"]
+
+
+def plan(args: argparse.Namespace) -> list[dict]:
+    """Every job of ``args.table`` (a re-scoring job after the OpenSeg run it reads)."""
+    if args.table == "synth":
+        return [j for s in args.seeds for j in (train_job(args, f"openseg_s{s}", "synth", "openseg", s, "openseg"),
+                                                 train_job(args, f"lseg_s{s}", "synth", "lseg", s, "lseg"),
+                                                 rescore_job(args, s))]
+    if args.table == "ablations":
+        s = args.seeds[0]
+        return [train_job(args, f"openseg_s{s}", "synth", "openseg", s, "openseg")] + [
+            train_job(args, f"abl_{row}_s{s}", "ablations", row, s, "openseg", over)
+            for row, (_, over) in ABLATIONS.items()]
+    return [train_job(args, f"coco_mini_s{s}", "coco_mini", "openseg_coco_mini", s, "coco", coco_overrides(args))
+            for s in args.seeds]
+
+
+def split_coco_mini(root: Path, out: Path, train: int = 60) -> tuple[list[int], list[int]]:
+    """Dataset folders ``out/train`` and ``out/val`` (instances.json + captions.json) holding the first ``train``
+    image ids (sorted) and the rest; returns both id lists."""
+    inst = json.loads((root / "annotations" / "instances_train2017.json").read_text(encoding="utf-8"))
+    caps = json.loads((root / "annotations" / "captions_train2017.json").read_text(encoding="utf-8"))
+    ids = sorted(im["id"] for im in inst["images"])
+    parts = {"train": set(ids[:train]), "val": set(ids[train:])}
+    for part, keep in parts.items():
+        (out / part).mkdir(parents=True, exist_ok=True)
+        for src, name in ((inst, "instances.json"), (caps, "captions.json")):
+            data = {**src, "images": [im for im in src["images"] if im["id"] in keep],
+                    "annotations": [a for a in src["annotations"] if a["image_id"] in keep]}
+            (out / part / name).write_text(json.dumps(data), encoding="utf-8")
+    return sorted(parts["train"]), sorted(parts["val"])
+
+
+def rescore(run: Path, out: Path) -> dict:
+    """Metrics of an OpenSeg checkpoint on its validation set (eval.vocabularies): ``pixels:<key>`` with
+    inference from pixels (no proposals) and ``gt_masks:<key>`` with the ground-truth segments as proposals."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from omniseg.api import Segmenter
+    from omniseg.data.loader import build_test_loader
+    from omniseg.evaluation.semantic import ConfusionMatrix, grounding_argmax, segments_to_label_map
+    from omniseg.modeling.openseg import ensemble_max, split_queries
+    from omniseg.modeling.openseg_heads import resize_valid
+    from omniseg.ops.rle import rle_decode
+    from omniseg.recipes.data import open_val
+    from omniseg.recipes.openseg import IGNORE, class_queries, gt_segments, semantic_metrics
+
+    seg = Segmenter.from_checkpoint(run)
+    model, cfg = seg.model, seg.cfg
+    gt, load_image = open_val(cfg.data, progress=False)
+    cats = sorted(gt.categories, key=lambda c: c.id)
+    vocabs = {("" if k == "names" else k): class_queries(cats, k) for k in cfg.eval.vocabularies}
+    model.cfg.inference = "pixels"
+    result = {f"pixels:{k}": v for k, v in semantic_metrics(model, gt, load_image, vocabs, recall=False).items()}
+    model.cfg.inference = "proposals"
+    index, by_id = {c.id: k for k, c in enumerate(cats)}, {r.image_id: r for r in gt}
+    queries = {k: (model.embed(split_queries(v)[0]), split_queries(v)[1]) for k, v in vocabs.items()}
+    cms = {k: (ConfusionMatrix(len(cats), IGNORE), ConfusionMatrix(len(cats), IGNORE)) for k in vocabs}
+    with torch.no_grad():
+        for batch in build_test_loader(gt, cfg.data.batch_size, load_image=load_image):
+            enc = model.encode(batch.images, batch.image_sizes)
+            for i, image_id in enumerate(batch.image_ids):
+                rec, size, out_size = by_id[image_id], batch.image_sizes[i], batch.orig_sizes[i]
+                segs = gt_segments(rec)
+                label = segments_to_label_map(segs, rec.height, rec.width, index, IGNORE)
+                present = [int(c) for c in np.unique(label) if c != IGNORE]
+                if not segs:
+                    continue
+                m = torch.as_tensor(np.stack([rle_decode(s.mask) for s in segs]), dtype=torch.float32)
+                m = F.interpolate(m[None], size=tuple(size), mode="nearest")[0]  # stored -> input size
+                full = m.new_zeros(len(segs), *batch.images.shape[-2:])
+                full[:, : size[0], : size[1]] = m
+                p = F.interpolate(full[None], size=enc["pixels"].shape[-2:], mode="area")[0].clamp(1e-6, 1 - 1e-6)
+                # GT masks as the proposals (logits), region features as OpenSeg.encode computes them (Sec. 3.2)
+                one = {"masks": p.logit()[None], "pixels": enc["pixels"][i: i + 1],
+                       "regions": (torch.einsum("nhw,ehw->ne", p, enc["pixels"][i]) / (p.sum((1, 2))[:, None] + 1e-6))[None]}
+                for key, (q, groups) in queries.items():
+                    sem = ensemble_max(model.query_scores(one, 0, q, "proposals"), groups, len(cats))
+                    sem = resize_valid(sem, size, model.pyramid.stride, out_size).numpy()
+                    cms[key][0].update(label, sem.argmax(0), str(image_id))
+                    if present:
+                        cms[key][1].update(label, grounding_argmax(sem, present), str(image_id))
+    for key, (cm, gcm) in cms.items():
+        suffix = f"/{key}" if key else ""
+        result.update({f"gt_masks:mIoU{suffix}": cm.summary()["mIoU"],
+                       f"gt_masks:grounding_mIoU{suffix}": gcm.summary()["mIoU"]})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+def write_overlays(run: Path, images: list[Path], vocabulary: list[str], out: Path, tmp: Path) -> list[Path]:
+    """``omniseg segment --task semantic`` drawings of ``images`` by ``run``, downscaled to <= OVERLAY_SIDE px."""
+    from PIL import Image
+
+    subprocess.run(_omni("segment", *map(str, images), "--checkpoint", str(run), "--task", "semantic",
+                         "--vocabulary", ",".join(vocabulary), "--out", str(tmp)), check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for img in images:
+        im = Image.open(tmp / f"{img.stem}.png")
+        im.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
+        im.convert("RGB").quantize(64).save(out / f"{img.stem}.png", optimize=True)  # small enough to commit
+        written.append(out / f"{img.stem}.png")
+    return written
+
+
+def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
+    """The record of a finished job and the artefacts committed with it."""
+    run = Path(args.runs) / job["name"]
+    out = {"table": job["table"], "run": job["name"], "row_id": job["row"], "seed": job["seed"], "kind": job["kind"],
+           "wall_s": round(job["wall_s"], 1), "machine": machine(), "command": job["command"],
+           "driver": f"python bench/openseg_experiments.py {args.table}", "iters": job.get("iters")}
+    if job["table"] == "ablations":
+        out.update(single_seed=True, label=ABLATIONS[job["row"]][0])
+    extra: list[Path] = []
+    if job["kind"] == "rescore":
+        out.update(json.loads((run / "rescore.json").read_text(encoding="utf-8")))
+    else:
+        out.update(json.loads((run / "run.json").read_text(encoding="utf-8")).get("metrics") or {})
+    if job["kind"] == "coco" and job["seed"] == args.seeds[0]:
+        val = json.loads((Path(args.runs) / "coco_mini_split" / "val" / "instances.json").read_text(encoding="utf-8"))
+        shown = val["images"][:OVERLAYS]
+        names = sorted({c["name"] for c in val["categories"] if any(
+            a["category_id"] == c["id"] and a["image_id"] in {im["id"] for im in shown} for a in val["annotations"])})
+        dst = Path(args.results) / "coco_mini" / f"{job['name']}_overlays"
+        extra = write_overlays(run / "checkpoints", [Path(args.coco_mini) / "train2017" / im["file_name"]
+                                                     for im in shown], names, dst, run / "overlays")
+        out.update(overlays=[rel(p) for p in extra], overlay_vocabulary=names)
+    return out, extra
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("table", choices=TABLES)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ablations: the first one only")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "openseg"))
+    ap.add_argument("--results", default=str(RESULTS), help="recorded results (committed in the repository holding it)")
+    ap.add_argument("--commit", action="store_true", help="git commit each run's result (and artefacts) as it lands")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--hours", type=float, default=0.0, help="start only the jobs estimated to end within H hours")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    ap.add_argument("--iters", type=int, default=2000, help="synthetic-world iterations (the configs: 2000)")
+    ap.add_argument("--coco-iters", type=int, default=1000, help="coco-mini iterations")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "openseg_synth.yaml"), help="OpenSeg config")
+    ap.add_argument("--lseg-config", default=str(ROOT / "configs" / "lseg_synth.yaml"), help="LSeg+ config")
+    ap.add_argument("--coco-mini", type=Path, default=COCO_MINI)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    runs, results = Path(args.runs), Path(args.results)
+    jobs = plan(args)
+    recorded = {n for t in {j["table"] for j in jobs} for n in read_results(results / t)}
+    local = finished_local(jobs, runs)
+
+    def done(job: dict) -> None:
+        if job["name"] not in recorded:
+            result, extra = score(job, args)
+            record_result(results / job["table"] / f"{job['name']}.json", result, args.commit, extra)
+            recorded.add(job["name"])
+
+    for job in local.values():  # finished here before, not recorded (e.g. the driver was stopped)
+        done(job)
+    todo, bad = preflight(resolve(jobs, recorded, set(local)))
+    times = schedule(todo, args.parallel)
+    deferred = [n for n, (_, end) in times.items() if args.hours and end > args.hours * 3600]
+    print(f"{args.table}: {sum(j['name'] in recorded for j in jobs if j['table'] == args.table)} recorded, "
+          f"{len(todo)} job(s) to run (times are ESTIMATES from S_PER, not measurements)", flush=True)
+    print_plan(todo, times, deferred, bad, args.parallel)
+    todo = [j for j in todo if j["name"] not in deferred]
+    if args.dry_run or not todo:
+        return
+    runs.mkdir(parents=True, exist_ok=True)
+    if args.table == "coco_mini":
+        split_coco_mini(Path(args.coco_mini), runs / "coco_mini_split")
+    run_jobs(todo, runs, lambda j: j["cmd"], args.parallel, ROOT, done)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "_rescore":  # internal: ... _rescore RUN OUT [run_jobs' --overwrite]
+        rescore(Path(sys.argv[2]), Path(sys.argv[3]))
+        sys.exit(0)
+    main()
