@@ -5,6 +5,7 @@ committed), so a long table can be completed over several sessions on different 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -90,3 +91,18 @@ def run_jobs(todo: list[dict], runs: Path, command: Callable[[dict], list[str]],
             if on_done is not None:
                 on_done(done[name])
     return done
+
+
+def driver_parser(doc: str, tables: Sequence[str], runs: Path, results: Path) -> argparse.ArgumentParser:
+    """The arguments every per-run experiment driver takes (bench/mal_experiments.py, openseg_experiments.py):
+    table, seeds, run and result folders, --commit, --parallel, --hours, --dry-run."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("table", choices=tables)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ablations: the first one only")
+    ap.add_argument("--runs", default=str(runs))
+    ap.add_argument("--results", default=str(results), help="recorded results (committed in the repository holding it)")
+    ap.add_argument("--commit", action="store_true", help="git commit each run's result (and artefacts) as it lands")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--hours", type=float, default=0.0, help="start only the jobs estimated to end within H hours")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    return ap

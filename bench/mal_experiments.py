@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from experiment_runner import machine, read_results, record_result, run_jobs  # noqa: E402
+from experiment_runner import driver_parser, machine, read_results, record_result, run_jobs  # noqa: E402
 from yardstick import ORACLE, PRETRAINED  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "mal"
@@ -390,15 +390,7 @@ def peak(out: Path, cmd: list[str]) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=TABLES)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ablations: the first one only")
-    ap.add_argument("--runs", default=str(ROOT / "runs" / "mal"))
-    ap.add_argument("--results", default=str(RESULTS), help="recorded results (committed in the repository holding it)")
-    ap.add_argument("--commit", action="store_true", help="git commit each run's result (and artefacts) as it lands")
-    ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--hours", type=float, default=0.0, help="start only the jobs estimated to end within H hours")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    ap = driver_parser(__doc__, TABLES, ROOT / "runs" / "mal", RESULTS)
     ap.add_argument("--iters", type=int, default=2000, help="MAL iterations (configs/mal_vits_synth.yaml: 2000)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "mal_vits_synth.yaml"), help="MAL config")
     ap.add_argument("--backbone", default=str(BACKBONE), help="MAE backbone MAL starts from ('' = from scratch)")
