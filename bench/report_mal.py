@@ -55,20 +55,30 @@ def goal_verdict(stats: dict | None, goal: float) -> str:
     return {"reproduced": "met", "not reproduced": "NOT met", "within noise": "within noise of the goal"}.get(v, v)
 
 
+def recorded_runs(folder: Path) -> dict[str, dict]:
+    """The recorded results of one table's folder ({} when none is recorded yet)."""
+    return read_results(folder) if folder.is_dir() else {}
+
+
 def _table(results: Path, table: str) -> dict[str, dict]:
-    return read_results(results / "mal" / table) if (results / "mal" / table).is_dir() else {}
+    return recorded_runs(results / "mal" / table)
 
 
-def planned() -> dict[str, list[str]]:
-    """Result folder -> the run names the driver records there with its defaults (seeds 0 1 2)."""
-    import mal_experiments as mx
-
+def planned_runs(driver) -> dict[str, list[str]]:
+    """Result folder -> the run names ``driver`` (an experiment module with TABLES, plan, parse_args)
+    records there with its defaults (seeds 0 1 2); jobs that record nothing are left out."""
     out: dict[str, list[str]] = {}
-    for t in mx.TABLES:
-        for j in mx.plan(mx.parse_args([t])):
+    for t in driver.TABLES:
+        for j in driver.plan(driver.parse_args([t])):
             if j["table"] is not None and j["name"] not in out.setdefault(j["table"], []):
                 out[j["table"]].append(j["name"])
     return out
+
+
+def planned() -> dict[str, list[str]]:
+    import mal_experiments
+
+    return planned_runs(mal_experiments)
 
 
 def _missing(table: str, recorded: dict, plan: dict[str, list[str]]) -> list[str]:

@@ -11,8 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from claims import aggregate, verdict  # noqa: E402
-from experiment_runner import read_results  # noqa: E402
-from report_mal import _ms, goal_verdict  # noqa: E402
+from report_mal import _ms, goal_verdict, planned_runs, recorded_runs  # noqa: E402
 
 RECALL_GOAL, MARGIN = 0.90, 0.03  # issue 14: recall@0.5 >= 0.90; OpenSeg ahead of LSeg+ on (b), (c) by >= 3 mIoU
 VOCABS = (("names", ""), ("synonyms", "/synonyms"), ("all", "/all"))
@@ -23,19 +22,13 @@ ROWS = [("OpenSeg", "openseg", ""), ("LSeg+", "lseg", ""),
 
 
 def _table(results: Path, table: str) -> dict[str, dict]:
-    return read_results(results / "openseg" / table) if (results / "openseg" / table).is_dir() else {}
+    return recorded_runs(results / "openseg" / table)
 
 
 def planned() -> dict[str, list[str]]:
-    """Result folder -> the run names the driver records there with its defaults (seeds 0 1 2)."""
-    import openseg_experiments as ox
+    import openseg_experiments
 
-    out: dict[str, list[str]] = {}
-    for t in ox.TABLES:
-        for j in ox.plan(ox.parse_args([t])):
-            if j["name"] not in out.setdefault(j["table"], []):
-                out[j["table"]].append(j["name"])
-    return out
+    return planned_runs(openseg_experiments)
 
 
 def _missing(table: str, recorded: dict, plan: dict[str, list[str]]) -> list[str]:
