@@ -32,7 +32,7 @@ from omniseg.data.formats.narratives import InvalidNarrative, id_key
 from omniseg.data.records import Narrative
 from omniseg.errors import UserError
 from omniseg.utils.atomic import atomic_open, atomic_write_json, atomic_write_text
-from omniseg.utils.workers import quiet_pool_worker
+from omniseg.utils.workers import pool_context, quiet_pool_worker
 
 MANIFEST_VERSION = 1
 CHUNKS_DIR = "chunks"
@@ -207,7 +207,6 @@ def curate_alps(
     Returns:
         the statistics written to ``stats.json``.
     """
-    import multiprocessing as mp
     import sys
     import time
 
@@ -244,11 +243,9 @@ def curate_alps(
             _drain(results, bar)
         elif jobs:
             # a missing model fails once, here, not in every worker (a pool would restart them forever);
-            # each worker loads its own pipeline: forking a parent that has run spaCy / torch can
-            # inherit a lock held by one of its threads (a worker hung that way under load)
+            # each worker is a fresh interpreter that loads its own pipeline (see pool_context)
             available_model(cfg.model)
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(min(workers, len(jobs)), initializer=_init_pool_worker, initargs=(sizes, cfg)) as pool:
+            with pool_context().Pool(min(workers, len(jobs)), initializer=_init_pool_worker, initargs=(sizes, cfg)) as pool:
                 _drain(pool.imap_unordered(_process_chunk, jobs), bar)
     finally:
         bar.close()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import multiprocessing as mp
 import os
 import re
 import sys
@@ -37,7 +36,7 @@ from omniseg.data.records import ImageRecord, RecordSet
 from omniseg.data.synth import lexicon
 from omniseg.data.synth.world import GENERATOR_VERSION, SynthConfig, generate_image
 from omniseg.utils.atomic import atomic_write_bytes, atomic_write_json
-from omniseg.utils.workers import quiet_pool_worker
+from omniseg.utils.workers import pool_context, quiet_pool_worker
 
 IMAGES_DIR = "images"
 PANOPTIC_DIR = "panoptic"
@@ -121,10 +120,9 @@ def generate_records(
             stats.written += wrote
             stats.unchanged += not wrote
     else:
-        # fork keeps start-up cheap; every job reseeds from (seed, index), so nothing is shared
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        # every job reseeds from (seed, index), so nothing is shared with the parent (see pool_context)
         chunk = max(1, min(16, len(jobs) // (4 * workers) or 1))
-        with ctx.Pool(workers, initializer=quiet_pool_worker) as pool:
+        with pool_context().Pool(workers, initializer=quiet_pool_worker) as pool:
             for record, wrote in tqdm(pool.imap(_make_one, jobs, chunksize=chunk), **bar):
                 records.append(record)
                 stats.written += wrote
