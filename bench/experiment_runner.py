@@ -1,5 +1,5 @@
 """Shared by the experiment drivers (bench/maskx_experiments.py, bench/alp_experiments.py,
-bench/yardstick.py): which runs have finished, running the missing ones a few at a time (one torch
+bench/yardstick.py, bench/mal_experiments.py, bench/openseg_experiments.py): which runs have finished, running the missing ones a few at a time (one torch
 thread each), and recording each finished run's result in bench/results as it lands (optionally
 committed), so a long table can be completed over several sessions on different machines."""
 
@@ -106,3 +106,105 @@ def driver_parser(doc: str, tables: Sequence[str], runs: Path, results: Path) ->
     ap.add_argument("--hours", type=float, default=0.0, help="start only the jobs estimated to end within H hours")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     return ap
+
+
+def finished_local(jobs: list[dict], runs: Path) -> dict[str, dict]:
+    """The jobs whose run folder says they finished (run_jobs writes wall_s.txt after exit 0)."""
+    return {j["name"]: {**j, "wall_s": float((runs / j["name"] / "wall_s.txt").read_text())}
+            for j in jobs if (runs / j["name"] / "wall_s.txt").is_file()}
+
+
+def resolve(jobs: list[dict], recorded: set[str], local: set[str]) -> list[dict]:
+    """The jobs to run: unrecorded ones and the dependencies of those whose artefacts are not on this
+    machine; less the ones finished here (dependencies on them dropped)."""
+    needed: set[str] = set()
+    for j in reversed(jobs):
+        if (j["table"] is not None and j["name"] not in recorded) or any(
+                k["after"] == j["name"] and k["name"] in needed for k in jobs):
+            needed.add(j["name"])
+    todo = [j for j in jobs if j["name"] in needed and j["name"] not in local]
+    names = {j["name"] for j in todo}
+    return [{**j, "after": j["after"] if j["after"] in names else None} for j in todo]
+
+
+def preflight(todo: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """``todo`` less the training jobs whose config does not load (and their dependants), and why."""
+    from omniseg.recipes.pretraining import PRETRAIN_RECIPES
+    from omniseg.recipes.table import load_experiment
+
+    bad: dict[str, str] = {}
+    for j in todo:
+        if j["after"] in bad:
+            bad[j["name"]] = f"needs {j['after']}"
+        elif "overrides" in j:
+            try:
+                load_experiment(ROOT / j["config"], j["overrides"], *([PRETRAIN_RECIPES] if j["kind"] == "mae" else []))
+            except Exception as e:  # noqa: BLE001 (any config error: named and skipped, the rest runs)
+                bad[j["name"]] = str(e).splitlines()[0]
+    return [j for j in todo if j["name"] not in bad], bad
+
+
+def schedule(todo: list[dict], parallel: int) -> dict[str, tuple[float, float]]:
+    """Estimated (start, end) seconds of each job, started as run_jobs does (list order among the ready)."""
+    t, running, out, pending = 0.0, {}, {}, list(todo)
+    while pending or running:
+        ready = [j for j in pending if j["after"] is None or (j["after"] in out and out[j["after"]][1] <= t)]
+        while ready and len(running) < parallel:
+            j = ready.pop(0)
+            pending.remove(j)
+            out[j["name"]] = (t, t + j["est_s"])
+            running[j["name"]] = t + j["est_s"]
+        if not running:
+            break  # a dependency outside the plan: never ready
+        t = min(running.values())
+        running = {n: e for n, e in running.items() if e > t}
+    return out
+
+
+def print_plan(todo: list[dict], times: dict, deferred: list[str], bad: dict[str, str], parallel: int) -> None:
+    print(f"{'job':<28} {'records into':<13} {'after':<20} {'est. min':>8} {'start-end (min)':>16}")
+    for j in todo:
+        a, b = times.get(j["name"], (float("nan"), float("nan")))
+        print(f"{j['name']:<28} {j['table'] or '-':<13} {j['after'] or '-':<20} {j['est_s'] / 60:>8.0f} "
+              f"{a / 60:>7.0f}-{b / 60:<7.0f}{'  (deferred: past --hours)' if j['name'] in deferred else ''}")
+        print(f"    $ {j['command']}")
+    total = sum(j["est_s"] for j in todo)
+    end = max((b for _, b in times.values()), default=0.0)
+    print(f"estimate: {total / 3600:.1f} h of one-thread work, ~{end / 3600:.1f} h wall with --parallel {parallel} "
+          "(per-iteration times of a busy 2-core machine; see S_PER)")
+    for name, why in bad.items():
+        print(f"[cannot run] {name}: {why}")
+
+
+def drive(args: argparse.Namespace, jobs: list[dict], score: Callable[[dict, argparse.Namespace], tuple[dict, list[Path]]],
+          prepare: Callable[[list[dict], argparse.Namespace], None] | None = None, parallel: int | None = None) -> None:
+    """The main loop of a per-run table driver (``driver_parser``'s arguments): record the runs that finished
+    here but were never recorded (e.g. the driver was stopped), plan the rest (``resolve``, ``preflight``,
+    ``schedule``, ``--hours`` deferral), print the plan, then run it, scoring and recording each run as it
+    lands (``score(job, args) -> (result, extra files)``; jobs of table None are helpers, never recorded).
+    ``prepare(todo, args)`` runs once before the first job (e.g. writing a data split)."""
+    runs, results = Path(args.runs), Path(args.results)
+    parallel = args.parallel if parallel is None else parallel
+    recorded = {n for t in {j["table"] for j in jobs} - {None} for n in read_results(results / t)}
+
+    def done(job: dict) -> None:
+        if job["table"] is not None and job["name"] not in recorded:
+            result, extra = score(job, args)
+            record_result(results / job["table"] / f"{job['name']}.json", result, args.commit, extra)
+            recorded.add(job["name"])
+
+    for job in finished_local(jobs, runs).values():
+        done(job)
+    todo, bad = preflight(resolve(jobs, recorded, set(finished_local(jobs, runs))))
+    times = schedule(todo, parallel)
+    deferred = [n for n, (_, end) in times.items() if args.hours and end > args.hours * 3600]
+    print(f"{args.table}: {sum(j['name'] in recorded for j in jobs if j['table'] == args.table)} recorded, "
+          f"{len(todo)} job(s) to run (times are ESTIMATES from S_PER, not measurements)", flush=True)
+    print_plan(todo, times, deferred, bad, parallel)
+    todo = [j for j in todo if j["name"] not in deferred]
+    if args.dry_run or not todo:
+        return
+    runs.mkdir(parents=True, exist_ok=True)
+    if prepare is not None:
+        prepare(todo, args)
+    run_jobs(todo, runs, lambda j: j["cmd"], parallel, ROOT, done)

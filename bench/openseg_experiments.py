@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from experiment_runner import driver_parser, machine, read_results, record_result, run_jobs  # noqa: E402
-from mal_experiments import _job, _merge, _omni, finished_local, preflight, print_plan, rel, resolve, schedule  # noqa: E402
+from experiment_runner import drive, driver_parser, machine  # noqa: E402
+from mal_experiments import _job, _merge, _omni, rel  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "openseg"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
@@ -227,34 +227,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def prepare(todo: list[dict], args: argparse.Namespace) -> None:
+    if args.table == "coco_mini":
+        split_coco_mini(Path(args.coco_mini), Path(args.runs) / "coco_mini_split")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    runs, results = Path(args.runs), Path(args.results)
-    jobs = plan(args)
-    recorded = {n for t in {j["table"] for j in jobs} for n in read_results(results / t)}
-    local = finished_local(jobs, runs)
-
-    def done(job: dict) -> None:
-        if job["name"] not in recorded:
-            result, extra = score(job, args)
-            record_result(results / job["table"] / f"{job['name']}.json", result, args.commit, extra)
-            recorded.add(job["name"])
-
-    for job in local.values():  # finished here before, not recorded (e.g. the driver was stopped)
-        done(job)
-    todo, bad = preflight(resolve(jobs, recorded, set(local)))
-    times = schedule(todo, args.parallel)
-    deferred = [n for n, (_, end) in times.items() if args.hours and end > args.hours * 3600]
-    print(f"{args.table}: {sum(j['name'] in recorded for j in jobs if j['table'] == args.table)} recorded, "
-          f"{len(todo)} job(s) to run (times are ESTIMATES from S_PER, not measurements)", flush=True)
-    print_plan(todo, times, deferred, bad, args.parallel)
-    todo = [j for j in todo if j["name"] not in deferred]
-    if args.dry_run or not todo:
-        return
-    runs.mkdir(parents=True, exist_ok=True)
-    if args.table == "coco_mini":
-        split_coco_mini(Path(args.coco_mini), runs / "coco_mini_split")
-    run_jobs(todo, runs, lambda j: j["cmd"], args.parallel, ROOT, done)
+    drive(args, plan(args), score, prepare)
 
 
 if __name__ == "__main__":

@@ -111,8 +111,11 @@ class Side:
         dataset = recipe.train_data(cfg, False)
         info = RunInfo(recipe.name, categories_info(dataset.rs.categories), recipe.text_encoder(cfg))
         model = recipe.build_model(cfg, info)
-        data = build_train_loader([dataset], "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                                  rank=0, world_size=1, seed=cfg.train.seed)
+        if hasattr(recipe, "train_loader"):  # the recipe's own loader (an older tree has none)
+            data = recipe.train_loader(cfg, dataset, 0, 1, cfg.train.seed)
+        else:
+            data = build_train_loader([dataset], "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                                      rank=0, world_size=1, seed=cfg.train.seed)
         stage = recipe.stages(cfg, model)[0]
         if stage.prepare is not None:
             stage.prepare(model)

@@ -1,4 +1,4 @@
-"""``omniseg segment PATH ... --checkpoint CKPT [--task instance|semantic] [--vocabulary "a, b"] [--boxes ...]``.
+"""``omniseg segment PATH ... --checkpoint CKPT [--task instance|semantic|panoptic] [--vocabulary "a, b"] [--boxes ...]``.
 
 Inputs are image files, folders (their images, sorted by name) and glob patterns (``"imgs/*.jpg"``,
 expanded here when the shell did not). Two output forms:
@@ -29,6 +29,12 @@ sidecars in ``DIR/labels/``, the list in ``DIR/predictions.json``; ``--out preds
 PNGs and sidecars in ``preds.labels/``, drawings only with ``--overlays DIR``, the list (paths
 relative to the JSON's folder) in ``preds.json``. ``--min-score`` there is a threshold on a pixel's
 best class score (the model's scale; default none): pixels below it get no class.
+
+``--task panoptic`` (models with panoptic output: vloss): per image a COCO panoptic PNG (segment id
+``R + 256 G + 256^2 B``, 0 = no segment) and one COCO panoptic JSON (segments_info with ``isthing`` and
+``score``; :mod:`omniseg.commands.segment_panoptic`): ``--out DIR``: PNGs in ``DIR/panoptic/``, the JSON
+in ``DIR/panoptic.json``, drawings in DIR; ``--out preds.json``: PNGs in ``preds/``, drawings only with
+``--overlays DIR``.
 """
 
 from __future__ import annotations
@@ -124,12 +130,14 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="COCO JSON whose images (matched by file name) and categories (by name) give the ids of "
                    "the results, e.g. the ground truth for omniseg eval; an input image not in it is skipped "
                    "and counted")
-    p.add_argument("--task", choices=("instance", "semantic"), default="instance",
+    p.add_argument("--task", choices=("instance", "semantic", "panoptic"), default="instance",
                    help="instance: objects (masks, boxes, scores); semantic: a class for every pixel (label PNGs, "
-                   "for models with per-pixel output: openseg, lseg)")
+                   "for models with per-pixel output: openseg, lseg); panoptic: a segment (thing or stuff) for "
+                   "every pixel (COCO panoptic PNGs + JSON, for vloss)")
     p.add_argument("--min-score", type=unit_float, default=None,
                    help="instance: hide predictions below this score (0..1, default 0.3); semantic: pixels whose "
-                   "best class score is below it get no class (default: every pixel gets one)")
+                   "best class score is below it get no class (default: every pixel gets one); panoptic: segments scoring "
+                   "below it are left out")
     p.add_argument("--out", type=non_empty_path, default="segment_out",
                    help="FILE.json: COCO results + FILE.categories.json (images and categories the ids refer "
                    "to); otherwise a folder for drawings and predictions.json. --task semantic: FILE.json lists "
@@ -294,10 +302,10 @@ class Job:
 
 def check_arguments(args: argparse.Namespace, paths: list[str]) -> bool:
     """Usage errors between flags and outputs; True for the COCO-results form of ``--out``."""
-    if args.task == "semantic":
+    if args.task in ("semantic", "panoptic"):
         for flag in ("boxes", "boxes_json", "gt"):
             if getattr(args, flag) is not None:
-                raise UsageError(f"--{flag.replace('_', '-')} goes with --task instance (semantic segmentation labels "
+                raise UsageError(f"--{flag.replace('_', '-')} goes with --task instance ({args.task} segmentation labels "
                                  "every pixel of the image)")
     if args.boxes is not None and args.boxes_json:
         raise UsageError("--boxes and --boxes-json: give one (--boxes is one list for every image)")
@@ -312,9 +320,10 @@ def check_arguments(args: argparse.Namespace, paths: list[str]) -> bool:
         if args.overlays:
             raise UsageError(f"--overlays: --out {args.out} is a folder and holds the drawings already "
                              "(--overlays goes with --out FILE.json)")
+    from omniseg.commands.segment_panoptic import png_folder
     from omniseg.commands.segment_semantic import labels_folder
 
-    labels = labels_folder(args.out, coco) if args.task == "semantic" else None
+    labels = {"semantic": labels_folder, "panoptic": png_folder}.get(args.task, lambda out, coco: None)(args.out, coco)
     if labels is not None:
         check_out_folder(labels)
     outs = [args.out, sidecar(args.out) if args.task == "instance" else labels] if coco else args.out
@@ -343,11 +352,12 @@ def main(args: argparse.Namespace) -> int:
     coco = check_arguments(args, paths)
     device = resolve_device(args.device, key="--device")  # before minutes of model loading
     bad = bad_records(args)
-    if args.task == "semantic":
+    if args.task in ("semantic", "panoptic"):
         seg = Segmenter.from_checkpoint(args.checkpoint, device=str(device), use_ema=args.ema)
+        from omniseg.commands.segment_panoptic import segment_panoptic
         from omniseg.commands.segment_semantic import segment_semantic
 
-        return segment_semantic(args, paths, coco, seg, bad)
+        return (segment_semantic if args.task == "semantic" else segment_panoptic)(args, paths, coco, seg, bad)
     min_score = 0.3 if args.min_score is None else args.min_score
     source = args.boxes_json or args.gt
     index = read_coco_index(source, bad, bool(args.boxes_json)) if source else None

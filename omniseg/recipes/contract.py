@@ -6,6 +6,8 @@ A recipe bundles what differs between methods and nothing else:
 * ``build_model(cfg, info)``: the trainable module for a run (``info`` carries the categories,
   so a checkpoint rebuilds the same model without the training data);
 * ``train_data(cfg, progress)``: the training :class:`~omniseg.data.dataset.RecordDataset`;
+* ``train_loader(cfg, dataset, rank, world_size, seed)`` (optional): the endless batch iterator over it
+  (default: one source, ``data.batch_size``; VLOSS draws its sources by a schedule);
 * ``eval_fn(cfg, info, progress)``: ``model -> metrics`` for the trainer (called on every rank);
 * ``predictor(model, cfg, info)``: a :class:`Predictor` (plain images + any vocabulary in,
   :class:`~omniseg.modeling.predictions.ImagePrediction` out) used by evaluation, the API and the CLI;
@@ -130,6 +132,14 @@ def single_stage(cfg: Any, model: nn.Module) -> list[Stage]:
     return [Stage(cfg.train)]
 
 
+def single_source_loader(cfg: Any, dataset: Any, rank: int, world_size: int, seed: int) -> Any:
+    """The default training loader: ``dataset`` alone, ``data.batch_size`` images a batch."""
+    from omniseg.data.loader import build_train_loader
+
+    return build_train_loader([dataset], "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                              rank=rank, world_size=world_size, seed=seed)
+
+
 def no_text_encoder(cfg: Any) -> str:
     return ""
 
@@ -154,6 +164,7 @@ class Recipe(Generic[C]):
     eval_fn: Callable[[C, RunInfo, bool], EvalFn]
     predictor: Callable[[nn.Module, C, RunInfo], Predictor]
     stages: Callable[[C, nn.Module], list[Stage]] = single_stage
+    train_loader: Callable[[C, Any, int, int, int], Any] = single_source_loader
     text_encoder: Callable[[C], str] = no_text_encoder
     pad_divisor: int = 32  # the API pads a single image to a multiple of this before predicting
     #: prompt boxes: "none" (the model finds its objects), "required" (it segments given boxes only:
@@ -344,7 +355,6 @@ def run_recipe(recipe: Recipe, cfg: Any, resume: bool = False, overwrite: bool =
     Raises:
         RunFolderError: the run folder does not fit ``resume`` / ``overwrite``.
     """
-    from omniseg.data.loader import build_train_loader
     from omniseg.engine.distributed import barrier, get_rank, get_world_size, is_main_process
     from omniseg.engine.trainer import resolve_device, seed_everything
     from omniseg.viz.curves import write_training_curves_or_warn
@@ -360,8 +370,7 @@ def run_recipe(recipe: Recipe, cfg: Any, resume: bool = False, overwrite: bool =
         dataset = recipe.train_data(cfg, t.progress)
         info = RunInfo(recipe.name, categories_info(dataset.rs.categories), recipe.text_encoder(cfg))
         model = recipe.build_model(cfg, info)
-        data = build_train_loader([dataset], "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                                  rank=get_rank(), world_size=get_world_size(), seed=t.seed)
+        data = recipe.train_loader(cfg, dataset, get_rank(), get_world_size(), t.seed)
         stages = recipe.stages(cfg, model)
         # everything is valid and built: only now may --overwrite delete the previous run
         prepare_run_folder(t.output_dir, resume=resume, overwrite=overwrite, remove=main,

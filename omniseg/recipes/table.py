@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from omniseg.engine.config import ConfigError, load_config, parse_overrides, read_yaml
-from omniseg.recipes import box_to_mask, fcos_mo, mal, mask_rcnn_star, maskx_rcnn, openseg
+from omniseg.recipes import box_to_mask, fcos_mo, mal, mask_rcnn_star, maskx_rcnn, openseg, vloss
 from omniseg.recipes.contract import Recipe
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
@@ -21,6 +21,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     maskx_rcnn.RECIPE,
     openseg.OPENSEG,
     openseg.LSEG,
+    vloss.RECIPE,
 )}
 
 

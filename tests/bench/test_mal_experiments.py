@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def bench():
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        yield {n: importlib.import_module(n) for n in ("mal_experiments", "report_mal")}
+        yield {n: importlib.import_module(n) for n in ("mal_experiments", "report_mal", "experiment_runner")}
     finally:
         sys.path.remove(str(ROOT / "bench"))
 
@@ -112,20 +112,20 @@ def _j(name, after=None, table="t", est=1.0):
 
 
 def test_resolve_reruns_a_recorded_run_only_for_a_dependant_that_needs_its_folder(bench):
-    mx = bench["mal_experiments"]
+    er = bench["experiment_runner"]
     jobs = [_j("mal"), _j("label", "mal"), _j("helper", table=None), _j("speed", "helper"), _j("done")]
-    todo = mx.resolve(jobs, recorded={"mal", "done"}, local=set())
+    todo = er.resolve(jobs, recorded={"mal", "done"}, local=set())
     assert [(j["name"], j["after"]) for j in todo] == [("mal", None), ("label", "mal"), ("helper", None),
                                                       ("speed", "helper")]
-    todo = mx.resolve(jobs, recorded={"mal", "done", "speed"}, local={"mal"})
+    todo = er.resolve(jobs, recorded={"mal", "done", "speed"}, local={"mal"})
     assert [(j["name"], j["after"]) for j in todo] == [("label", None)]  # mal's folder is here; helper not needed
 
 
 def test_schedule_starts_ready_jobs_in_list_order(bench):
-    mx = bench["mal_experiments"]
+    er = bench["experiment_runner"]
     jobs = [_j("a", est=10), _j("b", "a", est=5), _j("c", est=7)]
-    assert mx.schedule(jobs, 2) == {"a": (0, 10), "c": (0, 7), "b": (10, 15)}
-    assert mx.schedule(jobs, 1) == {"a": (0, 10), "b": (10, 15), "c": (15, 22)}
+    assert er.schedule(jobs, 2) == {"a": (0, 10), "c": (0, 7), "b": (10, 15)}
+    assert er.schedule(jobs, 1) == {"a": (0, 10), "b": (10, 15), "c": (15, 22)}
 
 
 def test_coco_val_keeps_non_crowd_boxes_with_shorter_side_16(bench, tmp_path):

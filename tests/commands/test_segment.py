@@ -434,8 +434,8 @@ def test_segment_semantic_errors(fake, image_file, tmp_path, capsys):
     for flag in (["--boxes", "1,2,30,40"], ["--gt", str(tmp_path / "gt.json")]):
         rc, _, err = _semantic([str(image_file), *flag], capsys)
         assert rc == 2 and f"{flag[0]} goes with --task instance" in err
-    err = _usage(["segment", str(image_file), "--checkpoint", "x", "--task", "panoptic"], capsys)
-    assert "argument --task: invalid choice: 'panoptic'" in err
+    err = _usage(["segment", str(image_file), "--checkpoint", "x", "--task", "depth"], capsys)
+    assert "argument --task: invalid choice: 'depth'" in err
 
 
 def test_segment_semantic_on_an_instance_checkpoint(trained, image_file, tmp_path, capsys):

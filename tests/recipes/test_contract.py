@@ -34,7 +34,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_table_entries_are_recipes_whose_config_names_them():
-    assert set(RECIPES) == {"box_to_mask", "fcos_mo", "lseg", "mal", "mask_rcnn_star", "maskx_rcnn", "openseg"}
+    assert set(RECIPES) == {"box_to_mask", "fcos_mo", "lseg", "mal", "mask_rcnn_star", "maskx_rcnn", "openseg", "vloss"}
     for name, recipe in RECIPES.items():
         assert isinstance(recipe, Recipe) and recipe.name == name
         hint = typing.get_type_hints(recipe.config)["recipe"]
