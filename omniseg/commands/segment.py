@@ -45,7 +45,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,25 @@ class Job:
     image_id: Any
     boxes: Any = None
     names: list[str] | None = None
+
+
+def image_batches(paths: list[str], bad: Any, batch_size: int, advance: Callable[[], None]) -> Iterator[list[Job]]:
+    """The readable images of ``paths`` in batches of ``batch_size`` (image id = position + 1); an unreadable
+    one is skipped under ``bad``'s policy (counted) and advances the progress at once."""
+    from omniseg.commands.common import load_image_or_skip
+
+    jobs: list[Job] = []
+    for k, path in enumerate(paths):
+        image = load_image_or_skip(path, bad)
+        if image is None:  # counted in bad
+            advance()
+            continue
+        jobs.append(Job(k, path, image, k + 1))
+        if len(jobs) == batch_size:
+            yield jobs
+            jobs = []
+    if jobs:
+        yield jobs
 
 
 def check_arguments(args: argparse.Namespace, paths: list[str]) -> bool:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from omniseg.commands.common import load_image_or_skip, removed_on_error, report_skips, unique_name
-from omniseg.commands.segment import LISTED, Job, category_table, progress_printer
+from omniseg.commands.common import removed_on_error, report_skips, unique_name
+from omniseg.commands.segment import LISTED, Job, category_table, image_batches, progress_printer
 from omniseg.data.errors import BadRecords
 from omniseg.errors import ArgumentValueError
 
@@ -123,17 +123,8 @@ def segment_panoptic(args: argparse.Namespace, paths: list[str], coco: bool, seg
             advance()
 
     with removed_on_error(*[p for p in (pngs, drawings, out.parent if coco else out) if p is not None]) as written:
-        jobs: list[Job] = []
-        for k, path in enumerate(paths):
-            image = load_image_or_skip(path, bad)
-            if image is None:  # counted in bad
-                advance()
-                continue
-            jobs.append(Job(k, path, image, k + 1))
-            if len(jobs) == args.batch_size:
-                flush(jobs)
-                jobs = []
-        flush(jobs)
+        for jobs in image_batches(paths, bad, args.batch_size, advance):
+            flush(jobs)
         categories = [{"id": cid, "name": t, "isthing": int(t not in stuff)}
                       for t, cid in sorted(table.items(), key=lambda x: x[1])]
         atomic_write_json(index_file, {"info": {"description": "omniseg segment --task panoptic",

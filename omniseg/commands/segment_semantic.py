@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omniseg.commands.common import load_image_or_skip, removed_on_error, report_skips, unique_name
-from omniseg.commands.segment import LISTED, Job, progress_printer
+from omniseg.commands.common import removed_on_error, report_skips, unique_name
+from omniseg.commands.segment import LISTED, Job, image_batches, progress_printer
 from omniseg.data.errors import BadRecords
 
 
@@ -82,17 +82,8 @@ def segment_semantic(args: argparse.Namespace, paths: list[str], coco: bool, seg
 
     with removed_on_error(*[p for p in (labels_dir, drawings, out.parent if coco else out) if p is not None]) \
             as written:
-        jobs: list[Job] = []
-        for k, path in enumerate(paths):
-            image = load_image_or_skip(path, bad)
-            if image is None:  # counted in bad
-                advance()
-                continue
-            jobs.append(Job(k, path, image, k + 1))
-            if len(jobs) == args.batch_size:
-                flush(jobs)
-                jobs = []
-        flush(jobs)
+        for jobs in image_batches(paths, bad, args.batch_size, advance):
+            flush(jobs)
         atomic_write_json(index, {"task": "semantic", "encoding": encoding, "min_score": args.min_score,
                                   "classes": classes(), "images": entries}, indent=1)
     print(f"{len(entries)} label map(s) written to {labels_dir}, listed in {index}"
