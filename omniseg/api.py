@@ -240,6 +240,34 @@ class Segmenter:
                                           out.semantic.float().cpu().numpy() if class_scores else None))
         return results
 
+    def predict_panoptic(self, image: np.ndarray | str | os.PathLike,
+                         vocabulary: list[str] | None = None) -> PanopticResult:
+        """Panoptic segmentation of one image (models with panoptic output: ``vloss``): every pixel
+        belongs to at most one segment, a thing instance or a stuff region.
+
+        Raises:
+            ArgumentValueError: the model has no panoptic output.
+        """
+        return self.predict_panoptic_batch([image], vocabulary)[0]
+
+    def predict_panoptic_batch(self, images: Sequence[np.ndarray | str | os.PathLike],
+                               vocabulary: Sequence[str] | None = None) -> list[PanopticResult]:
+        """:meth:`predict_panoptic` for several images (batched as in :meth:`predict_batch`)."""
+        none = ArgumentValueError(f"recipe {self.recipe.name!r} has no panoptic output; panoptic segmentation "
+                                  "needs a model that segments things and stuff (vloss)")
+        if self.recipe.boxes == "required":
+            raise none
+        arrays, _ = self._load(images)
+        results = []
+        for image, out in zip(arrays, self._run(arrays, _names_per_image(vocabulary, len(arrays), False), None)):
+            if out is None or out.panoptic is None or out.segments is None:
+                raise none
+            if tuple(out.panoptic.shape) != image.shape[:2]:
+                raise RuntimeError(f"recipe {self.recipe.name!r} returned a panoptic map of shape "
+                                   f"{tuple(out.panoptic.shape)} for an image of {image.shape[:2]}")
+            results.append(PanopticResult(out.panoptic.cpu().numpy(), list(out.segments), list(out.texts)))
+        return results
+
     def _load(self, images: Sequence[np.ndarray | str | os.PathLike]) -> tuple[list[np.ndarray], list[str]]:
         """The images as H x W x 3 uint8 arrays (files read) and their names for messages."""
         arrays, sources = [], []
@@ -281,6 +309,21 @@ class Segmenter:
                 for k, out in zip(members, self.predictor(batch, sizes, sizes, names[members[0]], box_t)):
                     outs[k] = out
         return outs
+
+
+@dataclass
+class PanopticResult:
+    """One image's panoptic segmentation (:meth:`Segmenter.predict_panoptic`).
+
+    Attributes:
+        index: H x W int64, per pixel an index into ``segments``; -1: no segment.
+        segments: one dict per segment: ``text`` (its class name / phrase), ``isthing``, ``score``.
+        names: the class names / phrases asked for (the vocabulary, or the model's classes).
+    """
+
+    index: np.ndarray
+    segments: list[dict]
+    names: list[str]
 
 
 @dataclass

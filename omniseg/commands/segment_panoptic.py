@@ -27,7 +27,6 @@ import numpy as np
 from omniseg.commands.common import removed_on_error, report_skips, unique_name
 from omniseg.commands.segment import LISTED, Job, category_table, image_batches, progress_printer
 from omniseg.data.errors import BadRecords
-from omniseg.errors import ArgumentValueError
 
 ENCODING = "segment id = R + 256 G + 256^2 B of each PNG pixel; 0 is no segment"
 
@@ -35,23 +34,6 @@ ENCODING = "segment id = R + 256 G + 256^2 B of each PNG pixel; 0 is no segment"
 def png_folder(out: str, coco: bool) -> str:
     """Where ``--task panoptic`` writes PNGs: ``DIR/panoptic``, or ``preds.json`` -> ``preds``."""
     return str(Path(out).with_suffix("")) if coco else os.path.join(out, "panoptic")
-
-
-def panoptic_predictions(seg: Any, images: list[np.ndarray], vocabulary: list[str] | None) -> list[Any]:
-    """The predictor's :class:`~omniseg.modeling.predictions.ImagePrediction` per image (batched as
-    :meth:`Segmenter.predict_batch`); a model without panoptic output is an :class:`ArgumentValueError`."""
-    none = ArgumentValueError(f"recipe {seg.recipe.name!r} has no panoptic output; --task panoptic needs a model "
-                              "that segments things and stuff (vloss)")
-    if seg.recipe.boxes == "required":
-        raise none
-    outs = seg._run(images, [vocabulary] * len(images), None)
-    for image, out in zip(images, outs):
-        if out is None or out.panoptic is None or out.segments is None:
-            raise none
-        if tuple(out.panoptic.shape) != image.shape[:2]:
-            raise RuntimeError(f"recipe {seg.recipe.name!r} returned a panoptic map of shape "
-                               f"{tuple(out.panoptic.shape)} for an image of {image.shape[:2]}")
-    return outs
 
 
 def segments_info(index: np.ndarray, segments: list[dict], category: dict[str, int],
@@ -97,11 +79,11 @@ def segment_panoptic(args: argparse.Namespace, paths: list[str], coco: bool, seg
         tick(seen[0])
 
     def flush(jobs: list[Job]) -> None:
-        results = panoptic_predictions(seg, [j.image for j in jobs], args.vocabulary) if jobs else []
+        results = seg.predict_panoptic_batch([j.image for j in jobs], args.vocabulary) if jobs else []
         for job, res in zip(jobs, results):
-            for t in res.texts:  # the model's own names when no vocabulary was given
+            for t in res.names:  # the model's own names when no vocabulary was given
                 table.setdefault(t, max(table.values(), default=0) + 1)
-            ids, infos = segments_info(res.panoptic.cpu().numpy(), res.segments, table, args.min_score)
+            ids, infos = segments_info(res.index, res.segments, table, args.min_score)
             name = unique_name(Path(job.path).stem, ".png", taken, job.index)
             with atomic_open(pngs / name, "wb") as f:
                 Image.fromarray(id_to_rgb(ids)).save(f, format="PNG")

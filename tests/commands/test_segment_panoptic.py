@@ -149,8 +149,8 @@ def test_errors_are_one_line(fake, tmp_path, capsys):
     img = _image(tmp_path / "a.png")
     fake["panoptic"] = False
     rc, _, err = _panoptic([str(img), "--out", str(tmp_path / "o")], capsys)
-    assert rc == 2 and err == ("omniseg segment: error: recipe 'fake_panoptic' has no panoptic output; --task "
-                               "panoptic needs a model that segments things and stuff (vloss)\n")
+    assert rc == 2 and err == ("omniseg segment: error: recipe 'fake_panoptic' has no panoptic output; panoptic "
+                               "segmentation needs a model that segments things and stuff (vloss)\n")
     assert not (tmp_path / "o").exists()
     fake["panoptic"] = True
     for flag in (["--boxes", "1,2,3,4"], ["--gt", str(tmp_path / "gt.json")]):

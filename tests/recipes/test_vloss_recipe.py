@@ -201,8 +201,9 @@ def test_smoke_run_trains_evaluates_and_predicts_from_its_checkpoint(smoke_run, 
     assert json.loads((run / "run.json").read_text())["recipe"] == "vloss"
     seg = Segmenter.from_checkpoint(run)
     image = generate_image(SynthConfig(seed=1000, image_size=64), 0)[0][:50, :60].copy()
-    out = seg._run([image], [["red circle", "grass"]], None)[0]
-    assert out.panoptic.shape == (50, 60) and int(out.panoptic.max()) < len(out.segments)
+    out = seg.predict_panoptic(image, ["red circle", "grass"])
+    assert out.index.shape == (50, 60) and int(out.index.max()) < len(out.segments) and int(out.index.min()) >= -1
+    assert out.names == ["red circle", "grass"]
     assert all(s["text"] in ("red circle", "grass") and s["isthing"] == (s["text"] == "red circle")
                for s in out.segments)
     Image.fromarray(image).save(tmp_path / "a.png")
