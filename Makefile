@@ -41,7 +41,7 @@ test: $(STAMP)
 
 # pyproject.toml's addopts deselect the slow tests (-m 'not slow'); a later -m replaces it
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m slow tests
+	$(BIN)/python -m pytest -q -n 2 -m slow --timeout 0 tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
