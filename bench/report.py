@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import report_claims  # noqa: E402
 import report_mal  # noqa: E402
 import report_openseg  # noqa: E402
+import report_vloss  # noqa: E402
 
 from omniseg.utils.atomic import atomic_write_text  # noqa: E402
 
@@ -510,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += report_claims.sections(args.results)  # per-run result folders (issue 12)
     lines += report_mal.sections(args.results)  # MAL, per-run result folders (issue 13)
     lines += report_openseg.sections(args.results)  # OpenSeg vs LSeg+, per-run result folders (issue 14)
+    lines += report_vloss.sections(args.results)  # VLOSS Tables 3-6, per-run result folders (issue 15)
     atomic_write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
 
