@@ -8,12 +8,16 @@ peak RSS (``os.wait4`` rusage ``ru_maxrss`` of that child alone):
 * ``pycocotools``: ``COCO(path)`` (json.load + createIndex; no validation);
 * ``cli_stats``: ``omniseg data stats PATH --json`` (the whole command, imports included);
 * ``load_dataset``: ``omniseg.data.load.load_dataset(path)`` (validated records; call time inside).
+  Box-only instances come back deferred (columns until a record's ``instances`` is first read,
+  see :class:`omniseg.data.records.DeferredInstances`); the check counts them without making them;
+* ``load_dataset_all``: the same, then every record's ``instances`` read (all 15M ``Instance``
+  objects made and kept, as a pass over the whole dataset does); 'call' covers both.
 
 Readers are interleaved run by run (A, B, C, A, B, C, ...) and medians reported, so load from
 other processes hits all of them alike; ratios are to pycocotools.
 
     .venv/bin/python bench/coco_scale.py                         # 1M boxes, 3 runs each
-    .venv/bin/python bench/coco_scale.py --boxes 15000000 --runs 1 --readers cli_stats load_dataset
+    .venv/bin/python bench/coco_scale.py --boxes 15000000 --runs 1 --readers cli_stats load_dataset load_dataset_all
 
 Prints a JSON report (machine info, per-reader runs / medians, ratios); ``--out FILE`` writes it.
 """
@@ -46,9 +50,17 @@ READERS = {
     "load_dataset": (
         "import json, sys, time\n"
         "from omniseg.data.load import load_dataset\n"
+        "from omniseg.data.records import instance_count\n"
         "t = time.perf_counter(); rs = load_dataset(sys.argv[1]); dt = time.perf_counter() - t\n"
-        "print(json.dumps({'seconds': dt, 'check': [len(rs), sum(len(r.instances) for r in rs), "
+        "print(json.dumps({'seconds': dt, 'check': [len(rs), sum(map(instance_count, rs)), "
         "len(rs.categories)]}))\n"
+    ),
+    "load_dataset_all": (
+        "import json, sys, time\n"
+        "from omniseg.data.load import load_dataset\n"
+        "t = time.perf_counter(); rs = load_dataset(sys.argv[1]); n = sum(len(r.instances) for r in rs)\n"
+        "dt = time.perf_counter() - t\n"
+        "print(json.dumps({'seconds': dt, 'check': [len(rs), n, len(rs.categories)]}))\n"
     ),
 }
 
@@ -118,8 +130,8 @@ def main() -> None:
     ap.add_argument("--categories", type=int, default=80)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--readers", nargs="+", default=["pycocotools", "cli_stats", "load_dataset"],
-                    choices=["pycocotools", "cli_stats", "load_dataset"])
+    ap.add_argument("--readers", nargs="+", default=["pycocotools", "cli_stats", "load_dataset", "load_dataset_all"],
+                    choices=["pycocotools", "cli_stats", "load_dataset", "load_dataset_all"])
     ap.add_argument("--file", help="use / keep the generated file here (made if missing)")
     ap.add_argument("--out", help="also write the JSON report to this file")
     args = ap.parse_args()
@@ -136,6 +148,7 @@ def main() -> None:
         print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s",
               file=sys.stderr)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    load_avg = os.getloadavg()[0]
     runs: dict[str, list[dict]] = {r: [] for r in args.readers}
     for i in range(args.runs):
         for r in args.readers:
@@ -148,6 +161,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count(), "processor": platform.processor()},
+        "load_average_1min": round(load_avg, 2),
         "file": {"boxes": args.boxes, "images": -(-args.boxes // args.per_image),
                  "categories": args.categories, "mib": round(path.stat().st_size / 2**20, 1)},
         "runs": runs,

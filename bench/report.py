@@ -274,7 +274,10 @@ def step_section(d: dict) -> list[str]:
 
 _COCO_READERS = {"pycocotools": "`COCO(path)` (json.load + createIndex, no validation)",
                  "cli_stats": "`omniseg data stats PATH --json` (whole command, imports included)",
-                 "load_dataset": "`omniseg.data.load.load_dataset(path)` (validated records)"}
+                 "load_dataset": "`omniseg.data.load.load_dataset(path)` (validated records; box instances deferred "
+                                 "until read)",
+                 "load_dataset_all": "`load_dataset(path)`, then every record's `instances` read (every Instance "
+                                     "object made)"}
 
 
 def step_profile_section(d: dict) -> list[str]:

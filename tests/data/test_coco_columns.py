@@ -9,9 +9,13 @@ chunk boundaries fall everywhere. Records, skip counts, examples and error messa
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
+import pickle
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +32,14 @@ from omniseg.data.formats.validation import (
     scan_json_object,
 )
 from omniseg.data.load import load_dataset, load_dataset_stats
-from omniseg.data.records import RecordSet
+from omniseg.data.records import (
+    DeferredInstances,
+    ImageRecord,
+    Instance,
+    RecordSet,
+    instance_count,
+    lean_record,
+)
 from omniseg.data.stats import dataset_stats
 
 
@@ -124,12 +135,27 @@ def _fast(path: Path, bad: BadRecords) -> RecordSet:
     return coco.read_coco_instances(path, on_bad=bad, progress=False)
 
 
+def _deferred(rs: RecordSet) -> list[bool]:
+    return [type(r._instances) is DeferredInstances for r in rs]
+
+
 @pytest.mark.parametrize("seed", range(int(__import__("os").environ.get("COCO_SEEDS", 60))))
 def test_random_files_match_reference(seed, tmp_path, tiny_blocks):
     rng = random.Random(seed)
     path = _dump(random_coco(rng, n_ann=rng.choice([0, 5, 40, 90])), tmp_path / "inst.json", rng)
     for policy in ("error", "skip"):
         assert _outcome(_fast, path, policy) == _outcome(reference_read, path, policy), policy
+    # deferred instances: counted without being made, read in any order, pickled unmade
+    ref = reference_read(path, BadRecords("skip"))
+    rs = _fast(path, BadRecords("skip"))
+    assert [instance_count(r) for r in rs] == [len(r.instances) for r in ref]
+    assert all(instance_count(r) for r, d in zip(rs, _deferred(rs)) if d)
+    again = pickle.loads(pickle.dumps(rs))
+    assert _deferred(again) == _deferred(rs)
+    order = list(range(len(rs)))
+    rng.shuffle(order)
+    assert [rs.records[k].instances for k in order] == [ref.records[k].instances for k in order]
+    assert not any(_deferred(rs)) and rs.records == ref.records and again.records == ref.records
     ref_bad, bad = BadRecords("skip"), BadRecords("skip")
     assert coco.coco_instances_stats(path, on_bad=bad) == dataset_stats(reference_read(path, ref_bad))
     assert bad.skipped == ref_bad.skipped and bad.examples == ref_bad.examples
@@ -147,6 +173,109 @@ def test_all_valid_large_chunks_match_reference(tmp_path):
     assert fast[0] == "ok" and fast == _outcome(reference_read, path, "error")
     assert load_dataset(path).records == fast[1]
     assert load_dataset_stats(path) == dataset_stats(reference_read(path, BadRecords()))
+
+
+def _plain_file(tmp_path: Path, cat_id: int = 3) -> Path:
+    d = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 20, "height": 10} for i in (1, 2, 3)],
+         "annotations": [{"id": k, "image_id": 1 + k % 2, "category_id": cat_id, "bbox": [1, 1, 2 + k, 3],
+                          "area": 6.0, "iscrowd": k % 3 == 0} for k in range(1, 7)],
+         "categories": [{"id": cat_id, "name": "c"}]}
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+def test_deferred_instances_behave_as_a_list(tmp_path):
+    """Reading ``instances`` makes them once and keeps them: changes stick, copies made before
+    share the list (as they share a list), deep copies / pickles / replace() give equal records."""
+    path = _plain_file(tmp_path)
+    ref = reference_read(path, BadRecords())
+    rs = _fast(path, BadRecords())
+    assert _deferred(rs) == [True, True, False]  # image 3 has no boxes: a plain empty list
+    r0, r1 = rs.records[0], rs.records[1]
+    shallow, deep = copy.copy(r0), copy.deepcopy(r0)
+    pickled = pickle.loads(pickle.dumps([r0, shallow]))
+    assert repr(r0) == repr(ref.records[0]) and r0 == ref.records[0]
+    got = r0.instances
+    assert got is r0.instances and shallow.instances is got and got == ref.records[0].instances
+    assert deep == r0 and deep.instances is not got and deep.instances[0] is not got[0]
+    assert pickled[0] == r0 and pickled[1].instances is pickled[0].instances
+    got.append(Instance(text="x"))
+    got[0].category_id = 99
+    assert r0.instances[-1].text == "x" and r0.instances[0].category_id == 99 and instance_count(r0) == 4
+    assert dataclasses.replace(r1).instances is r1.instances
+    r1.instances = []
+    assert r1.instances == [] and instance_count(r1) == 0
+    assert not rs.records[2].instances and rs.records[2].instances is rs.records[2].instances
+
+
+def test_lean_records_behave_as_plain_ones():
+    """The image reader's records make their empty lists on first read; to every reader, copier and
+    pickler they are the records ``ImageRecord(id, name, w, h)`` gives."""
+    fields = ("instances", "captions", "narratives", "segments", "labels", "neg_category_ids",
+              "not_exhaustive_category_ids")
+    plain, lean = ImageRecord(7, "a.jpg", 20, 10), lean_record(7, "a.jpg", 20, 10)
+    assert repr(lean) == repr(plain) and lean == plain and plain == lean and instance_count(lean) == 0
+    for make in (copy.deepcopy, lambda r: pickle.loads(pickle.dumps(r)), dataclasses.replace):
+        assert make(lean_record(7, "a.jpg", 20, 10)) == plain
+    assert dataclasses.asdict(lean_record(7, "a.jpg", 20, 10)) == dataclasses.asdict(plain)
+    for name in fields:
+        for r in (plain, lean_record(7, "a.jpg", 20, 10)):
+            shallow = copy.copy(r)  # a shallow copy shares the lists, made or not
+            getattr(shallow, name).append(1)
+            assert getattr(r, name) == [1] and getattr(r, name) is getattr(shallow, name)
+            setattr(r, name, None)  # any value can be set and is read back
+            assert getattr(r, name) is None and getattr(shallow, name) == [1]
+    twins = pickle.loads(pickle.dumps([lean, lean]))
+    twins[0].captions.append("x")
+    assert twins[1].captions == ["x"] and lean.captions == []
+
+
+def test_deferred_instances_made_once_across_threads(tmp_path):
+    rs = _fast(_plain_file(tmp_path), BadRecords())
+    seen: list[list] = []
+    barrier = threading.Barrier(8)
+
+    def read() -> None:
+        barrier.wait()
+        seen.append([r.instances for r in rs])
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(all(a is b for a, b in zip(s, seen[0])) for s in seen)
+
+
+def test_deferred_store_freed_and_wide_category_ids(tmp_path):
+    """Category ids beyond int32 keep their values; a made record drops its store reference."""
+    for cid in (2**40, -(2**31) - 1, 2**31 - 1):
+        path = _plain_file(tmp_path, cat_id=cid)
+        rs = _fast(path, BadRecords())
+        cell = rs.records[0]._instances
+        assert cell.store is not None and rs.records == reference_read(path, BadRecords()).records
+        assert cell.store is None and {i.category_id for r in rs for i in r.instances} == {cid}
+
+
+def test_records_mixing_fast_and_per_record_rows_keep_file_order(tmp_path, tiny_blocks):
+    """Masks go to the per-record reader, plain boxes to the columns: one record gets both, in file order,
+    with its annotations out of image order in the file."""
+    poly = [[1, 1, 6, 1, 6, 5]]
+    anns = [{"id": 10, "image_id": 2, "category_id": 1, "bbox": [1, 1, 2, 2]},
+            {"id": 11, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2], "segmentation": poly},
+            {"id": 12, "image_id": 1, "category_id": 1, "bbox": [2, 1, 2, 2]},
+            {"id": 13, "image_id": 2, "category_id": 1, "bbox": [3, 1, 2, 2], "score": 0.25},
+            {"id": 14, "image_id": 1, "category_id": 1, "bbox": [3, 1, 2, 2], "box_quality": "approximate"},
+            {"id": 15, "image_id": 1, "category_id": 1, "bbox": [4, 1, 2, 2], "segmentation": poly}]
+    d = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 20, "height": 10} for i in (1, 2)],
+         "annotations": anns, "categories": [{"id": 1, "name": "c"}]}
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(d))
+    rs = _fast(path, BadRecords())
+    assert _deferred(rs) == [False, True]
+    assert [[i.id for i in r.instances] for r in rs] == [[11, 12, 14, 15], [10, 13]]
+    assert rs.records == reference_read(path, BadRecords()).records
 
 
 def test_streamed_rows_failing_image_checks_are_read_again(tmp_path, tiny_blocks):
@@ -209,3 +338,52 @@ def test_scan_json_object_matches_json(block, tmp_path, monkeypatch):
     (tmp_path / "f.json").write_bytes(b'{"a": "\xff"}')
     with pytest.raises(NotStreamable):
         scan_json_object(tmp_path / "f.json", {})
+
+
+def test_file_name_shortcut_matches_image_file_name(tmp_path, monkeypatch):
+    """The plain-name shortcut of the image reader accepts and rejects exactly as ``image_file_name``:
+    symbolic links to files / folders inside and outside the root, odd names, a root that is a link."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    (root / "sub").mkdir(parents=True)
+    out.mkdir()
+    (root / "a.jpg").write_bytes(b"")
+    (out / "o.jpg").write_bytes(b"")
+    (root / "in_link.jpg").symlink_to(root / "a.jpg")
+    (root / "out_link.jpg").symlink_to(out / "o.jpg")
+    (root / "out_dir").symlink_to(out)
+    (root / "sub" / "up.jpg").symlink_to("../a.jpg")
+    (root / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "root_link").symlink_to(root)
+    (root / "rootx").mkdir()
+    names = ["a.jpg", "x.jpg", "sub/x.jpg", "sub/up.jpg", "in_link.jpg", "out_link.jpg", "out_dir/o.jpg",
+             "out_dir/x.jpg", "dangling.jpg", "sub/./x.jpg", "sub//x.jpg", "./x.jpg", "sub/", "sub/.", ".",
+             "../x.jpg", "sub/../../x.jpg", "/abs.jpg", "é.jpg", "a\0b.jpg", "nosuch/x.jpg", "rootx/y.jpg",
+             "sub/..", "..x.jpg", "x..jpg"]
+    monkeypatch.chdir(tmp_path)
+    for image_root in (str(root), str(tmp_path / "root_link"), "root", "root/", str(root / "sub"), "/"):
+        for name in names:
+            try:
+                want = ("ok", validation.image_file_name(name, image_root))
+            except Invalid as e:
+                want = ("invalid", str(e))
+            try:
+                coco._check_file_names([name], image_root)
+                got = ("ok", name)
+            except Invalid as e:
+                got = ("invalid", str(e))
+            assert got == want, (image_root, name)
+    rng = random.Random(0)
+    for _ in range(50):  # batches: the first bad name is the one named
+        batch = rng.sample(names, 6)
+        try:
+            for name in batch:
+                validation.image_file_name(name, str(root))
+            want = "ok"
+        except Invalid as e:
+            want = str(e)
+        try:
+            coco._check_file_names(batch, str(root))
+            got = "ok"
+        except Invalid as e:
+            got = str(e)
+        assert got == want, batch

@@ -11,17 +11,22 @@ missing key, a wrong type, an out-of-image box, ...) goes to that reader, which 
 wrong exactly as before. Duplicate ids are resolved over all rows at the end
 (:func:`duplicate_rows`) with the per-record reader's rule: an id is taken by its first row
 that is otherwise valid; later rows with that id are duplicates.
+
+The taken rows end in a :class:`BoxTable`, from which each record's instances are made when it is
+first read (:class:`~omniseg.data.records.DeferredInstances`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from omniseg.data.formats.validation import MAX_ID
+from omniseg.data.records import Instance
 
 #: ints beyond this convert to float with rounding; such rows (never valid boxes) take the slow path
 _EXACT_INT = 2**53
@@ -45,16 +50,17 @@ class Chunk:
     ``pos``: row positions within the list (None: every row). ``xywh``: float64 N x 4.
     ``area``: NaN where absent / null. ``score``: None when no row has one, else NaN where absent.
     ``approx``: None when no row has ``box_quality: "approximate"``. Filled by :func:`check_rows`:
-    ``rec`` (record index), ``xyxy`` (clipped box), ``ok`` (passes the image / category checks).
+    ``rec`` (record index), ``xyxy`` (clipped box), ``ok`` (passes the image / category checks);
+    it then drops ``image_ids`` and ``xywh`` (None), which nothing reads after it.
     """
 
     base: int
     n: int
     pos: np.ndarray | None
     ids: np.ndarray
-    image_ids: np.ndarray
+    image_ids: np.ndarray | None
     cat_ids: np.ndarray
-    xywh: np.ndarray
+    xywh: np.ndarray | None
     crowd: np.ndarray
     area: np.ndarray
     score: np.ndarray | None
@@ -111,10 +117,10 @@ def _box_column(boxes: list) -> tuple[np.ndarray, np.ndarray]:
     n = len(boxes)
     xywh = None
     if set(map(type, boxes)) <= {list} and set(map(len, boxes)) <= {4}:
-        flat = [v for b in boxes for v in b]
+        flat = list(chain.from_iterable(boxes))
         if set(map(type, flat)) <= _NUMBER_TYPES:
             try:
-                xywh = np.array(boxes, np.float64).reshape(n, 4)  # float64 holds every JSON float
+                xywh = np.array(flat, np.float64).reshape(n, 4)  # float64 holds every JSON float
                 ok = np.ones(n, bool)
             except OverflowError:  # an int beyond the float range: row by row below
                 pass
@@ -182,7 +188,12 @@ class AnnotationColumns:
         if seg.count(MISSING) != n:  # an empty polygon list means "no mask"
             ok &= np.fromiter((v is MISSING or (type(v) is list and not v) for v in seg), bool, n)
         crowd_col = col("iscrowd")
-        if set(map(type, crowd_col)) <= {int, bool, _Missing} and set(crowd_col) <= {0, 1, MISSING}:
+        crowd_types = set(map(type, crowd_col))
+        if crowd_types == {_Missing}:  # no row has the key (LVIS)
+            crowd = np.zeros(n, bool)
+        elif crowd_types <= {int, bool} and set(crowd_col) <= {0, 1}:  # the usual case: one C call
+            crowd = np.array(crowd_col, bool).reshape(n)
+        elif crowd_types <= {int, bool, _Missing} and set(crowd_col) <= {0, 1, MISSING}:
             crowd = np.fromiter((v is not MISSING and v == 1 for v in crowd_col), bool, n)
         else:
             ok &= np.fromiter((v is MISSING or (type(v) in (int, bool) and v in (0, 1)) for v in crowd_col), bool, n)
@@ -223,6 +234,7 @@ def check_rows(
     ``chunk.xyxy`` (XYXY clipped to the image as ``_parse_bbox`` clips) and ``chunk.ok``.
     """
     ids = chunk.image_ids
+    assert ids is not None and chunk.xywh is not None, "check_rows runs once per chunk"
     if len(keys):
         at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
         found = keys[at] == ids
@@ -241,6 +253,45 @@ def check_rows(
     x1c, y1c = np.where(w_img < x1, w_img, x1), np.where(h_img < y1, h_img, y1)
     ok &= (x1c > x0c) & (y1c > y0c)
     chunk.rec, chunk.xyxy, chunk.ok = rec, np.stack([x0c, y0c, x1c, y1c], 1), ok
+    chunk.image_ids = chunk.xywh = None  # ~40 bytes a row: 600 MB at 15M boxes
+
+
+class BoxTable:
+    """Taken fast-path rows of a whole file as columns grouped by record: the
+    :class:`~omniseg.data.records.InstanceStore` of the records' deferred instances.
+
+    Rows of record ``k`` are ``offsets[k]:offsets[k + 1]``, in file order. Per box: ``xyxy``
+    (clipped, float64 x 4), ``ids`` (int64), ``cat_ids`` (int32 when they fit), ``crowd``,
+    ``area`` (NaN: none in the file), ``score`` / ``approx`` (None when no row has one) -- ~53
+    bytes against ~380 for the :class:`~omniseg.data.records.Instance` objects :meth:`make` builds.
+    """
+
+    __slots__ = ("names", "source", "offsets", "xyxy", "ids", "cat_ids", "crowd", "area", "score", "approx")
+
+    def __init__(self, names: dict[int, str], source: str, offsets: np.ndarray, columns: dict[str, Any]) -> None:
+        self.names, self.source, self.offsets = names, source, offsets
+        for k in ("xyxy", "ids", "cat_ids", "crowd", "area", "score", "approx"):
+            setattr(self, k, columns[k])
+
+    def __reduce__(self) -> tuple:
+        return (BoxTable, (self.names, self.source, self.offsets, {k: getattr(self, k) for k in self.__slots__[3:]}))
+
+    def count(self, key: int) -> int:
+        return int(self.offsets[key + 1] - self.offsets[key])
+
+    def make(self, key: int) -> list[Instance]:
+        """Record ``key``'s instances, field for field what the per-record reader makes."""
+        s, e = int(self.offsets[key]), int(self.offsets[key + 1])
+        m = e - s
+        cid = self.cat_ids[s:e].tolist()
+        area = [None if a != a else a for a in self.area[s:e].tolist()]  # NaN: none in the file
+        score = [None] * m if self.score is None else [None if v != v else v for v in self.score[s:e].tolist()]
+        quality = ["exact"] * m if self.approx is None else [
+            "approximate" if q else "exact" for q in self.approx[s:e].tolist()]
+        return list(map(Instance, map(self.names.__getitem__, cid), cid, map(tuple, self.xyxy[s:e].tolist()),
+                        quality, [None] * m, [self.source] * m, self.crowd[s:e].tolist(), score,
+                        self.ids[s:e].tolist(), area))
+
 
 
 def duplicate_rows(aid: np.ndarray, aid_ok: np.ndarray, valid: np.ndarray) -> np.ndarray:
