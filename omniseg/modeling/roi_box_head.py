@@ -163,7 +163,7 @@ class FCBoxHead(nn.Module):
         """R x C x S x S -> R x fc_dim."""
         x = x.flatten(1)
         for fc in self.fcs:
-            x = F.relu(fc(x))
+            x = F.relu(fc(x), inplace=True)  # the linear's output is not kept for its backward
         return x
 
 

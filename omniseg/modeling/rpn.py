@@ -113,7 +113,7 @@ class RPNHead(nn.Module):
         """
         logits, deltas = [], []
         for x in features:
-            t = F.relu(self.conv(x))
+            t = F.relu(self.conv(x), inplace=True)  # the conv's output is not kept for its backward
             o = self.objectness_logits(t)  # B x A x H x W
             d = self.anchor_deltas(t)  # B x 4A x H x W
             b, a, h, w = o.shape

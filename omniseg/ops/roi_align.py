@@ -72,6 +72,24 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
+def roi_align_impl(impl: str, device: torch.device) -> str:
+    """The RoIAlign implementation that runs for ``impl`` on ``device``.
+
+    "auto" picks the sparse torch path on the CPU even where torchvision loads: torchvision's
+    compiled CPU kernel measured 2.7x slower forward and 8.7x slower forward + backward than the
+    embedding_bag path (512 RoIs from P2-P5 of 4 x 256 px, 256 channels, 1 thread:
+    ``bench/ops_speed.py --threads 1 --ops roi_align --num-images 4 --image 256 --num-rois 512``
+    in the peer venv), which made it most of the gap between OmniSeg's and torchvision's Mask
+    R-CNN training step (bench/peer_speed.py). Elsewhere (CUDA) "auto" takes torchvision's op
+    when importable. Other values as :func:`resolve_impl`; "torch_reference" passes through.
+    """
+    if impl == "torch_reference":
+        return impl
+    if impl == "auto" and torch.device(device).type == "cpu":
+        return "torch"
+    return resolve_impl(impl)
+
+
 def boxes_to_rois(boxes: Sequence[Tensor] | Tensor) -> Tensor:
     """Per-image box lists -> one K x 5 tensor (batch index, x1, y1, x2, y2).
 
@@ -401,7 +419,8 @@ def roi_align(
         spatial_scale: feature pixels per image pixel (1 / stride).
         sampling_ratio: samples per bin and axis; <= 0 means adaptive ceil(roi_size / output_size).
         aligned: half-pixel correction (see module docstring).
-        impl: "auto" (torchvision's compiled op when importable, else torch), "torch", "torchvision",
+        impl: "auto" (see :func:`roi_align_impl`: torch on the CPU, else torchvision's compiled op when
+            importable, else torch), "torch", "torchvision",
             or "torch_reference" (the slower crop formulation, for cross-checks).
 
     Returns:
@@ -409,11 +428,12 @@ def roi_align(
     """
     out_h, out_w = _pair(output_size)
     rois = boxes_to_rois(rois).to(device=input.device)
+    impl = roi_align_impl(impl, input.device)
     if impl == "torch_reference":
         from omniseg.ops.roi_align_reference import _roi_align_reference
 
         return _roi_align_reference(input, rois, out_h, out_w, spatial_scale, sampling_ratio, aligned)
-    if resolve_impl(impl) == "torchvision" and rois.shape[0] > 0:
+    if impl == "torchvision" and rois.shape[0] > 0:
         tv = torchvision_ops()
         assert tv is not None
         return tv.roi_align(
@@ -485,14 +505,21 @@ def multilevel_roi_align(
         return roi_align(features[0], rois, (out_h, out_w), 1.0 / strides[0], sampling_ratio, aligned, impl)
     lvl = assign_fpn_levels(rois[:, 1:], min_level, min_level + len(features) - 1, canonical_box_size,
                             canonical_level) - min_level
-    if impl != "torch_reference" and resolve_impl(impl) == "torch":
+    impl = roi_align_impl(impl, features[0].device)
+    if impl == "torch":
         if any(f.shape[:2] != features[0].shape[:2] for f in features):
             raise ValueError(f"FPN maps must share N and C, got {[tuple(f.shape) for f in features]}")
         return _roi_align_levels(features, rois, lvl, [1.0 / s for s in strides], out_h, out_w, sampling_ratio,
                                  aligned)
-    out = features[0].new_zeros(rois.shape[0], c, out_h, out_w)
-    for i, (feat, stride) in enumerate(zip(features, strides)):
-        idx = torch.nonzero(lvl == i).flatten()
-        pooled = roi_align(feat, rois[idx], (out_h, out_w), 1.0 / stride, sampling_ratio, aligned, impl)
-        out = out.index_put((idx,), pooled.to(out.dtype))
-    return out
+    # one pass per used level, then one gather back into RoI order (no per-level copy of the output)
+    order = torch.argsort(lvl, stable=True)
+    counts = torch.bincount(lvl, minlength=len(features)).tolist()
+    pooled, start = [], 0
+    for feat, stride, n in zip(features, strides, counts):
+        if n:
+            idx = order[start:start + n]
+            pooled.append(roi_align(feat, rois[idx], (out_h, out_w), 1.0 / stride, sampling_ratio, aligned, impl))
+            start += n
+    if not pooled:
+        return features[0].new_zeros(0, c, out_h, out_w) + sum(f.sum() * 0 for f in features)
+    return torch.cat([p.to(features[0].dtype) for p in pooled])[torch.argsort(order)]

@@ -245,3 +245,20 @@ def test_label_and_sample_targets_decode_to_gt():
     decoded = decode_boxes(s.target_deltas[r], s.boxes[r], head.cfg.box_weights)
     torch.testing.assert_close(decoded, gt[s.matched[r]])
     assert s.target_deltas[~r].abs().sum() == 0
+
+
+def test_fc_box_head_equals_out_of_place_reference():
+    """The in-place ReLUs give the same features and gradients as flatten -> (linear -> relu) x 2."""
+    torch.manual_seed(4)
+    head = FCBoxHead(3, 2, 5)
+    x = torch.randn(7, 3, 2, 2, requires_grad=True)
+    y = head(x)
+    ref = x.flatten(1)
+    for fc in head.fcs:
+        ref = F.relu(fc(ref))
+    assert torch.equal(y, ref) and (y == 0).any() and (y > 0).any()
+    params = [x, *head.parameters()]
+    g = torch.randn(y.shape)
+    assert all(torch.equal(a, b) for a, b in zip(torch.autograd.grad((y * g).sum(), params),
+                                                 torch.autograd.grad((ref * g).sum(), params)))
+    assert head(torch.zeros(0, 3, 2, 2)).shape == (0, 5)

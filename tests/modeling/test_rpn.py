@@ -226,3 +226,24 @@ def test_rpn_module_train_and_eval():
     assert losses == {} and all(len(p) <= 7 for p in props)
     with pytest.raises(ValueError):
         _tiny_rpn(box_loss="giou")
+
+
+def test_rpn_head_equals_out_of_place_reference():
+    """The in-place ReLU after the shared conv gives the same outputs and gradients as the obvious form."""
+    torch.manual_seed(3)
+    head = RPNHead(6, 3)
+    for layer in (head.conv, head.objectness_logits, head.anchor_deltas):
+        torch.nn.init.normal_(layer.weight, std=0.3)
+        torch.nn.init.normal_(layer.bias, std=0.3)
+    feats = [torch.randn(2, 6, s, s + 1, requires_grad=True) for s in (8, 4, 1)]
+    logits, deltas = head(feats)
+    want_l, want_d = [], []
+    for x in feats:
+        t = F.relu(head.conv(x))
+        want_l.append(head.objectness_logits(t).permute(0, 2, 3, 1).reshape(2, -1))
+        want_d.append(head.anchor_deltas(t).view(2, 3, 4, *x.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(2, -1, 4))
+    assert all(torch.equal(a, b) for a, b in zip(logits + deltas, want_l + want_d))
+    params = [*feats, *head.parameters()]
+    got = torch.autograd.grad(sum((o * o).sum() for o in logits + deltas), params, allow_unused=True)
+    want = torch.autograd.grad(sum((o * o).sum() for o in want_l + want_d), params, allow_unused=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

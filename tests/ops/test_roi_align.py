@@ -427,3 +427,75 @@ def test_multilevel_autocast_and_half_inputs():
     half = multilevel_roi_align([f.detach().half() for f in feats], rois, 3, strides, canonical_box_size=16.0,
                                 canonical_level=3, impl="torch")
     assert half.dtype == torch.float16 and torch.allclose(half.float(), ref, atol=5e-3, rtol=5e-3)
+
+
+# ---- dispatch ("auto" runs the sparse torch path on the CPU) and the per-level path's reordering ----
+
+
+def test_auto_is_the_sparse_path_on_cpu():
+    cpu = torch.device("cpu")
+    assert ra.roi_align_impl("auto", cpu) == "torch"
+    assert ra.roi_align_impl("torch", cpu) == "torch"
+    assert ra.roi_align_impl("torch_reference", cpu) == "torch_reference"
+    with pytest.raises(ValueError, match="impl must be"):
+        ra.roi_align_impl("fast", cpu)
+    feat = torch.randn(2, 3, 12, 10, dtype=torch.float64)
+    rois = _mixed_rois(41, 2, 12, 10)
+    assert torch.equal(roi_align(feat, rois, 3, 0.5, 0, True), roi_align(feat, rois, 3, 0.5, 0, True, impl="torch"))
+    feats = [torch.randn(2, 3, 64 // s, 48 // s, dtype=torch.float64) for s in (4, 8, 16)]
+    boxes = _rois(42, 30, 2, 60)
+    assert torch.equal(multilevel_roi_align(feats, boxes, 2, (4, 8, 16), canonical_box_size=20.0),
+                       multilevel_roi_align(feats, boxes, 2, (4, 8, 16), canonical_box_size=20.0, impl="torch"))
+
+
+def _per_roi_pooling(feats, rois, size, strides, **kw):
+    """The obvious reference: each RoI pooled alone from its level, stacked in input order."""
+    levels = assign_fpn_levels(rois[:, 1:], 2, 1 + len(strides), kw.get("canonical_box_size", 224.0)) - 2
+    return torch.cat([ref_roi_align(feats[lv], rois[i:i + 1], size, size, 1.0 / strides[lv], 0, True)
+                      for i, lv in enumerate(levels.tolist())])
+
+
+@pytest.mark.parametrize("case", ["random", "one_level", "empty"])
+def test_per_level_path_keeps_roi_order_and_gradients(case):
+    strides = (4, 8, 16, 32)
+    g = torch.Generator().manual_seed(43)
+    feats = [torch.randn(2, 2, 64 // s, 64 // s, generator=g, dtype=torch.float64, requires_grad=True)
+             for s in strides]
+    rois = {"random": _rois(44, 17, 2, 60),  # levels interleaved in input order
+            "one_level": torch.tensor([[1, 1.0, 2.0, 5.0, 6.0], [0, 3.0, 1.0, 6.0, 4.0]], dtype=torch.float64),
+            "empty": torch.zeros(0, 5, dtype=torch.float64)}[case]
+    kw = dict(canonical_box_size=20.0)
+    if case == "random":
+        lv = assign_fpn_levels(rois[:, 1:], 2, 5, 20.0)
+        assert len(set(lv.tolist())) >= 3 and not torch.equal(lv, lv.sort().values)
+    per_level = multilevel_roi_align(feats, rois, 2, strides, **kw, impl="torch_reference")  # one pass per level
+    fused = multilevel_roi_align(feats, rois, 2, strides, **kw, impl="torch")  # all levels in one pass
+    assert per_level.shape == fused.shape == (rois.shape[0], 2, 2, 2)
+    assert torch.allclose(per_level, fused, atol=1e-12, rtol=0)
+    if rois.shape[0]:
+        assert torch.allclose(per_level, _per_roi_pooling(feats, rois, 2, strides, **kw), atol=1e-12, rtol=0)
+    gout = torch.randn(per_level.shape, generator=g, dtype=torch.float64)
+    g_per_level = torch.autograd.grad((per_level * gout).sum(), feats, allow_unused=True)
+    g_fused = torch.autograd.grad((fused * gout).sum(), feats, allow_unused=True)
+    for a, b in zip(g_per_level, g_fused):
+        a = torch.zeros_like(b) if a is None else a  # a level no RoI uses: no gradient or a zero one
+        b = torch.zeros_like(a) if b is None else b
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.skipif(torchvision_ops() is None, reason="torchvision's compiled ops are not importable")
+def test_multilevel_torchvision_path_equals_sparse_path():
+    strides = (4, 8, 16, 32)
+    g = torch.Generator().manual_seed(45)
+    feats = [torch.randn(2, 3, 96 // s, 64 // s, generator=g, requires_grad=True) for s in strides]
+    rois = torch.cat([_rois(46, 25, 2, 90).float(), torch.tensor([[1, -10.0, -8.0, 200.0, 150.0]])])
+    kw = dict(sampling_ratio=0, canonical_box_size=24.0)
+    tv = multilevel_roi_align(feats, rois, (3, 2), strides, **kw, impl="torchvision")
+    ours = multilevel_roi_align(feats, rois, (3, 2), strides, **kw, impl="auto")
+    assert torch.allclose(tv, ours, atol=1e-5, rtol=1e-5)
+    gout = torch.randn(tv.shape, generator=g)
+    for a, b in zip(torch.autograd.grad((tv * gout).sum(), feats, allow_unused=True),
+                    torch.autograd.grad((ours * gout).sum(), feats, allow_unused=True)):
+        a = torch.zeros_like(b) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)

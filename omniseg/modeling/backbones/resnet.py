@@ -38,7 +38,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return self.relu(y + identity)
+        y += identity  # in place: the norm's backward needs its input, not its output
+        return self.relu(y)
 
 
 class Bottleneck(nn.Module):
@@ -63,7 +64,8 @@ class Bottleneck(nn.Module):
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return self.relu(y + identity)
+        y += identity  # in place: the norm's backward needs its input, not its output
+        return self.relu(y)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm: NormKind) -> nn.Sequential | None:
