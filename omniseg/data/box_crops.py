@@ -1,6 +1,7 @@
 """RoI inputs of the Mask Auto-Labeler (mal-mask-auto-labeler Sec. 3.1 / 3.3): random box expansion,
 crop + resize to Hc x Wc, the box mask and the valid mask in crop coordinates, the student-only
-photometric augmentations (Sec. 4.2), and the object-size classes of Appendix A.2.
+photometric augmentations (Sec. 4.2), the object-size classes of Appendix A.2, and the untrimmed-image
+input of the crop-vs-image ablation (:func:`whole_images`).
 
 Coordinates are continuous pixels: pixel ``(x, y)`` covers ``[x, x + 1) x [y, y + 1)``, its center is
 ``(x + 0.5, y + 0.5)``. Crop pixel ``j`` of a crop box ``(cx0, .., cx1, ..)`` resized to ``Wc`` columns
@@ -122,6 +123,35 @@ def box_masks_in_crops(boxes: Tensor, crop_boxes: Tensor, size: tuple[int, int])
 
     in_x, in_y = inside(xs, b[:, 0], b[:, 2]), inside(ys, b[:, 1], b[:, 3])
     return (in_y[:, :, None] & in_x[:, None, :]).float()
+
+
+def whole_images(images: Tensor, image_sizes: Sequence[tuple[int, int]], size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The untrimmed-image input of the crop-vs-image ablation (``model.input=image``): each image's valid
+    region resized (bilinear, antialiased) so that its longer side is ``size``, at the top-left of a
+    ``size`` x ``size`` canvas.
+
+    Args:
+        images: B x C x Hp x Wp float images (padded batch, each image at the top-left).
+        image_sizes: B valid (H, W).
+        size: the canvas side.
+
+    Returns:
+        (B x C x size x size canvases, zero outside the image; B x size x size bool valid mask; B x 2 float
+        (sx, sy): canvas pixels per image pixel along x and y, so image box ``(x0, y0, x1, y1)`` is canvas box
+        ``(sx x0, sy y0, sx x1, sy y1)``).
+    """
+    b, c = images.shape[:2]
+    canvas = images.new_zeros(b, c, size, size)
+    valid = torch.zeros(b, size, size, dtype=torch.bool, device=images.device)
+    scales = torch.zeros(b, 2, device=images.device)
+    for i, (h, w) in enumerate(image_sizes):
+        s = size / max(h, w)
+        nh, nw = min(max(round(h * s), 1), size), min(max(round(w * s), 1), size)
+        canvas[i, :, :nh, :nw] = F.interpolate(images[i: i + 1, :, :h, :w], size=(nh, nw), mode="bilinear",
+                                               align_corners=False, antialias=True)[0]
+        valid[i, :nh, :nw] = True
+        scales[i] = torch.tensor([nw / w, nh / h])
+    return canvas, valid, scales
 
 
 def size_classes(boxes: Tensor, limits: Sequence[float] = SIZE_LIMITS) -> Tensor:

@@ -272,6 +272,9 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, op
     if name not in EXPORTABLE:
         raise UserError(f"{step}: recipe {name!r} cannot be exported to ONNX; exportable: {', '.join(EXPORTABLE)}")
     cfg, model, pad = seg.cfg, seg.model, seg.recipe.pad_divisor
+    if name == "mal" and cfg.model.input != "crop":
+        raise UserError(f"{step}: model.input={cfg.model.input}: only MAL's crop labeler (model.input=crop) exports "
+                        "to ONNX; the whole-image ablation has no exported graph")
     h, w = image_size or (getattr(getattr(cfg, "data", None), "image_size", 256),) * 2
     if min(h, w) < 1:
         raise UsageError(f"--image-size {h} {w}: must be positive")

@@ -15,6 +15,18 @@ Prediction: each box is expanded by the fixed test-time margin (θ_test = 0.6 sp
 half-extent x 1.3, the authors' ``test_margin_rate``), cropped, segmented by the student and pasted
 back into the image; the mask is ``prob >= mask_threshold`` and its score the mean probability
 inside it (0 for an empty mask).
+
+Crop vs whole image (``model.input``; issue 13's ablation of Sec. 3.1 "Benefits of using RoI inputs"). The
+paper argues for RoI inputs against the untrimmed images that earlier box-supervised methods train on
+(BBTP [4], BoxInst [5], DiscoBox [7], ...): enlarged RoIs give small objects resolution, and the network need
+not detect. It reports no table for this comparison, so ``image`` is our construction of the closest baseline:
+everything of MAL is kept (encoder, decoder, box expansion θ, the Hc x Wc grid of b' on which the MIL / CRF
+losses and the CRF's colours live, EMA teacher, augmentations), only the encoder input changes. Each image is
+resized so its longer side is ``image_size``, padded to a square and encoded once (student: augmented, teacher:
+plain); each box's decoder input is RoIAlign (Mask R-CNN's, aligned, adaptive sampling; BBTP [4] is Mask R-CNN
+based) of that map over b', at the grid the crop path's decoder sees (Appendix A.2 per size class, or
+Hc / stride). Boxes are given, so the detection half of the paper's argument is not part of the ablation: it
+isolates the resolution half.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from omniseg.data.box_crops import (
     sample_expansion,
     size_classes,
     student_augment,
+    whole_images,
 )
 from omniseg.engine.config import ConfigError, bounded
 from omniseg.modeling.mal_decoders import DecoderKind, build_decoder
@@ -45,8 +58,10 @@ from omniseg.modeling.preprocess import PIXEL_MEAN, PIXEL_STD
 from omniseg.ops.crf_loss import crf_loss
 from omniseg.ops.masks import paste_masks_in_image
 from omniseg.ops.mil_loss import mil_loss
+from omniseg.ops.roi_align import roi_align
 
 EncoderKind = Literal["vit_small", "vit_base", "resnet18", "resnet50"]
+InputKind = Literal["crop", "image"]
 
 
 @dataclass
@@ -60,6 +75,9 @@ class MALConfig:
     norm: NormKind = "GN"  # ResNet encoders only
     width: int = bounded(64, ge=1)  # ResNet encoders only: stem width (the committed trunk is 16)
     crop_size: int = bounded(512, ge=16)  # Hc = Wc (Sec. 4.2: 512)
+    # Sec. 3.1 RoI inputs ("crop", the paper's) or the whole-image ablation ("image", module docstring)
+    input: InputKind = "crop"
+    image_size: int = bounded(512, ge=16)  # input "image": the longer side, padded to a square (ViT: x patch)
     decoder: DecoderKind = "attention"  # Table 3: attention > FCN ~ FC
     decoder_dim: int = bounded(256, ge=1)  # Sec. 3.2: K and V output 256 channels
     fc_hidden: int = bounded(2048, ge=1)  # Sec. 4.5: the FC decoder's hidden width
@@ -87,11 +105,13 @@ def build_encoder(cfg: MALConfig) -> tuple[nn.Module, int, int]:
     if cfg.encoder.startswith("vit"):
         from omniseg.modeling.backbones.vit import VisionTransformer
 
-        if cfg.crop_size % cfg.patch_size:
-            raise ConfigError(f"model.crop_size ({cfg.crop_size}) must be a multiple of model.patch_size "
-                              f"({cfg.patch_size})")
+        for key in ("crop_size",) + (("image_size",) if cfg.input == "image" else ()):
+            if getattr(cfg, key) % cfg.patch_size:
+                raise ConfigError(f"model.{key} ({getattr(cfg, key)}) must be a multiple of model.patch_size "
+                                  f"({cfg.patch_size})")
         dim, heads = (384, 6) if cfg.encoder == "vit_small" else (768, 12)  # timm ViT-S / ViT-B
-        vit = VisionTransformer(img_size=cfg.crop_size, patch_size=cfg.patch_size, embed_dim=dim,
+        vit = VisionTransformer(img_size=cfg.image_size if cfg.input == "image" else cfg.crop_size,
+                                patch_size=cfg.patch_size, embed_dim=dim,
                                 depth=cfg.depth or 12, num_heads=heads)
         if cfg.pretrained:
             from omniseg.modeling.weights import load_pretrained, vit_filter_fn
@@ -153,25 +173,57 @@ def paste_and_score(probs: Tensor, crop_boxes: Tensor, image_size: tuple[int, in
 
 class MaskNet(nn.Module):
     """Encoder E + decoder D (the task network; the teacher is a copy). ``forward(crops, sizes)`` ->
-    N x Hc x Wc mask logits, ``sizes`` the Appendix A.2 size class of each crop's box."""
+    N x Hc x Wc mask logits, ``sizes`` the Appendix A.2 size class of each crop's box;
+    ``forward_rois(images, rois, sizes)``: the same from whole images (``model.input=image``)."""
 
     def __init__(self, cfg: MALConfig):
         super().__init__()
         self.encoder, channels, self.stride = build_encoder(cfg)
         self.crop_size, self.scale_by_size = cfg.crop_size, cfg.scale_by_size and cfg.decoder != "fc"
-        self.size_strides = tuple(cfg.size_strides)
-        grid = cfg.crop_size // self.stride
-        self.decoder = build_decoder(cfg.decoder, channels, cfg.decoder_dim, in_grid=grid,
+        self.size_strides, self.image_size = tuple(cfg.size_strides), cfg.image_size
+        self.grid = cfg.crop_size // self.stride
+        self.decoder = build_decoder(cfg.decoder, channels, cfg.decoder_dim, in_grid=self.grid,
                                      out_size=max(cfg.crop_size // 4, 1), fc_hidden=cfg.fc_hidden)
+
+    def side(self, size_class: int | None) -> int:
+        """The decoder's input grid: Hc / size stride of ``size_class`` (Appendix A.2), or (None) Hc / stride,
+        the grid of an encoded crop."""
+        return self.grid if size_class is None else max(self.crop_size // self.size_strides[size_class], 1)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        size = (self.crop_size, self.crop_size)
+        return F.interpolate(self.decoder(x), size=size, mode="bilinear", align_corners=False)[:, 0]
 
     def decode(self, feats: Tensor, size_class: int | None = None) -> Tensor:
         """N x Hc x Wc mask logits of encoder maps ``feats``, first resized to the grid of ``size_class``
         (Appendix A.2; None: as they are)."""
         if size_class is not None:
-            side = max(self.crop_size // self.size_strides[size_class], 1)
+            side = self.side(size_class)
             feats = F.interpolate(feats, size=(side, side), mode="bilinear", align_corners=False)
-        size = (self.crop_size, self.crop_size)
-        return F.interpolate(self.decoder(feats), size=size, mode="bilinear", align_corners=False)[:, 0]
+        return self._logits(feats)
+
+    def roi_features(self, feats: Tensor, rois: Tensor, side: int) -> Tensor:
+        """K x D x side x side: RoIAlign (aligned, adaptive sampling) of ``rois`` (K x 5: image index, XYXY in
+        canvas pixels) on the encoder maps ``feats`` of ``image_size`` canvases."""
+        return roi_align(feats, rois, side, spatial_scale=feats.shape[-1] / self.image_size, sampling_ratio=0,
+                         aligned=True)
+
+    def decode_rois(self, feats: Tensor, rois: Tensor, sizes: Tensor | None = None) -> Tensor:
+        """K x Hc x Wc mask logits of ``rois`` (as :meth:`roi_features`) from the whole images' encoder maps,
+        pooled at the grid of each RoI's size class (Appendix A.2) or at Hc / stride."""
+        if not self.scale_by_size or sizes is None:
+            return self._logits(self.roi_features(feats, rois, self.side(None)))
+        out = feats.new_zeros(rois.shape[0], self.crop_size, self.crop_size)
+        for k in range(len(self.size_strides)):
+            idx = (sizes == k).nonzero().flatten()
+            if idx.numel():
+                out[idx] = self._logits(self.roi_features(feats, rois[idx], self.side(k)))
+        return out
+
+    def forward_rois(self, images: Tensor, rois: Tensor, sizes: Tensor | None = None) -> Tensor:
+        """The whole-image path: one encoder pass over ``images`` (B x 3 x S x S normalized canvases), then
+        :meth:`decode_rois`."""
+        return self.decode_rois(self.encoder(images), rois, sizes)
 
     def forward(self, crops: Tensor, sizes: Tensor | None = None) -> Tensor:
         feats = self.encoder(crops)
@@ -225,6 +277,17 @@ class MAL(nn.Module):
         """:func:`box_crops` with this model's crop size and size limits."""
         return box_crops(images, image_sizes, boxes, betas, self.cfg.crop_size, self.cfg.size_limits)
 
+    def image_rois(self, images: Tensor, image_sizes: Sequence[tuple[int, int]], boxes: Sequence[Tensor],
+                   crop_boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The whole-image inputs (``model.input=image``): (canvases in [0, 1] of the images that hold a box,
+        their valid masks, K x 5 RoIs of ``crop_boxes`` in canvas pixels, indexed into those canvases)."""
+        index = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)]).to(images.device)
+        used, index = index.unique(return_inverse=True)
+        canvas, valid, scales = whole_images(images[used].float() / 255, [image_sizes[int(i)] for i in used],
+                                             self.cfg.image_size)
+        rois = torch.cat([index[:, None].to(crop_boxes.dtype), crop_boxes * scales[index].repeat(1, 2)], dim=1)
+        return canvas, valid, rois
+
     def _train_boxes(self, batch: Batch) -> list[Tensor]:
         """Exact, non-crowd boxes (sides >= min_box_size), at most ``max_crops`` in all (random)."""
         c = self.cfg
@@ -254,14 +317,23 @@ class MAL(nn.Module):
             zero = sum(p.sum() for p in self.student.parameters() if p.requires_grad) * 0.0
             return {"loss_mil": zero, **({"loss_crf": zero} if c.use_crf else {}), "num_crops": torch.zeros(())}
         betas = sample_expansion(n, c.theta).to(batch.images.device)
-        crops, valid, box_masks, sizes, _ = self.crops(batch.images, batch.image_sizes, boxes, betas)
-        student_in = student_augment(crops) if c.student_aug else crops
-        probs = self.student(normalize_crops(student_in, valid), sizes).sigmoid()
+        crops, valid, box_masks, sizes, crop_boxes = self.crops(batch.images, batch.image_sizes, boxes, betas)
+        if c.input == "crop":
+            student_in = student_augment(crops) if c.student_aug else crops
+            probs = self.student(normalize_crops(student_in, valid), sizes).sigmoid()
+        else:  # one encoder pass per image, RoIAlign over each b' (module docstring); crops feed the CRF only
+            canvas, canvas_valid, rois = self.image_rois(batch.images, batch.image_sizes, boxes, crop_boxes)
+            student_in = student_augment(canvas) if c.student_aug else canvas
+            probs = self.student.forward_rois(normalize_crops(student_in, canvas_valid), rois, sizes).sigmoid()
         losses = {"loss_mil": c.mil_weight * mil_loss(probs, box_masks, valid=valid)}
         if c.use_crf:
             with torch.no_grad():
-                t_probs = (self.teacher(normalize_crops(crops, valid), sizes).sigmoid() if self.teacher is not None
-                           else probs.detach())
+                if self.teacher is None:
+                    t_probs = probs.detach()
+                elif c.input == "crop":
+                    t_probs = self.teacher(normalize_crops(crops, valid), sizes).sigmoid()
+                else:
+                    t_probs = self.teacher.forward_rois(normalize_crops(canvas, canvas_valid), rois, sizes).sigmoid()
             losses["loss_crf"] = c.crf_weight * crf_loss(probs, t_probs, crops, box_masks=box_masks, zeta=c.crf_zeta,
                                                          omega=c.crf_omega, valid=valid)
         losses["num_crops"] = torch.tensor(float(n))
@@ -270,13 +342,14 @@ class MAL(nn.Module):
     @torch.no_grad()
     def predict_masks(self, images: Tensor, image_sizes: Sequence[tuple[int, int]], boxes: Sequence[Tensor],
                       chunk: int = 32) -> list[tuple[Tensor, Tensor]]:
-        """Masks for given boxes (module docstring: test-time margin, paste back, score).
+        """Masks for given boxes (module docstring: test-time margin, paste back, score); ``model.input=image``
+        encodes each image once and decodes its boxes' RoIs.
 
         Args:
             images: B x 3 x Hp x Wp uint8 (padded).
             image_sizes: B valid (H, W).
             boxes: B tensors Ni x 4 (XYXY pixels).
-            chunk: crops per student forward.
+            chunk: crops (RoIs) per student forward (decoder pass).
 
         Returns:
             B pairs (Ni x H x W bool masks, Ni mask scores).
@@ -287,11 +360,19 @@ class MAL(nn.Module):
             b = b.float().reshape(-1, 4).to(images.device)
             masks = torch.zeros(len(b), h, w, dtype=torch.bool, device=images.device)
             scores = torch.zeros(len(b), device=images.device)
+            if c.input == "image" and len(b):
+                canvas, canvas_valid, scales = whole_images(images[i: i + 1].float() / 255, [(h, w)], c.image_size)
+                feats = self.student.encoder(normalize_crops(canvas, canvas_valid))
             for s in range(0, len(b), chunk):
                 part = b[s: s + chunk]
-                crops, valid, _, sizes, crop_boxes = self.crops(images[i: i + 1], [(h, w)], [part],
-                                                                fixed_expansion(len(part), c.test_theta))
-                probs = self.student(normalize_crops(crops, valid), sizes).sigmoid()
+                betas = fixed_expansion(len(part), c.test_theta)
+                if c.input == "image":
+                    crop_boxes = expand_boxes(part, betas.to(part.device))
+                    rois = torch.cat([crop_boxes.new_zeros(len(part), 1), crop_boxes * scales.repeat(1, 2)], dim=1)
+                    probs = self.student.decode_rois(feats, rois, size_classes(part, c.size_limits)).sigmoid()
+                else:
+                    crops, valid, _, sizes, crop_boxes = self.crops(images[i: i + 1], [(h, w)], [part], betas)
+                    probs = self.student(normalize_crops(crops, valid), sizes).sigmoid()
                 masks[s: s + chunk], scores[s: s + chunk] = paste_and_score(probs, crop_boxes, (h, w),
                                                                             c.mask_threshold)
             out.append((masks, scores))

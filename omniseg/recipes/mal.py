@@ -54,8 +54,10 @@ class MALExperiment:
 
     def __post_init__(self) -> None:
         m = self.model
-        if m.encoder.startswith("vit") and m.crop_size % m.patch_size:
-            raise ConfigError(f"model.crop_size ({m.crop_size}) must be a multiple of model.patch_size ({m.patch_size})")
+        for key in ("crop_size",) + (("image_size",) if m.input == "image" else ()):
+            if m.encoder.startswith("vit") and getattr(m, key) % m.patch_size:
+                raise ConfigError(f"model.{key} ({getattr(m, key)}) must be a multiple of model.patch_size "
+                                  f"({m.patch_size})")
 
 
 def strip_masks(rs: RecordSet) -> RecordSet:

@@ -95,6 +95,38 @@ def test_ablations_change_one_thing_of_the_reference(bench, tmp_path):
     assert jobs["abl_decoder_fc_s3"]["after"] == "mae"
 
 
+#: the ablation jobs before the whole-image row was added (name -> overrides after the shared base; {bb}: the
+#: backbone): recorded results stay valid only while these are planned unchanged
+OLD_ABLATIONS = {
+    "abl_decoder_fc_s3": ["model.decoder=fc"], "abl_decoder_fcn_s3": ["model.decoder=fcn"],
+    "abl_encoder_resnet18_s3": ["model.encoder=resnet18", "model.width=16", "model.norm=GN",
+                                "model.pretrained=trunk.safetensors"],
+    "abl_encoder_vit_scratch_s3": ["model.pretrained="],
+    **{f"abl_theta_{t}_s3": [f"model.theta={t}"] for t in ("0", "0.6", "1.0", "1.6")},
+    "abl_ema_off_s3": ["model.ema_teacher=false"], "abl_crf_off_s3": ["model.use_crf=false"],
+}
+
+
+def test_whole_image_ablation_is_added_and_the_other_jobs_are_unchanged(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    jobs = mx.plan(_args(mx, tmp_path, "ablations", "--seeds", "3", "--iters", "400"))
+    bb = tmp_path / "pre" / "mae" / "backbone.safetensors"
+    base = ["train.seed=3", "train.max_iter=400", "train.progress=false", "train.checkpoint_period=100",
+            f"model.pretrained={bb}"]
+    names = [j["name"] for j in jobs]
+    assert names == ["mae", "synth_s3", *OLD_ABLATIONS, "abl_whole_image_s3"]  # the new row last
+    by = {j["name"]: j for j in jobs}
+    assert by["synth_s3"]["overrides"] == base
+    for name, extra in OLD_ABLATIONS.items():
+        keys = {o.split("=")[0] for o in extra}
+        assert by[name]["overrides"] == [o for o in base if o.split("=")[0] not in keys] + extra, name
+    new = by["abl_whole_image_s3"]
+    assert new["overrides"] == base + ["model.input=image", "model.image_size=256"]
+    assert (new["table"], new["row"], new["seed"], new["after"]) == ("ablations", "whole_image", 3, "mae")
+    assert new["est_s"] == 400 * mx.S_PER["mal"] + mx.OVERHEAD_S["mal"]
+    assert new["cmd"][-1] == f"train.output_dir={tmp_path / 'runs' / 'abl_whole_image_s3'}"
+
+
 def test_speed_and_coco_mini_jobs(bench, tmp_path):
     mx = bench["mal_experiments"]
     speed = mx.plan(_args(mx, tmp_path, "speed", "--speed-images", "10"))
@@ -225,6 +257,22 @@ def test_ablation_verdicts_use_the_reference_seed_noise(bench):
     assert far["theta_0"] == "not reproduced"  # below the reference, but not toward the filled box (0.95)
     few = rm.ablation_verdicts(values, 0.68, {**noise, "n": 2})
     assert {v["verdict"] for v in few} == {"incomplete"}
+
+
+def test_report_renders_the_whole_image_row_and_its_claim(bench, tmp_path):
+    mal = tmp_path / "mal"
+    for s, v in enumerate([0.90, 0.91, 0.92]):
+        _record(mal / "synth", f"synth_s{s}", row_id="mal_attention_mae", seed=s, mask_mIoU=v, mask_AP=v / 2,
+                filled_box_mIoU=0.60)
+    _record(mal / "ablations", "abl_whole_image_s0", row_id="whole_image", seed=0, mask_mIoU=0.70, mask_AP=0.3,
+            filled_box_mIoU=0.60)
+    text = "\n".join(bench["report_mal"].sections(tmp_path)).split("### Ablations")[1].split("###")[0]
+    assert "| whole image + RoIAlign, no crops (Sec. 3.1) | 0.700 | 30.0 | -0.200 | 0.600 |" in text
+    assert ("| RoI crops > the whole image (Sec. 3.1: RoI inputs enlarge small objects) | mal_attention_mae 0.900 vs "
+            "whole_image 0.700 | **reproduced** |") in text  # 0.2 > 2 x 0.01
+    assert "| decoder FC (Table 3) | not run yet | | | |" in text
+    missing = text.split("Missing")[1]
+    assert "abl_crf_off_s0" in missing and "abl_whole_image_s0" not in missing  # recorded: not listed as missing
 
 
 def test_synth_smoke_records_the_eval_keys_and_never_reruns(tmp_path):

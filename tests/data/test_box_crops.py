@@ -11,6 +11,7 @@ from omniseg.data.box_crops import (
     sample_expansion,
     size_classes,
     student_augment,
+    whole_images,
 )
 from omniseg.ops.masks import paste_masks_in_image
 
@@ -80,6 +81,26 @@ def test_crop_then_paste_returns_the_mask():
     crops, _ = crop_and_resize(mask, torch.tensor([0]), crop_box, (64, 64), [(40, 40)])
     back = paste_masks_in_image(crops[:, 0], crop_box, (40, 40), threshold=0.5)
     assert torch.equal(back[0], mask[0, 0].bool())
+
+
+def test_whole_images_resize_the_longer_side_and_pad_to_a_square():
+    # image 0: 4 x 8 inside a padded 6 x 10 batch (padding 99 must not leak); image 1: 5 x 7
+    images = torch.full((2, 1, 6, 10), 99.0)
+    images[0, 0, :4, :8] = torch.arange(8.0) * 4 + 2  # value 4 u at pixel centre u = x + 0.5
+    images[1, 0, :5, :7] = 3.0
+    canvas, valid, scales = whole_images(images, [(4, 8), (5, 7)], 16)
+    assert canvas.shape == (2, 1, 16, 16) and valid.shape == (2, 16, 16)
+    # image 0: x 2 -> 16 x 8 valid; canvas pixel j reads u = (j + 0.5) / 2, value 2 j + 1 (edges clamp to 2 / 30)
+    assert valid[0, :8, :16].all() and valid[0].sum() == 8 * 16 and scales[0].tolist() == [2.0, 2.0]
+    assert torch.allclose(canvas[0, 0, 3, 1:15], torch.arange(1.0, 15) * 2 + 1)
+    assert canvas[0, 0, 3, 0] == 2 and canvas[0, 0, 3, 15] == 30 and (canvas[0, :, 8:] == 0).all()
+    # image 1: x 16 / 7 -> round(5 x 16 / 7) = 11 rows, 16 columns; a constant stays constant
+    assert valid[1].sum() == 11 * 16 and valid[1, :11, :16].all()
+    assert torch.allclose(scales[1], torch.tensor([16 / 7, 11 / 5]))
+    assert torch.allclose(canvas[1, 0, :11], torch.full((11, 16), 3.0)) and (canvas[1, :, 11:] == 0).all()
+    # shrinking: a 32 x 16 image to 8 -> 8 x 4, x 1/4 both ways
+    _, v, sc = whole_images(torch.rand(1, 3, 32, 16), [(32, 16)], 8)
+    assert v[0].sum() == 8 * 4 and v[0, :, :4].all() and sc[0].tolist() == [0.25, 0.25]
 
 
 def test_size_classes_use_the_appendix_limits():

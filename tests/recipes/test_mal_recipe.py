@@ -108,3 +108,60 @@ def test_segmenter_predicts_one_mask_per_box(smoke_run):
         assert 0.0 <= inst.score <= 1.0
         assert list(inst.box) == pytest.approx(box)
     assert seg.predict(image, boxes=np.zeros((0, 4))) == []
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """The smoke config in the whole-image mode (crop vs image ablation), trained through run_recipe."""
+    from omniseg.recipes.contract import run_recipe
+
+    out = tmp_path_factory.mktemp("mal_image")
+    cfg = load_config(MALExperiment, SMOKE, [f"train.output_dir={out}", "model.input=image", "model.image_size=64"])
+    return out, run_recipe(RECIPE, cfg)
+
+
+def test_whole_image_mode_trains_evaluates_and_autolabels_a_box_file(image_run, tmp_path, capsys):
+    import torch
+    from PIL import Image
+
+    from omniseg.api import Segmenter
+    from omniseg.cli import main as cli_main
+    from omniseg.data.formats.coco import to_coco_dict
+    from omniseg.data.synth.generate import generate_records, synth_recordset
+    from omniseg.data.synth.world import SynthConfig
+
+    out, summary = image_run
+    assert summary["step"] == 2 and 0.0 <= summary["eval"]["mask_mIoU"] <= 1.0
+    seg = Segmenter.from_checkpoint(out)
+    assert seg.model.cfg.input == "image" and seg.model.cfg.image_size == 64
+    recs, _ = generate_records(SynthConfig(seed=4, num_images=2, image_size=64), tmp_path / "images", progress=False)
+    data = to_coco_dict(synth_recordset(recs))
+    for a in data["annotations"]:
+        a.pop("segmentation", None)
+    (tmp_path / "boxes.json").write_text(json.dumps(data))
+    rc = cli_main(["autolabel", str(tmp_path / "boxes.json"), "--images", str(tmp_path / "images"), "--checkpoint",
+                   str(out), "--out", str(tmp_path / "masks.json")])
+    assert rc == 0, capsys.readouterr()
+    got = json.loads((tmp_path / "masks.json").read_text())["annotations"]
+    assert len(got) == len(data["annotations"]) > 0 and all("autolabel_skipped" not in a for a in got)
+    for img in data["images"]:
+        anns = [a for a in got if a["image_id"] == img["id"]]
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        want = seg.predict(tmp_path / "images" / img["file_name"], boxes=boxes)
+        assert [a["segmentation"] for a in anns] == [w.mask for w in want]
+        assert [a["mask_score"] for a in anns] == pytest.approx([w.score for w in want], abs=1e-4)  # written rounded
+        pixels = torch.from_numpy(np.array(Image.open(tmp_path / "images" / img["file_name"]).convert("RGB")))
+        (masks, _), = seg.model.predict_masks(pixels.permute(2, 0, 1)[None], [(64, 64)], [torch.tensor(boxes)])
+        assert [rle_encode(m.numpy().astype(np.uint8)) for m in masks] == [w.mask for w in want]
+
+
+def test_whole_image_labeler_is_refused_by_onnx_export(image_run, tmp_path, capsys):
+    """The ONNX graph is the crop labeler's: exporting a whole-image run would give wrong masks silently."""
+    pytest.importorskip("onnx")
+    from omniseg.cli import main as cli_main
+
+    out, _ = image_run
+    assert cli_main(["export", str(out), "--out", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "model.input=image: only MAL's crop labeler (model.input=crop) exports to ONNX" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
