@@ -7,15 +7,20 @@ run over several sessions: every finished run is scored and recorded at once in
 
 Tables (``report_openseg.py`` renders them):
 
-* ``synth``: per seed OpenSeg (configs/openseg_synth.yaml) and LSeg+ (configs/lseg_synth.yaml), scored by the
-  recipe's evaluation on 50 held-out images: proposal recall@0.5/0.7/0.9 (OpenSeg; Table 1 protocol), mIoU and
-  grounding mIoU with the vocabularies names / synonyms / all (Sec. 4.3). Then, per seed, the OpenSeg checkpoint
-  is re-scored (job ``openseg_rescore_s<seed>``, no training): "no proposals at inference" (``model.inference=
-  pixels``, Sec. 4.4: F_z . w per pixel) and the GT-mask upper bound (the ground-truth segments as the proposals,
-  their region features z = mask-weighted mean of the model's F_z, exactly as for its own proposals, Sec. 3.2).
+* ``synth``: per seed OpenSeg (configs/openseg_synth.yaml), LSeg+ (configs/lseg_synth.yaml) and the ALIGN-style
+  image-level baseline (configs/align_synth.yaml, job ``align_s<seed>``), scored by the recipe's evaluation on 50
+  held-out images: proposal recall@0.5/0.7/0.9 (OpenSeg; Table 1 protocol), mIoU and grounding mIoU with the
+  vocabularies names / synonyms / all (Sec. 4.3). Then, per seed, the OpenSeg checkpoint is re-scored (job
+  ``openseg_rescore_s<seed>``, no training): "no proposals at inference" (``model.inference=pixels``, Sec. 4.4:
+  F_z . w per pixel) and the GT-mask upper bound (the ground-truth segments as the proposals, their region
+  features z = mask-weighted mean of the model's F_z, exactly as for its own proposals, Sec. 3.2).
 * ``ablations`` (one seed): caption words all / noun+adj+verb (``model.words``; Table 3); the noun+adj reference
-  is the ``synth`` run of the same seed. With vs without narratives pseudo-labels is not available (the recipe
-  has no teacher pseudo-masks, omniseg/recipes/openseg.py).
+  is the ``synth`` run of the same seed. With narratives pseudo-labels (Sec. 3.3, 4.3): a teacher trained with
+  L_S only (``model.grounding_weight=0``, job ``abl_narratives_teacher_s<seed>``), then the student (job
+  ``abl_narratives_s<seed>``, after the teacher) on the same masked images plus ``--caption-only`` caption-only
+  images (their narratives as captions) masked by the teacher's pseudo masks, trained twice as many iterations
+  (Sec. 4.1: 30k steps on COCO, 60k on COCO + Loc. Narr., sources drawn with equal probability); the "without
+  narratives" reference is the ``synth`` OpenSeg run of the same seed.
 * ``coco_mini``: OpenSeg on the captions + class-agnostic masks of 60 of the 80 coco-mini photos (sorted image
   ids, first 60), grounding mIoU on the other 20 (things only: coco-mini has no panoptic stuff); semantic overlays
   of 5 held-out photos (first seed) are written next to the results, downscaled to <= 320 px.
@@ -41,31 +46,44 @@ COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
 TABLES = ("synth", "ablations", "coco_mini")
 VOCABULARIES = ("names", "synonyms", "all")
 #: ESTIMATED seconds per iteration on one thread: openseg_synth measured 2.3-3.4 s on a busy 2-core machine (the
-#: midpoint); LSeg+ taken as the same (similar trunk and tower, no decoder); coco-mini (long side 384, batch 4) a guess
-S_PER = {"openseg": 2.85, "lseg": 2.85, "coco": 3.5}
-#: start-up + final evaluation (50 images x 3 vocabularies + recall), re-scoring (2 passes), coco overlays
-OVERHEAD_S = {"train": 90, "rescore": 150, "coco": 120}
+#: midpoint); LSeg+ and ALIGN taken as the same (similar trunk and tower, no decoder); coco-mini (long side 384,
+#: batch 4) a guess
+S_PER = {"openseg": 2.85, "lseg": 2.85, "align": 2.85, "coco": 3.5}
+#: start-up + final evaluation (50 images x 3 vocabularies + recall), re-scoring (2 passes), coco overlays, the
+#: teacher's pseudo masks of the --caption-only images (a guess: ~0.4 s an image)
+OVERHEAD_S = {"train": 90, "rescore": 150, "coco": 120, "pseudo_per_image": 0.4}
 #: row -> (label, overrides) of the one-seed ablations; the reference (noun_adj) is synth's OpenSeg run
 ABLATIONS = {
     "words_all": ("caption words: all (Table 3)", ["model.words=all"]),
     "words_noun_adj_verb": ("caption words: nouns + adjectives + verbs (Table 3)", ["model.words=noun_adj_verb"]),
 }
+#: row -> (label, overrides) of the narratives ablation: the L_S-only teacher, then the student it pseudo-labels
+#: ({runs}: the run folder, {seed}: the seed, {n}: --caption-only)
+NARRATIVES = {
+    "narratives_teacher": ("teacher: L_S only, no captions (Sec. 3.3)", ["model.grounding_weight=0"]),
+    "narratives": ("with narratives pseudo-labels (Sec. 4.3)",
+                   ["data.teacher={runs}/abl_narratives_teacher_s{seed}", "data.caption_only_num_images={n}"]),
+}
+#: the student's iterations / the synth runs' (Sec. 4.1: 30k steps on COCO, 60k with Loc. Narr. added)
+NARRATIVES_ITERS = 2
 OVERLAYS = 5
 OVERLAY_SIDE = 320
 
 
 def train_job(args: argparse.Namespace, name: str, table: str, row: str, seed: int, recipe: str,
-              extra: list[str] = (), iters: int | None = None) -> dict:
-    """One training run of ``recipe`` (openseg / lseg / coco = openseg on coco-mini)."""
+              extra: list[str] = (), iters: int | None = None, after: str | None = None, extra_s: float = 0.0
+              ) -> dict:
+    """One training run of ``recipe`` (openseg / lseg / align / coco = openseg on coco-mini); ``extra_s``: more
+    estimated seconds (e.g. the teacher's pseudo masks)."""
     iters = iters or (args.coco_iters if recipe == "coco" else args.iters)
-    config = Path(args.lseg_config if recipe == "lseg" else args.config)
+    config = Path({"lseg": args.lseg_config, "align": args.align_config}.get(recipe, args.config))
     base = [f"train.seed={seed}", f"train.max_iter={iters}", "train.progress=false",
             f"train.checkpoint_period={iters // 4 if iters >= 100 else 0}",
             f"eval.vocabularies=[{','.join(VOCABULARIES if recipe != 'coco' else ('names',))}]"]
     overrides = _merge(base, list(extra))
     cmd = _omni("train", str(config), *overrides, f"train.output_dir={Path(args.runs) / name}")
-    est = iters * S_PER[recipe] + OVERHEAD_S["train"] + (OVERHEAD_S["coco"] if recipe == "coco" else 0)
-    return _job(name, table, recipe, cmd, est, None, config=rel(config), overrides=overrides, row=row, seed=seed,
+    est = iters * S_PER[recipe] + OVERHEAD_S["train"] + (OVERHEAD_S["coco"] if recipe == "coco" else 0) + extra_s
+    return _job(name, table, recipe, cmd, est, after, config=rel(config), overrides=overrides, row=row, seed=seed,
                 iters=iters)
 
 
@@ -89,12 +107,20 @@ def plan(args: argparse.Namespace) -> list[dict]:
     if args.table == "synth":
         return [j for s in args.seeds for j in (train_job(args, f"openseg_s{s}", "synth", "openseg", s, "openseg"),
                                                  train_job(args, f"lseg_s{s}", "synth", "lseg", s, "lseg"),
-                                                 rescore_job(args, s))]
+                                                 rescore_job(args, s),
+                                                 train_job(args, f"align_s{s}", "synth", "align", s, "align"))]
     if args.table == "ablations":
         s = args.seeds[0]
+        teacher, student = (f"abl_{row}_s{s}" for row in NARRATIVES)
+        fill = {"runs": args.runs, "seed": s, "n": args.caption_only}
+        narr = {row: [o.format(**fill) for o in over] for row, (_, over) in NARRATIVES.items()}
         return [train_job(args, f"openseg_s{s}", "synth", "openseg", s, "openseg")] + [
             train_job(args, f"abl_{row}_s{s}", "ablations", row, s, "openseg", over)
-            for row, (_, over) in ABLATIONS.items()]
+            for row, (_, over) in ABLATIONS.items()] + [
+            train_job(args, teacher, "ablations", "narratives_teacher", s, "openseg", narr["narratives_teacher"]),
+            train_job(args, student, "ablations", "narratives", s, "openseg", narr["narratives"],
+                      NARRATIVES_ITERS * args.iters, after=teacher,
+                      extra_s=args.caption_only * OVERHEAD_S["pseudo_per_image"])]
     return [train_job(args, f"coco_mini_s{s}", "coco_mini", "openseg_coco_mini", s, "coco", coco_overrides(args))
             for s in args.seeds]
 
@@ -199,7 +225,7 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
            "wall_s": round(job["wall_s"], 1), "machine": machine(), "command": job["command"],
            "driver": f"python bench/openseg_experiments.py {args.table}", "iters": job.get("iters")}
     if job["table"] == "ablations":
-        out.update(single_seed=True, label=ABLATIONS[job["row"]][0])
+        out.update(single_seed=True, label={**ABLATIONS, **NARRATIVES}[job["row"]][0])
     extra: list[Path] = []
     if job["kind"] == "rescore":
         out.update(json.loads((run / "rescore.json").read_text(encoding="utf-8")))
@@ -223,6 +249,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--coco-iters", type=int, default=1000, help="coco-mini iterations")
     ap.add_argument("--config", default=str(ROOT / "configs" / "openseg_synth.yaml"), help="OpenSeg config")
     ap.add_argument("--lseg-config", default=str(ROOT / "configs" / "lseg_synth.yaml"), help="LSeg+ config")
+    ap.add_argument("--align-config", default=str(ROOT / "configs" / "align_synth.yaml"), help="ALIGN-style config")
+    ap.add_argument("--caption-only", type=int, default=1000,
+                    help="narratives ablation: caption-only images the teacher pseudo-labels")
     ap.add_argument("--coco-mini", type=Path, default=COCO_MINI)
     return ap.parse_args(argv)
 

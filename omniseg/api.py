@@ -217,7 +217,7 @@ class Segmenter:
     ) -> list[SemanticResult]:
         """:meth:`predict_semantic` for several images (batched as in :meth:`predict_batch`)."""
         no_output = ArgumentValueError(f"recipe {self.recipe.name!r} has no per-pixel output (it predicts "
-                                       "instances); semantic segmentation needs an openseg or lseg model")
+                                       "instances); semantic segmentation needs an openseg, lseg or align model")
         if self.recipe.boxes == "required":  # it segments given boxes only
             raise no_output
         if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):

@@ -21,7 +21,7 @@ a box that does not overlap an image at all is an error naming the box, the imag
 (under ``--on-bad-record skip``: that image is counted as skipped and the others are written), and
 so is an unreadable image.
 
-``--task semantic`` (models with per-pixel output: openseg, lseg) labels every pixel instead: per
+``--task semantic`` (models with per-pixel output: openseg, lseg, align) labels every pixel instead: per
 image a label PNG (pixel value k + 1 = vocabulary entry k, 0 = no class; 8-bit with a palette of
 the overlay's colours for up to 255 classes, else 16-bit), a JSON sidecar beside it (value -> name,
 colour, pixel count) and a drawing with a legend. ``--out DIR``: drawings in DIR, label PNGs and
@@ -132,7 +132,7 @@ def register(p: argparse.ArgumentParser) -> None:
                    "and counted")
     p.add_argument("--task", choices=("instance", "semantic", "panoptic"), default="instance",
                    help="instance: objects (masks, boxes, scores); semantic: a class for every pixel (label PNGs, "
-                   "for models with per-pixel output: openseg, lseg); panoptic: a segment (thing or stuff) for "
+                   "for models with per-pixel output: openseg, lseg, align); panoptic: a segment (thing or stuff) for "
                    "every pixel (COCO panoptic PNGs + JSON, for vloss)")
     p.add_argument("--min-score", type=unit_float, default=None,
                    help="instance: hide predictions below this score (0..1, default 0.3); semantic: pixels whose "

@@ -13,6 +13,11 @@ Training (:meth:`OpenSeg.forward`): L = L_G + alpha L_S (Eq. 5).
   embedded by the frozen text encoder. Eq. 4 sums the image->caption and caption->image terms;
   :func:`~omniseg.ops.openseg_losses.grounding_loss` returns their mean, so the printed sum is 2x it.
   The paper gives no alpha; 1.0 by default. Images without caption words sit out of L_G (pairs removed).
+  ``grounding_weight=0`` trains L_S alone (no captions read): the teacher of Sec. 3.3 ("first train a teacher
+  model on a segmentation dataset with only the segmentation loss L_S").
+
+Pseudo masks (Sec. 3.3 / 4.3, :func:`select_pseudo_masks`): a teacher's proposals on caption-only images become
+their class-agnostic masks, which then enter L_S exactly as ground-truth masks do.
 
 Inference (Sec. 3.4): region logits <w, z> (cosine, K x N) times the masks: y = <w, z> . s (a sum over the
 proposals, ``inference="proposals"``) or the max over proposals (``inference="proposals_max"``), per-pixel argmax
@@ -51,6 +56,8 @@ from omniseg.ops.openseg_losses import batched_max_dice_segmentation_loss, groun
 #: separator of the ensembled queries of one vocabulary entry ("person|child|girl")
 QUERY_SEPARATOR = "|"
 Inference = Literal["proposals", "proposals_max", "pixels"]
+#: pseudo-mask rule (:func:`select_pseudo_masks`; ours, the paper gives none): mask NMS IoU, smallest area
+PSEUDO_NMS_IOU, PSEUDO_MIN_AREA = 0.5, 1e-3
 
 
 @dataclass
@@ -74,6 +81,7 @@ class OpenSegConfig:
     pos_size: int = bounded(64, ge=1)  # side of the learned PE grid (P2 side of the training images)
     temperature: float = bounded(0.07, gt=0)  # initial learnable tau (the paper gives none; CLIP's)
     seg_weight: float = bounded(1.0, ge=0)  # alpha of Eq. 5 (not given in the paper)
+    grounding_weight: float = bounded(1.0, ge=0)  # weight of L_G; 0: L_S only, the Sec. 3.3 teacher
     keep_prob: float = bounded(0.5, ge=0, le=1)  # kp, Sec. 4.1
     words: Literal["noun_adj", "noun_adj_verb", "all"] = "noun_adj"  # caption word kinds (ablation)
     inference: Inference = "proposals"
@@ -176,8 +184,9 @@ class OpenSeg(nn.Module):
         return out
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        """Training losses ``loss_grounding`` (L_G, Eq. 4 as printed), ``loss_seg`` (alpha L_S, Eq. 1) and, logged
-        only, ``tau`` and ``num_words`` (mean kept words per image)."""
+        """Training losses ``loss_grounding`` (L_G, Eq. 4 as printed, times ``grounding_weight``; absent when that
+        is 0: no caption is read), ``loss_seg`` (alpha L_S, Eq. 1) and, logged only, ``tau`` and ``num_words``
+        (mean kept words per image)."""
         dev = self.pixel_mean.device
         enc = self.encode(batch.images, batch.image_sizes)
         s, valid = enc["masks"], enc["valid"]
@@ -188,6 +197,9 @@ class OpenSeg(nn.Module):
             gt.append(F.interpolate(m[None], size=s.shape[-2:], mode="area")[0] if len(m) else m.new_zeros(
                 0, *s.shape[-2:]))
         loss_seg = batched_max_dice_segmentation_loss(list(s), gt, list(valid))
+        if self.cfg.grounding_weight == 0:  # the L_S-only teacher (Sec. 3.3)
+            return {"loss_seg": self.cfg.seg_weight * loss_seg, "tau": self.temperature().detach(),
+                    "num_words": loss_seg.new_zeros(())}
 
         words = self._caption_words(batch.captions)
         vocab = list(dict.fromkeys(w for ws in words for w in ws))
@@ -204,7 +216,8 @@ class OpenSeg(nn.Module):
         region_valid = torch.ones(s.shape[:2], dtype=torch.bool, device=dev)
         scores = grounding_scores(enc["regions"], region_valid, word_emb, word_valid, tau)
         loss_g = 2 * grounding_loss(scores, valid=word_valid.any(1))
-        return {"loss_grounding": loss_g, "loss_seg": self.cfg.seg_weight * loss_seg, "tau": tau.detach(),
+        return {"loss_grounding": self.cfg.grounding_weight * loss_g, "loss_seg": self.cfg.seg_weight * loss_seg,
+                "tau": tau.detach(),
                 "num_words": torch.tensor(sum(map(len, words)) / len(words), device=dev)}
 
     def query_scores(self, enc: dict[str, Tensor], i: int, queries: Tensor, inference: Inference | None = None
@@ -245,6 +258,42 @@ class OpenSeg(nn.Module):
             masks, score, label = masks[keep][order], score[keep][order], label[keep][order]
             out.append((sem, InstancePredictions(masks_to_boxes(masks), score, label, masks)))
         return out
+
+
+def select_pseudo_masks(probs: Tensor, top_k: int, iou_threshold: float = PSEUDO_NMS_IOU,
+                        min_area: float = PSEUDO_MIN_AREA) -> tuple[Tensor, Tensor]:
+    """A teacher's pseudo masks from its N proposals (Sec. 3.3 / 4.3).
+
+    The paper says only that the teacher "annotate[s] a large image-text dataset with pseudo segmentation labels"
+    (Sec. 3.3, after MuST) and gives no selection rule; ours: each proposal binarised at sigmoid > 0.5 (as
+    :meth:`OpenSeg.predict` and the recall protocol), masks under ``min_area`` of the image dropped, scored by
+    their mean probability inside the mask (their confidence: the teacher has no objectness), greedy mask NMS at
+    IoU > ``iou_threshold`` (several queries often find one region), the ``top_k`` best kept.
+
+    Args:
+        probs: N x H x W proposal probabilities sigmoid(s) at the image's size.
+        top_k: at most this many masks (0: every survivor).
+        iou_threshold: a mask overlapping a better kept one by more than this is dropped.
+        min_area: smallest mask, as a fraction of H x W (at least one pixel).
+
+    Returns:
+        K x H x W bool masks and their K scores, best first.
+    """
+    masks = probs > 0.5
+    flat = masks.flatten(1).float()
+    area = flat.sum(1)
+    score = (probs.flatten(1).float() * flat).sum(1) / area.clamp(min=1)
+    inter = flat @ flat.t()
+    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1)
+    big = area >= max(1.0, min_area * probs.shape[-2] * probs.shape[-1])
+    kept: list[int] = []
+    for n in torch.argsort(torch.where(big, score, score.new_full((), -1.0)), descending=True).tolist():
+        if not big[n] or (top_k and len(kept) == top_k):
+            break
+        if all(float(iou[n, k]) <= iou_threshold for k in kept):
+            kept.append(n)
+    index = torch.as_tensor(kept, dtype=torch.long, device=probs.device)
+    return masks[index], score[index]
 
 
 def build_pyramid(cfg) -> FusedPyramid:

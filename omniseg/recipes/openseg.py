@@ -1,10 +1,21 @@
-"""Recipes ``openseg`` (:mod:`omniseg.modeling.openseg`) and ``lseg`` (the LSeg+ baseline, :mod:`omniseg.modeling.lseg`).
+"""Recipes ``openseg`` (:mod:`omniseg.modeling.openseg`), ``lseg`` (the LSeg+ baseline, :mod:`omniseg.modeling.lseg`)
+and ``align`` (the ALIGN-style image-level baseline, :mod:`omniseg.modeling.align_baseline`).
 
 Training data: the training view of ``data.train`` with every image's class-agnostic masks, things AND stuff
 (``include_stuff``: the panoptic segments), and its captions (openseg paper Sec. 4.1.1: COCO panoptic masks used
-class-agnostically + COCO captions). OpenSeg reads masks + captions; LSeg+ reads masks + their class names.
-Teacher pseudo-masks for caption-only images (Sec. 3.3 / 4.3) are not implemented: an image without masks
-simply adds nothing to L_S.
+class-agnostically + COCO captions). OpenSeg reads masks + captions; LSeg+ reads masks + their class names; ALIGN
+reads the captions only.
+
+Scaling with narratives (OpenSeg only; Sec. 3.3, 4.3 "Scaling up training data", Appendix G): with
+``data.caption_only_num_images`` > 0 a second source of synthetic images (``data.caption_only_seed``) enters
+training WITHOUT its masks, its narratives as its captions (Localized-Narratives style; the short captions when an
+image has none). Both sources are drawn with equal probability per batch slot (Sec. 4.1: "we sample examples from
+the datasets with equal probability"; ``data.caption_only_weight`` changes the ratio). ``data.teacher`` names an
+OpenSeg run (best: trained with ``model.grounding_weight=0``, L_S only, Sec. 3.3) whose proposals on those images,
+chosen by :func:`~omniseg.modeling.openseg.select_pseudo_masks` (at most ``data.pseudo_top_k`` per image), become
+their masks and enter L_S as ground-truth masks do. They are predicted once, at the start of training, and cached in
+``<train.output_dir>/pseudo_masks.json`` (keyed by the teacher's weights, the images and the rule: a resumed run
+reads them back). Without a teacher a caption-only image adds nothing to L_S (only to L_G).
 
 Evaluation (:func:`semantic_eval_fn`, on the validation images at their stored size), keys:
 
@@ -24,15 +35,19 @@ queries). Prediction: any vocabulary (default: every training category's name) -
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from torch import nn
 
+from omniseg.data.dataset import RecordDataset
 from omniseg.data.records import Category, ImageRecord, Instance, RecordSet, Segment
-from omniseg.engine.config import TrainConfig
+from omniseg.engine.config import ConfigError, TrainConfig, bounded
+from omniseg.modeling.align_baseline import ALIGNBaseline, ALIGNConfig, build_align
 from omniseg.modeling.lseg import LSeg, LSegConfig, build_lseg
 from omniseg.modeling.openseg import (
     QUERY_SEPARATOR,
@@ -44,12 +59,21 @@ from omniseg.modeling.openseg import (
 )
 from omniseg.modeling.openseg_heads import resize_valid
 from omniseg.recipes.contract import Recipe, RunInfo
-from omniseg.recipes.data import DataConfig, open_train, open_val, train_transforms, training_view
+from omniseg.recipes.data import (
+    DataConfig,
+    open_source,
+    open_train,
+    open_val,
+    train_transforms,
+    training_view,
+)
 from omniseg.recipes.open_vocab import TextConfig, build_phrase_embedder, text_encoder_id
 
 VocabularyKind = Literal["names", "synonyms", "all"]
 RECALL_IOUS = (0.5, 0.7, 0.9)
 IGNORE = 255
+#: the teacher's pseudo masks of a run, in its output folder (module docstring)
+PSEUDO_MASKS = "pseudo_masks.json"
 
 
 @dataclass
@@ -62,13 +86,25 @@ class SemanticEvalConfig:
 
 
 @dataclass
+class OpenSegDataConfig(DataConfig):
+    """OpenSeg's data section: :class:`~omniseg.recipes.data.DataConfig` plus the caption-only source and the
+    teacher of its pseudo masks (module docstring, "Scaling with narratives")."""
+
+    teacher: str = ""  # an OpenSeg run folder / checkpoint whose proposals mask the caption-only images ("": none)
+    caption_only_num_images: int = bounded(0, ge=0)  # synthetic caption-only images (0: none)
+    caption_only_seed: int = bounded(2000, ge=0)  # their world seed (other than train_seed / val_seed)
+    caption_only_weight: float = bounded(1.0, gt=0)  # draw probability vs data.train's 1 (Sec. 4.1: equal)
+    pseudo_top_k: int = bounded(16, ge=0)  # at most this many pseudo masks an image (0: every one kept)
+
+
+@dataclass
 class OpenSegExperiment:
     """Top-level config (YAML sections: model, text, data, eval, train)."""
 
     recipe: Literal["openseg"] = "openseg"
     model: OpenSegConfig = field(default_factory=OpenSegConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: OpenSegDataConfig = field(default_factory=OpenSegDataConfig)
     eval: SemanticEvalConfig = field(default_factory=SemanticEvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -85,13 +121,130 @@ class LSegExperiment:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def train_data(cfg: Any, progress: bool = True):
-    """The training view with things + stuff masks and captions (flip / LSJ as ``cfg.data`` says)."""
-    from omniseg.data.dataset import RecordDataset
+@dataclass
+class ALIGNExperiment:
+    """Top-level config of the ALIGN-style baseline (YAML sections: model, text, data, eval, train)."""
 
-    rs, load_image = open_train(cfg.data, progress)
-    return RecordDataset(training_view(rs, cfg.data), transforms=train_transforms(cfg.data, photos=load_image is None),
-                         load_image=load_image, seed=cfg.data.train_seed, include_stuff=True)
+    recipe: Literal["align"] = "align"
+    model: ALIGNConfig = field(default_factory=ALIGNConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: SemanticEvalConfig = field(default_factory=SemanticEvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class OpenSegTrainData(RecordDataset):
+    """The masked source and the caption-only one (:attr:`parts`); as one dataset its records are concatenated
+    (keys routed to the part), which :func:`train_loader` replaces by the configured mix."""
+
+    def __init__(self, parts: list[RecordDataset]):
+        super().__init__(RecordSet(records=[r for d in parts for r in d.rs], categories=parts[0].rs.categories,
+                                   name="openseg"))
+        self.parts = parts
+
+    def __getitem__(self, key):
+        index, aug = (key[0], key[1]) if isinstance(key, tuple) else (key, None)
+        if not 0 <= index < len(self):
+            raise IndexError(f"openseg training data: index {index} out of range [0, {len(self)})")
+        first = len(self.parts[0])
+        part, local = (self.parts[0], index) if index < first else (self.parts[1], index - first)
+        return part[local if aug is None else (local, aug)]
+
+
+def train_data(cfg: Any, progress: bool = True) -> RecordDataset:
+    """The training view with things + stuff masks and captions (flip / LSJ as ``cfg.data`` says); with
+    ``data.caption_only_num_images``, an :class:`OpenSegTrainData` adding the caption-only source."""
+    d = cfg.data
+    rs, load_image = open_train(d, progress)
+    masked = RecordDataset(training_view(rs, d), transforms=train_transforms(d, photos=load_image is None),
+                           load_image=load_image, seed=d.train_seed, include_stuff=True)
+    if getattr(d, "teacher", "") and not d.caption_only_num_images:
+        raise ConfigError("data.teacher: set data.caption_only_num_images > 0 (the images it pseudo-labels)")
+    if not getattr(d, "caption_only_num_images", 0):
+        return masked
+    for key in ("train", "val"):
+        if getattr(d, key) == "synth" and d.caption_only_seed == getattr(d, f"{key}_seed"):
+            raise ConfigError(f"data.caption_only_seed={d.caption_only_seed} equals data.{key}_seed: the caption-only "
+                              "images must be other images")
+    return OpenSegTrainData([masked, caption_only_data(cfg, progress)])
+
+
+def caption_only_data(cfg: Any, progress: bool = True) -> RecordDataset:
+    """The caption-only synthetic images: no masks, their narratives as captions; with ``data.teacher``, its
+    pseudo masks as their class-agnostic masks (module docstring)."""
+    d = cfg.data
+    rs, load_image = open_source("synth", d.caption_only_num_images, d.caption_only_seed, d.image_size, progress)
+    records = [dataclasses.replace(r, instances=[], segments=[], captions=[n.caption for n in r.narratives if
+                                   n.caption] or list(r.captions)) for r in rs]
+    rs = RecordSet(records=records, categories=rs.categories, name=f"{rs.name}-caption-only")
+    if d.teacher:
+        for rec, masks in zip(records, teacher_pseudo_masks(cfg, rs, load_image, progress)):
+            rec.instances = masks
+    return RecordDataset(rs, transforms=train_transforms(d, photos=False), load_image=load_image,
+                         seed=d.caption_only_seed)
+
+
+def teacher_pseudo_masks(cfg: Any, rs: RecordSet, load_image: Any, progress: bool = True) -> list[list[Instance]]:
+    """Per record of ``rs``, the pseudo masks of the teacher ``data.teacher`` (source "pseudo", score = the
+    mask's confidence): read from ``<train.output_dir>/pseudo_masks.json`` when it was made by the same teacher
+    weights, images and rule, else predicted (batches of ``data.batch_size``) and written there."""
+    import hashlib
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from omniseg.api import Segmenter
+    from omniseg.data.loader import build_test_loader
+    from omniseg.engine.checkpoint import resolve_checkpoint
+    from omniseg.engine.distributed import is_main_process
+    from omniseg.engine.trainer import resolve_device
+    from omniseg.modeling.openseg import PSEUDO_MIN_AREA, PSEUDO_NMS_IOU, select_pseudo_masks
+    from omniseg.ops.rle import rle_encode
+    from omniseg.utils.atomic import atomic_write_json
+
+    d = cfg.data
+    try:
+        step = resolve_checkpoint(d.teacher)
+    except FileNotFoundError as e:
+        raise ConfigError(f"data.teacher: {e}") from None
+    key = {"teacher_weights_sha256": hashlib.sha256((step / "model.safetensors").read_bytes()).hexdigest(),
+           "images": rs.name, "image_size": d.image_size,
+           "rule": {"top_k": d.pseudo_top_k, "nms_iou": PSEUDO_NMS_IOU, "min_area": PSEUDO_MIN_AREA}}
+    cache = Path(cfg.train.output_dir) / PSEUDO_MASKS
+    saved = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+    found = saved.get("masks") if saved.get("key") == key else None
+    if found is None or len(found) != len(rs):
+        teacher = Segmenter.from_checkpoint(step, device=str(resolve_device(cfg.train.device)))
+        if teacher.recipe.name != "openseg":
+            raise ConfigError(f"data.teacher: {step} is a {teacher.recipe.name} run; it must be an openseg run")
+        model, index, found = teacher.model, {r.image_id: k for k, r in enumerate(rs)}, [[] for _ in rs]
+        with torch.no_grad():
+            for batch in tqdm(build_test_loader(rs, d.batch_size, load_image=load_image), desc="teacher pseudo masks",
+                              disable=not progress, leave=False):
+                enc = model.encode(batch.images.to(teacher.device), batch.image_sizes)
+                for i, image_id in enumerate(batch.image_ids):
+                    probs = resize_valid(enc["masks"][i], batch.image_sizes[i], model.pyramid.stride,
+                                         batch.orig_sizes[i]).sigmoid()
+                    masks, scores = select_pseudo_masks(probs, d.pseudo_top_k)
+                    found[index[image_id]] = [{"mask": rle_encode(m.cpu().numpy()), "score": round(float(p), 4)}
+                                              for m, p in zip(masks, scores)]
+        if is_main_process():
+            atomic_write_json(cache, {"teacher": str(step), "key": key, "masks": found})
+    return [[Instance(text="region", mask=m["mask"], source="pseudo", score=m["score"]) for m in ms] for ms in found]
+
+
+def train_loader(cfg: Any, data: RecordDataset, rank: int = 0, world_size: int = 1, seed: int = 0):
+    """The default loader; for :class:`OpenSegTrainData` each batch slot draws the masked source or the
+    caption-only one with probabilities 1 : ``data.caption_only_weight`` (Sec. 4.1)."""
+    from omniseg.data.loader import Source, build_train_loader
+    from omniseg.recipes.contract import single_source_loader
+
+    if not isinstance(data, OpenSegTrainData):
+        return single_source_loader(cfg, data, rank, world_size, seed)
+    sources = [Source(data.parts[0], 1.0), Source(data.parts[1], cfg.data.caption_only_weight)]
+    return build_train_loader(sources, "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers, rank=rank,
+                              world_size=world_size, seed=seed)
 
 
 def category_names(info: RunInfo) -> list[str]:
@@ -110,6 +263,12 @@ def build_openseg_model(cfg: OpenSegExperiment, info: RunInfo | None = None) -> 
 
 def build_lseg_model(cfg: LSegExperiment, info: RunInfo) -> LSeg:
     model = build_lseg(cfg.model, category_names(info))
+    model.set_text_embedder(build_phrase_embedder(cfg.text, cfg.model.embed_dim))
+    return model
+
+
+def build_align_model(cfg: ALIGNExperiment, info: RunInfo | None = None) -> ALIGNBaseline:
+    model = build_align(cfg.model)
     model.set_text_embedder(build_phrase_embedder(cfg.text, cfg.model.embed_dim))
     return model
 
@@ -251,11 +410,16 @@ def semantic_eval_fn(cfg: Any, info: RunInfo, progress: bool = True):
 
 OPENSEG = Recipe(
     name="openseg", config=OpenSegExperiment, build_model=build_openseg_model, train_data=train_data,
-    eval_fn=semantic_eval_fn, text_encoder=lambda cfg: text_encoder_id(cfg.text),
+    train_loader=train_loader, eval_fn=semantic_eval_fn, text_encoder=lambda cfg: text_encoder_id(cfg.text),
     predictor=lambda model, cfg, info: semantic_predictor(model, category_names(info), "OpenSeg"),
 )
 LSEG = Recipe(
     name="lseg", config=LSegExperiment, build_model=build_lseg_model, train_data=train_data,
     eval_fn=semantic_eval_fn, text_encoder=lambda cfg: text_encoder_id(cfg.text),
     predictor=lambda model, cfg, info: semantic_predictor(model, category_names(info), "LSeg+"),
+)
+ALIGN = Recipe(
+    name="align", config=ALIGNExperiment, build_model=build_align_model, train_data=train_data,
+    eval_fn=semantic_eval_fn, text_encoder=lambda cfg: text_encoder_id(cfg.text),
+    predictor=lambda model, cfg, info: semantic_predictor(model, category_names(info), "ALIGN"),
 )

@@ -19,6 +19,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     mal.RECIPE,
     mask_rcnn_star.RECIPE,
     maskx_rcnn.RECIPE,
+    openseg.ALIGN,
     openseg.OPENSEG,
     openseg.LSEG,
     vloss.RECIPE,

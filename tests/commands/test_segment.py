@@ -424,7 +424,7 @@ def test_segment_semantic_errors(fake, image_file, tmp_path, capsys):
     made["semantic"] = False
     rc, _, err = _semantic([str(image_file), "--out", str(out)], capsys)
     assert rc == 2 and err.strip() == ("omniseg segment: error: recipe 'fake_pixels' has no per-pixel output (it "
-                                       "predicts instances); semantic segmentation needs an openseg or lseg model")
+                                       "predicts instances); semantic segmentation needs an openseg, lseg or align model")
     assert not out.exists()
     made["semantic"], made["categories"] = True, False
     rc, _, err = _semantic([str(image_file), "--out", str(out)], capsys)

@@ -13,7 +13,13 @@ from omniseg.data.batch import collate
 from omniseg.data.dataset import synth_dataset
 from omniseg.data.synth.world import SynthConfig
 from omniseg.modeling.contrastive_classifier import PhraseEmbedder
-from omniseg.modeling.openseg import OpenSegConfig, build_openseg, ensemble_max, split_queries
+from omniseg.modeling.openseg import (
+    OpenSegConfig,
+    build_openseg,
+    ensemble_max,
+    select_pseudo_masks,
+    split_queries,
+)
 from omniseg.modeling.openseg_heads import (
     FeatureHead,
     LearnedPositions,
@@ -160,3 +166,37 @@ def test_predict_shapes(batch):
         assert sem.shape == (3, *size) and torch.isfinite(sem).all()
         assert inst.masks.shape[1:] == size and len(inst) <= 6 and (inst.labels < 3).all()
         assert (inst.scores[:-1] >= inst.scores[1:]).all() and ((inst.scores > 0) & (inst.scores <= 1)).all()
+
+
+def test_grounding_weight_zero_is_the_ls_only_teacher(batch):
+    def no_captions(caption):
+        raise AssertionError("the L_S-only teacher reads no caption")
+
+    ref = tiny_model()(batch)
+    teacher = tiny_model(grounding_weight=0.0)
+    teacher.set_caption_words(no_captions)
+    out = teacher(batch)
+    assert set(out) == {"loss_seg", "tau", "num_words"}  # no loss_grounding: the trainer sums L_S alone
+    assert torch.allclose(out["loss_seg"], ref["loss_seg"])  # the same weights (seed 0) and masks: the same L_S
+    half, full = tiny_model(grounding_weight=0.5), tiny_model()
+    torch.manual_seed(0)  # the same captions and kept words
+    a = half(batch)["loss_grounding"]
+    torch.manual_seed(0)
+    assert float(a.detach()) > 0 and torch.allclose(a, 0.5 * full(batch)["loss_grounding"])
+
+
+def test_select_pseudo_masks_by_hand():
+    probs = torch.full((5, 4, 4), 0.1)
+    probs[0, :2] = 0.9  # rows 0-1, 8 px, score 0.9
+    probs[1, :2], probs[1, 2, 0] = 0.7, 0.7  # the same region + 1 px: IoU 8/9 with 0 -> dropped
+    probs[2, 2:] = 0.8  # rows 2-3, score 0.8
+    probs[3] = 0.4  # below 0.5 everywhere: empty
+    probs[4, 3, 3] = 0.99  # 1 px: the most confident, too small for min_area 2/16
+    masks, scores = select_pseudo_masks(probs, top_k=0, min_area=2 / 16)
+    assert torch.equal(masks, torch.stack([probs[0] > 0.5, probs[2] > 0.5])) and torch.allclose(
+        scores, torch.tensor([0.9, 0.8]))
+    masks, scores = select_pseudo_masks(probs, top_k=1, min_area=2 / 16)
+    assert torch.equal(masks, (probs[:1] > 0.5)) and torch.allclose(scores, torch.tensor([0.9]))
+    masks, scores = select_pseudo_masks(probs, top_k=0, iou_threshold=0.9, min_area=0.0)  # 1 px kept, 1 not merged
+    assert torch.allclose(scores, torch.tensor([0.99, 0.9, 0.8, 0.7]))
+    assert select_pseudo_masks(torch.zeros(0, 4, 4), top_k=3)[0].shape == (0, 4, 4)

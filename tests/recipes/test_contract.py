@@ -34,12 +34,12 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_table_entries_are_recipes_whose_config_names_them():
-    assert set(RECIPES) == {"box_to_mask", "fcos_mo", "lseg", "mal", "mask_rcnn_star", "maskx_rcnn", "openseg", "vloss"}
+    assert set(RECIPES) == {"align", "box_to_mask", "fcos_mo", "lseg", "mal", "mask_rcnn_star", "maskx_rcnn", "openseg", "vloss"}
     for name, recipe in RECIPES.items():
         assert isinstance(recipe, Recipe) and recipe.name == name
         hint = typing.get_type_hints(recipe.config)["recipe"]
         assert typing.get_args(hint) == (name,), f"{name}: config's recipe field must be Literal[{name!r}]"
-    with pytest.raises(ValueError, match=r"x.yaml: unknown recipe 'nope'; choose from \['box_to_mask'"):
+    with pytest.raises(ValueError, match=r"x.yaml: unknown recipe 'nope'; choose from \['align', 'box_to_mask'"):
         get_recipe("nope", "x.yaml")
 
 

@@ -1,7 +1,10 @@
-"""Recipes openseg / lseg: vocabularies, training data, the evaluation against an oracle, smoke runs + Segmenter."""
+"""Recipes openseg / lseg / align: vocabularies, training data, the evaluation against an oracle, smoke runs +
+Segmenter, the teacher's pseudo masks for caption-only images (entering L_S, cached across --resume)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +18,18 @@ from omniseg.ops.rle import rle_decode
 from omniseg.recipes.contract import run_recipe
 from omniseg.recipes.data import open_source
 from omniseg.recipes.openseg import (
+    ALIGN,
+    OPENSEG,
+    PSEUDO_MASKS,
+    ALIGNExperiment,
     LSegExperiment,
     OpenSegExperiment,
+    OpenSegTrainData,
     class_queries,
     gt_segments,
     semantic_metrics,
     train_data,
+    train_loader,
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -103,12 +112,14 @@ def test_semantic_metrics_of_an_oracle_are_perfect(val):
 @pytest.mark.parametrize(("name", "config", "metrics"), [
     ("openseg", OpenSegExperiment, {"mIoU", "grounding_mIoU", "recall@0.5", "recall@0.7", "recall@0.9"}),
     ("lseg", LSegExperiment, {"mIoU", "grounding_mIoU"}),
+    ("align", ALIGNExperiment, {"mIoU", "grounding_mIoU"}),
 ])
-def test_smoke_run_then_semantic_prediction(tmp_path, name, config, metrics):
+def test_smoke_run_then_semantic_prediction(tmp_path, monkeypatch, name, config, metrics):
     pytest.importorskip("spacy")
     from omniseg.api import Segmenter
     from omniseg.recipes.table import RECIPES
 
+    monkeypatch.setitem(RECIPES, "align", ALIGN)  # until the table lists it
     cfg = load_config(config, CONFIGS / f"{name}_smoke.yaml", [f"train.output_dir={tmp_path}"])
     summary = run_recipe(RECIPES[name], cfg)
     assert summary["step"] == 2 and set(summary["eval"]) == metrics
@@ -119,3 +130,93 @@ def test_smoke_run_then_semantic_prediction(tmp_path, name, config, metrics):
     assert np.array_equal(res.labels, res.class_scores.argmax(0))
     default = seg.predict_semantic(image, class_scores=True)  # the training categories, things + stuff
     assert default.names == [c.name for c in lexicon.categories()]
+
+
+def _student(out, teacher, *extra):
+    return load_config(OpenSegExperiment, CONFIGS / "openseg_smoke.yaml", [
+        f"train.output_dir={out}", f"data.teacher={teacher}", "data.caption_only_num_images=2", *extra])
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A 2-step OpenSeg trained with L_S only (model.grounding_weight=0: no caption read, Sec. 3.3)."""
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = load_config(OpenSegExperiment, CONFIGS / "openseg_smoke.yaml",
+                      [f"train.output_dir={out}", "model.grounding_weight=0"])
+    assert "loss_grounding" not in run_recipe(OPENSEG, cfg)["losses"]
+    return out
+
+
+def test_caption_only_images_without_teacher_add_nothing_to_ls(tmp_path):
+    cfg = load_config(OpenSegExperiment, CONFIGS / "openseg_smoke.yaml",
+                      [f"train.output_dir={tmp_path}", "data.caption_only_num_images=3", "data.caption_only_seed=7"])
+    ds = train_data(cfg, progress=False)
+    assert isinstance(ds, OpenSegTrainData) and [len(p) for p in ds.parts] == [4, 3] and len(ds) == 7
+    s = ds.parts[1].raw_sample(0)
+    assert len(s.targets) == 0 and s.captions == [n.caption for n in s.record.narratives]  # narratives as captions
+    assert ds[5].image_id == ds.parts[1][1].image_id
+    batches = iter(train_loader(cfg, ds))
+    sources = {src for _ in range(4) for src in next(batches).sources}
+    assert sources == {ds.parts[0].name, ds.parts[1].name}  # both sources drawn
+    from omniseg.engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="caption_only_num_images"):
+        train_data(load_config(OpenSegExperiment, CONFIGS / "openseg_smoke.yaml", ["data.teacher=x"]), False)
+    for key, seed in (("train", 0), ("val", 1000)):  # never the training or the validation images
+        with pytest.raises(ConfigError, match=f"equals data.{key}_seed"):
+            train_data(load_config(OpenSegExperiment, CONFIGS / "openseg_smoke.yaml",
+                                   ["data.caption_only_num_images=1", f"data.caption_only_seed={seed}"]), False)
+
+
+def test_teacher_pseudo_masks_enter_ls_as_ground_truth_masks(tmp_path, teacher):
+    from omniseg.data.batch import collate
+    from omniseg.data.dataset import RecordDataset
+    from omniseg.data.records import RecordSet, Segment
+    from omniseg.modeling.contrastive_classifier import PhraseEmbedder
+    from omniseg.modeling.openseg import build_openseg
+    from omniseg.text.encoders import HashEncoder
+
+    cfg = _student(tmp_path, teacher)
+    ds = train_data(cfg, progress=False)
+    masked, pseudo = ds.parts
+    rec = pseudo.rs.records[0]
+    assert rec.instances and {i.source for i in rec.instances} == {"pseudo"} and not rec.segments
+    assert len(rec.instances) <= cfg.data.pseudo_top_k
+    # the same image with the same masks given as ground truth (panoptic segments, as data.train's)
+    as_gt = [dataclasses.replace(rec, instances=[], segments=[Segment("region", None, i.mask) for i in rec.instances])]
+    gt = RecordDataset(RecordSet(records=as_gt, categories=pseudo.rs.categories), load_image=pseudo.load_image,
+                       include_stuff=True)
+    none = RecordDataset(RecordSet(records=[dataclasses.replace(rec, instances=[])], categories=pseudo.rs.categories),
+                         load_image=pseudo.load_image)
+    torch.manual_seed(0)
+    model = build_openseg(cfg.model)
+    model.set_text_embedder(PhraseEmbedder(HashEncoder(cfg.model.embed_dim).encode, cfg.model.embed_dim))
+    model.set_caption_words(lambda caption: caption.split())
+
+    def loss_seg(second):
+        return model(collate([masked.raw_sample(0), second]))["loss_seg"].detach()
+
+    with_pseudo, with_gt, without = loss_seg(pseudo.raw_sample(0)), loss_seg(gt.raw_sample(0)), loss_seg(
+        none.raw_sample(0))
+    alone = model(collate([masked.raw_sample(0)]))["loss_seg"].detach()
+    assert torch.equal(with_pseudo, with_gt) and not torch.allclose(with_pseudo, without)
+    assert torch.allclose(without, alone)  # without masks the caption-only image adds nothing to L_S
+
+
+def test_pseudo_masks_are_predicted_once_and_reused_on_resume(tmp_path, teacher, monkeypatch):
+    from omniseg.api import Segmenter
+
+    cfg = _student(tmp_path, teacher)
+    summary = run_recipe(OPENSEG, cfg)
+    cache = tmp_path / PSEUDO_MASKS
+    saved = json.loads(cache.read_text())
+    assert summary["step"] == 2 and len(saved["masks"]) == 2 and saved["teacher"].startswith(str(teacher))
+
+    def no_teacher(*a, **k):
+        raise AssertionError("the teacher ran again")
+
+    monkeypatch.setattr(Segmenter, "from_checkpoint", no_teacher)
+    assert run_recipe(OPENSEG, _student(tmp_path, teacher, "train.max_iter=3"), resume=True)["step"] == 3
+    assert json.loads(cache.read_text()) == saved
+    with pytest.raises(AssertionError, match="ran again"):  # another rule: the cache does not apply
+        train_data(_student(tmp_path, teacher, "data.pseudo_top_k=1"), progress=False)

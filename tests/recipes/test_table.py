@@ -11,7 +11,7 @@ from omniseg.recipes.fcos_mo import FCOSMOExperiment
 from omniseg.recipes.table import RECIPES, get_recipe, load_experiment
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-KNOWN = r"\['box_to_mask', 'fcos_mo', 'lseg', 'mal', 'mask_rcnn_star', 'maskx_rcnn', 'openseg', 'vloss'\]"
+KNOWN = r"\['align', 'box_to_mask', 'fcos_mo', 'lseg', 'mal', 'mask_rcnn_star', 'maskx_rcnn', 'openseg', 'vloss'\]"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
