@@ -265,24 +265,36 @@ def category_table(file_categories: dict[int, str], vocabulary: list[str] | None
     return table
 
 
-def progress_printer(total: int) -> Callable[[int], None]:
-    """``tick(done)`` after each image: a tqdm bar when standard error is a terminal, else a plain
-    line every ~10% (at most every 100 images); nothing for :data:`LISTED` images or fewer."""
+def progress_printer(total: int) -> Callable[[], None]:
+    """``advance()`` after each input image, done or skipped: a tqdm bar when standard error is a
+    terminal, else a plain line every ~10% (at most every 100 images); nothing for :data:`LISTED`
+    images or fewer."""
     if total <= LISTED:
-        return lambda done: None
+        return lambda: None
+    done = 0
     if sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="img", desc="segment", leave=False)
-        return lambda done: (bar.update(done - bar.n), bar.close() if done == total else None)
+
+        def advance() -> None:
+            nonlocal done
+            done += 1
+            bar.update(1)
+            if done == total:
+                bar.close()
+
+        return advance
     every, start = max(1, min(100, total // 10)), time.monotonic()
 
-    def tick(done: int) -> None:
+    def line() -> None:
+        nonlocal done
+        done += 1
         if done % every == 0 or done == total:
             rate = done / max(time.monotonic() - start, 1e-9)
             print(f"segment: {done}/{total} images ({rate:.2f} img/s)", flush=True)
 
-    return tick
+    return line
 
 
 # ----------------------------------------------------------------------------- command
@@ -393,13 +405,7 @@ def main(args: argparse.Namespace) -> int:
     drawings = (Path(args.overlays) if args.overlays else None) if coco else out
     records: list[ImageRecord] = []
     folder_results, taken, used_ids, matched = [], set(), {}, set()
-    listed, tick = len(paths) <= LISTED, progress_printer(len(paths))
-    seen = 0  # inputs done or skipped
-
-    def advance() -> None:  # one more input done or skipped
-        nonlocal seen
-        seen += 1
-        tick(seen)
+    listed, advance = len(paths) <= LISTED, progress_printer(len(paths))
 
     def flush(jobs: list[Job]) -> None:
         vocabulary = [j.names for j in jobs] if args.boxes_json else args.vocabulary

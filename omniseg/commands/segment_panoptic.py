@@ -71,12 +71,7 @@ def segment_panoptic(args: argparse.Namespace, paths: list[str], coco: bool, seg
     table = category_table({}, args.vocabulary, cats)
     images, annotations = [], []
     taken: set[str] = set()
-    listed, tick = len(paths) <= LISTED, progress_printer(len(paths))
-    seen = [0]  # inputs done or skipped
-
-    def advance() -> None:
-        seen[0] += 1
-        tick(seen[0])
+    listed, advance = len(paths) <= LISTED, progress_printer(len(paths))
 
     def flush(jobs: list[Job]) -> None:
         results = seg.predict_panoptic_batch([j.image for j in jobs], args.vocabulary) if jobs else []

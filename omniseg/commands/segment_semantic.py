@@ -36,12 +36,7 @@ def segment_semantic(args: argparse.Namespace, paths: list[str], coco: bool, seg
     names: list[str] = list(args.vocabulary or [])
     entries: list[dict[str, Any]] = []
     taken: set[str] = set()
-    listed, tick = len(paths) <= LISTED, progress_printer(len(paths))
-    seen = [0]  # inputs done or skipped
-
-    def advance() -> None:
-        seen[0] += 1
-        tick(seen[0])
+    listed, advance = len(paths) <= LISTED, progress_printer(len(paths))
 
     def rel(p: Path | None) -> str | None:  # paths in the list: relative to its folder
         return None if p is None else os.path.relpath(p, index.parent)
