@@ -341,7 +341,7 @@ def test_predict_semantic_batch_equals_one_by_one():
 
 def test_predict_semantic_errors(trained):
     image, _ = colour_image()
-    with pytest.raises(UserError, match="recipe 'fake_pixels' has no per-pixel output .* needs an openseg or lseg"):
+    with pytest.raises(UserError, match="recipe 'fake_pixels' has no per-pixel output .* needs an openseg, lseg or align model"):
         fake_segmenter(semantic=False).predict_semantic(image)
     with pytest.raises(UserError, match="recipe 'box_to_mask' has no per-pixel output"):  # boxes only: not run
         Segmenter.from_checkpoint(trained[0]).predict_semantic(image)

@@ -280,7 +280,7 @@ def test_synth_smoke_records_the_eval_keys_and_never_reruns(tmp_path):
            str(ROOT / "configs" / "mal_smoke.yaml"), "--backbone", "", "--iters", "2", "--seeds", "0",
            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--parallel", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
     assert first.returncode == 0, first.stdout + first.stderr
     r = json.loads((tmp_path / "results" / "synth" / "synth_s0.json").read_text())
     for key in ("mask_mIoU", "mask_AP", "filled_box_mIoU", "filled_box_AP", "ellipse_mIoU", "ellipse_AP"):

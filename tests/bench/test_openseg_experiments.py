@@ -166,7 +166,7 @@ def test_synth_smoke_records_every_row_and_never_reruns(tmp_path):
            "--iters", "2", "--seeds", "0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
            "--parallel", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
     assert first.returncode == 0, first.stdout + first.stderr
     out = tmp_path / "results" / "synth"
     o, lseg, re, align = (json.loads((out / f"{n}.json").read_text())
