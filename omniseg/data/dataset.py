@@ -234,3 +234,25 @@ class RecordDataset(Dataset):
         if self.transforms is not None:
             sample = self.transforms(sample, rng)
         return sample
+
+
+class PartsDataset(RecordDataset):
+    """Several named training sources (:attr:`parts`: name -> :class:`RecordDataset`) as one dataset:
+    records concatenated, a key routed to its part (with the part's own transforms and images). A
+    single-source loader over it draws the parts in proportion to their sizes; recipes with a schedule
+    build their loader from :attr:`parts` instead (VLOSS, OpenSeg with caption-only images)."""
+
+    def __init__(self, parts: dict[str, RecordDataset], categories: list | None = None, name: str = "parts"):
+        first = next(iter(parts.values()))
+        super().__init__(RecordSet(records=[r for d in parts.values() for r in d.rs], name=name,
+                                   categories=first.rs.categories if categories is None else categories))
+        self.parts = parts
+        self._starts = np.cumsum([0] + [len(d) for d in parts.values()])
+
+    def __getitem__(self, key):
+        index, aug = (key[0], key[1]) if isinstance(key, tuple) else (key, None)
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.rs.name} training data: index {index} out of range [0, {len(self)})")
+        p = int(np.searchsorted(self._starts, index, side="right")) - 1
+        part, local = list(self.parts.values())[p], int(index - self._starts[p])
+        return part[local if aug is None else (local, aug)]

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 from torch import nn
 
-from omniseg.data.dataset import RecordDataset
+from omniseg.data.dataset import PartsDataset, RecordDataset
 from omniseg.data.records import Category, ImageRecord, Instance, RecordSet, Segment
 from omniseg.engine.config import ConfigError, TrainConfig, bounded
 from omniseg.modeling.align_baseline import ALIGNBaseline, ALIGNConfig, build_align
@@ -133,27 +133,9 @@ class ALIGNExperiment:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-class OpenSegTrainData(RecordDataset):
-    """The masked source and the caption-only one (:attr:`parts`); as one dataset its records are concatenated
-    (keys routed to the part), which :func:`train_loader` replaces by the configured mix."""
-
-    def __init__(self, parts: list[RecordDataset]):
-        super().__init__(RecordSet(records=[r for d in parts for r in d.rs], categories=parts[0].rs.categories,
-                                   name="openseg"))
-        self.parts = parts
-
-    def __getitem__(self, key):
-        index, aug = (key[0], key[1]) if isinstance(key, tuple) else (key, None)
-        if not 0 <= index < len(self):
-            raise IndexError(f"openseg training data: index {index} out of range [0, {len(self)})")
-        first = len(self.parts[0])
-        part, local = (self.parts[0], index) if index < first else (self.parts[1], index - first)
-        return part[local if aug is None else (local, aug)]
-
-
 def train_data(cfg: Any, progress: bool = True) -> RecordDataset:
     """The training view with things + stuff masks and captions (flip / LSJ as ``cfg.data`` says); with
-    ``data.caption_only_num_images``, an :class:`OpenSegTrainData` adding the caption-only source."""
+    ``data.caption_only_num_images``, a :class:`~omniseg.data.dataset.PartsDataset` adding the caption-only source."""
     d = cfg.data
     rs, load_image = open_train(d, progress)
     masked = RecordDataset(training_view(rs, d), transforms=train_transforms(d, photos=load_image is None),
@@ -166,7 +148,7 @@ def train_data(cfg: Any, progress: bool = True) -> RecordDataset:
         if getattr(d, key) == "synth" and d.caption_only_seed == getattr(d, f"{key}_seed"):
             raise ConfigError(f"data.caption_only_seed={d.caption_only_seed} equals data.{key}_seed: the caption-only "
                               "images must be other images")
-    return OpenSegTrainData([masked, caption_only_data(cfg, progress)])
+    return PartsDataset({"masked": masked, "caption_only": caption_only_data(cfg, progress)}, name="openseg")
 
 
 def caption_only_data(cfg: Any, progress: bool = True) -> RecordDataset:
@@ -235,14 +217,14 @@ def teacher_pseudo_masks(cfg: Any, rs: RecordSet, load_image: Any, progress: boo
 
 
 def train_loader(cfg: Any, data: RecordDataset, rank: int = 0, world_size: int = 1, seed: int = 0):
-    """The default loader; for :class:`OpenSegTrainData` each batch slot draws the masked source or the
+    """The default loader; for the two-part dataset of :func:`train_data` each batch slot draws the masked source or the
     caption-only one with probabilities 1 : ``data.caption_only_weight`` (Sec. 4.1)."""
     from omniseg.data.loader import Source, build_train_loader
     from omniseg.recipes.contract import single_source_loader
 
-    if not isinstance(data, OpenSegTrainData):
+    if not isinstance(data, PartsDataset):
         return single_source_loader(cfg, data, rank, world_size, seed)
-    sources = [Source(data.parts[0], 1.0), Source(data.parts[1], cfg.data.caption_only_weight)]
+    sources = [Source(data.parts["masked"], 1.0), Source(data.parts["caption_only"], cfg.data.caption_only_weight)]
     return build_train_loader(sources, "mix", cfg.data.batch_size, num_workers=cfg.data.num_workers, rank=rank,
                               world_size=world_size, seed=seed)
 

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from omniseg.data.dataset import RecordDataset
+from omniseg.data.dataset import PartsDataset, RecordDataset
 from omniseg.data.records import Category, ImageRecord, RecordSet, Segment
 from omniseg.engine.config import ConfigError, TrainConfig, bounded
 from omniseg.errors import ArgumentValueError
@@ -157,25 +157,6 @@ def attach_pseudo_masks(rs: RecordSet, path: str, min_iou: float = 0.9) -> int:
     return found
 
 
-class VLOSSTrainData(RecordDataset):
-    """The training sources (:attr:`parts`: kind -> RecordDataset). As one dataset (records concatenated,
-    keys routed to the part) a single-source loader draws the naive mix, in proportion to the sizes."""
-
-    def __init__(self, parts: dict[Kind, RecordDataset], categories: list[Category]):
-        super().__init__(RecordSet(records=[r for d in parts.values() for r in d.rs], categories=categories,
-                                   name="vloss"))
-        self.parts = parts
-        self._starts = np.cumsum([0] + [len(d) for d in parts.values()])
-
-    def __getitem__(self, key):
-        index, aug = (key[0], key[1]) if isinstance(key, tuple) else (key, None)
-        if not 0 <= index < len(self):
-            raise IndexError(f"vloss training data: index {index} out of range [0, {len(self)})")
-        p = int(np.searchsorted(self._starts, index, side="right")) - 1
-        part, local = list(self.parts.values())[p], int(index - self._starts[p])
-        return part[local if aug is None else (local, aug)]
-
-
 def source_split(cfg: VLOSSDataConfig, categories: list[Category]):
     """The split of ``cfg`` over ``categories`` (base: panoptic things, novel: detection-only things)."""
     split = named_split(cfg, categories)
@@ -185,7 +166,7 @@ def source_split(cfg: VLOSSDataConfig, categories: list[Category]):
     return split
 
 
-def train_data(cfg: VLOSSExperiment, progress: bool = True) -> VLOSSTrainData:
+def train_data(cfg: VLOSSExperiment, progress: bool = True) -> PartsDataset:
     """The three training sources (module docstring), each with ``data``'s augmentations."""
     d = cfg.data
     specs = {"panoptic": (d.train, d.train_num_images, d.train_seed, d.train_images),
@@ -218,7 +199,7 @@ def train_data(cfg: VLOSSExperiment, progress: bool = True) -> VLOSSTrainData:
     if d.schedule != "mix" and ("detection" not in parts or "panoptic" not in parts):
         raise ConfigError(f"data.schedule={d.schedule} switches between detection and panoptic batches; "
                           "it needs both sources (data.detection and data.train)")
-    return VLOSSTrainData(parts, list(categories or []))
+    return PartsDataset(parts, list(categories or []), name="vloss")
 
 
 #: which sampler phase each kind joins (Sec. 3.4): warm-up = detection (+ image-text), cool-down = panoptic
@@ -236,7 +217,7 @@ def schedule_lengths(cfg: VLOSSExperiment) -> tuple[int, int]:
     return warm, max(1, cycle - warm)
 
 
-def train_loader(cfg: VLOSSExperiment, data: VLOSSTrainData, rank: int = 0, world_size: int = 1, seed: int = 0):
+def train_loader(cfg: VLOSSExperiment, data: PartsDataset, rank: int = 0, world_size: int = 1, seed: int = 0):
     """The endless training loader of ``data.schedule`` (module docstring) over ``data.parts``."""
     from omniseg.data.loader import Source, build_train_loader
 

@@ -183,3 +183,19 @@ def test_synth_images_cache_returns_the_generated_images_and_respects_its_cap():
     copy = pickle.loads(pickle.dumps(images))
     assert copy._cache == {} and copy.cache_bytes == images.cache_bytes and copy.cfg == cfg
     assert SynthImages(cfg, cache_bytes=0)(2) is not None and SynthImages(cfg, cache_bytes=0)._cache == {}
+
+
+def test_parts_dataset_routes_every_key_to_its_part():
+    from omniseg.data.dataset import PartsDataset
+    from omniseg.data.synth.world import SynthConfig
+
+    a = synth_dataset(SynthConfig(seed=1, num_images=2, image_size=32), name="a", progress=False)
+    b = synth_dataset(SynthConfig(seed=2, num_images=3, image_size=32), name="b", progress=False)
+    ds = PartsDataset({"a": a, "b": b}, name="both")
+    assert len(ds) == 5 and [r.image_id for r in ds.rs] == [r.image_id for r in a.rs] + [r.image_id for r in b.rs]
+    expected = [(a, 0), (a, 1), (b, 0), (b, 1), (b, 2)]  # the obvious reference: parts laid end to end
+    for k, (part, local) in enumerate(expected):
+        got, want = ds[k], part[local]
+        assert got.source == want.source and torch.equal(got.image, want.image)
+    with pytest.raises(IndexError, match=r"both training data: index 5 out of range \[0, 5\)"):
+        ds[5]

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from omniseg.data.dataset import PartsDataset
 from omniseg.data.synth import lexicon
 from omniseg.engine.config import load_config
 from omniseg.ops.rle import rle_decode
@@ -24,7 +25,6 @@ from omniseg.recipes.openseg import (
     ALIGNExperiment,
     LSegExperiment,
     OpenSegExperiment,
-    OpenSegTrainData,
     class_queries,
     gt_segments,
     semantic_metrics,
@@ -151,13 +151,13 @@ def test_caption_only_images_without_teacher_add_nothing_to_ls(tmp_path):
     cfg = load_config(OpenSegExperiment, CONFIGS / "openseg_smoke.yaml",
                       [f"train.output_dir={tmp_path}", "data.caption_only_num_images=3", "data.caption_only_seed=7"])
     ds = train_data(cfg, progress=False)
-    assert isinstance(ds, OpenSegTrainData) and [len(p) for p in ds.parts] == [4, 3] and len(ds) == 7
-    s = ds.parts[1].raw_sample(0)
+    assert isinstance(ds, PartsDataset) and [len(p) for p in ds.parts.values()] == [4, 3] and len(ds) == 7
+    s = ds.parts["caption_only"].raw_sample(0)
     assert len(s.targets) == 0 and s.captions == [n.caption for n in s.record.narratives]  # narratives as captions
-    assert ds[5].image_id == ds.parts[1][1].image_id
+    assert ds[5].image_id == ds.parts["caption_only"][1].image_id
     batches = iter(train_loader(cfg, ds))
     sources = {src for _ in range(4) for src in next(batches).sources}
-    assert sources == {ds.parts[0].name, ds.parts[1].name}  # both sources drawn
+    assert sources == {ds.parts["masked"].name, ds.parts["caption_only"].name}  # both sources drawn
     from omniseg.engine.config import ConfigError
 
     with pytest.raises(ConfigError, match="caption_only_num_images"):
@@ -178,7 +178,7 @@ def test_teacher_pseudo_masks_enter_ls_as_ground_truth_masks(tmp_path, teacher):
 
     cfg = _student(tmp_path, teacher)
     ds = train_data(cfg, progress=False)
-    masked, pseudo = ds.parts
+    masked, pseudo = ds.parts.values()
     rec = pseudo.rs.records[0]
     assert rec.instances and {i.source for i in rec.instances} == {"pseudo"} and not rec.segments
     assert len(rec.instances) <= cfg.data.pseudo_top_k
