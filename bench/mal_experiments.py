@@ -297,10 +297,10 @@ def prepare(todo: list[dict], args: argparse.Namespace) -> None:
                     shutil.copyfileobj(g, f)
 
 
-def write_world(folder: Path, images: int) -> None:
-    """The synthetic training world (seed 0, 256 px) on disk, and ``boxes.json``: its instances without masks."""
-    subprocess.run(_omni("data", "synth", "--out", str(folder), "--num-images", str(images), "--seed", "0",
-                         "--image-size", "256", "--workers", "2", "--no-progress"), check=True, cwd=ROOT,
+def write_world(folder: Path, images: int, seed: int = 0, size: int = 256) -> None:
+    """The synthetic world (``seed``, ``size`` px) on disk, and ``boxes.json``: its instances without masks."""
+    subprocess.run(_omni("data", "synth", "--out", str(folder), "--num-images", str(images), "--seed", str(seed),
+                         "--image-size", str(size), "--workers", "2", "--no-progress"), check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
     data = json.loads((folder / "instances.json").read_text(encoding="utf-8"))
     for a in data["annotations"]:

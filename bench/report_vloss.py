@@ -24,10 +24,13 @@ PAPER_PQ = {"baseline": 11.003, "detection": 9.816, "pos_cls": 10.225, "stt": 13
             "mix": 10.225, "pretrain_finetune": 13.914, "fpn": 11.169, "fpn_style": 12.680, "filip": 10.669}
 TITLES = {"table3": "Table 3: factor by factor", "table4": "Table 4: mix vs pretrain-finetune vs STT",
           "table5": "Table 5: FPN vs FPN-style encoder (panoptic + image-text data, as the paper)",
-          "table6": "Table 6: CLIP vs FILIP L_con (one seed; panoptic + image-text data)"}
+          "table6": "Table 6: CLIP vs FILIP L_con (one seed; panoptic + image-text data)",
+          "pseudo": "Detection boxes supervised by MAL pseudo masks vs the box-projection loss (one seed; no paper "
+                    "claim)"}
 #: a shared run's label in the table that borrows it
 BORROWED = {("table4", "full"): "STT (= table3's full-model run)",
-            ("table6", "fpn_style"): "CLIP-style L_con (= table5's FPN-style run)"}
+            ("table6", "fpn_style"): "CLIP-style L_con (= table5's FPN-style run)",
+            ("pseudo", "full"): "box-projection loss (= table3's full-model run)"}
 #: (statement, metric, better row, baseline row) judged with the 2-std rule
 CLAIMS = [("STT > mix (Table 4; paper +4.2 PQ)", "PQ", "full", "mix"),
           ("STT > mix without L_con (Table 3 rows + STT vs + pos L_cls)", "PQ", "stt", "pos_cls"),
@@ -54,9 +57,9 @@ def needed(table: str) -> list[str]:
     return [j["name"] for j in vx.plan(vx.parse_args([table]))]
 
 
-def table_seed(runs: dict[str, dict]) -> int:
-    """The seed of the single-seed Table 6 (its recorded FILIP run's; else the driver's default, 0)."""
-    return next((int(r["seed"]) for r in runs.values() if r["row_id"] == "filip"), 0)
+def table_seed(runs: dict[str, dict], row: str = "filip") -> int:
+    """The seed of a single-seed table: its recorded ``row`` run's (Table 6: FILIP); else the driver's default, 0."""
+    return next((int(r["seed"]) for r in runs.values() if r["row_id"] == row), 0)
 
 
 def goal_verdict(better: dict | None, base: dict | None, margin: float = GOAL_MARGIN) -> str:
@@ -91,7 +94,7 @@ def table_section(table: str, runs: dict[str, dict]) -> list[str]:
 
     shown = runs
     if table in vx.SINGLE_SEED:
-        seed = table_seed(runs)
+        seed = table_seed(runs, vx.TABLE_ROWS[table][0])
         shown = {n: r for n, r in runs.items() if int(r["seed"]) == seed}
     out = [f"### {TITLES[table]} (`python bench/vloss_experiments.py {table} --commit`)", "",
            "| row | seeds | " + " | ".join(c for c, _ in METRICS) + " | paper PQ (ADE20K) |",
@@ -100,8 +103,11 @@ def table_section(table: str, runs: dict[str, dict]) -> list[str]:
         stats = [aggregate(shown, key).get(row) for _, key in METRICS]
         seeds = ", ".join(map(str, (stats[0] or {}).get("seeds", []))) or "none yet"
         label = BORROWED.get((table, row), vx.ROWS[row][0])
-        out.append(f"| {label} | {seeds} | " + " | ".join(_ms(s, True) for s in stats)
-                   + f" | {PAPER_PQ[row]:.1f} |")
+        paper = f"{PAPER_PQ[row]:.1f}" if row in PAPER_PQ else "–"
+        out.append(f"| {label} | {seeds} | " + " | ".join(_ms(s, True) for s in stats) + f" | {paper} |")
+    out += [f"\nPseudo masks of `{r['run']}` (labeler {p.get('labeler')}): mIoU with the true masks "
+            f"{100 * p['train_boxes_mIoU']:.1f}% over {p.get('train_boxes_scored')} boxes."
+            for r in shown.values() if (p := r.get("pseudo_masks")) and p.get("train_boxes_mIoU") is not None]
     left = [n for n in needed(table) if n not in runs]
     return out + ["", f"Missing ({len(left)}): {', '.join(left)}; make them with "
                   f"`python bench/vloss_experiments.py {table} --commit`." if left else "All planned runs recorded.", ""]

@@ -22,12 +22,19 @@ the paper uses pseudo masks, Sec. 3.2). Tables (``report_vloss.py`` renders them
   and COCO captioning datasets", Sec. 4.5), trained on the panoptic + image-text sources only (naive mix).
 * ``table6`` (Table 6, ONE seed: the issue claims nothing about it): FILIP- vs CLIP-style L_con, same data as
   table5; the CLIP row is table5's FPN-style run of that seed (the paper's Tables 5 and 6 share it, 12.680 PQ).
+* ``pseudo`` (ONE seed, no paper claim): the full model with the detection boxes supervised by MAL pseudo masks
+  (the paper's choice, Sec. 3.2) vs by the box-projection loss (table3's full-model run). The detection source is
+  written to disk (``omniseg data synth``, the config's seed and size: the same images and boxes as in memory),
+  labelled by ``omniseg autolabel`` with the MAL run ``<--mal-runs>/synth_s<seed>`` (bench/mal_experiments.py
+  synth; it must exist on this machine), and those masks are given as ``data.pseudo_masks``; the record adds the
+  pseudo masks' mIoU with the true masks.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -35,11 +42,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import mal_experiments as mx  # noqa: E402
 from experiment_runner import drive, driver_parser, machine  # noqa: E402
-from mal_experiments import _merge, _train, rel  # noqa: E402
+from mal_experiments import (  # noqa: E402
+    BOXES_PER_IMAGE,
+    _job,
+    _merge,
+    _omni,
+    _sh,
+    _train,
+    rel,
+    train_boxes_miou,
+    write_world,
+)
 
 RESULTS = ROOT / "bench" / "results" / "vloss"
-TABLES = ("table3", "table4", "table5", "table6")
+TABLES = ("table3", "table4", "table5", "table6", "pseudo")
 #: ESTIMATED seconds per iteration on one thread: configs/vloss_synth.yaml (full model) measured with nice -n 10 on
 #: the 2-core dev machine at load average ~9-10 (other sessions' training runs): 2.48 s/iter over a 30-iteration
 #: run (first pass drawing the images included), 1.8-2.0 s/iter over steps 100-300 of a 300-iteration run (2.58
@@ -64,13 +82,41 @@ ROWS = {
     "fpn": ("FPN encoder", [*CAPTIONS_ONLY, "model.encoder=fpn"]),
     "fpn_style": ("FPN-style encoder (CLIP L_con)", list(CAPTIONS_ONLY)),
     "filip": ("FILIP-style L_con (FPN-style encoder)", [*CAPTIONS_ONLY, "model.contrastive=filip"]),
+    "full_mal": ("full model, MAL pseudo masks on the detection boxes", ["data.pseudo_masks={pseudo}"]),
 }
 #: table -> its rows in the paper's order; a row is recorded in the first table listing it
 TABLE_ROWS = {"table3": ["baseline", "detection", "pos_cls", "stt", "full"],
               "table4": ["mix", "pretrain_finetune", "full"], "table5": ["fpn", "fpn_style"],
-              "table6": ["filip", "fpn_style"]}
+              "table6": ["filip", "fpn_style"], "pseudo": ["full_mal", "full"]}
 HOME = {row: t for t in reversed(TABLES) for row in TABLE_ROWS[t]}
-SINGLE_SEED = ("table6",)
+SINGLE_SEED = ("table6", "pseudo")
+DETECTION_WORLD = "detection_world"  # the detection source on disk (pseudo table), under --runs
+
+
+def detection_source(config: Path) -> tuple[int, int, int]:
+    """(images, seed, image size) of the full model's synthetic detection source (``config``'s data section)."""
+    from omniseg.recipes.table import load_experiment
+
+    d = load_experiment(config)[1].data
+    if d.detection != "synth":
+        raise SystemExit(f"{rel(config)}: the pseudo table writes the synthetic detection source; "
+                         f"data.detection is {d.detection!r}")
+    return d.detection_num_images, d.detection_seed, d.image_size
+
+
+def labels(args: argparse.Namespace, seed: int) -> Path:
+    """Where ``mal_labels_s<seed>`` writes the MAL pseudo masks of the detection source."""
+    return Path(args.runs) / f"mal_labels_s{seed}" / "masks.json"
+
+
+def label_job(args: argparse.Namespace, seed: int) -> dict:
+    """``omniseg autolabel`` of the detection source's boxes with the MAL run of ``seed`` (a helper job)."""
+    world, mal = Path(args.runs) / DETECTION_WORLD, Path(args.mal_runs) / f"synth_s{seed}"
+    cmd = _omni("autolabel", str(world / "boxes.json"), "--images", str(world / "images"), "--checkpoint", str(mal),
+                "--out", str(labels(args, seed)))
+    est = detection_source(Path(args.config))[0] * BOXES_PER_IMAGE * mx.S_PER["autolabel_box"]
+    return _job(f"mal_labels_s{seed}", None, "autolabel", _sh(shlex.join(cmd)), est + mx.OVERHEAD_S["autolabel"],
+                shown=cmd, row="mal_labels", seed=seed)
 
 
 def train_job(args: argparse.Namespace, row: str, seed: int) -> dict:
@@ -78,15 +124,24 @@ def train_job(args: argparse.Namespace, row: str, seed: int) -> dict:
     iters = args.iters
     base = [f"train.seed={seed}", f"train.max_iter={iters}", "train.progress=false",
             f"train.checkpoint_period={iters // 4 if iters >= 100 else 0}"]
-    overrides = _merge(base, ROWS[row][1])
+    overrides = _merge(base, [o.replace("{pseudo}", str(labels(args, seed))) for o in ROWS[row][1]])
     return _train(args, f"{row}_s{seed}", HOME[row], "vloss", Path(args.config), overrides,
-                  iters * S_PER["vloss"] + OVERHEAD_S, None, row=row, seed=seed, iters=iters)
+                  iters * S_PER["vloss"] + OVERHEAD_S, f"mal_labels_s{seed}" if row == "full_mal" else None,
+                  row=row, seed=seed, iters=iters)
 
 
 def plan(args: argparse.Namespace) -> list[dict]:
-    """Every job of ``args.table`` (seed-major; single-seed tables: the first seed)."""
+    """Every job of ``args.table`` (seed-major; single-seed tables: the first seed); a pseudo-mask run after
+    the autolabelling of its detection source."""
     seeds = args.seeds[:1] if args.table in SINGLE_SEED else args.seeds
-    return [train_job(args, row, s) for s in seeds for row in TABLE_ROWS[args.table]]
+    return [j for s in seeds for row in TABLE_ROWS[args.table]
+            for j in ([label_job(args, s)] if row == "full_mal" else []) + [train_job(args, row, s)]]
+
+
+def prepare(todo: list[dict], args: argparse.Namespace) -> None:
+    """The detection source on disk with its boxes, when an autolabelling job runs (deterministic)."""
+    if any(j["kind"] == "autolabel" for j in todo):
+        write_world(Path(args.runs) / DETECTION_WORLD, *detection_source(Path(args.config)))
 
 
 def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
@@ -99,6 +154,10 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     if job["table"] in SINGLE_SEED:
         out["single_seed"] = True
     out.update(json.loads((run / "run.json").read_text(encoding="utf-8")).get("metrics") or {})
+    if job["row"] == "full_mal":
+        world = Path(args.runs) / DETECTION_WORLD
+        out["pseudo_masks"] = {"labeler": rel(Path(args.mal_runs) / f"synth_s{job['seed']}"),
+                               **train_boxes_miou(world / "instances.json", labels(args, job["seed"]))}
     return out, []
 
 
@@ -106,12 +165,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = driver_parser(__doc__, TABLES, ROOT / "runs" / "vloss", RESULTS)
     ap.add_argument("--iters", type=int, default=2000, help="training iterations (the config: 2000)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "vloss_synth.yaml"), help="the full model's config")
+    ap.add_argument("--mal-runs", default=str(ROOT / "runs" / "mal"),
+                    help="pseudo: the folder of bench/mal_experiments.py's runs (its synth_s<seed> labels)")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    drive(args, plan(args), score)
+    drive(args, plan(args), score, prepare)
 
 
 if __name__ == "__main__":

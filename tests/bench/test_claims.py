@@ -3,7 +3,6 @@ verdicts and the report (the training itself is not tested here)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import statistics
@@ -15,13 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        yield {n: importlib.import_module(n) for n in ("claims", "yardstick", "report_claims", "experiment_runner")}
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+# imported by the `bench` fixture (tests/bench/conftest.py)
+BENCH = ("claims", "yardstick", "report_claims", "experiment_runner")
 
 
 def test_mean_std_is_the_sample_std(bench):

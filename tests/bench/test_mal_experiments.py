@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib
 import json
 import os
 import subprocess
@@ -19,13 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        yield {n: importlib.import_module(n) for n in ("mal_experiments", "report_mal", "experiment_runner")}
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+# imported by the `bench` fixture (tests/bench/conftest.py)
+BENCH = ("mal_experiments", "report_mal", "experiment_runner")
 
 
 def _args(mx, tmp_path, table, *extra):

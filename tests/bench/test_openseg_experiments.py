@@ -4,25 +4,17 @@ table (OpenSeg + LSeg+ + the re-scoring of the OpenSeg checkpoint + the ALIGN-st
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        yield {n: importlib.import_module(n) for n in ("openseg_experiments", "report_openseg")}
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+# imported by the `bench` fixture (tests/bench/conftest.py)
+BENCH = ("openseg_experiments", "report_openseg")
 
 
 def _args(ox, tmp_path, table, *extra):

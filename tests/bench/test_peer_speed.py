@@ -4,7 +4,6 @@ the timings themselves are not tested)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# imported by the `bench` fixture (tests/bench/conftest.py)
+BENCH = ("peer_speed",)
+
+
 @pytest.fixture(scope="module")
-def peer_speed():
-    spec = importlib.util.spec_from_file_location("peer_speed", ROOT / "bench" / "peer_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def peer_speed(bench):
+    return bench["peer_speed"]
 
 
 def _args(**kw) -> argparse.Namespace:

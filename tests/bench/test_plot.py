@@ -3,11 +3,9 @@ and pixels of rendered charts read back at mapped positions."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 NAN = float("nan")
 
 
+# imported by the `bench` fixture (tests/bench/conftest.py)
+BENCH = ("plot",)
+
+
 @pytest.fixture(scope="module")
-def plot():
-    spec = importlib.util.spec_from_file_location("bench_plot", ROOT / "bench" / "plot.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_plot"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("bench_plot", None)
+def plot(bench):
+    return bench["plot"]
 
 
 TWO = {"a": [(0, 10.0), (10, 20.0), (20, 25.0)], "b": [(0, 2.0), (10, 5.0), (20, 8.0)]}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 import types
@@ -13,12 +12,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# imported by the `bench` fixture (tests/bench/conftest.py)
+BENCH = ("step_speed",)
+
+
 @pytest.fixture(scope="module")
-def step_speed():
-    spec = importlib.util.spec_from_file_location("step_speed", ROOT / "bench" / "step_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def step_speed(bench):
+    return bench["step_speed"]
 
 
 def test_nms_clock_counts_outermost_calls_only(step_speed, monkeypatch):

@@ -4,7 +4,6 @@ run of the single-seed Table 6 (FILIP + the CLIP run it shares with Table 5)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -16,13 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        yield {n: importlib.import_module(n) for n in ("vloss_experiments", "report_vloss")}
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+# imported by the `bench` fixture (tests/bench/conftest.py)
+BENCH = ("vloss_experiments", "report_vloss")
 
 
 def _args(vx, tmp_path, table, *extra):
@@ -155,3 +149,41 @@ def test_table6_smoke_records_both_rows_where_they_belong_and_never_reruns(bench
     vx.main(["table5", *argv[1:], "--dry-run"])
     t5 = capsys.readouterr().out
     assert "table5: 1 recorded, 1 job(s) to run" in t5 and "\nfpn_s0 " in t5 and "\nfpn_style_s0 " not in t5
+
+
+def test_pseudo_table_labels_the_detection_source_before_training_on_it(bench, tmp_path):
+    vx = bench["vloss_experiments"]
+    args = _args(vx, tmp_path, "pseudo", "--seeds", "2", "0", "--mal-runs", str(tmp_path / "mal"))
+    jobs = vx.plan(args)
+    assert [(j["name"], j["table"], j["after"]) for j in jobs] == [
+        ("mal_labels_s2", None, None), ("full_mal_s2", "pseudo", "mal_labels_s2"), ("full_s2", "table3", None)]
+    masks = tmp_path / "runs" / "mal_labels_s2" / "masks.json"
+    assert _rows(jobs[1:])["full_mal_s2"] == ("pseudo", [f"data.pseudo_masks={masks}"])
+    label = jobs[0]["cmd"][2]  # sh -c SCRIPT: run_jobs' appended --resume / --overwrite is not autolabel's
+    world = tmp_path / "runs" / "detection_world"
+    assert f"autolabel {world / 'boxes.json'} --images {world / 'images'} --checkpoint {tmp_path / 'mal' / 'synth_s2'}" \
+        f" --out {masks}" in label
+    assert vx.detection_source(ROOT / "configs" / "vloss_synth.yaml") == (400, 2000, 256)
+
+
+def test_pseudo_smoke_trains_on_mal_masks_of_the_detection_source(bench, tmp_path):
+    """MAL (2 iterations) labels the smoke config's detection source; the VLOSS run reads those masks (a
+    ConfigError would stop it if no box got one) and its record holds their mIoU with the true masks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    mal = subprocess.run([sys.executable, "-m", "omniseg.cli", "train", str(ROOT / "configs" / "mal_smoke.yaml"),
+                          f"train.output_dir={tmp_path / 'mal' / 'synth_s0'}"], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=180)
+    assert mal.returncode == 0, mal.stdout + mal.stderr
+    argv = ["pseudo", "--config", str(ROOT / "configs" / "vloss_smoke.yaml"), "--iters", "2", "--seeds", "0", "--runs",
+            str(tmp_path / "runs"), "--results", str(tmp_path / "r" / "vloss"), "--mal-runs", str(tmp_path / "mal"),
+            "--parallel", "2"]
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "vloss_experiments.py"), *argv], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rec = json.loads((tmp_path / "r" / "vloss" / "pseudo" / "full_mal_s0.json").read_text())
+    assert "data.pseudo_masks=" in rec["command"] and 0 <= rec["PQ"] <= 1
+    p = rec["pseudo_masks"]
+    assert p["boxes"] == p["train_boxes_scored"] > 0 and 0 < p["train_boxes_mIoU"] <= 1
+    assert (tmp_path / "r" / "vloss" / "table3" / "full_s0.json").is_file()
+    text = "\n".join(bench["report_vloss"].sections(tmp_path / "r"))
+    assert "Pseudo masks of `full_mal_s0`" in text
