@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from omniseg.data.dataset import PartsDataset, RecordDataset
+from omniseg.data.pseudo_masks import attach_pseudo_masks
 from omniseg.data.records import Category, ImageRecord, RecordSet, Segment
 from omniseg.engine.config import ConfigError, TrainConfig, bounded
 from omniseg.errors import ArgumentValueError
@@ -129,32 +130,6 @@ def _view(rs: RecordSet, kind: Kind, keep_things: set[int]) -> RecordSet:
         rec.captions = list(r.captions) if kind == "image_text" else []
         out.records.append(rec)
     return out
-
-
-def attach_pseudo_masks(rs: RecordSet, path: str, min_iou: float = 0.9) -> int:
-    """Give each box of ``rs`` the mask of the pseudo-labelled instance of the same image (file name), class
-    and box (IoU >= ``min_iou``) in ``path`` (in place). Returns the number of boxes that got one."""
-    from omniseg.data.formats.coco import read_coco_instances, read_coco_results
-    from omniseg.ops.boxes import box_iou
-
-    with open(path, encoding="utf-8") as f:
-        head = f.read(64).lstrip()
-    pseudo = read_coco_results(path, rs, progress=False) if head.startswith("[") \
-        else read_coco_instances(path, progress=False)
-    by_name = {r.file_name.rsplit("/", 1)[-1]: r for r in pseudo}
-    found = 0
-    for rec in rs:
-        src = by_name.get(rec.file_name.rsplit("/", 1)[-1])
-        cands = [i for i in (src.instances if src else []) if i.mask is not None and i.box is not None]
-        for k, inst in enumerate(rec.instances):
-            same = [c for c in cands if c.category_id == inst.category_id]
-            if inst.box is None or not same:
-                continue
-            iou = box_iou(torch.tensor([inst.box]), torch.tensor([c.box for c in same]))[0]
-            if float(iou.max()) >= min_iou:
-                rec.instances[k] = dataclasses.replace(inst, mask=same[int(iou.argmax())].mask)
-                found += 1
-    return found
 
 
 def source_split(cfg: VLOSSDataConfig, categories: list[Category]):
