@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
 
+import recipe_speed  # noqa: E402
 import report_claims  # noqa: E402
 import report_mal  # noqa: E402
 import report_openseg  # noqa: E402
@@ -515,6 +516,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += report_mal.sections(args.results)  # MAL, per-run result folders (issue 13)
     lines += report_openseg.sections(args.results)  # OpenSeg vs LSeg+, per-run result folders (issue 14)
     lines += report_vloss.sections(args.results)  # VLOSS Tables 3-6, per-run result folders (issue 15)
+    lines += recipe_speed.recipe_speed_section(args.results)  # speed and memory per config (issue 15)
     atomic_write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
 

@@ -8,7 +8,7 @@ forward, backward, clipping, optimizer and schedule step). Inference: the recipe
 padded validation-size image at a time, on a freshly seeded model with ``model.score_threshold=0``
 (an untrained model scores every class below the default 0.05 and would return no detections: the
 threshold keeps ``detections_per_image`` boxes, so the mask head and mask pasting run as for a
-trained model).
+trained model). Box-prompted recipes (box_to_mask, MAL) segment each image's own boxes.
 
 Each side is one long-lived child process (``PYTHONPATH=<its tree>``, 1 torch thread) that builds
 everything once; the parent then asks the two sides in turn (A/B/A/B...) for ``--steps`` timed steps
@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -89,7 +90,10 @@ class NmsClock:
 class Side:
     """Everything one side needs, built once through the recipe contract."""
 
-    def __init__(self, config: str, overrides: list[str], out_dir: str):
+    def __init__(self, config: str, overrides: list[str], out_dir: str, threads: int = 1,
+                 train_images: int | None = TRAIN_IMAGES, infer_set: Sequence[str] = ("model.score_threshold=0.0",)):
+        """``threads``: torch threads; ``train_images``: ``data.train_num_images`` (None: the config's);
+        ``infer_set``: overrides of the inference model only (module docstring)."""
         import torch
         import yaml
 
@@ -100,11 +104,12 @@ class Side:
         from omniseg.recipes.contract import RunInfo, categories_info
         from omniseg.recipes.table import get_recipe
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         self.nms = NmsClock()
         recipe = get_recipe(yaml.safe_load(Path(config).read_text())["recipe"])
-        base = [f"train.output_dir={out_dir}", f"data.train_num_images={TRAIN_IMAGES}", "train.progress=false", "train.log_period=1000000",
+        base = [f"train.output_dir={out_dir}", "train.progress=false", "train.log_period=1000000",
                 "train.checkpoint_period=0", "train.eval_period=0"]
+        base += [] if train_images is None else [f"data.train_num_images={train_images}"]
         cfg = load_config(recipe.config, config, base + overrides)
         self.cfg, self.recipe = cfg, recipe
         seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -124,11 +129,15 @@ class Side:
                                run_config=cfg)
         self.trainer.model.train()
         # inference: a freshly seeded model that keeps detections_per_image boxes (module docstring)
-        icfg = load_config(recipe.config, config, base + overrides + ["model.score_threshold=0.0"])
+        icfg = load_config(recipe.config, config, base + overrides + list(infer_set))
         torch.manual_seed(0)
         self.infer_model = recipe.build_model(icfg, info).eval()
         self.predict = recipe.predictor(self.infer_model, icfg, info)
-        self.images = [dataset[i].image for i in range(4)]
+        samples = [dataset[i] for i in range(4)]
+        self.images = [s.image for s in samples]
+        # box-prompted recipes (box_to_mask, MAL) segment the image's own boxes
+        prompted = getattr(recipe, "boxes", "none") == "required"  # (an older tree's Recipe has no `boxes`)
+        self.boxes = [s.targets.boxes[s.targets.has_box] for s in samples] if prompted else None
         self.nms.install()
 
     def train_steps(self, n: int) -> dict:
@@ -161,7 +170,8 @@ class Side:
             c0, t0 = time.process_time(), time.perf_counter()
             with torch.no_grad():
                 batch, sizes = pad_images(image, self.recipe.pad_divisor)
-                pred = self.predict(batch, sizes, sizes)
+                prompt = {} if self.boxes is None else {"boxes": [self.boxes[i % len(self.boxes)]]}
+                pred = self.predict(batch, sizes, sizes, **prompt)
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
             nms.append(self.nms.seconds - n0)
