@@ -11,7 +11,7 @@ runs ``--warmup`` untimed training steps, then ``--steps`` timed ones (``Trainer
 ``Trainer.run_step``: data, forward, backward, clipping, optimizer and schedule step), then one untimed
 and ``--infer`` timed single-image predictions through the recipe's predictor (VLOSS: the panoptic
 inference; box-prompted recipes segment the image's own boxes). The inference model is freshly
-seeded: :func:`infer_thresholds` lowers its score cut to 0 so that it does a trained model's full
+seeded: :func:`step_speed.infer_thresholds` lowers its score cut to 0 so that it does a trained model's full
 work. Reported per thread count: median and p90 seconds per training step, images/s (``data.batch_size``
 / median), median data-loading and CPU seconds per step, median seconds per image, peak RSS (MiB)
 after set-up, after training and after inference, set-up seconds (the data at the config's size: VLOSS's
@@ -44,17 +44,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
+from step_speed import infer_thresholds  # noqa: E402  (re-exported: the thresholds are step_speed's)
+
 #: environment variables that change how torch's OpenMP threads wait (recorded with the results)
 THREAD_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_PROC_BIND", "OMP_PLACES")
-
-
-def infer_thresholds(cfg: Any) -> list[str]:
-    """Overrides that make an untrained model's predictor do a trained one's work (every score of a freshly
-    seeded model is low): detectors keep ``detections_per_image`` boxes (``model.score_threshold=0``, as
-    bench/step_speed.py), VLOSS keeps every query (``eval.object_threshold=0``: the most segments the panoptic
-    merge can get). Other recipes (box-prompted, OpenSeg / LSeg / ALIGN) have no score cut."""
-    out = ["model.score_threshold=0.0"] if hasattr(getattr(cfg, "model", None), "score_threshold") else []
-    return out + (["eval.object_threshold=0.0"] if hasattr(getattr(cfg, "eval", None), "object_threshold") else [])
 
 
 def peak_rss_mib() -> float:

@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trees import prepare_tree, side_env  # noqa: E402
@@ -87,13 +88,22 @@ class NmsClock:
         return timed
 
 
+def infer_thresholds(cfg: Any) -> list[str]:
+    """Overrides that make an untrained model's predictor do a trained one's work (every score of a freshly
+    seeded model is low): detectors keep ``detections_per_image`` boxes (``model.score_threshold=0``), VLOSS
+    keeps every query (``eval.object_threshold=0``: the most segments the panoptic merge can get). Other recipes
+    (box-prompted, OpenSeg / LSeg / ALIGN) have no score cut."""
+    out = ["model.score_threshold=0.0"] if hasattr(getattr(cfg, "model", None), "score_threshold") else []
+    return out + (["eval.object_threshold=0.0"] if hasattr(getattr(cfg, "eval", None), "object_threshold") else [])
+
+
 class Side:
     """Everything one side needs, built once through the recipe contract."""
 
     def __init__(self, config: str, overrides: list[str], out_dir: str, threads: int = 1,
-                 train_images: int | None = TRAIN_IMAGES, infer_set: Sequence[str] = ("model.score_threshold=0.0",)):
+                 train_images: int | None = TRAIN_IMAGES, infer_set: Sequence[str] | None = None):
         """``threads``: torch threads; ``train_images``: ``data.train_num_images`` (None: the config's);
-        ``infer_set``: overrides of the inference model only (module docstring)."""
+        ``infer_set``: overrides of the inference model only (None: :func:`infer_thresholds`)."""
         import torch
         import yaml
 
@@ -129,7 +139,8 @@ class Side:
                                run_config=cfg)
         self.trainer.model.train()
         # inference: a freshly seeded model that keeps detections_per_image boxes (module docstring)
-        icfg = load_config(recipe.config, config, base + overrides + list(infer_set))
+        infer_set = infer_thresholds(cfg) if infer_set is None else list(infer_set)
+        icfg = load_config(recipe.config, config, base + overrides + infer_set)
         torch.manual_seed(0)
         self.infer_model = recipe.build_model(icfg, info).eval()
         self.predict = recipe.predictor(self.infer_model, icfg, info)
