@@ -82,6 +82,10 @@ class VLOSSConfig:
     contrastive: ContrastiveKind = "clip"  # Table 6
     con_weight: float = bounded(1.0, ge=0)  # lambda_con (Sec. 4.2)
     temperature: float = bounded(0.07, gt=0)  # initial learned tau of the classifier and of L_con (CLIP [36])
+    # the levels the masked-attention decoder attends to, round robin: "32,16,8" = f'_0..f'_2 as Mask2Former and
+    # the paper (Sec. 3.1, for ~1024 px inputs); "16,8,4" = one level finer, for small inputs whose objects span
+    # only a cell or two at stride 8 (the synthetic world at 256 px); the masks use stride 4 either way
+    decoder_strides: Literal["32,16,8", "16,8,4"] = "32,16,8"
 
 
 @dataclass
@@ -144,7 +148,7 @@ class VLOSS(nn.Module):
         """
         c = self.trunk(images)
         feats, mask_features = self.encoder([c["c2"], c["c3"], c["c4"], c["c5"]])
-        preds = self.decoder(feats, mask_features)
+        preds = self.decoder(feats[:3] if self.cfg.decoder_strides == "32,16,8" else feats[1:], mask_features)
         n = self.decoder.num_queries
         stages = [{"logits": self.classifier(t[:, :n], class_emb), "masks": m} for t, m in preds]
         tokens, _ = preds[-1]

@@ -9,7 +9,7 @@ Mask2Former [7]).
   decoder); f'_3 goes through a 1x1 conv to give the mask features.
 * :class:`MaskedAttentionDecoder` (Eq. 2): N learned object queries plus the global image token e_img^0 =
   avgpool(f'_0) (Sec. 3.1). Each layer (Mask2Former): masked cross-attention to one of f'_0, f'_1, f'_2
-  (round robin, each with a sine position + a learned level embedding), then self-attention over all N + 1
+  (``model.decoder_strides="16,8,4"``: f'_1, f'_2, f'_3, the first of them pooled for e_img^0; round robin, each with a sine position + a learned level embedding), then self-attention over all N + 1
   tokens, then an FFN; post-norm. The cross-attention of object query n is restricted to the pixels where the
   previous prediction's mask has sigmoid > 0.5; a query whose mask is empty attends everywhere, and the global
   token is never masked (:func:`attention_mask`). Masks = MLP(query) . f'_3 after the initial queries and after
@@ -102,8 +102,8 @@ class MultiScaleEncoder(nn.Module):
         self.dim = dim
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
-        """C2..C5 (fine to coarse) -> ([f'_0, f'_1, f'_2] at strides 32, 16, 8; mask features f'_3 at stride 4),
-        all B x D x h_l x w_l."""
+        """C2..C5 (fine to coarse) -> ([f'_0, f'_1, f'_2, f'_3] at strides 32, 16, 8, 4; mask features =
+        a 1x1 projection of f'_3), all B x D x h_l x w_l. The decoder attends to three consecutive levels."""
         c2, c3, c4, c5 = feats
         x = self.top_proj(c5)
         if len(self.transformer):
@@ -119,7 +119,7 @@ class MultiScaleEncoder(nn.Module):
             lat = lateral(c)
             prev = lat + F.interpolate(prev, size=lat.shape[-2:], mode="nearest")
             outs.append(output(prev))
-        return outs[:3], self.mask_proj(outs[3])
+        return outs, self.mask_proj(outs[3])
 
 
 class DecoderLayer(nn.Module):

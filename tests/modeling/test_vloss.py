@@ -53,7 +53,7 @@ def test_forward_shapes_for_both_encoders(encoder):
     images = torch.randn(2, 3, 64, 96)
     c = model.trunk(images)
     feats, mask_features = model.encoder([c["c2"], c["c3"], c["c4"], c["c5"]])
-    assert [tuple(f.shape) for f in feats] == [(2, 16, 2, 3), (2, 16, 4, 6), (2, 16, 8, 12)]  # strides 32, 16, 8
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 2, 3), (2, 16, 4, 6), (2, 16, 8, 12), (2, 16, 16, 24)]
     assert mask_features.shape == (2, 16, 16, 24)
     out = model(images, class_emb())
     assert out["logits"].shape == (2, N, K + 1)
@@ -61,6 +61,18 @@ def test_forward_shapes_for_both_encoders(encoder):
     assert out["global"].shape == (2, E) and out["tokens"].shape == (2, N, E)
     assert len(out["aux"]) == 2  # the initial queries' prediction and the first layer's
     assert all(a["logits"].shape == (2, N, K + 1) and a["masks"].shape == (2, N, 16, 24) for a in out["aux"])
+
+
+@pytest.mark.parametrize("strides, tokens", [("32,16,8", [6, 24, 96]), ("16,8,4", [24, 96, 384])])
+def test_decoder_attends_to_the_configured_levels(strides, tokens):
+    """A 64 x 96 input: stride 32 = 2 x 3 cells, 16 = 4 x 6, 8 = 8 x 12, 4 = 16 x 24; three layers, round robin."""
+    torch.manual_seed(0)
+    model = build_vloss(tiny(dec_layers=3, decoder_strides=strides))
+    seen = []
+    for layer in model.decoder.layers:
+        layer.register_forward_hook(lambda mod, args, out: seen.append(args[2].shape[1]))  # memory: B x HW x D
+    out = model(torch.randn(2, 3, 64, 96), class_emb())
+    assert seen == tokens and out["masks"].shape == (2, N, 16, 24)
 
 
 def test_sine_positions_by_hand():
