@@ -5,9 +5,9 @@ For each narrative: tag the caption (:mod:`.pos`), extract ``ADJ* NOUN+`` phrase
 union ``(T1, T2)`` of its utterances' intervals and the trace points with ``t`` in
 ``(T1 - t_p, T2 + t_p)`` (t_p = 0.5 s, paper section 3.1), and the box spanned by those points
 (normalized coordinates scaled by the image size, clipped to the image).
-:func:`narrative_alps` does the alignment and the windows for all phrases of a narrative at once
-(phrases x words and phrases x points masks); :func:`window_points` / :func:`points_box` are the
-per-phrase form it is tested against.
+:func:`narratives_alps` does the alignment and the windows for all phrases of many narratives (a
+chunk) at once (word and point ranges by binary search, then reductions over the ranges);
+:func:`window_points` / :func:`points_box` are the per-phrase form it is tested against.
 
 Output (``OUT/alps.jsonl``), one ALP per line::
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from omniseg.curate.phrases import DEFAULT_NON_OBJECT, DEFAULT_STUFF, extract_phrases, phrase_intervals
+from omniseg.curate.narrative_lines import trace_array
+from omniseg.curate.phrases import DEFAULT_NON_OBJECT, DEFAULT_STUFF, extract_phrases, phrase_intervals_batch
 from omniseg.curate.pos import TaggedToken, TokenRow
 from omniseg.data.errors import BadRecords
-from omniseg.data.formats.narratives import InvalidNarrative, id_key, parse_narrative_obj
+from omniseg.data.formats.narratives import id_key
 from omniseg.data.records import Box, Instance, Narrative, RecordSet
 
 #: reasons a candidate phrase gives no ALP (keys of the drop counter)
@@ -102,143 +102,6 @@ class NarrativeAlps:
     dropped: Counter = field(default_factory=Counter)
 
 
-def trace_array(narrative: Narrative) -> np.ndarray:
-    """All trace points of a narrative (every segment) as a P x 3 float64 array of (x, y, t)."""
-    pts = [(p.x, p.y, p.t) for seg in narrative.traces for p in seg]
-    return np.asarray(pts, dtype=np.float64).reshape(-1, 3)
-
-
-_NUMBER_CHARS = np.zeros(256, dtype=bool)
-_NUMBER_CHARS[list(b"0123456789.eE+-")] = True
-_CLASS = np.zeros(256, dtype=np.int8)  # 0 structure, 1 digit, 2 '.', 3 e/E, 4 '+', 5 '-'
-_CLASS[list(b"0123456789")] = 1
-_CLASS[ord(".")], _CLASS[ord("e")], _CLASS[ord("E")], _CLASS[ord("+")], _CLASS[ord("-")] = 2, 3, 3, 4, 5
-#: (previous, next) character classes allowed inside a JSON number
-_PAIRS = np.zeros((6, 6), dtype=bool)
-for _p, _n in ((1, 1), (1, 2), (1, 3), (2, 1), (3, 1), (3, 4), (3, 5), (4, 1), (5, 1)):
-    _PAIRS[_p, _n] = True
-_POINT_SKELETON = b'{"x": , "y": , "t": }'
-_TRACES_SKELETON = re.compile(rb"\[\[P(?:, P)*(?:\], \[P(?:, P)*)*\]\]")
-_TRACES_KEY = re.compile(rb'"traces"\s*:\s*')
-_SENTINEL = "omniseg:traces"
-
-
-def _json_numbers(text: bytes) -> np.ndarray | None:
-    """The numbers of a traces array in the canonical layout of ``json.dumps``
-    (``[[{"x": 0.1, "y": 0.2, "t": 0.3}, ...], ...]``), or None for anything else.
-
-    Vectorized over the bytes: the text without its number characters must be that layout with
-    one number slot per coordinate, and every run of number characters a JSON number (checked by
-    character-class pairs, start / end classes, at most one '.' before at most one exponent, no
-    leading zero). Numbers are read as json does (correctly rounded to float64).
-    """
-    b = np.frombuffer(text, dtype=np.uint8)
-    is_num = _NUMBER_CHARS[b]
-    skeleton = b[~is_num].tobytes()
-    n_points = skeleton.count(_POINT_SKELETON)
-    if not n_points or not _TRACES_SKELETON.fullmatch(skeleton.replace(_POINT_SKELETON, b"P")):
-        return None
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], is_num, [False])).view(np.int8)))
-    starts, ends = edges[0::2], edges[1::2]
-    if len(starts) != 3 * n_points:  # a slot without a number
-        return None
-    cls = _CLASS[b]
-    inner = is_num[1:] & is_num[:-1]  # pairs of neighbours inside one run
-    if not _PAIRS[cls[:-1][inner], cls[1:][inner]].all():
-        return None
-    first, last = cls[starts], cls[ends - 1]
-    if not ((first == 1) | (first == 5)).all() or not (last == 1).all():
-        return None
-    lead = starts + (first == 5)  # first digit of the integer part
-    lead_next = np.minimum(lead + 1, len(b) - 1)
-    if ((b[lead] == ord("0")) & (lead + 1 < ends) & (cls[lead_next] == 1)).any():
-        return None
-    run = np.cumsum(np.concatenate(([0], np.diff(is_num.view(np.int8)) == 1)))  # run id per char (+1)
-    dots = np.bincount(run[cls == 2], minlength=len(starts) + 1)
-    exps = np.bincount(run[cls == 3], minlength=len(starts) + 1)
-    if (dots > 1).any() or (exps > 1).any():
-        return None
-    if (dots.any() and exps.any()):  # '.' must come before 'e'
-        dot_at = np.full(len(starts) + 1, -1)
-        exp_at = np.full(len(starts) + 1, len(b))
-        dot_at[run[cls == 2]] = np.flatnonzero(cls == 2)
-        exp_at[run[cls == 3]] = np.flatnonzero(cls == 3)
-        if (dot_at > exp_at).any():
-            return None
-    values = np.fromstring(np.where(is_num, b, ord(" ")).astype(np.uint8).tobytes(), dtype=np.float64, sep=" ")
-    if len(values) != 3 * n_points:
-        return None
-    # json reads "-0" as the int 0, which becomes +0.0 (a float "-0.0" or "-0e0" stays -0.0)
-    values[(first == 5) & (dots[1:] == 0) & (exps[1:] == 0) & (values == 0)] = 0.0
-    return values
-
-
-def _parse_line_fast(raw: bytes) -> tuple[dict, np.ndarray] | None:
-    """(decoded line without its traces, P x 3 points) for a line whose traces are in json.dumps'
-    canonical layout; None when that cannot be shown (then the line takes the general path).
-
-    The traces array is cut out and replaced by a sentinel string, the rest decoded by json.
-    That equals decoding the whole line when "traces" occurs once, unescaped, as the top-level
-    key whose value is the cut-out array (no ``\\u`` escapes could spell another such key).
-    """
-    if raw.count(b'"traces"') != 1 or b"\\u" in raw or _SENTINEL.encode() in raw:
-        return None
-    m = _TRACES_KEY.search(raw)
-    if m is None or m.start() == 0 or raw[m.start() - 1] == ord("\\"):
-        return None
-    s = m.end()
-    e = raw.find(b"]]", s) + 2
-    if e < 2 or not raw.startswith(b"[[{", s):
-        return None
-    values = _json_numbers(raw[s:e])
-    if values is None or not np.isfinite(values).all():
-        return None
-    obj = json.loads(raw[:s] + b'"' + _SENTINEL.encode() + b'"' + raw[e:])
-    if not isinstance(obj, dict) or obj.get("traces") != _SENTINEL:
-        return None
-    return obj, values.reshape(-1, 3)
-
-
-def parse_line(raw: bytes) -> tuple[str, Narrative, np.ndarray]:
-    """One narratives JSONL line -> (image id, narrative without traces, P x 3 trace points).
-
-    Validation is the narratives reader's (:func:`~omniseg.data.formats.narratives.parse_narrative_obj`,
-    same messages); the traces, most of a line, take a vectorized path (building one ``TracePoint``
-    per sample was the slowest step of curation), and the reader's parser runs on them only
-    to name the problem when the fast check fails. Traces in json.dumps' layout are not even
-    decoded by json (:func:`_parse_line_fast`; the numbers are read straight from the bytes).
-
-    Raises:
-        json.JSONDecodeError / UnicodeDecodeError: malformed JSON.
-        InvalidNarrative (a ValueError): the reader's message.
-    """
-    try:
-        fast = _parse_line_fast(raw)
-    except (ValueError, UnicodeDecodeError):  # the general path names the problem
-        fast = None
-    if fast is not None:
-        obj, points = fast
-        image_id, narrative = parse_narrative_obj({**obj, "traces": []})
-        return image_id, narrative, points
-    obj = json.loads(raw)
-    traces = obj.get("traces") if isinstance(obj, dict) else None
-    if not isinstance(traces, list):
-        parse_narrative_obj(obj)  # raises with the reader's message
-        raise InvalidNarrative("traces must be a list")  # unreachable unless the reader changes
-    image_id, narrative = parse_narrative_obj({**obj, "traces": []})
-    try:
-        rows = [(p["x"], p["y"], p["t"]) for seg in traces for p in seg]
-        ok = {type(v) for r in rows for v in r} <= {int, float}
-        points = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
-        ok = ok and bool(np.isfinite(points).all())
-    except (KeyError, TypeError, ValueError):
-        ok = False
-    if not ok:
-        image_id, narrative = parse_narrative_obj(obj)  # raises with the reader's message
-        return image_id, narrative, trace_array(narrative)
-    return image_id, narrative, points
-
-
 def window_points(points: np.ndarray, t1: float, t2: float, t_pad: float) -> np.ndarray:
     """Points with ``t`` strictly inside ``(t1 - t_pad, t2 + t_pad)``.
 
@@ -267,6 +130,99 @@ def points_box(points: np.ndarray, width: int, height: int) -> Box | None:
     return (x0, y0, x1, y1)
 
 
+def window_extremes(
+    points: Sequence[np.ndarray], lo: np.ndarray, hi: np.ndarray, windows: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For F open time windows ``(lo, hi)``, the first ``windows[0]`` of them on ``points[0]``, the
+    next ``windows[1]`` on ``points[1]``, ...: the number of points in each (as
+    :func:`window_points` counts them) and the min and the max of their (x, y).
+
+    The points of each array are sorted by ``t`` (unless they are already, as traces normally
+    are); a window is then a range of them, found by binary search, and its extremes a reduction
+    over the range (all arrays' ranges in one reduction).
+
+    Args:
+        points: P_i x 3 (x, y, t) arrays.
+
+    Returns:
+        F counts (int64), F x 2 minima and F x 2 maxima of (x, y) (arbitrary for empty windows).
+    """
+    sizes = np.array([len(p) for p in points], dtype=np.int64)
+    offsets = np.cumsum(sizes) - sizes
+    every = np.concatenate([*points, np.zeros((1, 3))])  # a row past the end: reduceat's last bound
+    t = every[:-1, 2]
+    down = np.flatnonzero(~(t[1:] >= t[:-1])) + 1  # t falls (or is NaN) at these rows
+    for i in np.unique(np.searchsorted(offsets, down, side="right") - 1).tolist():
+        if ((down > offsets[i]) & (down < offsets[i] + sizes[i])).any():  # not just where block i starts
+            block = every[offsets[i] : offsets[i] + sizes[i]]
+            block[:] = block[np.argsort(block[:, 2], kind="stable")]  # NaN times sort last
+    first, last, k = np.empty(len(lo), dtype=np.int64), np.empty(len(lo), dtype=np.int64), 0
+    for off, size, n in zip(offsets.tolist(), sizes.tolist(), windows):
+        block_t = t[off : off + size]
+        first[k : k + n] = np.searchsorted(block_t, lo[k : k + n], side="right") + off
+        last[k : k + n] = np.searchsorted(block_t, hi[k : k + n], side="left") + off
+        k += n
+    last = np.maximum(last, first)
+    counts = last - first
+    counts[np.isnan(lo) | np.isnan(hi)] = 0
+    xy = every[:, :2]
+    bounds = np.stack((first, last), axis=1).ravel()
+    return counts, np.minimum.reduceat(xy, bounds)[::2], np.maximum.reduceat(xy, bounds)[::2]
+
+
+def narratives_alps(
+    items: Sequence[tuple[Narrative, Sequence[TaggedToken | TokenRow], int, int, np.ndarray | None]], cfg: AlpConfig
+) -> list[NarrativeAlps]:
+    """:func:`narrative_alps` of many narratives (a chunk), their array work done once for all.
+
+    Args:
+        items: (narrative, its caption's tokens, image width, image height, P x 3 trace points or
+            None: from ``narrative.traces``).
+    """
+    outs, todo = [], []
+    for narrative, tokens, width, height, points in items:
+        out = NarrativeAlps()
+        phrases, dropped = extract_phrases(narrative.caption, tokens, cfg.stuff, cfg.non_object)
+        out.dropped.update({k: v for k, v in dropped.items() if v})
+        outs.append(out)
+        if phrases:
+            todo.append((out, phrases, narrative, width, height, trace_array(narrative) if points is None else points))
+    if not todo:
+        return outs
+    t1, t2, aligned = phrase_intervals_batch(
+        [it[2].caption for it in todo], [it[2].timed_caption for it in todo],
+        [[(p.start, p.end) for p in it[1]] for it in todo],
+    )
+    counts, lows, highs = window_extremes([it[5] for it in todo], t1 - cfg.t_pad, t2 + cfg.t_pad,
+                                          [len(it[1]) for it in todo])
+    ext = np.concatenate((lows, highs), axis=1)  # F x (x_min, y_min, x_max, y_max)
+    exact = (np.isfinite(ext) & (ext != 0)).all(axis=1).tolist()
+    ext_l, counts_l, t1l, t2l, ok = ext.tolist(), counts.tolist(), t1.tolist(), t2.tolist(), aligned.tolist()
+    i = -1
+    for out, phrases, _, width, height, points in todo:
+        fw, fh = float(width), float(height)
+        for p in phrases:
+            i += 1
+            if not ok[i]:
+                out.dropped["not_aligned"] += 1
+                continue
+            if counts_l[i] < cfg.min_points:
+                out.dropped["too_few_points"] += 1
+                continue
+            if exact[i]:
+                x_min, y_min, x_max, y_max = ext_l[i]
+                x0, x1 = min(max(x_min * width, 0.0), fw), min(max(x_max * width, 0.0), fw)
+                y0, y1 = min(max(y_min * height, 0.0), fh), min(max(y_max * height, 0.0), fh)
+                box = None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
+            else:
+                box = points_box(window_points(points, t1l[i], t2l[i], cfg.t_pad), width, height)
+            if box is None:
+                out.dropped["degenerate_box"] += 1
+                continue
+            out.alps.append(Alp(p.text, box, counts_l[i], t1l[i], t2l[i]))
+    return outs
+
+
 def narrative_alps(
     narrative: Narrative,
     tokens: Sequence[TaggedToken | TokenRow],
@@ -277,55 +233,17 @@ def narrative_alps(
 ) -> NarrativeAlps:
     """ALPs of one narrative whose caption was tagged into ``tokens``.
 
-    All phrases at once: their ``(T1, T2)`` (:func:`~omniseg.curate.phrases.phrase_intervals`),
-    an F x P mask of the points in their windows, and masked min / max of x and y. The box of a
-    kept phrase is then :func:`points_box`'s arithmetic on those extremes; where an extreme is
-    0 or not finite (the sign of a zero, or a NaN, could depend on which equal point a reduction
-    returns) it is :func:`points_box` itself on the phrase's window.
+    All phrases at once: their ``(T1, T2)`` (:func:`~omniseg.curate.phrases.phrase_intervals_batch`),
+    then the count and the min / max of x and y of the points in their windows
+    (:func:`window_extremes`). The box of a kept phrase is :func:`points_box`'s arithmetic on those
+    extremes; where an extreme is 0 or not finite (the sign of a zero, or a NaN, could depend on
+    which equal point a reduction returns) it is :func:`points_box` itself on the phrase's window.
+    :func:`narratives_alps` does the same for many narratives at once.
 
     Args:
         points: P x 3 (x, y, t) trace points, when already extracted (else from ``narrative.traces``).
     """
-    out = NarrativeAlps()
-    phrases, dropped = extract_phrases(narrative.caption, tokens, cfg.stuff, cfg.non_object)
-    out.dropped.update({k: v for k, v in dropped.items() if v})
-    if not phrases:
-        return out
-    if points is None:
-        points = trace_array(narrative)
-    t1, t2, aligned = phrase_intervals(narrative.caption, narrative.timed_caption, [(p.start, p.end) for p in phrases])
-    t = points[:, 2]
-    win = (t[None, :] > (t1 - cfg.t_pad)[:, None]) & (t[None, :] < (t2 + cfg.t_pad)[:, None])  # F x P
-    counts = win.sum(axis=1).tolist()
-    shape = win.shape
-    ext = [
-        np.min(np.broadcast_to(points[:, 0], shape), axis=1, where=win, initial=np.inf),
-        np.max(np.broadcast_to(points[:, 0], shape), axis=1, where=win, initial=-np.inf),
-        np.min(np.broadcast_to(points[:, 1], shape), axis=1, where=win, initial=np.inf),
-        np.max(np.broadcast_to(points[:, 1], shape), axis=1, where=win, initial=-np.inf),
-    ]
-    exact = (np.isfinite(np.stack(ext)) & (np.stack(ext) != 0)).all(axis=0).tolist()
-    x_min, x_max, y_min, y_max = (e.tolist() for e in ext)
-    t1l, t2l, ok = t1.tolist(), t2.tolist(), aligned.tolist()
-    fw, fh = float(width), float(height)
-    for i, p in enumerate(phrases):
-        if not ok[i]:
-            out.dropped["not_aligned"] += 1
-            continue
-        if counts[i] < cfg.min_points:
-            out.dropped["too_few_points"] += 1
-            continue
-        if exact[i]:
-            x0, x1 = min(max(x_min[i] * width, 0.0), fw), min(max(x_max[i] * width, 0.0), fw)
-            y0, y1 = min(max(y_min[i] * height, 0.0), fh), min(max(y_max[i] * height, 0.0), fh)
-            box = None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
-        else:
-            box = points_box(points[win[i]], width, height)
-        if box is None:
-            out.dropped["degenerate_box"] += 1
-            continue
-        out.alps.append(Alp(p.text, box, counts[i], t1l[i], t2l[i]))
-    return out
+    return narratives_alps([(narrative, tokens, width, height, points)], cfg)[0]
 
 
 def alp_json(image_id: int | str, alp: Alp, line: int) -> dict[str, Any]:
@@ -341,6 +259,18 @@ def alp_json(image_id: int | str, alp: Alp, line: int) -> dict[str, Any]:
         "t_end": round(alp.t_end, 3),
         "line": line,
     }
+
+
+def alp_line(image_id: int | str, alp: Alp, line: int) -> str:
+    """``json.dumps(alp_json(image_id, alp, line)) + "\\n"``, formatted directly (one per ALP in curation)."""
+    nums = [round(v, 2) for v in alp.box] + [round(alp.t_start, 3), round(alp.t_end, 3)]
+    if not (type(image_id) in (int, str) and type(alp.num_points) is int and type(line) is int
+            and all(type(v) is float and math.isfinite(v) for v in nums)):
+        return json.dumps(alp_json(image_id, alp, line)) + "\n"
+    x0, y0, x1, y1, t0, t1 = map(float.__repr__, nums)  # json's float format
+    return (f'{{"image_id": {json.dumps(image_id)}, "phrase": {json.dumps(alp.phrase)}, "box": [{x0}, {y0}, {x1}, {y1}], '
+            f'"box_quality": "approximate", "source": "alp", "num_points": {alp.num_points}, "t_start": {t0}, '
+            f'"t_end": {t1}, "line": {line}}}\n')
 
 
 def _alp_from_json(obj: Any) -> tuple[int | str, Instance]:

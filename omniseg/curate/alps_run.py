@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from omniseg.curate.alps import DROP_REASONS, AlpConfig, alp_json, narrative_alps, parse_line
+from omniseg.curate.alps import DROP_REASONS, AlpConfig, alp_line, narratives_alps
+from omniseg.curate.narrative_lines import parse_line
 from omniseg.curate.pos import available_model
 from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.formats.narratives import InvalidNarrative, id_key
@@ -134,13 +135,12 @@ def _process_chunk(job: tuple[str, Chunk, str, str]) -> dict[str, Any]:
     dropped: Counter = Counter()
     lines = []
     n_alps = 0
-    for (lineno, real_id, w, h, narrative, points), tokens in zip(
-        items, tagger.pipe((it[4].caption for it in items), cfg.batch_size)
-    ):
-        res = narrative_alps(narrative, tokens, w, h, cfg, points)
+    tokens = tagger.pipe((it[4].caption for it in items), cfg.batch_size)
+    results = narratives_alps([(it[4], toks, it[2], it[3], it[5]) for it, toks in zip(items, tokens)], cfg)
+    for (lineno, real_id, *_), res in zip(items, results):
         dropped.update(res.dropped)
         for alp in res.alps:
-            lines.append(json.dumps(alp_json(real_id, alp, lineno)) + "\n")
+            lines.append(alp_line(real_id, alp, lineno))
         n_alps += len(res.alps)
     out_file, done_file = chunk_paths(out_dir, chunk.index)
     atomic_write_text(out_file, "".join(lines))

@@ -15,9 +15,10 @@ a noun when their last part is a noun, else an adjective (a compound modifier).
 
 A phrase's time span comes from the ``timed_caption``: the union of the intervals of the
 utterances its words were spoken in (paper section 3.1: "the union of utterance time-intervals
-of its words"). :func:`phrase_intervals` does that for all phrases of a caption at once (word
-alignment, then one phrases x words mask); :func:`align_utterances` / :func:`phrase_interval`
-are the per-character, per-phrase form it is tested against.
+of its words"). :func:`phrase_intervals_batch` does that for all phrases of many captions at once
+(word alignment, then word ranges by binary search and one reduction over them);
+:func:`align_utterances` / :func:`phrase_interval` are the per-character, per-phrase form it is
+tested against.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -79,6 +81,8 @@ Token = TaggedToken | TokenRow
 
 def _words(tokens: Sequence[Token]) -> list[tuple[list[Token], str]]:
     """Group hyphen-joined tokens ("five", "-", "pointed") into words with one POS."""
+    if "-" not in [tok.text for tok in tokens]:  # the usual caption: one word per token
+        return [([tok], tok.pos) for tok in tokens]
     groups: list[list[Token]] = []
     for tok in tokens:
         prev = groups[-1][-1] if groups else None
@@ -97,29 +101,24 @@ def _words(tokens: Sequence[Token]) -> list[tuple[list[Token], str]]:
     return out
 
 
+#: a phrase as a run of word codes (a: adjective, n: noun, o: other)
+_PHRASE_CODES = re.compile("a*n+")
+
+
 def candidate_phrases(caption: str, tokens: Sequence[Token]) -> list[Phrase]:
     """All ``ADJ* NOUN+`` runs of ``tokens`` (a tagged ``caption``; :class:`TaggedToken` s or
-    :class:`TokenRow` s), stuff not yet removed."""
+    :class:`TokenRow` s), stuff not yet removed: the maximal matches, left to right, of ``a*n+``
+    in the words' codes."""
     words = _words(tokens)
+    codes = "".join(["n" if pos in NOUN_POS else "a" if pos in ADJ_POS else "o" for _, pos in words])
     out: list[Phrase] = []
-    i = 0
-    while i < len(words):
-        j = i
-        while j < len(words) and words[j][1] in ADJ_POS:
-            j += 1
-        k = j
-        while k < len(words) and words[k][1] in NOUN_POS:
-            k += 1
-        if k > j:  # at least one noun
-            first, last = words[i][0][0], words[k - 1][0][-1]
-            end = last.start + len(last.text)
-            head_tok = words[k - 1][0]
-            head = caption[head_tok[0].start : end].lower()
-            lemma = head if len(head_tok) > 1 else (head_tok[0].lemma or head)
-            out.append(Phrase(caption[first.start : end].lower(), first.start, end, head, lemma))
-            i = k
-        else:
-            i = max(j, i + 1)
+    for m in _PHRASE_CODES.finditer(codes):
+        i, k = m.span()
+        first, head_tok = words[i][0][0], words[k - 1][0]
+        end = head_tok[-1].start + len(head_tok[-1].text)
+        head = caption[head_tok[0].start : end].lower()
+        lemma = head if len(head_tok) > 1 else (head_tok[0].lemma or head)
+        out.append(Phrase(caption[first.start : end].lower(), first.start, end, head, lemma))
     return out
 
 
@@ -227,49 +226,79 @@ def _match_words(cap_words: list[str], utt_words: list[str]) -> Iterable[tuple[i
     return ((a + d, b + d) for a, b, n in blocks for d in range(n))
 
 
-def align_words(caption: str, utterances: list[Utterance]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def align_words(caption: str, utterances: list[Utterance]) -> tuple[list[tuple[int, int]], list[int]]:
     """Caption words and the utterance each was spoken in (the word form of :func:`align_utterances`).
 
-    The utterance texts are joined by newlines (never inside a word) and scanned once.
-
     Returns:
-        W word starts, W word ends (character spans in the caption), W utterance indices (-1: none);
-        int64 arrays.
+        the W character spans of the caption words, and for each the index of its utterance (-1: none).
     """
-    cap = [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(caption)]
-    joined = "\n".join(u.utterance for u in utterances)
-    found = [(m.group().lower(), m.start()) for m in _WORD.finditer(joined)]
-    offsets = np.cumsum([0] + [len(u.utterance) + 1 for u in utterances[:-1]])
-    owner = np.searchsorted(offsets, np.array([p for _, p in found], dtype=np.int64), side="right") - 1
-    word_utt = np.full(len(cap), -1, dtype=np.int64)
-    pairs = list(_match_words([w for w, _, _ in cap], [w for w, _ in found]))
-    if pairs:
-        ci, uj = np.array(pairs, dtype=np.int64).T
-        word_utt[ci] = owner[uj]
-    starts = np.array([s for _, s, _ in cap], dtype=np.int64)
-    ends = np.array([e for _, _, e in cap], dtype=np.int64)
-    return starts, ends, word_utt
+    spans = [m.span() for m in _WORD.finditer(caption)]
+    cap_words = _WORD.findall(caption)
+    per_utterance = [_WORD.findall(u.utterance) for u in utterances]
+    utt_words = [w for ws in per_utterance for w in ws]
+    owner = [k for k, ws in enumerate(per_utterance) for _ in ws]  # the utterance of each utterance word
+    if cap_words == utt_words:  # the usual transcript: the same words, even the same case
+        return spans, owner
+    word_utt = [-1] * len(cap_words)
+    for i, j in _match_words([w.lower() for w in cap_words], [w.lower() for w in utt_words]):
+        word_utt[i] = owner[j]
+    return spans, word_utt
+
+
+def _int_pairs(pairs: list[tuple[int, int]]) -> np.ndarray:
+    """``pairs`` as an N x 2 int64 array."""
+    return np.fromiter(chain.from_iterable(pairs), dtype=np.int64, count=2 * len(pairs)).reshape(-1, 2)
 
 
 def phrase_intervals(
     caption: str, utterances: list[Utterance], spans: Sequence[tuple[int, int]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`phrase_interval` of every span ``[start, end)`` of ``caption`` at once.
+    """:func:`phrase_interval` of every span ``[start, end)`` of ``caption`` at once
+    (:func:`phrase_intervals_batch` of one caption)."""
+    return phrase_intervals_batch([caption], [utterances], [spans])
 
-    A span's utterances are those of the aligned words sharing a character with it; ``(T1, T2)``
-    is the min start / max end time over them.
+
+def phrase_intervals_batch(
+    captions: Sequence[str], utterances: Sequence[list[Utterance]], spans: Sequence[Sequence[tuple[int, int]]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`phrase_interval` of every span ``[start, end)`` of every caption, all at once.
+
+    A span's utterances are those of the aligned words sharing a character with it. The words
+    and spans of all captions are put on one line (each caption shifted past the ones before it),
+    so a span's words are a range of the sorted, disjoint words found by binary search; ``(T1, T2)``
+    is the min start / max end time over the aligned words of the range (a reduction over the
+    range, in word order).
 
     Returns:
-        F ``T1``, F ``T2`` (float64; inf / -inf where not aligned), F bool "aligned".
+        for the F spans of all captions in order: ``T1``, ``T2`` (float64; inf / -inf where not
+        aligned), bool "aligned".
     """
-    n = len(spans)
-    if not n or not utterances:
-        return np.full(n, np.inf), np.full(n, -np.inf), np.zeros(n, dtype=bool)
-    ws, we, wu = align_words(caption, utterances)
-    span = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-    hit = (ws[None, :] < span[:, 1:2]) & (we[None, :] > span[:, 0:1]) & (wu >= 0)[None, :]  # F x W
-    times = np.array([(u.start_time, u.end_time) for u in utterances], dtype=np.float64).reshape(-1, 2)
-    idx = np.maximum(wu, 0)
-    t1 = np.min(np.broadcast_to(times[idx, 0], hit.shape), axis=1, where=hit, initial=np.inf)
-    t2 = np.max(np.broadcast_to(times[idx, 1], hit.shape), axis=1, where=hit, initial=-np.inf)
-    return t1, t2, hit.any(axis=1)
+    word_spans: list[tuple[int, int]] = []
+    word_utt: list[int] = []
+    times: list[tuple[float, float]] = []
+    sizes = []  # per caption: characters (+1), words, utterances, spans
+    for caption, utts, sp in zip(captions, utterances, spans):
+        ws, wu = align_words(caption, utts)
+        word_spans += ws
+        word_utt += wu
+        times += [(u.start_time, u.end_time) for u in utts]
+        sizes.append((len(caption) + 1, len(ws), len(utts), len(sp)))
+    n_chars, n_words, n_utts, n_spans = np.array(sizes, dtype=np.int64).reshape(-1, 4).T
+    shift = np.cumsum(n_chars) - n_chars
+    span = _int_pairs([s for sp in spans for s in sp]) + np.repeat(shift, n_spans)[:, None]
+    words = _int_pairs(word_spans) + np.repeat(shift, n_words)[:, None]
+    wu = np.array(word_utt, dtype=np.int64)
+    spoken = wu >= 0
+    wu = wu + np.repeat(np.cumsum(n_utts) - n_utts, n_words)  # numbered over all captions' utterances
+    first = np.searchsorted(words[:, 1], span[:, 0], side="right")  # words ending after the span starts
+    last = np.maximum(np.searchsorted(words[:, 0], span[:, 1], side="left"), first)  # ... and starting before it ends
+    n_spoken = np.concatenate(([0], np.cumsum(spoken)))
+    aligned = n_spoken[last] > n_spoken[first]
+    t = np.fromiter(chain.from_iterable(times), dtype=np.float64, count=2 * len(times)).reshape(-1, 2)
+    starts = np.full(len(wu) + 1, np.inf)  # one past the end: reduceat's last bound
+    ends = np.full(len(wu) + 1, -np.inf)
+    starts[:-1][spoken], ends[:-1][spoken] = t[wu[spoken], 0], t[wu[spoken], 1]
+    bounds = np.stack((first, last), axis=1).ravel()
+    t1 = np.where(aligned, np.minimum.reduceat(starts, bounds)[::2], np.inf) if len(bounds) else np.full(0, np.inf)
+    t2 = np.where(aligned, np.maximum.reduceat(ends, bounds)[::2], -np.inf) if len(bounds) else np.full(0, -np.inf)
+    return t1, t2, aligned

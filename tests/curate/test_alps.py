@@ -10,15 +10,20 @@ import numpy as np
 import pytest
 
 from omniseg.curate.alps import (
+    Alp,
     AlpConfig,
     alp_json,
+    alp_line,
     attach_alps,
     narrative_alps,
-    parse_line,
     points_box,
     read_alps_jsonl,
-    trace_array,
     window_points,
+)
+from omniseg.curate.narrative_lines import (
+    _utterances,
+    parse_line,
+    trace_array,
 )
 from omniseg.curate.pos import TaggedToken
 from omniseg.data.errors import BadRecordError, BadRecords
@@ -163,6 +168,62 @@ def test_parse_line_errors_are_the_readers(hand_narrative):
     # an empty trace list is valid: no points
     image_id, _, points = parse_line(json.dumps(mutated(lambda o: o.update(traces=[[], []]))).encode())
     assert image_id == "7" and points.shape == (0, 3)
+
+
+def test_timed_caption_fast_path_equals_the_reader(hand_narrative):
+    """parse_line builds valid timed captions without the reader's per-utterance loop: same
+    narrative, same errors as the reader on fuzzed utterances (types, missing keys, NaN, order)."""
+    good = narrative_to_json("7", hand_narrative())
+    assert _utterances(good["timed_caption"]) == hand_narrative().timed_caption  # the fast path is taken
+    values = [0.5, 2, True, None, "1.0", float("nan"), float("inf"), -0.0, 10**400, [1.0], 3.0]
+    rng = random.Random(3)
+    n_valid = 0
+    for _ in range(400):
+        obj = json.loads(json.dumps(good))
+        utts = obj["timed_caption"]
+        for _ in range(rng.randint(0, 2)):
+            u = rng.choice([x for x in utts if isinstance(x, dict)] or [{}])
+            r = rng.random()
+            if r < 0.5:
+                u[rng.choice(["start_time", "end_time"])] = rng.choice(values)
+            elif r < 0.6:
+                u.pop(rng.choice(["utterance", "start_time", "end_time"]), None)
+            elif r < 0.7:
+                u["utterance"] = rng.choice([3, None, "ok"])
+            elif r < 0.8:
+                utts.append(rng.choice([[1], "u", {"utterance": "x", "start_time": 1.0, "end_time": 1.5, "more": 1}]))
+            elif r < 0.9:
+                obj["timed_caption"] = rng.choice([{}, "x", [], None])
+                utts = []
+            else:
+                obj.pop("caption", None)
+        line = json.dumps(obj).encode()
+        try:
+            want = parse_narrative_obj(obj)
+        except InvalidNarrative as e:
+            with pytest.raises(InvalidNarrative) as got:
+                parse_line(line)
+            assert str(got.value) == str(e)
+            continue
+        n_valid += 1
+        image_id, narrative, _ = parse_line(line)
+        assert (image_id, narrative.timed_caption, narrative.caption) == (want[0], want[1].timed_caption,
+                                                                          want[1].caption)
+        assert [type(u.start_time) for u in narrative.timed_caption] == [float] * len(narrative.timed_caption)
+    assert n_valid > 50
+
+
+def test_alp_line_is_json_dumps_of_alp_json():
+    rng = random.Random(4)
+    phrases = ["red car", 'a "quoted" \\ phrase', "caf\u00e9 \u2603", "tab\there"]
+    for _ in range(500):
+        box = tuple(rng.choice([0.0, -0.0, 1e-9, 123456.789, rng.uniform(-1, 1e4)]) for _ in range(4))
+        alp = Alp(rng.choice(phrases), box, rng.randint(1, 10**6), rng.uniform(0, 1e3), rng.choice([0.0, 1e-7, 12.3456]))
+        image_id = rng.choice([0, 391895, 10**30, "000000000002", "\u00e9\""])
+        line = rng.randint(1, 10**9)
+        assert alp_line(image_id, alp, line) == json.dumps(alp_json(image_id, alp, line)) + "\n"
+    odd = Alp("x", (np.float64(1.0), 2, 3.0, 4.0), 3, float("nan"), 1.0)  # (the general path)
+    assert alp_line(1, odd, 2) == json.dumps(alp_json(1, odd, 2)) + "\n"
 
 
 def test_alp_json_round_trip_and_bad_lines(tmp_path, hand_narrative):

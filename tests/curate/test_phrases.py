@@ -8,10 +8,12 @@ from pathlib import Path
 
 from omniseg.curate.phrases import (
     DEFAULT_STUFF,
+    _words,
     align_utterances,
     candidate_phrases,
     extract_phrases,
     phrase_interval,
+    phrase_intervals_batch,
 )
 from omniseg.curate.pos import TaggedToken
 from omniseg.data.records import Utterance
@@ -124,3 +126,76 @@ def test_align_utterances_tolerates_transcript_differences():
     assert all(k in (1, 2) for k in m[s : s + 7] if k >= 0)
     # nothing in common: nothing aligned
     assert set(align_utterances("xyz", utts)) == {-1}
+
+
+def _reference_candidates(caption: str, tokens: list[TaggedToken]) -> list[tuple[str, int, int, str, str]]:
+    """The word-by-word scan candidate_phrases replaced (slow, obvious): ADJ* then NOUN+ from each word."""
+    words = _words(tokens)
+    out, i = [], 0
+    while i < len(words):
+        j = i
+        while j < len(words) and words[j][1] == "ADJ":
+            j += 1
+        k = j
+        while k < len(words) and words[k][1] in ("NOUN", "PROPN"):
+            k += 1
+        if k > j:
+            head_tok = words[k - 1][0]
+            end = head_tok[-1].start + len(head_tok[-1].text)
+            head = caption[head_tok[0].start : end].lower()
+            lemma = head if len(head_tok) > 1 else (head_tok[0].lemma or head)
+            out.append((caption[words[i][0][0].start : end].lower(), words[i][0][0].start, end, head, lemma))
+            i = k
+        else:
+            i = max(j, i + 1)
+    return out
+
+
+def test_candidate_phrases_equal_the_word_scan_with_hyphens():
+    rng = random.Random(5)
+    for _ in range(500):
+        caption, toks = "", []
+        for _ in range(rng.randint(0, 10)):
+            text = rng.choice(["red", "Big", "ball", "T", "-", "shirt", "the", "five", "pointed"])
+            if caption and rng.random() < 0.6:
+                caption += " "
+            toks.append(TaggedToken(text, len(caption), rng.choice(["ADJ", "NOUN", "PROPN", "DET", "PUNCT", "NUM"]),
+                                    rng.choice(["", text.lower() + "s"])))
+            caption += text
+        toks = [TaggedToken(t.text, t.start, t.pos, t.lemma, caption[t.end : t.end + 1] == " ") for t in toks]
+        got = [(p.text, p.start, p.end, p.head, p.head_lemma) for p in candidate_phrases(caption, toks)]
+        assert got == _reference_candidates(caption, toks), (caption, toks)
+
+
+def test_phrase_intervals_batch_equals_the_per_character_reference():
+    """All spans of several captions at once against align_utterances + phrase_interval per span:
+    multi-word and empty utterances, punctuation, case, transcript edits, no utterances, spans
+    over spaces or past the last word."""
+    rng = random.Random(6)
+    vocab = ["a", "Red", "red", "car", "in", "this", "image", "x1", "café", "don't", "-", ",", "__"]
+    captions, utterances, spans, want = [], [], [], []
+    for _ in range(300):
+        words = [rng.choice(vocab) for _ in range(rng.randint(0, 10))]
+        caption = " ".join(words) + rng.choice(["", ".", " "])
+        utts, t = [], 0.0
+        i = 0
+        while i < len(words) and rng.random() < 0.95:
+            k = rng.randint(0, 3)
+            text = " ".join(words[i : i + k]) if rng.random() < 0.8 else rng.choice(["other", "", "RED car", ","])
+            utts.append(Utterance(text, t, t + rng.choice([0.0, 0.25, 0.5])))
+            t += 0.25
+            i += max(k, 1)
+        sp = [tuple(sorted((rng.randint(0, len(caption)), rng.randint(0, len(caption))))) for _ in range(rng.randint(0, 4))]
+        sp = [(s, e) for s, e in sp if e > s]
+        char_utt = align_utterances(caption, utts)
+        for s, e in sp:
+            want.append(phrase_interval(s, e, char_utt, utts))
+        captions.append(caption)
+        utterances.append(utts)
+        spans.append(sp)
+    t1, t2, aligned = phrase_intervals_batch(captions, utterances, spans)
+    got = [(a, b) if ok else None for a, b, ok in zip(t1.tolist(), t2.tolist(), aligned.tolist())]
+    assert got == want
+    assert sum(w is None for w in want) > 20 and sum(w is not None for w in want) > 100
+    t1, t2, aligned = phrase_intervals_batch([], [], [])
+    assert t1.shape == t2.shape == aligned.shape == (0,)
