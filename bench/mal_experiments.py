@@ -82,8 +82,11 @@ LOG_RATE = re.compile(r"(\d+) box\(es\) labelled here in ([\d.]+) s \(([\d.]+) b
 
 
 def rel(p: Path | str) -> str:
-    """``p`` relative to the repository when inside it (for records and printed commands)."""
-    return str(p).replace(str(ROOT) + os.sep, "")
+    """``p`` relative to the repository when inside it (for records and printed commands); a file under another
+    checkout's ``bench/results`` (a driver run from a snapshot clone records into the main one) from there."""
+    s = str(p).replace(str(ROOT) + os.sep, "")
+    cut = s.find(f"{os.sep}bench{os.sep}results{os.sep}")
+    return s[cut + 1:] if os.path.isabs(s) and cut >= 0 else s
 
 
 def _merge(base: list[str], extra: list[str]) -> list[str]:

@@ -308,3 +308,12 @@ def test_autolabel_masks_are_kept_gzipped_and_unpacked_for_the_mask_rcnn(bench, 
     assert later["ret_mrcnn_mal_s0"]["after"] is None
     mx.prepare([later["ret_mrcnn_mal_s0"]], args)
     assert unpacked.read_bytes() == (run / "masks.json").read_bytes()
+
+
+def test_rel_names_files_by_their_repository_path(bench):
+    mx = bench["mal_experiments"]
+    assert mx.rel(mx.ROOT / "configs" / "mal_smoke.yaml") == "configs/mal_smoke.yaml"
+    other = "/elsewhere/main/bench/results/mal/retention/masks/ret_autolabel_s0.json.gz"  # a snapshot's driver
+    assert mx.rel(other) == "bench/results/mal/retention/masks/ret_autolabel_s0.json.gz"
+    assert mx.rel("/tmp/runs/mal/world_2000/boxes.json") == "/tmp/runs/mal/world_2000/boxes.json"
+    assert mx.rel("runs/bench/results/x.json") == "runs/bench/results/x.json"  # relative: kept
