@@ -54,7 +54,7 @@ def needed(table: str) -> list[str]:
     """The run names ``python bench/vloss_experiments.py TABLE`` makes with its defaults (seeds 0 1 2)."""
     import vloss_experiments as vx
 
-    return [j["name"] for j in vx.plan(vx.parse_args([table]))]
+    return [j["name"] for j in vx.plan(vx.parse_args([table])) if j["table"] is not None]  # (not helper jobs)
 
 
 def table_seed(runs: dict[str, dict], row: str = "filip") -> int:
