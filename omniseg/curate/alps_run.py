@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from omniseg.curate.alps import DROP_REASONS, AlpConfig, alp_line, narratives_alps
-from omniseg.curate.narrative_lines import parse_line
+from omniseg.curate.narrative_lines import parse_lines
 from omniseg.curate.pos import available_model
 from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.formats.narratives import InvalidNarrative, id_key
@@ -109,18 +109,19 @@ def _process_chunk(job: tuple[str, Chunk, str, str]) -> dict[str, Any]:
     with open(path, "rb") as f:
         f.seek(chunk.start)
         data = f.read(chunk.end - chunk.start)
+    numbered = [(n, raw) for n, raw in enumerate(data.split(b"\n")[: chunk.num_lines], start=chunk.first_line)
+                if raw.strip()]
     try:
-        for lineno, raw in enumerate(data.split(b"\n")[: chunk.num_lines], start=chunk.first_line):
-            if not raw.strip():
+        for (lineno, _), parsed in zip(numbered, parse_lines([raw for _, raw in numbered])):
+            if isinstance(parsed, (json.JSONDecodeError, UnicodeDecodeError)):
+                bad.report(path, f"line {lineno}", f"malformed JSON ({parsed})")
                 continue
-            try:
-                image_id, narrative, points = parse_line(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                bad.report(path, f"line {lineno}", f"malformed JSON ({e})")
+            if isinstance(parsed, InvalidNarrative):  # the reader's own validation errors
+                bad.report(path, f"line {lineno}", str(parsed))
                 continue
-            except InvalidNarrative as e:  # the reader's own validation errors
-                bad.report(path, f"line {lineno}", str(e))
-                continue
+            if isinstance(parsed, Exception):
+                raise parsed
+            image_id, narrative, points = parsed
             key = id_key(image_id)
             if key not in sizes:
                 bad.skipped[UNKNOWN_IMAGE] += 1

@@ -1,7 +1,9 @@
-"""Narratives JSONL lines read fast for ALP curation: :func:`parse_line` gives a narrative without its traces
-and the trace points as one P x 3 array (x, y, t). Traces in ``json.dumps``' layout are read straight from the
-bytes (:func:`_json_numbers`, exact for numbers of up to 15 characters); anything else goes through ``json`` and
-the narratives reader, whose messages name a bad line's problem (:mod:`omniseg.data.formats.narratives`)."""
+"""Narratives JSONL lines read fast for ALP curation: :func:`parse_lines` / :func:`parse_line` give a narrative
+without its traces and the trace points as one P x 3 array (x, y, t). Traces in ``json.dumps``' layout are read
+straight from the bytes (:func:`_json_numbers`, exact for numbers of up to 15 characters), those of
+several lines at a time (:data:`GROUP_BYTES`; the array work has a fixed cost per call); anything else goes through
+``json`` and the narratives reader, whose messages name a bad line's problem
+(:mod:`omniseg.data.formats.narratives`)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ _TRACES_KEY = re.compile(rb'"traces"\s*:\s*')
 _SENTINEL = b"omniseg:traces"
 _POW10 = np.array([float(10**i) for i in range(23)])  # the powers of ten that are exact doubles
 _FAST_CHARS = 15  # numbers of at most this many characters are read by the exact fast path
+_NUMBER_CHARS = b"0123456789.-"
+#: traces text whose numbers :func:`parse_lines` reads in one array pass: lines are added to a group
+#: until it holds this many bytes (the array work has a fixed cost per call; far more is past the CPU caches)
+GROUP_BYTES = 1 << 18
 
 
 def _canonical_points(skeleton: bytes) -> int:
@@ -56,12 +62,19 @@ def _json_numbers(text: bytes) -> np.ndarray | None:
     integer and ``k`` its digits after the dot, two exact doubles whose quotient IEEE division
     rounds correctly; longer numbers go through ``float`` as in json.
     """
-    if b"e" in text or b"E" in text or b"+" in text:
-        return None
-    skeleton = text.translate(None, b"0123456789.-")
+    skeleton = text.translate(None, _NUMBER_CHARS)  # (no 'e', 'E', '+': they are not in the layout)
     n = _canonical_points(skeleton)
-    if not n:
-        return None
+    return _slot_numbers(text, len(text) - len(skeleton)) if n else None
+
+
+def _slot_numbers(text: bytes, n_chars: int) -> np.ndarray | None:
+    """:func:`_json_numbers` of a ``text`` whose characters other than ``0-9 . -`` are already known
+    to be the layout (:func:`_canonical_points`); ``n_chars``: the number of the others.
+
+    Every check below is either about one slot or a count over the text that is at least the
+    count over the slots in every part of it, so on texts joined as in :func:`_group_numbers`
+    the result is that of each part (None when any part gives None).
+    """
     b = np.frombuffer(text, dtype=np.uint8)
     colons = np.flatnonzero(b == ord(":"))  # 3n: the layout's, one per slot
     starts = colons + 2
@@ -70,7 +83,7 @@ def _json_numbers(text: bytes) -> np.ndarray | None:
     if (b[colons + 1] != ord(" ")).any() or (b[ends[0::3]] != ord(",")).any() or (b[ends[1::3]] != ord(",")).any():
         return None  # a number character inside the layout's ': ', ', "y": ' or ', "t": '
     lengths = ends - starts
-    if int(lengths.sum()) != len(text) - len(skeleton):
+    if int(lengths.sum()) != n_chars:
         return None  # number characters elsewhere in the layout
     neg = b[starts] == ord("-")
     if (lengths <= neg).any() or np.count_nonzero(b == ord("-")) != np.count_nonzero(neg):
@@ -104,9 +117,14 @@ def _json_numbers(text: bytes) -> np.ndarray | None:
     return values
 
 
-def _parse_line_fast(raw: bytes) -> tuple[dict, np.ndarray] | None:
-    """(decoded line without its traces, P x 3 points) for a line whose traces are in json.dumps'
-    canonical layout; None when that cannot be shown (then the line takes the general path).
+FastParts = tuple[dict, bytes, int, int]
+
+
+def _fast_parts(raw: bytes) -> FastParts | None:
+    """(decoded line without its traces, the traces' text, its points, its number characters) for a
+    line whose traces text is in json.dumps' layout (:func:`_canonical_points`; the numbers
+    themselves are checked by :func:`_slot_numbers`); None when that cannot be shown (then the line
+    takes the general path).
 
     The traces array is cut out and replaced by a sentinel string, the rest decoded by json.
     That equals decoding the whole line when "traces" occurs once, unescaped, as the top-level
@@ -126,13 +144,55 @@ def _parse_line_fast(raw: bytes) -> tuple[dict, np.ndarray] | None:
         return None
     if _SENTINEL in head or _SENTINEL in tail:
         return None
-    values = _json_numbers(raw[s:e])
-    if values is None or not np.isfinite(values).all():
+    text = raw[s:e]
+    skeleton = text.translate(None, _NUMBER_CHARS)
+    n = _canonical_points(skeleton)
+    if not n:
         return None
     obj = json.loads(head + b'"' + _SENTINEL + b'"' + tail)
     if not isinstance(obj, dict) or obj.get("traces") != _SENTINEL.decode():
         return None
-    return obj, values.reshape(-1, 3)
+    return obj, text, n, len(text) - len(skeleton)
+
+
+def _parse_line_fast(raw: bytes) -> tuple[dict, np.ndarray] | None:
+    """(decoded line without its traces, P x 3 points) for a line whose traces are in json.dumps'
+    canonical layout (:func:`_fast_parts`, :func:`_slot_numbers`); None when that cannot be shown."""
+    parts = _fast_parts(raw)
+    if parts is None:
+        return None
+    values = _slot_numbers(parts[1], parts[3])
+    if values is None or not np.isfinite(values).all():
+        return None
+    return parts[0], values.reshape(-1, 3)
+
+
+def _group_numbers(parts: list[FastParts]) -> list[np.ndarray | Exception | None]:
+    """The P x 3 points of each :func:`_fast_parts` result (None: not shown valid and finite; an
+    exception: what reading that part alone raised, other than a ValueError).
+
+    The traces texts are joined into one traces array (their segments one after another, still in
+    json.dumps' layout) and read by one :func:`_slot_numbers` call, which gives each part's values
+    when every part is valid (see there); else, or when a value is not finite, part by part.
+    """
+    joined = b"[" + b", ".join([p[1][1:-1] for p in parts]) + b"]"
+    try:
+        values = _slot_numbers(joined, sum(p[3] for p in parts))
+    except Exception:  # noqa: BLE001 - read part by part, which raises it again for its part
+        values = None
+    if values is not None and np.isfinite(values).all():
+        return list(np.split(values.reshape(-1, 3), np.cumsum([p[2] for p in parts[:-1]])))
+    out: list[np.ndarray | Exception | None] = []
+    for p in parts:
+        try:
+            v = _slot_numbers(p[1], p[3])
+        except ValueError:
+            v = None
+        except Exception as e:  # noqa: BLE001 - raised for its line (parse_lines)
+            out.append(e)
+            continue
+        out.append(v.reshape(-1, 3) if v is not None and np.isfinite(v).all() else None)
+    return out
 
 
 def _utterances(items: Any) -> list[Utterance] | None:
@@ -165,7 +225,49 @@ def _narrative_without_traces(obj: Any) -> tuple[str, Narrative]:
     return image_id, narrative
 
 
-def parse_line(raw: bytes) -> tuple[str, Narrative, np.ndarray]:
+ParsedLine = tuple[str, Narrative, np.ndarray]
+
+
+def parse_lines(raws: list[bytes]) -> list[ParsedLine | Exception]:
+    """:func:`parse_line` of each line: its result, or the exception it raises (returned, in order).
+
+    Lines whose traces are in json.dumps' layout have their numbers read several lines at a time
+    (:func:`_group_numbers`, about :data:`GROUP_BYTES` of text each); the others take :func:`_parse_general`.
+    """
+    parts: list[FastParts | None] = []
+    for raw in raws:
+        try:
+            parts.append(_fast_parts(raw))
+        except (ValueError, UnicodeDecodeError):  # the general path names the problem
+            parts.append(None)
+    points: list[np.ndarray | Exception | None] = [None] * len(raws)
+    group: list[int] = []
+    size = 0
+    for i, p in enumerate(parts + [None]):
+        if p is not None:
+            group.append(i)
+            size += len(p[1])
+        if group and (size >= GROUP_BYTES or i == len(parts)):
+            for k, v in zip(group, _group_numbers([parts[k] for k in group])):
+                points[k] = v
+            group, size = [], 0
+    out: list[ParsedLine | Exception] = []
+    for raw, p, v in zip(raws, parts, points):
+        if isinstance(v, Exception):
+            out.append(v)
+            continue
+        try:
+            if p is not None and v is not None:
+                image_id, narrative = _narrative_without_traces(p[0])
+                out.append((image_id, narrative, v))
+            else:
+                out.append(_parse_general(raw))
+        except Exception as e:  # noqa: BLE001 - handed to the caller, who raises what it does not handle
+            out.append(e)
+    return out
+
+
+def parse_line(raw: bytes) -> ParsedLine:
     """One narratives JSONL line -> (image id, narrative without traces, P x 3 trace points).
 
     Validation is the narratives reader's (:func:`~omniseg.data.formats.narratives.parse_narrative_obj`,
@@ -173,19 +275,20 @@ def parse_line(raw: bytes) -> tuple[str, Narrative, np.ndarray]:
     per sample was the slowest step of curation), and the reader's parser runs on them only
     to name the problem when the fast check fails. Traces in json.dumps' layout are not even
     decoded by json (:func:`_parse_line_fast`; the numbers are read straight from the bytes).
+    :func:`parse_lines` does the same for many lines, faster.
 
     Raises:
         json.JSONDecodeError / UnicodeDecodeError: malformed JSON.
         InvalidNarrative (a ValueError): the reader's message.
     """
-    try:
-        fast = _parse_line_fast(raw)
-    except (ValueError, UnicodeDecodeError):  # the general path names the problem
-        fast = None
-    if fast is not None:
-        obj, points = fast
-        image_id, narrative = _narrative_without_traces(obj)
-        return image_id, narrative, points
+    out = parse_lines([raw])[0]
+    if isinstance(out, Exception):
+        raise out
+    return out
+
+
+def _parse_general(raw: bytes) -> ParsedLine:
+    """:func:`parse_line` through ``json.loads`` of the whole line (any layout)."""
     obj = json.loads(raw)
     traces = obj.get("traces") if isinstance(obj, dict) else None
     if not isinstance(traces, list):
@@ -197,7 +300,7 @@ def parse_line(raw: bytes) -> tuple[str, Narrative, np.ndarray]:
         ok = {type(v) for r in rows for v in r} <= {int, float}
         points = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
         ok = ok and bool(np.isfinite(points).all())
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # (an int beyond the float range: OverflowError)
         ok = False
     if not ok:
         image_id, narrative = parse_narrative_obj(obj)  # raises with the reader's message

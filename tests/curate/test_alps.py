@@ -153,6 +153,7 @@ def test_parse_line_errors_are_the_readers(hand_narrative):
         mutated(lambda o: o["traces"][0].__setitem__(1, [0.1, 0.2, 0.3])),
         mutated(lambda o: o["traces"][1][2].__setitem__("t", None)),
         mutated(lambda o: o["traces"][0][0].__setitem__("y", float("inf"))),
+        mutated(lambda o: o["traces"][0][1].__setitem__("y", 10**400)),  # an int beyond the float range
         mutated(lambda o: o["timed_caption"][0].__setitem__("end_time", -1.0)),
         mutated(lambda o: o.update(image_id=True)),
         mutated(lambda o: o.update(caption=3)),

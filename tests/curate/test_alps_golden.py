@@ -32,8 +32,10 @@ from omniseg.curate.alps import (
 )
 from omniseg.curate.narrative_lines import (
     _json_numbers,
+    _parse_general,
     _parse_line_fast,
     parse_line,
+    parse_lines,
     trace_array,
 )
 from omniseg.curate.phrases import align_utterances, extract_phrases, phrase_interval
@@ -208,16 +210,10 @@ def test_window_extremes_and_signed_zero_boxes():
 
 def _general_parse(raw: bytes):
     """parse_line's general path (json.loads of the whole line), as the reference of the fast one."""
-    import omniseg.curate.narrative_lines as lines
-
-    orig = lines._parse_line_fast
-    lines._parse_line_fast = lambda raw: None
     try:
-        return lines.parse_line(raw)
+        return _parse_general(raw)
     except Exception as e:  # noqa: BLE001 - the reference's exception is compared
         return type(e), str(e)
-    finally:
-        lines._parse_line_fast = orig
 
 
 def _outcome(raw: bytes):
@@ -248,6 +244,8 @@ def test_fast_line_parser_equals_json_on_fuzzed_lines():
     base = {"dataset_id": "d", "image_id": "7", "annotator_id": 3, "caption": "A red ball.",
             "timed_caption": [{"utterance": "A red ball.", "start_time": 0.0, "end_time": 1.0}]}
     seen_fast = 0
+    lines: list[bytes] = []
+    wants: list = []
     for k in range(3000):
         n_seg = rng.choice([1, 1, 2, 3])
         segs = []
@@ -287,6 +285,8 @@ def test_fast_line_parser_equals_json_on_fuzzed_lines():
             ])
         want, got = _general_parse(line), _outcome(line)
         _same_outcome(got, want)
+        lines.append(line)
+        wants.append(want)
         try:
             fast = _parse_line_fast(line) is not None
         except ValueError:  # malformed JSON around the traces: parse_line takes the general path
@@ -296,6 +296,15 @@ def test_fast_line_parser_equals_json_on_fuzzed_lines():
         assert fast or not canonical, line
         seen_fast += fast
     assert seen_fast > 200
+    # many lines at once: numbers read a group of lines at a time, bad lines among good ones
+    huge = json.dumps({"x": 0.5, "y": 0.5, "t": 1.0}).replace("1.0", "1" * 400 + ".0")  # float: inf
+    lines.insert(5, (json.dumps(base)[:-1] + ', "traces": [[' + huge + ']]}').encode())
+    wants.insert(5, _general_parse(lines[5]))
+    assert isinstance(wants[5][0], type) and "not finite" in wants[5][1]
+    good = [i for i, w in enumerate(wants) if not isinstance(w[0], type)]
+    for subset in (range(len(lines)), good, good[:40] + [5] + good[40:]):
+        for got, want in zip(parse_lines([lines[i] for i in subset]), [wants[i] for i in subset], strict=True):
+            _same_outcome((type(got), str(got)) if isinstance(got, Exception) else got, want)
 
 
 def test_trace_numbers_are_read_exactly_as_json_reads_them():

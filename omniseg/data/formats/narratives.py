@@ -41,21 +41,23 @@ class InvalidNarrative(Invalid, ValueError):
     """
 
 
-def _number(value: Any, what: str) -> float:
+def _number(value: Any, what: str, *where: int) -> float:
+    """``value`` as a finite float; the error names ``what.format(*where)`` (formatted only then)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidNarrative(f"{what} is not a number ({short_repr(value)})")
+        raise InvalidNarrative(f"{what.format(*where)} is not a number ({short_repr(value)})")
     try:
         v = float(value)
     except OverflowError:  # an integer beyond the float range
         v = math.inf
     if not math.isfinite(v):
-        raise InvalidNarrative(f"{what} is not finite ({short_repr(value)})")
+        raise InvalidNarrative(f"{what.format(*where)} is not finite ({short_repr(value)})")
     return v
 
 
-def _string(obj: dict, key: str, what: str) -> str:
+def _string(obj: dict, key: str, what: str, *where: int) -> str:
+    """``obj[key]``, a string; the error names ``what.format(*where)`` (formatted only then)."""
     if not isinstance(obj[key], str):
-        raise InvalidNarrative(f"{what} is not a string ({short_repr(obj[key])})")
+        raise InvalidNarrative(f"{what.format(*where)} is not a string ({short_repr(obj[key])})")
     return obj[key]
 
 
@@ -85,11 +87,11 @@ def parse_narrative_obj(obj: Any) -> tuple[str, Narrative]:
     for i, u in enumerate(obj["timed_caption"]):
         if not isinstance(u, dict) or not {"utterance", "start_time", "end_time"} <= set(u):
             raise InvalidNarrative(f"timed_caption[{i}] needs utterance, start_time, end_time")
-        start = _number(u["start_time"], f"timed_caption[{i}].start_time")
-        end = _number(u["end_time"], f"timed_caption[{i}].end_time")
+        start = _number(u["start_time"], "timed_caption[{}].start_time", i)
+        end = _number(u["end_time"], "timed_caption[{}].end_time", i)
         if end < start:
             raise InvalidNarrative(f"timed_caption[{i}]: end_time {end} < start_time {start}")
-        timed.append(Utterance(_string(u, "utterance", f"timed_caption[{i}].utterance"), start, end))
+        timed.append(Utterance(_string(u, "utterance", "timed_caption[{}].utterance", i), start, end))
     traces = []
     for i, seg in enumerate(obj["traces"]):
         if not isinstance(seg, list):
@@ -100,9 +102,9 @@ def parse_narrative_obj(obj: Any) -> tuple[str, Narrative]:
                 raise InvalidNarrative(f"traces[{i}][{j}] needs x, y, t")
             pts.append(
                 TracePoint(
-                    _number(p["x"], f"traces[{i}][{j}].x"),
-                    _number(p["y"], f"traces[{i}][{j}].y"),
-                    _number(p["t"], f"traces[{i}][{j}].t"),
+                    _number(p["x"], "traces[{}][{}].x", i, j),
+                    _number(p["y"], "traces[{}][{}].y", i, j),
+                    _number(p["t"], "traces[{}][{}].t", i, j),
                 )
             )
         traces.append(pts)
