@@ -25,10 +25,12 @@ def probe(run: str, images: int = 30, group: str = "base", split: str = "val") -
     """The module docstring's numbers for one run (means over the covered things; rank 0 = top-1)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
     from omniseg.api import Segmenter
+    from omniseg.modeling.openseg_heads import resize_valid
+    from omniseg.modeling.vloss import MASK_STRIDE
     from omniseg.ops.rle import rle_decode
+    from omniseg.recipes.contract import pad_images
     from omniseg.recipes.data import open_source
     from omniseg.recipes.vloss import source_split
 
@@ -43,12 +45,11 @@ def probe(run: str, images: int = 30, group: str = "base", split: str = "val") -
     things = [k for k, c in enumerate(rs.categories) if c.isthing]
     total, covered = 0, []
     for i, rec in enumerate(rs):
-        x = torch.as_tensor(np.asarray(load(i))).permute(2, 0, 1).float()[None]
-        h, w = x.shape[-2:]
+        x, sizes = pad_images(torch.as_tensor(np.asarray(load(i))).permute(2, 0, 1).float(), seg.recipe.pad_divisor)
         with torch.no_grad():
-            out, _ = model.run(x, [(h, w)], names)
+            out, _ = model.run(x, sizes, names)
         probs = out["logits"][0].softmax(-1)
-        masks = F.interpolate(out["masks"][0][None], size=(h, w), mode="bilinear")[0] > 0  # sigmoid > 0.5
+        masks = resize_valid(out["masks"][0], sizes[0], MASK_STRIDE, sizes[0]) > 0  # as the inference: sigmoid > 0.5
         for inst in rec.instances:
             if inst.category_id not in wanted or inst.mask is None:
                 continue
