@@ -5,6 +5,7 @@ above ``eval.object_threshold``; a model whose covering queries rank the true cl
 the probability over similar class names and no-object finds none.
 
     python bench/vloss_probe.py RUN [RUN ...] [--images 30] [--group base|novel] [--split val|train]
+                                [--vocabulary all|panoptic]
 
 Images: the run's own synthetic validation (``data.val_seed``) or panoptic training (``data.train_seed``) world.
 """
@@ -21,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def probe(run: str, images: int = 30, group: str = "base", split: str = "val") -> dict:
-    """The module docstring's numbers for one run (means over the covered things; rank 0 = top-1)."""
+def probe(run: str, images: int = 30, group: str = "base", split: str = "val", vocabulary: str = "all") -> dict:
+    """The module docstring's numbers for one run (means over the covered things; rank 0 = top-1);
+    ``vocabulary="panoptic"``: the novel thing names are left out of the softmax (the vocabulary of a run
+    trained on the panoptic source only)."""
     import numpy as np
     import torch
 
@@ -42,13 +45,14 @@ def probe(run: str, images: int = 30, group: str = "base", split: str = "val") -
     index = {c.id: k for k, c in enumerate(rs.categories)}
     groups = source_split(cfg.data, rs.categories)
     wanted = set(groups.base_ids if group == "base" else groups.novel_ids)
-    things = [k for k, c in enumerate(rs.categories) if c.isthing]
+    dropped = [k for k, c in enumerate(rs.categories) if vocabulary == "panoptic" and c.id in set(groups.novel_ids)]
+    things = [k for k, c in enumerate(rs.categories) if c.isthing and k not in dropped]
     total, covered = 0, []
     for i, rec in enumerate(rs):
         x, sizes = pad_images(torch.as_tensor(np.asarray(load(i))).permute(2, 0, 1).float(), seg.recipe.pad_divisor)
         with torch.no_grad():
             out, _ = model.run(x, sizes, names)
-        probs = out["logits"][0].softmax(-1)
+        probs = out["logits"][0].index_fill(-1, torch.tensor(dropped, dtype=torch.long), float("-inf")).softmax(-1)
         masks = resize_valid(out["masks"][0], sizes[0], MASK_STRIDE, sizes[0]) > 0  # as the inference: sigmoid > 0.5
         for inst in rec.instances:
             if inst.category_id not in wanted or inst.mask is None:
@@ -63,7 +67,7 @@ def probe(run: str, images: int = 30, group: str = "base", split: str = "val") -
                 covered.append((float(p[k]), float(p[things].sum()), float(p[-1]), int((p[things] > p[k]).sum())))
     mean = (lambda j: round(statistics.fmean(c[j] for c in covered), 3)) if covered else (lambda j: None)
     ranks = [c[3] for c in covered]
-    return {"run": run, "split": split, "group": group, "things": total, "covered": len(covered),
+    return {"run": run, "split": split, "group": group, "vocabulary": vocabulary, "things": total, "covered": len(covered),
             "p_true": mean(0), "p_things": mean(1), "p_no_object": mean(2),
             "rank_median": statistics.median(ranks) if ranks else None,
             "top1": round(sum(r == 0 for r in ranks) / len(ranks), 3) if ranks else None,
@@ -76,9 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=30)
     ap.add_argument("--group", choices=("base", "novel"), default="base")
     ap.add_argument("--split", choices=("val", "train"), default="val")
+    ap.add_argument("--vocabulary", choices=("all", "panoptic"), default="all",
+                    help="panoptic: leave the novel thing names out of the softmax")
     args = ap.parse_args(argv)
     for run in args.runs:
-        print(json.dumps(probe(run, args.images, args.group, args.split)), flush=True)
+        print(json.dumps(probe(run, args.images, args.group, args.split, args.vocabulary)), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,10 @@ def test_probe_of_a_smoke_run(bench, tmp_path):
             assert 0 <= r["top1"] <= r["top5"] <= 1 and r["rank_median"] >= 0
         else:
             assert r["p_true"] is None and r["top1"] is None
+    # leaving the novel names out of the softmax can only raise each query's base-class probabilities, so also
+    # their maximum over the covering queries (the query picked may change: only p_true is ordered)
+    full = bench["vloss_probe"].probe(str(run), images=6, group="base", split="train")
+    pan = bench["vloss_probe"].probe(str(run), images=6, group="base", split="train", vocabulary="panoptic")
+    assert pan["vocabulary"] == "panoptic" and pan["covered"] == full["covered"]
+    if full["covered"]:
+        assert pan["p_true"] >= full["p_true"]
