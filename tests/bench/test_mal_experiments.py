@@ -147,6 +147,14 @@ def test_resolve_reruns_a_recorded_run_only_for_a_dependant_that_needs_its_folde
     assert [(j["name"], j["after"]) for j in todo] == [("label", None)]  # mal's folder is here; helper not needed
 
 
+def test_only_keeps_the_named_jobs_and_what_they_wait_for(bench):
+    er = bench["experiment_runner"]
+    jobs = [_j("mal"), _j("label", "mal"), _j("train", "label"), _j("other"), _j("late", "gone")]
+    assert [j["name"] for j in er.only(jobs, ["train"])] == ["mal", "label", "train"]
+    assert [j["name"] for j in er.only(jobs, ["other", "late", "unknown"])] == ["other", "late"]
+    assert er.only(jobs, None) == jobs and er.only(jobs, []) == jobs
+
+
 def test_schedule_starts_ready_jobs_in_list_order(bench):
     er = bench["experiment_runner"]
     jobs = [_j("a", est=10), _j("b", "a", est=5), _j("c", est=7)]
