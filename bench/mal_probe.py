@@ -3,9 +3,14 @@ masks, by the box's long side and by category, next to the filled box's IoU (mas
 optionally a picture of random boxes (image | true mask | label) to look at.
 
     python bench/mal_probe.py TRUTH.json LABELS.json [--images DIR --png out.png --min-side 40 --tiles 16]
+                              [--out record.json]
 
-TRUTH and LABELS are COCO instance files with the same annotation ids (autolabel keeps them); annotations
-without an RLE mask on either side are not scored.
+``--out`` writes the breakdown with the command (bench/report_mal.py renders bench/results/mal/probe/*.json).
+
+TRUTH and LABELS are COCO instance files (``.json`` or ``.json.gz``) with the same annotation ids (autolabel
+keeps them); annotations without an RLE mask on either side are not scored. The retention table's labels:
+TRUTH = the driver's world (``RUNS/world_2000/instances.json`` of ``python bench/mal_experiments.py retention``),
+LABELS = bench/results/mal/retention/masks/ret_autolabel_s<seed>.json.gz.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 #: long-side bins of the box, in pixels
 BINS = (0, 8, 16, 32, 64, 10**9)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file, gzip-compressed when its name ends in .gz."""
+    import gzip
+
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(data.decode("utf-8"))
 
 
 def pairs(truth: dict, labels: dict) -> list[tuple[dict, dict, float]]:
@@ -60,7 +73,8 @@ def breakdown(truth: dict, scored: list[tuple[dict, dict, float]]) -> dict:
         hi = BINS[BINS.index(lo) + 1]
         bins.setdefault(f"{lo}-{hi}" if hi < 10**9 else f">={lo}", []).append(row)
         cats.setdefault(names.get(a["category_id"], str(a["category_id"])), []).append(row)
-    return {"all": agg(allr) if allr else {"n": 0}, "long_side": {k: agg(v) for k, v in bins.items()},
+    order = sorted(bins, key=lambda k: int(k.lstrip(">=").split("-")[0]))
+    return {"all": agg(allr) if allr else {"n": 0}, "long_side": {k: agg(bins[k]) for k in order},
             "category": {k: agg(v) for k, v in sorted(cats.items())}}
 
 
@@ -102,9 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--png", type=Path, help="write a picture of random boxes here")
     ap.add_argument("--min-side", type=float, default=40.0, help="pictured boxes' minimum long side (px)")
     ap.add_argument("--tiles", type=int, default=16)
+    ap.add_argument("--out", type=Path, help="write the breakdown (JSON) here")
     args = ap.parse_args(argv)
-    truth = json.loads(args.truth.read_text(encoding="utf-8"))
-    scored = pairs(truth, json.loads(args.labels.read_text(encoding="utf-8")))
+    truth = read_json(args.truth)
+    scored = pairs(truth, read_json(args.labels))
     res = breakdown(truth, scored)
     print(f"{res['all'].get('n', 0)} boxes scored: mIoU {res['all'].get('mIoU', float('nan')):.3f}, "
           f"filled box {res['all'].get('filled_box', float('nan')):.3f}")
@@ -117,6 +132,14 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--png needs --images")
         picture(truth, scored, args.images, args.png, args.min_side, args.tiles)
         print(f"\nwrote {args.png}")
+    if args.out:
+        import shlex
+
+        from omniseg.utils.atomic import atomic_write_json
+
+        command = shlex.join(["python", "bench/mal_probe.py", *(sys.argv[1:] if argv is None else argv)])
+        atomic_write_json(args.out, {"command": command, "png": str(args.png) if args.png else None, **res}, indent=1)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
