@@ -83,29 +83,10 @@ def write_jsonl(path: Path, items: list[tuple[int, Narrative]]) -> None:
             f.write(json.dumps(narrative_to_json(image_id, n)) + "\n")
 
 
-def _forkserver_cpu_seconds() -> float:
-    """CPU time of the multiprocessing forkserver (a child that lives on) and of the workers it forked and reaped.
-
-    The curation pool's workers are the forkserver's children, not this process's, so ``RUSAGE_CHILDREN`` never
-    sees them; /proc/<server>/stat has the server's utime / stime and its reaped children's cutime / cstime
-    (fields 14-17, clock ticks). The server's pid is a private attribute of ``multiprocessing.forkserver``."""
-    from multiprocessing import forkserver
-
-    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
-    if not pid:
-        return 0.0
-    time.sleep(0.2)  # the server reaps a worker on SIGCHLD, just after the pool has joined it
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu_seconds() -> float:
-    """CPU time of this process, its finished children and the forkserver's (the worker pools)."""
+    """CPU time of this process and its finished children (the worker pools)."""
     a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime + _forkserver_cpu_seconds()
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
 def speed(path: Path, sizes: dict, workers: list[int], chunk_lines: int, n: int) -> list[dict]:

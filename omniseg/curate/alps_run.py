@@ -20,7 +20,6 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
@@ -78,40 +77,22 @@ def chunk_paths(out_dir: str | os.PathLike, index: int) -> tuple[Path, Path]:
 
 
 _WORKER: dict[str, Any] = {}
-#: model package -> spaCy pipeline loaded in the pool's forkserver; each worker gets a copy by fork
-_PRELOADED: dict[str, Any] = {}
-#: names the model the forkserver loads (see :func:`_pool`); set only in the environment it starts with
-_PRELOAD_ENV = "OMNISEG_PRELOAD_TAGGER"
 
 
-def _init_worker(sizes: dict[str, tuple[int | str, int, int]], cfg: AlpConfig, nlp: Any = None) -> None:
+def _init_worker(sizes: dict[str, tuple[int | str, int, int]], cfg: AlpConfig) -> None:
     from omniseg.curate.pos import PosTagger, load_tagger
 
-    _WORKER.update(sizes=sizes, cfg=cfg, tagger=PosTagger(nlp if nlp is not None else load_tagger(cfg.model)))
+    _WORKER.update(sizes=sizes, cfg=cfg, tagger=PosTagger(load_tagger(cfg.model)))
 
 
 def _init_pool_worker(sizes: dict[str, tuple[int | str, int, int]], cfg: AlpConfig) -> None:
-    """:func:`_init_worker` in a pool process, with the forkserver's pipeline where it has one.
+    """:func:`_init_worker` in a pool process.
 
     Ctrl-C is left to the parent, which then ends the pool with SIGTERM (``Pool.terminate``);
     that ends a worker quietly: the chunk file being written is removed, no traceback is printed.
     """
     quiet_pool_worker()
-    _init_worker(sizes, cfg, _PRELOADED.get(available_model(cfg.model)))
-
-
-def _pool(processes: int, sizes: dict[str, tuple[int | str, int, int]], cfg: AlpConfig) -> Pool:
-    """A pool of curation workers, forked from a server that imported spaCy and loaded the tagger.
-
-    A spawned worker would import spaCy (and torch, through thinc) and load the pipeline itself:
-    about 3.7 CPU s per worker, more than a 2-worker run of 2,000 narratives gains. The server
-    (:func:`omniseg.utils.workers.pool_context`) pays that once; a loaded pipeline is plain
-    arrays and Python objects without threads, and each worker gets a pristine copy of it, so
-    its tags are those of a freshly loaded one.
-    """
-    model = available_model(cfg.model)  # a missing model fails once, here, not in every worker
-    ctx = pool_context(preload=[__name__], server_env={_PRELOAD_ENV: model})
-    return ctx.Pool(processes, initializer=_init_pool_worker, initargs=(sizes, cfg))
+    _init_worker(sizes, cfg)
 
 
 def _process_chunk(job: tuple[str, Chunk, str, str]) -> dict[str, Any]:
@@ -262,9 +243,10 @@ def curate_alps(
             results: Iterator[dict[str, Any]] = map(_process_chunk, jobs)
             _drain(results, bar)
         elif jobs:
-            # workers are forked from a server that loaded the pipeline once (see _pool, pool_context);
-            # a missing model fails in _pool, not in every worker (a pool would restart them forever)
-            with _pool(min(workers, len(jobs)), sizes, cfg) as pool:
+            # a missing model fails once, here, not in every worker (a pool would restart them forever);
+            # each worker is a fresh interpreter that loads its own pipeline (see pool_context)
+            available_model(cfg.model)
+            with pool_context().Pool(min(workers, len(jobs)), initializer=_init_pool_worker, initargs=(sizes, cfg)) as pool:
                 _drain(pool.imap_unordered(_process_chunk, jobs), bar)
     finally:
         bar.close()
@@ -319,18 +301,3 @@ def _merge(out: Path, chunks: list[Chunk], bad: BadRecords) -> dict[str, Any]:
         "skipped_records": dict(bad.skipped),
         "top_phrases": phrases.most_common(20),
     }
-
-
-def _preload_tagger() -> None:
-    """In the forkserver of :func:`_pool` (run at import): load the pipeline its workers will share."""
-    model = os.environ.pop(_PRELOAD_ENV, None)
-    if model:
-        from omniseg.curate.pos import load_tagger
-
-        try:
-            _PRELOADED[model] = load_tagger(model)
-        except Exception:  # noqa: BLE001 - each worker loads it then, and reports the error
-            pass
-
-
-_preload_tagger()

@@ -4,19 +4,15 @@
 from __future__ import annotations
 
 import json
-import os
-import resource
-import sys
 
 import pytest
 
 from omniseg.cli import main as cli_main
 from omniseg.commands.curate import image_sizes, word_list
 from omniseg.curate.alps import AlpConfig, attach_alps
-from omniseg.curate.alps_run import ResumeMismatchError, _pool, chunk_paths, curate_alps, plan_chunks
+from omniseg.curate.alps_run import ResumeMismatchError, chunk_paths, curate_alps, plan_chunks
 from omniseg.data.errors import BadRecordError, BadRecords
 from omniseg.data.records import ImageRecord, RecordSet
-from omniseg.data.synth.generate import SynthConfig, generate_dataset
 
 
 def test_plan_chunks_streams_lines(tmp_path):
@@ -61,33 +57,6 @@ def test_two_workers_give_the_same_output(tmp_path, write_narratives):
     stats = curate_alps(src, sizes, tmp_path / "b", workers=2, chunk_lines=2, progress=False)
     assert stats["alps"] == 6
     assert (tmp_path / "a" / "alps.jsonl").read_text() == (tmp_path / "b" / "alps.jsonl").read_text()
-
-
-def test_two_workers_write_the_bytes_of_one_on_varied_narratives(tmp_path):
-    syn = tmp_path / "syn"
-    generate_dataset(SynthConfig(seed=3, num_images=40, image_size=24), syn, progress=False)
-    src, sizes = syn / "narratives.jsonl", image_sizes(syn)
-    one = curate_alps(src, sizes, tmp_path / "a", workers=1, chunk_lines=7, progress=False)
-    two = curate_alps(src, sizes, tmp_path / "b", workers=2, chunk_lines=7, progress=False)
-    assert one["alps"] > 40 and one["unique_phrases"] > 10  # many different captions, not one repeated
-    assert {k: v for k, v in two.items() if k not in ("seconds", "workers")} == \
-        {k: v for k, v in one.items() if k not in ("seconds", "workers")}
-    for name in ["alps.jsonl"] + sorted(os.listdir(tmp_path / "a" / "chunks")):
-        sub = "" if name == "alps.jsonl" else "chunks"
-        assert (tmp_path / "b" / sub / name).read_bytes() == (tmp_path / "a" / sub / name).read_bytes(), name
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver and /proc")
-def test_pool_workers_are_forked_from_a_server_with_the_tagger_loaded(tmp_path, write_narratives):
-    sizes = write_narratives(tmp_path / "ln.jsonl", 1)
-    with _pool(2, sizes, AlpConfig()) as pool:
-        usage = pool.map(resource.getrusage, [resource.RUSAGE_SELF] * 4, chunksize=1)
-        server = pool.apply(os.getppid)
-        server_threads = len(os.listdir(f"/proc/{server}/task"))
-    assert server != os.getpid() and server_threads == 1  # not forked from this (threaded) test process
-    # CPU since the fork: a spawned worker imports spaCy and torch (> 2.5 s), one forked from a server
-    # without the pipeline loads it (0.35 s), one forked from this server only builds its PosTagger (0.01 s)
-    assert max(u.ru_utime + u.ru_stime for u in usage) < 0.25, [u.ru_utime + u.ru_stime for u in usage]
 
 
 def test_bad_line_error_names_file_and_line(tmp_path, write_narratives):
