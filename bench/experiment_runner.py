@@ -105,7 +105,23 @@ def driver_parser(doc: str, tables: Sequence[str], runs: Path, results: Path) ->
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--hours", type=float, default=0.0, help="start only the jobs estimated to end within H hours")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    ap.add_argument("--only", nargs="+", metavar="JOB", help="run only these jobs (and the jobs they wait for)")
     return ap
+
+
+def only(todo: list[dict], names: Sequence[str] | None) -> list[dict]:
+    """``todo`` cut to the jobs ``names`` and, transitively, the jobs they run after (None: all of it)."""
+    if not names:
+        return todo
+    by_name = {j["name"]: j for j in todo}
+    keep, stack = set(), [n for n in names if n in by_name]
+    while stack:
+        n = stack.pop()
+        if n not in keep:
+            keep.add(n)
+            if by_name[n]["after"] in by_name:
+                stack.append(by_name[n]["after"])
+    return [j for j in todo if j["name"] in keep]
 
 
 def finished_local(jobs: list[dict], runs: Path) -> dict[str, dict]:
@@ -195,7 +211,7 @@ def drive(args: argparse.Namespace, jobs: list[dict], score: Callable[[dict, arg
 
     for job in finished_local(jobs, runs).values():
         done(job)
-    todo, bad = preflight(resolve(jobs, recorded, set(finished_local(jobs, runs))))
+    todo, bad = preflight(only(resolve(jobs, recorded, set(finished_local(jobs, runs))), getattr(args, "only", None)))
     times = schedule(todo, parallel)
     deferred = [n for n, (_, end) in times.items() if args.hours and end > args.hours * 3600]
     print(f"{args.table}: {sum(j['name'] in recorded for j in jobs if j['table'] == args.table)} recorded, "

@@ -162,6 +162,11 @@ def _shown_command(command: str) -> str:
     return " ".join(out)
 
 
+def _variant(overrides: list[str]) -> str:
+    """``, <builder>`` when the overrides choose a model builder (one config, several networks)."""
+    return "".join(f", {o.split('=', 1)[1]}" for o in overrides if o.startswith("model.builder="))
+
+
 def recipe_speed_section(results: Path) -> list[str]:
     """BENCHMARKS.md lines for every ``recipe_speed_*.json`` in ``results`` (none: no lines)."""
     out: list[str] = []
@@ -173,7 +178,7 @@ def recipe_speed_section(results: Path) -> list[str]:
         infer = ", ".join(f"`{s}`" for s in first.get("infer_set", []))
         infer = f" on a freshly seeded model with {infer}" if infer else " on a freshly seeded model"
         over = f" Overrides: {', '.join(f'`{s}`' for s in d['overrides'])}." if d["overrides"] else ""
-        out += [f"## Speed and memory: {d['config']} ({d['recipe']}, issue 15)", "",
+        out += [f"## Speed and memory: {d['config']} ({d['recipe']}{_variant(d['overrides'])})", "",
                 f"`{_shown_command(d['command'])}` — {m['cpu_count']} cores ({m.get('cpu_model') or '?'}), "
                 f"{m.get('mem_gib') or '?'} GiB, {m['platform']}, torch {d['torch']}"
                 f"{''.join(f', {k}={v}' for k, v in m.get('thread_env', {}).items())}; load average "

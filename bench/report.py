@@ -412,20 +412,6 @@ def maskx_section(d: dict) -> list[str]:
     return out
 
 
-def maskx_speed_section(d: dict) -> list[str]:
-    out = ["## Mask^X R-CNN speed and memory on CPU (issue 4)", "",
-           f"`{d['command'].strip()}` — standard-width networks (ResNet + FPN 256, box head fc 1024, fused MLP), "
-           f"batch {d['batch_size']}, {d['image_size']}x{d['image_size']} synthetic images, {d['machine']}, "
-           f"load average {d['load_average_1min']:.1f}; medians after 2 warm-up steps.", "",
-           "| backbone | parameters | train s/step | train images/s | inference s/image | peak RSS |",
-           "|---|---:|---:|---:|---:|---:|"]
-    out += [f"| {r['backbone']}-FPN | {r['params_M']:.1f} M | {r['train_s_per_step']:.2f} | "
-            f"{r['train_images_per_s']:.2f} | {r['inference_s_per_image']:.2f} | {r['peak_rss_MiB']:.0f} MiB |"
-            for r in d["rows"]]
-    out.append("")
-    return out
-
-
 def alp_experiments_section(d: dict) -> list[str]:
     rows = {r["run"]: r for r in d["rows"]}
     q, st = d.get("alp_quality") or {}, d.get("alp_stats") or {}
@@ -491,7 +477,7 @@ def alp_experiments_section(d: dict) -> list[str]:
 SECTIONS = [("synth_speed", synth_section), ("eval_speed", eval_section), ("ops_speed", ops_section),
             ("nms_speed", nms_section), ("coco_scale", coco_section), ("coco_scale_15m", coco_section),
             ("text_synonyms", text_section), ("box_to_mask_train", toy_section), ("alp_curation", alp_section),
-            ("maskx_speed", maskx_speed_section), ("step_speed", step_section),
+            ("step_speed", step_section),
             ("step_profile", step_profile_section), ("peer_speed", peer_section),
             ("maskx_experiments", maskx_section),
             ("alp_experiments", alp_experiments_section), ("alp_experiments_6000", alp_experiments_section)]

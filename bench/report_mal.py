@@ -111,6 +111,24 @@ def synth_section(results: Path, plan: dict) -> list[str]:
                   *_missing("synth", runs, plan)]
 
 
+def probe_section(results: Path, plan: dict) -> list[str]:
+    """Where the labels lose IoU (bench/mal_probe.py records in bench/results/mal/probe/): by box long side."""
+    out: list[str] = []
+    for path in sorted((results / "mal" / "probe").glob("*.json")):
+        d = json.loads(path.read_text(encoding="utf-8"))
+        out += [f"#### Where the labels lose IoU: {path.stem}", "", f"`{d['command']}` — mIoU of the labels with the "
+                f"true masks by the box's long side, next to the filled box (mask area / box area); "
+                f"{d['all']['n']} boxes, mIoU {d['all']['mIoU']:.3f} (filled box {d['all']['filled_box']:.3f}). "
+                "The labeler sees every box as a 128 px crop of 8 x 8 ViT-S/16 tokens, so a token spans 1/8 of the "
+                "box: the larger the box, the coarser its label in image pixels.", "",
+                "| box long side (px) | boxes | label mIoU | filled box |", "|---|---:|---:|---:|"]
+        out += [f"| {k} | {v['n']} | {v['mIoU']:.3f} | {v['filled_box']:.3f} |" for k, v in d["long_side"].items()]
+        if d.get("png"):
+            out += ["", f"![{path.stem}: crop | true mask | label]({d['png']})"]
+        out.append("")
+    return out
+
+
 def retention_section(results: Path, plan: dict) -> list[str]:
     from omniseg.evaluation.retention import retention_rate
 
@@ -262,7 +280,7 @@ def sections(results: Path) -> list[str]:
     out = ["## MAL: masks from boxes (issue 13)", "",
            "Every run is recorded in bench/results/mal/<table>/ as it finishes (the command and machine in each "
            "file); rows are mean ± sample std over seeds, mIoU as a fraction, AP and retention in %.", ""]
-    for render in (pretrain_section, synth_section, retention_section, ablations_section, coco_section,
+    for render in (pretrain_section, synth_section, probe_section, retention_section, ablations_section, coco_section,
                    speed_section):
         out += render(results, plan)
     return out

@@ -13,8 +13,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: name -> extra arguments
-BENCHES: dict[str, list[str]] = {
+#: Mask^X R-CNN at the standard width (ResNet + FPN 256, box head fc 1024, fused MLP), batch 4, no flip
+MASKX_STANDARD = ["--threads", "2", "--steps", "6", "--infer", "6", "--train-images", "32",
+                  "--set", "model.width=64", "--set", "model.fpn_channels=256", "--set", "model.fc_dim=1024",
+                  "--set", "model.mask_conv_dim=256", "--set", "model.transfer_hidden_dim=1024",
+                  "--set", "model.mlp_hidden_dim=1024", "--set", "data.batch_size=4", "--set", "data.flip=false"]
+
+#: name -> extra arguments of bench/<name>.py, or (script, arguments) where one script runs several times
+BENCHES: dict[str, list[str] | tuple[str, list[str]]] = {
     "synth_speed": [],
     "eval_speed": ["--no-progress"],
     "ops_speed": ["--runs", "5", "--threads", "1", "--no-progress"],
@@ -26,7 +32,16 @@ BENCHES: dict[str, list[str]] = {
     "step_speed": ["--old", "0d8adc8", "--new", "WORKTREE", "--rounds", "5", "--steps", "3",
                    "--out", "bench/results/step_speed.json"],
     "peer_speed": ["--rounds", "2", "--out", "bench/results/peer_speed.json"],
-    "maskx_speed": [],
+    "recipe_speed_maskx_r18": ("recipe_speed", ["configs/maskx_voc_like.yaml", *MASKX_STANDARD,
+                                                "--set", "model.builder=maskx_rcnn_r18_fpn",
+                                                "--out", "bench/results/recipe_speed_maskx_r18.json"]),
+    "recipe_speed_maskx_r50": ("recipe_speed", ["configs/maskx_voc_like.yaml", *MASKX_STANDARD,
+                                                "--set", "model.builder=maskx_rcnn_r50_fpn",
+                                                "--out", "bench/results/recipe_speed_maskx_r50.json"]),
+    "recipe_speed_openseg": ("recipe_speed", ["configs/openseg_synth.yaml", "--threads", "1", "2", "--steps", "10",
+                                              "--train-images", "64", "--out", "bench/results/recipe_speed_openseg.json"]),
+    "recipe_speed_vloss": ("recipe_speed", ["configs/vloss_synth.yaml", "--threads", "1", "2", "--steps", "10",
+                                            "--out", "bench/results/recipe_speed_vloss.json"]),
     "maskx_experiments": [],  # about an hour on 2 cores
     "alp_experiments": ["--iters", "2000"],  # about 2 hours on 2 cores (the 6000-iteration rows: see BENCHMARKS.md)
 }
@@ -41,9 +56,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", choices=sorted(BENCHES), default=None)
     args = ap.parse_args()
-    for name, extra in BENCHES.items():
+    for name, spec in BENCHES.items():
         if args.only and name not in args.only:
             continue
+        script, extra = spec if isinstance(spec, tuple) else (name, spec)
         python = sys.executable
         if name in PEER_BENCHES and PEER_PYTHON.exists():
             python = str(PEER_PYTHON)
@@ -51,7 +67,7 @@ def main() -> None:
             print(f"== {name}: skipped (no {PEER_PYTHON}; run `make peer` first)", flush=True)
             continue
         print(f"== {name}", flush=True)
-        subprocess.run([python, str(ROOT / "bench" / f"{name}.py"), *extra], check=True, cwd=ROOT)
+        subprocess.run([python, str(ROOT / "bench" / f"{script}.py"), *extra], check=True, cwd=ROOT)
     subprocess.run([sys.executable, str(ROOT / "bench" / "report.py")], check=True, cwd=ROOT)
 
 

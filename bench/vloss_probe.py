@@ -5,8 +5,15 @@ above ``eval.object_threshold``; a model whose covering queries rank the true cl
 the probability over similar class names and no-object finds none.
 
     python bench/vloss_probe.py RUN [RUN ...] [--images 30] [--group base|novel] [--split val|train]
+                                [--vocabulary all|panoptic] [--linear N]
 
 Images: the run's own synthetic validation (``data.val_seed``) or panoptic training (``data.train_seed``) world.
+
+``--linear N``: instead, a linear probe of the features a query can attend to: per feature level (trunk c3-c5,
+encoder levels, the stride-4 mask features), each base-class thing's features averaged under its true mask, a
+logistic-regression classifier (L-BFGS, L2 1e-3, standardised inputs) fitted on the things of N training images
+and scored on those of ``--images`` validation images. Low accuracy: the pooled features do not carry the class
+(here: the shape), so an attention-pooling query has little to classify from.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def probe(run: str, images: int = 30, group: str = "base", split: str = "val") -> dict:
-    """The module docstring's numbers for one run (means over the covered things; rank 0 = top-1)."""
+def probe(run: str, images: int = 30, group: str = "base", split: str = "val", vocabulary: str = "all") -> dict:
+    """The module docstring's numbers for one run (means over the covered things; rank 0 = top-1);
+    ``vocabulary="panoptic"``: the novel thing names are left out of the softmax (the vocabulary of a run
+    trained on the panoptic source only)."""
     import numpy as np
     import torch
 
@@ -42,13 +51,14 @@ def probe(run: str, images: int = 30, group: str = "base", split: str = "val") -
     index = {c.id: k for k, c in enumerate(rs.categories)}
     groups = source_split(cfg.data, rs.categories)
     wanted = set(groups.base_ids if group == "base" else groups.novel_ids)
-    things = [k for k, c in enumerate(rs.categories) if c.isthing]
+    dropped = [k for k, c in enumerate(rs.categories) if vocabulary == "panoptic" and c.id in set(groups.novel_ids)]
+    things = [k for k, c in enumerate(rs.categories) if c.isthing and k not in dropped]
     total, covered = 0, []
     for i, rec in enumerate(rs):
         x, sizes = pad_images(torch.as_tensor(np.asarray(load(i))).permute(2, 0, 1).float(), seg.recipe.pad_divisor)
         with torch.no_grad():
             out, _ = model.run(x, sizes, names)
-        probs = out["logits"][0].softmax(-1)
+        probs = out["logits"][0].index_fill(-1, torch.tensor(dropped, dtype=torch.long), float("-inf")).softmax(-1)
         masks = resize_valid(out["masks"][0], sizes[0], MASK_STRIDE, sizes[0]) > 0  # as the inference: sigmoid > 0.5
         for inst in rec.instances:
             if inst.category_id not in wanted or inst.mask is None:
@@ -63,11 +73,96 @@ def probe(run: str, images: int = 30, group: str = "base", split: str = "val") -
                 covered.append((float(p[k]), float(p[things].sum()), float(p[-1]), int((p[things] > p[k]).sum())))
     mean = (lambda j: round(statistics.fmean(c[j] for c in covered), 3)) if covered else (lambda j: None)
     ranks = [c[3] for c in covered]
-    return {"run": run, "split": split, "group": group, "things": total, "covered": len(covered),
+    return {"run": run, "split": split, "group": group, "vocabulary": vocabulary, "things": total, "covered": len(covered),
             "p_true": mean(0), "p_things": mean(1), "p_no_object": mean(2),
             "rank_median": statistics.median(ranks) if ranks else None,
             "top1": round(sum(r == 0 for r in ranks) / len(ranks), 3) if ranks else None,
             "top5": round(sum(r < 5 for r in ranks) / len(ranks), 3) if ranks else None}
+
+
+def _pooled(seg, seed: int, images: int) -> tuple[dict[str, list], list[int]]:
+    """Per feature level, each base-class thing's features averaged under its true mask; and its class id."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from omniseg.modeling.preprocess import normalize_images
+    from omniseg.ops.rle import rle_decode
+    from omniseg.recipes.contract import pad_images
+    from omniseg.recipes.data import open_source
+    from omniseg.recipes.vloss import source_split
+
+    model, cfg = seg.model, seg.cfg
+    rs, load = open_source("synth", images, seed, cfg.data.image_size, False)
+    base = set(source_split(cfg.data, rs.categories).base_ids)
+    feats: dict[str, list] = {}
+    labels: list[int] = []
+    for i, rec in enumerate(rs):
+        x, sizes = pad_images(torch.as_tensor(np.asarray(load(i))).permute(2, 0, 1).float(), seg.recipe.pad_divisor)
+        with torch.no_grad():
+            c = model.net.trunk(normalize_images(x, model.pixel_mean, model.pixel_std, sizes))
+            enc, mask_features = model.net.encoder([c["c2"], c["c3"], c["c4"], c["c5"]])
+        levels = {"c3": c["c3"], "c4": c["c4"], "c5": c["c5"], **{f"encoder{k}": f for k, f in enumerate(enc)},
+                  "mask_features": mask_features}
+        for inst in rec.instances:
+            if inst.category_id not in base or inst.mask is None:
+                continue
+            m = torch.as_tensor(rle_decode(inst.mask)).float()[None, None]
+            m = F.pad(m, (0, x.shape[-1] - m.shape[-1], 0, x.shape[-2] - m.shape[-2]))
+            for name, f in levels.items():
+                w = F.interpolate(m, size=f.shape[-2:], mode="area")[0, 0]  # mask fraction per feature cell
+                feats.setdefault(name, []).append(((f[0] * w).sum((1, 2)) / w.sum().clamp(min=1e-6)).numpy())
+            labels.append(inst.category_id)
+    return feats, labels
+
+
+def _fit_linear(x, y, k: int):
+    """Multinomial logistic regression ``x @ w + bias`` (L-BFGS, L2 1e-3 on w) of labels ``y`` in [0, k)."""
+    import torch
+    import torch.nn.functional as F
+
+    w = torch.zeros(x.shape[1], k, requires_grad=True)
+    bias = torch.zeros(k, requires_grad=True)
+    opt = torch.optim.LBFGS([w, bias], max_iter=200)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + bias, y) + 1e-3 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), bias.detach()
+
+
+def linear_probe(run: str, train_images: int = 300, val_images: int = 50) -> dict:
+    """The module docstring's ``--linear``: per level, train / validation accuracy of the linear probe."""
+    import numpy as np
+    import torch
+
+    from omniseg.api import Segmenter
+
+    seg = Segmenter.from_checkpoint(run)
+    xtr, ytr = _pooled(seg, seg.cfg.data.train_seed, train_images)
+    xva, yva = _pooled(seg, seg.cfg.data.val_seed, val_images)
+    classes = {c: k for k, c in enumerate(sorted(set(ytr)))}
+    t = torch.tensor([classes[c] for c in ytr])
+    seen = torch.tensor([c in classes for c in yva], dtype=torch.bool)  # a class with no training thing: unscored
+    tv = torch.tensor([classes.get(c, -1) for c in yva])
+    out = {"run": run, "train_things": len(ytr), "val_things": int(seen.sum()), "classes": len(classes), "levels": {}}
+    for name in xtr:
+        a = torch.tensor(np.stack(xtr[name]))
+        mu, sd = a.mean(0), a.std(0) + 1e-6
+        a = (a - mu) / sd
+        w, bias = _fit_linear(a, t, len(classes))
+        with torch.no_grad():
+            acc = float(((a @ w + bias).argmax(1) == t).float().mean())
+            val = None
+            if seen.any():
+                b = (torch.tensor(np.stack(xva[name])) - mu) / sd
+                val = round(float(((b @ w + bias).argmax(1) == tv)[seen].float().mean()), 3)
+        out["levels"][name] = {"dim": a.shape[1], "train_acc": round(acc, 3), "val_acc": val}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,9 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=30)
     ap.add_argument("--group", choices=("base", "novel"), default="base")
     ap.add_argument("--split", choices=("val", "train"), default="val")
+    ap.add_argument("--vocabulary", choices=("all", "panoptic"), default="all",
+                    help="panoptic: leave the novel thing names out of the softmax")
+    ap.add_argument("--linear", type=int, metavar="N", help="linear probe of mask-pooled features, N training images")
     args = ap.parse_args(argv)
     for run in args.runs:
-        print(json.dumps(probe(run, args.images, args.group, args.split)), flush=True)
+        res = (linear_probe(run, args.linear, args.images) if args.linear
+               else probe(run, args.images, args.group, args.split, args.vocabulary))
+        print(json.dumps(res), flush=True)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,28 @@ def test_resolve_reruns_a_recorded_run_only_for_a_dependant_that_needs_its_folde
     assert [(j["name"], j["after"]) for j in todo] == [("label", None)]  # mal's folder is here; helper not needed
 
 
+def test_probe_section_renders_the_long_side_table(bench, tmp_path):
+    folder = tmp_path / "mal" / "probe"
+    folder.mkdir(parents=True)
+    rec = {"command": "python bench/mal_probe.py t l", "png": "x.png", "all": {"n": 3, "mIoU": 0.5, "filled_box": 0.25},
+           "long_side": {"0-8": {"n": 2, "mIoU": 0.75, "filled_box": 0.375}, ">=64": {"n": 1, "mIoU": 0.0,
+                                                                                      "filled_box": 0.0}}}
+    (folder / "run_s0.json").write_text(json.dumps(rec))
+    lines = bench["report_mal"].probe_section(tmp_path, {})
+    assert lines[0] == "#### Where the labels lose IoU: run_s0"
+    assert "| 0-8 | 2 | 0.750 | 0.375 |" in lines and "| >=64 | 1 | 0.000 | 0.000 |" in lines
+    assert "![run_s0: crop | true mask | label](x.png)" in lines and "3 boxes, mIoU 0.500" in lines[2]
+    assert bench["report_mal"].probe_section(tmp_path / "none", {}) == []
+
+
+def test_only_keeps_the_named_jobs_and_what_they_wait_for(bench):
+    er = bench["experiment_runner"]
+    jobs = [_j("mal"), _j("label", "mal"), _j("train", "label"), _j("other"), _j("late", "gone")]
+    assert [j["name"] for j in er.only(jobs, ["train"])] == ["mal", "label", "train"]
+    assert [j["name"] for j in er.only(jobs, ["other", "late", "unknown"])] == ["other", "late"]
+    assert er.only(jobs, None) == jobs and er.only(jobs, []) == jobs
+
+
 def test_schedule_starts_ready_jobs_in_list_order(bench):
     er = bench["experiment_runner"]
     jobs = [_j("a", est=10), _j("b", "a", est=5), _j("c", est=7)]

@@ -90,5 +90,11 @@ def test_smoke_run_writes_sane_json(recipe_speed, tmp_path, capsys, name, recipe
     assert r["infer_set"] == infer_set and len(r["detections"]) == 1 and r["detections"][0] > 0
     assert r["params"] == direct_param_count(config) and 0 < r["trainable_params"] <= r["params"]
     section = recipe_speed.recipe_speed_section(tmp_path)
-    assert section[0] == f"## Speed and memory: configs/{name}.yaml ({recipe}, issue 15)"
+    assert section[0] == f"## Speed and memory: configs/{name}.yaml ({recipe})"
     assert section[-2].startswith(f"| 1 | {r['s_per_iter']:.3f} | ") and "--out" not in section[2]
+
+
+def test_section_names_the_builder_an_override_chooses(bench):
+    variant = bench["recipe_speed"]._variant
+    assert variant(["model.width=64", "model.builder=maskx_rcnn_r50_fpn"]) == ", maskx_rcnn_r50_fpn"
+    assert variant(["model.width=64"]) == ""

@@ -26,3 +26,26 @@ def test_probe_of_a_smoke_run(bench, tmp_path):
             assert 0 <= r["top1"] <= r["top5"] <= 1 and r["rank_median"] >= 0
         else:
             assert r["p_true"] is None and r["top1"] is None
+    # leaving the novel names out of the softmax can only raise each query's base-class probabilities, so also
+    # their maximum over the covering queries (the query picked may change: only p_true is ordered)
+    full = bench["vloss_probe"].probe(str(run), images=6, group="base", split="train")
+    pan = bench["vloss_probe"].probe(str(run), images=6, group="base", split="train", vocabulary="panoptic")
+    assert pan["vocabulary"] == "panoptic" and pan["covered"] == full["covered"]
+    if full["covered"]:
+        assert pan["p_true"] >= full["p_true"]
+    lin = bench["vloss_probe"].linear_probe(str(run), train_images=6, val_images=4)
+    assert set(lin["levels"]) == {"c3", "c4", "c5", "encoder0", "encoder1", "encoder2", "encoder3", "mask_features"}
+    assert lin["train_things"] > 0 and 0 < lin["classes"] <= 20
+    for level in lin["levels"].values():
+        assert 0 <= level["train_acc"] <= 1 and (level["val_acc"] is None or 0 <= level["val_acc"] <= 1)
+
+
+def test_linear_probe_fits_separable_features(bench):
+    import torch
+
+    # two classes split by the sign of the first coordinate: the fitted classifier labels every point right
+    x = torch.tensor([[1.0, 0.3], [2.0, -0.5], [1.5, 0.1], [-1.0, 0.2], [-2.0, -0.4], [-1.2, 0.6]])
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    w, bias = bench["vloss_probe"]._fit_linear(x, y, 2)
+    assert ((x @ w + bias).argmax(1) == y).all()
+    assert ((torch.tensor([[3.0, 0.0], [-3.0, 0.0]]) @ w + bias).argmax(1) == torch.tensor([0, 1])).all()

@@ -310,7 +310,8 @@ def test_port_in_use_is_one_line(run, capsys):
 
 
 def test_serve_command_runs_until_ctrl_c(run):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # PYTHONFAULTHANDLER: if the server does not stop, SIGABRT makes it print every thread's stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "omniseg.cli", "serve", "--checkpoint", str(run), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -320,8 +321,12 @@ def test_serve_command_runs_until_ctrl_c(run):
         assert url.startswith("http://127.0.0.1:")
         assert request(url, "/health")[2]["recipe"] == "box_to_mask"
         proc.send_signal(signal.SIGINT)
-        rc, err = proc.wait(30), proc.stderr.read()
-        assert rc == 130 and "omniseg serve: interrupted" in err, (rc, err)
+        try:  # communicate drains both pipes: a child blocked on a full stderr pipe cannot stall the wait
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail("serve did not stop within 120 s of Ctrl-C; its threads:\n" + proc.communicate()[1][-6000:])
+        assert proc.returncode == 130 and "omniseg serve: interrupted" in err, (proc.returncode, err)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,146 @@
+"""Where box-to-mask labels lose IoU: the mean IoU of labelled masks (``omniseg autolabel`` output) with the true
+masks, by the box's long side and by category, next to the filled box's IoU (mask area / box area), and
+optionally a picture of random boxes (image | true mask | label) to look at.
+
+    python bench/mal_probe.py TRUTH.json LABELS.json [--images DIR --png out.png --min-side 40 --tiles 16]
+                              [--out record.json]
+
+``--out`` writes the breakdown with the command (bench/report_mal.py renders bench/results/mal/probe/*.json).
+
+TRUTH and LABELS are COCO instance files (``.json`` or ``.json.gz``) with the same annotation ids (autolabel
+keeps them); annotations without an RLE mask on either side are not scored. The retention table's labels:
+TRUTH = the driver's world (``RUNS/world_2000/instances.json`` of ``python bench/mal_experiments.py retention``),
+LABELS = bench/results/mal/retention/masks/ret_autolabel_s<seed>.json.gz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: long-side bins of the box, in pixels
+BINS = (0, 8, 16, 32, 64, 10**9)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file, gzip-compressed when its name ends in .gz."""
+    import gzip
+
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(data.decode("utf-8"))
+
+
+def pairs(truth: dict, labels: dict) -> list[tuple[dict, dict, float]]:
+    """(true annotation, label, IoU) for every annotation id scored on both sides, in truth order."""
+    from omniseg.ops.rle import normalize_rle, rle_iou
+
+    by_id = {b["id"]: b for b in labels["annotations"] if isinstance(b.get("segmentation"), dict)}
+    out = []
+    for a in truth["annotations"]:
+        b = by_id.get(a["id"])
+        if b is None or not isinstance(a.get("segmentation"), dict):
+            continue
+        iou = float(rle_iou([normalize_rle(b["segmentation"])], [normalize_rle(a["segmentation"])])[0, 0])
+        out.append((a, b, iou))
+    return out
+
+
+def breakdown(truth: dict, scored: list[tuple[dict, dict, float]]) -> dict:
+    """mIoU and filled-box IoU overall, per long-side bin and per category name."""
+    from omniseg.ops.rle import normalize_rle, rle_area
+
+    names = {c["id"]: c["name"] for c in truth.get("categories", [])}
+
+    def agg(rows: list[tuple[float, float]]) -> dict:
+        n = len(rows)
+        return {"n": n, "mIoU": sum(r[0] for r in rows) / n, "filled_box": sum(r[1] for r in rows) / n}
+
+    allr: list[tuple[float, float]] = []
+    bins: dict[str, list] = {}
+    cats: dict[str, list] = {}
+    for a, _, iou in scored:
+        w, h = a["bbox"][2], a["bbox"][3]
+        fill = rle_area(normalize_rle(a["segmentation"])) / max(w * h, 1e-9)
+        row = (iou, min(fill, 1.0))
+        allr.append(row)
+        side = max(w, h)
+        lo = max(b for b in BINS if b <= side)
+        hi = BINS[BINS.index(lo) + 1]
+        bins.setdefault(f"{lo}-{hi}" if hi < 10**9 else f">={lo}", []).append(row)
+        cats.setdefault(names.get(a["category_id"], str(a["category_id"])), []).append(row)
+    order = sorted(bins, key=lambda k: int(k.lstrip(">=").split("-")[0]))
+    return {"all": agg(allr) if allr else {"n": 0}, "long_side": {k: agg(bins[k]) for k in order},
+            "category": {k: agg(v) for k, v in sorted(cats.items())}}
+
+
+def picture(truth: dict, scored: list, images: Path, out: Path, min_side: float, tiles: int, seed: int = 0) -> None:
+    """``tiles`` random boxes with long side >= ``min_side``: crop | true mask (green) | label (red)."""
+    import numpy as np
+    from PIL import Image
+
+    from omniseg.ops.rle import normalize_rle, rle_decode
+    from omniseg.utils.atomic import atomic_open
+
+    files = {i["id"]: i["file_name"] for i in truth["images"]}
+    big = [s for s in scored if max(s[0]["bbox"][2:]) >= min_side]
+    if not big:
+        raise SystemExit(f"{out}: no box with long side >= {min_side}")
+    pick = np.random.default_rng(seed).choice(len(big), min(tiles, len(big)), replace=False)
+    rows = []
+    for k in pick:
+        a, b, _ = big[k]
+        im = np.asarray(Image.open(images / files[a["image_id"]]).convert("RGB"))
+        x, y, w, h = (int(round(v)) for v in a["bbox"])
+        ys, xs = slice(max(y - 4, 0), y + h + 4), slice(max(x - 4, 0), x + w + 4)
+        crop = im[ys, xs]
+        panels = [crop]
+        for seg, colour in ((a, (0, 255, 0)), (b, (255, 0, 0))):
+            p = crop.copy()
+            p[rle_decode(normalize_rle(seg["segmentation"])).astype(bool)[ys, xs]] = colour
+            panels.append(p)
+        rows.append(np.asarray(Image.fromarray(np.concatenate(panels, 1)).resize((360, 120), Image.NEAREST)))
+    with atomic_open(out, "wb") as f:
+        Image.fromarray(np.concatenate(rows, 0)).save(f, format="PNG")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("truth", type=Path)
+    ap.add_argument("labels", type=Path)
+    ap.add_argument("--images", type=Path, help="image folder of TRUTH (for --png)")
+    ap.add_argument("--png", type=Path, help="write a picture of random boxes here")
+    ap.add_argument("--min-side", type=float, default=40.0, help="pictured boxes' minimum long side (px)")
+    ap.add_argument("--tiles", type=int, default=16)
+    ap.add_argument("--out", type=Path, help="write the breakdown (JSON) here")
+    args = ap.parse_args(argv)
+    truth = read_json(args.truth)
+    scored = pairs(truth, read_json(args.labels))
+    res = breakdown(truth, scored)
+    print(f"{res['all'].get('n', 0)} boxes scored: mIoU {res['all'].get('mIoU', float('nan')):.3f}, "
+          f"filled box {res['all'].get('filled_box', float('nan')):.3f}")
+    for title, table in (("box long side (px)", res["long_side"]), ("category", res["category"])):
+        print(f"\n| {title} | boxes | mIoU | filled box |\n|---|---:|---:|---:|")
+        for k, v in table.items():
+            print(f"| {k} | {v['n']} | {v['mIoU']:.3f} | {v['filled_box']:.3f} |")
+    if args.png:
+        if args.images is None:
+            raise SystemExit("--png needs --images")
+        picture(truth, scored, args.images, args.png, args.min_side, args.tiles)
+        print(f"\nwrote {args.png}")
+    if args.out:
+        import shlex
+
+        from omniseg.utils.atomic import atomic_write_json
+
+        command = shlex.join(["python", "bench/mal_probe.py", *(sys.argv[1:] if argv is None else argv)])
+        atomic_write_json(args.out, {"command": command, "png": str(args.png) if args.png else None, **res}, indent=1)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
