@@ -309,11 +309,20 @@ def test_port_in_use_is_one_line(run, capsys):
     assert len(err.splitlines()) == 1
 
 
+def as_foreground_job() -> None:
+    """``preexec_fn``: SIGINT neither ignored nor blocked, as in a terminal's foreground job. Both states pass to
+    a child through exec; in a full ``pytest -n 2`` run the worker sometimes held one of them (the server then sat
+    in ``select`` with the Ctrl-C pending; seen in CI), as does any child of a non-interactive shell's ``cmd &``."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_serve_command_runs_until_ctrl_c(run):
     # PYTHONFAULTHANDLER: if the server does not stop, SIGABRT makes it print every thread's stack
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "omniseg.cli", "serve", "--checkpoint", str(run), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=as_foreground_job)
     try:
         line = proc.stdout.readline()
         assert "serving the box_to_mask model" in line, proc.stderr.read() if proc.poll() is not None else line
@@ -325,7 +334,9 @@ def test_serve_command_runs_until_ctrl_c(run):
             _, err = proc.communicate(timeout=120)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
-            pytest.fail("serve did not stop within 120 s of Ctrl-C; its threads:\n" + proc.communicate()[1][-6000:])
+            here = f"(this process: SIGINT handler {signal.getsignal(signal.SIGINT)}, blocked " \
+                   f"{signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])})"
+            pytest.fail(f"serve did not stop within 120 s of Ctrl-C {here}; its threads:\n" + proc.communicate()[1][-6000:])
         assert proc.returncode == 130 and "omniseg serve: interrupted" in err, (proc.returncode, err)
     finally:
         if proc.poll() is None:
