@@ -4,7 +4,8 @@ class), p(no-object), the true class's rank among the thing classes, and ``no_ob
 covered things whose query ranks no-object first. A panoptic segment needs a query whose top class is not
 no-object (Mask2Former's inference) and above ``eval.object_threshold``; a model whose covering queries rank
 the true class near the top but spread the probability over similar class names, leaving no-object on top,
-finds none at any threshold.
+finds none at any threshold. ``covering_queries``: how many queries cover a covered thing (duplicates: each is
+matched to it only part of the time, so each learns no-object too).
 
     python bench/vloss_probe.py RUN [RUN ...] [--images 30] [--group base|novel] [--split val|train]
                                 [--vocabulary all|panoptic] [--linear N]
@@ -73,11 +74,12 @@ def probe(run: str, images: int = 30, group: str = "base", split: str = "val", v
                 k = index[inst.category_id]
                 p = probs[over][int(probs[over][:, k].argmax())]
                 covered.append((float(p[k]), float(p[things].sum()), float(p[-1]), int((p[things] > p[k]).sum()),
-                                float(p[-1] >= p[:-1].max())))
+                                float(p[-1] >= p[:-1].max()), len(over)))
     mean = (lambda j: round(statistics.fmean(c[j] for c in covered), 3)) if covered else (lambda j: None)
     ranks = [c[3] for c in covered]
     return {"run": run, "split": split, "group": group, "vocabulary": vocabulary, "things": total, "covered": len(covered),
             "p_true": mean(0), "p_things": mean(1), "p_no_object": mean(2), "no_object_top": mean(4),
+            "covering_queries": mean(5),
             "rank_median": statistics.median(ranks) if ranks else None,
             "top1": round(sum(r == 0 for r in ranks) / len(ranks), 3) if ranks else None,
             "top5": round(sum(r < 5 for r in ranks) / len(ranks), 3) if ranks else None}

@@ -24,7 +24,7 @@ def test_probe_of_a_smoke_run(bench, tmp_path):
         if r["covered"]:
             assert 0 <= r["p_true"] <= r["p_things"] <= 1 and 0 <= r["p_no_object"] <= 1 - r["p_things"] + 1e-6
             assert 0 <= r["top1"] <= r["top5"] <= 1 and r["rank_median"] >= 0
-            assert 0 <= r["no_object_top"] <= 1
+            assert 0 <= r["no_object_top"] <= 1 and r["covering_queries"] >= 1  # covered: at least one query
         else:
             assert r["p_true"] is None and r["top1"] is None
     # leaving the novel names out of the softmax can only raise each query's base-class probabilities, so also
