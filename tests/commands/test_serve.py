@@ -311,8 +311,8 @@ def test_port_in_use_is_one_line(run, capsys):
 
 def as_foreground_job() -> None:
     """``preexec_fn``: SIGINT neither ignored nor blocked, as in a terminal's foreground job. Both states pass to
-    a child through exec; in a full ``pytest -n 2`` run the worker sometimes held one of them (the server then sat
-    in ``select`` with the Ctrl-C pending; seen in CI), as does any child of a non-interactive shell's ``cmd &``."""
+    a child through exec: a suite started as a non-interactive shell's background job (``make test &``) ignores
+    SIGINT in every process, and the server then sat in ``select`` with the Ctrl-C pending."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
