@@ -33,7 +33,7 @@ from omniseg.data.formats.narratives import InvalidNarrative, id_key
 from omniseg.data.records import Narrative
 from omniseg.errors import UserError
 from omniseg.utils.atomic import atomic_open, atomic_write_json, atomic_write_text
-from omniseg.utils.workers import pool_context, quiet_pool_worker
+from omniseg.utils.workers import quiet_pool_worker, worker_pool
 
 MANIFEST_VERSION = 1
 CHUNKS_DIR = "chunks"
@@ -246,7 +246,7 @@ def curate_alps(
             # a missing model fails once, here, not in every worker (a pool would restart them forever);
             # each worker is a fresh interpreter that loads its own pipeline (see pool_context)
             available_model(cfg.model)
-            with pool_context().Pool(min(workers, len(jobs)), initializer=_init_pool_worker, initargs=(sizes, cfg)) as pool:
+            with worker_pool(min(workers, len(jobs)), _init_pool_worker, (sizes, cfg)) as pool:
                 _drain(pool.imap_unordered(_process_chunk, jobs), bar)
     finally:
         bar.close()

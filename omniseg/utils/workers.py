@@ -1,16 +1,23 @@
-"""Signal handling for worker processes of a ``multiprocessing`` pool.
+"""Worker pools of ``multiprocessing``: their start method, signal handling and ending.
 
 Ctrl-C reaches every process of the foreground group; a pool's workers should leave it to the
-parent, which ends the pool with SIGTERM (``Pool.terminate``). A worker then exits quietly with
-``128 + SIGTERM`` through ``SystemExit``, so its ``finally`` blocks (temp-file cleanup in
-:mod:`omniseg.utils.atomic`) run and no traceback is printed per worker.
+parent, which ends the pool with SIGTERM (``Pool.terminate``) on an error or Ctrl-C. A worker then
+exits quietly with ``128 + SIGTERM`` through ``SystemExit``, so its ``finally`` blocks (temp-file
+cleanup in :mod:`omniseg.utils.atomic`) run and no traceback is printed per worker. A pool whose
+work is done is closed and joined instead (:func:`worker_pool`): ``with Pool()`` would terminate
+it, and a SIGTERM that reaches a worker already running its exit handlers printed
+"Exception ignored in atexit callback ... SystemExit: 143" at the end of a successful run.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.context import BaseContext
+from multiprocessing.pool import Pool
+from typing import Any
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
@@ -31,3 +38,20 @@ def pool_context() -> BaseContext:
     that hung inside the test suite). A fresh interpreter costs about a second per worker.
     """
     return mp.get_context("spawn")
+
+
+@contextmanager
+def worker_pool(processes: int, initializer: Callable[..., None] = quiet_pool_worker,
+                initargs: tuple[Any, ...] = ()) -> Iterator[Pool]:
+    """A :func:`pool_context` pool: closed and joined when the block ends normally (every worker exits
+    by itself), terminated and joined when it raises (an error, Ctrl-C). ``initializer`` should call
+    :func:`quiet_pool_worker`."""
+    pool = pool_context().Pool(processes, initializer=initializer, initargs=initargs)
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()

@@ -36,7 +36,7 @@ from omniseg.data.records import ImageRecord, RecordSet
 from omniseg.data.synth import lexicon
 from omniseg.data.synth.world import GENERATOR_VERSION, SynthConfig, generate_image
 from omniseg.utils.atomic import atomic_write_bytes, atomic_write_json
-from omniseg.utils.workers import pool_context, quiet_pool_worker
+from omniseg.utils.workers import worker_pool
 
 IMAGES_DIR = "images"
 PANOPTIC_DIR = "panoptic"
@@ -122,7 +122,7 @@ def generate_records(
     else:
         # every job reseeds from (seed, index), so nothing is shared with the parent (see pool_context)
         chunk = max(1, min(16, len(jobs) // (4 * workers) or 1))
-        with pool_context().Pool(workers, initializer=quiet_pool_worker) as pool:
+        with worker_pool(workers) as pool:
             for record, wrote in tqdm(pool.imap(_make_one, jobs, chunksize=chunk), **bar):
                 records.append(record)
                 stats.written += wrote
