@@ -64,7 +64,8 @@ def signal_after_first_checkpoint(proc: subprocess.Popen, run: Path, sig: int, r
         time.sleep(0.01)
     records = logged_steps(run)
     per_iter = records[-1]["s_per_iter"] if records else 0.05
-    remaining = (MAX_ITER - (records[-1]["step"] if records else 4)) * per_iter
+    # within the steps a MAX_ITER run has left (none, for the longer terminated run past them: signal at once)
+    remaining = max(0, MAX_ITER - (records[-1]["step"] if records else 4)) * per_iter
     delay = rng.uniform(0.0, 0.7 * remaining)
     time.sleep(delay)
     assert proc.poll() is None, f"the run ended ({proc.returncode}) before the signal, {delay:.2f} s after its checkpoint"
