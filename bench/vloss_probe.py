@@ -8,7 +8,7 @@ finds none at any threshold. ``covering_queries``: how many queries cover a cove
 matched to it only part of the time, so each learns no-object too).
 
     python bench/vloss_probe.py RUN [RUN ...] [--images 30] [--group base|novel] [--split val|train]
-                                [--vocabulary all|panoptic] [--linear N]
+                                [--vocabulary all|panoptic] [--linear N] [--matching B [--points P]]
 
 Images: the run's own synthetic validation (``data.val_seed``) or panoptic training (``data.train_seed``) world.
 
@@ -17,6 +17,12 @@ encoder levels, the stride-4 mask features), each base-class thing's features av
 logistic-regression classifier (L-BFGS, L2 1e-3, standardised inputs) fitted on the things of N training images
 and scored on those of ``--images`` validation images. Low accuracy: the pooled features do not carry the class
 (here: the shape), so an attention-pooling query has little to classify from.
+
+``--matching B``: instead, on B of the run's own training batches that hold panoptic images, each thing's Hungarian-matched
+query (the training's matching: class + point BCE + dice costs on ``--points`` sampled points): its p(true class),
+p(no-object), whether no-object is its top class, how many queries cover the thing (IoU > 0.5), whether the matched
+one does, and ``same_match_again``: whether matching the same predictions again, with a new point sample, picks
+the same query. Low: near-duplicate queries take turns being matched, so each is trained to no-object mostly.
 """
 
 from __future__ import annotations
@@ -170,6 +176,61 @@ def linear_probe(run: str, train_images: int = 300, val_images: int = 50) -> dic
     return out
 
 
+def matching_probe(run: str, batches: int = 6, points: int | None = None, seed: int = 123) -> dict:
+    """The module docstring's ``--matching``: the run's final predictions on its own panoptic training batches,
+    each thing's Hungarian-matched query (``points`` sampled points, default the run's ``model.num_points``), and
+    the matching once more on the same predictions with a new point sample."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from omniseg.api import Segmenter
+    from omniseg.modeling.vloss import MASK_STRIDE
+    from omniseg.ops.matching import MatcherConfig, match_queries
+    from omniseg.recipes.vloss import source_kind, train_data, train_loader
+
+    seg = Segmenter.from_checkpoint(run)
+    model, cfg, net_cfg = seg.model, seg.cfg, seg.model.net.cfg
+    cats = sorted(seg.info.category_objects(), key=lambda c: c.id)  # the order of model.class_names
+    things = {k for k, c in enumerate(cats) if c.isthing}
+    mcfg = MatcherConfig(net_cfg.cls_weight, net_cfg.bce_weight, net_cfg.dice_weight, points or net_cfg.num_points)
+    loader = iter(train_loader(cfg, train_data(cfg, progress=False), seed=seed))
+    rows = []
+    with torch.no_grad():
+        seen = 0
+        for _ in range(50 * batches):  # STT's warm-up batches hold no panoptic image: drawn past
+            if seen == batches:
+                break
+            batch = next(loader)
+            pan = [b for b, s in enumerate(batch.sources) if source_kind(s) == "panoptic"]
+            if not pan:
+                continue
+            seen += 1
+            targets = [model.target(batch.targets[b], "panoptic", batch.captions[b]) for b in pan]
+            out, _ = model.run(batch.images[pan], [batch.image_sizes[b] for b in pan], model.class_names)
+            logits, masks = out["logits"], out["masks"]
+            wanted = [{"labels": t.labels, "masks": t.masks.float()} for t in targets]
+            first, again = match_queries(logits, masks, wanted, mcfg), match_queries(logits, masks, wanted, mcfg)
+            probs = logits.softmax(-1)
+            for b, ((qi, ti), (qi2, ti2), t) in enumerate(zip(first, again, targets)):
+                pm = F.interpolate(masks[b:b + 1], scale_factor=MASK_STRIDE, mode="bilinear", align_corners=False)[0]
+                pm = pm[:, :t.masks.shape[-2], :t.masks.shape[-1]] > 0
+                second = {int(j): int(q) for q, j in zip(qi2, ti2)}
+                for q, j in zip(qi.tolist(), ti.tolist()):
+                    label, gt = int(t.labels[j]), t.masks[j].bool()
+                    if label not in things or not gt.any():
+                        continue
+                    iou = (pm & gt).flatten(1).sum(1) / (pm | gt).flatten(1).sum(1).clamp(min=1)
+                    p = probs[b, q]
+                    rows.append((float(p[label]), float(p[-1]), float(p[-1] >= p[:-1].max()),
+                                 int((iou > 0.5).sum()), float(iou[q] > 0.5), float(second.get(j) == q)))
+    mean = (lambda j: round(statistics.fmean(r[j] for r in rows), 3)) if rows else (lambda j: None)
+    return {"run": run, "points": mcfg.num_points, "matched_things": len(rows), "p_true": mean(0),
+            "p_no_object": mean(1), "no_object_top": mean(2), "covering_queries": mean(3), "matched_covers": mean(4),
+            "same_match_again": mean(5)}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
@@ -179,10 +240,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vocabulary", choices=("all", "panoptic"), default="all",
                     help="panoptic: leave the novel thing names out of the softmax")
     ap.add_argument("--linear", type=int, metavar="N", help="linear probe of mask-pooled features, N training images")
+    ap.add_argument("--matching", type=int, metavar="B", help="the matched queries of B training batches")
+    ap.add_argument("--points", type=int, help="--matching: sampled points of the matching cost (default: the run's)")
     args = ap.parse_args(argv)
     for run in args.runs:
-        res = (linear_probe(run, args.linear, args.images) if args.linear
-               else probe(run, args.images, args.group, args.split, args.vocabulary))
+        if args.matching:
+            res = matching_probe(run, args.matching, args.points)
+        elif args.linear:
+            res = linear_probe(run, args.linear, args.images)
+        else:
+            res = probe(run, args.images, args.group, args.split, args.vocabulary)
         print(json.dumps(res), flush=True)
 
 

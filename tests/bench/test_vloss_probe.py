@@ -34,6 +34,11 @@ def test_probe_of_a_smoke_run(bench, tmp_path):
     assert pan["vocabulary"] == "panoptic" and pan["covered"] == full["covered"]
     if full["covered"]:
         assert pan["p_true"] >= full["p_true"]
+    match = bench["vloss_probe"].matching_probe(str(run), batches=2, points=256)
+    assert match["points"] == 256 and match["matched_things"] > 0  # the smoke run's panoptic images have things
+    for key in ("p_true", "p_no_object", "no_object_top", "matched_covers", "same_match_again"):
+        assert 0 <= match[key] <= 1, (key, match)
+    assert match["p_true"] + match["p_no_object"] <= 1 + 1e-6 and match["covering_queries"] >= match["matched_covers"]
     lin = bench["vloss_probe"].linear_probe(str(run), train_images=6, val_images=4)
     assert set(lin["levels"]) == {"c3", "c4", "c5", "encoder0", "encoder1", "encoder2", "encoder3", "mask_features"}
     assert lin["train_things"] > 0 and 0 < lin["classes"] <= 20
