@@ -16,7 +16,9 @@ Images: the run's own synthetic validation (``data.val_seed``) or panoptic train
 encoder levels, the stride-4 mask features), each base-class thing's features averaged under its true mask, a
 logistic-regression classifier (L-BFGS, L2 1e-3, standardised inputs) fitted on the things of N training images
 and scored on those of ``--images`` validation images. Low accuracy: the pooled features do not carry the class
-(here: the shape), so an attention-pooling query has little to classify from.
+(here: the shape), so an attention-pooling query has little to classify from. For comparison, ``roi_c3`` and
+``roi_mask_features``: the thing's true box cut into a 4 x 4 RoIAlign grid, flattened (the layout a Mask R-CNN box
+head reads). ``val_acc_by_size``: validation accuracy [and count] by the box's long side (< 16, 16-32, >= 32 px).
 
 ``--matching B``: instead, on B of the run's own training batches that hold panoptic images, each thing's Hungarian-matched
 query (the training's matching: class + point BCE + dice costs on ``--points`` sampled points): its p(true class),
@@ -91,14 +93,23 @@ def probe(run: str, images: int = 30, group: str = "base", split: str = "val", v
             "top5": round(sum(r < 5 for r in ranks) / len(ranks), 3) if ranks else None}
 
 
-def _pooled(seg, seed: int, images: int) -> tuple[dict[str, list], list[int]]:
-    """Per feature level, each base-class thing's features averaged under its true mask; and its class id."""
+#: long-side bins (pixels) of the linear probe's per-size accuracy
+SIZE_BINS = ((0, 16, "<16"), (16, 32, "16-32"), (32, 10 ** 9, ">=32"))
+#: the RoI layouts: each thing's true box cut from these levels into a ROI_GRID x ROI_GRID grid (as Mask R-CNN's box
+#: head reads a 7 x 7 RoIAlign grid), flattened: whether the layout carries the class where the mask average does not
+ROI_LEVELS, ROI_GRID = ("c3", "mask_features"), 4
+
+
+def _pooled(seg, seed: int, images: int) -> tuple[dict[str, list], list[int], list[float]]:
+    """Per feature level, each base-class thing's features averaged under its true mask (and, as ``roi_<level>``,
+    its box's RoIAlign layout); its class id; its box's long side in pixels."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     from omniseg.modeling.preprocess import normalize_images
     from omniseg.ops.rle import rle_decode
+    from omniseg.ops.roi_align import roi_align
     from omniseg.recipes.contract import pad_images
     from omniseg.recipes.data import open_source
     from omniseg.recipes.vloss import source_split
@@ -108,6 +119,7 @@ def _pooled(seg, seed: int, images: int) -> tuple[dict[str, list], list[int]]:
     base = set(source_split(cfg.data, rs.categories).base_ids)
     feats: dict[str, list] = {}
     labels: list[int] = []
+    sides: list[float] = []
     for i, rec in enumerate(rs):
         x, sizes = pad_images(torch.as_tensor(np.asarray(load(i))).permute(2, 0, 1).float(), seg.recipe.pad_divisor)
         with torch.no_grad():
@@ -123,8 +135,14 @@ def _pooled(seg, seed: int, images: int) -> tuple[dict[str, list], list[int]]:
             for name, f in levels.items():
                 w = F.interpolate(m, size=f.shape[-2:], mode="area")[0, 0]  # mask fraction per feature cell
                 feats.setdefault(name, []).append(((f[0] * w).sum((1, 2)) / w.sum().clamp(min=1e-6)).numpy())
+            for name in ROI_LEVELS:
+                f = levels[name]
+                box = torch.tensor([inst.box], dtype=torch.float32)
+                grid = roi_align(f, [box], ROI_GRID, spatial_scale=f.shape[-1] / x.shape[-1], sampling_ratio=2)
+                feats.setdefault(f"roi_{name}", []).append(grid.flatten().numpy())
             labels.append(inst.category_id)
-    return feats, labels
+            sides.append(float(max(inst.box[2] - inst.box[0], inst.box[3] - inst.box[1])))
+    return feats, labels, sides
 
 
 def _fit_linear(x, y, k: int):
@@ -154,8 +172,8 @@ def linear_probe(run: str, train_images: int = 300, val_images: int = 50) -> dic
     from omniseg.api import Segmenter
 
     seg = Segmenter.from_checkpoint(run)
-    xtr, ytr = _pooled(seg, seg.cfg.data.train_seed, train_images)
-    xva, yva = _pooled(seg, seg.cfg.data.val_seed, val_images)
+    xtr, ytr, _ = _pooled(seg, seg.cfg.data.train_seed, train_images)
+    xva, yva, sides = _pooled(seg, seg.cfg.data.val_seed, val_images)
     classes = {c: k for k, c in enumerate(sorted(set(ytr)))}
     t = torch.tensor([classes[c] for c in ytr])
     seen = torch.tensor([c in classes for c in yva], dtype=torch.bool)  # a class with no training thing: unscored
@@ -168,11 +186,17 @@ def linear_probe(run: str, train_images: int = 300, val_images: int = 50) -> dic
         w, bias = _fit_linear(a, t, len(classes))
         with torch.no_grad():
             acc = float(((a @ w + bias).argmax(1) == t).float().mean())
-            val = None
+            val, by_size = None, {}
             if seen.any():
                 b = (torch.tensor(np.stack(xva[name])) - mu) / sd
-                val = round(float(((b @ w + bias).argmax(1) == tv)[seen].float().mean()), 3)
-        out["levels"][name] = {"dim": a.shape[1], "train_acc": round(acc, 3), "val_acc": val}
+                right = (b @ w + bias).argmax(1) == tv
+                val = round(float(right[seen].float().mean()), 3)
+                side = torch.tensor(sides)
+                for lo, hi, label in SIZE_BINS:
+                    sel = seen & (side >= lo) & (side < hi)
+                    by_size[label] = [round(float(right[sel].float().mean()), 3), int(sel.sum())] if sel.any() else None
+        out["levels"][name] = {"dim": a.shape[1], "train_acc": round(acc, 3), "val_acc": val,
+                               "val_acc_by_size": by_size}
     return out
 
 

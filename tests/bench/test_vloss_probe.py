@@ -40,10 +40,17 @@ def test_probe_of_a_smoke_run(bench, tmp_path):
         assert 0 <= match[key] <= 1, (key, match)
     assert match["p_true"] + match["p_no_object"] <= 1 + 1e-6 and match["covering_queries"] >= match["matched_covers"]
     lin = bench["vloss_probe"].linear_probe(str(run), train_images=6, val_images=4)
-    assert set(lin["levels"]) == {"c3", "c4", "c5", "encoder0", "encoder1", "encoder2", "encoder3", "mask_features"}
+    assert set(lin["levels"]) == {"c3", "c4", "c5", "encoder0", "encoder1", "encoder2", "encoder3", "mask_features",
+                                  "roi_c3", "roi_mask_features"}
     assert lin["train_things"] > 0 and 0 < lin["classes"] <= 20
+    assert lin["levels"]["roi_c3"]["dim"] == 16 * lin["levels"]["c3"]["dim"]  # 4 x 4 grid x channels
     for level in lin["levels"].values():
         assert 0 <= level["train_acc"] <= 1 and (level["val_acc"] is None or 0 <= level["val_acc"] <= 1)
+        # the size bins split the scored validation things: their counts add up, their accuracies average to val_acc
+        bins = [b for b in level["val_acc_by_size"].values() if b is not None]
+        if level["val_acc"] is not None:
+            assert sum(n for _, n in bins) == lin["val_things"]
+            assert abs(sum(a * n for a, n in bins) / lin["val_things"] - level["val_acc"]) < 0.01
 
 
 def test_linear_probe_fits_separable_features(bench):
