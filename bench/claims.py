@@ -101,7 +101,7 @@ def alp_jobs(args: argparse.Namespace) -> list[dict]:
     args.only, args.rows = None, ",".join(ALP_ROWS)
     base = {j["name"]: j for j in ax.jobs(args)}
     out = []
-    rows = [(r, r, []) for r in ALP_ROWS] + [(r, f"{r}_mpnet", ["text.encoder=mpnet"]) for r in MPNET_ROWS
+    rows = [(r, r, []) for r in ALP_ROWS] + [(r, f"{r}_mpnet", ["text.encoder=mpnet", "model.embed_dim=768"]) for r in MPNET_ROWS
                                              if args.mpnet]
     for s in args.seeds:
         for row, row_id, extra in rows:

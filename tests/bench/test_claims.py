@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # imported by the `bench` fixture (tests/bench/conftest.py)
-BENCH = ("claims", "yardstick", "report_claims", "experiment_runner")
+BENCH = ("claims", "alp_experiments", "yardstick", "report_claims", "experiment_runner")
 
 
 def test_mean_std_is_the_sample_std(bench):
@@ -81,6 +81,21 @@ def test_maskx_jobs_share_one_detector_per_seed(bench, tmp_path):
         assert j["after"] == (None if j["seed"] == 1 else f"maskx_detector_s{j['seed']}")
         path = tmp_path / "maskx" / "detectors" / f"maskx_detector_s{j['seed']}.safetensors"
         assert f"model.detector_init={path}" in j["overrides"]
+
+
+def test_alp_mpnet_rows_set_the_encoders_embedding_width(bench):
+    import argparse
+
+    from omniseg.recipes.table import load_experiment
+
+    args = argparse.Namespace(runs="runs/claims", seeds=[0, 1], pretrained="p.safetensors", iters=100,
+                              stage2_iters=10, train_images=8, val_images=4, mpnet=True, synonym_vocabularies=3)
+    jobs = bench["claims"].alp_jobs(args)
+    mpnet = [j for j in jobs if j["row"].endswith("_mpnet")]
+    assert {j["row"] for j in mpnet} == {"fcos_mo_alp_mpnet", "fcos_mo_oracle_mpnet"} and len(jobs) == 2 * 6
+    for j in jobs:  # all-mpnet-base-v2 gives 768-d embeddings, MiniLM 384-d (a mismatch stops the run at start)
+        _, cfg = load_experiment(bench["alp_experiments"].CONFIGS[j["model"]], j["overrides"])
+        assert (cfg.text.encoder, cfg.model.embed_dim) == (("mpnet", 768) if j in mpnet else ("minilm", 384))
 
 
 def test_kept_detector_holds_the_detector_weights_and_loads_into_a_fresh_model(bench, tmp_path):
