@@ -207,7 +207,8 @@ def main() -> None:
     # a recorded run's dependants may still need its folder: keep it in the plan, it is found finished
     todo = [j for j in todo_all if j["name"] not in recorded or any(k.get("after") == j["name"] for k in todo_all
                                                                   if k["name"] not in recorded)]
-    print(f"{len(recorded)} recorded, {len(todo_all) - len(recorded)} to run", flush=True)
+    n_recorded = sum(j["name"] in recorded for j in todo_all)  # of these jobs (the folder may hold other seeds')
+    print(f"{n_recorded} recorded, {len(todo_all) - n_recorded} to run", flush=True)
 
     def done(job: dict) -> None:
         if job["name"] in recorded:
