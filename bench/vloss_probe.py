@@ -18,7 +18,8 @@ logistic-regression classifier (L-BFGS, L2 1e-3, standardised inputs) fitted on 
 and scored on those of ``--images`` validation images. Low accuracy: the pooled features do not carry the class
 (here: the shape), so an attention-pooling query has little to classify from. For comparison, ``roi_c3`` and
 ``roi_mask_features``: the thing's true box cut into a 4 x 4 RoIAlign grid, flattened (the layout a Mask R-CNN box
-head reads). ``val_acc_by_size``: validation accuracy [and count] by the box's long side (< 16, 16-32, >= 32 px).
+head reads). ``--trunk RUN``: the same with another run's trained trunk in place of this run's (e.g. a detector trained
+on the same trunk: did its training make the mask-averaged trunk features carry the class?). ``val_acc_by_size``: validation accuracy [and count] by the box's long side (< 16, 16-32, >= 32 px).
 
 ``--matching B``: instead, on B of the run's own training batches that hold panoptic images, each thing's Hungarian-matched
 query (the training's matching: class + point BCE + dice costs on ``--points`` sampled points): its p(true class),
@@ -164,21 +165,44 @@ def _fit_linear(x, y, k: int):
     return w.detach(), bias.detach()
 
 
-def linear_probe(run: str, train_images: int = 300, val_images: int = 50) -> dict:
-    """The module docstring's ``--linear``: per level, train / validation accuracy of the linear probe."""
+def load_trunk(seg, run: str) -> int:
+    """Put another run's trained ResNet trunk (any recipe: the trunk is the parameters named ``*.trunk.*`` or
+    ``*.bottom_up.*``) into the VLOSS model of ``seg``; the number of tensors loaded. Raises SystemExit when the
+    other run's trunk does not fit."""
+    from safetensors.torch import load_file
+
+    from omniseg.engine.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(f"{run}/checkpoints")
+    if ckpt is None:
+        raise SystemExit(f"{run}: no checkpoint")
+    state = load_file(str(ckpt / "model.safetensors"))
+    trunk = {k.split(m, 1)[1]: v for k, v in state.items() for m in (".trunk.", "bottom_up.") if m in k}
+    own = seg.model.net.trunk.state_dict()
+    if set(trunk) != set(own) or any(trunk[k].shape != own[k].shape for k in own):
+        raise SystemExit(f"{ckpt}: its trunk ({len(trunk)} tensors) does not fit this run's ({len(own)})")
+    seg.model.net.trunk.load_state_dict(trunk)
+    return len(trunk)
+
+
+def linear_probe(run: str, train_images: int = 300, val_images: int = 50, trunk: str | None = None) -> dict:
+    """The module docstring's ``--linear``: per level, train / validation accuracy of the linear probe
+    (``trunk``: with that run's trunk, see :func:`load_trunk`)."""
     import numpy as np
     import torch
 
     from omniseg.api import Segmenter
 
     seg = Segmenter.from_checkpoint(run)
+    if trunk:
+        load_trunk(seg, trunk)
     xtr, ytr, _ = _pooled(seg, seg.cfg.data.train_seed, train_images)
     xva, yva, sides = _pooled(seg, seg.cfg.data.val_seed, val_images)
     classes = {c: k for k, c in enumerate(sorted(set(ytr)))}
     t = torch.tensor([classes[c] for c in ytr])
     seen = torch.tensor([c in classes for c in yva], dtype=torch.bool)  # a class with no training thing: unscored
     tv = torch.tensor([classes.get(c, -1) for c in yva])
-    out = {"run": run, "train_things": len(ytr), "val_things": int(seen.sum()), "classes": len(classes), "levels": {}}
+    out = {"run": run, **({"trunk": trunk} if trunk else {}), "train_things": len(ytr), "val_things": int(seen.sum()), "classes": len(classes), "levels": {}}
     for name in xtr:
         a = torch.tensor(np.stack(xtr[name]))
         mu, sd = a.mean(0), a.std(0) + 1e-6
@@ -264,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vocabulary", choices=("all", "panoptic"), default="all",
                     help="panoptic: leave the novel thing names out of the softmax")
     ap.add_argument("--linear", type=int, metavar="N", help="linear probe of mask-pooled features, N training images")
+    ap.add_argument("--trunk", metavar="RUN", help="--linear: with the trained trunk of another run (e.g. a detector's)")
     ap.add_argument("--matching", type=int, metavar="B", help="the matched queries of B training batches")
     ap.add_argument("--points", type=int, help="--matching: sampled points of the matching cost (default: the run's)")
     args = ap.parse_args(argv)
@@ -271,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.matching:
             res = matching_probe(run, args.matching, args.points)
         elif args.linear:
-            res = linear_probe(run, args.linear, args.images)
+            res = linear_probe(run, args.linear, args.images, args.trunk)
         else:
             res = probe(run, args.images, args.group, args.split, args.vocabulary)
         print(json.dumps(res), flush=True)

@@ -62,3 +62,30 @@ def test_linear_probe_fits_separable_features(bench):
     w, bias = bench["vloss_probe"]._fit_linear(x, y, 2)
     assert ((x @ w + bias).argmax(1) == y).all()
     assert ((torch.tensor([[3.0, 0.0], [-3.0, 0.0]]) @ w + bias).argmax(1) == torch.tensor([0, 1])).all()
+
+
+def test_load_trunk_puts_another_recipes_trunk_in(bench, tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from omniseg.api import Segmenter
+
+    runs = {}
+    for name, config, extra in (("vloss", "vloss_smoke.yaml", []), ("fcos", "fcos_mo_smoke.yaml", []),
+                                ("wide", "fcos_mo_smoke.yaml", ["model.width=16"])):
+        runs[name] = tmp_path / name
+        train = subprocess.run([sys.executable, "-m", "omniseg.cli", "train", str(ROOT / "configs" / config),
+                                f"train.output_dir={runs[name]}", "train.max_iter=2", *extra], capture_output=True,
+                               text=True, cwd=ROOT, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert train.returncode == 0, train.stdout + train.stderr
+    seg = Segmenter.from_checkpoint(str(runs["vloss"]))
+    fcos = load_file(str(next((runs["fcos"] / "checkpoints").glob("step_*")) / "model.safetensors"))
+    before = seg.model.net.trunk.state_dict()
+    assert any(not torch.equal(v, fcos[f"backbone.bottom_up.{k}"]) for k, v in before.items())  # two trainings
+    n = bench["vloss_probe"].load_trunk(seg, str(runs["fcos"]))
+    assert n == len(seg.model.net.trunk.state_dict()) > 0
+    for k, v in seg.model.net.trunk.state_dict().items():
+        assert torch.equal(v, fcos[f"backbone.bottom_up.{k}"]), k
+    with pytest.raises(SystemExit, match="does not fit"):  # width 16 into a width-8 trunk
+        bench["vloss_probe"].load_trunk(seg, str(runs["wide"]))
