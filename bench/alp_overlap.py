@@ -23,12 +23,24 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+@functools.lru_cache(maxsize=4)
+def _locations(size: int):
+    """FCOS-MO's locations of a ``size`` x ``size`` image: P3-P7 (strides 8-128), the default scale ranges."""
+    from omniseg.modeling.fcos_mo import LEVELS
+    from omniseg.modeling.fcos_targets import DEFAULT_SCALE_RANGES, all_level_locations
+
+    strides = [2 ** (3 + k) for k in range(len(LEVELS))]
+    sizes = [(-(-size // s), -(-size // s)) for s in strides]
+    return all_level_locations(sizes, strides, DEFAULT_SCALE_RANGES)[:3]
 
 
 def taken_locations(exact, approx, size: int) -> tuple[int, int, list[float]]:
@@ -40,12 +52,9 @@ def taken_locations(exact, approx, size: int) -> tuple[int, int, list[float]]:
     """
     import torch
 
-    from omniseg.modeling.fcos_mo import LEVELS
-    from omniseg.modeling.fcos_targets import DEFAULT_SCALE_RANGES, all_level_locations, assign_fcos_targets
+    from omniseg.modeling.fcos_targets import assign_fcos_targets
 
-    strides = [2 ** (3 + k) for k in range(len(LEVELS))]
-    sizes = [(-(-size // s), -(-size // s)) for s in strides]
-    points, point_strides, point_ranges, _ = all_level_locations(sizes, strides, DEFAULT_SCALE_RANGES)
+    points, point_strides, point_ranges = _locations(size)
     alone, _ = assign_fcos_targets(points, point_strides, point_ranges, exact)
     both, _ = assign_fcos_targets(points, point_strides, point_ranges, torch.cat([exact, approx]))
     own = alone >= 0
@@ -64,12 +73,11 @@ def overlap(config: str, overrides: list[str], images: int | None = None) -> dic
     from omniseg.recipes.data import open_train, training_view
     from omniseg.recipes.table import load_experiment
 
-    QUANTIZE_CHOICES = QuantizeApproxBoxes.choices
     _, cfg = load_experiment(config, overrides)
     rs, _ = open_train(cfg.data, False)
     view = with_alps(training_view(rs, cfg.data), rs, cfg.data, cfg.alp)
     size = cfg.data.image_size
-    rng = np.random.default_rng(0)
+    rng, quantizer = np.random.default_rng(0), QuantizeApproxBoxes()
     out: dict = {"config": config, "overrides": overrides, "images": len(view.records[:images]),
                  "exact_boxes": 0, "alp_boxes": 0}
     tallies = {k: [0, 0, []] for k in ("raw", "quantized")}  # own locations, lost ones, per-box lost shares
@@ -82,9 +90,8 @@ def overlap(config: str, overrides: list[str], images: int | None = None) -> dic
             continue
         exact = torch.tensor(boxes["exact"], dtype=torch.float32)
         # the training's box quantization (Sec. 3.3): Q drawn per ALP from (phi, 8, 16, 32), cells of Q * L / 256 px
-        qs = [QUANTIZE_CHOICES[int(rng.integers(len(QUANTIZE_CHOICES)))] for _ in boxes["approximate"]]
-        quantized = [b if q is None else quantize_box(b, q * size / 256.0, size, size)
-                     for b, q in zip(boxes["approximate"], qs)]
+        cells = [quantizer.cell(rng, size, size) for _ in boxes["approximate"]]
+        quantized = [b if c is None else quantize_box(b, c, size, size) for b, c in zip(boxes["approximate"], cells)]
         for kind, approx in (("raw", boxes["approximate"]), ("quantized", quantized)):
             o, lo, s = taken_locations(exact, torch.tensor(approx, dtype=torch.float32).reshape(-1, 4), size)
             t = tallies[kind]

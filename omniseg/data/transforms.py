@@ -125,15 +125,20 @@ class QuantizeApproxBoxes:
 
     choices: tuple[int | None, ...] = (None, 8, 16, 32)
 
+    def cell(self, rng: np.random.Generator, width: int, height: int) -> float | None:
+        """One draw of Q: the grid's cell side in pixels for a ``width`` x ``height`` image, None for phi."""
+        q = self.choices[int(rng.integers(len(self.choices)))]
+        return None if q is None else q * min(height, width) / 256.0
+
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         t = sample.targets
         h, w = sample.size
         boxes = t.boxes.clone()
         for i in range(len(t)):
-            q = self.choices[int(rng.integers(len(self.choices)))]
-            if q is None or not bool(t.has_box[i]) or bool(t.box_exact[i]):
+            cell = self.cell(rng, w, h)  # drawn for every instance (the random stream does not depend on the labels)
+            if cell is None or not bool(t.has_box[i]) or bool(t.box_exact[i]):
                 continue
-            boxes[i] = torch.tensor(quantize_box(boxes[i].tolist(), q * min(h, w) / 256.0, w, h))
+            boxes[i] = torch.tensor(quantize_box(boxes[i].tolist(), cell, w, h))
         return replace(sample, targets=replace(t, boxes=boxes))
 
 
