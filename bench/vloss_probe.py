@@ -136,9 +136,9 @@ def _pooled(seg, seed: int, images: int) -> tuple[dict[str, list], list[int], li
             for name, f in levels.items():
                 w = F.interpolate(m, size=f.shape[-2:], mode="area")[0, 0]  # mask fraction per feature cell
                 feats.setdefault(name, []).append(((f[0] * w).sum((1, 2)) / w.sum().clamp(min=1e-6)).numpy())
+            box = torch.tensor([inst.box], dtype=torch.float32)
             for name in ROI_LEVELS:
                 f = levels[name]
-                box = torch.tensor([inst.box], dtype=torch.float32)
                 grid = roi_align(f, [box], ROI_GRID, spatial_scale=f.shape[-1] / x.shape[-1], sampling_ratio=2)
                 feats.setdefault(f"roi_{name}", []).append(grid.flatten().numpy())
             labels.append(inst.category_id)
