@@ -112,7 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--images", type=int)
     args = ap.parse_args(argv)
-    print(json.dumps(overlap(args.config, args.overrides, args.images)), flush=True)
+    from omniseg.errors import UserError
+
+    try:
+        res = overlap(args.config, args.overrides, args.images)
+    except (UserError, OSError) as e:  # a bad config / world / ALP file: one line, exit 1
+        raise SystemExit(f"alp_overlap: {e}") from None
+    print(json.dumps(res), flush=True)
 
 
 if __name__ == "__main__":

@@ -292,13 +292,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--matching", type=int, metavar="B", help="the matched queries of B training batches")
     ap.add_argument("--points", type=int, help="--matching: sampled points of the matching cost (default: the run's)")
     args = ap.parse_args(argv)
+    from omniseg.errors import UserError
+
     for run in args.runs:
-        if args.matching:
-            res = matching_probe(run, args.matching, args.points)
-        elif args.linear:
-            res = linear_probe(run, args.linear, args.images, args.trunk)
-        else:
-            res = probe(run, args.images, args.group, args.split, args.vocabulary)
+        try:
+            if args.matching:
+                res = matching_probe(run, args.matching, args.points)
+            elif args.linear:
+                res = linear_probe(run, args.linear, args.images, args.trunk)
+            else:
+                res = probe(run, args.images, args.group, args.split, args.vocabulary)
+        except (UserError, OSError) as e:  # no run / checkpoint there, a bad config: one line, exit 1
+            raise SystemExit(f"vloss_probe: {e}") from None
         print(json.dumps(res), flush=True)
 
 

@@ -89,3 +89,10 @@ def test_load_trunk_puts_another_recipes_trunk_in(bench, tmp_path):
         assert torch.equal(v, fcos[f"backbone.bottom_up.{k}"]), k
     with pytest.raises(SystemExit, match="does not fit"):  # width 16 into a width-8 trunk
         bench["vloss_probe"].load_trunk(seg, str(runs["wide"]))
+
+
+def test_a_run_without_checkpoints_is_one_line_and_exit_1(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "vloss_probe.py"), str(tmp_path / "norun"), "--linear", "3"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "norun" in r.stderr and "Traceback" not in r.stderr
