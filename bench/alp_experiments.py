@@ -146,10 +146,11 @@ def synonym_vocabulary(categories: list, novel_ids: set[int], k: int = 0) -> dic
     return out
 
 
-def alp_quality(runs: Path) -> dict:
-    """How the curated ALPs of the training world relate to its true objects: each ALP's best-IoU
-    true instance (on novel / base classes), its IoU, whether the phrase is that object's class
-    name, and the fraction of novel instances some ALP covers with IoU >= 0.5."""
+def alp_quality(world: Path, alps_jsonl: Path) -> dict:
+    """How the curated ALPs of a training world relate to its true objects: each ALP's best-IoU
+    true instance (on novel / base classes), its IoU, whether the ALP box's centre lies inside that
+    instance's box (FCOS-MO matches an ALP by its centre, alp-fcos-mo Sec. 3.2), whether the phrase
+    is that object's class name, and the fraction of novel instances some ALP covers with IoU >= 0.5."""
     import torch
 
     from omniseg.curate.alps import read_alps_jsonl
@@ -157,13 +158,13 @@ def alp_quality(runs: Path) -> dict:
     from omniseg.data.splits import SPLITS
     from omniseg.ops.boxes import box_iou
 
-    rs = load_dataset(str(runs / "world"))
+    rs = load_dataset(str(world))
     novel = set(SPLITS["voc-like"](rs.categories, seed=0).novel_ids)
     names = {c.id: c.name for c in rs.categories}
     by_id: dict = {}
-    for image_id, inst in read_alps_jsonl(runs / "alps" / "alps.jsonl"):
+    for image_id, inst in read_alps_jsonl(alps_jsonl):
         by_id.setdefault(image_id, []).append(inst)
-    ious, on_novel, named, covered, n_novel = [], 0, 0, 0, 0
+    ious, on_novel, named, covered, n_novel, centre_inside = [], 0, 0, 0, 0, 0
     phrase_class: dict[str, list[int]] = {}
     for rec in rs.records:
         gts = [i for i in rec.instances if i.box is not None and not i.is_crowd]
@@ -179,6 +180,8 @@ def alp_quality(runs: Path) -> dict:
                 phrase_class.setdefault(a.text, []).append(gts[k].category_id)
             on_novel += gts[k].category_id in novel
             named += a.text == names[gts[k].category_id]
+            (x0, y0, x1, y1), (g0, h0, g1, h1) = a.box, gts[k].box
+            centre_inside += g0 <= (x0 + x1) / 2 <= g1 and h0 <= (y0 + y1) / 2 <= h1
         covered += sum(bool((iou[:, k] >= 0.5).any()) for k, g in enumerate(gts) if g.category_id in novel)
     # through the frozen text encoder: is the class name nearest to an ALP's phrase the class of the
     # object the ALP lies on (IoU >= 0.5)? FCOS-MO can only transfer a phrase to a class this way
@@ -193,7 +196,8 @@ def alp_quality(runs: Path) -> dict:
                      for t, cids in phrase_class.items() for cid in cids]
     n = max(len(ious), 1)
     return {"alps": len(ious), "localized_alps": len(nearest_right),
-            "nearest_class_name_right_fraction": sum(nearest_right) / max(len(nearest_right), 1), "mean_best_iou": sum(ious) / n, "best_match_novel_fraction": on_novel / n,
+            "nearest_class_name_right_fraction": sum(nearest_right) / max(len(nearest_right), 1), "mean_best_iou": sum(ious) / n,
+            "centre_inside_best_match_fraction": centre_inside / n, "best_match_novel_fraction": on_novel / n,
             "phrase_is_class_name_fraction": named / n, "novel_instances": n_novel,
             "novel_covered_iou50_fraction": covered / max(n_novel, 1)}
 
@@ -274,7 +278,7 @@ def main() -> None:
         "val_images": args.val_images, "parallel": args.parallel, "total_wall_s": time.perf_counter() - t0,
         "pretrained": args.pretrained,
         "alp_stats": json.loads(stats.read_text()) if stats.exists() else None,
-        "alp_quality": alp_quality(Path(args.runs)) if stats.exists() else None,
+        "alp_quality": alp_quality(Path(args.runs) / "world", Path(args.runs) / "alps" / "alps.jsonl") if stats.exists() else None,
         "runs_planned": planned, "runs_scored": len(rows),
         "command": "python bench/alp_experiments.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run",

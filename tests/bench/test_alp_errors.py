@@ -1,0 +1,84 @@
+"""bench/alp_errors.py (what a run's detections get wrong) and alp_quality of bench/alp_experiments.py (ALP noise)."""
+
+from __future__ import annotations
+
+import json
+
+BENCH = ("alp_errors", "alp_experiments")
+
+NAMES = {1: "red circle", 2: "blue ring", 3: "red ring"}
+BASE = {1}
+# one base object (1), three novel ones (2, 3 of class 3, 4 of class 2 with no detection on it)
+OBJECTS = {7: [([0, 0, 10, 10], 1), ([20, 20, 30, 30], 2), ([100, 100, 110, 110], 3), ([200, 200, 210, 210], 2)]}
+DETECTIONS = {7: [
+    ([0, 0, 10, 10], 0.9, 1),        # right base
+    ([20, 20, 30, 30], 0.8, 1),      # base label on the novel "blue ring": neither word kept
+    ([21, 21, 30, 30], 0.6, 3),      # IoU 0.81 with it, another novel label, lower score
+    ([50, 50, 60, 60], 0.5, 1),      # base label on nothing
+    ([0, 0, 10, 25], 0.4, 1),        # IoU 100 / 250 = 0.4 with the base object: a poor box
+    ([100, 100, 110, 110], 0.3, 2),  # "blue ring" on a "red ring": a novel label keeping the shape
+]}
+
+
+def test_recall_counts_any_label_and_own_class_per_group(bench):
+    r = bench["alp_errors"].recall(OBJECTS, DETECTIONS, BASE)
+    assert r["base"] == {"objects": 1, "any_label": 1.0, "own_class": 1.0}
+    assert r["novel"] == {"objects": 3, "any_label": round(2 / 3, 4), "own_class": 0.0}
+
+
+def test_base_labelled_detections_by_what_lies_under_them_in_score_order(bench):
+    b = bench["alp_errors"].base_labelled(OBJECTS, DETECTIONS, BASE, tops=(2, 100))
+    assert b["2"] == {"detections": 2, "right": 0.5, "novel_object": 0.5, "other_base_object": 0.0, "poor_box": 0.0,
+                      "background": 0.0}
+    assert b["100"] == {"detections": 4, "right": 0.25, "novel_object": 0.25, "other_base_object": 0.0,
+                        "poor_box": 0.25, "background": 0.25}
+
+
+def test_novel_objects_take_the_label_of_their_best_scoring_detection(bench):
+    n = bench["alp_errors"].novel_named(OBJECTS, DETECTIONS, BASE, NAMES)
+    third = round(1 / 3, 4)
+    assert n == {"objects": 3, "base": third, "base_neither": third, "novel": third, "novel_same_shape": third,
+                 "none": third}
+
+
+def test_alp_quality_centre_inside_and_names(bench, tmp_path):
+    from omniseg.data.synth.lexicon import categories
+
+    cats = [c for c in categories() if c.isthing]
+    red_circle, blue_ring = cats[0], cats[1]
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": red_circle.id, "bbox": [0, 0, 20, 20], "area": 400,
+                         "iscrowd": 0},
+                        {"id": 2, "image_id": 1, "category_id": blue_ring.id, "bbox": [50, 50, 40, 40], "area": 1600,
+                         "iscrowd": 0}],
+        "categories": [{"id": c.id, "name": c.name} for c in cats]}))
+    alps = tmp_path / "alps.jsonl"
+    alps.write_text("\n".join(json.dumps(a) for a in [
+        # the first object's exact box and class name: IoU 1, centre inside, named
+        {"image_id": 1, "phrase": red_circle.name, "box": [0, 0, 20, 20], "box_quality": "approximate"},
+        # a box reaching from the second object far to its upper left: best match the second object, centre
+        # (45, 45) outside its box [50, 90]
+        {"image_id": 1, "phrase": "large azure hoop", "box": [10, 10, 80, 80], "box_quality": "approximate"},
+    ]) + "\n")
+    q = bench["alp_experiments"].alp_quality(world, alps)
+    assert q["alps"] == 2
+    assert q["centre_inside_best_match_fraction"] == 0.5
+    assert q["phrase_is_class_name_fraction"] == 0.5
+    assert abs(q["mean_best_iou"] - (1.0 + 900 / 5600) / 2) < 1e-6
+    # only the first ALP is localized (IoU >= 0.5); its phrase is its class name, nearest to itself
+    assert q["localized_alps"] == 1 and q["nearest_class_name_right_fraction"] == 1.0
+
+
+def test_a_missing_run_is_one_line_and_exit_1(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "alp_errors.py"
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "norun")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "norun" in r.stderr and "Traceback" not in r.stderr
