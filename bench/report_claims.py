@@ -162,9 +162,49 @@ def claims_section(results: Path) -> list[str]:
     return out + ["", f"{len(CLAIMS)} claims; 'incomplete' = fewer than 3 seeds recorded on a row.", ""]
 
 
+def alp_diagnosis_section(results: Path) -> list[str]:
+    """Why the ALP rows miss: bench/alp_errors.py (the runs' detections, the ALPs' noise) and bench/alp_overlap.py."""
+    errors, overlap = (json.loads(f.read_text()) if (f := results / n).is_file() else None
+                       for n in ("alp_errors.json", "alp_overlap.json"))
+    if not errors and not overlap:
+        return []
+    out = ["### Why the ALP rows miss", ""]
+    if errors:
+        out += [f"`{errors['command']}` — read off each finished run's saved validation predictions (200 held-out "
+                "images; IoU >= 0.5 means a detection lies on an object). Recall: objects with a detection of any label "
+                "/ of their class. Top 100 base-labelled: the 100 highest-scoring detections named with a base class, "
+                "by what lies under them. Novel objects named: the label of the highest-scoring detection on each novel "
+                "object.", "",
+                "| run | base recall any / own | novel recall any / own | top 100 base-labelled: right / on novel / "
+                "on other base / poor box / background | novel objects named: right / base class / other novel / none |",
+                "|---|---|---|---|---|"]
+        for r in errors["runs"]:
+            rc, b, n = r["recall"], r["base_labelled"].get("100", {}), r["novel_named"]
+            pct = lambda d, *ks: " / ".join(_pct(d.get(k, 0.0)) for k in ks)  # noqa: E731
+            out.append(f"| {Path(r['run']).name.removeprefix('alp_')} | {pct(rc['base'], 'any_label', 'own_class')} | "
+                       f"{pct(rc['novel'], 'any_label', 'own_class')} | "
+                       f"{pct(b, 'right', 'novel_object', 'other_base_object', 'poor_box', 'background')} | "
+                       f"{pct(n, 'right', 'base', 'novel', 'none')} |")
+        q = next((r["alps"] for r in errors["runs"] if r.get("alps")), None)
+        if q:
+            out += ["", f"The curated ALPs of the training world ({q['alps']} ALPs; each against the true object its box "
+                    f"overlaps most): mean best IoU {q['mean_best_iou']:.2f}, box centre inside that object "
+                    f"{_pct(q['centre_inside_best_match_fraction'])}%, phrase = its class name "
+                    f"{_pct(q['phrase_is_class_name_fraction'])}%, class name nearest to the phrase (MiniLM) right "
+                    f"{_pct(q['nearest_class_name_right_fraction'])}% of the {q['localized_alps']} ALPs at IoU >= 0.5; "
+                    f"{_pct(q['novel_covered_iou50_fraction'])}% of the novel instances have an ALP at IoU >= 0.5."]
+    if overlap:
+        out += ["", f"Same-image overlap (`python bench/alp_overlap.py {overlap['config']} "
+                f"{' '.join(overlap['overrides'])}`): of the FCOS locations the exact (base) boxes get alone, ALPs "
+                f"take {_pct(overlap['raw']['taken_by_alps'])}% with the curated boxes, "
+                f"{_pct(overlap['quantized']['taken_by_alps'])}% after the training's box quantization."]
+    return out + [""]
+
+
 def _stats(s: dict | None) -> str:
     return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} (n={s['n']})" if s else "–"
 
 
 def sections(results: Path) -> list[str]:
-    return pretrained_section(results) + yardstick_section(results) + claims_section(results)
+    return (pretrained_section(results) + yardstick_section(results) + claims_section(results)
+            + alp_diagnosis_section(results))

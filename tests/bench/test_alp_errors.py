@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-BENCH = ("alp_errors", "alp_experiments")
+BENCH = ("alp_errors", "alp_experiments", "report_claims")
 
 NAMES = {1: "red circle", 2: "blue ring", 3: "red ring"}
 BASE = {1}
@@ -82,3 +82,21 @@ def test_a_missing_run_is_one_line_and_exit_1(tmp_path):
                        timeout=120)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "norun" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_report_renders_the_recorded_diagnosis(bench, tmp_path):
+    report_claims = bench["report_claims"]
+    run = {"run": "/x/alp_fcos_mo_alp_s0",
+           "recall": {"base": {"any_label": 0.9, "own_class": 0.6}, "novel": {"any_label": 0.8, "own_class": 0.3}},
+           "base_labelled": {"100": {"right": 0.13, "novel_object": 0.65, "other_base_object": 0.2, "poor_box": 0.01,
+                                     "background": 0.01}},
+           "novel_named": {"right": 0.05, "base": 0.48, "novel": 0.28, "none": 0.19},
+           "alps": {"alps": 10, "localized_alps": 4, "mean_best_iou": 0.34, "centre_inside_best_match_fraction": 0.5,
+                    "phrase_is_class_name_fraction": 0.1, "nearest_class_name_right_fraction": 0.25,
+                    "novel_covered_iou50_fraction": 0.3}}
+    assert report_claims.alp_diagnosis_section(tmp_path) == []  # nothing recorded: no section
+    (tmp_path / "alp_errors.json").write_text(json.dumps({"command": "python bench/alp_errors.py R", "runs": [run]}))
+    text = "\n".join(report_claims.alp_diagnosis_section(tmp_path))
+    assert "| fcos_mo_alp_s0 | 90.0 / 60.0 | 80.0 / 30.0 | 13.0 / 65.0 / 20.0 / 1.0 / 1.0 | 5.0 / 48.0 / 28.0 / 19.0 |" \
+        in text
+    assert "box centre inside that object 50.0%" in text and "right 25.0% of the 4 ALPs" in text
