@@ -20,3 +20,20 @@ def bench(request) -> dict:
         yield {n: importlib.import_module(n) for n in request.module.BENCH}
     finally:
         sys.path.remove(BENCH_DIR)
+
+
+@pytest.fixture
+def bench_error():
+    """``bench_error(script, *args)``: run bench/<script>.py, expect a user error (exit 1, nothing on stdout, one line
+    on stderr, no traceback) and return that line."""
+    import subprocess
+
+    def run(script: str, *args: str) -> str:
+        r = subprocess.run([sys.executable, str(Path(BENCH_DIR) / f"{script}.py"), *args], capture_output=True,
+                           text=True, timeout=120)
+        line = r.stderr.strip()
+        assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+        assert line.splitlines() == [line] and "Traceback" not in line, r.stderr
+        return line
+
+    return run

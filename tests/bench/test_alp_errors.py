@@ -72,16 +72,8 @@ def test_alp_quality_centre_inside_and_names(bench, tmp_path):
     assert q["localized_alps"] == 1 and q["nearest_class_name_right_fraction"] == 1.0
 
 
-def test_a_missing_run_is_one_line_and_exit_1(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "bench" / "alp_errors.py"
-    r = subprocess.run([sys.executable, str(script), str(tmp_path / "norun")], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "norun" in r.stderr and "Traceback" not in r.stderr
+def test_a_missing_run_is_one_line_and_exit_1(bench_error, tmp_path):
+    assert "norun" in bench_error("alp_errors", str(tmp_path / "norun"))
 
 
 def test_report_renders_the_recorded_diagnosis(bench, tmp_path):
