@@ -57,6 +57,14 @@ CLAIMS = {
                                       "transfer+MLP beats class-agnostic masks on B (voc B->A; maskx-rcnn Table 2)"),
     "maskx_oracle_above_transfer": ("maskx", "mask_AP_B", "oracle", "voc_ab_transfer_mlp",
                                     "the fully supervised oracle bounds transfer+MLP from above on B"),
+    # diagnostics: the mask head alone, on the true boxes of B (given_box_mask_AP_B), where detection and naming
+    # errors (box AP_B ~22-26 at this trunk) cannot hide a mask-quality difference
+    "maskx_transfer_vs_agnostic_ab_given_box": ("maskx", "given_box_mask_AP_B", "voc_ab_transfer_mlp",
+                                                "voc_ab_class_agnostic", "diagnostic: the same on the true boxes of B, "
+                                                "the mask head alone (voc A->B)"),
+    "maskx_transfer_vs_agnostic_ba_given_box": ("maskx", "given_box_mask_AP_B", "voc_ba_transfer_mlp",
+                                                "voc_ba_class_agnostic", "diagnostic: the same on the true boxes of B, "
+                                                "the mask head alone (voc B->A)"),
     "alp_mrcnn_alp_vs_masks_only": ("alp", "mask_AP50_novel", "mrcnn_alp", "mrcnn_masks_only",
                                     "ALPs improve novel-class masks of Mask R-CNN* (alp-fcos-mo Table 3)"),
     "alp_fcos_mo_vs_mrcnn_alp": ("alp", "mask_AP50_novel", "fcos_mo_alp", "mrcnn_alp",

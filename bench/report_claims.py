@@ -159,7 +159,9 @@ def claims_section(results: Path) -> list[str]:
         b, a = v["better_stats"], v["baseline_stats"]
         out.append(f"| {v['statement']} | {v['metric']} | {v['better']}: {_stats(b)} | {v['baseline']}: {_stats(a)} "
                    f"| **{v['verdict']}** |")
-    return out + ["", f"{len(CLAIMS)} claims; 'incomplete' = fewer than 3 seeds recorded on a row.", ""]
+    diagnostics = sum(c[4].startswith("diagnostic") for c in CLAIMS.values())
+    return out + ["", f"{len(CLAIMS) - diagnostics} paper claims and {diagnostics} diagnostics (a diagnostic isolates "
+                  "one part of a claim); 'incomplete' = fewer than 3 seeds recorded on a row.", ""]
 
 
 def alp_diagnosis_section(results: Path) -> list[str]:
