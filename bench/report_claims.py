@@ -133,14 +133,15 @@ def _draw_curves(runs: dict[str, dict], png: Path) -> None:
 
 
 def claims_section(results: Path) -> list[str]:
-    from claims import ALP_ROWS, MASKX_ROWS, MPNET_ROWS
+    from claims import ALP_ROWS, MASKX_ROWS, MPNET_ROWS, TPAD_ROWS, TPAD_SUFFIX
 
     out = ["## Paper claims, seed-repeated from the pretrained trunk (issue 12)", "",
            "`python bench/claims.py maskx --commit` and `python bench/claims.py alp --commit` — every row over "
            ">= 3 training seeds on 200 held-out images, mean +- std (sample std); a difference is called only "
            "beyond 2 std (the larger row's). Runs are recorded one by one in bench/results/claims/<table>/ as "
            "they finish, so this table fills in over several sessions.", ""]
-    planned = {"maskx": [r for r, _, _ in MASKX_ROWS] + ["oracle"], "alp": ALP_ROWS + [f"{r}_mpnet" for r in MPNET_ROWS]}
+    planned = {"maskx": [r for r, _, _ in MASKX_ROWS] + ["oracle"], "alp": ALP_ROWS + [f"{r}_mpnet" for r in MPNET_ROWS]
+               + [r + TPAD_SUFFIX for r in TPAD_ROWS]}
     metrics = {"maskx": ["mask_AP_B", "mask_AP_A", "box_AP_B", "given_box_mask_AP_B"],
                "alp": ["mask_AP50_novel", "mask_AP50_base", "box_AP50_novel"]}
     for table, rows in planned.items():
@@ -187,11 +188,14 @@ def alp_diagnosis_section(results: Path) -> list[str]:
                        f"{pct(rc['novel'], 'any_label', 'own_class')} | "
                        f"{pct(b, 'right', 'novel_object', 'other_base_object', 'poor_box', 'background')} | "
                        f"{pct(n, 'right', 'base', 'novel', 'none')} |")
-        q = next((r["alps"] for r in errors["runs"] if r.get("alps")), None)
-        if q:
-            out += ["", f"The curated ALPs of the training world ({q['alps']} ALPs; each against the true object its box "
-                    f"overlaps most): mean best IoU {q['mean_best_iou']:.2f}, box centre inside that object "
-                    f"{_pct(q['centre_inside_best_match_fraction'])}%, phrase = its class name "
+        seen = {}
+        for r in errors["runs"]:
+            if r.get("alps"):
+                seen.setdefault(r["alps"]["path"], r["alps"])
+        for path, q in seen.items():
+            out += ["", f"The curated ALPs `{Path(path).parent.name}` of the training world ({q['alps']} ALPs; each "
+                    f"against the true object its box overlaps most): mean best IoU {q['mean_best_iou']:.2f}, box "
+                    f"centre inside that object {_pct(q['centre_inside_best_match_fraction'])}%, phrase = its class name "
                     f"{_pct(q['phrase_is_class_name_fraction'])}%, class name nearest to the phrase (MiniLM) right "
                     f"{_pct(q['nearest_class_name_right_fraction'])}% of the {q['localized_alps']} ALPs at IoU >= 0.5; "
                     f"{_pct(q['novel_covered_iou50_fraction'])}% of the novel instances have an ALP at IoU >= 0.5."]

@@ -83,7 +83,7 @@ def test_report_renders_the_recorded_diagnosis(bench, tmp_path):
            "base_labelled": {"100": {"right": 0.13, "novel_object": 0.65, "other_base_object": 0.2, "poor_box": 0.01,
                                      "background": 0.01}},
            "novel_named": {"right": 0.05, "base": 0.48, "novel": 0.28, "none": 0.19},
-           "alps": {"alps": 10, "localized_alps": 4, "mean_best_iou": 0.34, "centre_inside_best_match_fraction": 0.5,
+           "alps": {"path": "/r/alps_tp025/alps.jsonl", "alps": 10, "localized_alps": 4, "mean_best_iou": 0.34, "centre_inside_best_match_fraction": 0.5,
                     "phrase_is_class_name_fraction": 0.1, "nearest_class_name_right_fraction": 0.25,
                     "novel_covered_iou50_fraction": 0.3}}
     assert report_claims.alp_diagnosis_section(tmp_path) == []  # nothing recorded: no section
@@ -91,4 +91,4 @@ def test_report_renders_the_recorded_diagnosis(bench, tmp_path):
     text = "\n".join(report_claims.alp_diagnosis_section(tmp_path))
     assert "| fcos_mo_alp_s0 | 90.0 / 60.0 | 80.0 / 30.0 | 13.0 / 65.0 / 20.0 / 1.0 / 1.0 | 5.0 / 48.0 / 28.0 / 19.0 |" \
         in text
-    assert "box centre inside that object 50.0%" in text and "right 25.0% of the 4 ALPs" in text
+    assert "ALPs `alps_tp025`" in text and "box centre inside that object 50.0%" in text and "right 25.0% of the 4 ALPs" in text

@@ -89,13 +89,33 @@ def test_alp_mpnet_rows_set_the_encoders_embedding_width(bench):
     from omniseg.recipes.table import load_experiment
 
     args = argparse.Namespace(runs="runs/claims", seeds=[0, 1], pretrained="p.safetensors", iters=100,
-                              stage2_iters=10, train_images=8, val_images=4, mpnet=True, synonym_vocabularies=3)
+                              stage2_iters=10, train_images=8, val_images=4, mpnet=True, tpad=False,
+                              synonym_vocabularies=3)
     jobs = bench["claims"].alp_jobs(args)
     mpnet = [j for j in jobs if j["row"].endswith("_mpnet")]
     assert {j["row"] for j in mpnet} == {"fcos_mo_alp_mpnet", "fcos_mo_oracle_mpnet"} and len(jobs) == 2 * 6
     for j in jobs:  # all-mpnet-base-v2 gives 768-d embeddings, MiniLM 384-d (a mismatch stops the run at start)
         _, cfg = load_experiment(bench["alp_experiments"].CONFIGS[j["model"]], j["overrides"])
         assert (cfg.text.encoder, cfg.model.embed_dim) == (("mpnet", 768) if j in mpnet else ("minilm", 384))
+
+
+def test_alp_tpad_rows_train_on_the_tpad_alps_and_the_others_do_not(bench):
+    import argparse
+
+    from omniseg.recipes.table import load_experiment
+
+    args = argparse.Namespace(runs="runs/claims", seeds=[0], pretrained="p.safetensors", iters=100, stage2_iters=10,
+                              train_images=8, val_images=4, mpnet=False, tpad=True, synonym_vocabularies=3)
+    jobs = bench["claims"].alp_jobs(args)
+    assert [j["row"] for j in jobs] == ["mrcnn_masks_only", "mrcnn_alp", "fcos_mo_alp", "fcos_mo_oracle",
+                                        "mrcnn_alp_tp025", "fcos_mo_alp_tp025"]
+    for j in jobs:
+        _, cfg = load_experiment(bench["alp_experiments"].CONFIGS[j["model"]], j["overrides"])
+        assert sum(o.startswith("alp.path=") for o in j["overrides"]) <= 1
+        want = {"mrcnn_masks_only": "", "fcos_mo_oracle": ""}.get(j["row"], "runs/claims/alps/alps.jsonl")
+        if j["row"].endswith("_tp025"):
+            want = "runs/claims/alps_tp025/alps.jsonl"
+        assert cfg.alp.path == want, j["row"]
 
 
 def test_kept_detector_holds_the_detector_weights_and_loads_into_a_fresh_model(bench, tmp_path):
