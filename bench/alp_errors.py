@@ -46,15 +46,6 @@ def _iou(boxes_a, boxes_b):
     return box_iou(torch.tensor(boxes_a, dtype=torch.float64), torch.tensor(boxes_b, dtype=torch.float64)).tolist()
 
 
-def _best(box, objects):
-    """(IoU, index) of the object of ``objects`` ([(xyxy, category_id)]) the box overlaps most; (0, -1) if none."""
-    if not objects:
-        return 0.0, -1
-    row = _iou([box], [o[0] for o in objects])[0]
-    j = max(range(len(row)), key=row.__getitem__)
-    return row[j], j
-
-
 def recall(objects: dict, detections: dict, base: set) -> dict:
     """``objects``: image id -> [(xyxy, category_id)]; ``detections``: image id -> [(xyxy, score, category_id)]."""
     out = {g: Counter() for g in ("base", "novel")}
@@ -76,10 +67,11 @@ def base_labelled(objects: dict, detections: dict, base: set, tops=TOPS) -> dict
     kinds = []
     for image_id, dets in detections.items():
         objs = objects.get(image_id, [])
-        for box, score, cat in dets:
+        iou_od = _iou([o[0] for o in objs], [d[0] for d in dets])  # objects x detections
+        for col, (_, score, cat) in enumerate(dets):
             if cat not in base:
                 continue
-            iou, j = _best(box, objs)
+            iou, j = max(((row[col], i) for i, row in enumerate(iou_od)), default=(0.0, -1))
             if iou >= 0.5:
                 k = "right" if objs[j][1] == cat else "novel_object" if objs[j][1] not in base else "other_base_object"
             else:

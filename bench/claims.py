@@ -127,8 +127,8 @@ def alp_jobs(args: argparse.Namespace) -> list[dict]:
     for s in args.seeds:
         for row, row_id, extra in rows:
             j = base[row]
-            drop = ("train.max_iter=", "train.checkpoint_period=", *(("alp.path=",) if any(
-                e.startswith("alp.path=") for e in extra) else ()))
+            # the schedule is set below; a row's extra override replaces the base job's one of the same key
+            drop = ("train.max_iter=", "train.checkpoint_period=", *(e.split("=", 1)[0] + "=" for e in extra))
             overrides = [o for o in j["overrides"] if not o.startswith(drop)]
             out.append({**j, "name": f"alp_{row_id}_s{s}", "row": row_id, "seed": s, "after": None,
                         "overrides": overrides + extra + [f"train.seed={s}",

@@ -181,9 +181,11 @@ def alp_diagnosis_section(results: Path) -> list[str]:
                 "| run | base recall any / own | novel recall any / own | top 100 base-labelled: right / on novel / "
                 "on other base / poor box / background | novel objects named: right / base class / other novel / none |",
                 "|---|---|---|---|---|"]
+        def pct(d: dict, *keys: str) -> str:
+            return " / ".join(_pct(d.get(k, 0.0)) for k in keys)
+
         for r in errors["runs"]:
             rc, b, n = r["recall"], r["base_labelled"].get("100", {}), r["novel_named"]
-            pct = lambda d, *ks: " / ".join(_pct(d.get(k, 0.0)) for k in ks)  # noqa: E731
             out.append(f"| {Path(r['run']).name.removeprefix('alp_')} | {pct(rc['base'], 'any_label', 'own_class')} | "
                        f"{pct(rc['novel'], 'any_label', 'own_class')} | "
                        f"{pct(b, 'right', 'novel_object', 'other_base_object', 'poor_box', 'background')} | "
