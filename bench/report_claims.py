@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from claims import CLAIMS, aggregate, verdicts  # noqa: E402
+from claims import CLAIMS, aggregate, verdict, verdicts  # noqa: E402
 from experiment_runner import read_results  # noqa: E402
 
 #: the yardstick target (issue 12): oracle box / mask AP on 200 held-out images within 45 minutes
@@ -162,7 +162,69 @@ def claims_section(results: Path) -> list[str]:
                    f"| **{v['verdict']}** |")
     diagnostics = sum(c[4].startswith("diagnostic") for c in CLAIMS.values())
     return out + ["", f"{len(CLAIMS) - diagnostics} paper claims and {diagnostics} diagnostics (a diagnostic isolates "
-                  "one part of a claim); 'incomplete' = fewer than 3 seeds recorded on a row.", ""]
+                  "one part of a claim); 'incomplete' = fewer than 3 seeds recorded on a row.", ""] + causes(results)
+
+
+def _errors_by_row(results: Path) -> dict[str, list[dict]]:
+    """bench/alp_errors.py's runs (bench/results/alp_errors.json) grouped by row id (run folder ``alp_<row>_s<seed>``)."""
+    f = results / "alp_errors.json"
+    out: dict[str, list[dict]] = {}
+    for r in json.loads(f.read_text())["runs"] if f.is_file() else []:
+        row = Path(r["run"]).name.removeprefix("alp_").rpartition("_s")[0]
+        out.setdefault(row, []).append(r)
+    return out
+
+
+def _mean_of(runs: list[dict], *keys: str) -> float:
+    values = []
+    for r in runs:
+        for k in keys:
+            r = r[k]
+        values.append(float(r))
+    return sum(values) / len(values)
+
+
+def causes(results: Path) -> list[str]:
+    """For every claim that has all its seeds and is not reproduced, what the recorded diagnostics measure on its two
+    rows: Mask^X -- the same rows on the true boxes of B (the mask head alone) and their box AP_B (detection); ALP --
+    bench/alp_errors.py's recall (any label / own class) and naming of the novel objects, averaged over its runs.
+    The sentence that reads them is chosen from the numbers, never written per claim."""
+    lines = []
+    errors = _errors_by_row(results)
+    for v in verdicts(results / "claims"):
+        if v["verdict"] not in ("within noise", "not reproduced") or v["statement"].startswith("diagnostic"):
+            continue
+        better, baseline = v["better"], v["baseline"]
+        head = f"- *{v['statement']}* ({v['verdict']}):"
+        if v["table"] == "maskx":
+            recorded = read_results(results / "claims" / "maskx")
+            given, box = aggregate(recorded, "given_box_mask_AP_B"), aggregate(recorded, "box_AP_B")
+            g = verdict(given.get(better), given.get(baseline))
+            reading = {"reproduced": "the difference is there in the mask head; end to end it applies only to the "
+                                     "objects the shared detector finds and names, and shrinks to within noise",
+                       "within noise": "the mask heads do not differ on the true boxes either"}.get(g, "")
+            lines.append(f"{head} on the true boxes of B, the mask head alone: {better} {_stats(given.get(better))} vs "
+                         f"{baseline} {_stats(given.get(baseline))} ({g}); box AP_B {_stats(box.get(better))} vs "
+                         f"{_stats(box.get(baseline))}" + (f": {reading}." if reading else "."))
+        elif better in errors and baseline in errors:
+            b, a = errors[better], errors[baseline]
+            anyb, anya = _mean_of(b, "recall", "novel", "any_label"), _mean_of(a, "recall", "novel", "any_label")
+            ownb, owna = _mean_of(b, "recall", "novel", "own_class"), _mean_of(a, "recall", "novel", "own_class")
+            baseb, basea = _mean_of(b, "novel_named", "base"), _mean_of(a, "novel_named", "base")
+            # a detection of any label on the object is "finding it"; of its own class, "naming it" as well
+            reading = ("it finds the novel objects about as often (within 5 points) and names fewer of them right"
+                       if abs(anyb - anya) <= 0.05 and ownb < owna - 0.05 else
+                       "it finds fewer of the novel objects" if anyb < anya - 0.05 else "")
+            lines.append(f"{head} novel objects with a detection of any label {_pct(anyb)}% vs {_pct(anya)}%, of "
+                         f"their own class {_pct(ownb)}% vs {_pct(owna)}%, named with a base class {_pct(baseb)}% vs "
+                         f"{_pct(basea)}% ({better} over {len(b)} run(s), {baseline} over {len(a)}; "
+                         "bench/alp_errors.py)" + (f": {reading}." if reading else "."))
+        else:
+            lines.append(f"{head} no diagnostic recorded for its rows yet (bench/alp_errors.py on their runs).")
+    if not lines:
+        return []
+    return ["Where a claim with all its seeds is not reproduced, the recorded diagnostics on its two rows (better row "
+            "first):", "", *lines, ""]
 
 
 def alp_diagnosis_section(results: Path) -> list[str]:

@@ -252,3 +252,36 @@ def test_record_partial_keeps_only_unfinished_curves(bench, tmp_path, monkeypatc
     (tmp_path / "results" / "oracle_scratch_s0.json").unlink()
     ys.main()
     assert not (tmp_path / "results" / "oracle_scratch_s0.json").exists()
+
+
+def test_causes_read_the_diagnostics_of_a_claim_that_is_not_reproduced(bench, tmp_path):
+    rc = bench["report_claims"]
+    folder = tmp_path / "claims" / "maskx"
+    folder.mkdir(parents=True)
+    # end to end within noise (0.01 < 2 * 0.01 std), on the true boxes reproduced (0.10 > 2 * 0.01)
+    for seed, (t, a, gt, ga) in enumerate([(0.21, 0.20, 0.60, 0.50), (0.20, 0.19, 0.61, 0.51), (0.22, 0.21, 0.59, 0.49)]):
+        for row, m, g in (("voc_ab_transfer_mlp", t, gt), ("voc_ab_class_agnostic", a, ga)):
+            (folder / f"{row}_{seed}.json").write_text(json.dumps(
+                {"row_id": row, "seed": seed, "mask_AP_B": m, "given_box_mask_AP_B": g, "box_AP_B": 0.3}))
+    assert rc.causes(tmp_path) and not rc.causes(tmp_path / "nothing")
+    line = next(x for x in rc.causes(tmp_path) if "voc A->B" in x)
+    assert "(within noise): on the true boxes of B" in line and "voc_ab_transfer_mlp 60.0 ± 1.0 (n=3)" in line
+    assert "50.0 ± 1.0 (n=3) (reproduced)" in line and "the difference is there in the mask head" in line
+    # an ALP claim: FCOS-MO finds the novel objects as often as Mask R-CNN* + ALPs but names fewer right
+    folder = tmp_path / "claims" / "alp"
+    folder.mkdir()
+    for seed in range(3):
+        for row, v in (("fcos_mo_alp", 0.05 + 0.01 * seed), ("mrcnn_alp", 0.15 + 0.01 * seed)):
+            (folder / f"{row}_{seed}.json").write_text(json.dumps({"row_id": row, "seed": seed, "mask_AP50_novel": v}))
+    assert any("no diagnostic recorded" in x and "FCOS-MO uses ALPs better" in x for x in rc.causes(tmp_path))
+
+    def err(run, any_label, own, base):
+        return {"run": run, "recall": {"novel": {"any_label": any_label, "own_class": own}}, "novel_named": {"base": base}}
+
+    runs = [err("/r/alp_fcos_mo_alp_s0", 0.80, 0.40, 0.5), err("/r/alp_fcos_mo_alp_s2", 0.84, 0.42, 0.4),
+            err("/r/alp_mrcnn_alp_s1", 0.85, 0.55, 0.3)]
+    (tmp_path / "alp_errors.json").write_text(json.dumps({"command": "c", "runs": runs}))
+    line = next(x for x in rc.causes(tmp_path) if "FCOS-MO uses ALPs better" in x)
+    assert "(not reproduced): novel objects with a detection of any label 82.0% vs 85.0%" in line
+    assert "of their own class 41.0% vs 55.0%, named with a base class 45.0% vs 30.0%" in line
+    assert "fcos_mo_alp over 2 run(s), mrcnn_alp over 1" in line and "names fewer of them right" in line
