@@ -7,6 +7,8 @@
    of the ResNet-18 trunk (width 16, GN) on images only -- by default on the training split's images
    (``--pretrain-images train``: the held-out photos stay unseen, even unlabeled); ``all`` uses the
    80 photos as the config does (transductive: the scored images' pixels are seen, never their labels).
+   The trunk is kept in the results folder (``pretrain_mim.safetensors`` + ``pretrain_mim.json``, committed with
+   ``--commit``), so seeds run later on another machine start from the same weights.
 3. Box->mask (``configs/box_to_mask_synth.yaml``: ResNet-18-FPN width 16, GN, the same trunk) trained
    on the training split for every seed x init: ``scratch``, ``mim`` (the trunk of step 2) and
    ``dense`` (the synthetic pretraining world's supervised trunk,
@@ -21,9 +23,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -72,9 +74,24 @@ def split_coco_mini(root: Path, out: Path, heldout: int, seed: int) -> dict[str,
 
 
 def pretrain(args: argparse.Namespace, split: dict[str, Path], runs: Path) -> Path:
-    """Run (or resume, or reuse) the MIM pretraining; record its manifest; return the trunk file."""
+    """The MIM-pretrained trunk the ``mim`` rows start from: the one kept in ``args.results`` (``pretrain_mim.safetensors``
+    next to ``pretrain_mim.json``, committed with ``--commit``) when it was pretrained for this study's split, else the
+    pretraining is run (or resumed, or a finished one in ``runs`` is adopted) and its trunk kept there -- so seeds
+    recorded on different machines all start from the same weights."""
     from omniseg.recipes.pretraining import PRETRAIN_RECIPES
+    from omniseg.utils.atomic import atomic_write_bytes
 
+    kept = args.results / "pretrain_mim.safetensors"
+    study = {"pretrain_images": args.pretrain_images, "split_seed": args.split_seed, "heldout": args.heldout,
+             "pretrain_iters": args.pretrain_iters}
+    recorded = read_results(args.results).get("pretrain_mim") if args.results.is_dir() else None
+    if recorded and kept.is_file():
+        if {k: recorded.get(k) for k in study} != study:
+            raise SystemExit(f"{kept}: pretrained for {({k: recorded.get(k) for k in study})}, not {study}: pass "
+                             "another --results")
+        if hashlib.sha256(kept.read_bytes()).hexdigest() != recorded["manifest"]["sha256"]:
+            raise SystemExit(f"{kept}: its sha256 is not the one pretrain_mim.json records")
+        return kept.resolve()
     if "pretrain_mim" not in PRETRAIN_RECIPES:
         raise SystemExit("pretrain_mim is not in omniseg.recipes.pretraining.PRETRAIN_RECIPES (add pretrain_mim.RECIPE)")
     out = runs / "pretrain_mim"
@@ -96,12 +113,13 @@ def pretrain(args: argparse.Namespace, split: dict[str, Path], runs: Path) -> Pa
                 raise SystemExit(f"pretraining failed; see {out / 'stdout.log'}")
         print(f"[done] pretrain_mim in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    if manifest["data"]["train"] != str(images):
-        raise SystemExit(f"{weights} was pretrained on {manifest['data']['train']}, not {images}: pass another --runs")
-    if read_results(args.results).get("pretrain_mim", {}).get("manifest", {}).get("sha256") != manifest["sha256"]:
-        record_result(args.results / "pretrain_mim.json", {"run": "pretrain_mim", "pretrain_images": args.pretrain_images,
-                                                           "manifest": manifest, "machine": machine()}, args.commit)
-    return weights
+    if manifest["data"]["train"] != str(images) or manifest["steps"] != args.pretrain_iters:
+        raise SystemExit(f"{weights} was pretrained on {manifest['data']['train']} for {manifest['steps']} steps, not "
+                         f"on {images} for {args.pretrain_iters}: pass another --runs")
+    atomic_write_bytes(kept, weights.read_bytes())
+    record_result(args.results / "pretrain_mim.json", {"run": "pretrain_mim", **study, "manifest": manifest,
+                                                       "machine": machine()}, args.commit, extra=[kept])
+    return kept.resolve()
 
 
 def jobs(args: argparse.Namespace, split: dict[str, Path], trunks: dict[str, Path]) -> list[dict]:
@@ -135,22 +153,6 @@ def finished(job: dict, runs: Path) -> bool:
         return (d / "wall_s.txt").is_file() and bool(json.loads((d / "run.json").read_text()).get("metrics"))
     except (OSError, ValueError):
         return False
-
-
-def table(results: dict[str, dict]) -> str:
-    """mean +- std (over seeds) of the given-box mask AP per init, as a markdown table."""
-    rows = ["| init | seeds | mask AP | mask AP50 | filled-box AP |", "|---|---|---|---|---|"]
-    for init in INITS:
-        runs = [r for r in results.values() if r.get("init") == init and r.get("eval")]
-        if not runs:
-            continue
-
-        def ms(key: str, runs: list[dict] = runs) -> str:
-            v = [100 * r["eval"][key] for r in runs]
-            return f"{statistics.mean(v):.1f} +- {statistics.stdev(v) if len(v) > 1 else 0.0:.1f}"
-
-        rows.append(f"| {init} | {len(runs)} | {ms('mask_AP')} | {ms('mask_AP50')} | {ms('filled_box_AP')} |")
-    return "\n".join(rows)
 
 
 def main() -> None:
@@ -193,7 +195,9 @@ def main() -> None:
     print(f"{len(recorded)} recorded before, {len(todo)} to run", flush=True)
     run_jobs(todo, runs, lambda j: [sys.executable, "-m", "omniseg.cli", "train", str(CONFIG), *j["overrides"],
                                     f"train.output_dir={runs / j['name']}"], args.parallel, ROOT, done)
-    print(table({k: v for k, v in read_results(args.results).items() if k != "pretrain_mim"}))
+    from report_claims import coco_mini_pretrain_section
+
+    print("\n".join(coco_mini_pretrain_section(args.results.parent, args.results)))
 
 
 if __name__ == "__main__":
