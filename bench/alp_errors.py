@@ -1,7 +1,7 @@
 """Why the ALP rows of the claims table miss (issue 12): what a finished run's detections get wrong, and how noisy
 the ALPs it trained on are (replaces the issue 5 investigation's top-10 naming check).
 
-    python bench/alp_errors.py RUN [RUN ...] [--alps] [--out FILE]
+    python bench/alp_errors.py RUN [RUN ...] [--alps] [--out FILE [--add]]
 
 RUN: a finished run folder (``config.yaml`` + ``val_predictions.json``, as ``bench/claims.py`` leaves them); the
 validation images are rebuilt from the config. Read off the saved predictions, no model is loaded:
@@ -18,7 +18,9 @@ validation images are rebuilt from the config. Read off the saved predictions, n
 
 ``--alps`` adds, for a run trained on curated ALPs (``alp.path``), how those ALPs relate to the true objects of its
 training world (``alp_quality`` of bench/alp_experiments.py: best-IoU object, centre inside it, phrase = class name,
-nearest class name through the text encoder). Prints one JSON object (``--out``: also written there).
+nearest class name through the text encoder). Prints one JSON object (``--out``: also written there; with ``--add``
+the runs already in that file stay, except those of the same run folder name, which are replaced: run folders do not
+survive a move to another machine, their diagnosis does).
 """
 
 from __future__ import annotations
@@ -171,14 +173,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--alps", action="store_true", help="also measure the curated ALPs the run trained on")
     ap.add_argument("--top", type=int, nargs="+", default=list(TOPS))
     ap.add_argument("--out", help="also write the JSON here (atomically)")
+    ap.add_argument("--add", action="store_true", help="keep the runs --out already holds (same run name: replaced)")
     args = ap.parse_args(argv)
     from omniseg.errors import UserError
 
+    if args.add and not args.out:
+        raise SystemExit("alp_errors: --add needs --out (the file to add to)")
+    commands = ["python bench/alp_errors.py " + " ".join(argv or sys.argv[1:])]
     try:
-        res = {"benchmark": "alp_errors", "command": "python bench/alp_errors.py " + " ".join(argv or sys.argv[1:]),
-               "runs": [run_errors(r, args.alps, args.top) for r in args.runs]}
+        runs = [run_errors(r, args.alps, args.top) for r in args.runs]
+        if args.add and Path(args.out).is_file():
+            old = json.loads(Path(args.out).read_text(encoding="utf-8"))
+            names = {Path(r["run"]).name for r in runs}
+            runs += [r for r in old["runs"] if Path(r["run"]).name not in names]
+            commands = old["commands"] + commands
     except (UserError, OSError) as e:  # a missing run / config / prediction file: one line, exit 1
         raise SystemExit(f"alp_errors: {e}") from None
+    except (ValueError, KeyError) as e:
+        raise SystemExit(f"alp_errors: {args.out}: not an alp_errors result ({e})") from None
+    res = {"benchmark": "alp_errors", "commands": commands, "runs": sorted(runs, key=lambda r: Path(r["run"]).name)}
     text = json.dumps(res, indent=1)
     if args.out:
         from omniseg.utils.atomic import atomic_open

@@ -235,8 +235,8 @@ def alp_diagnosis_section(results: Path) -> list[str]:
         return []
     out = ["### Why the ALP rows miss", ""]
     if errors:
-        out += [f"`{errors['command']}` — read off each finished run's saved validation predictions (200 held-out "
-                "images; IoU >= 0.5 means a detection lies on an object). Recall: objects with a detection of any label "
+        out += [" then ".join(f"`{c}`" for c in errors["commands"]) + " — read off each finished run's saved "
+                "validation predictions (200 held-out images; IoU >= 0.5 means a detection lies on an object). Recall: objects with a detection of any label "
                 "/ of their class. Top 100 base-labelled: the 100 highest-scoring detections named with a base class, "
                 "by what lies under them. Novel objects named: the label of the highest-scoring detection on each novel "
                 "object.", "",

@@ -87,8 +87,29 @@ def test_report_renders_the_recorded_diagnosis(bench, tmp_path):
                     "phrase_is_class_name_fraction": 0.1, "nearest_class_name_right_fraction": 0.25,
                     "novel_covered_iou50_fraction": 0.3}}
     assert report_claims.alp_diagnosis_section(tmp_path) == []  # nothing recorded: no section
-    (tmp_path / "alp_errors.json").write_text(json.dumps({"command": "python bench/alp_errors.py R", "runs": [run]}))
+    (tmp_path / "alp_errors.json").write_text(json.dumps({"commands": ["python bench/alp_errors.py R"], "runs": [run]}))
     text = "\n".join(report_claims.alp_diagnosis_section(tmp_path))
     assert "| fcos_mo_alp_s0 | 90.0 / 60.0 | 80.0 / 30.0 | 13.0 / 65.0 / 20.0 / 1.0 / 1.0 | 5.0 / 48.0 / 28.0 / 19.0 |" \
         in text
     assert "ALPs `alps_tp025`" in text and "box centre inside that object 50.0%" in text and "right 25.0% of the 4 ALPs" in text
+
+
+def test_add_keeps_the_earlier_runs_and_replaces_a_run_of_the_same_name(bench, tmp_path, monkeypatch, capsys):
+    ae = bench["alp_errors"]
+    monkeypatch.setattr(ae, "run_errors", lambda run, alps, top: {"run": run, "scored_here": True})
+    out = tmp_path / "e.json"
+    out.write_text(json.dumps({"benchmark": "alp_errors", "commands": ["python bench/alp_errors.py /old/alp_a_s0 "
+                                                                        "/old/alp_b_s0"],
+                               "runs": [{"run": "/old/alp_a_s0"}, {"run": "/old/alp_b_s0"}]}))
+    ae.main(["/new/alp_b_s0", "/new/alp_c_s1", "--out", str(out), "--add"])
+    d = json.loads(out.read_text())
+    assert d["runs"] == [{"run": "/old/alp_a_s0"}, {"run": "/new/alp_b_s0", "scored_here": True},
+                         {"run": "/new/alp_c_s1", "scored_here": True}]
+    assert d["commands"][0].endswith("/old/alp_b_s0") and d["commands"][1].endswith("alp_c_s1 --out " + str(out) + " --add")
+    ae.main(["/new/alp_c_s1", "--out", str(out)])  # without --add the file holds this call's runs alone
+    assert [r["run"] for r in json.loads(out.read_text())["runs"]] == ["/new/alp_c_s1"]
+    capsys.readouterr()
+
+
+def test_add_without_out_is_one_line(bench_error):
+    assert "--add needs --out" in bench_error("alp_errors", "/x/alp_a_s0", "--add")
