@@ -195,7 +195,7 @@ def causes(results: Path) -> list[str]:
         if v["verdict"] not in ("within noise", "not reproduced") or v["statement"].startswith("diagnostic"):
             continue
         better, baseline = v["better"], v["baseline"]
-        head = f"- *{v['statement']}* ({v['verdict']}):"
+        head = f"- \"{v['statement']}\" ({v['verdict']}):"
         if v["table"] == "maskx":
             recorded = read_results(results / "claims" / "maskx")
             given, box = aggregate(recorded, "given_box_mask_AP_B"), aggregate(recorded, "box_AP_B")
