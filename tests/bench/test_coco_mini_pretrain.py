@@ -92,5 +92,6 @@ def test_report_section_shows_mean_std_per_init_and_the_verdicts(bench, tmp_path
     assert "| mim | SimMIM on the training photos (images only) | 0, 1, 2 | 31.0 ± 1.0 |" in text
     assert "mim vs scratch (mask AP): 31.0 ± 1.0 (n=3) vs 21.0 ± 1.0 (n=3) -> **better beyond 2 std**" in text
     assert "dense vs scratch (mask AP): – vs 21.0 ± 1.0 (n=3) -> **incomplete**" in text
+    assert "scratch's masks vs the filled box (mask AP): 21.0 ± 1.0 (n=3) vs 10.0 ± 0.0 (n=3) -> **better beyond" in text
     assert "1000 steps on the training photos" in text and "loss_mim 0.250, 25 min" in text
     assert "20 held out, 60 for training" in text
