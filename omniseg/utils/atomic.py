@@ -39,11 +39,11 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -82,8 +82,8 @@ def _current_umask() -> int:
 def _target_mode(path: Path, new: int = 0o666) -> int:
     """Permissions the written file (folder: ``new=0o777``) gets: what ``open(path, "w")`` would give.
 
-    An existing target keeps its permission bits; a new one gets ``new & ~umask`` (mkstemp /
-    mkdtemp alone would leave it 0600 / 0700).
+    An existing target keeps its permission bits; a new one gets ``new & ~umask`` (the temporary
+    file / folder is created 0600 / 0700).
     """
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
@@ -154,6 +154,29 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name}.{_TAG}-{os.getpid()}-{_HOST}-"
 
 
+#: how a temporary file is opened: created here (O_EXCL), never through a symlink (as tempfile.mkstemp)
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _create_temp(target: Path, made: list[str], folder: bool = False) -> int:
+    """Create a new temporary sibling of ``target`` (a file opened for writing, mode 0600: its fd is returned; or
+    with ``folder`` a folder, mode 0700: -1), named as the module docstring says.
+
+    Its name is appended to ``made`` *before* it is created: an exception raised the instant after (SIGTERM turned
+    into :class:`~omniseg.errors.Terminated` by the CLI's handler, Ctrl-C) still finds the name to remove. Names
+    chosen by ``tempfile`` are only known once it returns, which left that instant uncovered."""
+    while True:
+        name = str(target.parent / f"{_temp_prefix(target)}{secrets.token_hex(6)}.tmp")
+        made.append(name)
+        try:
+            if folder:
+                os.mkdir(name, 0o700)
+                return -1
+            return os.open(name, _TEMP_FLAGS, 0o600)
+        except FileExistsError:  # another writer of this process took the name: draw again
+            made.pop()
+
+
 def _naming(e: OSError, path: str | os.PathLike, target: Path) -> OSError | None:
     """``e`` re-made to name ``path`` instead of its temporary file / folder (None: leave ``e`` as is)."""
     if isinstance(e, UserError) or not e.errno:
@@ -208,17 +231,17 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     target = _resolve(path, folder=False)
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(target.parent)
-    tmp = ""
+    made: list[str] = []
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
+        fd = _create_temp(target, made)
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _target_mode(target))
-        os.replace(tmp, target)
+        os.chmod(made[-1], _target_mode(target))
+        os.replace(made[-1], target)
     except BaseException as e:
-        if tmp:
+        for tmp in made:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         named = _naming(e, path, target) if isinstance(e, OSError) else None
@@ -263,10 +286,11 @@ def atomic_dir(path: str | os.PathLike, owned: tuple[str, ...] | None = None) ->
         _check_replaceable(path, target, owned)
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(target.parent)
-    staging: Path | None = None
+    made: list[str] = []
     old: Path | None = None
     try:
-        staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
+        _create_temp(target, made, folder=True)
+        staging = Path(made[-1])
         yield staging
         if owned is None:
             owned = tuple(sorted({f"*{Path(n).suffix}" if Path(n).suffix else n for n in os.listdir(staging)}))
@@ -280,8 +304,8 @@ def atomic_dir(path: str | os.PathLike, owned: tuple[str, ...] | None = None) ->
         if old is not None and not os.path.lexists(target):
             os.rename(old, target)  # put the previous folder back
             old = None
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        for tmp in made:
+            shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:  # interrupted right after the new folder went in
             shutil.rmtree(old, ignore_errors=True)
         named = _naming(e, path, target) if isinstance(e, OSError) else None

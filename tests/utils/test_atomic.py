@@ -10,7 +10,6 @@ import re
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -220,16 +219,17 @@ def test_disk_full_names_target_and_removes_temp(tmp_path: Path) -> None:
 
 
 def test_unwritable_folder_names_target(tmp_path: Path, monkeypatch) -> None:
-    real_mkstemp = tempfile.mkstemp
+    real_create = atomic._create_temp
 
-    def denied(prefix: str = "", suffix: str = "", dir: str = "") -> tuple[int, str]:
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(dir, prefix + "x" + suffix))
+    def denied(target: Path, made: list[str], folder: bool = False) -> int:
+        name = os.path.join(target.parent, atomic._temp_prefix(target) + "x.tmp")
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
 
-    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    monkeypatch.setattr(atomic, "_create_temp", denied)
     with pytest.raises(PermissionError) as e:
         atomic_write_text(tmp_path / "out.json", "x")
     assert e.value.filename == str(tmp_path / "out.json")
-    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
+    monkeypatch.setattr(atomic, "_create_temp", real_create)
     if os.geteuid() != 0:  # root writes into read-only folders anyway
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
@@ -399,3 +399,26 @@ def test_atomic_dir_owned_patterns_are_checked_before_writing(tmp_path: Path) ->
     with atomic_dir(target, owned=("*.png",)) as d:  # an empty folder is always replaceable
         (d / "a.png").write_bytes(b"a")
     assert os.listdir(target) == ["a.png"]
+
+
+@pytest.mark.parametrize("folder", [False, True])
+def test_an_interrupt_the_instant_after_the_temp_is_created_leaves_nothing(tmp_path: Path, monkeypatch, folder) -> None:
+    """SIGTERM (Terminated) / Ctrl-C can land right after the temporary file or folder exists and before the
+    writer has stored its name: it is known before it is created, so it is removed all the same."""
+    real = os.mkdir if folder else os.open
+
+    def create_then_interrupt(name, *args):
+        made = real(name, *args)
+        if not folder:
+            os.close(made)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "mkdir" if folder else "open", create_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        if folder:
+            with atomic_dir(tmp_path / "pngs") as d:
+                (d / "a.png").write_bytes(b"x")
+        else:
+            atomic_write_text(tmp_path / "out.json", "x")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
