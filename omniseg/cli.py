@@ -114,7 +114,13 @@ def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: a SIGTERM arrived in this process (set before Terminated is raised; see main's internal-error branch)
+_terminating = False
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    global _terminating
+    _terminating = True
     raise Terminated()
 
 
@@ -165,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
         return e.exit_code if isinstance(e, UserError) else 1
     except Exception as e:  # a bug in omniseg, not in the input
+        if _terminating:
+            # Terminated raised inside a C extension's call back into Python can come out as another exception:
+            # numpy 2 retries torch's `Tensor.__array__(dtype)` without `copy=` after the TypeError, and re-raises
+            # that TypeError when the retry fails (seen when SIGTERM landed there). The user asked to stop.
+            print(f"{prog}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         if debug:
             raise
         print(f"{prog}: internal error: {type(e).__name__}: {e} "

