@@ -183,14 +183,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         runs = [run_errors(r, args.alps, args.top) for r in args.runs]
         if args.add and Path(args.out).is_file():
-            old = json.loads(Path(args.out).read_text(encoding="utf-8"))
-            names = {Path(r["run"]).name for r in runs}
-            runs += [r for r in old["runs"] if Path(r["run"]).name not in names]
-            commands = old["commands"] + commands
+            try:
+                old = json.loads(Path(args.out).read_text(encoding="utf-8"))
+                kept, commands = old["runs"], old["commands"] + commands
+                names = {Path(r["run"]).name for r in runs}
+                runs += [r for r in kept if Path(r["run"]).name not in names]
+            except (ValueError, KeyError, TypeError) as e:
+                raise SystemExit(f"alp_errors: {args.out}: not an alp_errors result ({e})") from None
     except (UserError, OSError) as e:  # a missing run / config / prediction file: one line, exit 1
         raise SystemExit(f"alp_errors: {e}") from None
-    except (ValueError, KeyError) as e:
-        raise SystemExit(f"alp_errors: {args.out}: not an alp_errors result ({e})") from None
     res = {"benchmark": "alp_errors", "commands": commands, "runs": sorted(runs, key=lambda r: Path(r["run"]).name)}
     text = json.dumps(res, indent=1)
     if args.out:

@@ -86,9 +86,8 @@ def pretrain(args: argparse.Namespace, split: dict[str, Path], runs: Path) -> Pa
              "pretrain_iters": args.pretrain_iters}
     recorded = read_results(args.results).get("pretrain_mim") if args.results.is_dir() else None
     if recorded and kept.is_file():
-        if {k: recorded.get(k) for k in study} != study:
-            raise SystemExit(f"{kept}: pretrained for {({k: recorded.get(k) for k in study})}, not {study}: pass "
-                             "another --results")
+        if (was := {k: recorded.get(k) for k in study}) != study:
+            raise SystemExit(f"{kept}: pretrained for {was}, not {study}: pass another --results")
         if hashlib.sha256(kept.read_bytes()).hexdigest() != recorded["manifest"]["sha256"]:
             raise SystemExit(f"{kept}: its sha256 is not the one pretrain_mim.json records")
         return kept.resolve()

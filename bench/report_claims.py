@@ -191,14 +191,15 @@ def causes(results: Path) -> list[str]:
     The sentence that reads them is chosen from the numbers, never written per claim."""
     lines = []
     errors = _errors_by_row(results)
+    maskx = results / "claims" / "maskx"
+    recorded = read_results(maskx) if maskx.is_dir() else {}
+    given, box = aggregate(recorded, "given_box_mask_AP_B"), aggregate(recorded, "box_AP_B")
     for v in verdicts(results / "claims"):
         if v["verdict"] not in ("within noise", "not reproduced") or v["statement"].startswith("diagnostic"):
             continue
         better, baseline = v["better"], v["baseline"]
         head = f"- \"{v['statement']}\" ({v['verdict']}):"
         if v["table"] == "maskx":
-            recorded = read_results(results / "claims" / "maskx")
-            given, box = aggregate(recorded, "given_box_mask_AP_B"), aggregate(recorded, "box_AP_B")
             g = verdict(given.get(better), given.get(baseline))
             reading = {"reproduced": "the difference is there in the mask head; end to end it applies only to the "
                                      "objects the shared detector finds and names, and shrinks to within noise",

@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper) and not sys.stdout.isatty():
         sys.stdout.reconfigure(line_buffering=True)  # `omniseg demo | tee log`: each line as it comes
     apply_threads(threads)
+    global _terminating
+    _terminating = False
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)

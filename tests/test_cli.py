@@ -600,3 +600,6 @@ def test_a_sigterm_that_surfaces_as_another_exception_still_exits_terminated(mon
     monkeypatch.setattr(module, "main", masked)
     assert main(["data", "stats", str(tmp_path)]) == 143
     assert capsys.readouterr().err.strip() == "omniseg data stats: terminated"
+    monkeypatch.setattr(module, "main", bug)  # the next call in this process starts without the earlier SIGTERM
+    assert main(["data", "stats", str(tmp_path)]) == 1
+    assert "internal error: TypeError: a bug" in capsys.readouterr().err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 BENCH = ("alp_errors", "alp_experiments", "report_claims")
 
 NAMES = {1: "red circle", 2: "blue ring", 3: "red ring"}
@@ -109,6 +111,10 @@ def test_add_keeps_the_earlier_runs_and_replaces_a_run_of_the_same_name(bench, t
     ae.main(["/new/alp_c_s1", "--out", str(out)])  # without --add the file holds this call's runs alone
     assert [r["run"] for r in json.loads(out.read_text())["runs"]] == ["/new/alp_c_s1"]
     capsys.readouterr()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmark": "something else"}))
+    with pytest.raises(SystemExit, match=f"alp_errors: {other}: not an alp_errors result"):
+        ae.main(["/new/alp_c_s1", "--out", str(other), "--add"])
 
 
 def test_add_without_out_is_one_line(bench_error):
