@@ -3,7 +3,15 @@ masks, by the box's long side and by category, next to the filled box's IoU (mas
 optionally a picture of random boxes (image | true mask | label) to look at.
 
     python bench/mal_probe.py TRUTH.json LABELS.json [--images DIR --png out.png --min-side 40 --tiles 16]
-                              [--out record.json]
+                              [--crf N] [--out record.json]
+
+``--crf N`` (needs ``--images``) asks what MAL's CRF pseudo-label can teach: for N random scored boxes, each cropped
+as the labeler crops it at test time (128 px, θ_test 0.6), the mean-field refinement of its CRF loss
+(omniseg.ops.crf_loss.crf_refine, Eq. 3-5, Algorithm 1, inside the box) is run on a soft version of three masks --
+the filled box, the label and the true mask (probability ``CRF_P`` on the mask, 1 - ``CRF_P`` off it, 0 outside
+the box) -- at the paper's ω = 2 and ζ in ``CRF_ZETAS`` (0.5 is the paper's), and each is scored by its mIoU with
+the true mask in the crop before and after. Training on Eq. 5 pulls the labeler towards the refined label, so
+what the refinement adds to a wrong shape bounds the shape MIL + CRF training can find.
 
 ``--out`` writes the breakdown with the command (bench/report_mal.py renders bench/results/mal/probe/*.json).
 
@@ -25,6 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 #: long-side bins of the box, in pixels
 BINS = (0, 8, 16, 32, 64, 10**9)
+#: --crf: the labeler's crop size and test-time expansion (configs/mal_vits_synth.yaml), the soft masks' probability,
+#: the bandwidths tried (0.5: the paper's, Sec. 4.2) and ω (Sec. 4.2)
+CRF_CROP, CRF_THETA, CRF_PS, CRF_ZETAS, CRF_OMEGA = 128, 0.6, (0.6, 0.8), (0.25, 0.5, 1.0), 2.0
 
 
 def read_json(path: Path) -> dict:
@@ -78,6 +89,64 @@ def breakdown(truth: dict, scored: list[tuple[dict, dict, float]]) -> dict:
             "category": {k: agg(v) for k, v in sorted(cats.items())}}
 
 
+def crf_study(truth: dict, scored: list, images: Path, boxes: int, seed: int = 0) -> dict:
+    """mIoU with the true mask, in the crop, of the filled box / the label / the true mask before and after
+    MAL's CRF refinement (module docstring), over ``boxes`` random scored boxes with sides >= 2 px."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from omniseg.data.box_crops import fixed_expansion
+    from omniseg.modeling.mal import box_crops
+    from omniseg.ops.crf_loss import crf_refine
+    from omniseg.ops.rle import normalize_rle, rle_decode
+
+    files = {i["id"]: i["file_name"] for i in truth["images"]}
+    usable = [k for k, (a, _, _) in enumerate(scored) if min(a["bbox"][2:]) >= 2]
+    pick = sorted(np.random.default_rng(seed).choice(len(usable), min(boxes, len(usable)), replace=False).tolist())
+    crops, true, label, box, valid = [], [], [], [], []
+    for k in pick:
+        a, b, _ = scored[usable[k]]
+        im = torch.from_numpy(np.asarray(Image.open(images / files[a["image_id"]]).convert("RGB")).copy())
+        planes = [torch.from_numpy(rle_decode(normalize_rle(x["segmentation"]))) * 255 for x in (a, b)]
+        stack = torch.cat([im.permute(2, 0, 1), *(p[None].to(torch.uint8) for p in planes)])[None]
+        x, y, w, h = a["bbox"]
+        c, v, bm, _, _ = box_crops(stack, [tuple(im.shape[:2])], [torch.tensor([[x, y, x + w, y + h]])],
+                                   fixed_expansion(1, CRF_THETA), CRF_CROP, (32.0, 96.0))
+        crops.append(c[:, :3])
+        true.append(c[:, 3] > 0.5)
+        label.append(c[:, 4] > 0.5)
+        box.append(bm > 0)
+        valid.append(v)
+    crops_t, true_t, box_t, valid_t = torch.cat(crops), torch.cat(true), torch.cat(box), torch.cat(valid)
+
+    def miou(m: torch.Tensor) -> float:
+        m = m.bool()
+        inter = (m & true_t).flatten(1).sum(1).float()
+        return float((inter / (m | true_t).flatten(1).sum(1).float().clamp(min=1)).mean())
+
+    out = {"boxes": len(pick), "crop": CRF_CROP, "test_theta": CRF_THETA, "omega": CRF_OMEGA, "inputs": {}}
+    for name, m in (("filled box", box_t), ("label", torch.cat(label) & box_t), ("true mask", true_t & box_t)):
+        after = {}
+        for p in CRF_PS:
+            soft = torch.where(m, p, 1 - p) * box_t
+            after[str(p)] = {str(z): miou(crf_refine(soft, crops_t, box_t.float(), z, CRF_OMEGA, valid=valid_t))
+                             for z in CRF_ZETAS}
+        out["inputs"][name] = {"before": miou(m), "after": after}
+    return out
+
+
+def crf_table(crf: dict) -> str:
+    """The CRF study as a markdown table: a row per input and p, a column per ζ."""
+    zetas = next(iter(next(iter(crf["inputs"].values()))["after"].values()))
+    lines = [f"| input | p | before | {' | '.join(f'after, ζ {z}' for z in zetas)} |",
+             "|---|---:|---:|" + "---:|" * len(zetas)]
+    for name, v in crf["inputs"].items():
+        lines += [f"| {name} | {p} | {v['before']:.3f} | {' | '.join(f'{x:.3f}' for x in row.values())} |"
+                  for p, row in v["after"].items()]
+    return "\n".join(lines)
+
+
 def picture(truth: dict, scored: list, images: Path, out: Path, min_side: float, tiles: int, seed: int = 0) -> None:
     """``tiles`` random boxes with long side >= ``min_side``: crop | true mask (green) | label (red)."""
     import numpy as np
@@ -116,8 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--png", type=Path, help="write a picture of random boxes here")
     ap.add_argument("--min-side", type=float, default=40.0, help="pictured boxes' minimum long side (px)")
     ap.add_argument("--tiles", type=int, default=16)
+    ap.add_argument("--crf", type=int, default=0, metavar="N",
+                    help="run the CRF study (module docstring) on N random boxes (needs --images)")
     ap.add_argument("--out", type=Path, help="write the breakdown (JSON) here")
     args = ap.parse_args(argv)
+    for flag, wanted in (("--png", args.png), ("--crf", args.crf)):
+        if wanted and args.images is None:
+            raise SystemExit(f"{flag} needs --images")
     truth = read_json(args.truth)
     scored = pairs(truth, read_json(args.labels))
     res = breakdown(truth, scored)
@@ -128,10 +202,12 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in table.items():
             print(f"| {k} | {v['n']} | {v['mIoU']:.3f} | {v['filled_box']:.3f} |")
     if args.png:
-        if args.images is None:
-            raise SystemExit("--png needs --images")
         picture(truth, scored, args.images, args.png, args.min_side, args.tiles)
         print(f"\nwrote {args.png}")
+    if args.crf:
+        res["crf"] = crf_study(truth, scored, args.images, args.crf)
+        print(f"\nCRF refinement (Eq. 3-5) on {res['crf']['boxes']} boxes, mIoU with the true mask in the crop:\n"
+              + crf_table(res["crf"]))
     if args.out:
         import shlex
 

@@ -161,6 +161,25 @@ def test_probe_section_renders_the_long_side_table(bench, tmp_path):
     assert bench["report_mal"].probe_section(tmp_path / "none", {}) == []
 
 
+def _crf(box_after: float, true_after: float) -> dict:
+    return {"boxes": 7, "crop": 128, "test_theta": 0.6, "omega": 2.0, "inputs": {
+        "filled box": {"before": 0.6, "after": {"0.6": {"0.25": 0.9, "0.5": box_after}, "0.8": {"0.5": 0.6}}},
+        "label": {"before": 0.7, "after": {"0.6": {"0.5": 0.72}, "0.8": {"0.5": 0.71}}},
+        "true mask": {"before": 1.0, "after": {"0.6": {"0.5": true_after}, "0.8": {"0.5": 0.999}}}}}
+
+
+def test_crf_probe_lines_table_and_reading_by_thresholds(bench):
+    lines = bench["report_mal"].crf_probe_lines(_crf(0.62, 0.99))
+    assert "| filled box | 0.6 | 0.600 | 0.900 | 0.620 |" in lines[2]  # a row per input and p, a column per zeta
+    # gains at zeta 0.5, the largest over p: box +0.02, label +0.02 (< 0.05), truth kept >= 0.95
+    assert "does not find one the labeler lacks" in lines[-1] and "+0.020 mIoU to the filled box" in lines[-1]
+    assert ">= 0.990" in lines[-1]
+    moved = bench["report_mal"].crf_probe_lines(_crf(0.70, 0.99))[-1]  # the filled box gains 0.10 at zeta 0.5
+    assert "moves the filled box by +0.100 mIoU" in moved and "lacks" not in moved
+    lost = bench["report_mal"].crf_probe_lines(_crf(0.62, 0.90))[-1]  # the truth is not kept
+    assert "the true mask stays at >= 0.900" in lost and "lacks" not in lost
+
+
 def test_only_keeps_the_named_jobs_and_what_they_wait_for(bench):
     er = bench["experiment_runner"]
     jobs = [_j("mal"), _j("label", "mal"), _j("train", "label"), _j("other"), _j("late", "gone")]
