@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 PRETRAINED_DEFAULT = "bench/results/pretrained/r18w16_gn_dense/backbone.safetensors"
 
-from experiment_runner import finished_runs, run_jobs  # noqa: E402
+from experiment_runner import finished_runs, train_or_score  # noqa: E402
 
 CONFIGS = {"fcos_mo": ROOT / "configs" / "fcos_mo_voc_like.yaml",
            "mask_rcnn_star": ROOT / "configs" / "mask_rcnn_star_voc_like.yaml"}
@@ -115,16 +115,6 @@ def jobs(args: argparse.Namespace) -> list[dict]:
 def command(job: dict, runs: Path) -> list[str]:
     return [sys.executable, "-m", "omniseg.cli", "train", str(CONFIGS[job["model"]]), *job["overrides"],
             f"train.output_dir={runs / job['name']}"]
-
-
-def finished(args: argparse.Namespace) -> dict[str, dict]:
-    return finished_runs(jobs(args), Path(args.runs))
-
-
-def run_all(args: argparse.Namespace) -> dict[str, dict]:
-    """Run the missing jobs ``--parallel`` at a time (bench/experiment_runner.py)."""
-    runs = Path(args.runs)
-    return run_jobs(jobs(args), runs, lambda j: command(j, runs), args.parallel, ROOT)
 
 
 def synonym_vocabulary(categories: list, novel_ids: set[int], k: int = 0) -> dict[int, str]:
@@ -263,10 +253,10 @@ def main() -> None:
     t0 = time.perf_counter()
     if not args.score_only:
         prepare(args)
-    done = finished(args) if args.score_only else run_all(args)
+    done = train_or_score(jobs(args), Path(args.runs), command, args.parallel, ROOT, args.score_only)
     planned = len(jobs(args))
     args.only, args.rows = None, ""  # score every finished row
-    done = {**finished(args), **done}
+    done = {**finished_runs(jobs(args), Path(args.runs)), **done}
     rows, synonyms = score(done, args)
     import json
 

@@ -55,6 +55,16 @@ def finished_runs(jobs: list[dict], runs: Path) -> dict[str, dict]:
             and (runs / j["name"] / "val_predictions.json").exists()}
 
 
+def train_or_score(jobs: list[dict], runs: Path, command: Callable[[dict, Path], list[str]], parallel: int,
+                   cwd: Path, score_only: bool) -> dict[str, dict]:
+    """The finished jobs of a one-table driver (bench/alp_experiments.py, maskx_experiments.py): with ``score_only``
+    those already finished in ``runs``, else after running the missing ones (:func:`run_jobs`, ``command(job,
+    runs)``)."""
+    if score_only:
+        return finished_runs(jobs, runs)
+    return run_jobs(jobs, runs, lambda j: command(j, runs), parallel, cwd)
+
+
 def run_jobs(todo: list[dict], runs: Path, command: Callable[[dict], list[str]], parallel: int,
              cwd: Path, on_done: Callable[[dict], None] | None = None) -> dict[str, dict]:
     """Run the unfinished jobs ``parallel`` at a time (a job's optional "after" names a job that must

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 PRETRAINED_DEFAULT = "bench/results/pretrained/r18w16_gn_dense/backbone.safetensors"
 
-from experiment_runner import finished_runs, run_jobs  # noqa: E402
+from experiment_runner import train_or_score  # noqa: E402
 
 CONFIG = ROOT / "configs" / "maskx_voc_like.yaml"
 
@@ -105,16 +105,6 @@ def jobs(args: argparse.Namespace) -> list[dict]:
 def command(job: dict, runs: Path) -> list[str]:
     return [sys.executable, "-m", "omniseg.cli", "train", str(CONFIG), *job["overrides"],
             f"train.output_dir={runs / job['name']}"]
-
-
-def finished(args: argparse.Namespace) -> dict[str, dict]:
-    return finished_runs(jobs(args), Path(args.runs))
-
-
-def run_all(args: argparse.Namespace) -> dict[str, dict]:
-    """Run the missing jobs ``--parallel`` at a time (bench/experiment_runner.py)."""
-    runs = Path(args.runs)
-    return run_jobs(jobs(args), runs, lambda j: command(j, runs), args.parallel, ROOT)
 
 
 def given_box_predictions(run_dir: Path, gt, load_image):
@@ -193,7 +183,7 @@ def main() -> None:
                     help="do not train: score the runs that have finished (e.g. to report a partial table)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    done = finished(args) if args.score_only else run_all(args)
+    done = train_or_score(jobs(args), Path(args.runs), command, args.parallel, ROOT, args.score_only)
     rows = score(done, args)
     from omniseg.utils.atomic import atomic_write_json
 
