@@ -191,8 +191,9 @@ class MaskNet(nn.Module):
         return self.grid if size_class is None else max(self.crop_size // self.size_strides[size_class], 1)
 
     def _logits(self, x: Tensor) -> Tensor:
+        """fp32 logits at the crop size (the losses and the CRF stay fp32 when the decoder runs under bf16 autocast)."""
         size = (self.crop_size, self.crop_size)
-        return F.interpolate(self.decoder(x), size=size, mode="bilinear", align_corners=False)[:, 0]
+        return F.interpolate(self.decoder(x).float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
     def decode(self, feats: Tensor, size_class: int | None = None) -> Tensor:
         """N x Hc x Wc mask logits of encoder maps ``feats``, first resized to the grid of ``size_class``
@@ -213,7 +214,7 @@ class MaskNet(nn.Module):
         pooled at the grid of each RoI's size class (Appendix A.2) or at Hc / stride."""
         if not self.scale_by_size or sizes is None:
             return self._logits(self.roi_features(feats, rois, self.side(None)))
-        out = feats.new_zeros(rois.shape[0], self.crop_size, self.crop_size)
+        out = feats.new_zeros(rois.shape[0], self.crop_size, self.crop_size, dtype=torch.float32)
         for k in range(len(self.size_strides)):
             idx = (sizes == k).nonzero().flatten()
             if idx.numel():
@@ -229,7 +230,7 @@ class MaskNet(nn.Module):
         feats = self.encoder(crops)
         if not self.scale_by_size or sizes is None:
             return self.decode(feats)
-        out = feats.new_zeros(crops.shape[0], self.crop_size, self.crop_size)
+        out = feats.new_zeros(crops.shape[0], self.crop_size, self.crop_size, dtype=torch.float32)
         for k in range(len(self.size_strides)):
             idx = (sizes == k).nonzero().flatten()
             if idx.numel():

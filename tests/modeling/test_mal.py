@@ -353,3 +353,24 @@ def test_image_size_must_be_a_multiple_of_the_patch():
     with pytest.raises(ConfigError, match="model.image_size"):
         MaskNet(tiny_cfg(input="image", image_size=72))
     assert MaskNet(tiny_cfg(image_size=72)).grid == 2  # the crop path does not read image_size
+
+
+@pytest.mark.parametrize("mode,kw", [("crop", {}), ("image", {}), ("crop", {"decoder": "fc"}),
+                                     ("crop", {"encoder": "resnet18", "width": 8})])
+def test_losses_under_bf16_autocast_are_fp32_and_match_fp32(mode, kw):
+    # train.amp=bf16 on CPU: encoder and decoder run in bf16; the logits, the losses and the CRF stay fp32 (with size
+    # classes a small and a medium box write into one buffer; the FC decoder has none) and close to the fp32 run's
+    batch = _batch([[8, 8, 40, 40], [2, 3, 20, 30]], image_size=64)
+    torch.manual_seed(0)
+    model = MAL(tiny_cfg(input=mode, image_size=64, **kw))
+    got = {}
+    for amp in (False, True):
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            got[amp] = {k: v.detach() for k, v in model(batch).items()}
+    for k in ("loss_mil", "loss_crf"):
+        assert got[True][k].dtype == torch.float32 and torch.isfinite(got[True][k])
+        assert abs(float(got[True][k]) - float(got[False][k])) <= 0.05 * abs(float(got[False][k])) + 1e-3, k
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (masks, scores), = model.predict_masks(batch.images, batch.image_sizes, [batch.targets[0].boxes])
+    assert masks.dtype == torch.bool and scores.dtype == torch.float32 and masks.shape == (2, 64, 64)
