@@ -163,8 +163,10 @@ def _shown_command(command: str) -> str:
 
 
 def _variant(overrides: list[str]) -> str:
-    """``, <builder>`` when the overrides choose a model builder (one config, several networks)."""
-    return "".join(f", {o.split('=', 1)[1]}" for o in overrides if o.startswith("model.builder="))
+    """``, <builder>`` when the overrides choose a model builder (one config, several networks); ``, amp <kind>``
+    when they set the training precision."""
+    return "".join(f", {o.split('=', 1)[1]}" if o.startswith("model.builder=") else f", amp {o.split('=', 1)[1]}"
+                   for o in overrides if o.startswith(("model.builder=", "train.amp=")))
 
 
 def recipe_speed_section(results: Path) -> list[str]:

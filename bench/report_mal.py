@@ -65,6 +65,17 @@ def _table(results: Path, table: str) -> dict[str, dict]:
     return recorded_runs(results / "mal" / table)
 
 
+def by_amp(runs: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Runs grouped by their training precision (``amp``: "none" = fp32, the default; "bf16": ``--amp bf16``)."""
+    out: dict[str, dict[str, dict]] = {}
+    for name, r in runs.items():
+        out.setdefault(r.get("amp") or "none", {})[name] = r
+    return out
+
+
+AMP_LABEL = {"none": "fp32", "bf16": "bf16 autocast (`--amp bf16`)"}
+
+
 def planned_runs(driver) -> dict[str, list[str]]:
     """Result folder -> the run names ``driver`` (an experiment module with TABLES, plan, parse_args)
     records there with its defaults (seeds 0 1 2); jobs that record nothing are left out."""
@@ -88,7 +99,8 @@ def _missing(table: str, recorded: dict, plan: dict[str, list[str]]) -> list[str
 
 
 def synth_section(results: Path, plan: dict) -> list[str]:
-    runs = _table(results, "synth")
+    groups = by_amp(_table(results, "synth"))
+    runs = groups.get("none", {})
     out = ["### Synthetic world: pseudo-masks of held-out boxes (`python bench/mal_experiments.py synth --commit`)", "",
            "configs/mal_vits_synth.yaml (ViT-S/16 from the MAE backbone, 128 px crops, attention decoder, θ 1.2): "
            "the labeler segments every exact box of 50 held-out images; mIoU and COCO mask AP against their true "
@@ -107,8 +119,19 @@ def synth_section(results: Path, plan: dict) -> list[str]:
                    f"| {100 * ev.get('mask_AP', float('nan')):.1f} | {100 * ev.get('mask_AP50', float('nan')):.1f} "
                    f"| {100 * ev.get('mask_AP75', float('nan')):.1f} |")
     m = aggregate(runs, "mask_mIoU").get(REFERENCE)
-    return out + ["", f"Goal: MAL mIoU >= {SYNTH_GOAL}: **{goal_verdict(m, SYNTH_GOAL)}**.",
-                  *_missing("synth", runs, plan)]
+    precision = []
+    for amp, other in groups.items():
+        if amp == "none":
+            continue
+        agg = {k: aggregate(other, f"mask_{k}").get(REFERENCE) for k in ("mIoU", "AP", "AP50", "AP75")}
+        seeds = ", ".join(map(str, (agg["mIoU"] or {}).get("seeds", []))) or "none yet"
+        out.append(f"| MAL, {AMP_LABEL.get(amp, amp)} | {seeds} | {_ms(agg['mIoU'])} | {_ms(agg['AP'], True)} "
+                   f"| {_ms(agg['AP50'], True)} | {_ms(agg['AP75'], True)} |")
+        precision.append(f"Precision check, MAL mIoU {AMP_LABEL.get(amp, amp)} vs fp32 (2-std rule, >= 3 seeds "
+                         f"each): **{verdict(agg['mIoU'], m)}** (within noise: its ablations can be judged against "
+                         "its own reference seeds at its speed).")
+    return out + ["", f"Goal: MAL mIoU >= {SYNTH_GOAL}: **{goal_verdict(m, SYNTH_GOAL)}**.", *precision,
+                  *_missing("synth", {**runs, **{n: r for g in groups.values() for n, r in g.items()}}, plan)]
 
 
 def probe_section(results: Path, plan: dict) -> list[str]:
@@ -226,16 +249,29 @@ def ablation_verdicts(values: dict[str, float], filled: float | None, noise: dic
 
 
 def ablations_section(results: Path, plan: dict) -> list[str]:
+    """One table per training precision among the recorded ablations (fp32 when none is recorded), each judged
+    against the synth reference seeds of its own precision."""
+    everything, synth = by_amp(_table(results, "ablations")), by_amp(_table(results, "synth"))
+    out: list[str] = []
+    for amp in sorted(everything) or ["none"]:
+        out += _ablations(everything.get(amp, {}), synth.get(amp, {}), amp)
+    recorded = {n: r for g in everything.values() for n, r in g.items()}
+    return out + ["Ablations score pseudo-mask quality directly (the paper's Tables 3-5 report the retention of a "
+                  "detector retrained on them).", *_missing("ablations", recorded, plan)]
+
+
+def _ablations(runs: dict[str, dict], synth: dict[str, dict], amp: str) -> list[str]:
     import mal_experiments as mx
 
-    runs, synth = _table(results, "ablations"), _table(results, "synth")
     seed = next((int(r["seed"]) for r in runs.values()), 0)
     ref = next((r for r in synth.values() if r.get("row_id") == REFERENCE and int(r["seed"]) == seed), None)
     rows = {r["row_id"]: r for r in runs.values() if int(r["seed"]) == seed}
     if ref:
         rows = {REFERENCE: ref, **rows}
     noise = aggregate(synth, "mask_mIoU").get(REFERENCE)
-    out = [f"### Ablations, one seed (seed {seed}; `python bench/mal_experiments.py ablations --commit`)", "",
+    flag = "" if amp == "none" else f" --amp {amp}"
+    out = [f"### Ablations, one seed (seed {seed}{'' if amp == 'none' else ', ' + AMP_LABEL.get(amp, amp)}; "
+           f"`python bench/mal_experiments.py ablations{flag} --commit`)", "",
            "Each row changes one thing of the reference (attention decoder, MAE ViT-S, 128 px box crops, θ 1.2, EMA "
            "teacher, CRF loss: the synth run of the same seed) and is scored like it (held-out boxes). Single seed: a difference "
            f"counts beyond 2 x the reference's seed std of mIoU ({_ms(noise)} over the synth seeds).", "",
@@ -255,25 +291,28 @@ def ablations_section(results: Path, plan: dict) -> list[str]:
     for v in ablation_verdicts(values, ref.get("filled_box_mIoU") if ref else None, noise):
         out.append(f"| {v['statement']} | {v['better']} {_fmt(v['better_value'], 1, '.3f')} vs {v['baseline']} "
                    f"{_fmt(v['baseline_value'], 1, '.3f')} | **{v['verdict']}** |")
-    return out + ["", "Ablations score pseudo-mask quality directly (the paper's Tables 3-5 report the retention of a "
-                  "detector retrained on them).", *_missing("ablations", runs, plan)]
+    return out + [""]
 
 
 def coco_section(results: Path, plan: dict) -> list[str]:
-    runs = _table(results, "coco_mini")
+    groups = by_amp(_table(results, "coco_mini"))
     out = ["### Real photos: coco-mini (`python bench/mal_experiments.py coco_mini --commit`)", "",
            "MAL trained on the boxes of the 80 coco-mini photos (their masks never read in training), scored on "
            "the boxes whose shorter side is >= 16 px against the true masks.", "",
            "| labeler | seeds | mIoU | mask AP |", "|---|---|---:|---:|"]
-    aggs = {}
-    for label, prefix in (("MAL", "mask"), ("filled box", "filled_box"), ("inscribed ellipse", "ellipse")):
-        aggs[prefix] = aggregate(runs, f"{prefix}_mIoU").get("mal_coco_mini")
-        ap = aggregate(runs, f"{prefix}_AP").get("mal_coco_mini")
-        seeds = ", ".join(map(str, (aggs[prefix] or {}).get("seeds", []))) or "none yet"
-        out.append(f"| {label} | {seeds} | {_ms(aggs[prefix])} | {_ms(ap, True)} |")
-    beat = verdict(aggs["mask"], aggs["ellipse"])
-    return out + ["", f"Goal: mIoU >= {COCO_GOAL}: **{goal_verdict(aggs['mask'], COCO_GOAL)}**; MAL above the "
-                  f"ellipse: **{beat}**.", *_missing("coco_mini", runs, plan)]
+    goals = []
+    for amp in sorted(groups) or ["none"]:
+        runs, tag = groups.get(amp, {}), "" if amp == "none" else f", {AMP_LABEL.get(amp, amp)}"
+        aggs = {}
+        for label, prefix in (("MAL", "mask"), ("filled box", "filled_box"), ("inscribed ellipse", "ellipse")):
+            aggs[prefix] = aggregate(runs, f"{prefix}_mIoU").get("mal_coco_mini")
+            ap = aggregate(runs, f"{prefix}_AP").get("mal_coco_mini")
+            seeds = ", ".join(map(str, (aggs[prefix] or {}).get("seeds", []))) or "none yet"
+            out.append(f"| {label}{tag} | {seeds} | {_ms(aggs[prefix])} | {_ms(ap, True)} |")
+        goals.append(f"Goal{tag}: mIoU >= {COCO_GOAL}: **{goal_verdict(aggs['mask'], COCO_GOAL)}**; MAL above the "
+                     f"ellipse: **{verdict(aggs['mask'], aggs['ellipse'])}**.")
+    recorded = {n: r for g in groups.values() for n, r in g.items()}
+    return out + ["", *goals, *_missing("coco_mini", recorded, plan)]
 
 
 def speed_section(results: Path, plan: dict) -> list[str]:

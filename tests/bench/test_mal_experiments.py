@@ -310,18 +310,68 @@ def test_report_renders_the_whole_image_row_and_its_claim(bench, tmp_path):
     assert "abl_crf_off_s0" in missing and "abl_whole_image_s0" not in missing  # recorded: not listed as missing
 
 
-def test_synth_smoke_records_the_eval_keys_and_never_reruns(tmp_path):
+def test_amp_bf16_names_and_flags_the_mal_runs_of_three_tables_only(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    fp32 = {j["name"]: j for j in mx.plan(_args(mx, tmp_path, "ablations", "--seeds", "3"))}
+    jobs = {j["name"]: j for j in mx.plan(_args(mx, tmp_path, "ablations", "--seeds", "3", "--amp", "bf16"))}
+    assert set(jobs) == {"mae", "synth_bf16_s3"} | {f"abl_{r}_bf16_s3" for r in mx.ABLATIONS}
+    for name, j in jobs.items():
+        if name == "mae":  # the backbone it starts from is the fp32 one
+            assert j == fp32["mae"]
+            continue
+        twin = fp32[name.replace("_bf16", "")]
+        assert sorted(j["overrides"]) == sorted(twin["overrides"] + ["train.amp=bf16"])
+        assert j["amp"] == "bf16" and twin["amp"] == "none"
+        assert j["est_s"] - mx.OVERHEAD_S["mal"] == pytest.approx(0.5 * (twin["est_s"] - mx.OVERHEAD_S["mal"]))
+        assert j["cmd"][-1].endswith(f"/{name}") and j["row"] == twin["row"]
+    assert [j["name"] for j in mx.plan(_args(mx, tmp_path, "coco_mini", "--amp", "bf16"))][-1] == "coco_mini_bf16_s2"
+    for table in ("retention", "speed", "pretrain"):
+        with pytest.raises(SystemExit) as e:
+            _args(mx, tmp_path, table, "--amp", "bf16")
+        assert e.value.code == 2
+
+
+def test_report_keeps_bf16_runs_apart_and_checks_them_against_fp32(bench, tmp_path):
+    mal = tmp_path / "mal"
+    for s, (v, b) in enumerate([(0.70, 0.69), (0.71, 0.70), (0.72, 0.72)]):
+        _record(mal / "synth", f"synth_s{s}", row_id="mal_attention_mae", seed=s, mask_mIoU=v, mask_AP=0.4,
+                filled_box_mIoU=0.60)
+        _record(mal / "synth", f"synth_bf16_s{s}", row_id="mal_attention_mae", seed=s, amp="bf16", mask_mIoU=b,
+                mask_AP=0.4, filled_box_mIoU=0.60)
+    _record(mal / "ablations", "abl_crf_off_s0", row_id="crf_off", seed=0, mask_mIoU=0.66, mask_AP=0.3,
+            filled_box_mIoU=0.60)
+    _record(mal / "ablations", "abl_crf_off_bf16_s0", row_id="crf_off", seed=0, amp="bf16", mask_mIoU=0.60,
+            mask_AP=0.3, filled_box_mIoU=0.60)
+    text = "\n".join(bench["report_mal"].sections(tmp_path))
+    synth = text.split("### Synthetic world")[1].split("###")[0]
+    assert "| MAL (attention, MAE ViT-S) | 0, 1, 2 | 0.710 ± 0.010 |" in synth  # fp32 only
+    assert "| MAL, bf16 autocast (`--amp bf16`) | 0, 1, 2 | 0.703 ± 0.015 |" in synth
+    assert "vs fp32 (2-std rule, >= 3 seeds each): **within noise**" in synth
+    assert "All planned runs recorded." in synth
+    fp32, bf16 = text.split("### Ablations, one seed (seed 0; `")[1], text.split("### Ablations, one seed (seed 0, bf16")[1]
+    fp32 = fp32.split("###")[0]
+    # each judged against its own precision's reference run of the seed: 0.70 - 0.66 and 0.69 - 0.60
+    assert "| CRF loss off (Sec. 3.2) | 0.660 | 30.0 | -0.040 | 0.600 |" in fp32
+    assert "| CRF loss off (Sec. 3.2) | 0.600 | 30.0 | -0.090 | 0.600 |" in bf16
+    assert "(0.703 ± 0.015 over the synth seeds)" in bf16 and "--amp bf16 --commit" in bf16.split("\n")[0]
+    assert "abl_crf_off_s0" not in text.split("Missing")[-2]  # the fp32 plan: recorded, not listed as missing
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_synth_smoke_records_the_eval_keys_and_never_reruns(tmp_path, amp):
     cmd = [sys.executable, str(ROOT / "bench" / "mal_experiments.py"), "synth", "--config",
            str(ROOT / "configs" / "mal_smoke.yaml"), "--backbone", "", "--iters", "2", "--seeds", "0",
-           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--parallel", "1"]
+           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--parallel", "1", "--amp", amp]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
     assert first.returncode == 0, first.stdout + first.stderr
-    r = json.loads((tmp_path / "results" / "synth" / "synth_s0.json").read_text())
+    name = "synth_s0" if amp == "none" else f"synth_{amp}_s0"
+    r = json.loads((tmp_path / "results" / "synth" / f"{name}.json").read_text())
     for key in ("mask_mIoU", "mask_AP", "filled_box_mIoU", "filled_box_AP", "ellipse_mIoU", "ellipse_AP"):
         assert 0.0 <= r[key] <= 1.0, key
-    assert (r["seed"], r["iters"], r["table"], r["row_id"]) == (0, 2, "synth", "mal_attention_mae")
+    assert (r["seed"], r["iters"], r["table"], r["row_id"], r["amp"]) == (0, 2, "synth", "mal_attention_mae", amp)
     assert "configs/mal_smoke.yaml" in r["command"] and "train.max_iter=2" in r["command"] and r["wall_s"] > 0
+    assert ("train.amp=bf16" in r["command"]) == (amp == "bf16")
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert again.returncode == 0 and "1 recorded, 0 job(s) to run" in again.stdout
     assert "[start]" not in again.stdout

@@ -94,7 +94,8 @@ def test_smoke_run_writes_sane_json(recipe_speed, tmp_path, capsys, name, recipe
     assert section[-2].startswith(f"| 1 | {r['s_per_iter']:.3f} | ") and "--out" not in section[2]
 
 
-def test_section_names_the_builder_an_override_chooses(bench):
+def test_section_names_the_builder_and_the_precision_an_override_chooses(bench):
     variant = bench["recipe_speed"]._variant
     assert variant(["model.width=64", "model.builder=maskx_rcnn_r50_fpn"]) == ", maskx_rcnn_r50_fpn"
     assert variant(["model.width=64"]) == ""
+    assert variant(["train.amp=bf16", "model.builder=b"]) == ", amp bf16, b"  # in override order
