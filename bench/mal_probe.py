@@ -103,6 +103,8 @@ def crf_study(truth: dict, scored: list, images: Path, boxes: int, seed: int = 0
 
     files = {i["id"]: i["file_name"] for i in truth["images"]}
     usable = [k for k, (a, _, _) in enumerate(scored) if min(a["bbox"][2:]) >= 2]
+    if not usable:
+        raise SystemExit("--crf: no scored box with both sides >= 2 px")
     pick = sorted(np.random.default_rng(seed).choice(len(usable), min(boxes, len(usable)), replace=False).tolist())
     crops, true, label, box, valid = [], [], [], [], []
     for k in pick:
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     truth = read_json(args.truth)
     scored = pairs(truth, read_json(args.labels))
     res = breakdown(truth, scored)
+    if args.crf:  # first: a user error in it leaves no half-printed breakdown behind
+        res["crf"] = crf_study(truth, scored, args.images, args.crf)
     print(f"{res['all'].get('n', 0)} boxes scored: mIoU {res['all'].get('mIoU', float('nan')):.3f}, "
           f"filled box {res['all'].get('filled_box', float('nan')):.3f}")
     for title, table in (("box long side (px)", res["long_side"]), ("category", res["category"])):
@@ -205,7 +209,6 @@ def main(argv: list[str] | None = None) -> None:
         picture(truth, scored, args.images, args.png, args.min_side, args.tiles)
         print(f"\nwrote {args.png}")
     if args.crf:
-        res["crf"] = crf_study(truth, scored, args.images, args.crf)
         print(f"\nCRF refinement (Eq. 3-5) on {res['crf']['boxes']} boxes, mIoU with the true mask in the crop:\n"
               + crf_table(res["crf"]))
     if args.out:

@@ -91,3 +91,13 @@ def test_crf_study_cli_needs_images(bench_error, tmp_path):
     _files(tmp_path)
     assert bench_error("mal_probe", str(tmp_path / "t.json"), str(tmp_path / "l.json"), "--crf", "3") \
         == "--crf needs --images"
+
+
+def test_crf_study_without_a_usable_box_is_one_line(bench_error, tmp_path):
+    _files(tmp_path)
+    truth = json.loads((tmp_path / "t.json").read_text())  # both scored boxes shrunk below the 2 px rule
+    for a in truth["annotations"]:
+        a["bbox"] = [0, 0, 1, 1]
+    (tmp_path / "t.json").write_text(json.dumps(truth))
+    assert bench_error("mal_probe", str(tmp_path / "t.json"), str(tmp_path / "l.json"), "--images", str(tmp_path),
+                       "--crf", "3") == "--crf: no scored box with both sides >= 2 px"
