@@ -258,15 +258,19 @@ def test_report_renders_mean_std_goals_and_missing_runs(bench, tmp_path):
         _record(mal / "synth", f"synth_s{s}", row_id="mal_attention_mae", seed=s, mask_mIoU=v, mask_AP=v / 2,
                 filled_box_mIoU=0.60, ellipse_mIoU=0.65)
     for s, (a, t) in enumerate([(0.24, 0.25), (0.2375, 0.25), (0.2425, 0.25)]):
-        _record(mal / "retention", f"ret_mrcnn_mal_s{s}", row_id="mrcnn_mal_masks", seed=s, mask_AP=a, box_AP=0.3)
-        _record(mal / "retention", f"ret_mrcnn_true_s{s}", row_id="mrcnn_true_masks", seed=s, mask_AP=t, box_AP=0.3)
+        at = {"mask_AP50": 0.45, "mask_AP75": 0.1 * (s + 1)} if s < 2 else {}  # seed 2: not recorded
+        _record(mal / "retention", f"ret_mrcnn_mal_s{s}", row_id="mrcnn_mal_masks", seed=s, mask_AP=a, box_AP=0.3,
+                **at)
+        _record(mal / "retention", f"ret_mrcnn_true_s{s}", row_id="mrcnn_true_masks", seed=s, mask_AP=t, box_AP=0.3,
+                mask_AP50=0.5, mask_AP75=0.4)
     _record(mal / "retention", "ret_autolabel_s0", row_id="autolabel", seed=0, train_boxes_mIoU=0.875)
     text = "\n".join(bench["report_mal"].sections(tmp_path))
     assert "| MAL (attention, MAE ViT-S) | 0, 1, 2 | 0.910 ± 0.010 | 45.5 ± 0.5 |" in text
     assert "| filled box | 0, 1, 2 | 0.600 ± 0.000 |" in text
     assert "Goal: MAL mIoU >= 0.85: **met**" in text  # 0.06 above the goal > 2 x 0.01
-    assert "| 0 | 0.875 | 24.0 | 25.0 | 30.0 / 30.0 | 96.0% |" in text
-    assert "| mean ± std | 0.875 (1 seed) | 24.0 ± 0.3 | 25.0 ± 0.0 | | 96.0 ± 1.0% |" in text
+    assert "| 0 | 0.875 | 24.0 | 25.0 | 30.0 / 30.0 | 96.0% | 90.0% / 25.0% |" in text  # 0.45 / 0.5, 0.1 / 0.4
+    assert "| 2 | – | 24.2 | 25.0 | 30.0 / 30.0 | 97.0% | – / – |" in text
+    assert "| mean ± std | 0.875 (1 seed) | 24.0 ± 0.3 | 25.0 ± 0.0 | | 96.0 ± 1.0% | 90.0 ± 0.0% / 37.5 ± 17.7% |" in text
     assert "Retention goal >= 95%: **within noise of the goal**; floor >= 90%: **met**" in text
     assert "Missing (2): ret_autolabel_s1, ret_autolabel_s2." in text
     synth_part = text.split("### Synthetic world")[1].split("###")[0]
