@@ -106,30 +106,29 @@ def synth_section(results: Path, plan: dict) -> list[str]:
            "the labeler segments every exact box of 50 held-out images; mIoU and COCO mask AP against their true "
            "masks, next to the filled box and the inscribed ellipse on the same boxes.", "",
            "| labeler | seeds | mIoU | mask AP | AP50 | AP75 |", "|---|---|---:|---:|---:|---:|"]
-    for label, prefix in (("MAL (attention, MAE ViT-S)", "mask"), ("filled box", "filled_box"),
-                          ("inscribed ellipse", "ellipse")):
-        agg = {m: aggregate(runs, f"{prefix}_{m}").get(REFERENCE) for m in ("mIoU", "AP", "AP50", "AP75")}
+    def row(label: str, rows: dict[str, dict], prefix: str) -> str:
+        agg = {m: aggregate(rows, f"{prefix}_{m}").get(REFERENCE) for m in ("mIoU", "AP", "AP50", "AP75")}
         seeds = ", ".join(map(str, (agg["mIoU"] or {}).get("seeds", []))) or "none yet"
-        out.append(f"| {label} | {seeds} | {_ms(agg['mIoU'])} | {_ms(agg['AP'], True)} | {_ms(agg['AP50'], True)} "
-                   f"| {_ms(agg['AP75'], True)} |")
+        return (f"| {label} | {seeds} | {_ms(agg['mIoU'])} | {_ms(agg['AP'], True)} | {_ms(agg['AP50'], True)} "
+                f"| {_ms(agg['AP75'], True)} |")
+
+    m = aggregate(runs, "mask_mIoU").get(REFERENCE)
+    out.append(row("MAL (attention, MAE ViT-S)", runs, "mask"))
+    precision = []
+    for amp, other in groups.items():  # each other training precision right under the fp32 row
+        if amp == "none":
+            continue
+        out.append(row(f"MAL, {AMP_LABEL.get(amp, amp)}", other, "mask"))
+        precision.append(f"Precision check, MAL mIoU {AMP_LABEL.get(amp, amp)} vs fp32 (2-std rule, >= 3 seeds "
+                         f"each): **{verdict(aggregate(other, 'mask_mIoU').get(REFERENCE), m)}** (within noise: its "
+                         "ablations can be judged against its own reference seeds at its speed).")
+    out += [row("filled box", runs, "filled_box"), row("inscribed ellipse", runs, "ellipse")]
     toy = results / "box_to_mask_train.json"
     if toy.is_file():
         ev = json.loads(toy.read_text(encoding="utf-8")).get("eval", {})
         out.append(f"| `box_to_mask` toy (trained on true masks; 1 run, bench/results/box_to_mask_train.json) | – | – "
                    f"| {100 * ev.get('mask_AP', float('nan')):.1f} | {100 * ev.get('mask_AP50', float('nan')):.1f} "
                    f"| {100 * ev.get('mask_AP75', float('nan')):.1f} |")
-    m = aggregate(runs, "mask_mIoU").get(REFERENCE)
-    precision = []
-    for amp, other in groups.items():
-        if amp == "none":
-            continue
-        agg = {k: aggregate(other, f"mask_{k}").get(REFERENCE) for k in ("mIoU", "AP", "AP50", "AP75")}
-        seeds = ", ".join(map(str, (agg["mIoU"] or {}).get("seeds", []))) or "none yet"
-        out.append(f"| MAL, {AMP_LABEL.get(amp, amp)} | {seeds} | {_ms(agg['mIoU'])} | {_ms(agg['AP'], True)} "
-                   f"| {_ms(agg['AP50'], True)} | {_ms(agg['AP75'], True)} |")
-        precision.append(f"Precision check, MAL mIoU {AMP_LABEL.get(amp, amp)} vs fp32 (2-std rule, >= 3 seeds "
-                         f"each): **{verdict(agg['mIoU'], m)}** (within noise: its ablations can be judged against "
-                         "its own reference seeds at its speed).")
     return out + ["", f"Goal: MAL mIoU >= {SYNTH_GOAL}: **{goal_verdict(m, SYNTH_GOAL)}**.", *precision,
                   *_missing("synth", {**runs, **{n: r for g in groups.values() for n, r in g.items()}}, plan)]
 
