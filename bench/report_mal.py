@@ -120,8 +120,8 @@ def synth_section(results: Path, plan: dict) -> list[str]:
             continue
         out.append(row(f"MAL, {AMP_LABEL.get(amp, amp)}", other, "mask"))
         precision.append(f"Precision check, MAL mIoU {AMP_LABEL.get(amp, amp)} vs fp32 (2-std rule, >= 3 seeds "
-                         f"each): **{verdict(aggregate(other, 'mask_mIoU').get(REFERENCE), m)}** (within noise: its "
-                         "ablations can be judged against its own reference seeds at its speed).")
+                         f"each): **{verdict(aggregate(other, 'mask_mIoU').get(REFERENCE), m)}** (if within noise, ablations "
+                         "trained the same way are judged against these seeds, at their speed).")
     out += [row("filled box", runs, "filled_box"), row("inscribed ellipse", runs, "ellipse")]
     toy = results / "box_to_mask_train.json"
     if toy.is_file():
