@@ -33,6 +33,10 @@ ABLATION_CLAIMS = [
 ]
 
 
+#: the θ rows of the ablation table (Table 5's sweep without the reference's 1.2)
+THETA_ROWS = ("theta_0", "theta_0.6", "theta_1.0", "theta_1.6")
+
+
 def _ms(s: dict | None, pct: bool = False) -> str:
     if not s:
         return "–"
@@ -241,9 +245,9 @@ def ablation_verdicts(values: dict[str, float], filled: float | None, noise: dic
     reference's stats over seeds; 'incomplete' below 3 seeds or without both rows)."""
     out = []
     for better, base, kind, text in ABLATION_CLAIMS:
-        if kind == "best":
+        if kind == "best":  # judged once every θ row is in (best of a partial sweep is no claim)
             thetas = {r: v for r, v in values.items() if r.startswith("theta_")}
-            base = max(thetas, key=thetas.get) if thetas else "theta_*"
+            base = max(thetas, key=thetas.get) if len(thetas) == len(THETA_ROWS) else "theta_*"
         a, b = values.get(better), values.get(base)
         if a is None or b is None or not noise or noise["n"] < 3:
             v = "incomplete"

@@ -289,7 +289,10 @@ def test_ablation_verdicts_use_the_reference_seed_noise(bench):
     assert got["MAE pretraining > none for the ViT"] == ("encoder_vit_scratch", "within noise")
     assert got["MAE ViT > ResNet"] == ("encoder_resnet18", "incomplete")          # not run
     assert got["θ = 0"] == ("theta_0", "reproduced")                               # 0.70 is nearer 0.68 than 0.90 is
-    assert got["θ = 1.2 is the best expansion bound"] == ("theta_1.6", "within noise")
+    assert got["θ = 1.2 is the best expansion bound"] == ("theta_*", "incomplete")  # θ 1.0 not run
+    full = {v["statement"]: (v["baseline"], v["verdict"]) for v in rm.ablation_verdicts({**values, "theta_1.0": 0.8},
+                                                                                       0.68, noise)}
+    assert full["θ = 1.2 is the best expansion bound (Table 5)"] == ("theta_1.6", "within noise")
     assert got["EMA teacher on ≈ off at ViT-Small"] == ("ema_off", "not reproduced")
     assert got["the CRF loss helps"] == ("crf_off", "incomplete")
     far = {v["baseline"]: v["verdict"] for v in rm.ablation_verdicts(values, 0.95, noise)}
