@@ -8,8 +8,8 @@ optionally a picture of random boxes (image | true mask | label) to look at.
 ``--crf N`` (needs ``--images``) asks what MAL's CRF pseudo-label can teach: for N random scored boxes, each cropped
 as the labeler crops it at test time (128 px, θ_test 0.6), the mean-field refinement of its CRF loss
 (omniseg.ops.crf_loss.crf_refine, Eq. 3-5, Algorithm 1, inside the box) is run on a soft version of three masks --
-the filled box, the label and the true mask (probability ``CRF_P`` on the mask, 1 - ``CRF_P`` off it, 0 outside
-the box) -- at the paper's ω = 2 and ζ in ``CRF_ZETAS`` (0.5 is the paper's), and each is scored by its mIoU with
+the filled box, the label and the true mask (probability p on the mask, 1 - p off it, 0 outside the box; p in
+``CRF_PS``) -- at the paper's ω = 2 and ζ in ``CRF_ZETAS`` (0.5 is the paper's), and each is scored by its mIoU with
 the true mask in the crop before and after. Training on Eq. 5 pulls the labeler towards the refined label, so
 what the refinement adds to a wrong shape bounds the shape MIL + CRF training can find.
 

@@ -33,10 +33,6 @@ ABLATION_CLAIMS = [
 ]
 
 
-#: the θ rows of the ablation table (Table 5's sweep without the reference's 1.2)
-THETA_ROWS = ("theta_0", "theta_0.6", "theta_1.0", "theta_1.6")
-
-
 def _ms(s: dict | None, pct: bool = False) -> str:
     if not s:
         return "–"
@@ -103,7 +99,8 @@ def _missing(table: str, recorded: dict, plan: dict[str, list[str]]) -> list[str
 
 
 def synth_section(results: Path, plan: dict) -> list[str]:
-    groups = by_amp(_table(results, "synth"))
+    recorded = _table(results, "synth")
+    groups = by_amp(recorded)
     runs = groups.get("none", {})
     out = ["### Synthetic world: pseudo-masks of held-out boxes (`python bench/mal_experiments.py synth --commit`)", "",
            "configs/mal_vits_synth.yaml (ViT-S/16 from the MAE backbone, 128 px crops, attention decoder, θ 1.2): "
@@ -134,7 +131,7 @@ def synth_section(results: Path, plan: dict) -> list[str]:
                    f"| {100 * ev.get('mask_AP', float('nan')):.1f} | {100 * ev.get('mask_AP50', float('nan')):.1f} "
                    f"| {100 * ev.get('mask_AP75', float('nan')):.1f} |")
     return out + ["", f"Goal: MAL mIoU >= {SYNTH_GOAL}: **{goal_verdict(m, SYNTH_GOAL)}**.", *precision,
-                  *_missing("synth", {**runs, **{n: r for g in groups.values() for n, r in g.items()}}, plan)]
+                  *_missing("synth", recorded, plan)]
 
 
 def probe_section(results: Path, plan: dict) -> list[str]:
@@ -243,11 +240,14 @@ def _fmt(v: float | None, k: float = 100, f: str = ".1f") -> str:
 def ablation_verdicts(values: dict[str, float], filled: float | None, noise: dict | None) -> list[dict]:
     """Each ablation claim with its verdict: one-seed values (row -> mIoU) compared with ``noise`` (the
     reference's stats over seeds; 'incomplete' below 3 seeds or without both rows)."""
+    import mal_experiments as mx
+
+    sweep = sum(r.startswith("theta_") for r in mx.ABLATIONS)  # the θ rows the driver plans
     out = []
     for better, base, kind, text in ABLATION_CLAIMS:
         if kind == "best":  # judged once every θ row is in (best of a partial sweep is no claim)
             thetas = {r: v for r, v in values.items() if r.startswith("theta_")}
-            base = max(thetas, key=thetas.get) if len(thetas) == len(THETA_ROWS) else "theta_*"
+            base = max(thetas, key=thetas.get) if len(thetas) == sweep else "theta_*"
         a, b = values.get(better), values.get(base)
         if a is None or b is None or not noise or noise["n"] < 3:
             v = "incomplete"
@@ -265,11 +265,11 @@ def ablation_verdicts(values: dict[str, float], filled: float | None, noise: dic
 def ablations_section(results: Path, plan: dict) -> list[str]:
     """One table per training precision among the recorded ablations (fp32 when none is recorded), each judged
     against the synth reference seeds of its own precision."""
-    everything, synth = by_amp(_table(results, "ablations")), by_amp(_table(results, "synth"))
+    recorded = _table(results, "ablations")
+    everything, synth = by_amp(recorded), by_amp(_table(results, "synth"))
     out: list[str] = []
     for amp in sorted(everything) or ["none"]:
         out += _ablations(everything.get(amp, {}), synth.get(amp, {}), amp)
-    recorded = {n: r for g in everything.values() for n, r in g.items()}
     return out + ["Ablations score pseudo-mask quality directly (the paper's Tables 3-5 report the retention of a "
                   "detector retrained on them).", *_missing("ablations", recorded, plan)]
 
@@ -309,7 +309,8 @@ def _ablations(runs: dict[str, dict], synth: dict[str, dict], amp: str) -> list[
 
 
 def coco_section(results: Path, plan: dict) -> list[str]:
-    groups = by_amp(_table(results, "coco_mini"))
+    recorded = _table(results, "coco_mini")
+    groups = by_amp(recorded)
     out = ["### Real photos: coco-mini (`python bench/mal_experiments.py coco_mini --commit`)", "",
            "MAL trained on the boxes of the 80 coco-mini photos (their masks never read in training), scored on "
            "the boxes whose shorter side is >= 16 px against the true masks.", "",
@@ -325,7 +326,6 @@ def coco_section(results: Path, plan: dict) -> list[str]:
             out.append(f"| {label}{tag} | {seeds} | {_ms(aggs[prefix])} | {_ms(ap, True)} |")
         goals.append(f"Goal{tag}: mIoU >= {COCO_GOAL}: **{goal_verdict(aggs['mask'], COCO_GOAL)}**; MAL above the "
                      f"ellipse: **{verdict(aggs['mask'], aggs['ellipse'])}**.")
-    recorded = {n: r for g in groups.values() for n, r in g.items()}
     return out + ["", *goals, *_missing("coco_mini", recorded, plan)]
 
 
