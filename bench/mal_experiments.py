@@ -365,8 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="synth / ablations / coco_mini: train the MAL runs under bf16 autocast (module docstring)")
     args = ap.parse_args(argv)
     if args.amp != "none" and args.table not in ("synth", "ablations", "coco_mini"):
-        ap.error(f"--amp {args.amp}: only the synth, ablations and coco_mini tables (the retention labels, the MAE "
-                 "backbone and the speed table are fp32)")
+        raise SystemExit(f"--amp {args.amp}: only the synth, ablations and coco_mini tables (the retention labels, "
+                         "the MAE backbone and the speed table are fp32)")
     return args
 
 
