@@ -1,5 +1,6 @@
 """Where box-to-mask labels lose IoU: the mean IoU of labelled masks (``omniseg autolabel`` output) with the true
-masks, by the box's long side and by category, next to the filled box's IoU (mask area / box area), and
+masks, by the box's long side and by category, next to the same labels clipped to their box (the labeler pastes
+its expanded crop back, so a label can spill outside the box) and the filled box's IoU (mask area / box area), and
 optionally a picture of random boxes (image | true mask | label) to look at.
 
     python bench/mal_probe.py TRUTH.json LABELS.json [--images DIR --png out.png --min-side 40 --tiles 16]
@@ -61,23 +62,38 @@ def pairs(truth: dict, labels: dict) -> list[tuple[dict, dict, float]]:
     return out
 
 
+def clipped(truth_rle: dict, label_rle: dict, bbox: list[float]) -> tuple[float, float]:
+    """(IoU with the true mask of the label clipped to its box, the share of the label's area outside the box);
+    box pixels as the filled-box baseline counts them (centres inside, rounded edges)."""
+    from omniseg.ops.rle import normalize_rle, rle_decode
+    from omniseg.recipes.mal import filled_box_mask
+
+    t, m = (rle_decode(normalize_rle(r)).astype(bool) for r in (truth_rle, label_rle))
+    x, y, w, h = bbox
+    box = filled_box_mask((x, y, x + w, y + h), *m.shape).astype(bool)
+    inside, union = m & box, (m & box) | t
+    return float((inside & t).sum() / union.sum()) if union.any() else 1.0, float((m & ~box).sum() / max(m.sum(), 1))
+
+
 def breakdown(truth: dict, scored: list[tuple[dict, dict, float]]) -> dict:
-    """mIoU and filled-box IoU overall, per long-side bin and per category name."""
+    """mIoU, mIoU of the labels clipped to their boxes, the share of label area outside the box and the
+    filled-box IoU, overall, per long-side bin and per category name."""
     from omniseg.ops.rle import normalize_rle, rle_area
 
     names = {c["id"]: c["name"] for c in truth.get("categories", [])}
 
-    def agg(rows: list[tuple[float, float]]) -> dict:
+    def agg(rows: list[tuple[float, ...]]) -> dict:
         n = len(rows)
-        return {"n": n, "mIoU": sum(r[0] for r in rows) / n, "filled_box": sum(r[1] for r in rows) / n}
+        return {"n": n, **{k: sum(r[i] for r in rows) / n
+                           for i, k in enumerate(("mIoU", "filled_box", "clipped_mIoU", "outside_box"))}}
 
-    allr: list[tuple[float, float]] = []
+    allr: list[tuple[float, ...]] = []
     bins: dict[str, list] = {}
     cats: dict[str, list] = {}
-    for a, _, iou in scored:
+    for a, b, iou in scored:
         w, h = a["bbox"][2], a["bbox"][3]
         fill = rle_area(normalize_rle(a["segmentation"])) / max(w * h, 1e-9)
-        row = (iou, min(fill, 1.0))
+        row = (iou, min(fill, 1.0), *clipped(a["segmentation"], b["segmentation"], a["bbox"]))
         allr.append(row)
         side = max(w, h)
         lo = max(b for b in BINS if b <= side)
@@ -199,12 +215,15 @@ def main(argv: list[str] | None = None) -> None:
     res = breakdown(truth, scored)
     if args.crf:  # first: a user error in it leaves no half-printed breakdown behind
         res["crf"] = crf_study(truth, scored, args.images, args.crf)
-    print(f"{res['all'].get('n', 0)} boxes scored: mIoU {res['all'].get('mIoU', float('nan')):.3f}, "
-          f"filled box {res['all'].get('filled_box', float('nan')):.3f}")
+    nan = float("nan")
+    print(f"{res['all'].get('n', 0)} boxes scored: mIoU {res['all'].get('mIoU', nan):.3f} (clipped to the box "
+          f"{res['all'].get('clipped_mIoU', nan):.3f}), filled box {res['all'].get('filled_box', nan):.3f}")
     for title, table in (("box long side (px)", res["long_side"]), ("category", res["category"])):
-        print(f"\n| {title} | boxes | mIoU | filled box |\n|---|---:|---:|---:|")
+        print(f"\n| {title} | boxes | mIoU | clipped to box | label area outside box | filled box |"
+              "\n|---|---:|---:|---:|---:|---:|")
         for k, v in table.items():
-            print(f"| {k} | {v['n']} | {v['mIoU']:.3f} | {v['filled_box']:.3f} |")
+            print(f"| {k} | {v['n']} | {v['mIoU']:.3f} | {v['clipped_mIoU']:.3f} | {100 * v['outside_box']:.1f}% "
+                  f"| {v['filled_box']:.3f} |")
     if args.png:
         picture(truth, scored, args.images, args.png, args.min_side, args.tiles)
         print(f"\nwrote {args.png}")

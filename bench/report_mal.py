@@ -143,15 +143,41 @@ def probe_section(results: Path, plan: dict) -> list[str]:
                 f"true masks by the box's long side, next to the filled box (mask area / box area); "
                 f"{d['all']['n']} boxes, mIoU {d['all']['mIoU']:.3f} (filled box {d['all']['filled_box']:.3f}). "
                 "The labeler sees every box as a 128 px crop of 8 x 8 ViT-S/16 tokens, so a token spans 1/8 of the "
-                "box: the larger the box, the coarser its label in image pixels.", "",
-                "| box long side (px) | boxes | label mIoU | filled box |", "|---|---:|---:|---:|"]
-        out += [f"| {k} | {v['n']} | {v['mIoU']:.3f} | {v['filled_box']:.3f} |" for k, v in d["long_side"].items()]
+                "box: the larger the box, the coarser its label in image pixels. The labeler pastes its expanded "
+                "crop back, so a label can spill outside its box; 'clipped' scores it cut to the box"
+                + (f" (all boxes: {d['all']['clipped_mIoU']:.3f})." if "clipped_mIoU" in d["all"] else "."), "",
+                "| box long side (px) | boxes | label mIoU | clipped to box | label area outside box | filled box |",
+                "|---|---:|---:|---:|---:|---:|"]
+        out += [f"| {k} | {v['n']} | {v['mIoU']:.3f} | {_fmt(v.get('clipped_mIoU'), 1, '.3f')} "
+                f"| {_fmt(v.get('outside_box'))}{'%' if 'outside_box' in v else ''} | {v['filled_box']:.3f} |"
+                for k, v in d["long_side"].items()]
+        out += shape_lines(d.get("category", {}))
         if d.get("png"):
             out += ["", f"![{path.stem}: crop | true mask | label]({d['png']})"]
         if d.get("crf"):
             out += ["", *crf_probe_lines(d["crf"])]
         out.append("")
     return out
+
+
+def shape_lines(categories: dict[str, dict]) -> list[str]:
+    """The per-category breakdown pooled by shape (the synthetic world's category names are '<colour> <shape>';
+    box-weighted), worst label mIoU first; nothing for other names."""
+    pooled: dict[str, dict[str, float]] = {}
+    for name, v in categories.items():
+        words = name.split()
+        if len(words) != 2 or "clipped_mIoU" not in v:
+            return []
+        acc = pooled.setdefault(words[1], {"n": 0, "mIoU": 0.0, "clipped_mIoU": 0.0, "filled_box": 0.0})
+        acc["n"] += v["n"]
+        for k in ("mIoU", "clipped_mIoU", "filled_box"):
+            acc[k] += v[k] * v["n"]
+    out = ["", "By shape (categories pooled over colours, lowest label mIoU first): a box bounds an object but says "
+           "nothing of its holes (ring) or concavities (crescent, star, cross); convex shapes have neither.", "", "| shape | boxes | label mIoU | clipped to box | filled box |", "|---|---:|---:|---:|---:|"]
+    for shape, a in sorted(pooled.items(), key=lambda kv: kv[1]["mIoU"] / kv[1]["n"]):
+        n = a["n"]
+        out.append(f"| {shape} | {n:.0f} | {a['mIoU'] / n:.3f} | {a['clipped_mIoU'] / n:.3f} | {a['filled_box'] / n:.3f} |")
+    return out if pooled else []
 
 
 def crf_probe_lines(crf: dict) -> list[str]:

@@ -155,12 +155,31 @@ def test_probe_section_renders_the_long_side_table(bench, tmp_path):
     rec = {"command": "python bench/mal_probe.py t l", "png": "x.png", "all": {"n": 3, "mIoU": 0.5, "filled_box": 0.25},
            "long_side": {"0-8": {"n": 2, "mIoU": 0.75, "filled_box": 0.375}, ">=64": {"n": 1, "mIoU": 0.0,
                                                                                       "filled_box": 0.0}}}
-    (folder / "run_s0.json").write_text(json.dumps(rec))
+    (folder / "run_s0.json").write_text(json.dumps(rec))  # a record from before the clipped columns
+    clip = {"clipped_mIoU": 0.8, "outside_box": 0.04}
+    new = {**rec, "png": None, "all": {**rec["all"], "clipped_mIoU": 0.55, "outside_box": 0.03},
+           "long_side": {"0-8": {**rec["long_side"]["0-8"], **clip}}}
+    (folder / "run_s1.json").write_text(json.dumps(new))
     lines = bench["report_mal"].probe_section(tmp_path, {})
     assert lines[0] == "#### Where the labels lose IoU: run_s0"
-    assert "| 0-8 | 2 | 0.750 | 0.375 |" in lines and "| >=64 | 1 | 0.000 | 0.000 |" in lines
+    assert "| 0-8 | 2 | 0.750 | – | – | 0.375 |" in lines and "| >=64 | 1 | 0.000 | – | – | 0.000 |" in lines
     assert "![run_s0: crop | true mask | label](x.png)" in lines and "3 boxes, mIoU 0.500" in lines[2]
+    s1 = lines[lines.index("#### Where the labels lose IoU: run_s1"):]
+    assert "| 0-8 | 2 | 0.750 | 0.800 | 4.0% | 0.375 |" in s1 and "(all boxes: 0.550)." in s1[2]
+    assert not any(line.startswith("By shape") for line in s1)  # no category breakdown in the record
     assert bench["report_mal"].probe_section(tmp_path / "none", {}) == []
+
+
+def test_shape_lines_pool_colours_box_weighted(bench):
+    rm = bench["report_mal"]
+    cats = {"red ring": {"n": 1, "mIoU": 0.5, "clipped_mIoU": 0.6, "filled_box": 0.5},
+            "blue ring": {"n": 3, "mIoU": 0.7, "clipped_mIoU": 0.8, "filled_box": 0.5},
+            "red circle": {"n": 2, "mIoU": 0.9, "clipped_mIoU": 0.9, "filled_box": 0.8}}
+    lines = rm.shape_lines(cats)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| shape")]
+    assert rows == ["| ring | 4 | 0.650 | 0.750 | 0.500 |", "| circle | 2 | 0.900 | 0.900 | 0.800 |"]  # worst first
+    assert rm.shape_lines({"person": {"n": 1, "mIoU": 0.5, "clipped_mIoU": 0.5, "filled_box": 0.4}}) == []
+    assert rm.shape_lines({"red ring": {"n": 1, "mIoU": 0.5, "filled_box": 0.5}}) == []  # an older record
 
 
 def _crf(box_after: float, true_after: float) -> dict:
