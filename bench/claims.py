@@ -206,6 +206,15 @@ def verdict(better: dict | None, baseline: dict | None, min_seeds: int = 3) -> s
     return "reproduced" if diff > noise else "not reproduced" if diff < -noise else "within noise"
 
 
+def verdict_so_far(better: dict | None, baseline: dict | None, floor: float) -> str | None:
+    """Before both rows have 3 seeds: the same rule on the seeds there are, each row's std floored at ``floor``
+    (the reference configuration's seed std) -- a hint, never a verdict; None while a row has no seed."""
+    if not better or not baseline:
+        return None
+    return verdict({**better, "std": max(better["std"], floor)}, {**baseline, "std": max(baseline["std"], floor)},
+                   min_seeds=1)
+
+
 def verdicts(results_root: Path = RESULTS) -> list[dict]:
     """Every claim with both rows' mean +- std and its verdict, from the recorded results."""
     out = []

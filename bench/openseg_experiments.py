@@ -14,13 +14,13 @@ Tables (``report_openseg.py`` renders them):
   ``openseg_rescore_s<seed>``, no training): "no proposals at inference" (``model.inference=pixels``, Sec. 4.4:
   F_z . w per pixel) and the GT-mask upper bound (the ground-truth segments as the proposals, their region
   features z = mask-weighted mean of the model's F_z, exactly as for its own proposals, Sec. 3.2).
-* ``ablations`` (one seed): caption words all / noun+adj+verb (``model.words``; Table 3); the noun+adj reference
-  is the ``synth`` run of the same seed. With narratives pseudo-labels (Sec. 3.3, 4.3): a teacher trained with
+* ``ablations`` (every row over the seeds, seed by seed: each is a paper claim): caption words all / noun+adj+verb (``model.words``; Table 3); the noun+adj reference
+  is the ``synth`` OpenSeg row (same seeds). With narratives pseudo-labels (Sec. 3.3, 4.3): a teacher trained with
   L_S only (``model.grounding_weight=0``, job ``abl_narratives_teacher_s<seed>``), then the student (job
   ``abl_narratives_s<seed>``, after the teacher) on the same masked images plus ``--caption-only`` caption-only
   images (their narratives as captions) masked by the teacher's pseudo masks, trained twice as many iterations
   (Sec. 4.1: 30k steps on COCO, 60k on COCO + Loc. Narr., sources drawn with equal probability); the "without
-  narratives" reference is the ``synth`` OpenSeg run of the same seed.
+  narratives" reference is the ``synth`` OpenSeg row too.
 * ``coco_mini``: OpenSeg on the captions + class-agnostic masks of 60 of the 80 coco-mini photos (sorted image
   ids, first 60), grounding mIoU on the other 20 (things only: coco-mini has no panoptic stuff); semantic overlays
   of 5 held-out photos (first seed) are written next to the results, downscaled to <= 320 px.
@@ -52,7 +52,7 @@ S_PER = {"openseg": 2.85, "lseg": 2.85, "align": 2.85, "coco": 3.5}
 #: start-up + final evaluation (50 images x 3 vocabularies + recall), re-scoring (2 passes), coco overlays, the
 #: teacher's pseudo masks of the --caption-only images (a guess: ~0.4 s an image)
 OVERHEAD_S = {"train": 90, "rescore": 150, "coco": 120, "pseudo_per_image": 0.4}
-#: row -> (label, overrides) of the one-seed ablations; the reference (noun_adj) is synth's OpenSeg run
+#: row -> (label, overrides) of the ablations; the reference (noun_adj) is synth's OpenSeg row
 ABLATIONS = {
     "words_all": ("caption words: all (Table 3)", ["model.words=all"]),
     "words_noun_adj_verb": ("caption words: nouns + adjectives + verbs (Table 3)", ["model.words=noun_adj_verb"]),
@@ -102,6 +102,20 @@ def coco_overrides(args: argparse.Namespace) -> list[str]:
             "data.val_num_images=20", "data.long_side=384", "data.batch_size=4"]
 
 
+def ablation_jobs(args: argparse.Namespace, s: int) -> list[dict]:
+    """One seed's ablation runs, after the synth OpenSeg run of that seed (their reference)."""
+    teacher, student = (f"abl_{row}_s{s}" for row in NARRATIVES)
+    fill = {"runs": args.runs, "seed": s, "n": args.caption_only}
+    narr = {row: [o.format(**fill) for o in over] for row, (_, over) in NARRATIVES.items()}
+    return [train_job(args, f"openseg_s{s}", "synth", "openseg", s, "openseg")] + [
+        train_job(args, f"abl_{row}_s{s}", "ablations", row, s, "openseg", over)
+        for row, (_, over) in ABLATIONS.items()] + [
+        train_job(args, teacher, "ablations", "narratives_teacher", s, "openseg", narr["narratives_teacher"]),
+        train_job(args, student, "ablations", "narratives", s, "openseg", narr["narratives"],
+                  NARRATIVES_ITERS * args.iters, after=teacher,
+                  extra_s=args.caption_only * OVERHEAD_S["pseudo_per_image"])]
+
+
 def plan(args: argparse.Namespace) -> list[dict]:
     """Every job of ``args.table`` (a re-scoring job after the OpenSeg run it reads)."""
     if args.table == "synth":
@@ -109,18 +123,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
                                                  train_job(args, f"lseg_s{s}", "synth", "lseg", s, "lseg"),
                                                  rescore_job(args, s),
                                                  train_job(args, f"align_s{s}", "synth", "align", s, "align"))]
-    if args.table == "ablations":
-        s = args.seeds[0]
-        teacher, student = (f"abl_{row}_s{s}" for row in NARRATIVES)
-        fill = {"runs": args.runs, "seed": s, "n": args.caption_only}
-        narr = {row: [o.format(**fill) for o in over] for row, (_, over) in NARRATIVES.items()}
-        return [train_job(args, f"openseg_s{s}", "synth", "openseg", s, "openseg")] + [
-            train_job(args, f"abl_{row}_s{s}", "ablations", row, s, "openseg", over)
-            for row, (_, over) in ABLATIONS.items()] + [
-            train_job(args, teacher, "ablations", "narratives_teacher", s, "openseg", narr["narratives_teacher"]),
-            train_job(args, student, "ablations", "narratives", s, "openseg", narr["narratives"],
-                      NARRATIVES_ITERS * args.iters, after=teacher,
-                      extra_s=args.caption_only * OVERHEAD_S["pseudo_per_image"])]
+    if args.table == "ablations":  # seed by seed: every row of one seed before the next seed
+        return [j for s in args.seeds for j in ablation_jobs(args, s)]
     return [train_job(args, f"coco_mini_s{s}", "coco_mini", "openseg_coco_mini", s, "coco", coco_overrides(args))
             for s in args.seeds]
 
@@ -225,7 +229,7 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
            "wall_s": round(job["wall_s"], 1), "machine": machine(), "command": job["command"],
            "driver": f"python bench/openseg_experiments.py {args.table}", "iters": job.get("iters")}
     if job["table"] == "ablations":
-        out.update(single_seed=True, label={**ABLATIONS, **NARRATIVES}[job["row"]][0])
+        out.update(label={**ABLATIONS, **NARRATIVES}[job["row"]][0])
     extra: list[Path] = []
     if job["kind"] == "rescore":
         out.update(json.loads((run / "rescore.json").read_text(encoding="utf-8")))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from claims import aggregate, verdict  # noqa: E402
+from claims import aggregate, verdict, verdict_so_far  # noqa: E402
 from experiment_runner import read_results  # noqa: E402
 
 SYNTH_GOAL, COCO_GOAL, RETENTION_GOAL, RETENTION_FLOOR = 0.85, 0.75, 0.95, 0.90
@@ -291,8 +291,7 @@ def ablation_verdicts(stats: dict[str, dict], filled: float | None, noise: float
         v, so_far = verdict(a, b), None
         if v != "incomplete":
             v = _judge(kind, v, a, b, filled)
-        elif a and b:
-            hint = verdict({**a, "std": max(a["std"], noise)}, {**b, "std": max(b["std"], noise)}, min_seeds=1)
+        elif (hint := verdict_so_far(a, b, noise)) is not None:
             so_far = _judge(kind, hint, a, b, filled)
         out.append({"statement": text, "better": better, "baseline": base, "better_stats": a, "baseline_stats": b,
                     "verdict": v, "so_far": so_far})

@@ -51,6 +51,18 @@ def test_verdict_uses_two_std_of_the_noisier_row(bench, better, baseline, expect
     assert bench["claims"].verdict(None, stats[1]) == "incomplete"
 
 
+@pytest.mark.parametrize(("better", "baseline", "floor", "expected"), [
+    ((0.30, 0.0, 1), (0.25, 0.01, 3), 0.02, "reproduced"),      # 0.05 > 2 x max(0, 0.01, floor 0.02)
+    ((0.30, 0.0, 1), (0.27, 0.01, 3), 0.02, "within noise"),    # 0.03 < 0.04: the floor, not the 0 of one seed
+    ((0.30, 0.03, 2), (0.25, 0.01, 3), 0.02, "within noise"),   # 0.05 < 2 x 0.03 (a row's own std above the floor)
+    ((0.20, 0.0, 1), (0.25, 0.0, 1), 0.02, "not reproduced"),
+])
+def test_verdict_so_far_floors_the_noise_and_needs_no_three_seeds(bench, better, baseline, floor, expected):
+    stats = [{"mean": m, "std": s, "n": n} for m, s, n in (better, baseline)]
+    assert bench["claims"].verdict_so_far(*stats, floor) == expected
+    assert bench["claims"].verdict_so_far(stats[0], None, floor) is None
+
+
 def test_verdicts_read_recorded_runs(bench, tmp_path):
     folder = tmp_path / "maskx"
     folder.mkdir()
