@@ -99,7 +99,7 @@ def ablations_section(results: Path, plan: dict) -> list[str]:
            "Caption words used for grounding (paper Table 3); the reference (nouns + adjectives) is the synth OpenSeg "
            "row. Judged on grounding mIoU (all phrasings) over >= 3 seeds of both rows (beyond 2 std of the noisier "
            "row); before that, 'so far' applies the same rule to the seeds there are, with the reference's seed std "
-           f"({'–' if noise is None else f'{100 * noise['std']:.1f}'}) as the least noise.", "",
+           f"({'–' if noise is None else format(100 * noise['std'], '.1f')}) as the least noise.", "",
            "| caption words | seeds | mIoU names | grounding mIoU names | grounding mIoU all | Δ grounding all | verdict |",
            "|---|---|---:|---:|---:|---:|---|"]
     labels = {"openseg": "nouns + adjectives (reference, synth runs)", **{k: v[0] for k, v in ox.ABLATIONS.items()}}
