@@ -108,7 +108,7 @@ def driver_parser(doc: str, tables: Sequence[str], runs: Path, results: Path) ->
     table, seeds, run and result folders, --commit, --parallel, --hours, --dry-run."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("table", choices=tables)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ablations: the first one only")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--runs", default=str(runs))
     ap.add_argument("--results", default=str(results), help="recorded results (committed in the repository holding it)")
     ap.add_argument("--commit", action="store_true", help="git commit each run's result (and artefacts) as it lands")
