@@ -173,7 +173,8 @@ def shape_lines(categories: dict[str, dict]) -> list[str]:
         for k in ("mIoU", "clipped_mIoU", "filled_box"):
             acc[k] += v[k] * v["n"]
     out = ["", "By shape (categories pooled over colours, lowest label mIoU first): a box bounds an object but says "
-           "nothing of its holes (ring) or concavities (crescent, star, cross); convex shapes have neither.", "", "| shape | boxes | label mIoU | clipped to box | filled box |", "|---|---:|---:|---:|---:|"]
+           "nothing of its holes (ring) or concavities (crescent, star, cross); convex shapes have neither.", "",
+           "| shape | boxes | label mIoU | clipped to box | filled box |", "|---|---:|---:|---:|---:|"]
     for shape, a in sorted(pooled.items(), key=lambda kv: kv[1]["mIoU"] / kv[1]["n"]):
         n = a["n"]
         out.append(f"| {shape} | {n:.0f} | {a['mIoU'] / n:.3f} | {a['clipped_mIoU'] / n:.3f} | {a['filled_box'] / n:.3f} |")
@@ -287,7 +288,6 @@ def ablation_verdicts(stats: dict[str, dict], filled: float | None, noise: float
             thetas = {r: v for r, v in stats.items() if r.startswith("theta_")}
             base = max(thetas, key=lambda r: thetas[r]["mean"]) if len(thetas) == sweep else "theta_*"
         a, b = stats.get(better), stats.get(base)
-
         v, so_far = verdict(a, b), None
         if v != "incomplete":
             v = _judge(kind, v, a, b, filled)
