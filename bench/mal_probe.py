@@ -17,7 +17,8 @@ what the refinement adds to a wrong shape bounds the shape MIL + CRF training ca
 ``--out`` writes the breakdown with the command (bench/report_mal.py renders bench/results/mal/probe/*.json).
 
 TRUTH and LABELS are COCO instance files (``.json`` or ``.json.gz``) with the same annotation ids (autolabel
-keeps them); annotations without an RLE mask on either side are not scored. The retention table's labels:
+keeps them); true masks may be RLE or polygons, labels RLE; annotations without a mask on either side are not
+scored. The retention table's labels:
 TRUTH = the driver's world (``RUNS/world_2000/instances.json`` of ``python bench/mal_experiments.py retention``),
 LABELS = bench/results/mal/retention/masks/ret_autolabel_s<seed>.json.gz.
 """
@@ -48,13 +49,17 @@ def read_json(path: Path) -> dict:
 
 
 def pairs(truth: dict, labels: dict) -> list[tuple[dict, dict, float]]:
-    """(true annotation, label, IoU) for every annotation id scored on both sides, in truth order."""
-    from omniseg.ops.rle import normalize_rle, rle_iou
+    """(true annotation, label, IoU) for every annotation id scored on both sides, in truth order; a true mask
+    given as COCO polygons is scored as their RLE (the annotation returned carries the RLE)."""
+    from omniseg.ops.rle import normalize_rle, polygons_to_rle, rle_iou
 
+    sizes = {im["id"]: (im["height"], im["width"]) for im in truth.get("images", [])}
     by_id = {b["id"]: b for b in labels["annotations"] if isinstance(b.get("segmentation"), dict)}
     out = []
     for a in truth["annotations"]:
         b = by_id.get(a["id"])
+        if b is not None and isinstance(a.get("segmentation"), list) and a["segmentation"] and a["image_id"] in sizes:
+            a = {**a, "segmentation": polygons_to_rle(a["segmentation"], *sizes[a["image_id"]])}
         if b is None or not isinstance(a.get("segmentation"), dict):
             continue
         iou = float(rle_iou([normalize_rle(b["segmentation"])], [normalize_rle(a["segmentation"])])[0, 0])

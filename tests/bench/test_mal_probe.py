@@ -50,6 +50,18 @@ def test_breakdown_by_side_and_category(bench, tmp_path):
     assert res["category"]["b"] == big
 
 
+def test_polygon_truth_is_scored_as_its_rle(bench, tmp_path):
+    mp = bench["mal_probe"]
+    truth, labels = _files(tmp_path)
+    # annotation 2's true mask (rows 10-29, columns 10-19) as a COCO polygon along its pixel edges
+    poly = {**truth["annotations"][1], "segmentation": [[10, 10, 20, 10, 20, 30, 10, 30]]}
+    as_poly = {**truth, "annotations": [truth["annotations"][0], poly]}
+    got = [(a["id"], round(iou, 6), isinstance(a["segmentation"], dict)) for a, _, iou in mp.pairs(as_poly, labels)]
+    want = [(a["id"], round(iou, 6), True) for a, _, iou in mp.pairs(truth, labels)]
+    assert got == want and len(got) == 2
+    assert isinstance(poly["segmentation"], list)  # the caller's truth is left as it was
+
+
 def test_cli_writes_the_picture(bench, tmp_path, capsys):
     _files(tmp_path)
     bench["mal_probe"].main([str(tmp_path / "t.json"), str(tmp_path / "l.json"), "--images", str(tmp_path),
