@@ -24,6 +24,12 @@ Tables (``report_openseg.py`` renders them):
 * ``coco_mini``: OpenSeg on the captions + class-agnostic masks of 60 of the 80 coco-mini photos (sorted image
   ids, first 60), grounding mIoU on the other 20 (things only: coco-mini has no panoptic stuff); semantic overlays
   of 5 held-out photos (first seed) are written next to the results, downscaled to <= 320 px.
+
+Precision (``--amp``): every run trains under bf16 autocast by default (``train.amp=bf16``; 0.65x the fp32 step time
+of configs/openseg_synth.yaml on this AVX512-BF16 CPU, its recipe_speed records in BENCHMARKS.md) and is named
+``<row>_bf16_s<seed>``; the losses keep their similarities and Dice in fp32 (tests/modeling: bf16 losses within 3%
+of fp32). ``--amp none`` trains in fp32 (``<row>_s<seed>``): ``synth --amp none --only openseg_s0`` is the precision
+check the report sets beside the bf16 OpenSeg row. Each record carries its ``"amp"``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from experiment_runner import drive, driver_parser, machine  # noqa: E402
-from mal_experiments import _job, _merge, _omni, rel  # noqa: E402
+from mal_experiments import _job, _merge, _omni, rel, run_name  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "openseg"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
@@ -49,6 +55,11 @@ VOCABULARIES = ("names", "synonyms", "all")
 #: midpoint); LSeg+ and ALIGN taken as the same (similar trunk and tower, no decoder); coco-mini (long side 384,
 #: batch 4) a guess
 S_PER = {"openseg": 2.85, "lseg": 2.85, "align": 2.85, "coco": 3.5}
+#: seconds-per-iteration factor of bf16 autocast: 1.054 vs 1.620 s per openseg_synth step (one thread, side by side
+#: at load 4; BENCHMARKS.md "Speed and memory: configs/openseg_synth.yaml")
+AMP_SPEEDUP = {"bf16": 0.65}
+#: the precision every table trains at unless ``--amp`` says otherwise (module docstring)
+AMP = "bf16"
 #: start-up + final evaluation (50 images x 3 vocabularies + recall), re-scoring (2 passes), coco overlays, the
 #: teacher's pseudo masks of the --caption-only images (a guess: ~0.4 s an image)
 OVERHEAD_S = {"train": 90, "rescore": 150, "coco": 120, "pseudo_per_image": 0.4}
@@ -58,11 +69,11 @@ ABLATIONS = {
     "words_noun_adj_verb": ("caption words: nouns + adjectives + verbs (Table 3)", ["model.words=noun_adj_verb"]),
 }
 #: row -> (label, overrides) of the narratives ablation: the L_S-only teacher, then the student it pseudo-labels
-#: ({runs}: the run folder, {seed}: the seed, {n}: --caption-only)
+#: ({teacher}: the teacher's run folder, {n}: --caption-only)
 NARRATIVES = {
     "narratives_teacher": ("teacher: L_S only, no captions (Sec. 3.3)", ["model.grounding_weight=0"]),
     "narratives": ("with narratives pseudo-labels (Sec. 4.3)",
-                   ["data.teacher={runs}/abl_narratives_teacher_s{seed}", "data.caption_only_num_images={n}"]),
+                   ["data.teacher={teacher}", "data.caption_only_num_images={n}"]),
 }
 #: the student's iterations / the synth runs' (Sec. 4.1: 30k steps on COCO, 60k with Loc. Narr. added)
 NARRATIVES_ITERS = 2
@@ -70,29 +81,33 @@ OVERLAYS = 5
 OVERLAY_SIDE = 320
 
 
-def train_job(args: argparse.Namespace, name: str, table: str, row: str, seed: int, recipe: str,
+def train_job(args: argparse.Namespace, base: str, table: str, row: str, seed: int, recipe: str,
               extra: list[str] = (), iters: int | None = None, after: str | None = None, extra_s: float = 0.0
               ) -> dict:
-    """One training run of ``recipe`` (openseg / lseg / align / coco = openseg on coco-mini); ``extra_s``: more
-    estimated seconds (e.g. the teacher's pseudo masks)."""
+    """One training run of ``recipe`` (openseg / lseg / align / coco = openseg on coco-mini), named
+    ``run_name(args, base, seed)`` (under ``--amp``); ``extra_s``: more estimated seconds (e.g. the teacher's
+    pseudo masks)."""
+    name = run_name(args, base, seed)
     iters = iters or (args.coco_iters if recipe == "coco" else args.iters)
     config = Path({"lseg": args.lseg_config, "align": args.align_config}.get(recipe, args.config))
     base = [f"train.seed={seed}", f"train.max_iter={iters}", "train.progress=false",
             f"train.checkpoint_period={iters // 4 if iters >= 100 else 0}",
             f"eval.vocabularies=[{','.join(VOCABULARIES if recipe != 'coco' else ('names',))}]"]
+    base += [f"train.amp={args.amp}"] if args.amp != "none" else []
     overrides = _merge(base, list(extra))
     cmd = _omni("train", str(config), *overrides, f"train.output_dir={Path(args.runs) / name}")
-    est = iters * S_PER[recipe] + OVERHEAD_S["train"] + (OVERHEAD_S["coco"] if recipe == "coco" else 0) + extra_s
+    est = iters * S_PER[recipe] * AMP_SPEEDUP.get(args.amp, 1.0) + OVERHEAD_S["train"] + (OVERHEAD_S["coco"] if recipe == "coco" else 0) + extra_s
     return _job(name, table, recipe, cmd, est, after, config=rel(config), overrides=overrides, row=row, seed=seed,
-                iters=iters)
+                iters=iters, amp=args.amp)
 
 
 def rescore_job(args: argparse.Namespace, seed: int) -> dict:
-    """Re-scoring of ``openseg_s<seed>``'s checkpoint: inference from pixels, and GT masks as proposals."""
-    run, name = Path(args.runs) / f"openseg_s{seed}", f"openseg_rescore_s{seed}"
+    """Re-scoring of the synth OpenSeg run's checkpoint: inference from pixels, and GT masks as proposals."""
+    run, name = Path(args.runs) / run_name(args, "openseg", seed), run_name(args, "openseg_rescore", seed)
     cmd = [sys.executable, str(Path(__file__).resolve()), "_rescore", str(run),
            str(Path(args.runs) / name / "rescore.json")]
-    return _job(name, "synth", "rescore", cmd, OVERHEAD_S["rescore"], run.name, row="openseg_rescored", seed=seed)
+    return _job(name, "synth", "rescore", cmd, OVERHEAD_S["rescore"], run.name, row="openseg_rescored", seed=seed,
+                amp=args.amp)
 
 
 def coco_overrides(args: argparse.Namespace) -> list[str]:
@@ -104,14 +119,15 @@ def coco_overrides(args: argparse.Namespace) -> list[str]:
 
 def ablation_jobs(args: argparse.Namespace, s: int) -> list[dict]:
     """One seed's ablation runs, after the synth OpenSeg run of that seed (their reference)."""
-    teacher, student = (f"abl_{row}_s{s}" for row in NARRATIVES)
-    fill = {"runs": args.runs, "seed": s, "n": args.caption_only}
+    teacher = run_name(args, "abl_narratives_teacher", s)
+    fill = {"teacher": Path(args.runs) / teacher, "n": args.caption_only}
     narr = {row: [o.format(**fill) for o in over] for row, (_, over) in NARRATIVES.items()}
-    return [train_job(args, f"openseg_s{s}", "synth", "openseg", s, "openseg")] + [
-        train_job(args, f"abl_{row}_s{s}", "ablations", row, s, "openseg", over)
+    return [train_job(args, "openseg", "synth", "openseg", s, "openseg")] + [
+        train_job(args, f"abl_{row}", "ablations", row, s, "openseg", over)
         for row, (_, over) in ABLATIONS.items()] + [
-        train_job(args, teacher, "ablations", "narratives_teacher", s, "openseg", narr["narratives_teacher"]),
-        train_job(args, student, "ablations", "narratives", s, "openseg", narr["narratives"],
+        train_job(args, "abl_narratives_teacher", "ablations", "narratives_teacher", s, "openseg",
+                  narr["narratives_teacher"]),
+        train_job(args, "abl_narratives", "ablations", "narratives", s, "openseg", narr["narratives"],
                   NARRATIVES_ITERS * args.iters, after=teacher,
                   extra_s=args.caption_only * OVERHEAD_S["pseudo_per_image"])]
 
@@ -119,13 +135,13 @@ def ablation_jobs(args: argparse.Namespace, s: int) -> list[dict]:
 def plan(args: argparse.Namespace) -> list[dict]:
     """Every job of ``args.table`` (a re-scoring job after the OpenSeg run it reads)."""
     if args.table == "synth":
-        return [j for s in args.seeds for j in (train_job(args, f"openseg_s{s}", "synth", "openseg", s, "openseg"),
-                                                 train_job(args, f"lseg_s{s}", "synth", "lseg", s, "lseg"),
+        return [j for s in args.seeds for j in (train_job(args, "openseg", "synth", "openseg", s, "openseg"),
+                                                 train_job(args, "lseg", "synth", "lseg", s, "lseg"),
                                                  rescore_job(args, s),
-                                                 train_job(args, f"align_s{s}", "synth", "align", s, "align"))]
+                                                 train_job(args, "align", "synth", "align", s, "align"))]
     if args.table == "ablations":  # seed by seed: every row of one seed before the next seed
         return [j for s in args.seeds for j in ablation_jobs(args, s)]
-    return [train_job(args, f"coco_mini_s{s}", "coco_mini", "openseg_coco_mini", s, "coco", coco_overrides(args))
+    return [train_job(args, "coco_mini", "coco_mini", "openseg_coco_mini", s, "coco", coco_overrides(args))
             for s in args.seeds]
 
 
@@ -227,7 +243,8 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     run = Path(args.runs) / job["name"]
     out = {"table": job["table"], "run": job["name"], "row_id": job["row"], "seed": job["seed"], "kind": job["kind"],
            "wall_s": round(job["wall_s"], 1), "machine": machine(), "command": job["command"],
-           "driver": f"python bench/openseg_experiments.py {args.table}", "iters": job.get("iters")}
+           "driver": f"python bench/openseg_experiments.py {args.table}", "iters": job.get("iters"),
+           "amp": job.get("amp", "none")}
     if job["table"] == "ablations":
         out.update(label={**ABLATIONS, **NARRATIVES}[job["row"]][0])
     extra: list[Path] = []
@@ -257,6 +274,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--caption-only", type=int, default=1000,
                     help="narratives ablation: caption-only images the teacher pseudo-labels")
     ap.add_argument("--coco-mini", type=Path, default=COCO_MINI)
+    ap.add_argument("--amp", choices=("none", "bf16"), default=AMP,
+                    help="train under bf16 autocast (the default) or in fp32 (module docstring)")
     return ap.parse_args(argv)
 
 

@@ -1,7 +1,9 @@
 """The BENCHMARKS.md section of issue 14 (OpenSeg vs LSeg+ vs the ALIGN-style baseline), rendered from the per-run results that
 ``bench/openseg_experiments.py`` records in ``bench/results/openseg/<table>/``: mean ± sample std over the
 recorded seeds per row, a verdict per claim with bench/claims.py's rule (beyond 2 std of the noisier row, >= 3
-seeds; an ablation short of that is 'incomplete' with a 'so far' hint), and the runs still missing."""
+seeds; an ablation short of that is 'incomplete' with a 'so far' hint), and the runs still missing. Every claim reads
+the runs of the driver's default precision (``openseg_experiments.AMP``); runs at another precision appear only as
+the synth table's precision check."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from claims import aggregate, verdict, verdict_so_far  # noqa: E402
-from report_mal import _missing, _ms, goal_verdict, planned_runs, recorded_runs  # noqa: E402
+from report_mal import AMP_LABEL, _missing, _ms, by_amp, goal_verdict, planned_runs, recorded_runs  # noqa: E402
 
 RECALL_GOAL, MARGIN = 0.90, 0.03  # issue 14: recall@0.5 >= 0.90; OpenSeg ahead of LSeg+ on (b), (c) by >= 3 mIoU
 VOCABS = (("names", ""), ("synonyms", "/synonyms"), ("all", "/all"))
@@ -22,8 +24,11 @@ ROWS = [("OpenSeg", "openseg", ""), ("LSeg+", "lseg", ""), ("ALIGN-style image-l
         ("OpenSeg regions from GT masks (upper bound)", "openseg_rescored", "gt_masks:")]
 
 
-def _table(results: Path, table: str) -> dict[str, dict]:
-    return recorded_runs(results / "openseg" / table)
+def _table(results: Path, table: str, amp: str | None = None) -> dict[str, dict]:
+    """The runs of ``table`` trained at precision ``amp`` (default: the driver's, ``openseg_experiments.AMP``)."""
+    import openseg_experiments as ox
+
+    return by_amp(recorded_runs(results / "openseg" / table)).get(amp or ox.AMP, {})
 
 
 def planned() -> dict[str, list[str]]:
@@ -42,10 +47,12 @@ def margin_verdict(better: dict | None, base: dict | None, margin: float = MARGI
 
 
 def synth_section(results: Path, plan: dict) -> list[str]:
-    runs = _table(results, "synth")
+    import openseg_experiments as ox
+
+    runs, fp32 = _table(results, "synth"), _table(results, "synth", "none")
     out = ["### Synthetic world: OpenSeg vs LSeg+ vs ALIGN (`python bench/openseg_experiments.py synth --commit`)",
            "", "configs/openseg_synth.yaml, configs/lseg_synth.yaml and configs/align_synth.yaml (same ResNet-18-FPN "
-           "trunk, MiniLM text), 2000 iterations; 50 held-out images (things + stuff). ALIGN-style: one pooled image "
+           f"trunk, MiniLM text), 2000 iterations, {AMP_LABEL.get(ox.AMP, ox.AMP)}; 50 held-out images (things + stuff). ALIGN-style: one pooled image "
            "embedding trained against the caption, no masks; per-pixel inference by the dense map's cosine with the "
            "query (Sec. 4.3 \"ALIGN baseline\", CAM). Vocabularies (Sec. 4.3): (a) class names, (b) each class by "
            "its synonyms only, (c) name + every synonym, ensembled by max. The pixels and GT-mask rows re-score each "
@@ -53,15 +60,27 @@ def synth_section(results: Path, plan: dict) -> list[str]:
            "| model | seeds | " + " | ".join(f"mIoU {v} | grounding mIoU {v}" for v, _ in VOCABS) + " |",
            "|---|---|" + "---:|" * 6]
     stats: dict[tuple[str, str], dict | None] = {}
-    for label, row, prefix in ROWS:
+    check = [("OpenSeg, fp32 (`synth --amp none`: the precision check)", "openseg", "")] if fp32 else []
+    for label, row, prefix in ROWS + check:
         cells, seeds = [], None
         for _, suffix in VOCABS:
             for metric in ("mIoU", "grounding_mIoU"):
-                s = aggregate(runs, f"{prefix}{metric}{suffix}").get(row)
+                s = aggregate(fp32 if (label, row, prefix) in check else runs, f"{prefix}{metric}{suffix}").get(row)
                 stats[(label, f"{metric}{suffix}")] = s
                 seeds = seeds or (s or {}).get("seeds")
                 cells.append(_ms(s, True))
         out.append(f"| {label} | {', '.join(map(str, seeds or [])) or 'none yet'} | {' | '.join(cells)} |")
+    if check:
+        a, b = stats[("OpenSeg", "grounding_mIoU/all")], stats[(check[0][0], "grounding_mIoU/all")]
+        word = {"reproduced": "the faster precision higher", "not reproduced": "the faster precision lower"}
+        v = verdict(a, b)
+        hint = verdict_so_far(a, b, a["std"]) if v == "incomplete" and a and b else None
+        v, hint = word.get(v, v), "" if hint is None else f" (so far: {word.get(hint, hint)})"
+        out += ["", f"Precision check, OpenSeg grounding mIoU (all) {AMP_LABEL.get(ox.AMP, ox.AMP)} vs fp32: "
+                f"**{v}**{hint}; within noise is what lets the tables train at the faster precision."]
+    else:
+        out += ["", "Precision check: no fp32 run recorded yet (`python bench/openseg_experiments.py synth --amp none "
+                "--only openseg_s0 --commit`)."]
     rec = {t: aggregate(runs, f"recall@{t}").get("openseg") for t in RECALLS}
     out += ["", "Proposal recall of OpenSeg's proposals (Table 1 protocol, class-agnostic, things + stuff): "
             + ", ".join(f"@{t} {_ms(s)}" for t, s in rec.items()) + f". Goal recall@0.5 >= {RECALL_GOAL}: "
@@ -98,7 +117,7 @@ def ablations_section(results: Path, plan: dict) -> list[str]:
     noise = stats["grounding_mIoU/all"].get("openseg")
     out = ["### Ablations (`python bench/openseg_experiments.py ablations --commit`)", "",
            "Caption words used for grounding (paper Table 3); the reference (nouns + adjectives) is the synth OpenSeg "
-           "row. Judged on grounding mIoU (all phrasings) over >= 3 seeds of both rows (beyond 2 std of the noisier "
+           f"row; {AMP_LABEL.get(ox.AMP, ox.AMP)}. Judged on grounding mIoU (all phrasings) over >= 3 seeds of both rows (beyond 2 std of the noisier "
            "row); before that, 'so far' applies the same rule to the seeds there are, with the reference's seed std "
            f"({'–' if noise is None else format(100 * noise['std'], '.1f')}) as the least noise.", "",
            "| caption words | seeds | mIoU names | grounding mIoU names | grounding mIoU all | Δ grounding all | verdict |",
@@ -167,11 +186,13 @@ def narratives_rows(stats: dict[str, dict[str, dict]], noise: dict | None) -> li
 
 
 def coco_section(results: Path, plan: dict) -> list[str]:
+    import openseg_experiments as ox
+
     runs = _table(results, "coco_mini")
     out = ["### Real photos: coco-mini (`python bench/openseg_experiments.py coco_mini --commit`)", "",
            "OpenSeg (configs/openseg_synth.yaml, long side 384) trained on the captions and class-agnostic masks of "
            "60 of the 80 coco-mini photos (sorted image ids, first 60); scored on the other 20 with the 80 COCO class "
-           "names (things only: coco-mini has no stuff segments).", "",
+           f"names (things only: coco-mini has no stuff segments); {AMP_LABEL.get(ox.AMP, ox.AMP)}.", "",
            "| seeds | mIoU | grounding mIoU |", "|---|---:|---:|"]
     m, g = (aggregate(runs, k).get("openseg_coco_mini") for k in ("mIoU", "grounding_mIoU"))
     out.append(f"| {', '.join(map(str, (g or {}).get('seeds', []))) or 'none yet'} | {_ms(m, True)} | {_ms(g, True)} |")

@@ -265,7 +265,8 @@ def clip_contrastive_loss(
         temperature: tau.
 
     Returns:
-        Scalar mean over valid pairs; 0 (with a grad path) when fewer than one pair is valid.
+        Scalar (>= fp32, even for bf16 embeddings: 1 / tau amplifies the rounding) mean over valid pairs; 0 (with a
+        grad path) when fewer than one pair is valid.
     """
     if image_embeds.shape != text_embeds.shape:
         raise ValueError(f"image {tuple(image_embeds.shape)} and text {tuple(text_embeds.shape)} differ")
@@ -282,8 +283,7 @@ def clip_contrastive_loss(
     with torch.autocast(device_type=img.device.type, enabled=False):
         logits = img @ txt.t() / temperature
     labels = torch.arange(b, device=logits.device)
-    loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
-    return loss.to(image_embeds.dtype)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
 def image_label_loss(logits: Tensor, labels: list[Tensor]) -> Tensor:

@@ -23,10 +23,11 @@ def _args(ox, tmp_path, table, *extra):
 
 def test_synth_plans_openseg_lseg_align_and_a_rescore_after_each_openseg_seed(bench, tmp_path):
     ox = bench["openseg_experiments"]
-    jobs = ox.plan(_args(ox, tmp_path, "synth", "--iters", "400", "--seeds", "0", "1"))
+    jobs = ox.plan(_args(ox, tmp_path, "synth", "--iters", "400", "--seeds", "0", "1", "--amp", "none"))
     assert [j["name"] for j in jobs] == ["openseg_s0", "lseg_s0", "openseg_rescore_s0", "align_s0",
                                          "openseg_s1", "lseg_s1", "openseg_rescore_s1", "align_s1"]
-    assert all(j["table"] == "synth" for j in jobs)
+    assert all(j["table"] == "synth" and j["amp"] == "none" for j in jobs)
+    assert not any(o.startswith("train.amp") for j in jobs for o in j.get("overrides", []))
     o, lseg, re, align = jobs[4:]
     assert align["config"] == "configs/align_synth.yaml" and align["row"] == "align" and align["after"] is None
     assert {"train.seed=1", "train.max_iter=400"} <= set(align["overrides"]) and align["kind"] == "align"
@@ -38,11 +39,18 @@ def test_synth_plans_openseg_lseg_align_and_a_rescore_after_each_openseg_seed(be
     assert re["after"] == "openseg_s1" and re["row"] == "openseg_rescored" and re["kind"] == "rescore"
     assert re["cmd"][2:] == ["_rescore", str(tmp_path / "runs" / "openseg_s1"),
                              str(tmp_path / "runs" / "openseg_rescore_s1" / "rescore.json")]
+    # the default: bf16 autocast, "_bf16" in every name, 0.65x the estimated time; the rescore reads the bf16 run
+    bf = ox.plan(_args(ox, tmp_path, "synth", "--iters", "400", "--seeds", "1"))
+    assert [j["name"] for j in bf] == ["openseg_bf16_s1", "lseg_bf16_s1", "openseg_rescore_bf16_s1", "align_bf16_s1"]
+    assert all(j["amp"] == "bf16" for j in bf) and all("train.amp=bf16" in j["overrides"] for j in bf if j["kind"] != "rescore")
+    assert bf[0]["est_s"] == 400 * 2.85 * 0.65 + 90 and bf[2]["after"] == "openseg_bf16_s1"
+    assert bf[2]["cmd"][3] == str(tmp_path / "runs" / "openseg_bf16_s1")
 
 
 def test_ablations_and_coco_mini_plans(bench, tmp_path):
     ox = bench["openseg_experiments"]
-    abl = ox.plan(_args(ox, tmp_path, "ablations", "--seeds", "2", "1", "--iters", "400", "--caption-only", "50"))
+    abl = ox.plan(_args(ox, tmp_path, "ablations", "--seeds", "2", "1", "--iters", "400", "--caption-only", "50",
+                        "--amp", "none"))
     assert [(j["name"], j["table"]) for j in abl] == [
         (f"{n}_s{s}", "synth" if n == "openseg" else "ablations") for s in (2, 1)  # every row of seed 2 first
         for n in ("openseg", "abl_words_all", "abl_words_noun_adj_verb", "abl_narratives_teacher", "abl_narratives")]
@@ -56,13 +64,18 @@ def test_ablations_and_coco_mini_plans(bench, tmp_path):
     assert {f"data.teacher={tmp_path / 'runs' / 'abl_narratives_teacher_s2'}", "data.caption_only_num_images=50",
             "train.max_iter=800", "train.checkpoint_period=200"} <= set(student["overrides"])
     assert student["est_s"] == 800 * 2.85 + 90 + 50 * 0.4
-    coco = ox.plan(_args(ox, tmp_path, "coco_mini", "--seeds", "0", "--coco-iters", "100", "--coco-mini", "/c"))
+    coco = ox.plan(_args(ox, tmp_path, "coco_mini", "--seeds", "0", "--coco-iters", "100", "--coco-mini", "/c",
+                         "--amp", "none"))
     assert [j["name"] for j in coco] == ["coco_mini_s0"]
     over = coco[0]["overrides"]
     assert {f"data.train={tmp_path / 'runs' / 'coco_mini_split' / 'train'}", "data.train_images=/c/train2017",
             f"data.val={tmp_path / 'runs' / 'coco_mini_split' / 'val'}", "data.val_images=/c/train2017",
             "train.max_iter=100", "eval.vocabularies=[names]"} <= set(over)
     assert coco[0]["est_s"] == 100 * 3.5 + 90 + 120
+    bf = ox.plan(_args(ox, tmp_path, "ablations", "--seeds", "0", "--caption-only", "50"))
+    assert [j["name"] for j in bf][-2:] == ["abl_narratives_teacher_bf16_s0", "abl_narratives_bf16_s0"]
+    assert bf[-1]["after"] == "abl_narratives_teacher_bf16_s0"
+    assert f"data.teacher={tmp_path / 'runs' / 'abl_narratives_teacher_bf16_s0'}" in bf[-1]["overrides"]
 
 
 def test_coco_mini_split_by_sorted_image_id(bench, tmp_path):
@@ -82,10 +95,14 @@ def test_coco_mini_split_by_sorted_image_id(bench, tmp_path):
     assert [a["id"] for a in c["annotations"]] == [22]
 
 
-def _rec(results, table, name, **kw):
+def _rec(results, table, name, amp="bf16", **kw):
+    """A hand-made record; ``name`` without the precision ("openseg_s0" -> openseg_bf16_s0.json)."""
     folder = results / "openseg" / table
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps({"table": table, "run": name, **kw}))
+    if amp != "none":
+        base, seed = name.rsplit("_s", 1)
+        name = f"{base}_{amp}_s{seed}"
+    (folder / f"{name}.json").write_text(json.dumps({"table": table, "run": name, "amp": amp, **kw}))
 
 
 def test_report_renders_mean_std_verdicts_and_missing_runs(bench, tmp_path):
@@ -114,7 +131,20 @@ def test_report_renders_mean_std_verdicts_and_missing_runs(bench, tmp_path):
     # synonyms: 0.52 vs 0.47 + 0.03 = 0.50, gap 0.02 < 2 x 0.02 -> within noise; all: 0.52 vs 0.45 -> met
     assert "vocabulary synonyms | **within noise** |" in text and "vocabulary all | **met** |" in text
     assert "(mIoU gap, names → all: +0.0 → +10.0) | **reproduced** |" in text
-    assert "Missing (2): openseg_rescore_s1, openseg_rescore_s2." in text
+    assert "Missing (2): openseg_rescore_bf16_s1, openseg_rescore_bf16_s2." in text
+    assert "Precision check: no fp32 run recorded yet" in text and "OpenSeg, fp32" not in text
+    # the precision check: fp32 OpenSeg seeds beside the bf16 row; never mixed into the claims' rows
+    _rec(res, "synth", "openseg_s0", amp="none", row_id="openseg", seed=0, **{"grounding_mIoU/all": 0.49})
+    _rec(res, "synth", "lseg_s0", amp="none", row_id="lseg", seed=0, **{"grounding_mIoU/all": 0.99})
+    text = "\n".join(ro.synth_section(res, ro.planned()))
+    assert "| OpenSeg | 0, 1, 2 | 52.0 ± 2.0 |" in text and "| LSeg+ | 0, 1, 2 |" in text
+    assert "| OpenSeg, fp32 (`synth --amp none`: the precision check) | 0 | – | – | – | – | – | 49.0 (1 seed) |" in text
+    # one fp32 seed: 0.52 ± 0.02 vs 0.49 floored at 0.02: 0.03 < 0.04
+    assert "(all) bf16 autocast (`--amp bf16`) vs fp32: **incomplete** (so far: within noise)" in text
+    for s in (1, 2):
+        _rec(res, "synth", f"openseg_s{s}", amp="none", row_id="openseg", seed=s, **{"grounding_mIoU/all": 0.40})
+    text = "\n".join(ro.synth_section(res, ro.planned()))  # 0.52 vs 0.43 ± 0.05: beyond 2 x 0.05? no: 0.09 < 0.10
+    assert "vs fp32: **within noise**;" in text
 
 
 def test_report_ablations_judge_rows_over_seeds(bench, tmp_path):
@@ -135,7 +165,7 @@ def test_report_ablations_judge_rows_over_seeds(bench, tmp_path):
     assert "| with narratives pseudo-labels (Sec. 4.3) | not run yet |" in text
     assert "Teacher (L_S only) proposal recall: not run yet." in text
     missing = text.split("Missing")[1]
-    assert "abl_narratives_teacher_s0" in missing and "abl_words_noun_adj_verb_s2" in missing
+    assert "abl_narratives_teacher_bf16_s0" in missing and "abl_words_noun_adj_verb_bf16_s2" in missing
     assert "abl_words_all" not in missing
     for s in range(3):
         _rec(res, "ablations", f"abl_narratives_teacher_s{s}", row_id="narratives_teacher", seed=s,
@@ -154,8 +184,8 @@ def test_report_without_results_says_incomplete_and_lists_every_run(bench, tmp_p
     ro = bench["report_openseg"]
     text = "\n".join(ro.sections(tmp_path))
     assert text.count("**incomplete**") == 7
-    assert "Missing (12): openseg_s0, lseg_s0, openseg_rescore_s0, align_s0, openseg_s1" in text
-    assert "Missing (3): coco_mini_s0, coco_mini_s1, coco_mini_s2." in text
+    assert "Missing (12): openseg_bf16_s0, lseg_bf16_s0, openseg_rescore_bf16_s0, align_bf16_s0, openseg_bf16_s1" in text
+    assert "Missing (3): coco_mini_bf16_s0, coco_mini_bf16_s1, coco_mini_bf16_s2." in text
 
 
 def test_synth_smoke_records_every_row_and_never_reruns(tmp_path):
@@ -169,13 +199,14 @@ def test_synth_smoke_records_every_row_and_never_reruns(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     out = tmp_path / "results" / "synth"
     o, lseg, re, align = (json.loads((out / f"{n}.json").read_text())
-                          for n in ("openseg_s0", "lseg_s0", "openseg_rescore_s0", "align_s0"))
+                          for n in ("openseg_bf16_s0", "lseg_bf16_s0", "openseg_rescore_bf16_s0", "align_bf16_s0"))
     for v in ("", "/synonyms", "/all"):
         for m in ("mIoU", "grounding_mIoU"):
             assert 0 <= o[m + v] <= 1 and 0 <= lseg[m + v] <= 1 and 0 <= align[m + v] <= 1
             assert 0 <= re[f"pixels:{m}{v}"] <= 1 and 0 <= re[f"gt_masks:{m}{v}"] <= 1
     assert all(0 <= o[f"recall@{t}"] <= 1 for t in ("0.5", "0.7", "0.9")) and "recall@0.5" not in lseg
     assert (o["seed"], o["iters"], o["row_id"], re["row_id"]) == (0, 2, "openseg", "openseg_rescored")
+    assert o["amp"] == re["amp"] == "bf16" and "train.amp=bf16" in o["command"]  # the default precision
     assert align["row_id"] == "align" and "configs/align_smoke.yaml" in align["command"]
     assert "configs/openseg_smoke.yaml" in o["command"] and "_rescore" in re["command"]
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)

@@ -91,3 +91,8 @@ def test_one_step_overfit():
         loss.backward()
         opt.step()
     assert float(loss.detach()) < 0.5 * first
+
+
+def test_loss_under_bf16_autocast_is_fp32_and_matches_fp32(assert_bf16_close):
+    captions = [["a red circle on grass"], ["blue sky above sand"], []]
+    assert_bf16_close(tiny_model(), SimpleNamespace(images=images(), image_sizes=SIZES, captions=captions))

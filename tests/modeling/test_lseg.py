@@ -65,3 +65,8 @@ def test_one_step_overfit_and_predict():
     res = model.predict(batch.images, ["red circle|crimson disk", "grass"], batch.image_sizes, [(32, 32), (64, 64)])
     assert [tuple(sem.shape) for sem, _ in res] == [(2, 32, 32), (2, 64, 64)]
     assert all(len(inst) == 0 for _, inst in res)
+
+
+def test_loss_under_bf16_autocast_is_fp32_and_matches_fp32(assert_bf16_close):
+    ds = synth_dataset(SynthConfig(seed=3, num_images=2, image_size=64), include_stuff=True)
+    assert_bf16_close(tiny_model(), collate([ds[0], ds[1]]))

@@ -200,3 +200,8 @@ def test_select_pseudo_masks_by_hand():
     masks, scores = select_pseudo_masks(probs, top_k=0, iou_threshold=0.9, min_area=0.0)  # 1 px kept, 1 not merged
     assert torch.allclose(scores, torch.tensor([0.99, 0.9, 0.8, 0.7]))
     assert select_pseudo_masks(torch.zeros(0, 4, 4), top_k=3)[0].shape == (0, 4, 4)
+
+
+def test_losses_under_bf16_autocast_are_fp32_and_match_fp32(batch, assert_bf16_close):
+    # train.amp=bf16: trunk, heads and decoder run in bf16; L_S's Dice and L_G's similarities stay fp32
+    assert_bf16_close(tiny_model(), batch)

@@ -187,6 +187,10 @@ def test_clip_loss_reference_hand_and_valid():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf = clip_contrastive_loss(img.float(), txt.float(), temperature=0.5)
     assert bf.item() == pytest.approx(total / 10, rel=1e-5)  # similarities are kept in fp32
+    half = clip_contrastive_loss(img.bfloat16(), txt.bfloat16(), temperature=0.5)
+    assert half.dtype == torch.float32  # so is the loss of bf16 embeddings (not rounded back to bf16)
+    assert half.item() == pytest.approx(clip_contrastive_loss(img.bfloat16().float(), txt.bfloat16().float(),
+                                                              temperature=0.5).item(), rel=1e-6)
 
 
 def ref_image_label(logits, labels):
