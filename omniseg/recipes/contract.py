@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import filecmp
 import json
 import math
 import os
@@ -263,10 +264,22 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
                 folder.rmdir()
 
 
+def _same_file(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are paths of two existing files with the same bytes (e.g. ``model.pretrained`` of one
+    checkout and of a clone of it: the same weights)."""
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    try:
+        return Path(a).is_file() and Path(b).is_file() and filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
 def check_resume_config(output_dir: str | Path, cfg: Any) -> None:
     """Refuse to ``--resume`` a run with another model than the one its folder holds.
 
-    Compares the recipe and the ``model`` section with the run's saved ``config.yaml``; without
+    Compares the recipe and the ``model`` section with the run's saved ``config.yaml`` (a path to a file with the same
+    bytes, e.g. the pretrained weights read from a clone of the checkout, is the same value); without
     one there is nothing to compare (the checkpoint's own check then names a shape that differs).
 
     Raises:
@@ -288,7 +301,8 @@ def check_resume_config(output_dir: str | Path, cfg: Any) -> None:
         defaults = config_to_dict(type(cfg.model)()) if dataclasses.is_dataclass(getattr(cfg, "model", None)) else {}
         diffs += [f"model.{k}: {old_model.get(k)!r} -> {new_model.get(k)!r}"
                   for k in sorted(set(old_model) | set(new_model)) if old_model.get(k) != new_model.get(k)
-                  and not (k not in old_model and k in defaults and new_model.get(k) == defaults[k])]
+                  and not (k not in old_model and k in defaults and new_model.get(k) == defaults[k])
+                  and not _same_file(old_model.get(k), new_model.get(k))]
     if diffs:
         raise RunFolderError(f"{output_dir}: --resume with another model than the run's ({'; '.join(diffs)}); "
                              "use the run's config, or start a new run elsewhere")

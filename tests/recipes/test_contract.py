@@ -280,6 +280,23 @@ def test_resume_with_another_model_names_the_differing_keys(tmp_path):
     check_resume_config(tmp_path, load_config(recipe.config, None, ["model.width=8", "train.max_iter=5"]))
 
 
+def test_resume_accepts_the_same_weights_at_another_path(tmp_path):
+    # a run started from one checkout and resumed from a clone of it: model.pretrained names another path
+    recipe = RECIPES["mal"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for name, data in (("a/w.safetensors", b"weights"), ("b/w.safetensors", b"weights"), ("b/v.safetensors", b"other")):
+        (tmp_path / name).write_bytes(data)
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = dataclasses.asdict(load_config(recipe.config, None, [f"model.pretrained={tmp_path / 'a' / 'w.safetensors'}"]))
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resume_config(run, load_config(recipe.config, None, [f"model.pretrained={tmp_path / 'b' / 'w.safetensors'}"]))
+    for other in ("b/v.safetensors", "b/missing.safetensors"):  # other bytes, or nothing to compare: another model
+        cfg = load_config(recipe.config, None, [f"model.pretrained={tmp_path / other}"])
+        with pytest.raises(RunFolderError, match=rf"model.pretrained: '{tmp_path / 'a' / 'w.safetensors'}' -> "):
+            check_resume_config(run, cfg)
+
+
 def test_resume_accepts_a_model_field_added_since_at_its_default(tmp_path):
     recipe = RECIPES["box_to_mask"]
     saved = dataclasses.asdict(load_config(recipe.config, None, ["model.width=8"]))
