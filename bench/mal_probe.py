@@ -101,7 +101,7 @@ def breakdown(truth: dict, scored: list[tuple[dict, dict, float]]) -> dict:
         row = (iou, min(fill, 1.0), *clipped(a["segmentation"], b["segmentation"], a["bbox"]))
         allr.append(row)
         side = max(w, h)
-        lo = max(b for b in BINS if b <= side)
+        lo = max(edge for edge in BINS if edge <= side)
         hi = BINS[BINS.index(lo) + 1]
         bins.setdefault(f"{lo}-{hi}" if hi < 10**9 else f">={lo}", []).append(row)
         cats.setdefault(names.get(a["category_id"], str(a["category_id"])), []).append(row)
