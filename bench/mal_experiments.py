@@ -20,6 +20,9 @@ Tables (``report_mal.py`` renders them):
   θ in {0, 0.6, 1.0, 1.6} (Table 5), EMA teacher off, CRF loss off, whole image instead of crops (Sec. 3.1:
   ``model.input=image``, each 256 px image encoded once at its own resolution -- 2 x 16^2 tokens a step, as many
   as 8 crops of 8^2 -- and RoIAlign per expanded box); the reference row is ``synth``'s runs of the same seeds.
+* ``schedule``: is the reference converged at ``--iters`` (2000)? The reference (as ``synth``) at 2x and 4x the
+  iterations (jobs ``sched_<iters>_<amp>_s<seed>``, each under its own cosine schedule), evaluated every ``--iters``
+  steps on the held-out boxes; the report sets them beside the synth runs of the same precision.
 * ``coco_mini``: MAL on the boxes of the 80 coco-mini photos (masks only for scoring), scored on boxes whose
   shorter side is >= 16 px.
 * ``speed``: autolabel boxes/s and peak memory with 2 torch threads at the CPU config (weights of a
@@ -63,7 +66,9 @@ from yardstick import ORACLE, PRETRAINED  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "mal"
 BACKBONE = ROOT / "bench" / "results" / "pretrained" / "mae_vits16_synth" / "backbone.safetensors"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
-TABLES = ("pretrain", "synth", "retention", "ablations", "coco_mini", "speed")
+TABLES = ("pretrain", "synth", "retention", "ablations", "schedule", "coco_mini", "speed")
+#: the schedule table's iterations, as multiples of --iters
+SCHEDULE = (2, 4)
 #: seconds per iteration on one thread (2-core dev machine, busy): MAL ViT-S at the CPU config and MAE ViT-S
 #: measured (configs' comments), the oracle Mask R-CNN measured (bench/results/step_speed_oracle.json); MAL
 #: without a teacher forward and with the ResNet-18 w16 trunk are guesses; autolabel: seconds per box at the CPU
@@ -75,7 +80,7 @@ S_PER = {"mal": 2.0, "mal_no_teacher": 1.7, "mal_resnet": 0.8, "mae": 0.75, "mrc
 AMP_SPEEDUP = {"bf16": 0.5}
 #: the tables trained under bf16 unless ``--amp none``: the synth table's precision check (3 seeds each) puts bf16
 #: within noise of fp32 at half the time a run
-AMP_DEFAULT = {"ablations": "bf16", "coco_mini": "bf16"}
+AMP_DEFAULT = {"ablations": "bf16", "schedule": "bf16", "coco_mini": "bf16"}
 BOXES_PER_IMAGE = 4.6  # the synthetic world's mean instances per image
 OVERHEAD_S = {"mal": 60, "mae": 60, "mrcnn": 180, "autolabel": 30, "speed": 30}  # start-up + final evaluation
 #: row -> (label, overrides) of the one-seed ablations; the reference (attention, MAE ViT, θ 1.2, EMA, CRF) is synth's
@@ -182,6 +187,10 @@ def _table_jobs(args: argparse.Namespace) -> list[dict]:
             [mal_job(args, run_name(args, "synth", s), "synth", "mal_attention_mae", s)]
             + [mal_job(args, run_name(args, f"abl_{row}", s), "ablations", row, s, over)
                for row, (_, over) in ABLATIONS.items()])]
+    if t == "schedule":
+        return [mal_job(args, run_name(args, f"sched_{k * args.iters}", s), "schedule", f"iters_{k * args.iters}", s,
+                        [f"train.eval_period={args.iters}"], iters=k * args.iters)
+                for s in args.seeds for k in SCHEDULE]
     if t == "coco_mini":
         data = [f"data.train={args.coco_mini / 'annotations' / 'instances_train2017.json'}",
                 f"data.train_images={args.coco_mini / 'train2017'}", f"data.val={runs / 'coco_mini_val16.json'}",
@@ -262,6 +271,8 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     extra: list[Path] = []
     if job["kind"] in ("mal", "mrcnn"):
         out.update(_metrics(run))
+    if job["table"] == "schedule":
+        out.update(curve=eval_curve(run / "metrics.jsonl"))
     elif job["kind"] == "mae":
         out.update(keep_backbone(run, Path(args.backbone)))
         extra = [Path(args.backbone), Path(args.backbone).parent / "manifest.json"]
@@ -280,6 +291,16 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
         out.update(_rate(run / "stdout.log"), **peak, images=job["images"], machine=(
             f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads"), config=rel(args.config))
     return out, extra
+
+
+def eval_curve(metrics: Path) -> list[dict]:
+    """The periodic evaluations of a run's metrics.jsonl: step, held-out mIoU and mask AP."""
+    out = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if "eval/mask_mIoU" in rec:
+            out.append({"step": rec["step"], "mIoU": rec["eval/mask_mIoU"], "AP": rec.get("eval/mask_AP")})
+    return out
 
 
 def keep_backbone(run: Path, dst: Path) -> dict:
@@ -366,13 +387,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--speed-images", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2, help="speed: torch threads")
     ap.add_argument("--amp", choices=("none", "bf16"), default=None,
-                    help="synth / ablations / coco_mini: MAL runs under bf16 autocast or in fp32 (default: bf16 for "
-                    "ablations and coco_mini, fp32 otherwise; module docstring)")
+                    help="synth / ablations / schedule / coco_mini: MAL runs under bf16 autocast or in fp32 "
+                    "(default: bf16 for ablations, schedule and coco_mini, fp32 otherwise; module docstring)")
     args = ap.parse_args(argv)
     args.amp = args.amp or AMP_DEFAULT.get(args.table, "none")
-    if args.amp != "none" and args.table not in ("synth", "ablations", "coco_mini"):
-        raise SystemExit(f"--amp {args.amp}: only the synth, ablations and coco_mini tables (the retention labels, "
-                         "the MAE backbone and the speed table are fp32)")
+    if args.amp != "none" and args.table not in ("synth", "ablations", "schedule", "coco_mini"):
+        raise SystemExit(f"--amp {args.amp}: only the synth, ablations, schedule and coco_mini tables (the retention "
+                         "labels, the MAE backbone and the speed table are fp32)")
     return args
 
 

@@ -344,6 +344,44 @@ def _ablations(runs: dict[str, dict], synth: dict[str, dict], amp: str) -> list[
     return out + [""]
 
 
+def schedule_section(results: Path, plan: dict) -> list[str]:
+    """The reference at 1x (the synth runs of the same precision), 2x and 4x the iterations: is it converged?"""
+    import mal_experiments as mx
+
+    amp, base = mx.AMP_DEFAULT["schedule"], mx.parse_args(["schedule"]).iters
+    recorded = _table(results, "schedule")
+    runs, synth = by_amp(recorded).get(amp, {}), by_amp(_table(results, "synth")).get(amp, {})
+    iters = sorted({r["iters"] for r in runs.values()} | {base * k for k in mx.SCHEDULE})
+    rows = {base: {n: r for n, r in synth.items() if r.get("row_id") == REFERENCE},
+            **{i: {n: {**r, "row_id": REFERENCE} for n, r in runs.items() if r["iters"] == i} for i in iters}}
+    ref = aggregate(rows[base], "mask_mIoU").get(REFERENCE)
+    word = {"reproduced": "longer is better: not converged", "not reproduced": "longer is worse",
+            "within noise": "within noise: converged"}
+    out = [f"### Schedule: is {base} iterations converged? ({AMP_LABEL.get(amp, amp)}; "
+           "`python bench/mal_experiments.py schedule --commit`)", "",
+           "The reference (as the synth table) trained 2x and 4x as long, each under its own cosine schedule, "
+           f"evaluated every {base} steps on the held-out boxes; {base} iterations is the synth table's runs of the same "
+           "precision. Judged with the 2-std rule over >= 3 seeds of both rows ('so far': on the seeds there are, "
+           "the reference's seed std as the least noise).", "",
+           f"| iterations | seeds | mIoU | mask AP | mIoU every {base} steps (seed by seed) | vs {base} |",
+           "|---:|---|---:|---:|---|---|"]
+    for i, group in rows.items():
+        st, ap = aggregate(group, "mask_mIoU").get(REFERENCE), aggregate(group, "mask_AP").get(REFERENCE)
+        if st is None:
+            out.append(f"| {i} | not run yet | | | | |")
+            continue
+        curves = "; ".join(" → ".join(f"{c['mIoU']:.3f}" for c in r.get("curve", []))
+                           for r in sorted(group.values(), key=lambda r: r["seed"]) if r.get("curve"))
+        v = "–"
+        if i != base:
+            v = verdict(st, ref)
+            hint = verdict_so_far(st, ref, ref["std"]) if v == "incomplete" and ref else None
+            v = f"**{word.get(v, v)}**" + (f" (so far: {word.get(hint, hint)})" if hint else "")
+        out.append(f"| {i} | {', '.join(map(str, st['seeds']))} | {_ms(st)} | {_ms(ap, True)} | {curves or '–'} "
+                   f"| {v} |")
+    return out + ["", *_missing("schedule", recorded, plan)]
+
+
 def coco_section(results: Path, plan: dict) -> list[str]:
     import mal_experiments as mx
 
@@ -404,7 +442,7 @@ def sections(results: Path) -> list[str]:
     out = ["## MAL: masks from boxes (issue 13)", "",
            "Every run is recorded in bench/results/mal/<table>/ as it finishes (the command and machine in each "
            "file); rows are mean ± sample std over seeds, mIoU as a fraction, AP and retention in %.", ""]
-    for render in (pretrain_section, synth_section, probe_section, retention_section, ablations_section, coco_section,
-                   speed_section):
+    for render in (pretrain_section, synth_section, probe_section, retention_section, ablations_section,
+                   schedule_section, coco_section, speed_section):
         out += render(results, plan)
     return out

@@ -374,7 +374,47 @@ def test_amp_bf16_names_and_flags_the_mal_runs_of_three_tables_only(bench, tmp_p
     for table in ("retention", "speed", "pretrain"):
         with pytest.raises(SystemExit) as e:
             _args(mx, tmp_path, table, "--amp", "bf16")
-        assert str(e.value.code).startswith("--amp bf16: only the synth, ablations and coco_mini tables")
+        assert str(e.value.code).startswith("--amp bf16: only the synth, ablations, schedule and coco_mini tables")
+
+
+def test_schedule_plans_the_reference_at_2x_and_4x_with_periodic_evals(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    jobs = mx.plan(_args(mx, tmp_path, "schedule", "--seeds", "0", "1", "--iters", "100"))
+    assert [j["name"] for j in jobs] == ["mae", "sched_200_bf16_s0", "sched_400_bf16_s0", "sched_200_bf16_s1",
+                                         "sched_400_bf16_s1"]
+    ref = {j["name"]: j for j in mx.plan(_args(mx, tmp_path, "synth", "--seeds", "1", "--iters", "400",
+                                                 "--amp", "bf16"))}["synth_bf16_s1"]
+    long = jobs[-1]
+    assert (long["iters"], long["row"], long["table"], long["amp"]) == (400, "iters_400", "schedule", "bf16")
+    # the reference's run, trained 4x as long, evaluated every --iters steps: nothing else differs
+    assert sorted(long["overrides"]) == sorted(ref["overrides"] + ["train.eval_period=100"])
+
+
+def test_eval_curve_reads_the_periodic_evaluations(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 20, "loss": 0.5}, {"step": 100, "eval/mask_mIoU": 0.6, "eval/mask_AP": 0.3},
+        {"step": 120, "loss": 0.4}, {"step": 200, "eval/mask_mIoU": 0.7, "eval/mask_AP": 0.4}]) + "\n")
+    assert mx.eval_curve(log) == [{"step": 100, "mIoU": 0.6, "AP": 0.3}, {"step": 200, "mIoU": 0.7, "AP": 0.4}]
+
+
+def test_report_schedule_sets_longer_runs_beside_the_reference(bench, tmp_path):
+    rm = bench["report_mal"]
+    mal = tmp_path / "mal"
+    for s, v in enumerate([0.69, 0.70, 0.71]):  # the bf16 reference: 0.70 ± 0.01
+        _record(mal / "synth", f"synth_bf16_s{s}", row_id="mal_attention_mae", seed=s, amp="bf16", mask_mIoU=v,
+                mask_AP=0.4, iters=2000)
+    _record(mal / "synth", "synth_s0", row_id="mal_attention_mae", seed=0, amp="none", mask_mIoU=0.1, iters=2000)
+    _record(mal / "schedule", "sched_4000_bf16_s0", row_id="iters_4000", seed=0, amp="bf16", mask_mIoU=0.75,
+            mask_AP=0.5, iters=4000, curve=[{"step": 2000, "mIoU": 0.66}, {"step": 4000, "mIoU": 0.75}])
+    text = "\n".join(rm.schedule_section(tmp_path, rm.planned()))
+    assert "| 2000 | 0, 1, 2 | 0.700 ± 0.010 | 40.0 ± 0.0 | – | – |" in text  # the fp32 synth run left out
+    # one seed, +0.05 beyond 2 x the reference's 0.01 so far
+    assert ("| 4000 | 0 | 0.750 (1 seed) | 50.0 (1 seed) | 0.660 → 0.750 | **incomplete** (so far: longer is "
+            "better: not converged) |") in text
+    assert "| 8000 | not run yet | | | | |" in text
+    assert "Missing (5): sched_8000_bf16_s0, sched_4000_bf16_s1" in text
 
 
 def test_report_keeps_bf16_runs_apart_and_checks_them_against_fp32(bench, tmp_path):
@@ -401,7 +441,7 @@ def test_report_keeps_bf16_runs_apart_and_checks_them_against_fp32(bench, tmp_pa
     assert "| CRF loss off (Sec. 3.2) | 0 | 0.660 (1 seed) | 30.0 (1 seed) | -0.050 |" in fp32.split("###")[0]
     assert "| CRF loss off (Sec. 3.2) | 0 | 0.600 (1 seed) | 30.0 (1 seed) | -0.103 |" in bf16.split("###")[0]
     assert "reference's seed std (0.015)" in bf16.split("###")[0]
-    missing = text.split("Missing")[-2]  # the ablations' line: the default (bf16) plan
+    missing = text.split("### Schedule")[0].split("Missing")[-1]  # the ablations' line: the default (bf16) plan
     assert "abl_crf_off_bf16_s0" not in missing and "abl_crf_off_bf16_s1" in missing and "_s0," in missing
     assert "abl_crf_off_s1" not in missing  # fp32 runs are not planned by default
 
