@@ -386,8 +386,11 @@ def test_schedule_plans_the_reference_at_2x_and_4x_with_periodic_evals(bench, tm
                                                  "--amp", "bf16"))}["synth_bf16_s1"]
     long = jobs[-1]
     assert (long["iters"], long["row"], long["table"], long["amp"]) == (400, "iters_400", "schedule", "bf16")
-    # the reference's run, trained 4x as long, evaluated every --iters steps: nothing else differs
-    assert sorted(long["overrides"]) == sorted(ref["overrides"] + ["train.eval_period=100"])
+    # the reference's run on 4x the images (configs/mal_vits_synth.yaml: 400), 4x as long, evaluated every --iters
+    # steps: nothing else differs
+    assert sorted(long["overrides"]) == sorted(ref["overrides"] + ["data.train_num_images=1600",
+                                                                   "train.eval_period=100"])
+    assert "data.train_num_images=800" in jobs[1]["overrides"]
 
 
 def test_eval_curve_reads_the_periodic_evaluations(bench, tmp_path):
@@ -412,7 +415,7 @@ def test_report_schedule_sets_longer_runs_beside_the_reference(bench, tmp_path):
     assert "| 2000 | 0, 1, 2 | 0.700 ± 0.010 | 40.0 ± 0.0 | – | – |" in text  # the fp32 synth run left out
     # one seed, +0.05 beyond 2 x the reference's 0.01 so far
     assert ("| 4000 | 0 | 0.750 (1 seed) | 50.0 (1 seed) | 0.660 → 0.750 | **incomplete** (so far: longer is "
-            "better: not converged) |") in text
+            "better) |") in text
     assert "| 8000 | not run yet | | | | |" in text
     assert "Missing (5): sched_8000_bf16_s0, sched_4000_bf16_s1" in text
 
