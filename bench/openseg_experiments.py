@@ -166,14 +166,12 @@ def rescore(run: Path, out: Path) -> dict:
     inference from pixels (no proposals) and ``gt_masks:<key>`` with the ground-truth segments as proposals."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
     from omniseg.api import Segmenter
     from omniseg.data.loader import build_test_loader
     from omniseg.evaluation.semantic import ConfusionMatrix, grounding_argmax, segments_to_label_map
     from omniseg.modeling.openseg import ensemble_max, split_queries
     from omniseg.modeling.openseg_heads import resize_valid
-    from omniseg.ops.rle import rle_decode
     from omniseg.recipes.data import open_val
     from omniseg.recipes.openseg import IGNORE, class_queries, gt_segments, semantic_metrics
 
@@ -198,14 +196,9 @@ def rescore(run: Path, out: Path) -> dict:
                 present = [int(c) for c in np.unique(label) if c != IGNORE]
                 if not segs:
                     continue
-                m = torch.as_tensor(np.stack([rle_decode(s.mask) for s in segs]), dtype=torch.float32)
-                m = F.interpolate(m[None], size=tuple(size), mode="nearest")[0]  # stored -> input size
-                full = m.new_zeros(len(segs), *batch.images.shape[-2:])
-                full[:, : size[0], : size[1]] = m
-                p = F.interpolate(full[None], size=enc["pixels"].shape[-2:], mode="area")[0].clamp(1e-6, 1 - 1e-6)
                 # GT masks as the proposals (logits), region features as OpenSeg.encode computes them (Sec. 3.2)
-                one = {"masks": p.logit()[None], "pixels": enc["pixels"][i: i + 1],
-                       "regions": (torch.einsum("nhw,ehw->ne", p, enc["pixels"][i]) / (p.sum((1, 2))[:, None] + 1e-6))[None]}
+                p, z = gt_regions(enc, i, segs, size, batch.images.shape[-2:])
+                one = {"masks": p.logit()[None], "pixels": enc["pixels"][i: i + 1], "regions": z[None]}
                 for key, (q, groups) in queries.items():
                     sem = ensemble_max(model.query_scores(one, 0, q, "proposals"), groups, len(cats))
                     sem = resize_valid(sem, size, model.pyramid.stride, out_size).numpy()
@@ -219,6 +212,23 @@ def rescore(run: Path, out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
+
+
+def gt_regions(enc: dict, i: int, segs: list, size: tuple[int, int], padded: tuple[int, int]):
+    """The ground-truth segments of image ``i`` of an encoded batch as OpenSeg regions: S x h x w mask fractions
+    on the F_z grid (clamped to (0, 1)) and S x E region features z = mask-weighted mean of F_z (Sec. 3.2)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from omniseg.ops.rle import rle_decode
+
+    m = torch.as_tensor(np.stack([rle_decode(s.mask) for s in segs]), dtype=torch.float32)
+    m = F.interpolate(m[None], size=tuple(size), mode="nearest")[0]  # stored -> input size
+    full = m.new_zeros(len(segs), *padded)
+    full[:, : size[0], : size[1]] = m
+    p = F.interpolate(full[None], size=enc["pixels"].shape[-2:], mode="area")[0].clamp(1e-6, 1 - 1e-6)
+    return p, torch.einsum("nhw,ehw->ne", p, enc["pixels"][i]) / (p.sum((1, 2))[:, None] + 1e-6)
 
 
 def write_overlays(run: Path, images: list[Path], vocabulary: list[str], out: Path, tmp: Path) -> list[Path]:

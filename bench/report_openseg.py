@@ -203,6 +203,34 @@ def coco_section(results: Path, plan: dict) -> list[str]:
     return out + ["", *_missing("coco_mini", runs, plan)]
 
 
+def probe_section(results: Path) -> list[str]:
+    """``bench/openseg_probe.py`` records (bench/results/openseg/probe/*.json): how the run's region features of the
+    true segments score against the class names and their words, things and stuff apart."""
+    import json
+
+    files = sorted((results / "openseg" / "probe").glob("*.json"))
+    if not files:
+        return []
+    out = ["### Why OpenSeg grounds so little: the true segments as regions (`python bench/openseg_probe.py RUN "
+           "--images 40 [--split train] --out ...`)", "",
+           "Each ground-truth segment's region feature (mask-weighted mean of F_z, as the GT-mask upper bound) against "
+           "the text embeddings: the true class name first among all names / among the image's present classes "
+           "(chance: mean 1 / |present|), and the mean cosine with the single words of its own name (what L_G trains "
+           "on) vs the words of the absent classes' names.", "",
+           "| run | split | kind | segments | top-1 all | top-1 present | chance present | own-word cos | absent-word cos |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for f in files:
+        for r in (lambda d: d if isinstance(d, list) else [d])(json.loads(f.read_text(encoding="utf-8"))):
+            for kind in ("thing", "stuff"):
+                k = r[kind]
+                if not k.get("segments"):
+                    continue
+                out.append(f"| {Path(r['run']).name} | {r['split']} | {kind} | {k['segments']} | {k['top1_all']:.3f} "
+                           f"| {k['top1_present']:.3f} | {k['chance_present']:.3f} | {k['own_word_cos']:+.3f} "
+                           f"| {k['absent_word_cos']:+.3f} |")
+    return out + [""]
+
+
 def sections(results: Path) -> list[str]:
     """The whole OpenSeg section from ``results`` (bench/results)."""
     plan = planned()
@@ -211,4 +239,4 @@ def sections(results: Path) -> list[str]:
            "file); rows are mean ± sample std over seeds, mIoU in %, recall as a fraction.", ""]
     for render in (synth_section, ablations_section, coco_section):
         out += render(results, plan)
-    return out
+    return out + probe_section(results)

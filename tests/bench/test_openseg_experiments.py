@@ -211,3 +211,44 @@ def test_synth_smoke_records_every_row_and_never_reruns(tmp_path):
     assert "configs/openseg_smoke.yaml" in o["command"] and "_rescore" in re["command"]
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert again.returncode == 0 and "4 recorded, 0 job(s) to run" in again.stdout and "[start]" not in again.stdout
+
+
+def test_report_renders_probe_records(bench, tmp_path):
+    ro = bench["report_openseg"]
+    assert ro.probe_section(tmp_path) == []  # no probe recorded: no section
+    rec = {"run": "/r/openseg_bf16_s0", "split": "val", "images": 2,
+           "thing": {"segments": 3, "top1_all": 0.0, "top1_present": 1 / 3, "chance_present": 0.25,
+                     "own_word_cos": 0.02, "absent_word_cos": -0.05}, "stuff": {"segments": 0}}
+    (tmp_path / "openseg" / "probe").mkdir(parents=True)
+    (tmp_path / "openseg" / "probe" / "p.json").write_text(json.dumps(rec))
+    text = "\n".join(ro.probe_section(tmp_path))
+    assert "| openseg_bf16_s0 | val | thing | 3 | 0.000 | 0.333 | 0.250 | +0.020 | -0.050 |" in text
+    assert "| stuff |" not in text  # a kind without segments is left out
+
+
+def test_probe_smoke_on_a_two_iteration_run(tmp_path):
+    # a 2-iteration smoke run; its numbers mean nothing, but the counts and the chance level are checked by hand
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "omniseg.cli", "train", str(ROOT / "configs" / "openseg_smoke.yaml"),
+                    f"train.output_dir={run}", "train.progress=false"], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=240)
+    out = tmp_path / "probe.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "openseg_probe.py"), str(run), "--images", "3", "--out",
+                    str(out)], check=True, env=env, cwd=ROOT, capture_output=True, timeout=240)
+    res = json.loads(out.read_text())
+    sys.path.insert(0, str(ROOT))
+    from omniseg.recipes.data import open_source
+    from omniseg.recipes.openseg import gt_segments
+
+    rs, _ = open_source("synth", 3, 1000, 64, False)  # the smoke config's held-out world (val_seed, 64 px)
+    kinds = {"thing": [], "stuff": []}
+    for rec in rs:
+        segs = gt_segments(rec)
+        for s in segs:
+            kinds["thing" if s.is_thing else "stuff"].append(1 / len({x.category_id for x in segs}))
+    for kind, chances in kinds.items():
+        assert res[kind]["segments"] == len(chances) > 0
+        assert abs(res[kind]["chance_present"] - sum(chances) / len(chances)) < 1e-3
+        assert 0 <= res[kind]["top1_all"] <= res[kind]["top1_present"] <= 1  # present classes are among all
+        assert -1 <= res[kind]["own_word_cos"] <= 1 and -1 <= res[kind]["absent_word_cos"] <= 1
