@@ -20,7 +20,10 @@ Tables (``report_openseg.py`` renders them):
   ``abl_narratives_s<seed>``, after the teacher) on the same masked images plus ``--caption-only`` caption-only
   images (their narratives as captions) masked by the teacher's pseudo masks, trained twice as many iterations
   (Sec. 4.1: 30k steps on COCO, 60k on COCO + Loc. Narr., sources drawn with equal probability); the "without
-  narratives" reference is the ``synth`` OpenSeg row too.
+  narratives" reference is the ``synth`` OpenSeg row too. Backbone start (Sec. 4.1: "we initialize the backbone
+  of the model from the ALIGN checkpoint"): OpenSeg started from the same seed's ALIGN-style run (job
+  ``abl_init_align_s<seed>``, ``model.init_from``: its trunk + FPN, dense tower and tau; after the synth table's
+  ``align_s<seed>``) against the reference, which starts from the dense-pretrained trunk only.
 * ``coco_mini``: OpenSeg on the captions + class-agnostic masks of 60 of the 80 coco-mini photos (sorted image
   ids, first 60), grounding mIoU on the other 20 (things only: coco-mini has no panoptic stuff); semantic overlays
   of 5 held-out photos (first seed) are written next to the results, downscaled to <= 320 px.
@@ -75,6 +78,8 @@ NARRATIVES = {
     "narratives": ("with narratives pseudo-labels (Sec. 4.3)",
                    ["data.teacher={teacher}", "data.caption_only_num_images={n}"]),
 }
+#: row -> label of the backbone-start ablation (its override names the ALIGN run: ablation_jobs)
+INIT = {"init_align": "backbone from the ALIGN-style run (Sec. 4.1)"}
 #: the student's iterations / the synth runs' (Sec. 4.1: 30k steps on COCO, 60k with Loc. Narr. added)
 NARRATIVES_ITERS = 2
 OVERLAYS = 5
@@ -122,6 +127,7 @@ def ablation_jobs(args: argparse.Namespace, s: int) -> list[dict]:
     teacher = run_name(args, "abl_narratives_teacher", s)
     fill = {"teacher": Path(args.runs) / teacher, "n": args.caption_only}
     narr = {row: [o.format(**fill) for o in over] for row, (_, over) in NARRATIVES.items()}
+    align = train_job(args, "align", "synth", "align", s, "align")
     return [train_job(args, "openseg", "synth", "openseg", s, "openseg")] + [
         train_job(args, f"abl_{row}", "ablations", row, s, "openseg", over)
         for row, (_, over) in ABLATIONS.items()] + [
@@ -129,7 +135,9 @@ def ablation_jobs(args: argparse.Namespace, s: int) -> list[dict]:
                   narr["narratives_teacher"]),
         train_job(args, "abl_narratives", "ablations", "narratives", s, "openseg", narr["narratives"],
                   NARRATIVES_ITERS * args.iters, after=teacher,
-                  extra_s=args.caption_only * OVERHEAD_S["pseudo_per_image"])]
+                  extra_s=args.caption_only * OVERHEAD_S["pseudo_per_image"]),
+        align, train_job(args, "abl_init_align", "ablations", "init_align", s, "openseg",
+                         [f"model.init_from={Path(args.runs) / align['name']}"], after=align["name"])]
 
 
 def plan(args: argparse.Namespace) -> list[dict]:
@@ -256,7 +264,7 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
            "driver": f"python bench/openseg_experiments.py {args.table}", "iters": job.get("iters"),
            "amp": job.get("amp", "none")}
     if job["table"] == "ablations":
-        out.update(label={**ABLATIONS, **NARRATIVES}[job["row"]][0])
+        out.update(label={**{k: v[0] for k, v in {**ABLATIONS, **NARRATIVES}.items()}, **INIT}[job["row"]])
     extra: list[Path] = []
     if job["kind"] == "rescore":
         out.update(json.loads((run / "rescore.json").read_text(encoding="utf-8")))

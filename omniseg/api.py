@@ -115,8 +115,9 @@ class Segmenter:
         if info.recipe != recipe.name:
             raise CheckpointError(f"{step}: its run description names recipe {info.recipe!r}, its config "
                                   f"{config_file} names {recipe.name!r}; which model this is is unclear")
-        if getattr(getattr(cfg, "model", None), "pretrained", ""):
-            cfg.model.pretrained = ""  # the checkpoint holds every weight; the initial trunk file may be gone
+        for key in ("pretrained", "init_from"):  # the checkpoint holds every weight; the initial files may be gone
+            if getattr(getattr(cfg, "model", None), key, ""):
+                setattr(cfg.model, key, "")
         model = recipe.build_model(cfg, info)
         weights_file = step / ("ema.safetensors" if use_ema else "model.safetensors")
         if not weights_file.exists():

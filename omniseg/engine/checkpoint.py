@@ -355,7 +355,7 @@ def load_checkpoint(
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Model weights from a checkpoint folder (or a root with a ``latest``), a .safetensors file,
+    """Model weights from a checkpoint folder (or a root with a ``latest``, or a run folder), a .safetensors file,
     or a foreign .pth / .pt / .bin / .ckpt file.
 
     Files are read with :func:`omniseg.utils.weights_io.read_state_dict`, the reader
@@ -371,6 +371,8 @@ def _weights_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         ckpt = path if (path / "model.safetensors").exists() else latest_checkpoint(path)
+        if ckpt is None and (path / "checkpoints").is_dir():  # a run folder
+            ckpt = latest_checkpoint(path / "checkpoints")
         if ckpt is None:
             raise CheckpointError(f"{path}: no model.safetensors and no checkpoint folder")
         path = ckpt / "model.safetensors"

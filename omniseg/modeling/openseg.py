@@ -28,6 +28,7 @@ queries (Sec. 4.3 "Ensembling", Appendix I).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -84,6 +85,10 @@ class OpenSegConfig:
     grounding_weight: float = bounded(1.0, ge=0)  # weight of L_G; 0: L_S only, the Sec. 3.3 teacher
     keep_prob: float = bounded(0.5, ge=0, le=1)  # kp, Sec. 4.1
     words: Literal["noun_adj", "noun_adj_verb", "all"] = "noun_adj"  # caption word kinds (ablation)
+    # an ALIGN-style run (its folder, checkpoint or model.safetensors) whose trunk + FPN fusion, dense tower and tau
+    # start the pyramid, F_z tower and tau (Sec. 4.1: "we initialize the backbone of the model from the ALIGN
+    # checkpoint"); applied after ``pretrained``
+    init_from: str = ""
     inference: Inference = "proposals"
 
 
@@ -310,11 +315,40 @@ def build_pyramid(cfg) -> FusedPyramid:
     return FusedPyramid(fpn=fpn)
 
 
+def init_from_align(model: OpenSeg, path: str | os.PathLike) -> int:
+    """Start ``model`` from an ALIGN-style run's weights (:class:`~omniseg.modeling.align_baseline.ALIGNBaseline`,
+    Sec. 4.1): its ``pyramid.*`` -> the pyramid, ``head.*`` (the dense embedding tower) -> ``emb_head.*`` (F_z), its
+    ``log_temperature`` -> tau. The mask branch (F_s tower, PE, queries) keeps its initialisation. Returns the number
+    of tensors loaded.
+
+    Raises:
+        CheckpointError: ``path`` holds no such tensors, or one whose name or shape this model lacks (another
+            width / embed_dim / head).
+    """
+    from omniseg.engine.checkpoint import load_weights
+    from omniseg.utils.weights_io import CheckpointError
+
+    mapped = {}
+    for k, v in load_weights(path).items():
+        if k.startswith("pyramid.") or k == "log_temperature":
+            mapped[k] = v
+        elif k.startswith("head."):
+            mapped["emb_head." + k[len("head."):]] = v
+    own = model.state_dict()
+    bad = sorted(k for k, v in mapped.items() if k not in own or own[k].shape != v.shape)
+    if not any(k.startswith("pyramid.") for k in mapped) or bad:
+        raise CheckpointError(f"{path}: not an ALIGN-style model for this OpenSeg config ("
+                              + (f"{len(bad)} tensors differ, e.g. {bad[0]}" if bad else "no pyramid.* tensors")
+                              + "); model.init_from wants a run of configs/align_synth.yaml's trunk and head sizes")
+    model.load_state_dict(mapped, strict=False)
+    return len(mapped)
+
+
 def build_openseg(cfg: OpenSegConfig) -> OpenSeg:
     """The model of ``cfg`` (no text embedder or caption tagger attached: the recipe does that)."""
     pyramid = build_pyramid(cfg)
     c = pyramid.out_channels
-    return OpenSeg(
+    model = OpenSeg(
         pyramid=pyramid,
         seg_head=FeatureHead(c, cfg.mask_dim, cfg.head_channels, cfg.head_convs, cfg.gn_groups),
         emb_head=FeatureHead(c, cfg.embed_dim, cfg.head_channels, cfg.head_convs, cfg.gn_groups),
@@ -322,3 +356,6 @@ def build_openseg(cfg: OpenSegConfig) -> OpenSeg:
         decoder=QueryDecoder(cfg.num_queries, cfg.mask_dim, cfg.decoder_layers, cfg.decoder_heads),
         cfg=cfg,
     )
+    if cfg.init_from:
+        init_from_align(model, cfg.init_from)
+    return model

@@ -52,10 +52,15 @@ def test_ablations_and_coco_mini_plans(bench, tmp_path):
     abl = ox.plan(_args(ox, tmp_path, "ablations", "--seeds", "2", "1", "--iters", "400", "--caption-only", "50",
                         "--amp", "none"))
     assert [(j["name"], j["table"]) for j in abl] == [
-        (f"{n}_s{s}", "synth" if n == "openseg" else "ablations") for s in (2, 1)  # every row of seed 2 first
-        for n in ("openseg", "abl_words_all", "abl_words_noun_adj_verb", "abl_narratives_teacher", "abl_narratives")]
-    assert abl[9]["after"] == "abl_narratives_teacher_s1" and "data.teacher=" + str(tmp_path / "runs") + \
-        "/abl_narratives_teacher_s1" in abl[9]["overrides"]  # each seed's student reads its own teacher
+        (f"{n}_s{s}", "synth" if n in ("openseg", "align") else "ablations") for s in (2, 1)  # seed 2 first
+        for n in ("openseg", "abl_words_all", "abl_words_noun_adj_verb", "abl_narratives_teacher", "abl_narratives",
+                  "align", "abl_init_align")]
+    assert abl[11]["after"] == "abl_narratives_teacher_s1" and "data.teacher=" + str(tmp_path / "runs") + \
+        "/abl_narratives_teacher_s1" in abl[11]["overrides"]  # each seed's student reads its own teacher
+    init = abl[13]  # Sec. 4.1: started from the same seed's ALIGN-style run, after it
+    assert init["after"] == "align_s1" and init["row"] == "init_align" and init["kind"] == "openseg"
+    assert f"model.init_from={tmp_path / 'runs' / 'align_s1'}" in init["overrides"]
+    assert abl[12]["config"] == "configs/align_synth.yaml"
     assert "model.words=all" in abl[1]["overrides"] and "model.words=noun_adj_verb" in abl[2]["overrides"]
     teacher, student = abl[3], abl[4]
     assert "model.grounding_weight=0" in teacher["overrides"] and teacher["after"] is None
@@ -73,9 +78,11 @@ def test_ablations_and_coco_mini_plans(bench, tmp_path):
             "train.max_iter=100", "eval.vocabularies=[names]"} <= set(over)
     assert coco[0]["est_s"] == 100 * 3.5 + 90 + 120
     bf = ox.plan(_args(ox, tmp_path, "ablations", "--seeds", "0", "--caption-only", "50"))
-    assert [j["name"] for j in bf][-2:] == ["abl_narratives_teacher_bf16_s0", "abl_narratives_bf16_s0"]
-    assert bf[-1]["after"] == "abl_narratives_teacher_bf16_s0"
-    assert f"data.teacher={tmp_path / 'runs' / 'abl_narratives_teacher_bf16_s0'}" in bf[-1]["overrides"]
+    assert [j["name"] for j in bf][-4:] == ["abl_narratives_teacher_bf16_s0", "abl_narratives_bf16_s0",
+                                            "align_bf16_s0", "abl_init_align_bf16_s0"]
+    assert bf[-3]["after"] == "abl_narratives_teacher_bf16_s0"
+    assert f"data.teacher={tmp_path / 'runs' / 'abl_narratives_teacher_bf16_s0'}" in bf[-3]["overrides"]
+    assert f"model.init_from={tmp_path / 'runs' / 'align_bf16_s0'}" in bf[-1]["overrides"]
 
 
 def test_coco_mini_split_by_sorted_image_id(bench, tmp_path):
@@ -178,6 +185,11 @@ def test_report_ablations_judge_rows_over_seeds(bench, tmp_path):
             "| 50.0 (1 seed) | +8.0 | incomplete (so far: with narratives better (as the paper)) |") in text
     assert "| without narratives (reference, synth runs) | 0, 1, 2 | – | – | – | 42.0 ± 2.0 | – | – |" in text
     assert "proposal recall: @0.5 0.900 ± 0.000, @0.7 0.600 ± 0.000, @0.9 0.200 ± 0.000." in text
+    assert "| backbone from the ALIGN-style run (Sec. 4.1) | not run yet |" in text
+    _rec(res, "ablations", "abl_init_align_s0", row_id="init_align", seed=0, **{"grounding_mIoU/all": 0.30})
+    text = "\n".join(ro.ablations_section(res, ro.planned()))
+    assert ("| backbone from the ALIGN-style run (Sec. 4.1) | 0 | – | – | – | 30.0 (1 seed) | -12.0 | incomplete "
+            "(so far: the dense trunk better) |") in text
 
 
 def test_report_without_results_says_incomplete_and_lists_every_run(bench, tmp_path):

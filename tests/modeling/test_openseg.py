@@ -205,3 +205,30 @@ def test_select_pseudo_masks_by_hand():
 def test_losses_under_bf16_autocast_are_fp32_and_match_fp32(batch, assert_bf16_close):
     # train.amp=bf16: trunk, heads and decoder run in bf16; L_S's Dice and L_G's similarities stay fp32
     assert_bf16_close(tiny_model(), batch)
+
+
+def test_init_from_an_align_run_copies_its_trunk_tower_and_tau(tmp_path):
+    from safetensors.torch import save_file
+
+    from omniseg.modeling.align_baseline import ALIGNConfig, build_align
+    from omniseg.utils.weights_io import CheckpointError
+
+    align_kw = {k: TINY[k] for k in ("backbone", "width", "fpn_channels", "norm", "freeze_at", "embed_dim",
+                                     "head_channels", "gn_groups")}
+    torch.manual_seed(5)
+    align = build_align(ALIGNConfig(**align_kw))
+    with torch.no_grad():
+        align.log_temperature.fill_(-2.0)
+    save_file({k: v.contiguous() for k, v in align.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    plain, started = tiny_model(), tiny_model(init_from=str(tmp_path / "model.safetensors"))
+    a, s, p = align.state_dict(), started.state_dict(), plain.state_dict()
+    for k, v in a.items():  # Sec. 4.1: the backbone (here also the dense tower and tau) from the ALIGN checkpoint
+        assert torch.equal(s[k.replace("head.", "emb_head.", 1) if k.startswith("head.") else k], v), k
+    assert all(torch.equal(s[k], p[k]) for k in p if k.startswith(("seg_head.", "decoder.", "positions.")))
+    first = next(k for k in p if k.startswith("emb_head."))
+    assert not torch.equal(s[first], p[first])  # the tower was replaced, not left at its initialisation
+    wide = build_align(ALIGNConfig(**{**align_kw, "embed_dim": 24}))
+    save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, str(tmp_path / "wide.safetensors"))
+    with pytest.raises(CheckpointError, match=r"wide.safetensors: not an ALIGN-style model for this OpenSeg config "
+                                              r"\(\d+ tensors differ, e.g. emb_head\."):
+        tiny_model(init_from=str(tmp_path / "wide.safetensors"))

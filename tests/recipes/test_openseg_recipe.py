@@ -220,3 +220,27 @@ def test_pseudo_masks_are_predicted_once_and_reused_on_resume(tmp_path, teacher,
     assert json.loads(cache.read_text()) == saved
     with pytest.raises(AssertionError, match="ran again"):  # another rule: the cache does not apply
         train_data(_student(tmp_path, teacher, "data.pseudo_top_k=1"), progress=False)
+
+
+def test_openseg_starts_from_an_align_run_and_its_checkpoint_needs_it_no_more(tmp_path, monkeypatch):
+    # Sec. 4.1: OpenSeg's backbone starts from the ALIGN checkpoint (model.init_from = an ALIGN-style run)
+    pytest.importorskip("spacy")
+    import shutil
+
+    from omniseg.api import Segmenter
+    from omniseg.engine.checkpoint import load_weights
+
+    align_run, run = tmp_path / "align", tmp_path / "openseg"
+    run_recipe(ALIGN, load_config(ALIGNExperiment, CONFIGS / "align_smoke.yaml", [f"train.output_dir={align_run}"]))
+    cfg = load_config(OpenSegExperiment, CONFIGS / "openseg_smoke.yaml",
+                      [f"train.output_dir={run}", f"model.init_from={align_run}"])
+    start = OPENSEG.build_model(cfg, None).state_dict()
+    a = load_weights(align_run)
+    assert all(torch.equal(start[k], v) for k, v in a.items() if k.startswith("pyramid."))
+    assert all(torch.equal(start["emb_head." + k[5:]], v) for k, v in a.items() if k.startswith("head."))
+    run_recipe(OPENSEG, cfg)
+    shutil.rmtree(align_run)  # the checkpoint holds every weight
+    seg = Segmenter.from_checkpoint(run)
+    assert seg.cfg.model.init_from == ""
+    image = np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8)
+    assert seg.predict_semantic(image, vocabulary=["grass", "sky"]).labels.shape == (40, 52)
