@@ -23,9 +23,10 @@ Tables (``report_mal.py`` renders them):
 * ``schedule``: does the reference stop short? It sees each of its 400 training images' boxes ~9 times (2000
   steps x <= 8 crops; the paper: 10 epochs, Sec. 4.2) -- the epochs of the paper on a world ~500x smaller than
   COCO's boxes. The reference (as ``synth``) at 2x and 4x the iterations AND the training images (the same ~9
-  epochs; the synthetic world has images to spare), jobs ``sched_<iters>_<amp>_s<seed>``, each under its own
-  cosine schedule, evaluated every ``--iters`` steps on the same held-out boxes; the report sets them beside the
-  synth runs of the same precision.
+  epochs; the synthetic world has images to spare; jobs ``sched_<iters>_<amp>_s<seed>``) and at its own
+  iterations on 4x the images (~2 epochs; ``sched_<iters>_<images>img_<amp>_s<seed>``: data or steps?), each
+  under its own cosine schedule, evaluated every ``--iters`` steps on the same held-out boxes; the report sets
+  them beside the synth runs of the same precision.
 * ``coco_mini``: MAL on the boxes of the 80 coco-mini photos (masks only for scoring), scored on boxes whose
   shorter side is >= 16 px.
 * ``speed``: autolabel boxes/s and peak memory with 2 torch threads at the CPU config (weights of a
@@ -70,8 +71,8 @@ RESULTS = ROOT / "bench" / "results" / "mal"
 BACKBONE = ROOT / "bench" / "results" / "pretrained" / "mae_vits16_synth" / "backbone.safetensors"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
 TABLES = ("pretrain", "synth", "retention", "ablations", "schedule", "coco_mini", "speed")
-#: the schedule table's iterations, as multiples of --iters
-SCHEDULE = (2, 4)
+#: the schedule table's rows: (iterations as a multiple of --iters, training images as a multiple of the config's)
+SCHEDULE = ((2, 2), (1, 4), (4, 4))
 #: seconds per iteration on one thread (2-core dev machine, busy): MAL ViT-S at the CPU config and MAE ViT-S
 #: measured (configs' comments), the oracle Mask R-CNN measured (bench/results/step_speed_oracle.json); MAL
 #: without a teacher forward and with the ResNet-18 w16 trunk are guesses; autolabel: seconds per box at the CPU
@@ -160,6 +161,11 @@ def mal_job(args: argparse.Namespace, name: str, table: str | None, row: str, se
                   row=row, seed=seed, iters=iters, amp=args.amp)
 
 
+def sched_name(iters: int, images: int, same_epochs: bool) -> str:
+    """``sched_<iters>`` (images scaled with the iterations) or ``sched_<iters>_<images>img``."""
+    return f"sched_{iters}" if same_epochs else f"sched_{iters}_{images}img"
+
+
 def _config_value(config: Path, section: str, key: str):
     import yaml
 
@@ -198,10 +204,11 @@ def _table_jobs(args: argparse.Namespace) -> list[dict]:
                for row, (_, over) in ABLATIONS.items()])]
     if t == "schedule":
         images = _config_value(Path(args.config), "data", "train_num_images")
-        return [mal_job(args, run_name(args, f"sched_{k * args.iters}", s), "schedule", f"iters_{k * args.iters}", s,
-                        [f"data.train_num_images={k * images}", f"train.eval_period={args.iters}"],
-                        iters=k * args.iters)
-                for s in args.seeds for k in SCHEDULE]
+        return [{**mal_job(args, run_name(args, sched_name(k * args.iters, m * images, k == m), s), "schedule",
+                           f"iters_{k * args.iters}_images_{m * images}", s,
+                           [f"data.train_num_images={m * images}", f"train.eval_period={args.iters}"],
+                           iters=k * args.iters), "train_images": m * images}
+                for s in args.seeds for k, m in SCHEDULE]
     if t == "coco_mini":
         data = [f"data.train={args.coco_mini / 'annotations' / 'instances_train2017.json'}",
                 f"data.train_images={args.coco_mini / 'train2017'}", f"data.val={runs / 'coco_mini_val16.json'}",
@@ -283,7 +290,7 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     if job["kind"] in ("mal", "mrcnn"):
         out.update(_metrics(run))
     if job["table"] == "schedule":
-        out.update(curve=eval_curve(run / "metrics.jsonl"))
+        out.update(curve=eval_curve(run / "metrics.jsonl"), train_images=job["train_images"])
     elif job["kind"] == "mae":
         out.update(keep_backbone(run, Path(args.backbone)))
         extra = [Path(args.backbone), Path(args.backbone).parent / "manifest.json"]

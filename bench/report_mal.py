@@ -345,41 +345,46 @@ def _ablations(runs: dict[str, dict], synth: dict[str, dict], amp: str) -> list[
 
 
 def schedule_section(results: Path, plan: dict) -> list[str]:
-    """The reference at 1x (the synth runs of the same precision), 2x and 4x the iterations: is it converged?"""
+    """The reference (the synth runs of the same precision) against itself trained longer and / or on more images
+    (``mal_experiments.SCHEDULE``): does it stop short?"""
     import mal_experiments as mx
 
     amp, base = mx.AMP_DEFAULT["schedule"], mx.parse_args(["schedule"]).iters
+    images = mx._config_value(Path(mx.parse_args(["schedule"]).config), "data", "train_num_images")
     recorded = _table(results, "schedule")
     runs, synth = by_amp(recorded).get(amp, {}), by_amp(_table(results, "synth")).get(amp, {})
-    iters = sorted({r["iters"] for r in runs.values()} | {base * k for k in mx.SCHEDULE})
-    rows = {base: {n: r for n, r in synth.items() if r.get("row_id") == REFERENCE},
-            **{i: {n: {**r, "row_id": REFERENCE} for n, r in runs.items() if r["iters"] == i} for i in iters}}
-    ref = aggregate(rows[base], "mask_mIoU").get(REFERENCE)
-    word = {"reproduced": "longer is better", "not reproduced": "longer is worse"}
+    keys = [(base, images)] + sorted({(r["iters"], r["train_images"]) for r in runs.values()}
+                                     | {(base * k, images * m) for k, m in mx.SCHEDULE})
+    rows = {keys[0]: {n: r for n, r in synth.items() if r.get("row_id") == REFERENCE},
+            **{key: {n: {**r, "row_id": REFERENCE} for n, r in runs.items() if (r["iters"], r["train_images"]) == key}
+               for key in keys[1:]}}
+    ref = aggregate(rows[keys[0]], "mask_mIoU").get(REFERENCE)
+    word = {"reproduced": "more is better", "not reproduced": "more is worse"}
     out = [f"### Schedule: does the {base}-iteration reference stop short? ({AMP_LABEL.get(amp, amp)}; "
            "`python bench/mal_experiments.py schedule --commit`)", "",
-           "The reference sees its 400 training images' boxes ~9 times (the paper's 10 epochs, Sec. 4.2, on a world "
-           "~500x smaller than COCO's boxes). Here it is trained on 2x and 4x the images for 2x and 4x the iterations "
-           "(the same epochs), each under its own cosine schedule, "
+           f"The reference sees its {images} training images' boxes ~9 times (the paper's 10 epochs, Sec. 4.2, on a "
+           "world ~500x smaller than COCO's boxes). Here it is trained on 2x and 4x the images for 2x and 4x the "
+           "iterations (the same epochs) and on 4x the images for its own iterations (data or steps?), each under its "
+           "own cosine schedule, "
            f"evaluated every {base} steps on the same held-out boxes; {base} iterations is the synth table's runs of the "
            "same precision. Judged with the 2-std rule over >= 3 seeds of both rows ('so far': on the seeds there are, "
            "the reference's seed std as the least noise).", "",
-           f"| iterations | seeds | mIoU | mask AP | mIoU every {base} steps (seed by seed) | vs {base} |",
-           "|---:|---|---:|---:|---|---|"]
-    for i, group in rows.items():
+           f"| iterations | training images | seeds | mIoU | mask AP | mIoU every {base} steps (seed by seed) "
+           "| vs the reference |", "|---:|---:|---|---:|---:|---|---|"]
+    for (i, n), group in rows.items():
         st, ap = aggregate(group, "mask_mIoU").get(REFERENCE), aggregate(group, "mask_AP").get(REFERENCE)
         if st is None:
-            out.append(f"| {i} | not run yet | | | | |")
+            out.append(f"| {i} | {n} | not run yet | | | | |")
             continue
         curves = "; ".join(" → ".join(f"{c['mIoU']:.3f}" for c in r.get("curve", []))
                            for r in sorted(group.values(), key=lambda r: r["seed"]) if r.get("curve"))
         v = "–"
-        if i != base:
+        if (i, n) != keys[0]:
             v = verdict(st, ref)
             hint = verdict_so_far(st, ref, ref["std"]) if v == "incomplete" and ref else None
             v = f"**{word.get(v, v)}**" + (f" (so far: {word.get(hint, hint)})" if hint else "")
-        out.append(f"| {i} | {', '.join(map(str, st['seeds']))} | {_ms(st)} | {_ms(ap, True)} | {curves or '–'} "
-                   f"| {v} |")
+        out.append(f"| {i} | {n} | {', '.join(map(str, st['seeds']))} | {_ms(st)} | {_ms(ap, True)} "
+                   f"| {curves or '–'} | {v} |")
     return out + ["", *_missing("schedule", recorded, plan)]
 
 

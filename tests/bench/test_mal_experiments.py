@@ -380,17 +380,20 @@ def test_amp_bf16_names_and_flags_the_mal_runs_of_three_tables_only(bench, tmp_p
 def test_schedule_plans_the_reference_at_2x_and_4x_with_periodic_evals(bench, tmp_path):
     mx = bench["mal_experiments"]
     jobs = mx.plan(_args(mx, tmp_path, "schedule", "--seeds", "0", "1", "--iters", "100"))
-    assert [j["name"] for j in jobs] == ["mae", "sched_200_bf16_s0", "sched_400_bf16_s0", "sched_200_bf16_s1",
-                                         "sched_400_bf16_s1"]
+    assert [j["name"] for j in jobs] == ["mae", "sched_200_bf16_s0", "sched_100_1600img_bf16_s0", "sched_400_bf16_s0",
+                                         "sched_200_bf16_s1", "sched_100_1600img_bf16_s1", "sched_400_bf16_s1"]
+    data = jobs[2]  # the reference's iterations on 4x the images
+    assert (data["iters"], data["train_images"], data["row"]) == (100, 1600, "iters_100_images_1600")
+    assert "data.train_num_images=1600" in data["overrides"] and "train.max_iter=100" in data["overrides"]
     ref = {j["name"]: j for j in mx.plan(_args(mx, tmp_path, "synth", "--seeds", "1", "--iters", "400",
                                                  "--amp", "bf16"))}["synth_bf16_s1"]
     long = jobs[-1]
-    assert (long["iters"], long["row"], long["table"], long["amp"]) == (400, "iters_400", "schedule", "bf16")
+    assert (long["iters"], long["row"], long["table"], long["amp"]) == (400, "iters_400_images_1600", "schedule", "bf16")
     # the reference's run on 4x the images (configs/mal_vits_synth.yaml: 400), 4x as long, evaluated every --iters
     # steps: nothing else differs
     assert sorted(long["overrides"]) == sorted(ref["overrides"] + ["data.train_num_images=1600",
                                                                    "train.eval_period=100"])
-    assert "data.train_num_images=800" in jobs[1]["overrides"]
+    assert "data.train_num_images=800" in jobs[1]["overrides"] and jobs[1]["train_images"] == 800
 
 
 def test_eval_curve_reads_the_periodic_evaluations(bench, tmp_path):
@@ -409,15 +412,17 @@ def test_report_schedule_sets_longer_runs_beside_the_reference(bench, tmp_path):
         _record(mal / "synth", f"synth_bf16_s{s}", row_id="mal_attention_mae", seed=s, amp="bf16", mask_mIoU=v,
                 mask_AP=0.4, iters=2000)
     _record(mal / "synth", "synth_s0", row_id="mal_attention_mae", seed=0, amp="none", mask_mIoU=0.1, iters=2000)
-    _record(mal / "schedule", "sched_4000_bf16_s0", row_id="iters_4000", seed=0, amp="bf16", mask_mIoU=0.75,
-            mask_AP=0.5, iters=4000, curve=[{"step": 2000, "mIoU": 0.66}, {"step": 4000, "mIoU": 0.75}])
+    _record(mal / "schedule", "sched_4000_bf16_s0", row_id="iters_4000_images_800", seed=0, amp="bf16",
+            mask_mIoU=0.75, mask_AP=0.5, iters=4000, train_images=800,
+            curve=[{"step": 2000, "mIoU": 0.66}, {"step": 4000, "mIoU": 0.75}])
     text = "\n".join(rm.schedule_section(tmp_path, rm.planned()))
-    assert "| 2000 | 0, 1, 2 | 0.700 ± 0.010 | 40.0 ± 0.0 | – | – |" in text  # the fp32 synth run left out
+    assert "| 2000 | 400 | 0, 1, 2 | 0.700 ± 0.010 | 40.0 ± 0.0 | – | – |" in text  # the fp32 synth run left out
     # one seed, +0.05 beyond 2 x the reference's 0.01 so far
-    assert ("| 4000 | 0 | 0.750 (1 seed) | 50.0 (1 seed) | 0.660 → 0.750 | **incomplete** (so far: longer is "
+    assert ("| 4000 | 800 | 0 | 0.750 (1 seed) | 50.0 (1 seed) | 0.660 → 0.750 | **incomplete** (so far: more is "
             "better) |") in text
-    assert "| 8000 | not run yet | | | | |" in text
-    assert "Missing (5): sched_8000_bf16_s0, sched_4000_bf16_s1" in text
+    assert "| 2000 | 1600 | not run yet | | | | |" in text and "| 8000 | 1600 | not run yet | | | | |" in text
+    assert text.index("| 2000 | 1600 |") < text.index("| 4000 | 800 |")  # by iterations, then images
+    assert "Missing (8): sched_2000_1600img_bf16_s0, sched_8000_bf16_s0, sched_4000_bf16_s1" in text
 
 
 def test_report_keeps_bf16_runs_apart_and_checks_them_against_fp32(bench, tmp_path):
