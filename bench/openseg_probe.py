@@ -1,4 +1,5 @@
-"""Why an OpenSeg run grounds (almost) nothing: each ground-truth segment of ``--images`` synthetic images (the run's
+"""Why an OpenSeg run (or an ALIGN-style / LSeg+ one: the same dense F_z) grounds (almost) nothing: each
+ground-truth segment of ``--images`` synthetic images (the run's
 held-out world, or ``--split train``: the world it trained on) as a region, its feature z the mask-weighted mean of
 the model's F_z (exactly the GT-mask upper bound's z, ``openseg_experiments.gt_regions``), scored against the text
 embeddings the run uses. Per kind (thing / stuff):
