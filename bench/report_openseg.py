@@ -164,23 +164,13 @@ def narratives_rows(stats: dict[str, dict[str, dict]], noise: dict | None) -> li
     teacher's proposal recall (``stats``: metric -> row -> stats over seeds)."""
     import openseg_experiments as ox
 
-    keys = [f"{m}{v}" for v in ("", "/all") for m in ("mIoU", "grounding_mIoU")]
     out = ["With vs without narratives pseudo-labels (Sec. 3.3, 4.3; paper: +2.5 mIoU, +4.8 grounding mIoU on "
            "average): a teacher trained with L_S only pseudo-labels caption-only images (their narratives as "
            "captions); the student trains on the masked and the caption-only images, drawn with equal probability, "
            f"{ox.NARRATIVES_ITERS}x the iterations (Sec. 4.1).", "",
-           "| training data | seeds | mIoU names | grounding mIoU names | mIoU all | grounding mIoU all "
-           "| Δ grounding all | verdict |", "|---|---|---:|---:|---:|---:|---:|---|"]
-    for row, label in (("openseg", "without narratives (reference, synth runs)"),
-                       ("narratives", ox.NARRATIVES["narratives"][0])):
-        g = stats["grounding_mIoU/all"].get(row)
-        if g is None:
-            out.append(f"| {label} | not run yet | | | | | | |")
-            continue
-        delta, v = _against_reference(row, g, noise, row_better=True,
-                                      words=("with narratives better (as the paper)", "without better"))
-        out.append(f"| {label} | {_seeds(g)} | " + " | ".join(_ms(stats[k].get(row), True) for k in keys)
-                   + f" | {delta} | {v} |")
+           *_better_than_reference(stats, noise, "training data", "without narratives (reference, synth runs)",
+                                   {"narratives": ox.NARRATIVES["narratives"][0]},
+                                   ("with narratives better (as the paper)", "without better"))]
     t = {x: stats[f"recall@{x}"].get("narratives_teacher") for x in RECALLS}
     shown = ", ".join(f"@{x} {_ms(t[x])}" for x in RECALLS) if t["0.5"] else "not run yet"
     return out + ["", f"Teacher (L_S only) proposal recall: {shown}."]
@@ -191,18 +181,26 @@ def init_rows(stats: dict[str, dict[str, dict]], noise: dict | None) -> list[str
     dense-pretrained trunk) vs OpenSeg started from the same seed's ALIGN-style run."""
     import openseg_experiments as ox
 
+    return ["Backbone start (Sec. 4.1, \"we initialize the backbone of the model from the ALIGN checkpoint\"; here "
+            "the ALIGN-style run of the synth table, same seed, trained on the same captions: trunk + FPN, dense "
+            "tower, tau).", "",
+            *_better_than_reference(stats, noise, "start", "dense-pretrained trunk (reference, synth runs)", ox.INIT,
+                                    ("ALIGN start better (as the paper's recipe)", "the dense trunk better"))]
+
+
+def _better_than_reference(stats: dict[str, dict[str, dict]], noise: dict | None, what: str, ref_label: str,
+                           rows: dict[str, str], words: tuple[str, str]) -> list[str]:
+    """A table of the synth OpenSeg reference and ``rows`` (row id -> label), each claimed better than the
+    reference: mIoU and grounding mIoU (names, all), Δ grounding all and the verdict (``words``: as claimed / not)."""
     keys = [f"{m}{v}" for v in ("", "/all") for m in ("mIoU", "grounding_mIoU")]
-    out = ["Backbone start (Sec. 4.1, \"we initialize the backbone of the model from the ALIGN checkpoint\"; here the "
-           "ALIGN-style run of the synth table, same seed, trained on the same captions: trunk + FPN, dense tower, "
-           "tau).", "", "| start | seeds | mIoU names | grounding mIoU names | mIoU all | grounding mIoU all "
-           "| Δ grounding all | verdict |", "|---|---|---:|---:|---:|---:|---:|---|"]
-    for row, label in (("openseg", "dense-pretrained trunk (reference, synth runs)"), *ox.INIT.items()):
+    out = [f"| {what} | seeds | mIoU names | grounding mIoU names | mIoU all | grounding mIoU all | Δ grounding all "
+           "| verdict |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for row, label in (("openseg", ref_label), *rows.items()):
         g = stats["grounding_mIoU/all"].get(row)
         if g is None:
             out.append(f"| {label} | not run yet | | | | | | |")
             continue
-        delta, v = _against_reference(row, g, noise, row_better=True,
-                                      words=("ALIGN start better (as the paper's recipe)", "the dense trunk better"))
+        delta, v = _against_reference(row, g, noise, row_better=True, words=words)
         out.append(f"| {label} | {_seeds(g)} | " + " | ".join(_ms(stats[k].get(row), True) for k in keys)
                    + f" | {delta} | {v} |")
     return out
