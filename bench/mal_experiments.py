@@ -312,13 +312,14 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
 
 
 def eval_curve(metrics: Path) -> list[dict]:
-    """The periodic evaluations of a run's metrics.jsonl: step, held-out mIoU and mask AP."""
-    out = []
+    """The periodic evaluations of a run's metrics.jsonl: step, held-out mIoU and mask AP, by step (a step evaluated
+    twice, e.g. the last one again by a ``--resume`` of the finished run, counts once: its latest record)."""
+    out = {}
     for line in metrics.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line) if line.strip() else {}
         if "eval/mask_mIoU" in rec:
-            out.append({"step": rec["step"], "mIoU": rec["eval/mask_mIoU"], "AP": rec.get("eval/mask_AP")})
-    return out
+            out[rec["step"]] = {"step": rec["step"], "mIoU": rec["eval/mask_mIoU"], "AP": rec.get("eval/mask_AP")}
+    return [out[k] for k in sorted(out)]
 
 
 def keep_backbone(run: Path, dst: Path) -> dict:

@@ -401,7 +401,8 @@ def test_eval_curve_reads_the_periodic_evaluations(bench, tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text("\n".join(json.dumps(r) for r in [
         {"step": 20, "loss": 0.5}, {"step": 100, "eval/mask_mIoU": 0.6, "eval/mask_AP": 0.3},
-        {"step": 120, "loss": 0.4}, {"step": 200, "eval/mask_mIoU": 0.7, "eval/mask_AP": 0.4}]) + "\n")
+        {"step": 120, "loss": 0.4}, {"step": 200, "eval/mask_mIoU": 0.69, "eval/mask_AP": 0.4},
+        {"step": 200, "eval/mask_mIoU": 0.7, "eval/mask_AP": 0.4}]) + "\n")  # the last step again (a --resume)
     assert mx.eval_curve(log) == [{"step": 100, "mIoU": 0.6, "AP": 0.3}, {"step": 200, "mIoU": 0.7, "AP": 0.4}]
 
 
