@@ -208,8 +208,9 @@ def verdict(better: dict | None, baseline: dict | None, min_seeds: int = 3) -> s
 
 def verdict_so_far(better: dict | None, baseline: dict | None, floor: float) -> str | None:
     """Before both rows have 3 seeds: the same rule on the seeds there are, each row's std floored at ``floor``
-    (the reference configuration's seed std) -- a hint, never a verdict; None while a row has no seed."""
-    if not better or not baseline:
+    (the reference configuration's seed std) -- a hint, never a verdict; None while a row has no seed, or while
+    there is no noise estimate at all (one seed per row and a zero floor: any difference would count)."""
+    if not better or not baseline or max(better["std"], baseline["std"], floor) <= 0:
         return None
     return verdict({**better, "std": max(better["std"], floor)}, {**baseline, "std": max(baseline["std"], floor)},
                    min_seeds=1)

@@ -155,7 +155,7 @@ def _against_reference(row: str, g: dict, ref: dict | None, row_better: bool,
     v = verdict(a, b)
     if v == "incomplete":
         hint = verdict_so_far(a, b, ref["std"])
-        v = f"incomplete (so far: {word.get(hint, hint)})"
+        v = f"incomplete (so far: {word.get(hint, hint)})" if hint else "incomplete (no seed noise yet)"
     return f"{100 * (g['mean'] - ref['mean']):+.1f}", word.get(v, v)
 
 

@@ -56,6 +56,7 @@ def test_verdict_uses_two_std_of_the_noisier_row(bench, better, baseline, expect
     ((0.30, 0.0, 1), (0.27, 0.01, 3), 0.02, "within noise"),    # 0.03 < 0.04: the floor, not the 0 of one seed
     ((0.30, 0.03, 2), (0.25, 0.01, 3), 0.02, "within noise"),   # 0.05 < 2 x 0.03 (a row's own std above the floor)
     ((0.20, 0.0, 1), (0.25, 0.0, 1), 0.02, "not reproduced"),
+    ((0.30, 0.0, 1), (0.25, 0.0, 1), 0.0, None),                # no noise estimate at all: no hint
 ])
 def test_verdict_so_far_floors_the_noise_and_needs_no_three_seeds(bench, better, baseline, floor, expected):
     stats = [{"mean": m, "std": s, "n": n} for m, s, n in (better, baseline)]
