@@ -289,8 +289,8 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     extra: list[Path] = []
     if job["kind"] in ("mal", "mrcnn"):
         out.update(_metrics(run))
-    if job["table"] == "schedule":
-        out.update(curve=eval_curve(run / "metrics.jsonl"), train_images=job["train_images"])
+        if job["table"] == "schedule":
+            out.update(curve=eval_curve(run / "metrics.jsonl"), train_images=job["train_images"])
     elif job["kind"] == "mae":
         out.update(keep_backbone(run, Path(args.backbone)))
         extra = [Path(args.backbone), Path(args.backbone).parent / "manifest.json"]

@@ -349,8 +349,9 @@ def schedule_section(results: Path, plan: dict) -> list[str]:
     (``mal_experiments.SCHEDULE``): does it stop short?"""
     import mal_experiments as mx
 
-    amp, base = mx.AMP_DEFAULT["schedule"], mx.parse_args(["schedule"]).iters
-    images = mx._config_value(Path(mx.parse_args(["schedule"]).config), "data", "train_num_images")
+    defaults = mx.parse_args(["schedule"])
+    amp, base = mx.AMP_DEFAULT["schedule"], defaults.iters
+    images = mx._config_value(Path(defaults.config), "data", "train_num_images")
     recorded = _table(results, "schedule")
     runs, synth = by_amp(recorded).get(amp, {}), by_amp(_table(results, "synth")).get(amp, {})
     keys = [(base, images)] + sorted({(r["iters"], r["train_images"]) for r in runs.values()}
