@@ -311,14 +311,18 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     return out, extra
 
 
-def eval_curve(metrics: Path) -> list[dict]:
-    """The periodic evaluations of a run's metrics.jsonl: step, held-out mIoU and mask AP, by step (a step evaluated
-    twice, e.g. the last one again by a ``--resume`` of the finished run, counts once: its latest record)."""
+def eval_curve(metrics: Path, keys: dict[str, str] | None = None) -> list[dict]:
+    """The periodic evaluations of a run's metrics.jsonl by step: ``{"step", name: eval/<metric>}`` for each
+    ``keys`` item name -> metric (default MAL's held-out mIoU and mask AP; ``{}``: every eval/ metric under its own
+    name). A step evaluated twice, e.g. the last one again by a ``--resume`` of the finished run, counts once: its
+    latest record."""
+    keys = {"mIoU": "mask_mIoU", "AP": "mask_AP"} if keys is None else keys
     out = {}
     for line in metrics.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line) if line.strip() else {}
-        if "eval/mask_mIoU" in rec:
-            out[rec["step"]] = {"step": rec["step"], "mIoU": rec["eval/mask_mIoU"], "AP": rec.get("eval/mask_AP")}
+        found = {k[len("eval/"):]: v for k, v in rec.items() if k.startswith("eval/")}
+        if found and all(m in found for m in keys.values()):
+            out[rec["step"]] = {"step": rec["step"], **({n: found[m] for n, m in keys.items()} if keys else found)}
     return [out[k] for k in sorted(out)]
 
 
