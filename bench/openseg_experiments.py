@@ -26,7 +26,7 @@ Tables (``report_openseg.py`` renders them):
   ``align_s<seed>``) against the reference, which starts from the dense-pretrained trunk only.
 * ``schedule``: does OpenSeg's grounding only need more steps? L_G still falls steadily at the reference's 2000th
   step (chance 2 log 8 = 4.16 -> ~3.5), and the paper trains 30k steps x a larger batch from the ALIGN checkpoint,
-  180k from scratch (Sec. 4.1, Appendix Table 3). OpenSeg on 2x / 4x the training images for 2x / 4x the
+  180k from scratch (Sec. 4.1; Sec. 4.4, Table 3). OpenSeg on 2x / 4x the training images for 2x / 4x the
   iterations (the same epochs), each under its own cosine schedule, evaluated every ``--iters`` steps on the same
   held-out images (the record's ``curve``); the 2000-iteration row is the synth table's OpenSeg runs.
 * ``coco_mini``: OpenSeg on the captions + class-agnostic masks of 60 of the 80 coco-mini photos (sorted image

@@ -85,6 +85,32 @@ def test_ablations_and_coco_mini_plans(bench, tmp_path):
     assert f"model.init_from={tmp_path / 'runs' / 'align_bf16_s0'}" in bf[-1]["overrides"]
 
 
+def test_schedule_plans_longer_runs_on_more_images_evaluated_every_iters(bench, tmp_path):
+    ox = bench["openseg_experiments"]
+    jobs = ox.plan(_args(ox, tmp_path, "schedule", "--seeds", "0", "--iters", "100"))
+    assert [(j["name"], j["iters"], j["train_images"], j["row"]) for j in jobs] == [
+        ("sched_200_bf16_s0", 200, 800, "iters_200_images_800"), ("sched_400_bf16_s0", 400, 1600,
+                                                                 "iters_400_images_1600")]
+    assert {"train.max_iter=400", "data.train_num_images=1600", "train.eval_period=100", "train.amp=bf16"} <= set(
+        jobs[1]["overrides"])
+
+
+def test_report_schedule_sets_the_curves_beside_the_reference(bench, tmp_path):
+    ro = bench["report_openseg"]
+    res = tmp_path / "results"
+    _rec(res, "synth", "openseg_s0", row_id="openseg", seed=0, **{"grounding_mIoU/all": 0.036, "mIoU": 0.001})
+    _rec(res, "schedule", "sched_8000_s0", row_id="iters_8000_images_1600", seed=0, iters=8000, train_images=1600,
+         curve=[{"step": 2000, "grounding_mIoU/all": 0.05}, {"step": 4000, "grounding_mIoU/all": 0.12}],
+         **{"grounding_mIoU/all": 0.12, "recall@0.5": 0.8})
+    text = "\n".join(ro.schedule_section(res, ro.planned()))
+    assert "| 2000 | 400 | 0 | 0.1 (1 seed) | – | 3.6 (1 seed) | – | – | – |" in text
+    assert "| 4000 | 800 | not run yet |" in text
+    # one seed each: no seed noise to judge by yet
+    assert ("| 8000 | 1600 | 0 | – | – | 12.0 (1 seed) | 0.800 (1 seed) | 5.0 → 12.0 | incomplete (no seed noise "
+            "yet) |") in text
+    assert "Missing (5): sched_4000_bf16_s0, sched_4000_bf16_s1, sched_8000_bf16_s1," in text
+
+
 def test_coco_mini_split_by_sorted_image_id(bench, tmp_path):
     ox = bench["openseg_experiments"]
     ann = tmp_path / "c" / "annotations"
@@ -196,6 +222,7 @@ def test_report_without_results_says_incomplete_and_lists_every_run(bench, tmp_p
     ro = bench["report_openseg"]
     text = "\n".join(ro.sections(tmp_path))
     assert text.count("**incomplete**") == 7
+    assert "| 8000 | 1600 | not run yet |" in text
     assert "Missing (12): openseg_bf16_s0, lseg_bf16_s0, openseg_rescore_bf16_s0, align_bf16_s0, openseg_bf16_s1" in text
     assert "Missing (3): coco_mini_bf16_s0, coco_mini_bf16_s1, coco_mini_bf16_s2." in text
 
