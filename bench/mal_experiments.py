@@ -27,6 +27,11 @@ Tables (``report_mal.py`` renders them):
   iterations on 4x the images (~2 epochs; ``sched_<iters>_<images>img_<amp>_s<seed>``: data or steps?), each
   under its own cosine schedule, evaluated every ``--iters`` steps on the same held-out boxes; the report sets
   them beside the synth runs of the same precision.
+* ``margin``: the test-time box expansion θ_test (every side of the box grown by θ_test / 2 of its half-extent before
+  the crop; the configs label at 0.6, the authors' code's test margin, with their 512 px crops): each synth run of
+  the precision, and each schedule run that scales its images with its iterations, re-scored (no training) at every
+  θ_test of ``MARGINS`` on the tables' held-out boxes and on a selection world (val seed ``MARGIN_SELECT_SEED``,
+  never scored elsewhere) that picks the margin; jobs ``margin_<run>``.
 * ``coco_mini``: MAL on the boxes of the 80 coco-mini photos (masks only for scoring), scored on boxes whose
   shorter side is >= 16 px.
 * ``speed``: autolabel boxes/s and peak memory with 2 torch threads at the CPU config (weights of a
@@ -70,7 +75,7 @@ from yardstick import ORACLE, PRETRAINED  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "mal"
 BACKBONE = ROOT / "bench" / "results" / "pretrained" / "mae_vits16_synth" / "backbone.safetensors"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
-TABLES = ("pretrain", "synth", "retention", "ablations", "schedule", "coco_mini", "speed")
+TABLES = ("pretrain", "synth", "retention", "ablations", "schedule", "margin", "coco_mini", "speed")
 #: the schedule table's rows: (iterations as a multiple of --iters, training images as a multiple of the config's)
 SCHEDULE = ((2, 2), (1, 4), (4, 4))
 #: seconds per iteration on one thread (2-core dev machine, busy): MAL ViT-S at the CPU config and MAE ViT-S
@@ -84,9 +89,13 @@ S_PER = {"mal": 2.0, "mal_no_teacher": 1.7, "mal_resnet": 0.8, "mae": 0.75, "mrc
 AMP_SPEEDUP = {"bf16": 0.5}
 #: the tables trained under bf16 unless ``--amp none``: the synth table's precision check (3 seeds each) puts bf16
 #: within noise of fp32 at half the time a run
-AMP_DEFAULT = {"ablations": "bf16", "schedule": "bf16", "coco_mini": "bf16"}
+AMP_DEFAULT = {"ablations": "bf16", "schedule": "bf16", "margin": "bf16", "coco_mini": "bf16"}
+#: the margin table's test-time expansions θ_test and the synthetic world (val seed) that picks one
+MARGINS = (0.0, 0.15, 0.3, 0.45, 0.6, 0.9, 1.2)
+MARGIN_SELECT_SEED = 2000
 BOXES_PER_IMAGE = 4.6  # the synthetic world's mean instances per image
-OVERHEAD_S = {"mal": 60, "mae": 60, "mrcnn": 180, "autolabel": 30, "speed": 30}  # start-up + final evaluation
+#: start-up + final evaluation; margin: one re-scoring per θ_test and world (~40 s each, measured by hand)
+OVERHEAD_S = {"mal": 60, "mae": 60, "mrcnn": 180, "autolabel": 30, "speed": 30, "margin": 2 * 40 * len(MARGINS)}
 #: row -> (label, overrides) of the one-seed ablations; the reference (attention, MAE ViT, θ 1.2, EMA, CRF) is synth's
 ABLATIONS = {
     "decoder_fc": ("decoder FC (Table 3)", ["model.decoder=fc"]),
@@ -203,12 +212,11 @@ def _table_jobs(args: argparse.Namespace) -> list[dict]:
             + [mal_job(args, run_name(args, f"abl_{row}", s), "ablations", row, s, over)
                for row, (_, over) in ABLATIONS.items()])]
     if t == "schedule":
-        images = _config_value(Path(args.config), "data", "train_num_images")
-        return [{**mal_job(args, run_name(args, sched_name(k * args.iters, m * images, k == m), s), "schedule",
-                           f"iters_{k * args.iters}_images_{m * images}", s,
-                           [f"data.train_num_images={m * images}", f"train.eval_period={args.iters}"],
-                           iters=k * args.iters), "train_images": m * images}
-                for s in args.seeds for k, m in SCHEDULE]
+        return schedule_jobs(args, args.seeds)
+    if t == "margin":  # each re-scoring right after the run it reads
+        return [j for s in args.seeds for r in [mal_job(args, run_name(args, "synth", s), "synth", "mal_attention_mae",
+                                                        s)] + [r for r in schedule_jobs(args, [s]) if r["same_epochs"]]
+                for j in (r, margin_job(args, r))]
     if t == "coco_mini":
         data = [f"data.train={args.coco_mini / 'annotations' / 'instances_train2017.json'}",
                 f"data.train_images={args.coco_mini / 'train2017'}", f"data.val={runs / 'coco_mini_val16.json'}",
@@ -254,6 +262,58 @@ def _table_jobs(args: argparse.Namespace) -> list[dict]:
     return chains + rest
 
 
+def schedule_jobs(args: argparse.Namespace, seeds: list[int]) -> list[dict]:
+    """The schedule table's runs (module docstring), seed by seed."""
+    images = _config_value(Path(args.config), "data", "train_num_images")
+    return [{**mal_job(args, run_name(args, sched_name(k * args.iters, m * images, k == m), s), "schedule",
+                       f"iters_{k * args.iters}_images_{m * images}", s,
+                       [f"data.train_num_images={m * images}", f"train.eval_period={args.iters}"],
+                       iters=k * args.iters), "train_images": m * images, "same_epochs": k == m}
+            for s in seeds for k, m in SCHEDULE]
+
+
+def margin_job(args: argparse.Namespace, run: dict) -> dict:
+    """The margin table's re-scoring of ``run`` (a synth or schedule job), after it."""
+    name = f"margin_{run['name']}"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_margin", str(Path(args.runs) / run["name"]),
+           str(Path(args.runs) / name / "margin.json")]
+    images = run.get("train_images") or _config_value(Path(args.config), "data", "train_num_images")
+    return _job(name, "margin", "margin", cmd, OVERHEAD_S["margin"], run["name"], row=run["row"], seed=run["seed"],
+                iters=run["iters"], train_images=images, source=run["name"], amp=args.amp)
+
+
+def margin_scores(run: Path, out: Path) -> dict:
+    """mIoU / mask AP of a MAL checkpoint at every test-time margin θ_test of ``MARGINS``: on the run's own held-out
+    boxes (``heldout_*``, the tables' scores) and on the selection world (``select_*``, val seed
+    ``MARGIN_SELECT_SEED``); ``chosen_theta``: the best on the selection world. Written atomically to ``out``."""
+    import dataclasses
+
+    from omniseg.api import Segmenter
+    from omniseg.recipes.mal import make_eval_fn
+    from omniseg.utils.atomic import atomic_write_json
+
+    seg = Segmenter.from_checkpoint(run)
+    model, cfg = seg.model, seg.cfg
+    model.eval()
+    select = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_seed=MARGIN_SELECT_SEED))
+    evals = {"heldout": make_eval_fn(cfg, progress=False), "select": make_eval_fn(select, progress=False)}
+    trained, rows = model.cfg.test_theta, []
+    for theta in MARGINS:
+        model.cfg.test_theta = theta
+        row = {"theta": theta}
+        for world, ev in evals.items():
+            r = ev(model)
+            row.update({f"{world}_mIoU": r["mask_mIoU"], f"{world}_AP": r["mask_AP"]})
+        rows.append(row)
+        print(f"{run.name}: θ_test {theta}: held-out mIoU {row['heldout_mIoU']:.4f}, selection world "
+              f"{row['select_mIoU']:.4f}", flush=True)
+    result = {"margins": rows, "config_test_theta": trained, "select_val_seed": MARGIN_SELECT_SEED,
+              "chosen_theta": max(rows, key=lambda r: r["select_mIoU"])["theta"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result, indent=1)
+    return result
+
+
 def _metrics(run: Path) -> dict:
     return json.loads((run / "run.json").read_text(encoding="utf-8")).get("metrics") or {}
 
@@ -291,6 +351,9 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
         out.update(_metrics(run))
         if job["table"] == "schedule":
             out.update(curve=eval_curve(run / "metrics.jsonl"), train_images=job["train_images"])
+    elif job["kind"] == "margin":
+        out.update(json.loads((run / "margin.json").read_text(encoding="utf-8")), source=job["source"],
+                   train_images=job["train_images"])
     elif job["kind"] == "mae":
         out.update(keep_backbone(run, Path(args.backbone)))
         extra = [Path(args.backbone), Path(args.backbone).parent / "manifest.json"]
@@ -414,8 +477,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "(default: bf16 for ablations, schedule and coco_mini, fp32 otherwise; module docstring)")
     args = ap.parse_args(argv)
     args.amp = args.amp or AMP_DEFAULT.get(args.table, "none")
-    if args.amp != "none" and args.table not in ("synth", "ablations", "schedule", "coco_mini"):
-        raise SystemExit(f"--amp {args.amp}: only the synth, ablations, schedule and coco_mini tables (the retention "
+    if args.amp != "none" and args.table not in ("synth", "ablations", "schedule", "margin", "coco_mini"):
+        raise SystemExit(f"--amp {args.amp}: only the synth, ablations, schedule, margin and coco_mini tables (the retention "
                          "labels, the MAE backbone and the speed table are fp32)")
     return args
 
@@ -428,4 +491,7 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_peak":  # internal: python bench/mal_experiments.py _peak OUT CMD...
         sys.exit(peak(Path(sys.argv[2]), sys.argv[3:]))
+    if len(sys.argv) >= 4 and sys.argv[1] == "_margin":  # internal: ... _margin RUN OUT [run_jobs' --overwrite]
+        margin_scores(Path(sys.argv[2]), Path(sys.argv[3]))
+        sys.exit(0)
     main()

@@ -396,6 +396,21 @@ def test_schedule_plans_the_reference_at_2x_and_4x_with_periodic_evals(bench, tm
     assert "data.train_num_images=800" in jobs[1]["overrides"] and jobs[1]["train_images"] == 800
 
 
+def test_margin_rescores_each_synth_and_same_epochs_schedule_run_after_it(bench, tmp_path):
+    mx = bench["mal_experiments"]
+    jobs = mx.plan(_args(mx, tmp_path, "margin", "--seeds", "1", "--iters", "100"))
+    assert [(j["name"], j["after"]) for j in jobs] == [
+        ("mae", None), ("synth_bf16_s1", "mae"), ("margin_synth_bf16_s1", "synth_bf16_s1"),
+        ("sched_200_bf16_s1", "mae"), ("margin_sched_200_bf16_s1", "sched_200_bf16_s1"),
+        ("sched_400_bf16_s1", "mae"), ("margin_sched_400_bf16_s1", "sched_400_bf16_s1")]
+    m = jobs[4]
+    assert (m["table"], m["kind"], m["iters"], m["train_images"], m["source"]) == (
+        "margin", "margin", 200, 800, "sched_200_bf16_s1")
+    assert m["cmd"][-3:] == ["_margin", str(tmp_path / "runs" / "sched_200_bf16_s1"),
+                             str(tmp_path / "runs" / "margin_sched_200_bf16_s1" / "margin.json")]
+    assert jobs[2]["train_images"] == 400 and jobs[2]["row"] == "mal_attention_mae"
+
+
 def test_eval_curve_reads_the_periodic_evaluations(bench, tmp_path):
     mx = bench["mal_experiments"]
     log = tmp_path / "metrics.jsonl"
