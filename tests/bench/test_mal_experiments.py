@@ -411,6 +411,31 @@ def test_margin_rescores_each_synth_and_same_epochs_schedule_run_after_it(bench,
     assert jobs[2]["train_images"] == 400 and jobs[2]["row"] == "mal_attention_mae"
 
 
+def test_report_margin_picks_on_the_selection_world_and_judges_on_the_held_out_boxes(bench, tmp_path):
+    rm = bench["report_mal"]
+    folder = tmp_path / "mal" / "margin"
+
+    def margins(shift, select_best):  # held-out mIoU 0.70 at 0.6, 0.74 at 0.3; the selection world peaks elsewhere
+        return [{"theta": t, "heldout_mIoU": h + shift, "heldout_AP": h / 2, "select_mIoU": 0.8 if t == select_best
+                 else 0.5} for t, h in ((0.0, 0.60), (0.3, 0.74), (0.6, 0.70))]
+
+    for s, d in enumerate((-0.002, 0.0, 0.002)):
+        _record(folder, f"margin_synth_bf16_s{s}", row_id="mal_attention_mae", seed=s, amp="bf16", iters=2000,
+                train_images=400, config_test_theta=0.6, margins=margins(d, 0.3))
+    _record(folder, "margin_sched_4000_bf16_s0", row_id="iters_4000_images_800", seed=0, amp="bf16", iters=4000,
+            train_images=800, config_test_theta=0.6, margins=margins(0.05, 0.0))
+    text = "\n".join(rm.margin_section(tmp_path, rm.planned()))
+    assert "| 0.3 (picked) | 0, 1, 2 | 0.740 ± 0.002 | 37.0 ± 0.0 | 0.800 ± 0.000 |" in text
+    assert "| 0.6 (configs) | 0, 1, 2 | 0.700 ± 0.002 |" in text
+    assert "The selection world picks θ_test 0.3" in text and "**better**" in text
+    assert "Goal mIoU >= 0.85 at θ_test 0.3: **NOT met**." in text
+    assert "| synth (reference) | 2000 | 400 | 0, 1, 2 | 0.700 ± 0.002 | 0.740 ± 0.002 |" in text
+    # a schedule run is read at the margin the synth seeds picked, not at its own selection-world best
+    assert "| schedule | 4000 | 800 | 0 | 0.750 (1 seed) | 0.790 (1 seed) |" in text
+    assert "Missing" in text and "margin_sched_8000_bf16_s0" in text
+    assert "No run re-scored yet." in "\n".join(rm.margin_section(tmp_path / "none", rm.planned()))
+
+
 def test_eval_curve_reads_the_periodic_evaluations(bench, tmp_path):
     mx = bench["mal_experiments"]
     log = tmp_path / "metrics.jsonl"
