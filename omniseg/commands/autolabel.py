@@ -31,6 +31,7 @@ from omniseg.commands.common import (
     check_out_file,
     check_output_not_input,
     non_empty_path,
+    non_negative_float,
     positive_float,
     positive_int,
 )
@@ -59,6 +60,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_name, default="cpu",
                    help="cpu, cuda, cuda:N (under torchrun, cuda means cuda:LOCAL_RANK)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
+    p.add_argument("--test-theta", type=non_negative_float, default=None, metavar="θ",
+                   help="MAL: grow each box by θ/2 of its half-extent on every side before cropping it (default: "
+                   "the checkpoint's model.test_theta; BENCHMARKS.md 'Test-time margin' measures the choice)")
     p.add_argument("--wait-timeout", type=positive_float, default=3600.0, metavar="S",
                    help="sharded runs: how long rank 0 waits for the other ranks' chunks")
     add_bad_record_arg(p)
@@ -118,13 +122,21 @@ def main(args: argparse.Namespace) -> int:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     device = resolve_device(device, key="--device")
     recipe, provenance = checkpoint_facts(args.checkpoint, args.ema)
+    if args.test_theta is not None and recipe != "mal":
+        raise UsageError(f"--test-theta: only MAL crops its boxes with a margin; {args.checkpoint} is a {recipe} "
+                         "checkpoint")
     bad = bad_records(args)
     box_file = read_boxes(args.boxes, args.images, bad, args.classes)
     seg = Segmenter.from_checkpoint(provenance["checkpoint"], device=str(device), use_ema=args.ema)
+    settings = {"min_box_side": args.min_box_side, "ema": args.ema}
+    if recipe == "mal":  # the crop margin changes every mask: part of the settings a resume must match
+        if args.test_theta is not None:
+            seg.model.cfg.test_theta = args.test_theta
+        settings["test_theta"] = seg.model.cfg.test_theta
     # a model that also finds its own objects (Mask^X) reads each box's class name
     names = {c.name for c in seg.info.things()} if seg.recipe.boxes == "optional" else None
-    s = autolabel(box_file, seg, args.out, args.images, settings={"min_box_side": args.min_box_side,
-                  "ema": args.ema}, provenance=provenance, bad=bad, batch_size=args.batch_size,
+    s = autolabel(box_file, seg, args.out, args.images, settings=settings, provenance=provenance, bad=bad,
+                  batch_size=args.batch_size,
                   chunk_images=args.chunk_images, rank=rank, world=world, model_names=names,
                   wait_timeout=args.wait_timeout)
     rate = f"{s.boxes_here} box(es) labelled here in {s.seconds:.1f} s ({s.boxes_here / max(s.seconds, 1e-9):.1f} boxes/s)"

@@ -77,15 +77,24 @@ def unit_float(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0 (sizes, time limits)."""
+def _bounded_float(text: str, ok, bound: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (sizes, time limits)."""
+    return _bounded_float(text, lambda v: v > 0, "> 0")
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0 (margins)."""
+    return _bounded_float(text, lambda v: v >= 0, ">= 0")
 
 
 def non_empty_path(text: str) -> str:

@@ -112,6 +112,39 @@ def test_masks_added_input_kept(boxes, tiny_box_to_mask, tmp_path, capsys):
     assert not Path(f"{out}.parts").exists()
 
 
+@pytest.fixture(scope="module")
+def tiny_mal(tmp_path_factory) -> Path:
+    """A 2-iteration MAL run of configs/mal_smoke.yaml (its model.test_theta: the default 0.6)."""
+    from omniseg.engine.config import load_config
+    from omniseg.recipes.contract import run_recipe
+    from omniseg.recipes.table import RECIPES
+
+    out = tmp_path_factory.mktemp("mal")
+    run_recipe(RECIPES["mal"], load_config(RECIPES["mal"].config, Path(__file__).resolve().parents[2] / "configs" / "mal_smoke.yaml", [
+        "train.max_iter=2", "train.checkpoint_period=2", "train.progress=false", f"train.output_dir={out}"]))
+    return out
+
+
+def test_mal_test_theta_sets_the_crop_margin_and_is_recorded(boxes, tiny_mal, tmp_path, capsys):
+    data = json.loads(boxes.read_text())
+    files = {i["id"]: boxes.parent / "images" / i["file_name"] for i in data["images"]}
+    seg = Segmenter.from_checkpoint(tiny_mal)
+    got = {}
+    for theta in (None, "0"):
+        out = tmp_path / f"masks_{theta}.json"
+        rc, _, err = _cli(_args(boxes, tiny_mal, out, *(["--test-theta", theta] if theta else [])), capsys)
+        assert rc == 0, err
+        got[theta] = json.loads(out.read_text())
+        seg.model.cfg.test_theta = 0.6 if theta is None else float(theta)
+        assert got[theta]["info"]["autolabel"]["test_theta"] == seg.model.cfg.test_theta
+        for a in got[theta]["annotations"][:6]:  # the masks of the Segmenter cropping with the same margin
+            x, y, w, h = a["bbox"]
+            want = seg.predict(files[a["image_id"]], boxes=[[x, y, min(x + w, 64), min(y + h, 64)]])[0]
+            assert a["segmentation"] == want.mask
+    # the margin reaches the masks: without it, other crops
+    assert [a["segmentation"] for a in got[None]["annotations"]] != [a["segmentation"] for a in got["0"]["annotations"]]
+
+
 def resolve(run: Path) -> Path:
     from omniseg.engine.checkpoint import resolve_checkpoint
 
@@ -249,6 +282,8 @@ def test_user_errors(boxes, tiny_box_to_mask, tmp_path, capsys):
         ([str(boxes), "--images", str(boxes), "--checkpoint", str(run), "--out", str(tmp_path / "o.json")], 1,
          "--images is not a folder"),
         (_args(tmp_path / "b.csv", run, tmp_path / "o.json"), 1, "needs --classes"),
+        (_args(boxes, run, tmp_path / "o.json", "--test-theta", "0.3"), 2,
+         f"--test-theta: only MAL crops its boxes with a margin; {run} is a box_to_mask checkpoint"),
     ]
     (tmp_path / "b.csv").write_text("ImageID\n")
     for argv, code, says in cases:

@@ -12,7 +12,9 @@ from PIL import Image
 from omniseg.commands.common import (
     int_at_least,
     load_image_or_skip,
+    non_negative_float,
     non_negative_int,
+    positive_float,
     positive_int,
     removed_on_error,
     unique_name,
@@ -35,6 +37,16 @@ def test_unit_float() -> None:
     for text in ("nan", "-0.1", "1.0001", "inf", "x", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             unit_float(text)
+
+
+def test_bounded_floats() -> None:
+    assert positive_float("0.5") == 0.5 and non_negative_float("0") == 0.0 and non_negative_float("1e-3") == 0.001
+    for parse, text, says in [(positive_float, "0", "must be a number > 0, got '0'"),
+                              (non_negative_float, "-1", "must be a number >= 0, got '-1'"),
+                              (non_negative_float, "nan", ">= 0"), (positive_float, "inf", "> 0"),
+                              (non_negative_float, "x", "expected a number, got 'x'")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            parse(text)
 
 
 def test_bounded_types_give_argparse_usage_errors_naming_the_flag(capsys) -> None:
