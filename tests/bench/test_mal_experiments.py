@@ -529,6 +529,27 @@ def test_synth_smoke_records_the_eval_keys_and_never_reruns(tmp_path, amp):
     assert "[start]" not in again.stdout
 
 
+def test_margin_smoke_rescores_a_run_and_reproduces_its_own_evaluation(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench" / "mal_experiments.py"), "margin", "--config",
+           str(ROOT / "configs" / "mal_smoke.yaml"), "--backbone", "", "--iters", "2", "--seeds", "0",
+           "--only", "margin_synth_s0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+           "--parallel", "1", "--amp", "none"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                          timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    synth = json.loads((tmp_path / "results" / "synth" / "synth_s0.json").read_text())
+    r = json.loads((tmp_path / "results" / "margin" / "margin_synth_s0.json").read_text())
+    assert [m["theta"] for m in r["margins"]] == [0.0, 0.15, 0.3, 0.45, 0.6, 0.9, 1.2]
+    assert (r["source"], r["row_id"], r["iters"], r["train_images"], r["config_test_theta"]) == (
+        "synth_s0", "mal_attention_mae", 2, 4, 0.6)
+    at = {m["theta"]: m for m in r["margins"]}
+    # re-scored at the margin it was trained and evaluated with, the run scores what its own evaluation recorded
+    assert at[0.6]["heldout_mIoU"] == pytest.approx(synth["mask_mIoU"], abs=1e-9)
+    assert at[0.6]["heldout_AP"] == pytest.approx(synth["mask_AP"], abs=1e-9)
+    assert r["chosen_theta"] == max(r["margins"], key=lambda m: m["select_mIoU"])["theta"]
+    assert len({m["heldout_mIoU"] for m in r["margins"]}) > 1  # the margin reaches the masks
+
+
 def test_autolabel_masks_are_kept_gzipped_and_unpacked_for_the_mask_rcnn(bench, tmp_path):
     mx = bench["mal_experiments"]
     args = _args(mx, tmp_path, "retention", "--seeds", "0", "--train-images", "2")
