@@ -31,7 +31,8 @@ Tables (``report_mal.py`` renders them):
   the crop; the configs label at 0.6, the authors' code's test margin, with their 512 px crops): each synth run of
   the precision, and each schedule run that scales its images with its iterations, re-scored (no training) at every
   θ_test of ``MARGINS`` on the tables' held-out boxes and on a selection world (val seed ``MARGIN_SELECT_SEED``,
-  never scored elsewhere) that picks the margin; jobs ``margin_<run>``.
+  never scored elsewhere) that picks the margin; the coco_mini runs too, on their scored photos only (no selection
+  there: the report reads them at the synthetic world's pick); jobs ``margin_<run>``.
 * ``coco_mini``: MAL on the boxes of the 80 coco-mini photos (masks only for scoring), scored on boxes whose
   shorter side is >= 16 px.
 * ``speed``: autolabel boxes/s and peak memory with 2 torch threads at the CPU config (weights of a
@@ -216,13 +217,9 @@ def _table_jobs(args: argparse.Namespace) -> list[dict]:
     if t == "margin":  # each re-scoring right after the run it reads
         return [j for s in args.seeds for r in [mal_job(args, run_name(args, "synth", s), "synth", "mal_attention_mae",
                                                         s)] + [r for r in schedule_jobs(args, [s]) if r["same_epochs"]]
-                for j in (r, margin_job(args, r))]
+                + coco_jobs(args, [s]) for j in (r, margin_job(args, r))]
     if t == "coco_mini":
-        data = [f"data.train={args.coco_mini / 'annotations' / 'instances_train2017.json'}",
-                f"data.train_images={args.coco_mini / 'train2017'}", f"data.val={runs / 'coco_mini_val16.json'}",
-                f"data.val_images={args.coco_mini / 'train2017'}"]
-        return [mal_job(args, run_name(args, "coco_mini", s), "coco_mini", "mal_coco_mini", s, data)
-                for s in args.seeds]
+        return coco_jobs(args, args.seeds)
     if t == "speed":
         labeler = mal_job(args, "speed_labeler", None, "speed_labeler", 0,
                           ["data.train_num_images=4", "data.val_num_images=2", "model.pretrained="], iters=1)
@@ -272,20 +269,31 @@ def schedule_jobs(args: argparse.Namespace, seeds: list[int]) -> list[dict]:
             for s in seeds for k, m in SCHEDULE]
 
 
+def coco_jobs(args: argparse.Namespace, seeds: list[int]) -> list[dict]:
+    """The coco_mini table's runs: MAL on the 80 photos' boxes, scored on coco_mini_val16.json (module docstring)."""
+    data = [f"data.train={args.coco_mini / 'annotations' / 'instances_train2017.json'}",
+            f"data.train_images={args.coco_mini / 'train2017'}", f"data.val={Path(args.runs) / 'coco_mini_val16.json'}",
+            f"data.val_images={args.coco_mini / 'train2017'}"]
+    return [mal_job(args, run_name(args, "coco_mini", s), "coco_mini", "mal_coco_mini", s, data) for s in seeds]
+
+
 def margin_job(args: argparse.Namespace, run: dict) -> dict:
     """The margin table's re-scoring of ``run`` (a synth or schedule job), after it."""
     name = f"margin_{run['name']}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "_margin", str(Path(args.runs) / run["name"]),
            str(Path(args.runs) / name / "margin.json")]
-    images = run.get("train_images") or _config_value(Path(args.config), "data", "train_num_images")
+    images = run.get("train_images") or (80 if run["table"] == "coco_mini" else _config_value(
+        Path(args.config), "data", "train_num_images"))
     return _job(name, "margin", "margin", cmd, OVERHEAD_S["margin"], run["name"], row=run["row"], seed=run["seed"],
                 iters=run["iters"], train_images=images, source=run["name"], amp=args.amp)
 
 
 def margin_scores(run: Path, out: Path) -> dict:
     """mIoU / mask AP of a MAL checkpoint at every test-time margin θ_test of ``MARGINS``: on the run's own held-out
-    boxes (``heldout_*``, the tables' scores) and on the selection world (``select_*``, val seed
-    ``MARGIN_SELECT_SEED``); ``chosen_theta``: the best on the selection world. Written atomically to ``out``."""
+    boxes (``heldout_*``, the tables' scores) and, for a run on the synthetic world, on the selection world
+    (``select_*``, val seed ``MARGIN_SELECT_SEED``; ``chosen_theta``: the best there). A run scored on photos gets no
+    selection (its photos are its only scored boxes: the report reads it at the margin the synthetic world picks).
+    Written atomically to ``out``."""
     import dataclasses
 
     from omniseg.api import Segmenter
@@ -295,8 +303,10 @@ def margin_scores(run: Path, out: Path) -> dict:
     seg = Segmenter.from_checkpoint(run)
     model, cfg = seg.model, seg.cfg
     model.eval()
-    select = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_seed=MARGIN_SELECT_SEED))
-    evals = {"heldout": make_eval_fn(cfg, progress=False), "select": make_eval_fn(select, progress=False)}
+    evals = {"heldout": make_eval_fn(cfg, progress=False)}
+    if cfg.data.val == "synth":
+        select = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_seed=MARGIN_SELECT_SEED))
+        evals["select"] = make_eval_fn(select, progress=False)
     trained, rows = model.cfg.test_theta, []
     for theta in MARGINS:
         model.cfg.test_theta = theta
@@ -305,10 +315,12 @@ def margin_scores(run: Path, out: Path) -> dict:
             r = ev(model)
             row.update({f"{world}_mIoU": r["mask_mIoU"], f"{world}_AP": r["mask_AP"]})
         rows.append(row)
-        print(f"{run.name}: θ_test {theta}: held-out mIoU {row['heldout_mIoU']:.4f}, selection world "
-              f"{row['select_mIoU']:.4f}", flush=True)
-    result = {"margins": rows, "config_test_theta": trained, "select_val_seed": MARGIN_SELECT_SEED,
-              "chosen_theta": max(rows, key=lambda r: r["select_mIoU"])["theta"]}
+        print(f"{run.name}: θ_test {theta}: " + ", ".join(f"{w} mIoU {row[f'{w}_mIoU']:.4f}" for w in evals),
+              flush=True)
+    result = {"margins": rows, "config_test_theta": trained}
+    if "select" in evals:
+        result.update(select_val_seed=MARGIN_SELECT_SEED,
+                      chosen_theta=max(rows, key=lambda r: r["select_mIoU"])["theta"])
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, result, indent=1)
     return result
@@ -418,7 +430,7 @@ def prepare(todo: list[dict], args: argparse.Namespace) -> None:
         write_world(world(args), args.train_images)
     if "speed" in kinds:
         write_world(runs / "speed_world", args.speed_images)
-    if any(j["name"].startswith("coco_mini_") for j in todo):
+    if any("coco_mini_" in j["name"] for j in todo):  # the coco_mini runs and their re-scoring
         write_coco_val(args.coco_mini / "annotations" / "instances_train2017.json", runs / "coco_mini_val16.json")
     for j in todo:
         if j["row"] == "mrcnn_mal_masks" and j["after"] is None:

@@ -435,9 +435,15 @@ def margin_section(results: Path, plan: dict) -> list[str]:
     for (i, imgs), g in sorted(groups.items()):
         at = {t: aggregate({n: {"row_id": "r", "seed": r["seed"], **next(m for m in r["margins"] if m["theta"] == t)}
                             for n, r in g.items()}, "heldout_mIoU").get("r") for t in (base, chosen)}
-        label = "synth (reference)" if any(r.get("row_id") == REFERENCE for r in g.values()) else "schedule"
+        row = next(iter(g.values())).get("row_id")
+        label = {REFERENCE: "synth (reference)", "mal_coco_mini": "coco-mini photos"}.get(row, "schedule")
         out.append(f"| {label} | {i} | {imgs} | {', '.join(map(str, at[base]['seeds']))} | {_ms(at[base])} "
                    f"| {_ms(at[chosen])} |")
+    coco = aggregate({n: {"row_id": "c", "seed": r["seed"], **next(m for m in r["margins"] if m["theta"] == chosen)}
+                      for n, r in runs.items() if r.get("row_id") == "mal_coco_mini"}, "heldout_mIoU").get("c")
+    if coco:
+        out += ["", f"coco-mini photos at the synthetic world's θ_test {chosen} (no margin tuned on photos): "
+                f"{_ms(coco)}; goal mIoU >= {COCO_GOAL}: **{goal_verdict(coco, COCO_GOAL)}**."]
     return out + ["", *_missing("margin", recorded, plan)]
 
 

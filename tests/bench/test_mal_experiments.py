@@ -402,7 +402,9 @@ def test_margin_rescores_each_synth_and_same_epochs_schedule_run_after_it(bench,
     assert [(j["name"], j["after"]) for j in jobs] == [
         ("mae", None), ("synth_bf16_s1", "mae"), ("margin_synth_bf16_s1", "synth_bf16_s1"),
         ("sched_200_bf16_s1", "mae"), ("margin_sched_200_bf16_s1", "sched_200_bf16_s1"),
-        ("sched_400_bf16_s1", "mae"), ("margin_sched_400_bf16_s1", "sched_400_bf16_s1")]
+        ("sched_400_bf16_s1", "mae"), ("margin_sched_400_bf16_s1", "sched_400_bf16_s1"),
+        ("coco_mini_bf16_s1", "mae"), ("margin_coco_mini_bf16_s1", "coco_mini_bf16_s1")]
+    assert jobs[-1]["train_images"] == 80
     m = jobs[4]
     assert (m["table"], m["kind"], m["iters"], m["train_images"], m["source"]) == (
         "margin", "margin", 200, 800, "sched_200_bf16_s1")
@@ -424,6 +426,10 @@ def test_report_margin_picks_on_the_selection_world_and_judges_on_the_held_out_b
                 train_images=400, config_test_theta=0.6, margins=margins(d, 0.3))
     _record(folder, "margin_sched_4000_bf16_s0", row_id="iters_4000_images_800", seed=0, amp="bf16", iters=4000,
             train_images=800, config_test_theta=0.6, margins=margins(0.05, 0.0))
+    for s in range(3):  # photos: no selection world of their own
+        _record(folder, f"margin_coco_mini_bf16_s{s}", row_id="mal_coco_mini", seed=s, amp="bf16", iters=2000,
+                train_images=80, config_test_theta=0.6,
+                margins=[{k: v for k, v in m.items() if k != "select_mIoU"} for m in margins(-0.14 + s / 100, 0)])
     text = "\n".join(rm.margin_section(tmp_path, rm.planned()))
     assert "| 0.3 (picked) | 0, 1, 2 | 0.740 ± 0.002 | 37.0 ± 0.0 | 0.800 ± 0.000 |" in text
     assert "| 0.6 (configs) | 0, 1, 2 | 0.700 ± 0.002 |" in text
@@ -432,6 +438,9 @@ def test_report_margin_picks_on_the_selection_world_and_judges_on_the_held_out_b
     assert "| synth (reference) | 2000 | 400 | 0, 1, 2 | 0.700 ± 0.002 | 0.740 ± 0.002 |" in text
     # a schedule run is read at the margin the synth seeds picked, not at its own selection-world best
     assert "| schedule | 4000 | 800 | 0 | 0.750 (1 seed) | 0.790 (1 seed) |" in text
+    assert "| coco-mini photos | 2000 | 80 | 0, 1, 2 | 0.570 ± 0.010 | 0.610 ± 0.010 |" in text
+    assert ("coco-mini photos at the synthetic world's θ_test 0.3 (no margin tuned on photos): 0.610 ± 0.010; goal "
+            "mIoU >= 0.75: **NOT met**.") in text
     assert "Missing" in text and "margin_sched_8000_bf16_s0" in text
     assert "No run re-scored yet." in "\n".join(rm.margin_section(tmp_path / "none", rm.planned()))
 
