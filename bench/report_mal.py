@@ -389,6 +389,12 @@ def schedule_section(results: Path, plan: dict) -> list[str]:
     return out + ["", *_missing("schedule", recorded, plan)]
 
 
+def _at_margin(runs: dict[str, dict], theta: float) -> dict | None:
+    """Held-out mIoU over the seeds of margin-table records, read at test-time margin ``theta``."""
+    return aggregate({n: {"row_id": "x", "seed": r["seed"], **next(m for m in r["margins"] if m["theta"] == theta)}
+                      for n, r in runs.items()}, "heldout_mIoU").get("x")
+
+
 def margin_section(results: Path, plan: dict) -> list[str]:
     """The margin table: held-out and selection-world mIoU per test-time expansion θ_test over the synth seeds, the
     margin the selection world picks, the reference at it vs at the configs' margin, and the schedule's runs at
@@ -433,14 +439,12 @@ def margin_section(results: Path, plan: dict) -> list[str]:
     for n, r in runs.items():
         groups.setdefault((r["iters"], r["train_images"]), {})[n] = r
     for (i, imgs), g in sorted(groups.items()):
-        at = {t: aggregate({n: {"row_id": "r", "seed": r["seed"], **next(m for m in r["margins"] if m["theta"] == t)}
-                            for n, r in g.items()}, "heldout_mIoU").get("r") for t in (base, chosen)}
+        at = {t: _at_margin(g, t) for t in (base, chosen)}
         row = next(iter(g.values())).get("row_id")
         label = {REFERENCE: "synth (reference)", "mal_coco_mini": "coco-mini photos"}.get(row, "schedule")
         out.append(f"| {label} | {i} | {imgs} | {', '.join(map(str, at[base]['seeds']))} | {_ms(at[base])} "
                    f"| {_ms(at[chosen])} |")
-    coco = aggregate({n: {"row_id": "c", "seed": r["seed"], **next(m for m in r["margins"] if m["theta"] == chosen)}
-                      for n, r in runs.items() if r.get("row_id") == "mal_coco_mini"}, "heldout_mIoU").get("c")
+    coco = _at_margin({n: r for n, r in runs.items() if r.get("row_id") == "mal_coco_mini"}, chosen)
     if coco:
         out += ["", f"coco-mini photos at the synthetic world's θ_test {chosen} (no margin tuned on photos): "
                 f"{_ms(coco)}; goal mIoU >= {COCO_GOAL}: **{goal_verdict(coco, COCO_GOAL)}**."]
