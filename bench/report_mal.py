@@ -434,7 +434,8 @@ def margin_section(results: Path, plan: dict) -> list[str]:
             f"{base} (2-std rule over >= 3 seeds: **{word}**; the same checkpoints, so the rule is conservative). "
             f"Goal mIoU >= {SYNTH_GOAL} at θ_test {chosen}: **{goal_verdict(stats[chosen]['heldout_mIoU'], SYNTH_GOAL)}**. "
             "Our reading: at 128 px a crop's pixels are scarce, and a smaller margin gives more of them to the box "
-            "(at θ_test 0.15 the box spans 1 / 1.075 = 93 % of the crop's side, at 0.6 1 / 1.3 = 77 %) and leaves "
+            f"(at θ_test {chosen} the box spans {100 / (1 + chosen / 2):.0f} % of the crop's side, at {base} "
+            f"{100 / (1 + base / 2):.0f} %) and leaves "
             "less room for a label to spill outside it (the probes above: 3-6 % of a label's area at 0.6). "
             "`omniseg autolabel --test-theta` sets the margin of one labelling.",
             "", "| run | iterations | training images | seeds | held-out mIoU, θ_test "
