@@ -29,6 +29,10 @@ Tables (``report_openseg.py`` renders them):
   180k from scratch (Sec. 4.1; Sec. 4.4, Table 3). OpenSeg on 2x / 4x the training images for 2x / 4x the
   iterations (the same epochs), each under its own cosine schedule, evaluated every ``--iters`` steps on the same
   held-out images (the record's ``curve``); the 2000-iteration row is the synth table's OpenSeg runs.
+* ``lr``: the learning rate (the paper tunes only it and the steps per initialisation: 0.32 from scratch, 0.08 from
+  NoisyStudent, 0.005 from ALIGN; Sec. 4.4, Table 3). L_G of the 2000-iteration reference falls fastest as its
+  cosine schedule anneals (chance 4.16 -> 3.5; at lr ~1e-3 barely), so the configs' AdamW lr 1e-3 may be too high for
+  the grounding head: OpenSeg at each lr of ``LRS``, otherwise the reference (``lr_<lr>_<amp>_s<seed>``).
 * ``coco_mini``: OpenSeg on the captions + class-agnostic masks of 60 of the 80 coco-mini photos (sorted image
   ids, first 60), grounding mIoU on the other 20 (things only: coco-mini has no panoptic stuff); semantic overlays
   of 5 held-out photos (first seed) are written next to the results, downscaled to <= 320 px.
@@ -57,7 +61,7 @@ from mal_experiments import _config_value, _job, _merge, _omni, eval_curve, rel,
 
 RESULTS = ROOT / "bench" / "results" / "openseg"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
-TABLES = ("synth", "ablations", "schedule", "coco_mini")
+TABLES = ("synth", "ablations", "schedule", "lr", "coco_mini")
 VOCABULARIES = ("names", "synonyms", "all")
 #: ESTIMATED seconds per iteration on one thread: openseg_synth measured 2.3-3.4 s on a busy 2-core machine (the
 #: midpoint); LSeg+ and ALIGN taken as the same (similar trunk and tower, no decoder); coco-mini (long side 384,
@@ -89,6 +93,8 @@ INIT = {"init_align": "backbone from the ALIGN-style run (Sec. 4.1)"}
 NARRATIVES_ITERS = 2
 #: the schedule table's rows: (iterations, training images), each a multiple of --iters and the config's images
 SCHEDULE = ((2, 2), (4, 4))
+#: the lr table's learning rates (the configs: 1e-3, the synth table's OpenSeg runs)
+LRS = (3e-4, 1e-4)
 OVERLAYS = 5
 OVERLAY_SIDE = 320
 
@@ -163,6 +169,9 @@ def plan(args: argparse.Namespace) -> list[dict]:
                              [f"data.train_num_images={m * images}", f"train.eval_period={args.iters}"],
                              iters=k * args.iters), "train_images": m * images}
                 for s in args.seeds for k, m in SCHEDULE]
+    if args.table == "lr":
+        return [train_job(args, f"lr_{lr:g}", "lr", f"lr_{lr:g}", s, "openseg", [f"train.lr={lr:g}"])
+                for s in args.seeds for lr in LRS]
     return [train_job(args, "coco_mini", "coco_mini", "openseg_coco_mini", s, "coco", coco_overrides(args))
             for s in args.seeds]
 

@@ -111,6 +111,23 @@ def test_report_schedule_sets_the_curves_beside_the_reference(bench, tmp_path):
     assert "Missing (5): sched_4000_bf16_s0, sched_4000_bf16_s1, sched_8000_bf16_s1," in text
 
 
+def test_lr_plans_the_reference_at_each_lr_and_the_report_sets_it_beside_the_configs_lr(bench, tmp_path):
+    ox, ro = bench["openseg_experiments"], bench["report_openseg"]
+    jobs = ox.plan(_args(ox, tmp_path, "lr", "--seeds", "1", "--iters", "100"))
+    assert [(j["name"], j["row"]) for j in jobs] == [("lr_0.0003_bf16_s1", "lr_0.0003"),
+                                                     ("lr_0.0001_bf16_s1", "lr_0.0001")]
+    ref = ox.plan(_args(ox, tmp_path, "synth", "--seeds", "1", "--iters", "100"))[0]
+    assert sorted(jobs[1]["overrides"]) == sorted(ref["overrides"] + ["train.lr=0.0001"])  # nothing else differs
+    res = tmp_path / "results"
+    for s, g in enumerate([0.03, 0.04, 0.05]):
+        _rec(res, "synth", f"openseg_s{s}", row_id="openseg", seed=s, **{"grounding_mIoU/all": g, "recall@0.5": 0.7})
+        _rec(res, "lr", f"lr_0.0003_s{s}", row_id="lr_0.0003", seed=s, **{"grounding_mIoU/all": g + 0.1})
+    text = "\n".join(ro.lr_section(res, ro.planned()))
+    assert "| 0.001 | 0, 1, 2 | – | – | 4.0 ± 1.0 | 0.700 ± 0.000 | – | – |" in text
+    assert "| 0.0003 | 0, 1, 2 | – | – | 14.0 ± 1.0 | – | +10.0 | 0.0003 better |" in text  # 0.1 > 2 x 0.01
+    assert "| 0.0001 | not run yet |" in text and "than the configs' 0.001" in text
+
+
 def test_coco_mini_split_by_sorted_image_id(bench, tmp_path):
     ox = bench["openseg_experiments"]
     ann = tmp_path / "c" / "annotations"
