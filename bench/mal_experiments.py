@@ -38,7 +38,7 @@ Tables (``report_mal.py`` renders them):
 * ``speed``: autolabel boxes/s and peak memory with 2 torch threads at the CPU config (weights of a
   1-iteration run: speed does not depend on them).
 
-``--amp bf16`` (synth; the default of ablations and coco_mini, where ``--amp none`` trains in fp32): every MAL run
+``--amp bf16`` (synth; the default of ablations, schedule, margin and coco_mini, where ``--amp none`` trains in fp32): every MAL run
 trains under bf16 autocast (``train.amp=bf16``; ~2x faster ViT-S steps on an AVX512-BF16 CPU, see the configs'
 recipe_speed records) and is named ``<row>_bf16_s<seed>``; its record carries ``"amp": "bf16"`` and the report keeps
 it apart: bf16 ablations are judged against the bf16 reference seeds, and the synth table compares bf16 with fp32
@@ -485,8 +485,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--speed-images", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2, help="speed: torch threads")
     ap.add_argument("--amp", choices=("none", "bf16"), default=None,
-                    help="synth / ablations / schedule / coco_mini: MAL runs under bf16 autocast or in fp32 "
-                    "(default: bf16 for ablations, schedule and coco_mini, fp32 otherwise; module docstring)")
+                    help="synth / ablations / schedule / margin / coco_mini: MAL runs under bf16 autocast or in fp32 "
+                    "(default: bf16 for ablations, schedule, margin and coco_mini, fp32 otherwise; module docstring)")
     args = ap.parse_args(argv)
     args.amp = args.amp or AMP_DEFAULT.get(args.table, "none")
     if args.amp != "none" and args.table not in ("synth", "ablations", "schedule", "margin", "coco_mini"):

@@ -374,7 +374,7 @@ def test_amp_bf16_names_and_flags_the_mal_runs_of_three_tables_only(bench, tmp_p
     for table in ("retention", "speed", "pretrain"):
         with pytest.raises(SystemExit) as e:
             _args(mx, tmp_path, table, "--amp", "bf16")
-        assert str(e.value.code).startswith("--amp bf16: only the synth, ablations, schedule and coco_mini tables")
+        assert str(e.value.code).startswith("--amp bf16: only the synth, ablations, schedule, margin and coco_mini tables")
 
 
 def test_schedule_plans_the_reference_at_2x_and_4x_with_periodic_evals(bench, tmp_path):
