@@ -259,14 +259,21 @@ def _table_jobs(args: argparse.Namespace) -> list[dict]:
     return chains + rest
 
 
+def schedule_rows(args: argparse.Namespace, grid: tuple[tuple[int, int], ...]) -> list[dict]:
+    """The rows of a schedule table (this driver's and bench/openseg_experiments.py's): per (k, m) of ``grid``, k x
+    ``--iters`` iterations on m x the config's training images, evaluated every ``--iters`` steps -- the run name's
+    base, the row id, the overrides, ``iters``, ``train_images`` and ``same_epochs`` (k == m)."""
+    images = _config_value(Path(args.config), "data", "train_num_images")
+    return [{"base": sched_name(k * args.iters, m * images, k == m), "row": f"iters_{k * args.iters}_images_{m * images}",
+             "overrides": [f"data.train_num_images={m * images}", f"train.eval_period={args.iters}"],
+             "iters": k * args.iters, "train_images": m * images, "same_epochs": k == m} for k, m in grid]
+
+
 def schedule_jobs(args: argparse.Namespace, seeds: list[int]) -> list[dict]:
     """The schedule table's runs (module docstring), seed by seed."""
-    images = _config_value(Path(args.config), "data", "train_num_images")
-    return [{**mal_job(args, run_name(args, sched_name(k * args.iters, m * images, k == m), s), "schedule",
-                       f"iters_{k * args.iters}_images_{m * images}", s,
-                       [f"data.train_num_images={m * images}", f"train.eval_period={args.iters}"],
-                       iters=k * args.iters), "train_images": m * images, "same_epochs": k == m}
-            for s in seeds for k, m in SCHEDULE]
+    return [{**mal_job(args, run_name(args, r["base"], s), "schedule", r["row"], s, r["overrides"], iters=r["iters"]),
+             "train_images": r["train_images"], "same_epochs": r["same_epochs"]}
+            for s in seeds for r in schedule_rows(args, SCHEDULE)]
 
 
 def coco_jobs(args: argparse.Namespace, seeds: list[int]) -> list[dict]:

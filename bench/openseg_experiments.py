@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from experiment_runner import drive, driver_parser, machine  # noqa: E402
-from mal_experiments import _config_value, _job, _merge, _omni, eval_curve, rel, run_name, sched_name  # noqa: E402
+from mal_experiments import _job, _merge, _omni, eval_curve, rel, run_name, schedule_rows  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "openseg"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
@@ -163,12 +163,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
     if args.table == "ablations":  # seed by seed: every row of one seed before the next seed
         return [j for s in args.seeds for j in ablation_jobs(args, s)]
     if args.table == "schedule":
-        images = _config_value(Path(args.config), "data", "train_num_images")
-        return [{**train_job(args, sched_name(k * args.iters, m * images, k == m), "schedule",
-                             f"iters_{k * args.iters}_images_{m * images}", s, "openseg",
-                             [f"data.train_num_images={m * images}", f"train.eval_period={args.iters}"],
-                             iters=k * args.iters), "train_images": m * images}
-                for s in args.seeds for k, m in SCHEDULE]
+        return [{**train_job(args, r["base"], "schedule", r["row"], s, "openseg", r["overrides"], iters=r["iters"]),
+                 "train_images": r["train_images"]} for s in args.seeds for r in schedule_rows(args, SCHEDULE)]
     if args.table == "lr":
         return [train_job(args, f"lr_{lr:g}", "lr", f"lr_{lr:g}", s, "openseg", [f"train.lr={lr:g}"])
                 for s in args.seeds for lr in LRS]

@@ -344,6 +344,17 @@ def _ablations(runs: dict[str, dict], synth: dict[str, dict], amp: str) -> list[
     return out + [""]
 
 
+def schedule_groups(reference: dict[str, dict], runs: dict[str, dict], base: int, images: int,
+                    grid: tuple[tuple[int, int], ...], row_id: str) -> dict[tuple[int, int], dict[str, dict]]:
+    """The rows of a schedule table (this report's and report_openseg's): (iterations, training images) -> runs,
+    first ``reference`` (the synth runs: ``base`` iterations on ``images``), then every row of ``grid`` (multiples of
+    both) and every recorded one, sorted; each schedule run's row id is set to ``row_id`` so that
+    ``claims.aggregate`` pools a row's seeds."""
+    keys = sorted({(r["iters"], r["train_images"]) for r in runs.values()} | {(base * k, images * m) for k, m in grid})
+    return {(base, images): reference, **{key: {n: {**r, "row_id": row_id} for n, r in runs.items()
+                                                if (r["iters"], r["train_images"]) == key} for key in keys}}
+
+
 def schedule_section(results: Path, plan: dict) -> list[str]:
     """The reference (the synth runs of the same precision) against itself trained longer and / or on more images
     (``mal_experiments.SCHEDULE``): does it stop short?"""
@@ -354,12 +365,9 @@ def schedule_section(results: Path, plan: dict) -> list[str]:
     images = mx._config_value(Path(defaults.config), "data", "train_num_images")
     recorded = _table(results, "schedule")
     runs, synth = by_amp(recorded).get(amp, {}), by_amp(_table(results, "synth")).get(amp, {})
-    keys = [(base, images)] + sorted({(r["iters"], r["train_images"]) for r in runs.values()}
-                                     | {(base * k, images * m) for k, m in mx.SCHEDULE})
-    rows = {keys[0]: {n: r for n, r in synth.items() if r.get("row_id") == REFERENCE},
-            **{key: {n: {**r, "row_id": REFERENCE} for n, r in runs.items() if (r["iters"], r["train_images"]) == key}
-               for key in keys[1:]}}
-    ref = aggregate(rows[keys[0]], "mask_mIoU").get(REFERENCE)
+    rows = schedule_groups({n: r for n, r in synth.items() if r.get("row_id") == REFERENCE}, runs, base, images,
+                           mx.SCHEDULE, REFERENCE)
+    ref = aggregate(rows[base, images], "mask_mIoU").get(REFERENCE)
     word = {"reproduced": "more is better", "not reproduced": "more is worse"}
     out = [f"### Schedule: does the {base}-iteration reference stop short? ({AMP_LABEL.get(amp, amp)}; "
            "`python bench/mal_experiments.py schedule --commit`)", "",
@@ -380,7 +388,7 @@ def schedule_section(results: Path, plan: dict) -> list[str]:
         curves = "; ".join(" → ".join(f"{c['mIoU']:.3f}" for c in r.get("curve", []))
                            for r in sorted(group.values(), key=lambda r: r["seed"]) if r.get("curve"))
         v = "–"
-        if (i, n) != keys[0]:
+        if (i, n) != (base, images):
             v = verdict(st, ref)
             hint = verdict_so_far(st, ref, ref["std"]) if v == "incomplete" and ref else None
             v = f"**{word.get(v, v)}**" + (f" (so far: {word.get(hint, hint)})" if hint else "")
@@ -389,10 +397,11 @@ def schedule_section(results: Path, plan: dict) -> list[str]:
     return out + ["", *_missing("schedule", recorded, plan)]
 
 
-def _at_margin(runs: dict[str, dict], theta: float) -> dict | None:
-    """Held-out mIoU over the seeds of margin-table records, read at test-time margin ``theta``."""
+def _at_margin(runs: dict[str, dict], theta: float, metric: str = "heldout_mIoU") -> dict | None:
+    """``metric`` (held-out mIoU by default) over the seeds of margin-table records, read at test-time margin
+    ``theta``."""
     return aggregate({n: {"row_id": "x", "seed": r["seed"], **next(m for m in r["margins"] if m["theta"] == theta)}
-                      for n, r in runs.items()}, "heldout_mIoU").get("x")
+                      for n, r in runs.items()}, metric).get("x")
 
 
 def margin_section(results: Path, plan: dict) -> list[str]:
@@ -414,12 +423,8 @@ def margin_section(results: Path, plan: dict) -> list[str]:
     synth = {n: r for n, r in runs.items() if r.get("row_id") == REFERENCE}
     if not synth:
         return out + ["No run re-scored yet.", "", *_missing("margin", recorded, plan)]
-    per_theta = {}
-    for r in synth.values():
-        for m in r["margins"]:
-            per_theta.setdefault(m["theta"], {})[r["run"]] = {"row_id": "t", "seed": r["seed"], **m}
-    stats = {t: {k: aggregate(g, k).get("t") for k in ("heldout_mIoU", "heldout_AP", "select_mIoU")}
-             for t, g in sorted(per_theta.items())}
+    thetas = sorted({m["theta"] for r in synth.values() for m in r["margins"]})
+    stats = {t: {k: _at_margin(synth, t, k) for k in ("heldout_mIoU", "heldout_AP", "select_mIoU")} for t in thetas}
     chosen = max(stats, key=lambda t: stats[t]["select_mIoU"]["mean"])
     base = next(iter({r["config_test_theta"] for r in synth.values()}))
     out += ["| θ_test | seeds | held-out mIoU | held-out mask AP | selection-world mIoU |", "|---:|---|---:|---:|---:|"]

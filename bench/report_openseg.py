@@ -13,7 +13,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from claims import aggregate, verdict, verdict_so_far  # noqa: E402
-from report_mal import AMP_LABEL, _missing, _ms, by_amp, goal_verdict, planned_runs, recorded_runs  # noqa: E402
+from report_mal import (  # noqa: E402
+    AMP_LABEL,
+    _missing,
+    _ms,
+    by_amp,
+    goal_verdict,
+    planned_runs,
+    recorded_runs,
+    schedule_groups,
+)
 
 RECALL_GOAL, MARGIN = 0.90, 0.03  # issue 14: recall@0.5 >= 0.90; OpenSeg ahead of LSeg+ on (b), (c) by >= 3 mIoU
 VOCABS = (("names", ""), ("synonyms", "/synonyms"), ("all", "/all"))
@@ -215,13 +224,10 @@ def schedule_section(results: Path, plan: dict) -> list[str]:
     defaults = ox.parse_args(["schedule"])
     base, images = defaults.iters, _config_value(Path(defaults.config), "data", "train_num_images")
     runs, synth = _table(results, "schedule"), _table(results, "synth")
-    keys = [(base, images)] + sorted({(r["iters"], r["train_images"]) for r in runs.values()}
-                                     | {(base * k, images * m) for k, m in ox.SCHEDULE})
-    groups = {keys[0]: {n: r for n, r in synth.items() if r.get("row_id") == "openseg"},
-              **{key: {n: {**r, "row_id": "openseg"} for n, r in runs.items()
-                       if (r["iters"], r["train_images"]) == key} for key in keys[1:]}}
+    groups = schedule_groups({n: r for n, r in synth.items() if r.get("row_id") == "openseg"}, runs, base, images,
+                             ox.SCHEDULE, "openseg")
     metrics = ("mIoU", "grounding_mIoU", "grounding_mIoU/all")
-    ref = aggregate(groups[keys[0]], "grounding_mIoU/all").get("openseg")
+    ref = aggregate(groups[base, images], "grounding_mIoU/all").get("openseg")
     out = [f"### Schedule: does grounding only need more steps? ({AMP_LABEL.get(ox.AMP, ox.AMP)}; "
            "`python bench/openseg_experiments.py schedule --commit`)", "",
            f"L_G still falls steadily at the reference's {base}th step; the paper trains 30k steps from the ALIGN "
@@ -240,7 +246,7 @@ def schedule_section(results: Path, plan: dict) -> list[str]:
             continue
         curves = "; ".join(" → ".join(f"{100 * c['grounding_mIoU/all']:.1f}" for c in r.get("curve", []))
                            for r in sorted(group.values(), key=lambda r: r["seed"]) if r.get("curve"))
-        v = "–" if (i, n) == keys[0] else _against_reference(
+        v = "–" if (i, n) == (base, images) else _against_reference(
             "longer", st["grounding_mIoU/all"], ref, row_better=True, words=("more is better", "more is worse"))[1]
         out.append(f"| {i} | {n} | {_seeds(st['grounding_mIoU/all'])} | "
                    + " | ".join(_ms(st[k], True) for k in metrics) + f" | {_ms(st['recall@0.5'])} "
