@@ -12,10 +12,12 @@ Tables (``report_mal.py`` renders them):
   fp16 safetensors + manifest in bench/results/pretrained/mae_vits16_synth/ (the loader casts to fp32).
 * ``synth``: MAL (attention decoder, MAE init; configs/mal_vits_synth.yaml) per seed: pseudo-mask mIoU / mask AP
   on the held-out images' boxes vs their true masks, next to the filled box and the ellipse (the recipe's eval).
-* ``retention`` (paper Sec. 4.3 / Table 2 protocol): per seed, ``omniseg autolabel`` the boxes of the
-  Mask R-CNN's training world with that seed's ``synth`` MAL run, then the yardstick oracle Mask R-CNN
+* ``retention`` (paper Sec. 4.3 / Table 2 protocol): per labeler of ``RETENTION_LABELERS`` and seed,
+  ``omniseg autolabel`` the boxes of the Mask R-CNN's training world with that seed's labeler (the ``synth`` fp32
+  run at the config's margin: jobs ``ret_autolabel_s<seed>``, ``ret_mrcnn_mal_s<seed>``; the 8000-step schedule
+  run at θ_test 0.15: ``ret_autolabel_sched_8000_bf16_t0.15_s<seed>``, ...), then the yardstick oracle Mask R-CNN
   (configs/maskx_voc_like.yaml, every class's masks, from the committed ResNet trunk) on the MAL masks and on
-  the true masks; retention = mask AP ratio on held-out images.
+  the true masks (``ret_mrcnn_true_s<seed>``, shared); retention = mask AP ratio on held-out images.
 * ``ablations`` (every row over the seeds, seed by seed: each row is a paper claim): decoder FC / FCN (Table 3), ResNet-18 trunk / ViT from scratch (Table 4),
   θ in {0, 0.6, 1.0, 1.6} (Table 5), EMA teacher off, CRF loss off, whole image instead of crops (Sec. 3.1:
   ``model.input=image``, each 256 px image encoded once at its own resolution -- 2 x 16^2 tokens a step, as many
@@ -79,6 +81,10 @@ COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
 TABLES = ("pretrain", "synth", "retention", "ablations", "schedule", "margin", "coco_mini", "speed")
 #: the schedule table's rows: (iterations as a multiple of --iters, training images as a multiple of the config's)
 SCHEDULE = ((2, 2), (1, 4), (4, 4))
+#: the retention table's labelers, each (MAL run, test-time margin θ_test): the synth table's fp32 run of the seed
+#: (None) at the config's margin -- the paper's protocol as first run here -- and the 4x schedule run (bf16, ~9
+#: epochs over 4x the images; the best labeler measured) at the margin the margin table picks
+RETENTION_LABELERS = ((None, None), ((4, 4), 0.15))
 #: seconds per iteration on one thread (2-core dev machine, busy): MAL ViT-S at the CPU config and MAE ViT-S
 #: measured (configs' comments), the oracle Mask R-CNN measured (bench/results/step_speed_oracle.json); MAL
 #: without a teacher forward and with the ResNet-18 w16 trunk are guesses; autolabel: seconds per box at the CPU
@@ -186,8 +192,9 @@ def world(args: argparse.Namespace) -> Path:
     return Path(args.runs) / f"world_{args.train_images}"
 
 
-def masks_gz(args: argparse.Namespace, seed: int) -> Path:
-    return Path(args.results) / "retention" / "masks" / f"ret_autolabel_s{seed}.json.gz"
+def masks_gz(args: argparse.Namespace, seed: int, tag: str = "") -> Path:
+    """The committed masks of a retention autolabel job (``tag``: its labeler's, ``labeler_tag``)."""
+    return Path(args.results) / "retention" / "masks" / f"ret_autolabel{tag}_s{seed}.json.gz"
 
 
 def plan(args: argparse.Namespace) -> list[dict]:
@@ -233,30 +240,48 @@ def _table_jobs(args: argparse.Namespace) -> list[dict]:
         est = args.speed_images * BOXES_PER_IMAGE * S_PER["autolabel_box"] / args.threads + OVERHEAD_S["speed"]
         return [labeler, _job("speed", "speed", "speed", _sh(script), est, "speed_labeler", shown=inner,
                               row="autolabel_speed", seed=0, images=args.speed_images)]
-    # retention: per seed MAL -> autolabel (same machine) -> Mask R-CNN on its masks; Mask R-CNN on true masks
+    # retention: per labeler and seed MAL -> autolabel (same machine) -> Mask R-CNN on its masks; Mask R-CNN on true masks
     w = world(args)
     mrcnn = ORACLE + [f"data.val_num_images={args.val_images}", f"model.pretrained={args.trunk}",
                       f"train.max_iter={args.mrcnn_iters}", "train.eval_period=0", "train.progress=false",
                       f"train.checkpoint_period={max(1, args.mrcnn_iters // 6)}"]
     est_mrcnn = args.mrcnn_iters * S_PER["mrcnn"] + OVERHEAD_S["mrcnn"]
     chains, rest = [], []
-    for s in args.seeds:
-        gz = masks_gz(args, s)
-        mal = mal_job(args, f"synth_s{s}", "synth", "mal_attention_mae", s)
-        label = _omni("autolabel", str(w / "boxes.json"), "--images", str(w / "images"), "--checkpoint",
-                      str(runs / mal["name"]), "--out", str(runs / f"ret_autolabel_s{s}" / "masks.json"))
-        est = args.train_images * BOXES_PER_IMAGE * S_PER["autolabel_box"] + OVERHEAD_S["autolabel"]
-        chains += [mal, _job(f"ret_autolabel_s{s}", "retention", "autolabel", _sh(shlex.join(label)), est,
-                             mal["name"], shown=label, row="autolabel", seed=s)]
-        rest.append(_train(args, f"ret_mrcnn_mal_s{s}", "retention", "mrcnn", Path(args.mrcnn_config),
-                           mrcnn + [f"train.seed={s}", f"data.train={runs / 'masks' / f'masks_s{s}.json'}",
-                                    f"data.train_images={w / 'images'}"],
-                           est_mrcnn, None if gz.is_file() else f"ret_autolabel_s{s}", row="mrcnn_mal_masks",
-                           seed=s, iters=args.mrcnn_iters))
+    for grid, theta in RETENTION_LABELERS:
+        for s in args.seeds:
+            mal = labeler_job(args, grid, s)
+            tag = labeler_tag(mal, theta)
+            gz, lab = masks_gz(args, s, tag), {"labeler": mal["name"][:-len(f"_s{s}")], "label_theta": theta, "tag": tag}
+            label = _omni("autolabel", str(w / "boxes.json"), "--images", str(w / "images"), "--checkpoint",
+                          str(runs / mal["name"]), "--out", str(runs / f"ret_autolabel{tag}_s{s}" / "masks.json"),
+                          *(["--test-theta", str(theta)] if theta is not None else []))
+            est = args.train_images * BOXES_PER_IMAGE * S_PER["autolabel_box"] + OVERHEAD_S["autolabel"]
+            chains += [mal, _job(f"ret_autolabel{tag}_s{s}", "retention", "autolabel", _sh(shlex.join(label)), est,
+                                 mal["name"], shown=label, row="autolabel", seed=s, **lab)]
+            rest.append(_train(args, f"ret_mrcnn_mal{tag}_s{s}", "retention", "mrcnn", Path(args.mrcnn_config),
+                               mrcnn + [f"train.seed={s}", f"data.train={runs / 'masks' / f'masks{tag}_s{s}.json'}",
+                                        f"data.train_images={w / 'images'}"],
+                               est_mrcnn, None if gz.is_file() else f"ret_autolabel{tag}_s{s}", row="mrcnn_mal_masks",
+                               seed=s, iters=args.mrcnn_iters, **lab))
     rest += [_train(args, f"ret_mrcnn_true_s{s}", "retention", "mrcnn", Path(args.mrcnn_config),
                     mrcnn + [f"train.seed={s}", f"data.train={w / 'instances.json'}", f"data.train_images={w / 'images'}"],
                     est_mrcnn, None, row="mrcnn_true_masks", seed=s, iters=args.mrcnn_iters) for s in args.seeds]
     return chains + rest
+
+
+def labeler_job(args: argparse.Namespace, grid: tuple[int, int] | None, seed: int) -> dict:
+    """The MAL run that labels the retention table's world: the synth table's fp32 run of ``seed`` (``grid`` None)
+    or the bf16 schedule-table run of ``grid`` (one (k, m) of ``SCHEDULE``)."""
+    if grid is None:
+        return mal_job(args, f"synth_s{seed}", "synth", "mal_attention_mae", seed)
+    return schedule_jobs(argparse.Namespace(**{**vars(args), "amp": "bf16"}), [seed], (grid,))[0]
+
+
+def labeler_tag(labeler: dict, theta: float | None) -> str:
+    """The retention runs' name infix of a labeler: '' for the synth run at the config's margin (the table's first
+    runs), else ``_<labeler run base>_t<θ_test>``."""
+    base = labeler["name"][:-len(f"_s{labeler['seed']}")]
+    return "" if base == "synth" and theta is None else f"_{base}_t{theta if theta is not None else 'cfg'}"
 
 
 def schedule_rows(args: argparse.Namespace, grid: tuple[tuple[int, int], ...]) -> list[dict]:
@@ -269,11 +294,11 @@ def schedule_rows(args: argparse.Namespace, grid: tuple[tuple[int, int], ...]) -
              "iters": k * args.iters, "train_images": m * images, "same_epochs": k == m} for k, m in grid]
 
 
-def schedule_jobs(args: argparse.Namespace, seeds: list[int]) -> list[dict]:
-    """The schedule table's runs (module docstring), seed by seed."""
+def schedule_jobs(args: argparse.Namespace, seeds: list[int], grid: tuple[tuple[int, int], ...] = SCHEDULE) -> list[dict]:
+    """The schedule table's runs (module docstring), seed by seed (``grid``: some of its rows)."""
     return [{**mal_job(args, run_name(args, r["base"], s), "schedule", r["row"], s, r["overrides"], iters=r["iters"]),
              "train_images": r["train_images"], "same_epochs": r["same_epochs"]}
-            for s in seeds for r in schedule_rows(args, SCHEDULE)]
+            for s in seeds for r in schedule_rows(args, grid)]
 
 
 def coco_jobs(args: argparse.Namespace, seeds: list[int]) -> list[dict]:
@@ -365,6 +390,8 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
            "command": job["command"], "driver": f"python bench/mal_experiments.py {args.table}", "iters": job.get("iters")}
     if job["table"] == "ablations":
         out.update(label=ABLATIONS[job["row"]][0])
+    if "labeler" in job:  # a retention run's labeler: its MAL run base and test-time margin (None: the config's)
+        out.update(labeler=job["labeler"], label_theta=job["label_theta"])
     extra: list[Path] = []
     if job["kind"] in ("mal", "mrcnn"):
         out.update(_metrics(run))
@@ -377,12 +404,12 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
         out.update(keep_backbone(run, Path(args.backbone)))
         extra = [Path(args.backbone), Path(args.backbone).parent / "manifest.json"]
     elif job["kind"] == "autolabel":
-        masks, gz = run / "masks.json", masks_gz(args, job["seed"])
+        masks, gz = run / "masks.json", masks_gz(args, job["seed"], job["tag"])
         gz.parent.mkdir(parents=True, exist_ok=True)
         with open(masks, "rb") as f, gzip.open(gz, "wb", compresslevel=9) as g:
             shutil.copyfileobj(f, g)
         (runs / "masks").mkdir(exist_ok=True)
-        shutil.copyfile(masks, runs / "masks" / f"masks_s{job['seed']}.json")
+        shutil.copyfile(masks, runs / "masks" / f"masks{job['tag']}_s{job['seed']}.json")
         out.update(train_boxes_miou(world(args) / "instances.json", masks), **_rate(run / "stdout.log"),
                    masks=rel(gz), world_images=args.train_images)
         extra = [gz]
@@ -441,10 +468,10 @@ def prepare(todo: list[dict], args: argparse.Namespace) -> None:
         write_coco_val(args.coco_mini / "annotations" / "instances_train2017.json", runs / "coco_mini_val16.json")
     for j in todo:
         if j["row"] == "mrcnn_mal_masks" and j["after"] is None:
-            target = runs / "masks" / f"masks_s{j['seed']}.json"
+            target = runs / "masks" / f"masks{j['tag']}_s{j['seed']}.json"
             if not target.is_file():
                 target.parent.mkdir(exist_ok=True)
-                with gzip.open(masks_gz(args, j["seed"]), "rb") as g, open(target, "wb") as f:
+                with gzip.open(masks_gz(args, j["seed"], j["tag"]), "rb") as g, open(target, "wb") as f:
                     shutil.copyfileobj(g, f)
 
 

@@ -53,12 +53,23 @@ def test_retention_chains_mal_autolabel_and_mask_rcnn_per_seed(bench, tmp_path):
     gz.write_bytes(b"")  # seed 1's masks were committed by another session
     args = _args(mx, tmp_path, "retention", "--seeds", "0", "1", "--mrcnn-iters", "60")
     by = {j["name"]: j for j in mx.plan(args)}
-    assert list(by) == ["mae", "synth_s0", "ret_autolabel_s0", "synth_s1", "ret_autolabel_s1", "ret_mrcnn_mal_s0",
-                        "ret_mrcnn_mal_s1", "ret_mrcnn_true_s0", "ret_mrcnn_true_s1"]
+    best = "sched_8000_bf16_t0.15"  # the second labeler: the 4x schedule run, labelling at θ_test 0.15
+    assert list(by) == ["mae", "synth_s0", "ret_autolabel_s0", "synth_s1", "ret_autolabel_s1", "sched_8000_bf16_s0",
+                        f"ret_autolabel_{best}_s0", "sched_8000_bf16_s1", f"ret_autolabel_{best}_s1", "ret_mrcnn_mal_s0",
+                        "ret_mrcnn_mal_s1", f"ret_mrcnn_mal_{best}_s0", f"ret_mrcnn_mal_{best}_s1",
+                        "ret_mrcnn_true_s0", "ret_mrcnn_true_s1"]
     runs, world = tmp_path / "runs", tmp_path / "runs" / "world_2000"
     assert by["ret_autolabel_s0"]["after"] == "synth_s0" and by["ret_autolabel_s0"]["table"] == "retention"
     label = by["ret_autolabel_s0"]["cmd"]
-    assert label[:2] == ["sh", "-c"] and f"--checkpoint {runs / 'synth_s0'}" in label[2]
+    assert label[:2] == ["sh", "-c"] and f"--checkpoint {runs / 'synth_s0'}" in label[2] and "--test-theta" not in label[2]
+    sched = by["sched_8000_bf16_s0"]  # the schedule table's own job: recorded there, run once for both tables
+    assert sched["table"] == "schedule" and {"train.amp=bf16", "train.max_iter=8000", "data.train_num_images=1600"} <= set(
+        sched["overrides"])
+    label = by[f"ret_autolabel_{best}_s0"]
+    assert label["after"] == "sched_8000_bf16_s0" and (label["labeler"], label["label_theta"]) == ("sched_8000_bf16", 0.15)
+    assert f"--checkpoint {runs / 'sched_8000_bf16_s0'}" in label["cmd"][2] and label["cmd"][2].endswith("--test-theta 0.15")
+    assert by[f"ret_mrcnn_mal_{best}_s0"]["after"] == f"ret_autolabel_{best}_s0"
+    assert f"data.train={runs / 'masks' / f'masks_{best}_s0.json'}" in by[f"ret_mrcnn_mal_{best}_s0"]["overrides"]
     assert by["ret_mrcnn_mal_s0"]["after"] == "ret_autolabel_s0" and by["ret_mrcnn_mal_s1"]["after"] is None
     assert by["ret_mrcnn_true_s0"]["after"] is None
     for s in (0, 1):
@@ -285,6 +296,9 @@ def test_report_renders_mean_std_goals_and_missing_runs(bench, tmp_path):
         _record(mal / "retention", f"ret_mrcnn_true_s{s}", row_id="mrcnn_true_masks", seed=s, mask_AP=t, box_AP=0.3,
                 mask_AP50=0.5, mask_AP75=0.4)
     _record(mal / "retention", "ret_autolabel_s0", row_id="autolabel", seed=0, train_boxes_mIoU=0.875)
+    best = "sched_8000_bf16_t0.15"  # the second labeler, one seed of it so far, against the same true-mask run
+    _record(mal / "retention", f"ret_mrcnn_mal_{best}_s0", row_id="mrcnn_mal_masks", seed=0, mask_AP=0.245, box_AP=0.3,
+            labeler="sched_8000_bf16", label_theta=0.15)
     text = "\n".join(bench["report_mal"].sections(tmp_path))
     assert "| MAL (attention, MAE ViT-S) | 0, 1, 2 | 0.910 ± 0.010 | 45.5 ± 0.5 |" in text
     assert "| filled box | 0, 1, 2 | 0.600 ± 0.000 |" in text
@@ -292,8 +306,14 @@ def test_report_renders_mean_std_goals_and_missing_runs(bench, tmp_path):
     assert "| 0 | 0.875 | 24.0 | 25.0 | 30.0 / 30.0 | 96.0% | 90.0% / 25.0% |" in text  # 0.45 / 0.5, 0.1 / 0.4
     assert "| 2 | – | 24.2 | 25.0 | 30.0 / 30.0 | 97.0% | – / – |" in text
     assert "| mean ± std | 0.875 (1 seed) | 24.0 ± 0.3 | 25.0 ± 0.0 | | 96.0 ± 1.0% | 90.0 ± 0.0% / 37.5 ± 17.7% |" in text
-    assert "Retention goal >= 95%: **within noise of the goal**; floor >= 90%: **met**" in text
-    assert "Missing (2): ret_autolabel_s1, ret_autolabel_s2." in text
+    first, second = text.split("### Retention")[1].split("Labeler: ")[1:3]
+    assert first.startswith("the synth table's fp32 2000-step run") and "| 0 | 0.875 | 24.0 |" not in second
+    assert "Retention goal >= 95%: **within noise of the goal**; floor >= 90%: **met**" in first
+    assert second.startswith("`sched_8000_bf16_s<seed>` (schedule table), at the test-time margin θ_test 0.15.")
+    assert "| 0 | – | 24.5 | 25.0 | 30.0 / 30.0 | 98.0% | – / – |" in second
+    assert "Retention goal >= 95%: **incomplete**" in second
+    assert (f"Missing (7): ret_autolabel_s1, ret_autolabel_s2, ret_autolabel_{best}_s0, ret_autolabel_{best}_s1, "
+            f"ret_autolabel_{best}_s2, ret_mrcnn_mal_{best}_s1, ret_mrcnn_mal_{best}_s2.") in text
     synth_part = text.split("### Synthetic world")[1].split("###")[0]
     # the fp32 seeds are in; the bf16 ablations' reference seeds (recorded in synth) are not
     assert "Missing (3): synth_bf16_s0, synth_bf16_s1, synth_bf16_s2." in synth_part
@@ -559,7 +579,8 @@ def test_margin_smoke_rescores_a_run_and_reproduces_its_own_evaluation(tmp_path)
     assert len({m["heldout_mIoU"] for m in r["margins"]}) > 1  # the margin reaches the masks
 
 
-def test_autolabel_masks_are_kept_gzipped_and_unpacked_for_the_mask_rcnn(bench, tmp_path):
+@pytest.mark.parametrize("tag, labeler", [("", ("synth", None)), ("_sched_8000_bf16_t0.15", ("sched_8000_bf16", 0.15))])
+def test_autolabel_masks_are_kept_gzipped_and_unpacked_for_the_mask_rcnn(bench, tmp_path, tag, labeler):
     mx = bench["mal_experiments"]
     args = _args(mx, tmp_path, "retention", "--seeds", "0", "--train-images", "2")
     jobs = {j["name"]: j for j in mx.plan(args)}
@@ -567,19 +588,20 @@ def test_autolabel_masks_are_kept_gzipped_and_unpacked_for_the_mask_rcnn(bench, 
     world = tmp_path / "runs" / "world_2"
     boxes = json.loads((world / "boxes.json").read_text())
     assert boxes["annotations"] and all("segmentation" not in a for a in boxes["annotations"])
-    run = tmp_path / "runs" / "ret_autolabel_s0"
+    run = tmp_path / "runs" / f"ret_autolabel{tag}_s0"
     run.mkdir()
     (run / "masks.json").write_text((world / "instances.json").read_text())  # a perfect labeler
     (run / "stdout.log").write_text("12 box(es) labelled here in 3.0 s (4.0 boxes/s)\n")
-    result, extra = mx.score({**jobs["ret_autolabel_s0"], "wall_s": 5.0}, args)
+    result, extra = mx.score({**jobs[f"ret_autolabel{tag}_s0"], "wall_s": 5.0}, args)
     assert result["train_boxes_mIoU"] == pytest.approx(1.0) and result["boxes_per_s"] == 4.0
-    gz = tmp_path / "results" / "retention" / "masks" / "ret_autolabel_s0.json.gz"
+    assert (result["labeler"], result["label_theta"]) == labeler
+    gz = tmp_path / "results" / "retention" / "masks" / f"ret_autolabel{tag}_s0.json.gz"
     assert extra == [gz] and gzip.decompress(gz.read_bytes()) == (run / "masks.json").read_bytes()
-    unpacked = tmp_path / "runs" / "masks" / "masks_s0.json"
+    unpacked = tmp_path / "runs" / "masks" / f"masks{tag}_s0.json"
     unpacked.unlink()  # another machine: only the committed file
     later = {j["name"]: j for j in mx.plan(args)}
-    assert later["ret_mrcnn_mal_s0"]["after"] is None
-    mx.prepare([later["ret_mrcnn_mal_s0"]], args)
+    assert later[f"ret_mrcnn_mal{tag}_s0"]["after"] is None
+    mx.prepare([later[f"ret_mrcnn_mal{tag}_s0"]], args)
     assert unpacked.read_bytes() == (run / "masks.json").read_bytes()
 
 
