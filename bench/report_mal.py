@@ -40,6 +40,11 @@ def _ms(s: dict | None, pct: bool = False) -> str:
     return f"{k * s['mean']:{f}} (1 seed)" if s["n"] == 1 else f"{k * s['mean']:{f}} ± {k * s['std']:{f}}"
 
 
+def _ms_pct(s: dict | None) -> str:
+    """``_ms`` of a ratio in %, the sign on the number: '83.6% (1 seed)', '51.3 ± 1.7%'."""
+    return _ms(s, True).replace(" (1 seed)", "% (1 seed)") if s and s["n"] == 1 else _ms(s, True) + ("%" if s else "")
+
+
 def _stats(values: list[float]) -> dict | None:
     from claims import mean_std
 
@@ -274,9 +279,9 @@ def _retention_rows(by: dict[tuple[str, int], dict], true: dict[int, dict]) -> l
                    f"| {_fmt(tr and tr.get('mask_AP'))} | {box} | {_fmt(ret)}{'%' if ret is not None else ''} "
                    f"| {at} |")
     r = _stats(rets)
-    at = " / ".join(f"{_ms(st, True)}%" if st else "–" for st in (_stats(cols[k]) for k in ("mask_AP50", "mask_AP75")))
+    at = " / ".join(_ms_pct(_stats(cols[k])) for k in ("mask_AP50", "mask_AP75"))
     out.append(f"| mean ± std | {_ms(_stats(cols['miou']))} | {_ms(_stats(cols['mal']), True)} "
-               f"| {_ms(_stats(cols['true']), True)} | | {_ms(r, True)}{'%' if r else ''} | {at} |")
+               f"| {_ms(_stats(cols['true']), True)} | | {_ms_pct(r)} | {at} |")
     return out + ["", f"Retention goal >= {100 * RETENTION_GOAL:.0f}%: **{goal_verdict(r, RETENTION_GOAL)}**; floor "
                   f">= {100 * RETENTION_FLOOR:.0f}%: **{goal_verdict(r, RETENTION_FLOOR)}**."]
 

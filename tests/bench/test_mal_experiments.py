@@ -311,6 +311,7 @@ def test_report_renders_mean_std_goals_and_missing_runs(bench, tmp_path):
     assert "Retention goal >= 95%: **within noise of the goal**; floor >= 90%: **met**" in first
     assert second.startswith("`sched_8000_bf16_s<seed>` (schedule table), at the test-time margin θ_test 0.15.")
     assert "| 0 | – | 24.5 | 25.0 | 30.0 / 30.0 | 98.0% | – / – |" in second
+    assert "| mean ± std | – | 24.5 (1 seed) | 25.0 (1 seed) | | 98.0% (1 seed) | – / – |" in second
     assert "Retention goal >= 95%: **incomplete**" in second
     assert (f"Missing (7): ret_autolabel_s1, ret_autolabel_s2, ret_autolabel_{best}_s0, ret_autolabel_{best}_s1, "
             f"ret_autolabel_{best}_s2, ret_mrcnn_mal_{best}_s1, ret_mrcnn_mal_{best}_s2.") in text
