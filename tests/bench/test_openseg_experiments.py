@@ -115,7 +115,7 @@ def test_lr_plans_the_reference_at_each_lr_and_the_report_sets_it_beside_the_con
     ox, ro = bench["openseg_experiments"], bench["report_openseg"]
     jobs = ox.plan(_args(ox, tmp_path, "lr", "--seeds", "1", "--iters", "100"))
     assert [(j["name"], j["row"]) for j in jobs] == [("lr_0.0003_bf16_s1", "lr_0.0003"),
-                                                     ("lr_0.0001_bf16_s1", "lr_0.0001")]
+                                                     ("lr_0.0001_bf16_s1", "lr_0.0001"), ("lr_3e-05_bf16_s1", "lr_3e-05")]
     ref = ox.plan(_args(ox, tmp_path, "synth", "--seeds", "1", "--iters", "100"))[0]
     assert sorted(jobs[1]["overrides"]) == sorted(ref["overrides"] + ["train.lr=0.0001"])  # nothing else differs
     res = tmp_path / "results"
