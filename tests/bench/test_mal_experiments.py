@@ -309,6 +309,7 @@ def test_report_renders_mean_std_goals_and_missing_runs(bench, tmp_path):
     first, second = text.split("### Retention")[1].split("Labeler: ")[1:3]
     assert first.startswith("the synth table's fp32 2000-step run") and "| 0 | 0.875 | 24.0 |" not in second
     assert "Retention goal >= 95%: **within noise of the goal**; floor >= 90%: **met**" in first
+    assert "training boxes (the issue's synthetic goal, scored 'on the training boxes': >= 0.85): **incomplete**" in first
     assert second.startswith("`sched_8000_bf16_s<seed>` (schedule table), at the test-time margin θ_test 0.15.")
     assert "| 0 | – | 24.5 | 25.0 | 30.0 / 30.0 | 98.0% | – / – |" in second
     assert "| mean ± std | – | 24.5 (1 seed) | 25.0 (1 seed) | | 98.0% (1 seed) | – / – |" in second
