@@ -246,16 +246,17 @@ def _table_jobs(args: argparse.Namespace) -> list[dict]:
                       f"train.max_iter={args.mrcnn_iters}", "train.eval_period=0", "train.progress=false",
                       f"train.checkpoint_period={max(1, args.mrcnn_iters // 6)}"]
     est_mrcnn = args.mrcnn_iters * S_PER["mrcnn"] + OVERHEAD_S["mrcnn"]
+    est = args.train_images * BOXES_PER_IMAGE * S_PER["autolabel_box"] + OVERHEAD_S["autolabel"]
     chains, rest = [], []
     for grid, theta in RETENTION_LABELERS:
         for s in args.seeds:
             mal = labeler_job(args, grid, s)
-            tag = labeler_tag(mal, theta)
-            gz, lab = masks_gz(args, s, tag), {"labeler": mal["name"][:-len(f"_s{s}")], "label_theta": theta, "tag": tag}
+            base = mal["name"][:-len(f"_s{s}")]
+            tag = labeler_tag(base, theta)
+            gz, lab = masks_gz(args, s, tag), {"labeler": base, "label_theta": theta, "tag": tag}
             label = _omni("autolabel", str(w / "boxes.json"), "--images", str(w / "images"), "--checkpoint",
                           str(runs / mal["name"]), "--out", str(runs / f"ret_autolabel{tag}_s{s}" / "masks.json"),
                           *(["--test-theta", str(theta)] if theta is not None else []))
-            est = args.train_images * BOXES_PER_IMAGE * S_PER["autolabel_box"] + OVERHEAD_S["autolabel"]
             chains += [mal, _job(f"ret_autolabel{tag}_s{s}", "retention", "autolabel", _sh(shlex.join(label)), est,
                                  mal["name"], shown=label, row="autolabel", seed=s, **lab)]
             rest.append(_train(args, f"ret_mrcnn_mal{tag}_s{s}", "retention", "mrcnn", Path(args.mrcnn_config),
@@ -277,10 +278,9 @@ def labeler_job(args: argparse.Namespace, grid: tuple[int, int] | None, seed: in
     return schedule_jobs(argparse.Namespace(**{**vars(args), "amp": "bf16"}), [seed], (grid,))[0]
 
 
-def labeler_tag(labeler: dict, theta: float | None) -> str:
-    """The retention runs' name infix of a labeler: '' for the synth run at the config's margin (the table's first
-    runs), else ``_<labeler run base>_t<θ_test>``."""
-    base = labeler["name"][:-len(f"_s{labeler['seed']}")]
+def labeler_tag(base: str, theta: float | None) -> str:
+    """The retention runs' name infix of a labeler (``base``: its MAL run's name less ``_s<seed>``): '' for the synth
+    run at the config's margin (the table's first runs), else ``_<base>_t<θ_test>``."""
     return "" if base == "synth" and theta is None else f"_{base}_t{theta if theta is not None else 'cfg'}"
 
 

@@ -33,16 +33,13 @@ ABLATION_CLAIMS = [
 ]
 
 
-def _ms(s: dict | None, pct: bool = False) -> str:
+def _ms(s: dict | None, pct: bool = False, unit: str = "") -> str:
+    """Mean ± std (or the one seed's value) of ``_stats``, x100 with ``pct``; ``unit`` follows the numbers:
+    '83.6% (1 seed)', '51.3 ± 1.7%'."""
     if not s:
         return "–"
     k, f = (100, ".1f") if pct else (1, ".3f")
-    return f"{k * s['mean']:{f}} (1 seed)" if s["n"] == 1 else f"{k * s['mean']:{f}} ± {k * s['std']:{f}}"
-
-
-def _ms_pct(s: dict | None) -> str:
-    """``_ms`` of a ratio in %, the sign on the number: '83.6% (1 seed)', '51.3 ± 1.7%'."""
-    return _ms(s, True).replace(" (1 seed)", "% (1 seed)") if s and s["n"] == 1 else _ms(s, True) + ("%" if s else "")
+    return f"{k * s['mean']:{f}}{unit} (1 seed)" if s["n"] == 1 else f"{k * s['mean']:{f}} ± {k * s['std']:{f}}{unit}"
 
 
 def _stats(values: list[float]) -> dict | None:
@@ -86,11 +83,9 @@ def planned_runs(driver) -> dict[str, list[str]]:
     records there with its defaults (seeds 0 1 2), a table's own plan first; jobs that record nothing are left out."""
     out: dict[str, list[str]] = {}
     plans = {t: driver.plan(driver.parse_args([t])) for t in driver.TABLES}
-    for own in (True, False):
-        for t, jobs in plans.items():
-            for j in jobs:
-                if j["table"] is not None and (j["table"] == t) == own and j["name"] not in out.setdefault(j["table"], []):
-                    out[j["table"]].append(j["name"])
+    for j in [j for own in (True, False) for t, jobs in plans.items() for j in jobs if (j["table"] == t) == own]:
+        if j["table"] is not None and j["name"] not in out.setdefault(j["table"], []):
+            out[j["table"]].append(j["name"])
     return out
 
 
@@ -242,11 +237,10 @@ def retention_section(results: Path, plan: dict) -> list[str]:
            "paper's, on mask AP (IoU 0.5:0.95); at AP50 and AP75 it shows at which mask quality the detector trained "
            "on the labels loses to the one trained on the true masks."]
     for (labeler, theta), by in sorted(groups.items(), key=lambda kv: (kv[0][0] != "synth", kv[0][0], kv[0][1] or 0)):
-        what = ("the synth table's fp32 2000-step run of the seed, at the config's test-time margin" if labeler == "synth"
-                else f"`{labeler}_s<seed>` (schedule table), at the test-time margin θ_test {theta}")
-        if labeler == "synth" and theta is not None:
-            what = f"the synth table's fp32 2000-step run of the seed, at θ_test {theta}"
-        out += ["", f"Labeler: {what}.", "", *_retention_rows(by, true)]
+        run = ("the synth table's fp32 2000-step run of the seed" if labeler == "synth"
+               else f"`{labeler}_s<seed>` (schedule table)")
+        margin = "the config's test-time margin" if theta is None else f"the test-time margin θ_test {theta}"
+        out += ["", f"Labeler: {run}, at {margin}.", "", *_retention_rows(by, true)]
     yard = results / "yardstick" / "oracle_pretrained_s0.json"
     if yard.is_file():
         f = json.loads(yard.read_text(encoding="utf-8")).get("final") or {}
@@ -281,9 +275,9 @@ def _retention_rows(by: dict[tuple[str, int], dict], true: dict[int, dict]) -> l
                    f"| {_fmt(tr and tr.get('mask_AP'))} | {box} | {_fmt(ret)}{'%' if ret is not None else ''} "
                    f"| {at} |")
     r = _stats(rets)
-    at = " / ".join(_ms_pct(_stats(cols[k])) for k in ("mask_AP50", "mask_AP75"))
+    at = " / ".join(_ms(_stats(cols[k]), True, "%") for k in ("mask_AP50", "mask_AP75"))
     out.append(f"| mean ± std | {_ms(_stats(cols['miou']))} | {_ms(_stats(cols['mal']), True)} "
-               f"| {_ms(_stats(cols['true']), True)} | | {_ms_pct(r)} | {at} |")
+               f"| {_ms(_stats(cols['true']), True)} | | {_ms(r, True, '%')} | {at} |")
     return out + ["", f"Retention goal >= {100 * RETENTION_GOAL:.0f}%: **{goal_verdict(r, RETENTION_GOAL)}**; floor "
                   f">= {100 * RETENTION_FLOOR:.0f}%: **{goal_verdict(r, RETENTION_FLOOR)}**. Pseudo-mask mIoU on these "
                   f"training boxes (the issue's synthetic goal, scored 'on the training boxes': >= {SYNTH_GOAL}): "
