@@ -6,6 +6,8 @@ Real subprocesses of ``python -m omniseg.cli``. A SIGTERM lands at a point the t
 CLI's handler is installed -- read from /proc -- or the staged PNG folder / first finished chunk
 exists), so exit 143 is certain. SIGKILLs land at seeded random times within the reference run's
 duration, plus one while the staged PNG folder exists (which then must be swept by the re-run).
+The convert windows are short (the PNG folder is staged for ~0.1 s), so a run that a descheduled
+test lets finish before the signal lands is undone and tried again (:func:`_signal_at`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,12 +73,43 @@ def _handles_sigterm(pid: int) -> bool:
     return bool(caught & (1 << (signal.SIGTERM - 1)))
 
 
-def _terminate(p: subprocess.Popen) -> str:
-    p.send_signal(signal.SIGTERM)
-    rc, err = _finish(p)
+def _check_terminated(rc: int, err: str) -> None:
     assert rc == 143, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].endswith(": terminated"), err
-    return err
+
+
+def _terminate(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGTERM)
+    _check_terminated(*_finish(p))
+
+
+def _signal_at(
+    args: list[str], ready: Callable[[subprocess.Popen], bool], sig: int, folder: Path, tries: int = 5
+) -> tuple[int, str]:
+    """Start ``args``, send ``sig`` once ``ready(p)`` holds and return (exit code, stderr). A run that
+    finishes before the signal lands (exit 0: the point was missed) has its files in ``folder`` put back
+    as they were and is tried again, up to ``tries`` times."""
+    before = _tree(folder)
+    for _ in range(tries):
+        p = _start(args)
+        deadline = time.monotonic() + TIMEOUT
+        while p.poll() is None and not ready(p):
+            assert time.monotonic() < deadline, "signal point never reached"
+            time.sleep(0.002)
+        if p.poll() is None:
+            p.send_signal(sig)
+        rc, err = _finish(p)
+        if rc != 0:
+            return rc, err
+        for child in folder.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        for name, data in before.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+    pytest.fail(f"{args}: finished before the signal point in {tries} tries")
 
 
 def _temps(root: Path) -> list[str]:
@@ -110,9 +144,8 @@ def test_convert_sigterm_keeps_previous_output(world: Path, tmp_path: Path) -> N
     args = ["data", "convert", str(world / "syn"), "--to", "panoptic", "--out", str(out)]
     staged = lambda: any(n.startswith(".pan.omniseg-") for n in os.listdir(tmp_path))  # noqa: E731
     for point in ("while reading", "while writing the PNG folder"):
-        p = _start(args)
-        _wait(p, (lambda p=p: _handles_sigterm(p.pid)) if point == "while reading" else staged)
-        _terminate(p)
+        ready = (lambda p: _handles_sigterm(p.pid)) if point == "while reading" else (lambda p: staged())
+        _check_terminated(*_signal_at(args, ready, signal.SIGTERM, tmp_path))
         assert _tree(tmp_path) == before, point
         assert _temps(tmp_path) == [], point
 
@@ -132,10 +165,9 @@ def test_convert_sigkill_then_rerun_is_identical(world: Path, tmp_path: Path) ->
     reference = _tree(ref)
     rng = random.Random(SEED)
     # one kill while the PNG folder is staged (its leftovers must be swept), then random points
-    p = _start(args + [str(out / "pan.json")])
-    _wait(p, lambda: out.is_dir() and any(n.startswith(".pan.omniseg-") for n in os.listdir(out)))
-    p.kill()
-    p.wait()
+    out.mkdir()
+    staged = lambda p: any(n.startswith(".pan.omniseg-") for n in os.listdir(out))  # noqa: E731
+    assert _signal_at(args + [str(out / "pan.json")], staged, signal.SIGKILL, out)[0] == -signal.SIGKILL
     assert _temps(out), "the kill left no staged folder: nothing to sweep"
     _complete_or_absent(out, reference)
     for _ in range(2):
