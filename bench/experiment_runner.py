@@ -18,9 +18,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def machine() -> str:
+def machine(threads: int = 1) -> str:
     """The machine a run was measured on, for result files."""
-    return f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per run"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {threads} torch thread{'s' * (threads > 1)} per run"
 
 
 def record_result(path: Path, result: dict[str, Any], commit: bool = False, extra: Sequence[Path] = ()) -> None:
@@ -66,11 +66,11 @@ def train_or_score(jobs: list[dict], runs: Path, command: Callable[[dict, Path],
 
 
 def run_jobs(todo: list[dict], runs: Path, command: Callable[[dict], list[str]], parallel: int,
-             cwd: Path, on_done: Callable[[dict], None] | None = None) -> dict[str, dict]:
-    """Run the unfinished jobs ``parallel`` at a time (a job's optional "after" names a job that must
-    finish first); an interrupted run resumes from its checkpoints. ``on_done(job)`` is called as
-    each run finishes (e.g. to score and record it). Returns every finished job."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+             cwd: Path, on_done: Callable[[dict], None] | None = None, threads: int = 1) -> dict[str, dict]:
+    """Run the unfinished jobs ``parallel`` at a time with ``threads`` torch threads each (a job's optional
+    "after" names a job that must finish first); an interrupted run resumes from its checkpoints.
+    ``on_done(job)`` is called as each run finishes (e.g. to score and record it). Returns every finished job."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     done = finished_runs(todo, runs)
     running: dict[str, tuple[subprocess.Popen, dict, float]] = {}
     while len(done) < len(todo):
@@ -113,6 +113,8 @@ def driver_parser(doc: str, tables: Sequence[str], runs: Path, results: Path) ->
     ap.add_argument("--results", default=str(results), help="recorded results (committed in the repository holding it)")
     ap.add_argument("--commit", action="store_true", help="git commit each run's result (and artefacts) as it lands")
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--run-threads", type=int, default=1, help="torch threads per run (2 with --parallel 1: one "
+                    "long run on both cores, e.g. a chain that must finish within a session)")
     ap.add_argument("--hours", type=float, default=0.0, help="start only the jobs estimated to end within H hours")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     ap.add_argument("--only", nargs="+", metavar="JOB", help="run only these jobs (and the jobs they wait for)")
@@ -233,4 +235,4 @@ def drive(args: argparse.Namespace, jobs: list[dict], score: Callable[[dict, arg
     runs.mkdir(parents=True, exist_ok=True)
     if prepare is not None:
         prepare(todo, args)
-    run_jobs(todo, runs, lambda j: j["cmd"], parallel, ROOT, done)
+    run_jobs(todo, runs, lambda j: j["cmd"], parallel, ROOT, done, args.run_threads)

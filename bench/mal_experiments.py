@@ -386,7 +386,7 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     """The record of a finished job and the artefacts committed with it."""
     runs, run = Path(args.runs), Path(args.runs) / job["name"]
     out = {"table": job["table"], "run": job["name"], "row_id": job["row"], "seed": job["seed"],
-           "amp": job.get("amp", "none"), "kind": job["kind"], "wall_s": round(job["wall_s"], 1), "machine": machine(),
+           "amp": job.get("amp", "none"), "kind": job["kind"], "wall_s": round(job["wall_s"], 1), "machine": machine(args.run_threads),
            "command": job["command"], "driver": f"python bench/mal_experiments.py {args.table}", "iters": job.get("iters")}
     if job["table"] == "ablations":
         out.update(label=ABLATIONS[job["row"]][0])

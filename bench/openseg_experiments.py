@@ -280,7 +280,7 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     """The record of a finished job and the artefacts committed with it."""
     run = Path(args.runs) / job["name"]
     out = {"table": job["table"], "run": job["name"], "row_id": job["row"], "seed": job["seed"], "kind": job["kind"],
-           "wall_s": round(job["wall_s"], 1), "machine": machine(), "command": job["command"],
+           "wall_s": round(job["wall_s"], 1), "machine": machine(args.run_threads), "command": job["command"],
            "driver": f"python bench/openseg_experiments.py {args.table}", "iters": job.get("iters"),
            "amp": job.get("amp", "none")}
     if job["table"] == "ablations":

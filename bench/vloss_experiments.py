@@ -148,7 +148,7 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     run = Path(args.runs) / job["name"]
     out = {"table": job["table"], "run": job["name"], "row_id": job["row"], "seed": job["seed"],
            "label": ROWS[job["row"]][0], "kind": job["kind"], "iters": job["iters"], "wall_s": round(job["wall_s"], 1),
-           "machine": machine(), "command": job["command"], "config": rel(job["config"]),
+           "machine": machine(args.run_threads), "command": job["command"], "config": rel(job["config"]),
            "overrides": job["overrides"], "driver": f"python bench/vloss_experiments.py {args.table}"}
     if job["table"] in SINGLE_SEED:
         out["single_seed"] = True

@@ -1,0 +1,31 @@
+"""bench/experiment_runner.py: the torch threads each run gets, and the machine string its record carries."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = ("experiment_runner",)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_run_jobs_gives_each_run_its_threads(bench, tmp_path: Path, threads: int) -> None:
+    er = bench["experiment_runner"]
+    jobs = [{"name": f"job{i}"} for i in range(2)]
+    # each job writes the thread counts it sees; run_jobs appends --overwrite (a fresh folder), ignored here
+    script = "import os, sys; open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS'] + os.environ['MKL_NUM_THREADS'])"
+    done = er.run_jobs(jobs, tmp_path, lambda j: [sys.executable, "-c", script, str(tmp_path / j["name"] / "t")],
+                       parallel=2, cwd=tmp_path, threads=threads)
+    assert sorted(done) == ["job0", "job1"]
+    assert [(tmp_path / j["name"] / "t").read_text() for j in jobs] == [f"{threads}{threads}"] * 2
+    assert all((tmp_path / j["name"] / "wall_s.txt").exists() for j in jobs)
+
+
+def test_machine_names_the_threads(bench) -> None:
+    er = bench["experiment_runner"]
+    assert er.machine().endswith(", 1 torch thread per run")
+    assert er.machine(2).endswith(", 2 torch threads per run")
+    args = er.driver_parser("doc", ["t"], Path("runs"), Path("results")).parse_args(["t", "--run-threads", "2"])
+    assert args.run_threads == 2
