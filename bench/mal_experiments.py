@@ -49,7 +49,10 @@ it apart: bf16 ablations are judged against the bf16 reference seeds, and the sy
 A MAL checkpoint (ViT-S student + EMA teacher: ~195 MB; the student alone ~49 MB in fp16, per seed) is too
 large to commit, so an autolabel job runs on the machine of its MAL run, right after it (listed first among the
 ready jobs); its masks are committed (gzipped) so the Mask R-CNN on them can run anywhere. A recorded MAL run
-whose folder is gone is trained again when a dependant still needs it (its record is kept).
+whose folder is gone is trained again when a dependant still needs it (its record is kept). The 8000-step labeler,
+its margin re-scoring and its autolabel job must therefore end within one session: with one thread beside another
+job (~1.2 s/it) they do not fit in 3 hours; ``--parallel 1 --run-threads 2`` (both cores, 0.73 s/it) does: seed 2
+took 98 min, its margin job 2.2 min and its autolabel job 5.5 min (27 boxes/s).
 """
 
 from __future__ import annotations
