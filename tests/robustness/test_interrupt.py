@@ -54,13 +54,20 @@ def _run(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def _wait(p: subprocess.Popen, ready: Callable[[], bool]) -> None:
-    """Poll until ``ready()``; the process must still be running then."""
+def _reached(p: subprocess.Popen, ready: Callable[[], bool]) -> bool:
+    """Poll until ``ready()`` (True) or until the process has ended first (False)."""
     deadline = time.monotonic() + TIMEOUT
     while not ready():
-        assert p.poll() is None, f"finished before the signal point: {p.communicate()[1]}"
+        if p.poll() is not None:
+            return False
         assert time.monotonic() < deadline, "signal point never reached"
         time.sleep(0.002)
+    return True
+
+
+def _wait(p: subprocess.Popen, ready: Callable[[], bool]) -> None:
+    """Poll until ``ready()``; the process must still be running then."""
+    assert _reached(p, ready), f"finished before the signal point: {p.communicate()[1]}"
 
 
 def _handles_sigterm(pid: int) -> bool:
@@ -92,12 +99,8 @@ def _signal_at(
     before = _tree(folder)
     for _ in range(tries):
         p = _start(args)
-        deadline = time.monotonic() + TIMEOUT
-        while p.poll() is None and not ready(p):
-            assert time.monotonic() < deadline, "signal point never reached"
-            time.sleep(0.002)
-        if p.poll() is None:
-            p.send_signal(sig)
+        if _reached(p, lambda p=p: ready(p)):
+            p.send_signal(sig)  # a no-op if the run has just ended
         rc, err = _finish(p)
         if rc != 0:
             return rc, err
@@ -142,9 +145,9 @@ def test_convert_sigterm_keeps_previous_output(world: Path, tmp_path: Path) -> N
     (tmp_path / "pan" / "previous.png").write_bytes(b"previous")
     before = _tree(tmp_path)
     args = ["data", "convert", str(world / "syn"), "--to", "panoptic", "--out", str(out)]
-    staged = lambda: any(n.startswith(".pan.omniseg-") for n in os.listdir(tmp_path))  # noqa: E731
+    staged = lambda p: any(n.startswith(".pan.omniseg-") for n in os.listdir(tmp_path))  # noqa: E731
     for point in ("while reading", "while writing the PNG folder"):
-        ready = (lambda p: _handles_sigterm(p.pid)) if point == "while reading" else (lambda p: staged())
+        ready = (lambda p: _handles_sigterm(p.pid)) if point == "while reading" else staged
         _check_terminated(*_signal_at(args, ready, signal.SIGTERM, tmp_path))
         assert _tree(tmp_path) == before, point
         assert _temps(tmp_path) == [], point
