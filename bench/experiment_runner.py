@@ -106,6 +106,8 @@ def run_jobs(todo: list[dict], runs: Path, command: Callable[[dict], list[str]],
 def driver_parser(doc: str, tables: Sequence[str], runs: Path, results: Path) -> argparse.ArgumentParser:
     """The arguments every per-run experiment driver takes (bench/mal_experiments.py, openseg_experiments.py):
     table, seeds, run and result folders, --commit, --parallel, --hours, --dry-run."""
+    from omniseg.commands.common import positive_int
+
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("table", choices=tables)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -113,7 +115,7 @@ def driver_parser(doc: str, tables: Sequence[str], runs: Path, results: Path) ->
     ap.add_argument("--results", default=str(results), help="recorded results (committed in the repository holding it)")
     ap.add_argument("--commit", action="store_true", help="git commit each run's result (and artefacts) as it lands")
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--run-threads", type=int, default=1, help="torch threads per run (2 with --parallel 1: one "
+    ap.add_argument("--run-threads", type=positive_int, default=1, help="torch threads per run (2 with --parallel 1: one "
                     "long run on both cores, e.g. a chain that must finish within a session)")
     ap.add_argument("--hours", type=float, default=0.0, help="start only the jobs estimated to end within H hours")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")

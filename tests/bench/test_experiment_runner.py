@@ -29,3 +29,12 @@ def test_machine_names_the_threads(bench) -> None:
     assert er.machine(2).endswith(", 2 torch threads per run")
     args = er.driver_parser("doc", ["t"], Path("runs"), Path("results")).parse_args(["t", "--run-threads", "2"])
     assert args.run_threads == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_run_threads_must_be_positive(bench, capsys, value: str) -> None:
+    """The drivers' argparse usage error (exit 2, like their other options), naming the option."""
+    ap = bench["experiment_runner"].driver_parser("doc", ["t"], Path("runs"), Path("results"))
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["t", f"--run-threads={value}"])
+    assert e.value.code == 2 and "argument --run-threads:" in capsys.readouterr().err
