@@ -52,10 +52,11 @@ def _stats(values: list[float]) -> dict | None:
     return {"mean": m, "std": s, "n": len(values)}
 
 
-def goal_verdict(stats: dict | None, goal: float) -> str:
-    """'met' / 'not met' beyond 2 std of the row, 'within noise of the goal', or 'incomplete' (< 3 seeds)."""
+def goal_verdict(stats: dict | None, goal: float, what: str = "goal") -> str:
+    """'met' / 'not met' beyond 2 std of the row, 'within noise of the <what>' (goal, floor), or 'incomplete'
+    (< 3 seeds)."""
     v = verdict(stats, {"mean": goal, "std": 0.0, "n": 3})
-    return {"reproduced": "met", "not reproduced": "NOT met", "within noise": "within noise of the goal"}.get(v, v)
+    return {"reproduced": "met", "not reproduced": "NOT met", "within noise": f"within noise of the {what}"}.get(v, v)
 
 
 def recorded_runs(folder: Path) -> dict[str, dict]:
@@ -279,7 +280,7 @@ def _retention_rows(by: dict[tuple[str, int], dict], true: dict[int, dict]) -> l
     out.append(f"| mean ± std | {_ms(_stats(cols['miou']))} | {_ms(_stats(cols['mal']), True)} "
                f"| {_ms(_stats(cols['true']), True)} | | {_ms(r, True, '%')} | {at} |")
     return out + ["", f"Retention goal >= {100 * RETENTION_GOAL:.0f}%: **{goal_verdict(r, RETENTION_GOAL)}**; floor "
-                  f">= {100 * RETENTION_FLOOR:.0f}%: **{goal_verdict(r, RETENTION_FLOOR)}**. Pseudo-mask mIoU on these "
+                  f">= {100 * RETENTION_FLOOR:.0f}%: **{goal_verdict(r, RETENTION_FLOOR, 'floor')}**. Pseudo-mask mIoU on these "
                   f"training boxes (the issue's synthetic goal, scored 'on the training boxes': >= {SYNTH_GOAL}): "
                   f"**{goal_verdict(_stats(cols['miou']), SYNTH_GOAL)}**."]
 

@@ -326,6 +326,16 @@ def _st(mean, std=0.01, n=3):
     return {"mean": mean, "std": std, "n": n}
 
 
+def test_goal_verdict_names_what_the_noise_reaches(bench):
+    rm = bench["report_mal"]
+    r = {"mean": 0.863, "std": 0.024, "n": 3}  # 2 std: 0.815 .. 0.911
+    assert rm.goal_verdict(r, 0.95) == "NOT met"
+    assert rm.goal_verdict(r, 0.90, "floor") == "within noise of the floor"
+    assert rm.goal_verdict(r, 0.88) == "within noise of the goal"
+    assert rm.goal_verdict(r, 0.80, "floor") == "met"
+    assert rm.goal_verdict({**r, "n": 2}, 0.80) == "incomplete"
+
+
 def test_ablation_verdicts_judge_rows_over_three_seeds(bench):
     rm = bench["report_mal"]
     stats = {"mal_attention_mae": _st(0.90), "decoder_fcn": _st(0.80), "decoder_fc": _st(0.805),
