@@ -438,6 +438,24 @@ def eval_curve(metrics: Path, keys: dict[str, str] | None = None) -> list[dict]:
     return [out[k] for k in sorted(out)]
 
 
+def train_tail(metrics: Path, steps: int = 100) -> dict[str, float]:
+    """A run's training losses at its end: the mean of each logged ``loss*`` value over the records of its last
+    ``steps`` steps (step > last step - ``steps``); {} when metrics.jsonl logs no loss. Periodic evaluation records
+    (``eval/...`` only) are skipped."""
+    recs = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    recs = [r for r in recs if "step" in r and any(k.startswith("loss") for k in r)]
+    if not recs:
+        return {}
+    last = max(r["step"] for r in recs)
+    tail: dict[str, list[float]] = {}
+    for r in recs:
+        if r["step"] > last - steps:
+            for k, v in r.items():
+                if k.startswith("loss") and isinstance(v, (int, float)):
+                    tail.setdefault(k, []).append(float(v))
+    return {k: sum(v) / len(v) for k, v in tail.items()}
+
+
 def keep_backbone(run: Path, dst: Path) -> dict:
     """The MAE run's backbone as fp16 safetensors at ``dst`` (load_pretrained casts it to the model's
     fp32) with its manifest (sha256 of the fp16 file; the fp32 file's kept as ``fp32_sha256``)."""

@@ -52,12 +52,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from experiment_runner import drive, driver_parser, machine  # noqa: E402
-from mal_experiments import _job, _merge, _omni, eval_curve, rel, run_name, schedule_rows  # noqa: E402
+from mal_experiments import _job, _merge, _omni, eval_curve, rel, run_name, schedule_rows, train_tail  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "openseg"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
@@ -290,6 +292,8 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
         out.update(json.loads((run / "rescore.json").read_text(encoding="utf-8")))
     else:
         out.update(json.loads((run / "run.json").read_text(encoding="utf-8")).get("metrics") or {})
+        out.update({f"train:{k}": v for k, v in train_tail(run / "metrics.jsonl").items()},
+                   batch_size=yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["data"]["batch_size"])
     if job["table"] == "schedule":
         out.update(curve=eval_curve(run / "metrics.jsonl", {}), train_images=job["train_images"])
     if job["kind"] == "coco" and job["seed"] == args.seeds[0]:

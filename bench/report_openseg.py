@@ -31,6 +31,9 @@ RECALLS = ("0.5", "0.7", "0.9")  # the IoU thresholds of proposal recall (Table 
 ROWS = [("OpenSeg", "openseg", ""), ("LSeg+", "lseg", ""), ("ALIGN-style image-level baseline", "align", ""),
         ("OpenSeg, no proposals at inference (pixels)", "openseg_rescored", "pixels:"),
         ("OpenSeg regions from GT masks (upper bound)", "openseg_rescored", "gt_masks:")]
+#: (label, row id, logged loss, its value at chance in units of ln B): the synth rows' contrastive training losses;
+#: OpenSeg logs L_G as Eq. 4 prints it (the sum of the two cross-entropies), ALIGN-style their mean
+TRAIN_LOSSES = (("OpenSeg L_G", "openseg", "loss_grounding", 2), ("ALIGN-style", "align", "loss_contrastive", 1))
 
 
 def _table(results: Path, table: str, amp: str | None = None) -> dict[str, dict]:
@@ -53,6 +56,22 @@ def margin_verdict(better: dict | None, base: dict | None, margin: float = MARGI
         return "incomplete"
     v = verdict(better, {**base, "mean": base["mean"] + margin})
     return {"reproduced": "met", "not reproduced": "NOT met"}.get(v, v)
+
+
+def train_loss_lines(runs: dict[str, dict]) -> list[str]:
+    """The contrastive training losses at the end of the synth runs against their chance level (every caption of
+    the batch equally likely): does a model tell its own training captions apart, i.e. does it underfit?"""
+    import math
+
+    cells = []
+    for label, row, loss, factor in TRAIN_LOSSES:
+        st = aggregate(runs, f"train:{loss}").get(row)
+        batch = next((r["batch_size"] for r in runs.values() if r.get("row_id") == row and "batch_size" in r), None)
+        times = f"{factor} x " if factor > 1 else ""
+        chance = "" if batch is None else f" (chance {times}ln {batch} = {factor * math.log(batch):.2f})"
+        cells.append(f"{label} {_ms(st) if st else 'not recorded'}{chance}")
+    return ["Contrastive training loss over each run's last 100 steps (mean of the logged values; runs recorded "
+            "before it was kept show 'not recorded'): " + "; ".join(cells) + "."]
 
 
 def synth_section(results: Path, plan: dict) -> list[str]:
@@ -79,6 +98,7 @@ def synth_section(results: Path, plan: dict) -> list[str]:
                 seeds = seeds or (s or {}).get("seeds")
                 cells.append(_ms(s, True))
         out.append(f"| {label} | {', '.join(map(str, seeds or [])) or 'none yet'} | {' | '.join(cells)} |")
+    out += ["", *train_loss_lines(runs)]
     if check:
         a, b = stats[("OpenSeg", "grounding_mIoU/all")], stats[(check[0][0], "grounding_mIoU/all")]
         word = {"reproduced": "the faster precision higher", "not reproduced": "the faster precision lower"}

@@ -487,6 +487,18 @@ def test_eval_curve_reads_the_periodic_evaluations(bench, tmp_path):
     assert mx.eval_curve(log) == [{"step": 100, "mIoU": 0.6, "AP": 0.3}, {"step": 200, "mIoU": 0.7, "AP": 0.4}]
 
 
+def test_train_tail_means_the_losses_of_the_last_steps(bench, tmp_path):
+    m = tmp_path / "metrics.jsonl"
+    rows = [{"step": 20 * k, "loss_a": float(k), "loss": 2.0 * k, "lr": 0.1, "tau": 0.07} for k in range(1, 11)]
+    rows.insert(5, {"step": 100, "eval/mIoU": 0.5})  # a periodic evaluation: no loss, skipped
+    m.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    # last step 200; steps > 140: 160, 180, 200 -> k = 8, 9, 10
+    assert bench["mal_experiments"].train_tail(m, steps=60) == {"loss_a": 9.0, "loss": 18.0}
+    assert bench["mal_experiments"].train_tail(m, steps=1000)["loss_a"] == 5.5
+    m.write_text(json.dumps({"step": 100, "eval/mIoU": 0.5}) + "\n")
+    assert bench["mal_experiments"].train_tail(m) == {}
+
+
 def test_report_schedule_sets_longer_runs_beside_the_reference(bench, tmp_path):
     rm = bench["report_mal"]
     mal = tmp_path / "mal"

@@ -197,6 +197,20 @@ def test_report_renders_mean_std_verdicts_and_missing_runs(bench, tmp_path):
     assert "vs fp32: **within noise**;" in text
 
 
+def test_report_sets_the_training_losses_against_chance(bench, tmp_path):
+    ro = bench["report_openseg"]
+    res = tmp_path / "results"
+    _rec(res, "synth", "openseg_s0", row_id="openseg", seed=0)  # recorded before the losses were kept
+    _rec(res, "synth", "align_s0", row_id="align", seed=0, batch_size=8, **{"train:loss_contrastive": 1.25})
+    line = ro.train_loss_lines(ro._table(res, "synth"))[0]
+    assert "OpenSeg L_G not recorded; ALIGN-style 1.250 (1 seed) (chance ln 8 = 2.08)." in line
+    for s, v in enumerate((4.0, 3.9, 3.8)):
+        _rec(res, "synth", f"openseg_s{s}", row_id="openseg", seed=s, batch_size=8, **{"train:loss_grounding": v})
+    line = ro.train_loss_lines(ro._table(res, "synth"))[0]
+    assert "OpenSeg L_G 3.900 ± 0.100 (chance 2 x ln 8 = 4.16); ALIGN-style 1.250 (1 seed)" in line
+    assert line in ro.synth_section(res, ro.planned())
+
+
 def test_report_ablations_judge_rows_over_seeds(bench, tmp_path):
     ro = bench["report_openseg"]
     res = tmp_path / "results"
@@ -264,6 +278,10 @@ def test_synth_smoke_records_every_row_and_never_reruns(tmp_path):
     assert (o["seed"], o["iters"], o["row_id"], re["row_id"]) == (0, 2, "openseg", "openseg_rescored")
     assert o["amp"] == re["amp"] == "bf16" and "train.amp=bf16" in o["command"]  # the default precision
     assert align["row_id"] == "align" and "configs/align_smoke.yaml" in align["command"]
+    # the smoke configs log every step: the losses of the 2 steps, batch 2
+    assert o["train:loss_grounding"] >= 0 and o["train:loss_seg"] >= 0 and lseg["train:loss_pixel"] >= 0
+    assert align["train:loss_contrastive"] >= 0 and o["batch_size"] == align["batch_size"] == 2
+    assert not any(k.startswith("train:") for k in re)
     assert "configs/openseg_smoke.yaml" in o["command"] and "_rescore" in re["command"]
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert again.returncode == 0 and "4 recorded, 0 job(s) to run" in again.stdout and "[start]" not in again.stdout
