@@ -442,8 +442,9 @@ def train_tail(metrics: Path, steps: int = 100) -> dict[str, float]:
     """A run's training losses at its end: the mean of each logged ``loss*`` value over the records of its last
     ``steps`` steps (step > last step - ``steps``); {} when metrics.jsonl logs no loss. Periodic evaluation records
     (``eval/...`` only) are skipped."""
-    recs = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-    recs = [r for r in recs if "step" in r and any(k.startswith("loss") for k in r)]
+    from omniseg.engine.logging import read_metric_log
+
+    recs = [r for r in read_metric_log(metrics) if "step" in r and any(k.startswith("loss") for k in r)]
     if not recs:
         return {}
     last = max(r["step"] for r in recs)

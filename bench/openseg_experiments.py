@@ -59,7 +59,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from experiment_runner import drive, driver_parser, machine  # noqa: E402
-from mal_experiments import _job, _merge, _omni, eval_curve, rel, run_name, schedule_rows, train_tail  # noqa: E402
+from mal_experiments import (  # noqa: E402
+    _job,
+    _merge,
+    _metrics,
+    _omni,
+    eval_curve,
+    rel,
+    run_name,
+    schedule_rows,
+    train_tail,
+)
 
 RESULTS = ROOT / "bench" / "results" / "openseg"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
@@ -291,7 +301,7 @@ def score(job: dict, args: argparse.Namespace) -> tuple[dict, list[Path]]:
     if job["kind"] == "rescore":
         out.update(json.loads((run / "rescore.json").read_text(encoding="utf-8")))
     else:
-        out.update(json.loads((run / "run.json").read_text(encoding="utf-8")).get("metrics") or {})
+        out.update(_metrics(run))
         out.update({f"train:{k}": v for k, v in train_tail(run / "metrics.jsonl").items()},
                    batch_size=yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["data"]["batch_size"])
     if job["table"] == "schedule":
