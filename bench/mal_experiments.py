@@ -428,10 +428,11 @@ def eval_curve(metrics: Path, keys: dict[str, str] | None = None) -> list[dict]:
     ``keys`` item name -> metric (default MAL's held-out mIoU and mask AP; ``{}``: every eval/ metric under its own
     name). A step evaluated twice, e.g. the last one again by a ``--resume`` of the finished run, counts once: its
     latest record."""
+    from omniseg.engine.logging import read_metric_log
+
     keys = {"mIoU": "mask_mIoU", "AP": "mask_AP"} if keys is None else keys
     out = {}
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line) if line.strip() else {}
+    for rec in read_metric_log(metrics):
         found = {k[len("eval/"):]: v for k, v in rec.items() if k.startswith("eval/")}
         if found and all(m in found for m in keys.values()):
             out[rec["step"]] = {"step": rec["step"], **({n: found[m] for n, m in keys.items()} if keys else found)}

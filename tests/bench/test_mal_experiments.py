@@ -485,6 +485,9 @@ def test_eval_curve_reads_the_periodic_evaluations(bench, tmp_path):
         {"step": 120, "loss": 0.4}, {"step": 200, "eval/mask_mIoU": 0.69, "eval/mask_AP": 0.4},
         {"step": 200, "eval/mask_mIoU": 0.7, "eval/mask_AP": 0.4}]) + "\n")  # the last step again (a --resume)
     assert mx.eval_curve(log) == [{"step": 100, "mIoU": 0.6, "AP": 0.3}, {"step": 200, "mIoU": 0.7, "AP": 0.4}]
+    with log.open("a", encoding="utf-8") as f:  # a run killed while writing: its torn last line is skipped
+        f.write('{"step": 300, "eval/mask_mIoU": 0.8, "eval/mask_A')
+    assert [r["step"] for r in mx.eval_curve(log)] == [100, 200]
 
 
 def test_train_tail_means_the_losses_of_the_last_steps(bench, tmp_path):
