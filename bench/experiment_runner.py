@@ -18,9 +18,47 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def proc_field(path: str, key: str) -> str | None:
+    """The value of the first ``key: value`` line of a /proc file (e.g. /proc/cpuinfo's "model name"), None if
+    there is none (not Linux)."""
+    try:
+        line = next(ln for ln in Path(path).read_text().splitlines() if ln.startswith(key))
+    except (OSError, StopIteration):
+        return None
+    return line.split(":", 1)[1].strip()
+
+
+#: how a record names ``omniseg.engine.precision.cpu_bf16_native()``
+BF16_WORDS = {True: "native bf16", False: "no native bf16", None: "bf16 unknown"}
+
+
+def cpu() -> str:
+    """The CPU as timings depend on it: model, the ISA torch dispatches to and whether bf16 is native
+    ("AMD EPYC (AVX2, no native bf16)"): one model name covers CPUs with and without AVX512-BF16."""
+    from omniseg.engine.precision import cpu_bf16_native, cpu_capability
+
+    model = proc_field("/proc/cpuinfo", "model name") or platform.processor() or "?"
+    return f"{model} ({cpu_capability() or '?'}, {BF16_WORDS[cpu_bf16_native()]})"
+
+
 def machine(threads: int = 1) -> str:
     """The machine a run was measured on, for result files."""
-    return f"{platform.machine()}, {os.cpu_count()} cores, {threads} torch thread{'s' * (threads > 1)} per run"
+    return f"{platform.machine()} {cpu()}, {os.cpu_count()} cores, {threads} torch thread{'s' * (threads > 1)} per run"
+
+
+def refuse_slow_bf16(jobs: Sequence[dict]) -> None:
+    """Stop (one line, exit 1) before training ``jobs`` under bf16 autocast (``"amp": "bf16"``) on a CPU without
+    native bf16 kernels, where a step is many times slower than fp32 (:mod:`omniseg.engine.precision`): a table
+    planned in hours would take days. Its fp32 rows (``--amp none``) or another machine are the way on."""
+    import torch
+
+    from omniseg.engine.precision import cpu_bf16_native
+
+    slow = [j["name"] for j in jobs if j.get("amp") == "bf16"]
+    if slow and cpu_bf16_native() is False and not torch.cuda.is_available():  # train.device auto: CUDA if there
+        raise SystemExit(f"{slow[0]} (and {len(slow) - 1} more): bf16 autocast, but this CPU, {cpu()}, has no native "
+                         "bf16 kernels (a MAL step ~9x slower than fp32); run the table with --amp none, or on a "
+                         "CPU with AVX-512 (--slow-bf16 trains them anyway)")
 
 
 def record_result(path: Path, result: dict[str, Any], commit: bool = False, extra: Sequence[Path] = ()) -> None:
@@ -105,7 +143,7 @@ def run_jobs(todo: list[dict], runs: Path, command: Callable[[dict], list[str]],
 
 def driver_parser(doc: str, tables: Sequence[str], runs: Path, results: Path) -> argparse.ArgumentParser:
     """The arguments every per-run experiment driver takes (bench/mal_experiments.py, openseg_experiments.py):
-    table, seeds, run and result folders, --commit, --parallel, --hours, --dry-run."""
+    table, seeds, run and result folders, --commit, --parallel, --hours, --dry-run, --slow-bf16."""
     from omniseg.commands.common import positive_int
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +158,8 @@ def driver_parser(doc: str, tables: Sequence[str], runs: Path, results: Path) ->
     ap.add_argument("--hours", type=float, default=0.0, help="start only the jobs estimated to end within H hours")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     ap.add_argument("--only", nargs="+", metavar="JOB", help="run only these jobs (and the jobs they wait for)")
+    ap.add_argument("--slow-bf16", action="store_true", help="train bf16 jobs even on a CPU without native bf16 "
+                    "kernels (many times slower than fp32 there; e.g. a 2-step smoke run)")
     return ap
 
 
@@ -234,6 +274,8 @@ def drive(args: argparse.Namespace, jobs: list[dict], score: Callable[[dict, arg
     todo = [j for j in todo if j["name"] not in deferred]
     if args.dry_run or not todo:
         return
+    if not args.slow_bf16:
+        refuse_slow_bf16(todo)
     runs.mkdir(parents=True, exist_ok=True)
     if prepare is not None:
         prepare(todo, args)

@@ -44,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
+from experiment_runner import BF16_WORDS, proc_field  # noqa: E402
 from step_speed import infer_thresholds  # noqa: E402  (re-exported: the thresholds are step_speed's)
 
 #: environment variables that change how torch's OpenMP threads wait (recorded with the results)
@@ -128,14 +129,13 @@ def run_child(config: Path, threads: int, args: argparse.Namespace) -> dict[str,
 
 def machine() -> dict[str, Any]:
     """Facts about this machine: platform, CPUs (count, affinity, model), memory, Python."""
+    from omniseg.engine.precision import cpu_bf16_native, cpu_capability
+
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
-    for path, key, name in (("/proc/cpuinfo", "model name", "cpu_model"), ("/proc/meminfo", "MemTotal", "mem_gib")):
-        try:
-            line = next(ln for ln in Path(path).read_text().splitlines() if ln.startswith(key))
-            info[name] = line.split(":", 1)[1].strip()
-        except (OSError, StopIteration):
-            info[name] = None
+            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "cpu_model": proc_field("/proc/cpuinfo", "model name"), "mem_gib": proc_field("/proc/meminfo", "MemTotal"),
+            # one model name ("AMD EPYC") covers CPUs with and without AVX512-BF16: bf16 timings differ ~20x
+            "cpu_isa": cpu_capability() or None, "bf16_native": cpu_bf16_native()}
     if info["mem_gib"]:  # "24684096 kB"
         info["mem_gib"] = round(int(info["mem_gib"].split()[0]) / 2**20, 1)
     # OpenMP's waiting policy decides how a thread count > 1 behaves on a busy machine (spinning threads)
@@ -169,6 +169,13 @@ def _variant(overrides: list[str]) -> str:
                    for o in overrides if o.startswith(("model.builder=", "train.amp=")))
 
 
+def _isa(m: dict) -> str:
+    """", AVX2, no native bf16" for a machine record that says (older records do not)."""
+    if "cpu_isa" not in m:
+        return ""
+    return f", {m['cpu_isa'] or '?'}, {BF16_WORDS[m['bf16_native']]}"
+
+
 def recipe_speed_section(results: Path) -> list[str]:
     """BENCHMARKS.md lines for every ``recipe_speed_*.json`` in ``results`` (none: no lines)."""
     out: list[str] = []
@@ -181,7 +188,7 @@ def recipe_speed_section(results: Path) -> list[str]:
         infer = f" on a freshly seeded model with {infer}" if infer else " on a freshly seeded model"
         over = f" Overrides: {', '.join(f'`{s}`' for s in d['overrides'])}." if d["overrides"] else ""
         out += [f"## Speed and memory: {d['config']} ({d['recipe']}{_variant(d['overrides'])})", "",
-                f"`{_shown_command(d['command'])}` — {m['cpu_count']} cores ({m.get('cpu_model') or '?'}), "
+                f"`{_shown_command(d['command'])}` — {m['cpu_count']} cores ({m.get('cpu_model') or '?'}{_isa(m)}), "
                 f"{m.get('mem_gib') or '?'} GiB, {m['platform']}, torch {d['torch']}"
                 f"{''.join(f', {k}={v}' for k, v in m.get('thread_env', {}).items())}; load average "
                 f"{d['load_avg_before'][0]:.1f} before, {d['load_avg_after'][0]:.1f} after. One process per thread "

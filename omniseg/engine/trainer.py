@@ -41,6 +41,7 @@ from omniseg.engine.checkpoint import (
 from omniseg.engine.config import ConfigError, TrainConfig, config_to_dict, save_config
 from omniseg.engine.ema import ModelEMA, unwrap_model
 from omniseg.engine.logging import MetricLog, ProgressLines, make_progress
+from omniseg.engine.precision import bf16_warning
 from omniseg.engine.threads import apply_threads
 from omniseg.errors import UserError
 
@@ -156,6 +157,9 @@ class Trainer:
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' (or 'none') on CPU")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        slow_bf16 = bf16_warning(cfg.amp, self.device)
+        if slow_bf16 and self.is_main:
+            print(slow_bf16, file=sys.stderr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         model.to(self.device)
         self.model = dist_utils.wrap_ddp(model, self.device, cfg.find_unused_parameters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def test_run_jobs_gives_each_run_its_threads(bench, tmp_path: Path, threads: int
 def test_machine_names_the_threads(bench) -> None:
     er = bench["experiment_runner"]
     assert er.machine().endswith(", 1 torch thread per run")
+    assert er.machine().startswith(f"{platform.machine()} {er.cpu()}, ") and "bf16" in er.cpu()
     assert er.machine(2).endswith(", 2 torch threads per run")
     args = er.driver_parser("doc", ["t"], Path("runs"), Path("results")).parse_args(["t", "--run-threads", "2"])
     assert args.run_threads == 2
@@ -38,3 +40,22 @@ def test_run_threads_must_be_positive(bench, capsys, value: str) -> None:
     with pytest.raises(SystemExit) as e:
         ap.parse_args(["t", f"--run-threads={value}"])
     assert e.value.code == 2 and "argument --run-threads:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native, refused", [(False, True), (True, False), (None, False)])
+def test_bf16_jobs_are_refused_on_a_cpu_without_native_bf16(bench, monkeypatch, native, refused) -> None:
+    from omniseg.engine import precision
+
+    er = bench["experiment_runner"]
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: native)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    jobs = [{"name": "x_s0", "amp": "none"}, {"name": "x_bf16_s0", "amp": "bf16"}, {"name": "y_bf16_s0", "amp": "bf16"}]
+    if refused:
+        with pytest.raises(SystemExit, match=r"^x_bf16_s0 \(and 1 more\): bf16 autocast, .*--amp none") as e:
+            er.refuse_slow_bf16(jobs)
+        assert "\n" not in str(e.value)
+    else:
+        er.refuse_slow_bf16(jobs)
+    er.refuse_slow_bf16(jobs[:1])  # fp32 jobs run anywhere
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    er.refuse_slow_bf16(jobs)  # they would train on the GPU

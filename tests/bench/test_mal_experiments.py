@@ -569,7 +569,8 @@ def test_report_coco_mini_rows_per_precision_and_one_set_of_baselines(bench, tmp
 def test_synth_smoke_records_the_eval_keys_and_never_reruns(tmp_path, amp):
     cmd = [sys.executable, str(ROOT / "bench" / "mal_experiments.py"), "synth", "--config",
            str(ROOT / "configs" / "mal_smoke.yaml"), "--backbone", "", "--iters", "2", "--seeds", "0",
-           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--parallel", "1", "--amp", amp]
+           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--parallel", "1", "--amp", amp,
+           "--slow-bf16"]  # a 2-step smoke run of the bf16 path, on any CPU
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
     assert first.returncode == 0, first.stdout + first.stderr

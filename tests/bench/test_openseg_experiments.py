@@ -263,7 +263,7 @@ def test_synth_smoke_records_every_row_and_never_reruns(tmp_path):
            str(ROOT / "configs" / "openseg_smoke.yaml"), "--lseg-config", str(ROOT / "configs" / "lseg_smoke.yaml"),
            "--align-config", str(ROOT / "configs" / "align_smoke.yaml"),
            "--iters", "2", "--seeds", "0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
-           "--parallel", "2"]
+           "--parallel", "2", "--slow-bf16"]  # the default bf16 path, 2 steps: on any CPU
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
     assert first.returncode == 0, first.stdout + first.stderr

@@ -92,6 +92,8 @@ def test_smoke_run_writes_sane_json(recipe_speed, tmp_path, capsys, name, recipe
     section = recipe_speed.recipe_speed_section(tmp_path)
     assert section[0] == f"## Speed and memory: configs/{name}.yaml ({recipe})"
     assert section[-2].startswith(f"| 1 | {r['s_per_iter']:.3f} | ") and "--out" not in section[2]
+    native = {True: "native bf16", False: "no native bf16", None: "bf16 unknown"}[d["machine"]["bf16_native"]]
+    assert f"{d['machine']['cpu_isa']}, {native}), " in section[2]  # the CPU's bf16 speed class is on the line
 
 
 def test_section_names_the_builder_and_the_precision_an_override_chooses(bench):

@@ -400,3 +400,14 @@ def test_resume_into_another_model_is_a_mismatch_not_damage(tmp_path, capsys):
     with pytest.raises(CheckpointMismatchError, match="step_00000004.*does not match the model"):
         other.resume()
     assert "skipping damaged checkpoint" not in capsys.readouterr().err  # no fallback to step 2
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_kernels_is_warned_once(tmp_path, monkeypatch, capsys, native):
+    from omniseg.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: native)
+    make_trainer(tmp_path, amp="bf16", max_iter=1)
+    make_trainer(tmp_path / "fp32", amp="none", max_iter=1)
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "native bf16" in ln]
+    assert len(warned) == (0 if native else 1)

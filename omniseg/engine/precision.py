@@ -1,0 +1,38 @@
+"""Whether this CPU runs bf16 autocast at speed.
+
+PyTorch's CPU bf16 kernels (oneDNN) need AVX-512 (BW, VL, DQ; fastest with AVX512-BF16 / AMX) on x86, or the
+BF16 extension on ARM. Without them (e.g. an AVX2-only AMD EPYC) bf16 matmuls and convolutions fall back to
+slow reference loops: measured there, a MAL ViT-S training step under ``train.amp=bf16`` took ~25 s against
+~2.7 s in fp32 (BENCHMARKS.md "Training speed" rows whose CPU shows "no native bf16"), where a CPU with
+AVX512-BF16 made the same step 2x *faster*. :func:`bf16_warning` is the one line the trainer prints then.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels dispatch to ("AVX2", "AVX512", ...; "" if unknown)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return ""
+
+
+def cpu_bf16_native() -> bool | None:
+    """True when oneDNN has bf16 kernels for this CPU, False when bf16 falls back to slow loops, None when torch
+    does not say (a build without oneDNN)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def bf16_warning(amp: str, device: torch.device) -> str | None:
+    """A one-line warning for bf16 autocast on a CPU without native bf16 kernels, else None."""
+    if amp != "bf16" or device.type != "cpu" or cpu_bf16_native() is not False:
+        return None
+    return (f"warning: train.amp=bf16 on a CPU without native bf16 kernels (torch dispatches to "
+            f"{cpu_capability() or 'an unknown ISA'}): bf16 autocast runs ~10x slower than fp32 here, not faster; "
+            "use train.amp=none on this machine")
