@@ -57,7 +57,7 @@ def refuse_slow_bf16(jobs: Sequence[dict]) -> None:
     slow = [j["name"] for j in jobs if j.get("amp") == "bf16"]
     if slow and cpu_bf16_native() is False and not torch.cuda.is_available():  # train.device auto: CUDA if there
         raise SystemExit(f"{slow[0]} (and {len(slow) - 1} more): bf16 autocast, but this CPU, {cpu()}, has no native "
-                         "bf16 kernels (a MAL step ~9x slower than fp32); run the table with --amp none, or on a "
+                         "bf16 kernels (a MAL step 13x slower than fp32); run the table with --amp none, or on a "
                          "CPU with AVX-512 (--slow-bf16 trains them anyway)")
 
 
