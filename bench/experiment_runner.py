@@ -269,7 +269,8 @@ def drive(args: argparse.Namespace, jobs: list[dict], score: Callable[[dict, arg
     times = schedule(todo, parallel)
     deferred = [n for n, (_, end) in times.items() if args.hours and end > args.hours * 3600]
     print(f"{args.table}: {sum(j['name'] in recorded for j in jobs if j['table'] == args.table)} recorded, "
-          f"{len(todo)} job(s) to run (times are ESTIMATES from S_PER, not measurements)", flush=True)
+          f"{len(todo)} job(s) to run (times are ESTIMATES from S_PER, not measurements) on {machine(args.run_threads)}",
+          flush=True)
     print_plan(todo, times, deferred, bad, parallel)
     todo = [j for j in todo if j["name"] not in deferred]
     if args.dry_run or not todo:

@@ -583,6 +583,7 @@ def test_synth_smoke_records_the_eval_keys_and_never_reruns(tmp_path, amp):
     assert ("train.amp=bf16" in r["command"]) == (amp == "bf16")
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert again.returncode == 0 and "1 recorded, 0 job(s) to run" in again.stdout
+    assert "bf16), " in again.stdout and "1 torch thread per run" in again.stdout  # the plan names the machine
     assert "[start]" not in again.stdout
 
 
