@@ -52,12 +52,12 @@ def refuse_slow_bf16(jobs: Sequence[dict]) -> None:
     planned in hours would take days. Its fp32 rows (``--amp none``) or another machine are the way on."""
     import torch
 
-    from omniseg.engine.precision import cpu_bf16_native
+    from omniseg.engine.precision import MEASURED_SLOWDOWN, cpu_bf16_native
 
     slow = [j["name"] for j in jobs if j.get("amp") == "bf16"]
     if slow and cpu_bf16_native() is False and not torch.cuda.is_available():  # train.device auto: CUDA if there
         raise SystemExit(f"{slow[0]} (and {len(slow) - 1} more): bf16 autocast, but this CPU, {cpu()}, has no native "
-                         "bf16 kernels (a MAL step 13x slower than fp32); run the table with --amp none, or on a "
+                         f"bf16 kernels ({MEASURED_SLOWDOWN}); run the table with --amp none, or on a "
                          "CPU with AVX-512 (--slow-bf16 trains them anyway)")
 
 
