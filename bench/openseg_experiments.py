@@ -33,6 +33,10 @@ Tables (``report_openseg.py`` renders them):
   NoisyStudent, 0.005 from ALIGN; Sec. 4.4, Table 3). L_G of the 2000-iteration reference falls fastest as its
   cosine schedule anneals (chance 4.16 -> 3.5; at lr ~1e-3 barely), so the configs' AdamW lr 1e-3 may be too high for
   the grounding head: OpenSeg at each lr of ``LRS``, otherwise the reference (``lr_<lr>_<amp>_s<seed>``).
+* ``regions`` (a diagnostic of ours, not a paper claim): does grounding fail in the proposals? OpenSeg whose L_G
+  grounds the caption words to the image's true masks (the L_S targets; ``model.grounding_regions=gt``, z = their
+  mask-weighted mean of F_z) instead of its N proposals, otherwise the reference; scored as usual (inference still
+  through the proposals). ``bench/openseg_ceiling.py`` gives what L_G could teach with perfect regions.
 * ``coco_mini``: OpenSeg on the captions + class-agnostic masks of 60 of the 80 coco-mini photos (sorted image
   ids, first 60), grounding mIoU on the other 20 (things only: coco-mini has no panoptic stuff); semantic overlays
   of 5 held-out photos (first seed) are written next to the results, downscaled to <= 320 px.
@@ -73,7 +77,7 @@ from mal_experiments import (  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "openseg"
 COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
-TABLES = ("synth", "ablations", "schedule", "lr", "coco_mini")
+TABLES = ("synth", "ablations", "schedule", "lr", "regions", "coco_mini")
 VOCABULARIES = ("names", "synonyms", "all")
 #: ESTIMATED seconds per iteration on one thread: openseg_synth measured 2.3-3.4 s on a busy 2-core machine (the
 #: midpoint); LSeg+ and ALIGN taken as the same (similar trunk and tower, no decoder); coco-mini (long side 384,
@@ -108,6 +112,8 @@ SCHEDULE = ((2, 2), (4, 4))
 #: the lr table's learning rates (the configs: 1e-3, the synth table's OpenSeg runs); 3e-5 added after 1e-4 grounded
 #: best of 1e-3 / 3e-4 / 1e-4 (seeds 0-1: does the trend go on?)
 LRS = (3e-4, 1e-4, 3e-5)
+#: the regions table's rows (a diagnostic of ours, not a paper claim): row -> (label, overrides)
+REGIONS = {"regions_gt": ("L_G on the true masks instead of the proposals", ["model.grounding_regions=gt"])}
 OVERLAYS = 5
 OVERLAY_SIDE = 320
 
@@ -181,6 +187,9 @@ def plan(args: argparse.Namespace) -> list[dict]:
     if args.table == "lr":
         return [train_job(args, f"lr_{lr:g}", "lr", f"lr_{lr:g}", s, "openseg", [f"train.lr={lr:g}"])
                 for s in args.seeds for lr in LRS]
+    if args.table == "regions":
+        return [train_job(args, row, "regions", row, s, "openseg", over)
+                for s in args.seeds for row, (_, over) in REGIONS.items()]
     return [train_job(args, "coco_mini", "coco_mini", "openseg_coco_mini", s, "coco", coco_overrides(args))
             for s in args.seeds]
 

@@ -26,10 +26,47 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
+class NameScorer:
+    """Scores region features of true segments against a world's class names and their single words."""
+
+    KEYS = ("top1_all", "top1_present", "chance_present", "own_word_cos", "absent_word_cos")
+
+    def __init__(self, cats: list, embed) -> None:
+        """``cats``: the categories by id; ``embed``: texts -> len(texts) x D (the run's frozen encoder)."""
+        import torch.nn.functional as F
+
+        self.words = sorted({w for c in cats for w in c.name.split()})
+        self.names = F.normalize(embed([c.name for c in cats]), dim=-1)
+        self.vocab = F.normalize(embed(self.words), dim=-1)
+        self.own = [[self.words.index(w) for w in c.name.split()] for c in cats]
+        self.rows: dict[str, list[tuple[float, ...]]] = {"thing": [], "stuff": []}
+
+    def add(self, z, classes: list[int], things: list[bool]) -> None:
+        """One image: S x D region features of its S true segments, their class indices (into ``cats``) and
+        thing / stuff flags; the present classes are the segments' classes."""
+        import torch.nn.functional as F
+
+        z = F.normalize(z, dim=-1)
+        present = sorted(set(classes))
+        absent_words = sorted(set(range(len(self.words))) - {w for k in present for w in self.own[k]})
+        by_name, by_word = z @ self.names.t(), z @ self.vocab.t()  # S x K, S x V
+        for k, thing, name_cos, word_cos in zip(classes, things, by_name, by_word):
+            best_present = max(present, key=lambda c: float(name_cos[c]))
+            self.rows["thing" if thing else "stuff"].append((
+                float(int(name_cos.argmax()) == k), float(best_present == k), 1 / len(present),
+                float(word_cos[self.own[k]].mean()),
+                float(word_cos[absent_words].mean()) if absent_words else float("nan")))
+
+    def summary(self) -> dict:
+        """Per kind: the segment count and the mean of each of :attr:`KEYS`."""
+        return {kind: {"segments": len(r), **({k: round(statistics.fmean(x[j] for x in r), 3)
+                                               for j, k in enumerate(self.KEYS)} if r else {})}
+                for kind, r in self.rows.items()}
+
+
 def probe(run: str, images: int = 40, split: str = "val") -> dict:
     """The module docstring's numbers for one run."""
     import torch
-    import torch.nn.functional as F
     from openseg_experiments import gt_regions
 
     from omniseg.api import Segmenter
@@ -44,14 +81,9 @@ def probe(run: str, images: int = 40, split: str = "val") -> dict:
     rs, load = open_source("synth", images, seed, cfg.data.image_size, False)
     cats = sorted(rs.categories, key=lambda c: c.id)
     index = {c.id: k for k, c in enumerate(cats)}
-    words = sorted({w for c in cats for w in c.name.split()})
-    with torch.no_grad():
-        names = F.normalize(model.embed([c.name for c in cats]), dim=-1)
-        vocab = F.normalize(model.embed(words), dim=-1)
-    own = [[words.index(w) for w in c.name.split()] for c in cats]
-    rows: dict[str, list[tuple[float, ...]]] = {"thing": [], "stuff": []}
     by_id = {r.image_id: r for r in rs}
     with torch.no_grad():
+        scorer = NameScorer(cats, model.embed)
         for batch in build_test_loader(rs, cfg.data.batch_size, load_image=load):
             enc = model.encode(batch.images, batch.image_sizes)
             for i, image_id in enumerate(batch.image_ids):
@@ -59,21 +91,8 @@ def probe(run: str, images: int = 40, split: str = "val") -> dict:
                 if not segs:
                     continue
                 _, z = gt_regions(enc, i, segs, batch.image_sizes[i], batch.images.shape[-2:])
-                z = F.normalize(z, dim=-1)
-                present = sorted({index[s.category_id] for s in segs})
-                absent_words = sorted(set(range(len(words))) - {w for k in present for w in own[k]})
-                by_name, by_word = z @ names.t(), z @ vocab.t()  # S x K, S x V
-                for s, name_cos, word_cos in zip(segs, by_name, by_word):
-                    k = index[s.category_id]
-                    best_present = max(present, key=lambda c: float(name_cos[c]))
-                    rows["thing" if s.is_thing else "stuff"].append((
-                        float(int(name_cos.argmax()) == k), float(best_present == k), 1 / len(present),
-                        float(word_cos[own[k]].mean()),
-                        float(word_cos[absent_words].mean()) if absent_words else float("nan")))
-    keys = ("top1_all", "top1_present", "chance_present", "own_word_cos", "absent_word_cos")
-    return {"run": run, "split": split, "images": images, **{
-        kind: {"segments": len(r), **({k: round(statistics.fmean(x[j] for x in r), 3) for j, k in enumerate(keys)}
-                                      if r else {})} for kind, r in rows.items()}}
+                scorer.add(z, [index[s.category_id] for s in segs], [s.is_thing for s in segs])
+    return {"run": run, "split": split, "images": images, **scorer.summary()}
 
 
 def main(argv: list[str] | None = None) -> None:

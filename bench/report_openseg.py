@@ -304,6 +304,56 @@ def lr_section(results: Path, plan: dict) -> list[str]:
     return out + ["", *_missing("lr", runs, plan)]
 
 
+def regions_section(results: Path, plan: dict) -> list[str]:
+    """The regions diagnostic (``openseg_experiments.REGIONS``) beside the synth OpenSeg runs (the proposals)."""
+    import openseg_experiments as ox
+
+    runs, synth = _table(results, "regions"), _table(results, "synth")
+    ref_runs = {n: r for n, r in synth.items() if r.get("row_id") == "openseg"}
+    keys = [f"{m}{v}" for v in ("", "/all") for m in ("mIoU", "grounding_mIoU")]
+    stats = {k: {**aggregate(ref_runs, k), **aggregate(runs, k)} for k in keys}
+    out = ["### Does grounding fail in the proposals? L_G on the true masks (a diagnostic, not a paper claim; "
+           "`python bench/openseg_experiments.py regions --commit`)", "",
+           "OpenSeg whose grounding loss pools F_z over the image's true masks (the L_S targets, things + stuff) "
+           "instead of over its proposals; everything else is the reference (the synth OpenSeg row), and inference "
+           f"still goes through the proposals; {AMP_LABEL.get(ox.AMP, ox.AMP)}.", "",
+           *_better_than_reference(stats, stats["grounding_mIoU/all"].get("openseg"), "L_G regions",
+                                   "the proposals (reference, synth runs)", {k: v[0] for k, v in ox.REGIONS.items()},
+                                   ("true masks better", "proposals better"))]
+    return out + ["", *_missing("regions", runs, plan)]
+
+
+def ceiling_section(results: Path) -> list[str]:
+    """``bench/openseg_ceiling.py``'s record (bench/results/openseg/ceiling.json): L_G and the naming of class
+    vectors fitted to L_G with the true segments as the regions."""
+    import json
+
+    f = results / "openseg" / "ceiling.json"
+    if not f.exists():
+        return []
+    r = json.loads(f.read_text(encoding="utf-8"))
+    out = [f"### What L_G can teach with perfect regions (`{r['command']}`)", "",
+           f"Every class gets one free region vector, every image's regions are its true segments (a network that "
+           f"segments and recognises every class perfectly); the vectors and tau are fitted to L_G as the recipe "
+           f"trains it ({r['config']}: {r['steps']} steps, batch {r['batch']}, one caption per image, "
+           f"{r['words'].replace('_', ' + ')} words kept with probability {r['keep_prob']}, {r['text']} text), by "
+           "Adam at the step size with the lowest training L_G. Then each held-out segment is scored as the probe "
+           f"above scores a run's F_z ({r['fitted']['names']['images']} held-out images). L_G's chance is "
+           f"2 log {r['batch']} = {r['chance']:.2f}; the frozen class-name embeddings as the vectors (no fitting, best "
+           f"tau {r['names']['tau']:g}) give {r['names']['lg_heldout']:.2f} on the held-out batches. "
+           f"{r['machine']}, {r['seconds']:.0f} s.", "",
+           "| start | Adam lr | L_G, last 100 steps | L_G, held-out batches | kind | top-1 all | top-1 present | "
+           "chance present | own-word cos | absent-word cos |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    label = {"names": "class-name embeddings (text-aligned)", "random": "random unit vectors (from scratch)"}
+    for init, v in r["fitted"].items():
+        for kind in ("thing", "stuff"):
+            k = v[kind]
+            out.append(f"| {label.get(init, init)} | {v['lr']:g} | {v['lg_last100']:.2f} | {v['lg_heldout']:.2f} "
+                       f"| {kind} | {k['top1_all']:.3f} | {k['top1_present']:.3f} | {k['chance_present']:.3f} "
+                       f"| {k['own_word_cos']:+.3f} | {k['absent_word_cos']:+.3f} |")
+    return out + [""]
+
+
 def coco_section(results: Path, plan: dict) -> list[str]:
     import openseg_experiments as ox
 
@@ -356,6 +406,6 @@ def sections(results: Path) -> list[str]:
     out = ["## OpenSeg: caption-grounded mask proposals (issue 14)", "",
            "Every run is recorded in bench/results/openseg/<table>/ as it finishes (command and machine in each "
            "file); rows are mean ± sample std over seeds, mIoU in %, recall as a fraction.", ""]
-    for render in (synth_section, ablations_section, schedule_section, lr_section, coco_section):
+    for render in (synth_section, ablations_section, schedule_section, lr_section, regions_section, coco_section):
         out += render(results, plan)
-    return out + probe_section(results)
+    return out + probe_section(results) + ceiling_section(results)

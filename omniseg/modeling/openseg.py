@@ -90,6 +90,9 @@ class OpenSegConfig:
     # checkpoint"); applied after ``pretrained``
     init_from: str = ""
     inference: Inference = "proposals"
+    # the regions L_G grounds words to: the N proposals (the paper) or, a diagnostic of ours (not in the paper), the
+    # image's true masks (the L_S targets), z = their mask-weighted mean of F_z: does grounding fail in the proposals?
+    grounding_regions: Literal["proposals", "gt"] = "proposals"
 
 
 def split_queries(vocabulary: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -218,9 +221,12 @@ class OpenSeg(nn.Module):
         emb = self.embed(vocab) if vocab else enc["regions"].new_zeros(1, self.cfg.embed_dim)
         word_emb, word_valid = emb[index.to(dev)], word_valid.to(dev)
         tau = self.temperature()
-        region_valid = torch.ones(s.shape[:2], dtype=torch.bool, device=dev)
-        scores = grounding_scores(enc["regions"], region_valid, word_emb, word_valid, tau)
-        loss_g = 2 * grounding_loss(scores, valid=word_valid.any(1))
+        if self.cfg.grounding_regions == "gt":
+            regions, region_valid = mask_regions(gt, enc["pixels"])
+        else:
+            regions, region_valid = enc["regions"], torch.ones(s.shape[:2], dtype=torch.bool, device=dev)
+        scores = grounding_scores(regions, region_valid, word_emb, word_valid, tau)
+        loss_g = 2 * grounding_loss(scores, valid=word_valid.any(1) & region_valid.any(1))
         return {"loss_grounding": self.cfg.grounding_weight * loss_g, "loss_seg": self.cfg.seg_weight * loss_seg,
                 "tau": tau.detach(),
                 "num_words": torch.tensor(sum(map(len, words)) / len(words), device=dev)}
@@ -263,6 +269,29 @@ class OpenSeg(nn.Module):
             masks, score, label = masks[keep][order], score[keep][order], label[keep][order]
             out.append((sem, InstancePredictions(masks_to_boxes(masks), score, label, masks)))
         return out
+
+
+def mask_regions(masks: Sequence[Tensor], pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """Region features of given masks (``grounding_regions="gt"``): z = the mask-weighted mean of F_z, as for the
+    proposals (Sec. 3.2).
+
+    Args:
+        masks: B tensors M_b x h x w of mask weights in [0, 1] (M_b may be 0).
+        pixels: F_z, B x E x h x w.
+
+    Returns:
+        B x M x E region features (M = max M_b, >= 1; padding rows zero) and B x M bool, True on real masks.
+    """
+    b, e = pixels.shape[:2]
+    m = max([len(x) for x in masks] + [1])
+    regions = pixels.new_zeros(b, m, e)
+    valid = torch.zeros(b, m, dtype=torch.bool, device=pixels.device)
+    for i, x in enumerate(masks):
+        if len(x):
+            x = x.to(pixels)
+            regions[i, : len(x)] = torch.einsum("mhw,ehw->me", x, pixels[i]) / (x.sum((1, 2))[:, None] + 1e-6)
+            valid[i, : len(x)] = True
+    return regions, valid
 
 
 def select_pseudo_masks(probs: Tensor, top_k: int, iou_threshold: float = PSEUDO_NMS_IOU,

@@ -17,6 +17,7 @@ from omniseg.modeling.openseg import (
     OpenSegConfig,
     build_openseg,
     ensemble_max,
+    mask_regions,
     select_pseudo_masks,
     split_queries,
 )
@@ -28,6 +29,7 @@ from omniseg.modeling.openseg_heads import (
     resize_valid,
     valid_mask,
 )
+from omniseg.ops.openseg_losses import grounding_loss, grounding_scores
 from omniseg.text.encoders import HashEncoder
 
 TINY = dict(backbone="resnet18_fpn", width=8, fpn_channels=16, norm="GN", freeze_at=0, embed_dim=16, mask_dim=16,
@@ -91,6 +93,47 @@ def test_mask_logits_and_region_features_match_written_out_sums():
     n = 2
     ref = sum(p[n, i, j] * fz[:, i, j] for i in range(8) for j in range(8)) / p[n].sum()  # Sec. 3.2, mean
     assert torch.allclose(enc["regions"][0, n], ref, atol=1e-4)
+
+
+def test_mask_regions_match_written_out_means():
+    torch.manual_seed(2)
+    pixels = torch.randn(2, 3, 4, 5)
+    masks = [torch.rand(2, 4, 5), torch.zeros(0, 4, 5)]
+    regions, valid = mask_regions(masks, pixels)
+    assert regions.shape == (2, 2, 3) and valid.tolist() == [[True, True], [False, False]]
+    for n in range(2):
+        m = masks[0][n]
+        ref = sum(m[i, j] * pixels[0, :, i, j] for i in range(4) for j in range(5)) / m.sum()
+        assert torch.allclose(regions[0, n], ref, atol=1e-5)
+    assert not regions[1].any()
+
+
+def test_grounding_on_the_true_masks_uses_them_as_the_regions(batch):
+    model = tiny_model(grounding_regions="gt")
+    torch.manual_seed(0)
+    out = model(batch)
+    torch.manual_seed(0)  # the forward draws nothing before the captions: the same caption and kept words
+    words = model._caption_words(batch.captions)
+    enc = model.encode(batch.images, batch.image_sizes)
+    regions, valid = [], []
+    for b, t in enumerate(batch.targets):  # the L_S targets: things + stuff, area-resized to the F_z grid
+        keep = t.has_mask & ~t.is_crowd
+        m = F.interpolate(t.masks[keep].float()[None], size=enc["pixels"].shape[-2:], mode="area")[0]
+        regions.append(torch.stack([(mk[None] * enc["pixels"][b]).sum((1, 2)) / mk.sum() for mk in m]))
+    n = max(len(r) for r in regions)
+    z = torch.zeros(len(regions), n, regions[0].shape[1])
+    valid = torch.zeros(len(regions), n, dtype=torch.bool)
+    for b, r in enumerate(regions):
+        z[b, : len(r)], valid[b, : len(r)] = r, True
+    width = max(len(w) for w in words)
+    w = torch.zeros(len(words), width, 16)
+    wv = torch.zeros(len(words), width, dtype=torch.bool)
+    for b, ws in enumerate(words):
+        if ws:
+            w[b, : len(ws)], wv[b, : len(ws)] = model.embed(ws), True
+    ref = 2 * grounding_loss(grounding_scores(z, valid, w, wv, model.temperature()), valid=wv.any(1))
+    assert wv.any() and torch.allclose(out["loss_grounding"], ref, atol=1e-5)
+    assert not torch.allclose(out["loss_grounding"], tiny_model()(batch)["loss_grounding"])  # not the proposals
 
 
 def test_query_ensembling():
