@@ -128,6 +128,23 @@ def test_lr_plans_the_reference_at_each_lr_and_the_report_sets_it_beside_the_con
     assert "| 0.0001 | not run yet |" in text and "than the configs' 0.001" in text
 
 
+def test_regions_plans_gt_regions_and_the_report_sets_it_beside_the_proposals(bench, tmp_path):
+    ox, ro = bench["openseg_experiments"], bench["report_openseg"]
+    jobs = ox.plan(_args(ox, tmp_path, "regions", "--seeds", "1", "--iters", "100"))
+    assert [(j["name"], j["row"], j["table"]) for j in jobs] == [("regions_gt_bf16_s1", "regions_gt", "regions")]
+    ref = ox.plan(_args(ox, tmp_path, "synth", "--seeds", "1", "--iters", "100"))[0]
+    assert sorted(jobs[0]["overrides"]) == sorted(ref["overrides"] + ["model.grounding_regions=gt"])
+    res = tmp_path / "results"
+    for s, g in enumerate([0.03, 0.04, 0.05]):
+        _rec(res, "synth", f"openseg_s{s}", row_id="openseg", seed=s, **{"grounding_mIoU/all": g})
+    _rec(res, "regions", "regions_gt_s0", row_id="regions_gt", seed=0, **{"grounding_mIoU/all": 0.30})
+    text = "\n".join(ro.regions_section(res, ro.planned()))
+    assert "| the proposals (reference, synth runs) | 0, 1, 2 | – | – | – | 4.0 ± 1.0 | – | – |" in text
+    assert ("| L_G on the true masks instead of the proposals | 0 | – | – | – | 30.0 (1 seed) | +26.0 "
+            "| incomplete (so far: true masks better) |") in text
+    assert "Missing" in text and "regions_gt_bf16_s1" in text
+
+
 def test_coco_mini_split_by_sorted_image_id(bench, tmp_path):
     ox = bench["openseg_experiments"]
     ann = tmp_path / "c" / "annotations"
