@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.config}: {e}") from None
     t0 = time.perf_counter()
     path = args.config.resolve()
-    res = {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else args.config), **ceiling(cfg, args.images, args.heldout_batches, args.seed)}
+    res = {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else args.config),
+           **ceiling(cfg, args.images, args.heldout_batches, args.seed)}
     res.update(seconds=round(time.perf_counter() - t0, 1), machine=machine(),
                command="python bench/openseg_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(json.dumps(res))

@@ -270,6 +270,7 @@ def gt_regions(enc: dict, i: int, segs: list, size: tuple[int, int], padded: tup
     import torch
     import torch.nn.functional as F
 
+    from omniseg.modeling.openseg import region_means
     from omniseg.ops.rle import rle_decode
 
     m = torch.as_tensor(np.stack([rle_decode(s.mask) for s in segs]), dtype=torch.float32)
@@ -277,7 +278,7 @@ def gt_regions(enc: dict, i: int, segs: list, size: tuple[int, int], padded: tup
     full = m.new_zeros(len(segs), *padded)
     full[:, : size[0], : size[1]] = m
     p = F.interpolate(full[None], size=enc["pixels"].shape[-2:], mode="area")[0].clamp(1e-6, 1 - 1e-6)
-    return p, torch.einsum("nhw,ehw->ne", p, enc["pixels"][i]) / (p.sum((1, 2))[:, None] + 1e-6)
+    return p, region_means(p, enc["pixels"][i])
 
 
 def write_overlays(run: Path, images: list[Path], vocabulary: list[str], out: Path, tmp: Path) -> list[Path]:

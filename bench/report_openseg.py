@@ -27,6 +27,8 @@ from report_mal import (  # noqa: E402
 RECALL_GOAL, MARGIN = 0.90, 0.03  # issue 14: recall@0.5 >= 0.90; OpenSeg ahead of LSeg+ on (b), (c) by >= 3 mIoU
 VOCABS = (("names", ""), ("synonyms", "/synonyms"), ("all", "/all"))
 RECALLS = ("0.5", "0.7", "0.9")  # the IoU thresholds of proposal recall (Table 1 protocol)
+#: the mIoU / grounding mIoU columns (names, then all phrasings) of the tables set beside the synth OpenSeg row
+GROUNDING_KEYS = [f"{m}{v}" for v in ("", "/all") for m in ("mIoU", "grounding_mIoU")]
 #: (label, row id, metric prefix) of the synth table's rows
 ROWS = [("OpenSeg", "openseg", ""), ("LSeg+", "lseg", ""), ("ALIGN-style image-level baseline", "align", ""),
         ("OpenSeg, no proposals at inference (pixels)", "openseg_rescored", "pixels:"),
@@ -141,8 +143,7 @@ def ablations_section(results: Path, plan: dict) -> list[str]:
 
     runs, synth = _table(results, "ablations"), _table(results, "synth")
     ref_runs = {n: r for n, r in synth.items() if r.get("row_id") == "openseg"}
-    keys = [f"{m}{v}" for v in ("", "/all") for m in ("mIoU", "grounding_mIoU")]
-    stats = {k: {**aggregate(ref_runs, k), **aggregate(runs, k)} for k in keys + [f"recall@{x}" for x in RECALLS]}
+    stats = {k: {**aggregate(ref_runs, k), **aggregate(runs, k)} for k in GROUNDING_KEYS + [f"recall@{x}" for x in RECALLS]}
     noise = stats["grounding_mIoU/all"].get("openseg")
     out = ["### Ablations (`python bench/openseg_experiments.py ablations --commit`)", "",
            "Caption words used for grounding (paper Table 3); the reference (nouns + adjectives) is the synth OpenSeg "
@@ -221,7 +222,6 @@ def _better_than_reference(stats: dict[str, dict[str, dict]], noise: dict | None
                            rows: dict[str, str], words: tuple[str, str]) -> list[str]:
     """A table of the synth OpenSeg reference and ``rows`` (row id -> label), each claimed better than the
     reference: mIoU and grounding mIoU (names, all), Δ grounding all and the verdict (``words``: as claimed / not)."""
-    keys = [f"{m}{v}" for v in ("", "/all") for m in ("mIoU", "grounding_mIoU")]
     out = [f"| {what} | seeds | mIoU names | grounding mIoU names | mIoU all | grounding mIoU all | Δ grounding all "
            "| verdict |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for row, label in (("openseg", ref_label), *rows.items()):
@@ -230,7 +230,7 @@ def _better_than_reference(stats: dict[str, dict[str, dict]], noise: dict | None
             out.append(f"| {label} | not run yet | | | | | | |")
             continue
         delta, v = _against_reference(row, g, noise, row_better=True, words=words)
-        out.append(f"| {label} | {_seeds(g)} | " + " | ".join(_ms(stats[k].get(row), True) for k in keys)
+        out.append(f"| {label} | {_seeds(g)} | " + " | ".join(_ms(stats[k].get(row), True) for k in GROUNDING_KEYS)
                    + f" | {delta} | {v} |")
     return out
 
@@ -310,8 +310,7 @@ def regions_section(results: Path, plan: dict) -> list[str]:
 
     runs, synth = _table(results, "regions"), _table(results, "synth")
     ref_runs = {n: r for n, r in synth.items() if r.get("row_id") == "openseg"}
-    keys = [f"{m}{v}" for v in ("", "/all") for m in ("mIoU", "grounding_mIoU")]
-    stats = {k: {**aggregate(ref_runs, k), **aggregate(runs, k)} for k in keys}
+    stats = {k: {**aggregate(ref_runs, k), **aggregate(runs, k)} for k in GROUNDING_KEYS}
     out = ["### Does grounding fail in the proposals? L_G on the true masks (a diagnostic, not a paper claim; "
            "`python bench/openseg_experiments.py regions --commit`)", "",
            "OpenSeg whose grounding loss pools F_z over the image's true masks (the L_S targets, things + stuff) "

@@ -170,8 +170,7 @@ class OpenSeg(nn.Module):
         s = mask_logits(self.decoder(fs, valid), fs)
         s = s.masked_fill(~valid[:, None], -30.0)  # sigmoid(-30) ~ 1e-13: padding is in no mask
         p = torch.sigmoid(s)
-        z = torch.einsum("bnhw,behw->bne", p, fz) / (p.sum((2, 3))[..., None] + 1e-6)
-        return {"masks": s, "regions": z, "pixels": fz, "valid": valid}
+        return {"masks": s, "regions": region_means(p, fz), "pixels": fz, "valid": valid}
 
     def _caption_words(self, captions: Sequence[Sequence[str]]) -> list[list[str]]:
         """One caption per image drawn at random, its words each kept with probability kp (Sec. 3.2)."""
@@ -271,6 +270,13 @@ class OpenSeg(nn.Module):
         return out
 
 
+def region_means(masks: Tensor, pixels: Tensor) -> Tensor:
+    """Region features z_n = sum_ij m_n[ij] F_z[ij] / sum_ij m_n[ij] (Sec. 3.2; the mask-weighted mean: the same
+    direction as the paper's sum, so the same cosines): ``... x N x h x w`` masks, ``... x E x h x w`` F_z ->
+    ``... x N x E``."""
+    return torch.einsum("...nhw,...ehw->...ne", masks, pixels) / (masks.sum((-2, -1))[..., None] + 1e-6)
+
+
 def mask_regions(masks: Sequence[Tensor], pixels: Tensor) -> tuple[Tensor, Tensor]:
     """Region features of given masks (``grounding_regions="gt"``): z = the mask-weighted mean of F_z, as for the
     proposals (Sec. 3.2).
@@ -288,8 +294,7 @@ def mask_regions(masks: Sequence[Tensor], pixels: Tensor) -> tuple[Tensor, Tenso
     valid = torch.zeros(b, m, dtype=torch.bool, device=pixels.device)
     for i, x in enumerate(masks):
         if len(x):
-            x = x.to(pixels)
-            regions[i, : len(x)] = torch.einsum("mhw,ehw->me", x, pixels[i]) / (x.sum((1, 2))[:, None] + 1e-6)
+            regions[i, : len(x)] = region_means(x.to(pixels), pixels[i])
             valid[i, : len(x)] = True
     return regions, valid
 
