@@ -15,8 +15,19 @@ step, its ``model.words`` words each kept with probability ``model.keep_prob``, 
   (top-1 among all / the present class names, own-word vs absent-word cosine), on the held-out world: how well a
   region that is optimal for L_G names its class -- the grounding a perfect network could reach with this loss.
 
+``--features`` turns the free class vectors into a *linear probe*: every segment's features (the mask-weighted
+mean of a feature map over the segment, standardised with the training segments' statistics) go through one
+linear map + bias (random start), fitted to L_G and scored the same way. It asks whether a network's features
+hold what L_G needs where a linear read-out can find it: ``rgb`` (the normalised pixels: colour alone),
+``trunk`` (the config's ``model.pretrained`` ResNet, C2..C5 upsampled to stride 4 and stacked: before any L_G),
+``trunk:RUN`` / ``fz:RUN`` (a trained OpenSeg run's trunk / its F_z). A supervised control that OpenSeg never
+has, softmax regression of the class label from the same features (``class_probe``), tells whether the classes
+are linearly separable in them at all. Records go to
+bench/results/openseg/linear/<name>.json by convention.
+
     python bench/openseg_ceiling.py [--config configs/openseg_synth.yaml] [--set KEY=VALUE ...] [--images 40]
-                                    [--heldout-batches 200] [--seed 0] [--out bench/results/openseg/ceiling.json]
+                                    [--heldout-batches 200] [--seed 0] [--features classes|rgb|trunk[:RUN]|fz:RUN]
+                                    [--out bench/results/openseg/ceiling.json]
 """
 
 from __future__ import annotations
@@ -38,21 +49,26 @@ NAME_TAUS = (0.01, 0.02, 0.05, 0.07, 0.1, 0.2, 0.5)
 #: Adam's step sizes tried for the class vectors and log tau; each start keeps the one with the lowest L_G over its
 #: last fitting steps (training batches only: the held-out batches pick nothing)
 FIT_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
+#: full-batch steps of the supervised class probe (:func:`class_probe`)
+CLASS_STEPS = 500
 TAIL = 100
 #: where the class vectors start: the class names' text embeddings (a text-aligned start, as OpenSeg from ALIGN) or
 #: random unit vectors (as OpenSeg's F_z from scratch)
 INITS = ("names", "random")
 
 
-def world(cfg, split: str) -> tuple[list[list[int]], list[list[str]], list]:
-    """Per image of the config's ``split`` world: its segments' class ids (crowd left out) and its captions; and
-    the world's categories by id."""
-    from omniseg.recipes.data import open_train, open_val
-    from omniseg.recipes.openseg import gt_segments
+class World:
+    """The config's ``split`` world: per image its true segments (crowd left out) and captions; the categories by
+    id; the records and their image loader (for :func:`segment_features`)."""
 
-    rs, _ = (open_train if split == "train" else open_val)(cfg.data, progress=False)
-    segs = [[s.category_id for s in gt_segments(r) if not s.is_crowd] for r in rs]
-    return segs, [list(r.captions) for r in rs], sorted(rs.categories, key=lambda c: c.id)
+    def __init__(self, cfg, split: str) -> None:
+        from omniseg.recipes.data import open_train, open_val
+        from omniseg.recipes.openseg import gt_segments
+
+        self.records, self.load = (open_train if split == "train" else open_val)(cfg.data, progress=False)
+        self.segments = [[s for s in gt_segments(r) if not s.is_crowd] for r in self.records]
+        self.captions = [list(r.captions) for r in self.records]
+        self.categories = sorted(self.records.categories, key=lambda c: c.id)
 
 
 def batches(num_images: int, batch: int, steps: int, rng) -> list[list[int]]:
@@ -67,11 +83,12 @@ def batches(num_images: int, batch: int, steps: int, rng) -> list[list[int]]:
 
 
 class Batches:
-    """Tensors of one batch: region class indices (B x N, valid mask) and kept caption words (B x W x D, mask)."""
+    """Tensors of one batch: region row indices (B x N, valid mask; rows of the segment-feature matrix) and kept
+    caption words (B x W x D, mask)."""
 
-    def __init__(self, segs, captions, words, embed, index: dict[int, int], keep_prob: float, generator, rng):
-        self.segs, self.captions, self.words, self.embed = segs, captions, words, embed
-        self.index, self.keep_prob, self.generator, self.rng = index, keep_prob, generator, rng
+    def __init__(self, rows: list[list[int]], captions, words, embed, keep_prob: float, generator, rng):
+        self.rows, self.captions, self.words, self.embed = rows, captions, words, embed
+        self.keep_prob, self.generator, self.rng = keep_prob, generator, rng
 
     def __call__(self, images: list[int]):
         import torch
@@ -83,13 +100,13 @@ class Batches:
             caps = self.captions[i]
             kept.append(drop_words(self.words(caps[int(self.rng.integers(len(caps)))]), self.keep_prob,
                                    self.generator) if caps else [])
-        n, w = max(len(self.segs[i]) for i in images), max([len(k) for k in kept] + [1])
+        n, w = max(len(self.rows[i]) for i in images), max([len(k) for k in kept] + [1])
         ri, rv = torch.zeros(len(images), n, dtype=torch.long), torch.zeros(len(images), n, dtype=torch.bool)
         wi, wv = torch.zeros(len(images), w, dtype=torch.long), torch.zeros(len(images), w, dtype=torch.bool)
         vocab = list(dict.fromkeys(x for k in kept for x in k))
         pos = {x: j for j, x in enumerate(vocab)}
         for b, i in enumerate(images):
-            ids = [self.index[c] for c in self.segs[i]]
+            ids = self.rows[i]
             ri[b, :len(ids)], rv[b, :len(ids)] = torch.tensor(ids, dtype=torch.long), True
             wi[b, :len(kept[b])] = torch.tensor([pos[x] for x in kept[b]], dtype=torch.long)
             wv[b, :len(kept[b])] = True
@@ -97,26 +114,30 @@ class Batches:
         return ri, rv, emb[wi], wv
 
 
-def grounding(vectors, tau, ri, rv, words, wv):
-    """L_G of one batch as ``OpenSeg.forward`` computes it (Eq. 4 as printed: twice the two-way mean)."""
+def grounding(regions, tau, rv, words, wv):
+    """L_G of one batch of B x N x D region features as ``OpenSeg.forward`` computes it (Eq. 4 as printed: twice
+    the two-way mean)."""
     from omniseg.ops.openseg_losses import grounding_loss, grounding_scores
 
-    return 2 * grounding_loss(grounding_scores(vectors[ri], rv, words, wv, tau), valid=wv.any(1))
+    return 2 * grounding_loss(grounding_scores(regions, rv, words, wv, tau), valid=wv.any(1))
 
 
-def fit(cfg, start, make, usable: list[int], seed: int, lr: float, log):
-    """Class vectors (K x D, normalised) and tau fitted to L_G from ``start`` for ``train.max_iter`` steps by Adam
-    at step size ``lr``, and L_G's mean over the last :data:`TAIL` steps."""
+def fit(cfg, x, start, make, usable: list[int], seed: int, lr: float, log, bias: bool = False):
+    """The region map z = x W (+ b) fitted to L_G from W = ``start`` (F x D; b = 0) with tau for ``train.max_iter``
+    steps by Adam at step size ``lr``; ``x`` (R x F) holds the rows ``make``'s batches index. With ``x`` the
+    identity, W's rows are free class vectors. Returns W, b (D; zero without ``bias``), tau and L_G's mean over the
+    last :data:`TAIL` steps."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
-    vectors = torch.nn.Parameter(start.clone())
+    weight = torch.nn.Parameter(start.clone())
+    shift = torch.nn.Parameter(torch.zeros(start.shape[1]), requires_grad=bias)
     log_tau = torch.nn.Parameter(torch.tensor(float(cfg.model.temperature)).log())
-    opt = torch.optim.Adam([vectors, log_tau], lr=lr)
+    opt = torch.optim.Adam([weight, log_tau] + ([shift] if bias else []), lr=lr)
     steps, losses = cfg.train.max_iter, []
     for step, bi in enumerate(batches(len(usable), cfg.data.batch_size, steps, np.random.default_rng(seed)), 1):
-        loss = grounding(vectors, log_tau.exp().clamp(0.01, 1.0), *make([usable[j] for j in bi]))
+        ri, rv, words, wv = make([usable[j] for j in bi])
+        loss = grounding(x[ri] @ weight + shift, log_tau.exp().clamp(0.01, 1.0), rv, words, wv)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -124,12 +145,100 @@ def fit(cfg, start, make, usable: list[int], seed: int, lr: float, log):
         if step % 500 == 0 or step == steps:
             log(f"step {step}/{steps}: L_G {statistics.fmean(losses[-TAIL:]):.3f} (mean of the last "
                 f"{min(TAIL, len(losses))}), tau {float(log_tau.detach().exp()):.4f}")
-    return (F.normalize(vectors.detach(), dim=-1), log_tau.detach().exp().clamp(0.01, 1.0),
+    return (weight.detach(), shift.detach(), log_tau.detach().exp().clamp(0.01, 1.0),
             round(statistics.fmean(losses[-TAIL:]), 3))
 
 
-def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, log=print) -> dict:
-    """The module docstring's numbers for one OpenSeg config."""
+def feature_maps(spec: str, cfg):
+    """``--features`` other than ``classes`` -> a function (uint8 B x 3 x H x W images, their sizes) -> B x C x h x w
+    feature maps (no gradients)."""
+    import torch
+    import torch.nn.functional as F
+
+    from omniseg.modeling.preprocess import PIXEL_MEAN, PIXEL_STD, normalize_images
+
+    kind, _, run = spec.partition(":")
+    mean, std = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+    if kind == "rgb" and not run:
+        return lambda images, sizes: normalize_images(images, mean, std, sizes)
+    if kind not in ("trunk", "fz") or (kind == "fz" and not run):
+        raise SystemExit(f"--features {spec!r}: expected classes, rgb, trunk, trunk:RUN or fz:RUN")
+    if run:
+        from omniseg.api import Segmenter
+
+        model = Segmenter.from_checkpoint(run).model.eval()
+        if kind == "fz":
+            return lambda images, sizes: model.encode(images, sizes)["pixels"]
+        trunk = model.pyramid.fpn.bottom_up
+    else:
+        from dataclasses import replace
+
+        from omniseg.modeling.openseg import build_pyramid
+
+        path = Path(cfg.model.pretrained)
+        if not cfg.model.pretrained:
+            raise SystemExit("--features trunk: the config names no model.pretrained trunk")
+        trunk = build_pyramid(replace(cfg.model, pretrained=str(path if path.is_absolute() else ROOT / path)))
+        trunk = trunk.fpn.bottom_up.eval()
+
+    def stages(images, sizes):
+        # every stage (C2..C5) bilinearly upsampled to C2's grid (stride 4) and stacked: C2+...+C5 channels
+        feats = list(trunk(normalize_images(images, mean, std, sizes)).values())
+        size = feats[0].shape[-2:]
+        return torch.cat([feats[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                                       for f in feats[1:]], 1)
+
+    return stages
+
+
+def segment_features(spec: str, cfg, world: World) -> list:
+    """Per image of ``world``: S x C features of its S segments, the mask-weighted means of ``spec``'s feature maps
+    (as the probe's and the GT-mask upper bound's z: ``openseg_experiments.gt_regions``)."""
+    import torch
+    from openseg_experiments import gt_regions
+
+    from omniseg.data.loader import build_test_loader
+
+    maps = feature_maps(spec, cfg)
+    index = {r.image_id: i for i, r in enumerate(world.records)}
+    out: list = [None] * len(index)
+    with torch.no_grad():
+        for batch in build_test_loader(world.records, cfg.data.batch_size, load_image=world.load):
+            m = maps(batch.images, batch.image_sizes).float()
+            for i, image_id in enumerate(batch.image_ids):
+                segs = world.segments[index[image_id]]
+                out[index[image_id]] = (gt_regions({"pixels": m}, i, segs, batch.image_sizes[i],
+                                                   batch.images.shape[-2:])[1] if segs else m.new_zeros(0, len(m[0])))
+    return out
+
+
+def class_probe(x: dict, labels: dict, things: dict, steps: int = CLASS_STEPS, lr: float = 1e-2) -> dict:
+    """Supervised control (not OpenSeg's: it reads class labels): softmax regression of the class index from the same
+    standardised segment features, full-batch Adam for ``steps``; top-1 accuracy on the training segments and, per
+    kind, on the held-out ones (chance 1 / K). ``x`` / ``labels`` / ``things``: "train" and "val" -> R x F, R class
+    indices, R thing flags."""
+    import torch
+    import torch.nn.functional as F
+
+    k = int(max(int(labels["train"].max()), int(labels["val"].max()))) + 1
+    head = torch.nn.Linear(x["train"].shape[1], k)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = F.cross_entropy(head(x["train"]), labels["train"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        hit = {w: (head(x[w]).argmax(1) == labels[w]).float() for w in x}
+    return {"train_top1": round(float(hit["train"].mean()), 3), "classes": k, "steps": steps,
+            **{kind: round(float(hit["val"][things["val"] == flag].mean()), 3)
+               for kind, flag in (("thing", True), ("stuff", False)) if bool((things["val"] == flag).any())}}
+
+
+def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, features: str = "classes",
+            log=print) -> dict:
+    """The module docstring's numbers for one OpenSeg config: free class vectors (``features="classes"``, both
+    starts of :data:`INITS`) or a linear map of ``features`` segment features (random start)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -141,53 +250,77 @@ def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, lo
     torch.manual_seed(seed)
     embed = build_phrase_embedder(cfg.text, cfg.model.embed_dim)
     words = CaptionWords(cfg.model.words)
-    train_segs, train_caps, cats = world(cfg, "train")
-    val_segs, val_caps, val_cats = world(cfg, "val")
-    if [c.id for c in cats] != [c.id for c in val_cats]:
+    train, val = World(cfg, "train"), World(cfg, "val")
+    cats = train.categories
+    if [c.id for c in cats] != [c.id for c in val.categories]:
         raise SystemExit("the training and held-out worlds have different categories")
-    words.prefetch([c for caps in train_caps + val_caps for c in caps])
+    words.prefetch([c for caps in train.captions + val.captions for c in caps])
     index = {c.id: k for k, c in enumerate(cats)}
     names = F.normalize(embed([c.name for c in cats]), dim=-1)
     b = cfg.data.batch_size
+    if features == "classes":  # one row per class: W's rows are the class vectors
+        x = {w: torch.eye(len(cats)) for w in ("train", "val")}
+        rows = {w: [[index[s.category_id] for s in segs] for segs in world.segments]
+                for w, world in (("train", train), ("val", val))}
+    else:  # one row per segment, standardised with the training segments' statistics
+        log(f"features {features}: the segments of {len(train.records)} + {len(val.records)} images")
+        feats = {w: segment_features(features, cfg, world) for w, world in (("train", train), ("val", val))}
+        x = {w: torch.cat(f) for w, f in feats.items()}
+        mu, sd = x["train"].mean(0), x["train"].std(0).clamp_min(1e-6)
+        x = {w: (v - mu) / sd for w, v in x.items()}
+        ends = {w: np.cumsum([0] + [len(v) for v in f]).tolist() for w, f in feats.items()}
+        rows = {w: [list(range(e[i], e[i + 1])) for i in range(len(e) - 1)] for w, e in ends.items()}
+        worlds = {"train": train, "val": val}
+        supervised = class_probe(
+            x, {w: torch.tensor([index[s.category_id] for segs in v.segments for s in segs]) for w, v in worlds.items()},
+            {w: torch.tensor([s.is_thing for segs in v.segments for s in segs]) for w, v in worlds.items()})
+        log(f"class probe (supervised control): {supervised}")
 
-    def maker(segs, caps, s):
-        return Batches(segs, caps, words, embed, index, cfg.model.keep_prob, torch.Generator().manual_seed(s),
-                       np.random.default_rng(s))
+    def maker(w, s):
+        return Batches(rows[w], (train if w == "train" else val).captions, words, embed, cfg.model.keep_prob,
+                       torch.Generator().manual_seed(s), np.random.default_rng(s))
 
-    usable = [i for i, s in enumerate(val_segs) if s]
-    make_val = maker(val_segs, val_caps, seed + 1)
+    usable = [i for i, s in enumerate(val.segments) if s]
+    make_val = maker("val", seed + 1)
     heldout = [make_val([usable[j] for j in bi])
                for bi in batches(len(usable), b, heldout_batches, np.random.default_rng(seed + 1))]
 
-    def heldout_lg(vectors, tau) -> float:
+    def heldout_lg(weight, shift, tau) -> float:
         with torch.no_grad():
-            return float(torch.stack([grounding(vectors, tau, *x) for x in heldout]).mean())
+            return float(torch.stack([grounding(x["val"][ri] @ weight + shift, tau, rv, w, wv)
+                                      for ri, rv, w, wv in heldout]).mean())
 
-    name_lg = {t: heldout_lg(names, torch.tensor(t)) for t in NAME_TAUS}
-    best_tau = min(name_lg, key=name_lg.get)
-    train_usable = [i for i, s in enumerate(train_segs) if s]
+    name_lg = {t: heldout_lg(names, 0, torch.tensor(t)) for t in NAME_TAUS} if features == "classes" else {}
+    train_usable = [i for i, s in enumerate(train.segments) if s]
     fits = {}
-    for init in INITS:
-        start = names if init == "names" else F.normalize(torch.randn(names.shape), dim=-1)
-        tried = {lr: fit(cfg, start, maker(train_segs, train_caps, seed), train_usable, seed, lr,
-                         lambda m, lr=lr, init=init: log(f"{init} start, lr {lr:g}: {m}")) for lr in FIT_LRS}
-        lr = min(tried, key=lambda k: tried[k][2])
-        vectors, tau, tail = tried[lr]
+    for init in INITS if features == "classes" else ("random",):
+        if features != "classes":
+            start = torch.randn(x["train"].shape[1], names.shape[1]) / x["train"].shape[1] ** 0.5
+        else:
+            start = names if init == "names" else F.normalize(torch.randn(names.shape), dim=-1)
+        tried = {lr: fit(cfg, x["train"], start, maker("train", seed), train_usable, seed, lr,
+                         lambda m, lr=lr, init=init: log(f"{init} start, lr {lr:g}: {m}"),
+                         bias=features != "classes") for lr in FIT_LRS}
+        lr = min(tried, key=lambda k: tried[k][3])
+        weight, shift, tau, tail = tried[lr]
         scorer = NameScorer(cats, embed)
-        for segs in val_segs[:images]:
+        for segs, r in list(zip(val.segments, rows["val"]))[:images]:
             if segs:
-                ks = [index[c] for c in segs]
-                scorer.add(vectors[ks], ks, [cats[k].isthing for k in ks])
-        fits[init] = {"lr": lr, "lg_last100_by_lr": {f"{k:g}": v[2] for k, v in tried.items()},
-                      "tau": round(float(tau), 4), "lg_last100": tail, "lg_heldout": round(heldout_lg(vectors, tau), 3),
+                ks = [index[s.category_id] for s in segs]
+                scorer.add(x["val"][r] @ weight + shift, ks, [cats[k].isthing for k in ks])
+        fits[init] = {"lr": lr, "lg_last100_by_lr": {f"{k:g}": v[3] for k, v in tried.items()},
+                      "tau": round(float(tau), 4), "lg_last100": tail,
+                      "lg_heldout": round(heldout_lg(weight, shift, tau), 3),
                       "images": images, **scorer.summary()}
     return {
+        "features": features, "feature_dim": x["train"].shape[1],
         "steps": cfg.train.max_iter, "batch": b, "keep_prob": cfg.model.keep_prob, "words": cfg.model.words,
         "text": cfg.text.encoder, "train_images": len(train_usable), "heldout_batches": len(heldout),
         "chance": round(2 * math.log(b), 3),
-        "names": {"tau": best_tau, "lg_heldout": round(name_lg[best_tau], 3),
-                  "lg_heldout_by_tau": {str(t): round(v, 3) for t, v in name_lg.items()}},
-        "fitted": fits,
+        **({"names": {"tau": best_tau, "lg_heldout": round(name_lg[best_tau], 3),
+                      "lg_heldout_by_tau": {str(t): round(v, 3) for t, v in name_lg.items()}}}
+           if (best_tau := min(name_lg, key=name_lg.get, default=None)) is not None else {}),
+        "fitted": fits, **({"class_probe": supervised} if features != "classes" else {}),
     }
 
 
@@ -198,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=40, help="held-out images whose segments score the vectors")
     ap.add_argument("--heldout-batches", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--features", default="classes", metavar="SPEC",
+                    help="classes (free class vectors, default), or a linear probe of segment features: rgb, trunk "
+                         "(the config's model.pretrained), trunk:RUN or fz:RUN (a trained run's trunk / F_z)")
     ap.add_argument("--out", type=Path, help="write the result as JSON")
     args = ap.parse_args(argv)
     from experiment_runner import machine
@@ -214,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     path = args.config.resolve()
     res = {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else args.config),
-           **ceiling(cfg, args.images, args.heldout_batches, args.seed)}
+           **ceiling(cfg, args.images, args.heldout_batches, args.seed, args.features)}
     res.update(seconds=round(time.perf_counter() - t0, 1), machine=machine(),
                command="python bench/openseg_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(json.dumps(res))

@@ -399,6 +399,43 @@ def probe_section(results: Path) -> list[str]:
     return out + [""]
 
 
+#: what each ``--features`` source of the linear probe is, for the table
+LINEAR_SOURCES = {"rgb": "normalised pixels (colour alone)",
+                  "trunk": "the config's dense-pretrained ResNet trunk, C2..C5 stacked (before any L_G)",
+                  "trunk:": "the trunk of run {} after training, C2..C5 stacked", "fz:": "F_z of run {} (trained)"}
+
+
+def linear_section(results: Path) -> list[str]:
+    """``bench/openseg_ceiling.py --features`` records (bench/results/openseg/linear/*.json): one linear map of the
+    true segments' features fitted to L_G, scored as the free class vectors."""
+    import json
+
+    files = sorted((results / "openseg" / "linear").glob("*.json"))
+    if not files:
+        return []
+    recs = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    out = ["### Linear probes: do the features hold what L_G teaches? (`python bench/openseg_ceiling.py --features "
+           "SPEC --out bench/results/openseg/linear/NAME.json`)", "",
+           "As the free class vectors above, but each true segment's region vector is one linear map (+ bias, random "
+           "start) of its features (the mask-weighted mean of a feature map, standardised), fitted to L_G by Adam at "
+           "the step size with the lowest training L_G, then scored on the held-out segments. A map that reaches the "
+           "free vectors' L_G names classes as they do; chance L_G 2 log B.", "",
+           "| features | source | dims | Adam lr | L_G, last 100 steps | L_G, held-out | things top-1 present "
+           "(chance) | stuff top-1 present (chance) | things own / absent cos | stuff own / absent cos | machine, s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in recs:
+        v, src = r["fitted"]["random"], r["features"]
+        kind, colon, run = src.partition(":")
+        what = LINEAR_SOURCES.get(kind + colon, src).format(Path(run).name)
+        t, u = v["thing"], v["stuff"]
+        out.append(f"| `{src}` | {what} | {r['feature_dim']} | {v['lr']:g} | {v['lg_last100']:.2f} "
+                   f"| {v['lg_heldout']:.2f} | {t['top1_present']:.3f} ({t['chance_present']:.3f}) "
+                   f"| {u['top1_present']:.3f} ({u['chance_present']:.3f}) "
+                   f"| {t['own_word_cos']:+.3f} / {t['absent_word_cos']:+.3f} "
+                   f"| {u['own_word_cos']:+.3f} / {u['absent_word_cos']:+.3f} | {r['machine']}, {r['seconds']:.0f} |")
+    return out + [""]
+
+
 def sections(results: Path) -> list[str]:
     """The whole OpenSeg section from ``results`` (bench/results)."""
     plan = planned()
@@ -407,4 +444,4 @@ def sections(results: Path) -> list[str]:
            "file); rows are mean ± sample std over seeds, mIoU in %, recall as a fraction.", ""]
     for render in (synth_section, ablations_section, schedule_section, lr_section, regions_section, coco_section):
         out += render(results, plan)
-    return out + probe_section(results) + ceiling_section(results)
+    return out + probe_section(results) + ceiling_section(results) + linear_section(results)

@@ -56,10 +56,60 @@ def test_fit_finds_the_known_optimum_of_a_hand_made_world(bench):
 
     start = F.normalize(torch.randn(3, 8), dim=-1)
     ri, rv, w, wv = make([0, 1, 2])
-    before = float(oc.grounding(start, torch.tensor(0.07), ri, rv, w, wv))
-    vectors, tau, tail = oc.fit(_Cfg, start, make, [0, 1, 2], 0, 1e-2, lambda m: None)
+    before = float(oc.grounding(start[ri], torch.tensor(0.07), rv, w, wv))
+    vectors, shift, tau, tail = oc.fit(_Cfg, torch.eye(3), start, make, [0, 1, 2], 0, 1e-2, lambda m: None)
     assert tail < 0.1 * before and tail < 0.1 * 2 * math.log(3)
-    assert (vectors @ words.t()).argmax(1).tolist() == [0, 1, 2]
+    assert (vectors @ words.t()).argmax(1).tolist() == [0, 1, 2] and not shift.any()  # no bias: stays zero
+    # a linear probe: each segment's 2 features are its class's 2-d code (+ noise); the map W (2 x 8) + b must send
+    # them to their words
+    codes = torch.tensor([[1.0, 0], [0, 1], [1, 1]])
+    x = codes + 0.01 * torch.randn(3, 2)
+    weight, shift, tau, tail = oc.fit(_Cfg, x, torch.randn(2, 8) * 0.1, make, [0, 1, 2], 0, 1e-2, lambda m: None,
+                                      bias=True)
+    assert tail < 0.1 * 2 * math.log(3) and shift.any()
+    assert (F.normalize(x @ weight + shift, dim=-1) @ words.t()).argmax(1).tolist() == [0, 1, 2]
+
+
+def test_class_probe_separates_separable_classes_and_not_noise(bench):
+    oc = bench["openseg_ceiling"]
+    torch.manual_seed(0)
+    centres = 4 * torch.randn(5, 6)
+    labels = {w: torch.arange(5).repeat(n) for w, n in (("train", 20), ("val", 10))}
+    things = {w: v < 3 for w, v in labels.items()}  # classes 0-2 things, 3-4 stuff
+    x = {w: centres[v] + 0.1 * torch.randn(len(v), 6) for w, v in labels.items()}
+    res = oc.class_probe(x, labels, things, steps=200)
+    assert res == {"train_top1": 1.0, "classes": 5, "steps": 200, "thing": 1.0, "stuff": 1.0}
+    noise = {w: torch.randn(len(v), 6) for w, v in labels.items()}  # features unrelated to the class: ~chance
+    assert oc.class_probe(noise, labels, things, steps=200)["thing"] < 0.5
+
+
+def test_rgb_segment_features_are_the_segments_mean_colours(bench):
+    # the slow obvious reference: every segment's normalised pixels averaged by hand from the image and its mask
+    oc = bench["openseg_ceiling"]
+    sys.path.insert(0, str(ROOT))
+    from omniseg.engine.config import load_config
+    from omniseg.modeling.preprocess import PIXEL_MEAN, PIXEL_STD
+    from omniseg.ops.rle import rle_decode
+    from omniseg.recipes.openseg import OpenSegExperiment
+
+    cfg = load_config(OpenSegExperiment, ROOT / "configs" / "openseg_smoke.yaml",
+                      ["data.val_num_images=3", "data.batch_size=2"])
+    world = oc.World(cfg, "val")
+    feats = oc.segment_features("rgb", cfg, world)
+    assert [len(f) for f in feats] == [len(s) for s in world.segments] and sum(map(len, feats)) > 0
+    mean, std = torch.tensor(PIXEL_MEAN), torch.tensor(PIXEL_STD)
+    for index, (segs, got) in enumerate(zip(world.segments, feats)):
+        image = torch.as_tensor(np.asarray(world.load(index)), dtype=torch.float32)  # H x W x 3 (by record index)
+        for s, row in zip(segs, got):
+            m = torch.as_tensor(rle_decode(s.mask), dtype=torch.bool)
+            assert m.shape == image.shape[:2]
+            want = (image[m].mean(0) - mean) / std
+            # gt_regions clamps mask weights to >= 1e-6: every outside pixel weighs 1e-6 (<= 1e-3 on small segments)
+            assert torch.allclose(row, want, atol=1e-2), (row, want)
+    with pytest.raises(SystemExit, match="expected classes, rgb"):
+        oc.feature_maps("fz", cfg)
+    with pytest.raises(SystemExit, match="names no model.pretrained"):
+        oc.feature_maps("trunk", cfg)
 
 
 def test_name_scorer_by_hand(bench):
@@ -133,3 +183,39 @@ def test_smoke_run_on_a_tiny_world(tmp_path):
         assert fit["lr"] == float(min(fit["lg_last100_by_lr"], key=fit["lg_last100_by_lr"].get))
         assert all(fit[k]["segments"] == counts[k] > 0 for k in counts)
         assert all(0 <= fit[k]["top1_all"] <= fit[k]["top1_present"] <= 1 for k in counts)
+
+
+def test_linear_probe_smoke_run(tmp_path):
+    # --features: one linear map (random start) instead of the two class-vector starts, and no frozen-names row
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "rgb.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "openseg_ceiling.py"), "--config",
+                    str(ROOT / "configs" / "openseg_smoke.yaml"), "--set", "train.max_iter=10", "--set",
+                    "data.train_num_images=6", "--set", "data.val_num_images=4", "--images", "3",
+                    "--heldout-batches", "2", "--features", "rgb", "--out", str(out)], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=240)
+    res = json.loads(out.read_text())
+    assert res["features"] == "rgb" and res["feature_dim"] == 3 and "names" not in res
+    assert list(res["fitted"]) == ["random"] and 0 <= res["class_probe"]["train_top1"] <= 1
+    fit = res["fitted"]["random"]
+    assert fit["lg_last100"] == min(fit["lg_last100_by_lr"].values()) and fit["thing"]["segments"] > 0
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "openseg_ceiling.py"), "--config",
+                          str(ROOT / "configs" / "openseg_smoke.yaml"), "--features", "fz"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert bad.returncode == 1 and "--features 'fz': expected classes, rgb" in bad.stderr
+
+
+def test_report_renders_linear_probe_records(bench, tmp_path):
+    ro = bench["report_openseg"]
+    assert ro.linear_section(tmp_path) == []
+    kind = {"segments": 4, "top1_all": 0.5, "top1_present": 0.75, "chance_present": 0.25, "own_word_cos": 0.3,
+            "absent_word_cos": -0.1}
+    fit = {"lr": 0.003, "lg_last100": 2.9, "lg_heldout": 3.1, "thing": kind, "stuff": {**kind, "top1_present": 0.5}}
+    (tmp_path / "openseg" / "linear").mkdir(parents=True)
+    for name, spec in (("a", "fz:runs/openseg/x_s0"), ("b", "trunk")):
+        (tmp_path / "openseg" / "linear" / f"{name}.json").write_text(json.dumps(
+            {"features": spec, "feature_dim": 240, "fitted": {"random": fit}, "machine": "m", "seconds": 12.0}))
+    text = "\n".join(ro.linear_section(tmp_path))
+    assert ("| `fz:runs/openseg/x_s0` | F_z of run x_s0 (trained) | 240 | 0.003 | 2.90 | 3.10 | 0.750 (0.250) "
+            "| 0.500 (0.250) | +0.300 / -0.100 | +0.300 / -0.100 | m, 12 |") in text
+    assert "| `trunk` | the config's dense-pretrained ResNet trunk" in text
