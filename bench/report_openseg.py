@@ -419,20 +419,25 @@ def linear_section(results: Path) -> list[str]:
            "As the free class vectors above, but each true segment's region vector is one linear map (+ bias, random "
            "start) of its features (the mask-weighted mean of a feature map, standardised), fitted to L_G by Adam at "
            "the step size with the lowest training L_G, then scored on the held-out segments. A map that reaches the "
-           "free vectors' L_G names classes as they do; chance L_G 2 log B.", "",
+           "free vectors' L_G names classes as they do; chance L_G 2 log B. The class probe is a supervised control "
+           "OpenSeg never has (softmax regression of the class label from the same features; top-1 among all "
+           "classes, chance 1/86): are the classes linearly separable in these features at all?", "",
            "| features | source | dims | Adam lr | L_G, last 100 steps | L_G, held-out | things top-1 present "
-           "(chance) | stuff top-1 present (chance) | things own / absent cos | stuff own / absent cos | machine, s |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "(chance) | stuff top-1 present (chance) | things own / absent cos | stuff own / absent cos | class probe: "
+           "train / held-out things / stuff | machine, s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in recs:
         v, src = r["fitted"]["random"], r["features"]
         kind, colon, run = src.partition(":")
         what = LINEAR_SOURCES.get(kind + colon, src).format(Path(run).name)
-        t, u = v["thing"], v["stuff"]
+        t, u, c = v["thing"], v["stuff"], r["class_probe"]
         out.append(f"| `{src}` | {what} | {r['feature_dim']} | {v['lr']:g} | {v['lg_last100']:.2f} "
                    f"| {v['lg_heldout']:.2f} | {t['top1_present']:.3f} ({t['chance_present']:.3f}) "
                    f"| {u['top1_present']:.3f} ({u['chance_present']:.3f}) "
                    f"| {t['own_word_cos']:+.3f} / {t['absent_word_cos']:+.3f} "
-                   f"| {u['own_word_cos']:+.3f} / {u['absent_word_cos']:+.3f} | {r['machine']}, {r['seconds']:.0f} |")
+                   f"| {u['own_word_cos']:+.3f} / {u['absent_word_cos']:+.3f} "
+                   f"| {c['train_top1']:.3f} / {c.get('thing', 0):.3f} / {c.get('stuff', 0):.3f} "
+                   f"| {r['machine']}, {r['seconds']:.0f} |")
     return out + [""]
 
 

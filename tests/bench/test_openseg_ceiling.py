@@ -214,8 +214,9 @@ def test_report_renders_linear_probe_records(bench, tmp_path):
     (tmp_path / "openseg" / "linear").mkdir(parents=True)
     for name, spec in (("a", "fz:runs/openseg/x_s0"), ("b", "trunk")):
         (tmp_path / "openseg" / "linear" / f"{name}.json").write_text(json.dumps(
-            {"features": spec, "feature_dim": 240, "fitted": {"random": fit}, "machine": "m", "seconds": 12.0}))
+            {"features": spec, "feature_dim": 240, "fitted": {"random": fit}, "machine": "m", "seconds": 12.0,
+             "class_probe": {"train_top1": 0.99, "thing": 0.05, "stuff": 0.78}}))
     text = "\n".join(ro.linear_section(tmp_path))
     assert ("| `fz:runs/openseg/x_s0` | F_z of run x_s0 (trained) | 240 | 0.003 | 2.90 | 3.10 | 0.750 (0.250) "
-            "| 0.500 (0.250) | +0.300 / -0.100 | +0.300 / -0.100 | m, 12 |") in text
+            "| 0.500 (0.250) | +0.300 / -0.100 | +0.300 / -0.100 | 0.990 / 0.050 / 0.780 | m, 12 |") in text
     assert "| `trunk` | the config's dense-pretrained ResNet trunk" in text
