@@ -27,6 +27,7 @@ bench/results/openseg/linear/<name>.json by convention.
 
     python bench/openseg_ceiling.py [--config configs/openseg_synth.yaml] [--set KEY=VALUE ...] [--images 40]
                                     [--heldout-batches 200] [--seed 0] [--features classes|rgb|trunk[:RUN]|fz:RUN]
+                                    [--weight-decay 0]
                                     [--out bench/results/openseg/ceiling.json]
 """
 
@@ -122,9 +123,10 @@ def grounding(regions, tau, rv, words, wv):
     return 2 * grounding_loss(grounding_scores(regions, rv, words, wv, tau), valid=wv.any(1))
 
 
-def fit(cfg, x, start, make, usable: list[int], seed: int, lr: float, log, bias: bool = False):
+def fit(cfg, x, start, make, usable: list[int], seed: int, lr: float, log, bias: bool = False,
+        weight_decay: float = 0.0):
     """The region map z = x W (+ b) fitted to L_G from W = ``start`` (F x D; b = 0) with tau for ``train.max_iter``
-    steps by Adam at step size ``lr``; ``x`` (R x F) holds the rows ``make``'s batches index. With ``x`` the
+    steps by Adam at step size ``lr`` (AdamW's decoupled ``weight_decay`` on W); ``x`` (R x F) holds the rows ``make``'s batches index. With ``x`` the
     identity, W's rows are free class vectors. Returns W, b (D; zero without ``bias``), tau and L_G's mean over the
     last :data:`TAIL` steps."""
     import numpy as np
@@ -133,7 +135,8 @@ def fit(cfg, x, start, make, usable: list[int], seed: int, lr: float, log, bias:
     weight = torch.nn.Parameter(start.clone())
     shift = torch.nn.Parameter(torch.zeros(start.shape[1]), requires_grad=bias)
     log_tau = torch.nn.Parameter(torch.tensor(float(cfg.model.temperature)).log())
-    opt = torch.optim.Adam([weight, log_tau] + ([shift] if bias else []), lr=lr)
+    opt = torch.optim.AdamW([{"params": [weight], "weight_decay": weight_decay},
+                             {"params": [log_tau] + ([shift] if bias else []), "weight_decay": 0.0}], lr=lr)
     steps, losses = cfg.train.max_iter, []
     for step, bi in enumerate(batches(len(usable), cfg.data.batch_size, steps, np.random.default_rng(seed)), 1):
         ri, rv, words, wv = make([usable[j] for j in bi])
@@ -236,7 +239,7 @@ def class_probe(x: dict, labels: dict, things: dict, steps: int = CLASS_STEPS, l
 
 
 def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, features: str = "classes",
-            log=print) -> dict:
+            weight_decay: float = 0.0, log=print) -> dict:
     """The module docstring's numbers for one OpenSeg config: free class vectors (``features="classes"``, both
     starts of :data:`INITS`) or a linear map of ``features`` segment features (random start)."""
     import numpy as np
@@ -300,7 +303,7 @@ def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, fe
             start = names if init == "names" else F.normalize(torch.randn(names.shape), dim=-1)
         tried = {lr: fit(cfg, x["train"], start, maker("train", seed), train_usable, seed, lr,
                          lambda m, lr=lr, init=init: log(f"{init} start, lr {lr:g}: {m}"),
-                         bias=features != "classes") for lr in FIT_LRS}
+                         bias=features != "classes", weight_decay=weight_decay) for lr in FIT_LRS}
         lr = min(tried, key=lambda k: tried[k][3])
         weight, shift, tau, tail = tried[lr]
         scorer = NameScorer(cats, embed)
@@ -313,7 +316,7 @@ def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, fe
                       "lg_heldout": round(heldout_lg(weight, shift, tau), 3),
                       "images": images, **scorer.summary()}
     return {
-        "features": features, "feature_dim": x["train"].shape[1],
+        "features": features, "feature_dim": x["train"].shape[1], "weight_decay": weight_decay,
         "steps": cfg.train.max_iter, "batch": b, "keep_prob": cfg.model.keep_prob, "words": cfg.model.words,
         "text": cfg.text.encoder, "train_images": len(train_usable), "heldout_batches": len(heldout),
         "chance": round(2 * math.log(b), 3),
@@ -331,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=40, help="held-out images whose segments score the vectors")
     ap.add_argument("--heldout-batches", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weight-decay", type=float, default=0.0,
+                    help="AdamW's decoupled weight decay on the class vectors / the linear map (default 0: Adam)")
     ap.add_argument("--features", default="classes", metavar="SPEC",
                     help="classes (free class vectors, default), or a linear probe of segment features: rgb, trunk "
                          "(the config's model.pretrained), trunk:RUN or fz:RUN (a trained run's trunk / F_z)")
@@ -350,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     path = args.config.resolve()
     res = {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else args.config),
-           **ceiling(cfg, args.images, args.heldout_batches, args.seed, args.features)}
+           **ceiling(cfg, args.images, args.heldout_batches, args.seed, args.features, args.weight_decay)}
     res.update(seconds=round(time.perf_counter() - t0, 1), machine=machine(),
                command="python bench/openseg_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(json.dumps(res))

@@ -422,16 +422,17 @@ def linear_section(results: Path) -> list[str]:
            "free vectors' L_G names classes as they do; chance L_G 2 log B. The class probe is a supervised control "
            "OpenSeg never has (softmax regression of the class label from the same features; top-1 among all "
            "classes, chance 1/86): are the classes linearly separable in these features at all?", "",
-           "| features | source | dims | Adam lr | L_G, last 100 steps | L_G, held-out | things top-1 present "
+           "| features | source | dims | training images | Adam lr | L_G, last 100 steps | L_G, held-out | things top-1 present "
            "(chance) | stuff top-1 present (chance) | things own / absent cos | stuff own / absent cos | class probe: "
            "train / held-out things / stuff | machine, s |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in recs:
         v, src = r["fitted"]["random"], r["features"]
         kind, colon, run = src.partition(":")
         what = LINEAR_SOURCES.get(kind + colon, src).format(Path(run).name)
         t, u, c = v["thing"], v["stuff"], r["class_probe"]
-        out.append(f"| `{src}` | {what} | {r['feature_dim']} | {v['lr']:g} | {v['lg_last100']:.2f} "
+        wd = f", AdamW weight decay {r['weight_decay']:g}" if r.get("weight_decay") else ""
+        out.append(f"| `{src}`{wd} | {what} | {r['feature_dim']} | {r['train_images']} | {v['lr']:g} | {v['lg_last100']:.2f} "
                    f"| {v['lg_heldout']:.2f} | {t['top1_present']:.3f} ({t['chance_present']:.3f}) "
                    f"| {u['top1_present']:.3f} ({u['chance_present']:.3f}) "
                    f"| {t['own_word_cos']:+.3f} / {t['absent_word_cos']:+.3f} "

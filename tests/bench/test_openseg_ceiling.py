@@ -68,6 +68,10 @@ def test_fit_finds_the_known_optimum_of_a_hand_made_world(bench):
                                       bias=True)
     assert tail < 0.1 * 2 * math.log(3) and shift.any()
     assert (F.normalize(x @ weight + shift, dim=-1) @ words.t()).argmax(1).tolist() == [0, 1, 2]
+    # AdamW's decoupled decay on W only: a strong one keeps W smaller than none does from the same start
+    decayed = oc.fit(_Cfg, x, torch.randn(2, 8) * 0.1, make, [0, 1, 2], 0, 1e-2, lambda m: None, bias=True,
+                     weight_decay=50.0)[0]
+    assert float(decayed.norm()) < 0.5 * float(weight.norm())
 
 
 def test_class_probe_separates_separable_classes_and_not_noise(bench):
@@ -156,15 +160,19 @@ def test_report_renders_the_ceiling_record(bench, tmp_path):
     assert "| random unit vectors (from scratch) | 0.001 | 3.10 | 2.90 | stuff | 0.500 | 1.000 |" in text
 
 
+def _smoke(*args: str, steps: int = 20) -> subprocess.CompletedProcess:
+    """bench/openseg_ceiling.py on the smoke config's tiny world (6 + 4 images, ``steps`` fitting steps)."""
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "openseg_ceiling.py"), "--config",
+                           str(ROOT / "configs" / "openseg_smoke.yaml"), "--set", f"train.max_iter={steps}", "--set",
+                           "data.train_num_images=6", "--set", "data.val_num_images=4", "--images", "3",
+                           "--heldout-batches", "2", *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+
+
 def test_smoke_run_on_a_tiny_world(tmp_path):
     # a few steps on the smoke config's world: the numbers mean nothing, the bookkeeping is checked by hand
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ceiling.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "openseg_ceiling.py"), "--config",
-                    str(ROOT / "configs" / "openseg_smoke.yaml"), "--set", "train.max_iter=20", "--set",
-                    "data.train_num_images=6", "--set", "data.val_num_images=4", "--images", "3",
-                    "--heldout-batches", "2", "--out", str(out)], check=True, env=env, cwd=ROOT,
-                   capture_output=True, timeout=240)
+    _smoke("--out", str(out)).check_returncode()
     res = json.loads(out.read_text())
     assert res["steps"] == 20 and res["batch"] == 2 and res["chance"] == round(2 * math.log(2), 3)
     assert res["names"]["lg_heldout"] == min(res["names"]["lg_heldout_by_tau"].values())
@@ -187,21 +195,14 @@ def test_smoke_run_on_a_tiny_world(tmp_path):
 
 def test_linear_probe_smoke_run(tmp_path):
     # --features: one linear map (random start) instead of the two class-vector starts, and no frozen-names row
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "rgb.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "openseg_ceiling.py"), "--config",
-                    str(ROOT / "configs" / "openseg_smoke.yaml"), "--set", "train.max_iter=10", "--set",
-                    "data.train_num_images=6", "--set", "data.val_num_images=4", "--images", "3",
-                    "--heldout-batches", "2", "--features", "rgb", "--out", str(out)], check=True, env=env, cwd=ROOT,
-                   capture_output=True, timeout=240)
+    _smoke("--features", "rgb", "--out", str(out), steps=10).check_returncode()
     res = json.loads(out.read_text())
     assert res["features"] == "rgb" and res["feature_dim"] == 3 and "names" not in res
     assert list(res["fitted"]) == ["random"] and 0 <= res["class_probe"]["train_top1"] <= 1
     fit = res["fitted"]["random"]
     assert fit["lg_last100"] == min(fit["lg_last100_by_lr"].values()) and fit["thing"]["segments"] > 0
-    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "openseg_ceiling.py"), "--config",
-                          str(ROOT / "configs" / "openseg_smoke.yaml"), "--features", "fz"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=240)
+    bad = _smoke("--features", "fz")
     assert bad.returncode == 1 and "--features 'fz': expected classes, rgb" in bad.stderr
 
 
@@ -212,11 +213,11 @@ def test_report_renders_linear_probe_records(bench, tmp_path):
             "absent_word_cos": -0.1}
     fit = {"lr": 0.003, "lg_last100": 2.9, "lg_heldout": 3.1, "thing": kind, "stuff": {**kind, "top1_present": 0.5}}
     (tmp_path / "openseg" / "linear").mkdir(parents=True)
-    for name, spec in (("a", "fz:runs/openseg/x_s0"), ("b", "trunk")):
+    for name, spec, wd in (("a", "fz:runs/openseg/x_s0", 0.0), ("b", "trunk", 0.5)):
         (tmp_path / "openseg" / "linear" / f"{name}.json").write_text(json.dumps(
-            {"features": spec, "feature_dim": 240, "fitted": {"random": fit}, "machine": "m", "seconds": 12.0,
+            {"features": spec, "feature_dim": 240, "weight_decay": wd, "train_images": 400, "fitted": {"random": fit}, "machine": "m", "seconds": 12.0,
              "class_probe": {"train_top1": 0.99, "thing": 0.05, "stuff": 0.78}}))
     text = "\n".join(ro.linear_section(tmp_path))
-    assert ("| `fz:runs/openseg/x_s0` | F_z of run x_s0 (trained) | 240 | 0.003 | 2.90 | 3.10 | 0.750 (0.250) "
+    assert ("| `fz:runs/openseg/x_s0` | F_z of run x_s0 (trained) | 240 | 400 | 0.003 | 2.90 | 3.10 | 0.750 (0.250) "
             "| 0.500 (0.250) | +0.300 / -0.100 | +0.300 / -0.100 | 0.990 / 0.050 / 0.780 | m, 12 |") in text
-    assert "| `trunk` | the config's dense-pretrained ResNet trunk" in text
+    assert "| `trunk`, AdamW weight decay 0.5 | the config's dense-pretrained ResNet trunk" in text
