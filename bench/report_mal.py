@@ -19,7 +19,8 @@ from experiment_runner import read_results  # noqa: E402
 SYNTH_GOAL, COCO_GOAL, RETENTION_GOAL, RETENTION_FLOOR = 0.85, 0.75, 0.95, 0.90
 REFERENCE = "mal_attention_mae"  # the synth row: attention decoder, MAE ViT-S, θ 1.2, EMA teacher, CRF loss
 #: claim -> (better row, baseline row, kind, statement); ">": better beats baseline; "≈": within noise;
-#: "collapse": the baseline (θ = 0) is below the reference and nearer the filled box; "best": better >= every θ
+#: "collapse": the baseline (θ = 0) is below the reference and nearer the filled box (or below a filled box that the
+#: reference beats); "best": better >= every θ
 ABLATION_CLAIMS = [
     (REFERENCE, "decoder_fcn", ">", "attention decoder > FCN (Table 3: 94.4 vs 80.5% retention)"),
     ("decoder_fcn", "decoder_fc", "≈", "FCN ≈ FC decoder (Table 3: 80.5 vs 79.2%)"),
@@ -293,8 +294,11 @@ def _judge(kind: str, v: str, better: dict, base: dict, filled: float | None) ->
     """The 2-std rule's answer ``v`` for ``better`` vs ``base`` read as a claim of ``kind`` (ABLATION_CLAIMS)."""
     if kind == "≈":
         return "reproduced" if v == "within noise" else "not reproduced"
-    if kind == "collapse" and v == "reproduced":  # below the reference AND nearer the filled box
-        near = filled is not None and abs(base["mean"] - filled) < abs(better["mean"] - filled)
+    if kind == "collapse" and v == "reproduced":  # below the reference AND nearer the filled box, or no better
+        # than it where the reference beats it (a labeler that learned no shape: θ = 0's labels fill the whole test
+        # crop, which clipped to the box is the filled box -- bench/mal_probe.py on abl_theta_0_bf16_s2)
+        near = filled is not None and (abs(base["mean"] - filled) < abs(better["mean"] - filled)
+                                       or base["mean"] <= filled < better["mean"])
         return "reproduced" if near else "not reproduced"
     return v
 

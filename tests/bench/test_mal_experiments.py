@@ -358,6 +358,9 @@ def test_ablation_verdicts_judge_rows_over_three_seeds(bench):
     assert full["θ = 1.2 is the best expansion bound (Table 5)"] == ("theta_1.6", "within noise")
     far = {v["baseline"]: v["verdict"] for v in rm.ablation_verdicts(stats, 0.95, 0.01)}
     assert far["theta_0"] == "not reproduced"  # below the reference, but not toward the filled box (0.95)
+    # θ = 0 far below a filled box that the reference beats (0.30 < 0.68 < 0.90): no shape learned, a collapse
+    below = {v["baseline"]: v["verdict"] for v in rm.ablation_verdicts({**stats, "theta_0": _st(0.30)}, 0.68, 0.01)}
+    assert below["theta_0"] == "reproduced"
     few = rm.ablation_verdicts({k: {**v, "n": 2} for k, v in stats.items()}, 0.68, 0.01)
     assert {v["verdict"] for v in few} == {"incomplete"}
 
