@@ -126,9 +126,9 @@ def grounding(regions, tau, rv, words, wv):
 def fit(cfg, x, start, make, usable: list[int], seed: int, lr: float, log, bias: bool = False,
         weight_decay: float = 0.0):
     """The region map z = x W (+ b) fitted to L_G from W = ``start`` (F x D; b = 0) with tau for ``train.max_iter``
-    steps by Adam at step size ``lr`` (AdamW's decoupled ``weight_decay`` on W); ``x`` (R x F) holds the rows ``make``'s batches index. With ``x`` the
-    identity, W's rows are free class vectors. Returns W, b (D; zero without ``bias``), tau and L_G's mean over the
-    last :data:`TAIL` steps."""
+    steps by Adam at step size ``lr`` (AdamW's decoupled ``weight_decay`` on W); ``x`` (R x F) holds the rows
+    ``make``'s batches index. With ``x`` the identity, W's rows are free class vectors. Returns W, b (D; zero without
+    ``bias``), tau and L_G's mean over the last :data:`TAIL` steps."""
     import numpy as np
     import torch
 
@@ -178,9 +178,9 @@ def feature_maps(spec: str, cfg):
 
         from omniseg.modeling.openseg import build_pyramid
 
-        path = Path(cfg.model.pretrained)
         if not cfg.model.pretrained:
             raise SystemExit("--features trunk: the config names no model.pretrained trunk")
+        path = Path(cfg.model.pretrained)
         trunk = build_pyramid(replace(cfg.model, pretrained=str(path if path.is_absolute() else ROOT / path)))
         trunk = trunk.fpn.bottom_up.eval()
 
@@ -194,15 +194,15 @@ def feature_maps(spec: str, cfg):
     return stages
 
 
-def segment_features(spec: str, cfg, world: World) -> list:
-    """Per image of ``world``: S x C features of its S segments, the mask-weighted means of ``spec``'s feature maps
-    (as the probe's and the GT-mask upper bound's z: ``openseg_experiments.gt_regions``)."""
+def segment_features(maps, cfg, world: World) -> list:
+    """Per image of ``world``: S x C features of its S segments, the mask-weighted means of the feature maps that
+    ``maps`` (:func:`feature_maps`) gives (as the probe's and the GT-mask upper bound's z:
+    ``openseg_experiments.gt_regions``)."""
     import torch
     from openseg_experiments import gt_regions
 
     from omniseg.data.loader import build_test_loader
 
-    maps = feature_maps(spec, cfg)
     index = {r.image_id: i for i, r in enumerate(world.records)}
     out: list = [None] * len(index)
     with torch.no_grad():
@@ -250,10 +250,12 @@ def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, fe
     from omniseg.data.caption_words import CaptionWords
     from omniseg.recipes.open_vocab import build_phrase_embedder
 
+    maps = None if features == "classes" else feature_maps(features, cfg)  # a bad spec or run fails here, first
     torch.manual_seed(seed)
     embed = build_phrase_embedder(cfg.text, cfg.model.embed_dim)
     words = CaptionWords(cfg.model.words)
-    train, val = World(cfg, "train"), World(cfg, "val")
+    worlds = {"train": World(cfg, "train"), "val": World(cfg, "val")}
+    train, val = worlds["train"], worlds["val"]
     cats = train.categories
     if [c.id for c in cats] != [c.id for c in val.categories]:
         raise SystemExit("the training and held-out worlds have different categories")
@@ -263,24 +265,22 @@ def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, fe
     b = cfg.data.batch_size
     if features == "classes":  # one row per class: W's rows are the class vectors
         x = {w: torch.eye(len(cats)) for w in ("train", "val")}
-        rows = {w: [[index[s.category_id] for s in segs] for segs in world.segments]
-                for w, world in (("train", train), ("val", val))}
+        rows = {w: [[index[s.category_id] for s in segs] for segs in v.segments] for w, v in worlds.items()}
     else:  # one row per segment, standardised with the training segments' statistics
         log(f"features {features}: the segments of {len(train.records)} + {len(val.records)} images")
-        feats = {w: segment_features(features, cfg, world) for w, world in (("train", train), ("val", val))}
+        feats = {w: segment_features(maps, cfg, v) for w, v in worlds.items()}
         x = {w: torch.cat(f) for w, f in feats.items()}
         mu, sd = x["train"].mean(0), x["train"].std(0).clamp_min(1e-6)
         x = {w: (v - mu) / sd for w, v in x.items()}
         ends = {w: np.cumsum([0] + [len(v) for v in f]).tolist() for w, f in feats.items()}
         rows = {w: [list(range(e[i], e[i + 1])) for i in range(len(e) - 1)] for w, e in ends.items()}
-        worlds = {"train": train, "val": val}
         supervised = class_probe(
             x, {w: torch.tensor([index[s.category_id] for segs in v.segments for s in segs]) for w, v in worlds.items()},
             {w: torch.tensor([s.is_thing for segs in v.segments for s in segs]) for w, v in worlds.items()})
         log(f"class probe (supervised control): {supervised}")
 
     def maker(w, s):
-        return Batches(rows[w], (train if w == "train" else val).captions, words, embed, cfg.model.keep_prob,
+        return Batches(rows[w], worlds[w].captions, words, embed, cfg.model.keep_prob,
                        torch.Generator().manual_seed(s), np.random.default_rng(s))
 
     usable = [i for i, s in enumerate(val.segments) if s]
@@ -293,7 +293,12 @@ def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, fe
             return float(torch.stack([grounding(x["val"][ri] @ weight + shift, tau, rv, w, wv)
                                       for ri, rv, w, wv in heldout]).mean())
 
-    name_lg = {t: heldout_lg(names, 0, torch.tensor(t)) for t in NAME_TAUS} if features == "classes" else {}
+    frozen = {}  # the frozen class-name embeddings as the class vectors (no fitting), at the best tau of NAME_TAUS
+    if features == "classes":
+        name_lg = {t: heldout_lg(names, 0, torch.tensor(t)) for t in NAME_TAUS}
+        best_tau = min(name_lg, key=name_lg.get)
+        frozen = {"names": {"tau": best_tau, "lg_heldout": round(name_lg[best_tau], 3),
+                            "lg_heldout_by_tau": {str(t): round(v, 3) for t, v in name_lg.items()}}}
     train_usable = [i for i, s in enumerate(train.segments) if s]
     fits = {}
     for init in INITS if features == "classes" else ("random",):
@@ -320,10 +325,7 @@ def ceiling(cfg, images: int = 40, heldout_batches: int = 200, seed: int = 0, fe
         "steps": cfg.train.max_iter, "batch": b, "keep_prob": cfg.model.keep_prob, "words": cfg.model.words,
         "text": cfg.text.encoder, "train_images": len(train_usable), "heldout_batches": len(heldout),
         "chance": round(2 * math.log(b), 3),
-        **({"names": {"tau": best_tau, "lg_heldout": round(name_lg[best_tau], 3),
-                      "lg_heldout_by_tau": {str(t): round(v, 3) for t, v in name_lg.items()}}}
-           if (best_tau := min(name_lg, key=name_lg.get, default=None)) is not None else {}),
-        "fitted": fits, **({"class_probe": supervised} if features != "classes" else {}),
+        **frozen, "fitted": fits, **({"class_probe": supervised} if features != "classes" else {}),
     }
 
 
@@ -354,8 +356,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.config}: {e}") from None
     t0 = time.perf_counter()
     path = args.config.resolve()
-    res = {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else args.config),
-           **ceiling(cfg, args.images, args.heldout_batches, args.seed, args.features, args.weight_decay)}
+    try:
+        res = {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else args.config),
+               **ceiling(cfg, args.images, args.heldout_batches, args.seed, args.features, args.weight_decay)}
+    except (UserError, FileNotFoundError) as e:  # e.g. --features fz:RUN with no such run: the error names the file
+        raise SystemExit(f"--features {args.features}: {e}") from None
     res.update(seconds=round(time.perf_counter() - t0, 1), machine=machine(),
                command="python bench/openseg_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(json.dumps(res))

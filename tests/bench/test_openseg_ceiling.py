@@ -99,7 +99,7 @@ def test_rgb_segment_features_are_the_segments_mean_colours(bench):
     cfg = load_config(OpenSegExperiment, ROOT / "configs" / "openseg_smoke.yaml",
                       ["data.val_num_images=3", "data.batch_size=2"])
     world = oc.World(cfg, "val")
-    feats = oc.segment_features("rgb", cfg, world)
+    feats = oc.segment_features(oc.feature_maps("rgb", cfg), cfg, world)
     assert [len(f) for f in feats] == [len(s) for s in world.segments] and sum(map(len, feats)) > 0
     mean, std = torch.tensor(PIXEL_MEAN), torch.tensor(PIXEL_STD)
     for index, (segs, got) in enumerate(zip(world.segments, feats)):
@@ -204,6 +204,9 @@ def test_linear_probe_smoke_run(tmp_path):
     assert fit["lg_last100"] == min(fit["lg_last100_by_lr"].values()) and fit["thing"]["segments"] > 0
     bad = _smoke("--features", "fz")
     assert bad.returncode == 1 and "--features 'fz': expected classes, rgb" in bad.stderr
+    missing = _smoke("--features", "fz:/nonexistent/run")  # a user error: one line naming the run, no traceback
+    assert missing.returncode == 1 and "/nonexistent/run" in missing.stderr and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 def test_report_renders_linear_probe_records(bench, tmp_path):
